@@ -1,0 +1,37 @@
+# One way to do each thing: `make run` starts a dev node, `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ANVIL_VERSION := 1.7.1
+ARGS ?=
+
+.PHONY: run test lint bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ogpu-node run --dev $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check ogpu_node tests benchmarks
+	$(BIN)/lint-imports
+
+.bench/node_modules/.bin/anvil:
+	mkdir -p .bench
+	cd .bench && npm install --silent --no-audit --no-fund @foundry-rs/anvil@$(ANVIL_VERSION)
+
+bench: $(STAMP) .bench/node_modules/.bin/anvil
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) .bench .pytest_cache

@@ -1,0 +1,141 @@
+"""Geth-style genesis files: `config`, `alloc`, `gasLimit`, `baseFeePerGas`, `timestamp`, `extraData`.
+
+Numbers may be JSON integers or 0x-hex strings, as geth accepts. Every error names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_GAS_LIMIT = 30_000_000
+DEFAULT_BASE_FEE = 1_000_000_000  # 1 gwei, as geth --dev
+MAX_EXTRA_DATA = 32
+
+
+class GenesisError(ValueError):
+    """The genesis document is malformed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class GenesisAccount:
+    balance: int = 0
+    nonce: int = 0
+    code: bytes = b""
+    storage: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenesisConfig:
+    chain_id: int
+    alloc: dict[bytes, GenesisAccount]
+    gas_limit: int = DEFAULT_GAS_LIMIT
+    base_fee: int = DEFAULT_BASE_FEE
+    timestamp: int = 0
+    extra_data: bytes = b""
+    coinbase: bytes = b"\x00" * 20
+    mix_hash: bytes = b"\x00" * 32
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def total_supply(self) -> int:
+        return sum(acct.balance for acct in self.alloc.values())
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise GenesisError(f"genesis: {name} must be a number, got {value!r}")
+    if isinstance(value, int):
+        result = value
+    elif isinstance(value, str):
+        try:
+            result = int(value, 16) if value.lower().startswith("0x") else int(value, 10)
+        except ValueError:
+            raise GenesisError(f"genesis: {name} is not a number: {value!r}") from None
+    else:
+        raise GenesisError(f"genesis: {name} must be a number, got {value!r}")
+    if result < 0:
+        raise GenesisError(f"genesis: {name} must not be negative")
+    return result
+
+
+def _bytes(value: Any, name: str, length: int | None = None) -> bytes:
+    if not isinstance(value, str) or not value.startswith(("0x", "0X")):
+        raise GenesisError(f"genesis: {name} must be a 0x-prefixed hex string")
+    try:
+        result = bytes.fromhex(value[2:])
+    except ValueError:
+        raise GenesisError(f"genesis: {name} is not valid hex: {value!r}") from None
+    if length is not None and len(result) != length:
+        raise GenesisError(f"genesis: {name} must be {length} bytes, got {len(result)}")
+    return result
+
+
+def _address(value: str, name: str) -> bytes:
+    text = value if value.startswith(("0x", "0X")) else "0x" + value
+    return _bytes(text, name, 20)
+
+
+def parse_genesis(doc: Any) -> GenesisConfig:
+    if not isinstance(doc, dict):
+        raise GenesisError("genesis: the document must be a JSON object")
+    config = doc.get("config")
+    if not isinstance(config, dict) or "chainId" not in config:
+        raise GenesisError("genesis: config.chainId is required")
+    chain_id = _int(config["chainId"], "config.chainId")
+    if chain_id == 0:
+        raise GenesisError("genesis: config.chainId must be positive")
+
+    alloc_doc = doc.get("alloc", {})
+    if not isinstance(alloc_doc, dict):
+        raise GenesisError("genesis: alloc must be an object of address -> account")
+    alloc: dict[bytes, GenesisAccount] = {}
+    for addr_text, acct in alloc_doc.items():
+        where = f"alloc[{addr_text}]"
+        address = _address(addr_text, where)
+        if not isinstance(acct, dict):
+            raise GenesisError(f"genesis: {where} must be an object")
+        storage_doc = acct.get("storage", {})
+        if not isinstance(storage_doc, dict):
+            raise GenesisError(f"genesis: {where}.storage must be an object")
+        storage = {
+            _int(k, f"{where}.storage key"): _int(v, f"{where}.storage[{k}]") for k, v in storage_doc.items()
+        }
+        alloc[address] = GenesisAccount(
+            balance=_int(acct.get("balance", 0), f"{where}.balance"),
+            nonce=_int(acct.get("nonce", 0), f"{where}.nonce"),
+            code=_bytes(acct.get("code", "0x"), f"{where}.code"),
+            storage=storage,
+        )
+
+    extra = _bytes(doc.get("extraData", "0x"), "extraData")
+    if len(extra) > MAX_EXTRA_DATA:
+        raise GenesisError(f"genesis: extraData must be at most {MAX_EXTRA_DATA} bytes")
+    gas_limit = _int(doc.get("gasLimit", DEFAULT_GAS_LIMIT), "gasLimit")
+    if gas_limit < 5000:
+        raise GenesisError("genesis: gasLimit must be at least 5000")
+    return GenesisConfig(
+        chain_id=chain_id,
+        alloc=alloc,
+        gas_limit=gas_limit,
+        base_fee=_int(doc.get("baseFeePerGas", DEFAULT_BASE_FEE), "baseFeePerGas"),
+        timestamp=_int(doc.get("timestamp", 0), "timestamp"),
+        extra_data=extra,
+        coinbase=_address(doc.get("coinbase", "0x" + "00" * 20), "coinbase"),
+        mix_hash=_bytes(doc.get("mixHash", "0x" + "00" * 32), "mixHash", 32),
+        raw=doc,
+    )
+
+
+def load_genesis(path: str | Path) -> GenesisConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise GenesisError(f"genesis: cannot read {path}: {exc.strerror}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GenesisError(f"genesis: {path} is not valid JSON: {exc}") from None
+    return parse_genesis(doc)

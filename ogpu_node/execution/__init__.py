@@ -1,0 +1,1 @@
+"""The only package that imports py-evm: the VM, block execution, codecs, calls."""

@@ -1,0 +1,17 @@
+"""The OpenGPU VM: py-evm's Prague VM with this chain's differences, as a small subclass."""
+
+from __future__ import annotations
+
+from eth.abc import BlockAPI
+from eth.vm.forks.prague import PragueVM
+from eth.vm.forks.prague.constants import DEPOSIT_REQUEST_TYPE
+
+
+class OgpuVM(PragueVM):
+    fork = "ogpu-prague"
+
+    def process_deposit_request_data(self, block: BlockAPI) -> None:
+        # Validators deposit through the native Stake contract, not an EIP-6110 deposit contract, so
+        # the deposit request list is always empty; PragueVM would re-read every receipt from a trie
+        # we do not store to find that out.
+        block.block_requests.append(DEPOSIT_REQUEST_TYPE)

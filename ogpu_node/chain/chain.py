@@ -1,0 +1,227 @@
+"""Canonical chain over one LMDB store.
+
+A block is written in one write session: its state nodes (by execution), header, body with senders,
+receipts, the transaction index, the canonical number, then the head pointer; LMDB commits it at once.
+Readers see committed blocks only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import rlp
+
+from ogpu_node.config import GenesisConfig
+from ogpu_node.db import LMDBStore
+from ogpu_node.execution.codec import decode_receipt, decode_transaction, encode_transaction
+from ogpu_node.execution.errors import InvalidBlock
+from ogpu_node.execution.state import BlockAttributes, ExecutedBlock, Execution
+from ogpu_node.execution.views import header_view, receipt_view, transaction_view
+
+log = logging.getLogger("ogpu.chain")
+
+_GENESIS_KEY = b"ogpu:genesis"
+_BODY = b"ogpu:body:"
+_RECEIPTS = b"ogpu:rcpt:"
+_TX_INDEX = b"ogpu:txi:"
+
+
+class ChainError(Exception):
+    """The datadir or a request does not fit this chain (wrong genesis, unknown block)."""
+
+
+@dataclass
+class StoredBlock:
+    """A committed block, decoded lazily: RPC reads often need only the header."""
+
+    header: Any
+    _body: bytes
+    _receipts: bytes
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    @property
+    def number(self) -> int:
+        return self.header.block_number
+
+    @cached_property
+    def _decoded_body(self) -> tuple[list[bytes], list[bytes]]:
+        encoded_txs, senders = rlp.decode(self._body)
+        return encoded_txs, senders
+
+    @property
+    def transaction_count(self) -> int:
+        return len(self._decoded_body[0])
+
+    @cached_property
+    def transactions(self) -> list[Any]:
+        return [decode_transaction(raw) for raw in self._decoded_body[0]]
+
+    @property
+    def senders(self) -> list[bytes]:
+        return self._decoded_body[1]
+
+    @cached_property
+    def receipts(self) -> list[Any]:
+        return [decode_receipt(raw) for raw in rlp.decode(self._receipts)]
+
+    def header_json(self) -> dict[str, Any]:
+        return header_view(self.header)
+
+    def transaction_json(self, index: int) -> dict[str, Any]:
+        view = transaction_view(self.transactions[index], self.senders[index])
+        view.update(blockHash=self.hash, blockNumber=self.number, transactionIndex=index)
+        if view["type"] == 2 or view["type"] == 4:
+            tx = self.transactions[index]
+            view["gasPrice"] = min(tx.max_fee_per_gas, self.header.base_fee_per_gas + tx.max_priority_fee_per_gas)
+        return view
+
+    @cached_property
+    def receipts_json(self) -> list[dict[str, Any]]:
+        out = []
+        previous = 0
+        log_index = 0
+        for index, (receipt, tx, sender) in enumerate(
+            zip(self.receipts, self.transactions, self.senders, strict=True)
+        ):
+            view = receipt_view(receipt, tx, sender, previous, self.header.base_fee_per_gas)
+            previous = receipt.gas_used
+            view.update(blockHash=self.hash, blockNumber=self.number, transactionIndex=index)
+            for entry in view["logs"]:
+                entry.update(
+                    blockHash=self.hash,
+                    blockNumber=self.number,
+                    transactionHash=tx.hash,
+                    transactionIndex=index,
+                    logIndex=log_index,
+                    removed=False,
+                )
+                log_index += 1
+            out.append(view)
+        return out
+
+
+class Chain:
+    """The canonical chain of one datadir. Deterministic and synchronous: services call it."""
+
+    def __init__(self, store: LMDBStore, genesis: GenesisConfig, cache_blocks: int = 256) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.execution = Execution(store, genesis.chain_id)
+        self._cache: OrderedDict[bytes, StoredBlock] = OrderedDict()
+        self._cache_size = cache_blocks
+        stored_genesis = store.get(_GENESIS_KEY)
+        expected = self._genesis_block()
+        if stored_genesis is None:
+            with store.write_session():
+                self._write_block(expected, (), ())
+                store[_GENESIS_KEY] = expected.hash
+            log.info("wrote genesis block %s", expected.hash.hex())
+        elif stored_genesis != expected.hash:
+            raise ChainError(
+                f"the datadir holds a chain with genesis 0x{stored_genesis.hex()}, "
+                f"not this genesis (0x{expected.hash.hex()})"
+            )
+        self.genesis_hash = expected.hash
+        self.head = self.execution.header_by_hash(self.execution.head_hash())
+
+    def _genesis_block(self) -> Any:
+        # Computing the genesis writes its state nodes; content-addressed, so a rewrite is harmless,
+        # but it needs a write session.
+        with self.store.write_session():
+            return self.execution.make_genesis(self.genesis)
+
+    # -- writes --
+
+    def _write_block(self, block: Any, receipts: Sequence[Any], senders: Sequence[bytes]) -> None:
+        header = block.header
+        execution = self.execution
+        execution.write_header(header)
+        self.store[_BODY + header.hash] = rlp.encode(
+            [[encode_transaction(tx) for tx in block.transactions], list(senders)]
+        )
+        self.store[_RECEIPTS + header.hash] = rlp.encode([r.encode() for r in receipts])
+        number = rlp.encode(header.block_number)
+        for index, tx in enumerate(block.transactions):
+            self.store[_TX_INDEX + tx.hash] = rlp.encode([header.hash, number, index])
+        execution.write_canonical(header.block_number, header.hash)
+        execution.write_head(header.hash)
+
+    def _commit(self, executed: ExecutedBlock) -> None:
+        self._write_block(executed.block, executed.receipts, executed.senders)
+
+    def build_block(self, attrs: BlockAttributes, transactions: Sequence[Any]) -> ExecutedBlock:
+        """Execute `transactions` on the head (leaving out those that do not fit) and commit the block."""
+        with self.store.write_session():
+            executed = self.execution.execute(self.head, attrs, transactions, building=True)
+            self._commit(executed)
+        self.head = executed.header
+        return executed
+
+    def import_block(self, block: Any) -> ExecutedBlock:
+        """Import a block built elsewhere on top of the head; InvalidBlock leaves the store unchanged."""
+        if block.header.parent_hash != self.head.hash:
+            raise InvalidBlock(f"block {block.header.block_number} does not extend the head")
+        with self.store.write_session():
+            executed = self.execution.import_block(self.head, block)
+            self._commit(executed)
+        self.head = executed.header
+        return executed
+
+    # -- reads (committed data only) --
+
+    def header_by_number(self, number: int) -> Any | None:
+        if number < 0 or number > self.head.block_number:
+            return None
+        block_hash = self.execution.canonical_hash(number)
+        return None if block_hash is None else self.execution.header_by_hash(block_hash)
+
+    def header_by_hash(self, block_hash: bytes) -> Any | None:
+        return self.execution.header_by_hash(block_hash)
+
+    def is_canonical(self, header: Any) -> bool:
+        return self.execution.canonical_hash(header.block_number) == header.hash
+
+    def block_by_hash(self, block_hash: bytes) -> StoredBlock | None:
+        cached = self._cache.get(block_hash)
+        if cached is not None:
+            self._cache.move_to_end(block_hash)
+            return cached
+        header = self.execution.header_by_hash(block_hash)
+        body = self.store.get(_BODY + block_hash)
+        if header is None or body is None:
+            return None
+        block = StoredBlock(header, body, self.store[_RECEIPTS + block_hash])
+        self._cache[block_hash] = block
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return block
+
+    def block_by_number(self, number: int) -> StoredBlock | None:
+        header = self.header_by_number(number)
+        return None if header is None else self.block_by_hash(header.hash)
+
+    def transaction_location(self, tx_hash: bytes) -> tuple[StoredBlock, int] | None:
+        raw = self.store.get(_TX_INDEX + tx_hash)
+        if raw is None:
+            return None
+        block_hash, _, index = rlp.decode(raw)
+        block = self.block_by_hash(block_hash)
+        if block is None or not self.is_canonical(block.header):
+            return None
+        return block, int.from_bytes(index, "big")
+
+    def account(self, header: Any, address: bytes) -> tuple[int, int, bytes]:
+        """(nonce, balance, code) after `header`."""
+        return self.execution.account(header, address)
+
+    def storage_at(self, header: Any, address: bytes, slot: int) -> int:
+        return self.execution.storage_at(header, address, slot)

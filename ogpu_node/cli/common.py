@@ -1,0 +1,85 @@
+"""Options and helpers shared by the ``ogpu-node`` commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+__all__ = [
+    "datadir_option",
+    "default_datadir",
+    "password_file_option",
+    "read_password_file",
+    "resolve_datadir",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_APP_NAME = "ogpu-node"
+
+
+def default_datadir() -> Path:
+    """``$OGPU_DATADIR`` if set; else the platform's per-user data directory + ``ogpu-node``.
+
+    Linux and other Unix: ``$XDG_DATA_HOME/ogpu-node``, falling back to ``~/.local/share/ogpu-node``.
+    macOS: ``~/Library/Application Support/ogpu-node``. Windows: ``%APPDATA%\\ogpu-node``.
+    """
+    env = os.environ.get("OGPU_DATADIR")
+    if env:
+        return Path(env).expanduser()
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / _APP_NAME
+    if sys.platform == "win32":
+        appdata = os.environ.get("APPDATA")
+        return (Path(appdata) if appdata else home / "AppData" / "Roaming") / _APP_NAME
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative paths
+        return Path(xdg) / _APP_NAME
+    return home / ".local" / "share" / _APP_NAME
+
+
+def resolve_datadir(datadir: Path | None) -> Path:
+    """The value of ``--datadir``, or the default data directory when it was not given."""
+    return default_datadir() if datadir is None else Path(datadir).expanduser()
+
+
+def read_password_file(path: Path) -> str:
+    """The first line of ``path`` without its line ending (geth's ``--password`` file)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"password file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot read password file {path}: {e.strerror or e}") from None
+    lines = text.splitlines()
+    password = lines[0] if lines else ""
+    if not password:
+        raise click.ClickException(f"password file {path} is empty (the password is its first line)")
+    return password
+
+
+def datadir_option(f: F) -> F:
+    """``--datadir DIR``; the command receives ``datadir: Path | None`` (None: use default_datadir())."""
+    return click.option(
+        "--datadir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        show_default="$OGPU_DATADIR or ~/.local/share/ogpu-node",
+        help="Data directory for the databases and keystore.",
+    )(f)
+
+
+def password_file_option(f: F) -> F:
+    """``--password-file FILE``; the command receives ``password_file: Path | None``."""
+    return click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="File whose first line is the keystore password (prompted for if not given).",
+    )(f)

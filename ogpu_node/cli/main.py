@@ -1,0 +1,182 @@
+"""`ogpu-node`: geth-like commands. Errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import trio
+from eth_utils import to_checksum_address
+
+from ogpu_node import CLIENT_VERSION
+from ogpu_node.chain import ChainError
+from ogpu_node.cli.account import account
+from ogpu_node.cli.common import datadir_option, resolve_datadir
+from ogpu_node.config import GenesisConfig, GenesisError, load_genesis
+from ogpu_node.crypto import DEV_MNEMONIC, derive_dev_accounts
+
+DEV_GENESIS = Path(__file__).resolve().parents[2] / "genesis" / "dev.json"
+_GENESIS_COPY = "genesis.json"
+
+log = logging.getLogger("ogpu.cli")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-5s %(name)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.version_option(CLIENT_VERSION, message="%(version)s")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+def cli(log_level: str) -> None:
+    """Full node for the OpenGPU Network."""
+    _setup_logging(log_level)
+
+
+cli.add_command(account)
+
+
+def _load_genesis(path: Path) -> GenesisConfig:
+    try:
+        return load_genesis(path)
+    except GenesisError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _dev_genesis() -> Path:
+    if not DEV_GENESIS.exists():
+        raise click.ClickException(f"dev genesis not found at {DEV_GENESIS}")
+    return DEV_GENESIS
+
+
+@cli.command()
+@datadir_option
+@click.argument("genesis_file", type=click.Path(path_type=Path))
+def init(datadir: Path | None, genesis_file: Path) -> None:
+    """Write the genesis block of GENESIS_FILE into the datadir."""
+    from ogpu_node.chain import Chain
+    from ogpu_node.db import LMDBStore
+
+    datadir = resolve_datadir(datadir)
+    genesis = _load_genesis(genesis_file)
+    datadir.mkdir(parents=True, exist_ok=True)
+    store = LMDBStore(datadir / "chaindata")
+    try:
+        chain = Chain(store, genesis)
+    except ChainError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally_hash = chain.genesis_hash
+    store.close()
+    (datadir / _GENESIS_COPY).write_text(json.dumps(genesis.raw, indent=2) + "\n")
+    click.echo(f"Successfully wrote genesis state  database=chaindata  hash=0x{finally_hash.hex()}")
+
+
+def _print_dev_banner(node, accounts) -> None:  # type: ignore[no-untyped-def]
+    lines = ["", "Available Accounts", "=================="]
+    for i, acct in enumerate(accounts):
+        balance = node.chain.account(node.chain.head, acct.address)[1]
+        lines.append(f"({i}) {to_checksum_address(acct.address)} ({balance / 10**18:g} oGPU)")
+    lines += ["", "Private Keys", "=================="]
+    lines += [f"({i}) 0x{acct.private_key.hex()}" for i, acct in enumerate(accounts)]
+    lines += [
+        "",
+        "Wallet",
+        "==================",
+        f"Mnemonic:          {DEV_MNEMONIC}",
+        "Derivation path:   m/44'/60'/0'/0/",
+        "",
+        f"Chain ID:          {node.chain.chain_id}",
+        f"Datadir:           {node.config.datadir}",
+        "",
+        f"Listening on http://{node.config.http_addr}:{node.http_port}",
+    ]
+    if node.ws_port is not None:
+        lines.append(f"WebSocket on  ws://{node.config.http_addr}:{node.ws_port}")
+    click.echo("\n".join(lines), nl=True)
+    sys.stdout.flush()
+
+
+@cli.command()
+@datadir_option
+@click.option("--genesis", "genesis_file", type=click.Path(path_type=Path), help="Genesis file (default: the datadir's).")
+@click.option("--dev", is_flag=True, help="Single-validator dev chain with funded test accounts, as anvil.")
+@click.option("--block-time", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Seconds between blocks; 0 seals a block as soon as transactions arrive.")
+@click.option("--http.addr", "http_addr", default="127.0.0.1", show_default=True)
+@click.option("--http.port", "http_port", type=click.IntRange(0, 65535), default=8545, show_default=True)
+@click.option("--ws.port", "ws_port", type=click.IntRange(0, 65535), default=8546, show_default=True)
+@click.option("--no-ws", is_flag=True, help="Do not serve WebSocket.")
+def run(
+    datadir: Path | None,
+    genesis_file: Path | None,
+    dev: bool,
+    block_time: float,
+    http_addr: str,
+    http_port: int,
+    ws_port: int,
+    no_ws: bool,
+) -> None:
+    """Run a node."""
+    from ogpu_node.node import Node, NodeConfig
+
+    if not dev:
+        raise click.ClickException("only --dev is available in this version: proof of stake comes next")
+    temp_dir = None
+    if datadir is None:
+        temp_dir = Path(tempfile.mkdtemp(prefix="ogpu-dev-"))
+        datadir = temp_dir
+    genesis = _load_genesis(genesis_file or _dev_genesis())
+    accounts = derive_dev_accounts(10)
+    config = NodeConfig(
+        datadir=datadir,
+        genesis=genesis,
+        signer=accounts[0],
+        block_time=block_time,
+        http_addr=http_addr,
+        http_port=http_port,
+        ws_port=None if no_ws else ws_port,
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(Node(config).run)
+            _print_dev_banner(node, accounts)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    log.info("shutting down")
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except ChainError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
+    finally:
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def main() -> None:
+    cli(prog_name="ogpu-node")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""eth_call and eth_estimateGas: run a message against a block's state without a signature.
+
+As geth does: with no fee fields the call runs with gas price 0 and base fee 0, so balances only need to
+cover `value`; the nonce is the sender's current one; state overrides apply to a scratch journal that is
+reverted afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from eth.abc import BlockHeaderAPI, ComputationAPI, StateAPI
+from eth.vm.spoof import SpoofTransaction
+from eth_abi import decode as abi_decode
+from eth_utils import ValidationError
+
+from ogpu_node.execution.errors import CallFailed, ExecutionReverted
+from ogpu_node.execution.state import Execution
+from ogpu_node.execution.vm import OgpuVM
+
+_ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
+_PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)
+ESTIMATE_ERROR_RATIO = 0.015  # geth stops the search within 1.5 % of the answer
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    sender: bytes = b"\x00" * 20
+    to: bytes | None = None
+    gas: int | None = None
+    gas_price: int | None = None
+    max_fee_per_gas: int | None = None
+    max_priority_fee_per_gas: int | None = None
+    value: int = 0
+    data: bytes = b""
+    access_list: tuple = ()
+
+
+@dataclass(frozen=True)
+class AccountOverride:
+    balance: int | None = None
+    nonce: int | None = None
+    code: bytes | None = None
+    state: dict[int, int] | None = None  # replaces all storage
+    state_diff: dict[int, int] = field(default_factory=dict)
+
+
+def revert_reason(output: bytes) -> str | None:
+    if output[:4] == _ERROR_SELECTOR:
+        try:
+            return abi_decode(["string"], output[4:])[0]
+        except Exception:
+            return None
+    if output[:4] == _PANIC_SELECTOR and len(output) == 36:
+        return f"panic: 0x{int.from_bytes(output[4:], 'big'):02x}"
+    return None
+
+
+def _call_state(execution: Execution, header: BlockHeaderAPI, request: CallRequest) -> StateAPI:
+    priced = any(
+        v for v in (request.gas_price, request.max_fee_per_gas, request.max_priority_fee_per_gas)
+    )
+    child = OgpuVM.create_header_from_parent(header, timestamp=header.timestamp + 1, gas_limit=header.gas_limit)
+    if not priced:
+        child = child.copy(base_fee_per_gas=0)
+    return OgpuVM.build_state(execution.store, child, execution.chain_context)
+
+
+def _apply_overrides(state: StateAPI, overrides: dict[bytes, AccountOverride]) -> None:
+    for address, override in overrides.items():
+        if override.balance is not None:
+            state.set_balance(address, override.balance)
+        if override.nonce is not None:
+            state.set_nonce(address, override.nonce)
+        if override.code is not None:
+            state.set_code(address, override.code)
+        if override.state is not None:
+            state.delete_storage(address)
+            for slot, value in override.state.items():
+                state.set_storage(address, slot, value)
+        for slot, value in override.state_diff.items():
+            state.set_storage(address, slot, value)
+
+
+def _transaction(state: StateAPI, request: CallRequest, gas: int, chain_id: int) -> SpoofTransaction:
+    builder = OgpuVM.get_transaction_builder()
+    nonce = state.get_nonce(request.sender)
+    to = request.to or b""
+    if request.gas_price is not None:
+        unsigned = builder.create_unsigned_transaction(
+            nonce=nonce, gas_price=request.gas_price, gas=gas, to=to, value=request.value, data=request.data
+        )
+    else:
+        unsigned = builder.new_unsigned_dynamic_fee_transaction(
+            chain_id=chain_id,
+            nonce=nonce,
+            max_priority_fee_per_gas=request.max_priority_fee_per_gas or 0,
+            max_fee_per_gas=request.max_fee_per_gas or (request.max_priority_fee_per_gas or 0),
+            gas=gas,
+            to=to,
+            value=request.value,
+            data=request.data,
+            access_list=list(request.access_list),
+        )
+    return SpoofTransaction(unsigned, from_=request.sender)
+
+
+def _run(state: StateAPI, tx: SpoofTransaction) -> ComputationAPI:
+    snapshot = state.snapshot()
+    try:
+        return state.apply_transaction(tx)
+    except ValidationError as exc:
+        raise CallFailed(_call_error_message(str(exc))) from None
+    finally:
+        state.revert(snapshot)
+
+
+def _call_error_message(message: str) -> str:
+    if "cannot afford" in message or "insufficient" in message.lower():
+        return "insufficient funds for gas * price + value"
+    return message
+
+
+def _gas_cap(header: BlockHeaderAPI, request: CallRequest) -> int:
+    return header.gas_limit if request.gas is None else request.gas
+
+
+def call(
+    execution: Execution,
+    header: BlockHeaderAPI,
+    request: CallRequest,
+    overrides: dict[bytes, AccountOverride] | None = None,
+) -> bytes:
+    """Return data of the call, or raise ExecutionReverted / CallFailed."""
+    state = _call_state(execution, header, request)
+    _apply_overrides(state, overrides or {})
+    tx = _transaction(state, request, _gas_cap(header, request), execution.chain_id)
+    if tx.gas < tx.intrinsic_gas:
+        raise CallFailed("intrinsic gas too low")
+    computation = _run(state, tx)
+    if computation.is_error:
+        _raise_failure(computation)
+    return computation.output
+
+
+def _raise_failure(computation: ComputationAPI) -> None:
+    if computation.is_error and type(computation.error).__name__ == "Revert":
+        output = computation.output
+        raise ExecutionReverted(revert_reason(output), output)
+    raise CallFailed(_evm_error_message(computation.error))
+
+
+def _evm_error_message(error: Exception) -> str:
+    name = type(error).__name__
+    return {
+        "OutOfGas": "out of gas",
+        "InsufficientFunds": "insufficient balance for transfer",
+        "InvalidInstruction": "invalid opcode",
+        "StackDepthLimit": "max call depth exceeded",
+        "WriteProtection": "write protection",
+        "ContractCreationCollision": "contract address collision",
+        "OutOfBoundsRead": "return data out of bounds",
+        "InvalidJumpDestination": "invalid jump destination",
+        "InsufficientStack": "stack underflow",
+        "FullStack": "stack limit reached 1024",
+    }.get(name, str(error) or name)
+
+
+def estimate_gas(
+    execution: Execution,
+    header: BlockHeaderAPI,
+    request: CallRequest,
+    overrides: dict[bytes, AccountOverride] | None = None,
+) -> int:
+    """Smallest gas limit with which the call succeeds (geth's binary search)."""
+    state = _call_state(execution, header, request)
+    _apply_overrides(state, overrides or {})
+    cap = _gas_cap(header, request)
+    if request.gas_price or request.max_fee_per_gas:
+        fee = request.gas_price or request.max_fee_per_gas
+        allowance = (state.get_balance(request.sender) - request.value) // fee if fee else cap
+        cap = max(0, min(cap, allowance))
+
+    def attempt(gas: int) -> ComputationAPI | None:
+        tx = _transaction(state, request, gas, execution.chain_id)
+        if gas < tx.intrinsic_gas:
+            return None
+        return _run(state, tx)
+
+    top = attempt(cap)
+    if top is None:
+        raise CallFailed("intrinsic gas too low")
+    if top.is_error:
+        if type(top.error).__name__ == "Revert":
+            _raise_failure(top)
+        if type(top.error).__name__ == "OutOfGas":
+            raise CallFailed(f"gas required exceeds allowance ({cap})")
+        _raise_failure(top)
+    intrinsic = _transaction(state, request, cap, execution.chain_id).intrinsic_gas
+    if request.to and not request.data and not state.get_code(request.to):
+        # A plain transfer to an account without code costs exactly the intrinsic gas.
+        return intrinsic
+    # Gas consumed before refunds is a lower bound on the limit the call needs.
+    used = intrinsic + top.get_gas_used()
+    low = used - 1
+    high = cap
+    # geth's optimistic first probe: gas used plus the 63/64 reserve for calls.
+    optimistic = min((used + 2300) * 64 // 63, high)
+    if optimistic < high:
+        result = attempt(optimistic)
+        if result is not None and not result.is_error:
+            high = optimistic
+        else:
+            low = optimistic
+    while low + 1 < high:
+        if (high - low) / high < ESTIMATE_ERROR_RATIO:
+            break
+        mid = (low + high) // 2
+        result = attempt(mid)
+        if result is None or result.is_error:
+            low = mid
+        else:
+            high = mid
+    return high

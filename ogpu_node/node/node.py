@@ -1,0 +1,158 @@
+"""The node: one trio nursery running block production and the RPC servers over one Chain."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ogpu_node.chain import Chain
+from ogpu_node.config import GenesisConfig
+from ogpu_node.crypto import Keypair, keccak
+from ogpu_node.db import LMDBStore
+from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.rpc.eth import EthApi
+from ogpu_node.rpc.filters import FilterApi
+from ogpu_node.rpc.jsonrpc import JsonRpcProcessor
+from ogpu_node.rpc.server import HttpServer, ServerLimits, WebSocketServer
+from ogpu_node.txpool import PoolConfig, TxPool
+
+log = logging.getLogger("ogpu.node")
+
+_RANDAO_DOMAIN = b"ogpu/dev-randao"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    datadir: Path
+    genesis: GenesisConfig
+    signer: Keypair  # --dev: the single validator that seals every block
+    block_time: float = 0.0  # 0: seal as soon as transactions arrive
+    http_addr: str = "127.0.0.1"
+    http_port: int = 8545
+    ws_port: int | None = 8546  # None: no WebSocket server
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+
+
+def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
+    """keccak(parent mix ‖ signer's signature over the block number): a fresh, verifiable seed per block."""
+    reveal = signer.sign_hash(keccak(_RANDAO_DOMAIN + number.to_bytes(8, "big")))
+    return keccak(parent_mix + reveal)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.store = LMDBStore(config.datadir / "chaindata")
+        self.chain = Chain(self.store, config.genesis)
+        self.pool = TxPool(config.genesis.chain_id, self._read_account, self._head_view, config.pool)
+        self._tx_arrived = trio.Event()
+        self.eth = EthApi(self.chain, self.pool, self._on_transaction)
+        self.filters = FilterApi(self.chain)
+        self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods()})
+        self.http_port: int | None = None
+        self.ws_port: int | None = None
+        self._fresh_pending: list[bytes] = []
+
+    # -- pool callbacks --
+
+    def _read_account(self, address: bytes) -> tuple[int, int]:
+        nonce, balance, _ = self.chain.account(self.chain.head, address)
+        return nonce, balance
+
+    def _head_view(self) -> tuple[int, int]:
+        return self.eth.next_base_fee(), self.chain.head.gas_limit
+
+    def _on_transaction(self) -> None:
+        self._tx_arrived.set()
+
+    async def _handle(self, body: bytes, session: Any) -> bytes | None:
+        return self.rpc.handle(body, session)
+
+    # -- block production --
+
+    def _attributes(self) -> BlockAttributes:
+        head = self.chain.head
+        number = head.block_number + 1
+        return BlockAttributes(
+            timestamp=max(int(time.time()), head.timestamp + 1),
+            coinbase=self.config.signer.address,
+            mix_hash=dev_mix_hash(self.config.signer, head.mix_hash, number),
+        )
+
+    async def seal_block(self) -> Any:
+        """Build a block from the pool's pending transactions, commit it and tell subscribers."""
+        txs = self.pool.pending_in_order()
+        attrs = self._attributes()
+        # Execution runs in a worker thread so RPC keeps admitting transactions meanwhile; the write
+        # transaction belongs to that thread, so RPC reads here still see only committed blocks.
+        executed = await trio.to_thread.run_sync(self.chain.build_block, attrs, txs)
+        dropped = [tx for tx, reason in executed.excluded if _never_includable(tx, reason)]
+        touched = set(executed.senders) | {tx.sender for tx, _ in executed.excluded}
+        self.pool.on_new_head(touched, dropped)
+        header = executed.header
+        log.info(
+            "sealed block number=%d hash=0x%s txs=%d gas=%d",
+            header.block_number, header.hash.hex(), len(executed.receipts), header.gas_used,
+        )
+        for tx, reason in executed.excluded:
+            log.debug("left out tx 0x%s: %s", tx.hash.hex(), reason)
+        stored = self.chain.block_by_hash(header.hash)
+        await self.filters.publish_block(stored)
+        return stored
+
+    async def _produce_on_demand(self) -> None:
+        while True:
+            await self._tx_arrived.wait()
+            self._tx_arrived = trio.Event()
+            while self.pool.has_pending():
+                before = self.chain.head.hash
+                await self.seal_block()
+                if self.chain.head.hash == before:
+                    break
+
+    async def _produce_on_interval(self) -> None:
+        interval = self.config.block_time
+        next_at = trio.current_time() + interval
+        while True:
+            await trio.sleep_until(next_at)
+            next_at += interval
+            await self.seal_block()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(30)
+            self.filters.expire(time.monotonic())
+
+    # -- service --
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                http = HttpServer(self._handle, config.http_addr, config.http_port, config.limits)
+                self.http_port = await nursery.start(http.run)
+                if config.ws_port is not None:
+                    ws = WebSocketServer(self._handle, config.http_addr, config.ws_port, config.limits)
+                    self.ws_port = await nursery.start(ws.run)
+                if config.block_time > 0:
+                    nursery.start_soon(self._produce_on_interval)
+                else:
+                    nursery.start_soon(self._produce_on_demand)
+                nursery.start_soon(self._housekeeping)
+                log.info("node started head=%d", self.chain.head.block_number)
+                task_status.started(self)
+        finally:
+            self.store.close()
+
+
+def _never_includable(tx: Any, reason: str) -> bool:
+    """A left-out transaction stays in the pool when it may fit a later block (gas, a future nonce)."""
+    if reason == "gas limit reached":
+        return False
+    return "nonce" not in reason.lower()

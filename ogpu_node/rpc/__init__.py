@@ -1,0 +1,1 @@
+"""JSON-RPC over HTTP and WebSocket: eth_*, net_*, web3_*."""

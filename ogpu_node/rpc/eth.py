@@ -1,0 +1,355 @@
+"""The eth_*, net_* and web3_* methods over a Chain and a TxPool (sans-IO: plain calls, JSON values)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from eth_hash.auto import keccak
+
+from ogpu_node import CLIENT_VERSION
+from ogpu_node.chain import Chain, StoredBlock
+from ogpu_node.execution.calls import AccountOverride, CallRequest, call, estimate_gas
+from ogpu_node.execution.errors import CallFailed, ExecutionReverted
+from ogpu_node.execution.views import transaction_view
+from ogpu_node.rpc import params as p
+from ogpu_node.rpc.jsonrpc import EXECUTION_REVERTED, SERVER_ERROR, InvalidParams, RpcError
+from ogpu_node.txpool import TxPool, TxRejected
+
+DEFAULT_TIP = 1_000_000_000  # suggested priority fee, as anvil and geth --dev
+MAX_FEE_HISTORY = 1024
+
+
+def _call_request(tx: Any) -> CallRequest:
+    tx = p.obj(tx, "transaction")
+    input_hex = tx.get("input", tx.get("data"))
+    return CallRequest(
+        sender=p.address(tx["from"], "from") if tx.get("from") else b"\x00" * 20,
+        to=p.address(tx["to"], "to") if tx.get("to") else None,
+        gas=p.optional(p.quantity, tx.get("gas"), "gas"),
+        gas_price=p.optional(p.quantity, tx.get("gasPrice"), "gasPrice"),
+        max_fee_per_gas=p.optional(p.quantity, tx.get("maxFeePerGas"), "maxFeePerGas"),
+        max_priority_fee_per_gas=p.optional(p.quantity, tx.get("maxPriorityFeePerGas"), "maxPriorityFeePerGas"),
+        value=p.quantity(tx.get("value", "0x0"), "value"),
+        data=p.data(input_hex, "input") if input_hex else b"",
+        access_list=tuple(
+            (p.address(e["address"]), [p.quantity(k, "storage key") for k in e.get("storageKeys", [])])
+            for e in tx.get("accessList", [])
+        ),
+    )
+
+
+def _overrides(value: Any) -> dict[bytes, AccountOverride]:
+    if value is None:
+        return {}
+    out = {}
+    for addr, override in p.obj(value, "state overrides").items():
+        override = p.obj(override, f"override of {addr}")
+        if "state" in override and "stateDiff" in override:
+            raise InvalidParams(f"account {addr} has both 'state' and 'stateDiff'")
+
+        def slots(mapping: Any) -> dict[int, int]:
+            return {p.quantity(k, "slot"): p.quantity(v, "slot value") for k, v in p.obj(mapping, "state").items()}
+
+        out[p.address(addr)] = AccountOverride(
+            balance=p.optional(p.quantity, override.get("balance"), "balance"),
+            nonce=p.optional(p.quantity, override.get("nonce"), "nonce"),
+            code=p.optional(p.data, override.get("code"), "code"),
+            state=slots(override["state"]) if "state" in override else None,
+            state_diff=slots(override.get("stateDiff", {})),
+        )
+    return out
+
+
+class EthApi:
+    def __init__(self, chain: Chain, pool: TxPool, on_transaction: Callable[[], None], peer_count: Callable[[], int] = lambda: 0) -> None:
+        self.chain = chain
+        self.pool = pool
+        self.on_transaction = on_transaction
+        self.peer_count = peer_count
+
+    def methods(self) -> dict[str, Callable[..., Any]]:
+        names = [n for n in dir(self) if n.startswith(("eth_", "net_", "web3_"))]
+        return {n: getattr(self, n) for n in names}
+
+    # -- block resolution --
+
+    def _header(self, block: Any) -> Any:
+        kind, *rest = p.block_id(block)
+        chain = self.chain
+        if kind == "tag":
+            header = chain.header_by_number(0) if rest[0] == "earliest" else chain.head
+        elif kind == "number":
+            header = chain.header_by_number(rest[0])
+        else:
+            header = chain.header_by_hash(rest[0])
+            if header is not None and rest[1] and not chain.is_canonical(header):
+                raise RpcError(SERVER_ERROR, f"hash 0x{rest[0].hex()} is not currently canonical")
+        if header is None:
+            raise RpcError(SERVER_ERROR, "header not found")
+        return header
+
+    def _block_json(self, block: StoredBlock | None, full: bool) -> Any:
+        if block is None:
+            return None
+        view = block.header_json()
+        view["size"] = len(block._body) + 540  # header RLP is about 540 bytes; body dominates
+        view["uncles"] = []
+        view["withdrawals"] = []
+        view["totalDifficulty"] = 0
+        if full:
+            view["transactions"] = [block.transaction_json(i) for i in range(block.transaction_count)]
+        else:
+            view["transactions"] = [tx.hash for tx in block.transactions]
+        return p.to_json(view)
+
+    def _pending_block_json(self, full: bool) -> Any:
+        head = self.chain.head
+        txs = self.pool.pending_in_order()
+        return p.to_json({
+            "number": head.block_number + 1,
+            "hash": None,
+            "parentHash": head.hash,
+            "nonce": None,
+            "miner": None,
+            "timestamp": head.timestamp + 1,
+            "gasLimit": head.gas_limit,
+            "gasUsed": 0,
+            "baseFeePerGas": self.next_base_fee(),
+            "transactions": [tx.hash for tx in txs],
+            "uncles": [],
+        })
+
+    def next_base_fee(self) -> int:
+        return _base_fee_after(self.chain.head)
+
+    # -- web3 / net --
+
+    def web3_clientVersion(self, ctx: Any) -> str:
+        return CLIENT_VERSION
+
+    def web3_sha3(self, ctx: Any, value: Any) -> str:
+        return "0x" + keccak(p.data(value)).hex()
+
+    def net_version(self, ctx: Any) -> str:
+        return str(self.chain.chain_id)
+
+    def net_listening(self, ctx: Any) -> bool:
+        return True
+
+    def net_peerCount(self, ctx: Any) -> str:
+        return hex(self.peer_count())
+
+    # -- chain --
+
+    def eth_chainId(self, ctx: Any) -> str:
+        return hex(self.chain.chain_id)
+
+    def eth_blockNumber(self, ctx: Any) -> str:
+        return hex(self.chain.head.block_number)
+
+    def eth_syncing(self, ctx: Any) -> bool:
+        return False
+
+    def eth_accounts(self, ctx: Any) -> list[str]:
+        return []
+
+    def eth_getBlockByNumber(self, ctx: Any, block: Any, full: Any = False) -> Any:
+        full = p.boolean(full, "full transactions flag")
+        if p.block_id(block) == ("tag", "pending"):
+            return self._pending_block_json(full)
+        try:
+            header = self._header(block)
+        except RpcError:
+            return None
+        return self._block_json(self.chain.block_by_hash(header.hash), full)
+
+    def eth_getBlockByHash(self, ctx: Any, block_hash: Any, full: Any = False) -> Any:
+        return self._block_json(self.chain.block_by_hash(p.hash32(block_hash)), p.boolean(full, "full"))
+
+    def eth_getBlockTransactionCountByNumber(self, ctx: Any, block: Any) -> Any:
+        if p.block_id(block) == ("tag", "pending"):
+            return hex(self.pool.counts()[0])
+        try:
+            stored = self.chain.block_by_hash(self._header(block).hash)
+        except RpcError:
+            return None
+        return hex(stored.transaction_count)
+
+    def eth_getBlockTransactionCountByHash(self, ctx: Any, block_hash: Any) -> Any:
+        stored = self.chain.block_by_hash(p.hash32(block_hash))
+        return None if stored is None else hex(stored.transaction_count)
+
+    def eth_getUncleCountByBlockNumber(self, ctx: Any, block: Any) -> str:
+        return "0x0"
+
+    def eth_getUncleCountByBlockHash(self, ctx: Any, block_hash: Any) -> str:
+        return "0x0"
+
+    # -- state --
+
+    def eth_getBalance(self, ctx: Any, addr: Any, block: Any = "latest") -> str:
+        return hex(self.chain.account(self._header(block), p.address(addr))[1])
+
+    def eth_getCode(self, ctx: Any, addr: Any, block: Any = "latest") -> str:
+        return "0x" + self.chain.account(self._header(block), p.address(addr))[2].hex()
+
+    def eth_getStorageAt(self, ctx: Any, addr: Any, slot: Any, block: Any = "latest") -> str:
+        value = self.chain.storage_at(self._header(block), p.address(addr), p.quantity(slot, "storage slot"))
+        return "0x" + value.to_bytes(32, "big").hex()
+
+    def eth_getTransactionCount(self, ctx: Any, addr: Any, block: Any = "latest") -> str:
+        sender = p.address(addr)
+        if p.block_id(block) == ("tag", "pending"):
+            return hex(self.pool.next_nonce(sender))
+        return hex(self.chain.account(self._header(block), sender)[0])
+
+    # -- fees --
+
+    def eth_gasPrice(self, ctx: Any) -> str:
+        return hex(self.next_base_fee() + DEFAULT_TIP)
+
+    def eth_maxPriorityFeePerGas(self, ctx: Any) -> str:
+        return hex(DEFAULT_TIP)
+
+    def eth_blobBaseFee(self, ctx: Any) -> str:
+        return "0x1"
+
+    def eth_feeHistory(self, ctx: Any, count: Any, newest: Any, percentiles: Any = None) -> Any:
+        count = min(p.quantity(count, "block count"), MAX_FEE_HISTORY)
+        newest_header = self._header(newest)
+        percentiles = percentiles or []
+        if not isinstance(percentiles, list) or any(
+            not isinstance(x, (int, float)) or not 0 <= x <= 100 for x in percentiles
+        ) or percentiles != sorted(percentiles):
+            raise InvalidParams("invalid reward percentiles: expected an ascending list within [0, 100]")
+        if count == 0:
+            return {"oldestBlock": "0x0", "baseFeePerGas": [], "gasUsedRatio": [], "reward": []}
+        last = newest_header.block_number
+        first = max(0, last - count + 1)
+        base_fees, ratios, rewards = [], [], []
+        for number in range(first, last + 1):
+            block = self.chain.block_by_number(number)
+            header = block.header
+            base_fees.append(header.base_fee_per_gas)
+            ratios.append(header.gas_used / header.gas_limit if header.gas_limit else 0.0)
+            if percentiles:
+                rewards.append([hex(r) for r in _rewards(block, percentiles)])
+        base_fees.append(_base_fee_after(self.chain.header_by_number(last)))
+        result: dict[str, Any] = {
+            "oldestBlock": hex(first),
+            "baseFeePerGas": [hex(b) for b in base_fees],
+            "gasUsedRatio": ratios,
+        }
+        if percentiles:
+            result["reward"] = rewards
+        return result
+
+    # -- execution --
+
+    def eth_call(self, ctx: Any, tx: Any, block: Any = "latest", overrides: Any = None, *_: Any) -> str:
+        request, header = _call_request(tx), self._header(block)
+        try:
+            return "0x" + call(self.chain.execution, header, request, _overrides(overrides)).hex()
+        except ExecutionReverted as exc:
+            raise _reverted(exc) from None
+        except CallFailed as exc:
+            raise RpcError(SERVER_ERROR, str(exc)) from None
+
+    def eth_estimateGas(self, ctx: Any, tx: Any, block: Any = "latest", overrides: Any = None) -> str:
+        request, header = _call_request(tx), self._header(block)
+        try:
+            return hex(estimate_gas(self.chain.execution, header, request, _overrides(overrides)))
+        except ExecutionReverted as exc:
+            raise _reverted(exc) from None
+        except CallFailed as exc:
+            raise RpcError(SERVER_ERROR, str(exc)) from None
+
+    # -- transactions --
+
+    def eth_sendRawTransaction(self, ctx: Any, raw: Any) -> str:
+        try:
+            tx_hash = self.pool.add_raw(p.data(raw, "transaction"))
+        except TxRejected as exc:
+            raise RpcError(SERVER_ERROR, str(exc)) from None
+        self.on_transaction()
+        return "0x" + tx_hash.hex()
+
+    def eth_getTransactionByHash(self, ctx: Any, tx_hash: Any) -> Any:
+        tx_hash = p.hash32(tx_hash)
+        location = self.chain.transaction_location(tx_hash)
+        if location is not None:
+            block, index = location
+            return p.to_json(block.transaction_json(index))
+        pooled = self.pool.get(tx_hash)
+        if pooled is None:
+            return None
+        view = transaction_view(pooled[1], pooled[0])
+        view.update(blockHash=None, blockNumber=None, transactionIndex=None)
+        return p.to_json(view)
+
+    def eth_getTransactionByBlockHashAndIndex(self, ctx: Any, block_hash: Any, index: Any) -> Any:
+        return self._tx_at(self.chain.block_by_hash(p.hash32(block_hash)), p.quantity(index, "index"))
+
+    def eth_getTransactionByBlockNumberAndIndex(self, ctx: Any, block: Any, index: Any) -> Any:
+        try:
+            stored = self.chain.block_by_hash(self._header(block).hash)
+        except RpcError:
+            return None
+        return self._tx_at(stored, p.quantity(index, "index"))
+
+    @staticmethod
+    def _tx_at(block: StoredBlock | None, index: int) -> Any:
+        if block is None or index >= block.transaction_count:
+            return None
+        return p.to_json(block.transaction_json(index))
+
+    def eth_getTransactionReceipt(self, ctx: Any, tx_hash: Any) -> Any:
+        location = self.chain.transaction_location(p.hash32(tx_hash))
+        if location is None:
+            return None
+        block, index = location
+        return p.to_json(block.receipts_json[index])
+
+    def eth_getBlockReceipts(self, ctx: Any, block: Any) -> Any:
+        try:
+            stored = self.chain.block_by_hash(self._header(block).hash)
+        except RpcError:
+            return None
+        return p.to_json(stored.receipts_json)
+
+
+def _base_fee_after(header: Any) -> int:
+    """EIP-1559: the base fee of the block after `header`."""
+    target = header.gas_limit // 2
+    base = header.base_fee_per_gas
+    if header.gas_used > target:
+        return base + max(1, base * (header.gas_used - target) // target // 8)
+    return base - base * (target - header.gas_used) // target // 8
+
+
+def _reverted(exc: ExecutionReverted) -> RpcError:
+    if not exc.data:
+        return RpcError(SERVER_ERROR, "execution reverted")
+    return RpcError(EXECUTION_REVERTED, str(exc), "0x" + exc.data.hex())
+
+
+def _rewards(block: StoredBlock, percentiles: list[float]) -> list[int]:
+    """Effective tips at the given gas-weighted percentiles, as geth computes them."""
+    if block.transaction_count == 0:
+        return [0] * len(percentiles)
+    base_fee = block.header.base_fee_per_gas
+    entries = []
+    for receipt in block.receipts_json:
+        entries.append((receipt["effectiveGasPrice"] - base_fee, receipt["gasUsed"]))
+    entries.sort()
+    out = []
+    total = block.header.gas_used
+    index, cumulative = 0, entries[0][1]
+    for percentile in percentiles:
+        threshold = total * percentile / 100
+        while cumulative < threshold and index < len(entries) - 1:
+            index += 1
+            cumulative += entries[index][1]
+        out.append(entries[index][0])
+    return out

@@ -1,0 +1,251 @@
+"""eth_getLogs, polling filters and WebSocket subscriptions, all on one LogFilter matcher."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ogpu_node.chain import Chain, LogFilter, StoredBlock
+from ogpu_node.rpc import params as p
+from ogpu_node.rpc.jsonrpc import SERVER_ERROR, InvalidParams, RpcError
+
+MAX_LOG_RESULTS = 10_000
+MAX_LOG_RANGE = 100_000
+FILTER_TIMEOUT_S = 300.0  # geth drops a filter not polled for 5 minutes
+SEND_TIMEOUT_S = 5.0
+
+
+def _log_filter(criteria: dict[str, Any]) -> LogFilter:
+    raw_address = criteria.get("address")
+    if raw_address is None:
+        addresses: tuple[bytes, ...] = ()
+    elif isinstance(raw_address, list):
+        addresses = tuple(p.address(a) for a in raw_address)
+    else:
+        addresses = (p.address(raw_address),)
+    raw_topics = criteria.get("topics") or []
+    if not isinstance(raw_topics, list) or len(raw_topics) > 4:
+        raise InvalidParams("invalid topics: expected a list of at most 4 positions")
+    topics: list[tuple[bytes, ...] | None] = []
+    for position in raw_topics:
+        if position is None or position == []:
+            topics.append(None)
+        elif isinstance(position, list):
+            topics.append(tuple(p.hash32(t, "topic") for t in position if t is not None) or None)
+        else:
+            topics.append((p.hash32(position, "topic"),))
+    return LogFilter(addresses, tuple(topics))
+
+
+@dataclass
+class _Filter:
+    kind: str  # "logs" | "blocks" | "pending"
+    criteria: LogFilter = field(default_factory=LogFilter)
+    to_block: int | None = None
+    from_block: int = 0
+    next_block: int = 0
+    last_poll: float = field(default_factory=time.monotonic)
+    pending: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class _Subscription:
+    session: Any
+    kind: str
+    criteria: LogFilter
+
+
+class FilterApi:
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self._filters: dict[str, _Filter] = {}
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._ids = itertools.count(1)
+
+    def methods(self) -> dict[str, Any]:
+        names = (
+            "eth_getLogs eth_newFilter eth_newBlockFilter eth_newPendingTransactionFilter "
+            "eth_getFilterChanges eth_getFilterLogs eth_uninstallFilter eth_subscribe eth_unsubscribe"
+        ).split()
+        return {n: getattr(self, n) for n in names}
+
+    def _new_id(self) -> str:
+        # Unguessable ids: one client cannot poll or cancel another's filter.
+        return "0x" + os.urandom(16).hex()
+
+    def _block_number(self, value: Any, default: int) -> int:
+        if value is None:
+            return default
+        kind, *rest = p.block_id(value)
+        head = self.chain.head.block_number
+        if kind == "tag":
+            return 0 if rest[0] == "earliest" else head
+        if kind == "number":
+            return rest[0]
+        raise InvalidParams("invalid block: a block hash is not allowed here, use blockHash")
+
+    def _range_logs(self, criteria: LogFilter, first: int, last: int) -> list[dict[str, Any]]:
+        last = min(last, self.chain.head.block_number)
+        if last - first > MAX_LOG_RANGE:
+            raise RpcError(-32005, f"block range too large (limit {MAX_LOG_RANGE})")
+        out: list[dict[str, Any]] = []
+        for number in range(first, last + 1):
+            header = self.chain.header_by_number(number)
+            if header is None or not criteria.may_match_bloom(header.bloom):
+                continue
+            out.extend(criteria.logs_of(self.chain.block_by_hash(header.hash)))
+            if len(out) > MAX_LOG_RESULTS:
+                raise RpcError(-32005, f"query returned more than {MAX_LOG_RESULTS} results")
+        return out
+
+    # -- one-shot --
+
+    def eth_getLogs(self, ctx: Any, criteria: Any) -> Any:
+        criteria = p.obj(criteria, "filter")
+        log_filter = _log_filter(criteria)
+        if criteria.get("blockHash") is not None:
+            if criteria.get("fromBlock") is not None or criteria.get("toBlock") is not None:
+                raise InvalidParams("invalid filter: blockHash excludes fromBlock and toBlock")
+            block = self.chain.block_by_hash(p.hash32(criteria["blockHash"], "blockHash"))
+            if block is None:
+                raise RpcError(SERVER_ERROR, "unknown block")
+            return p.to_json(list(log_filter.logs_of(block)))
+        head = self.chain.head.block_number
+        first = self._block_number(criteria.get("fromBlock"), head)
+        last = self._block_number(criteria.get("toBlock"), head)
+        if first > last:
+            raise InvalidParams("invalid block range: fromBlock is after toBlock")
+        return p.to_json(self._range_logs(log_filter, first, last))
+
+    # -- polling filters --
+
+    def expire(self, now: float) -> None:
+        for filter_id in [i for i, f in self._filters.items() if now - f.last_poll > FILTER_TIMEOUT_S]:
+            del self._filters[filter_id]
+
+    def eth_newFilter(self, ctx: Any, criteria: Any) -> str:
+        criteria = p.obj(criteria, "filter")
+        head = self.chain.head.block_number
+        first = self._block_number(criteria.get("fromBlock"), head)
+        to_block = criteria.get("toBlock")
+        flt = _Filter("logs", _log_filter(criteria), from_block=first, next_block=head + 1)
+        flt.to_block = None if to_block in (None, "latest", "pending") else self._block_number(to_block, head)
+        filter_id = self._new_id()
+        self._filters[filter_id] = flt
+        return filter_id
+
+    def eth_newBlockFilter(self, ctx: Any) -> str:
+        filter_id = self._new_id()
+        self._filters[filter_id] = _Filter("blocks", next_block=self.chain.head.block_number + 1)
+        return filter_id
+
+    def eth_newPendingTransactionFilter(self, ctx: Any, *_: Any) -> str:
+        filter_id = self._new_id()
+        self._filters[filter_id] = _Filter("pending")
+        return filter_id
+
+    def on_pending_transaction(self, tx_hash: bytes) -> None:
+        for flt in self._filters.values():
+            if flt.kind == "pending":
+                flt.pending.append(tx_hash)
+
+    def _get(self, filter_id: Any) -> _Filter:
+        flt = self._filters.get(filter_id) if isinstance(filter_id, str) else None
+        if flt is None:
+            raise RpcError(SERVER_ERROR, "filter not found")
+        flt.last_poll = time.monotonic()
+        return flt
+
+    def eth_getFilterChanges(self, ctx: Any, filter_id: Any) -> Any:
+        flt = self._get(filter_id)
+        head = self.chain.head.block_number
+        if flt.kind == "pending":
+            out, flt.pending = flt.pending, []
+            return p.to_json(out)
+        first, flt.next_block = flt.next_block, head + 1
+        if flt.kind == "blocks":
+            return p.to_json([self.chain.header_by_number(n).hash for n in range(first, head + 1)])
+        last = head if flt.to_block is None else min(head, flt.to_block)
+        return p.to_json(self._range_logs(flt.criteria, max(first, flt.from_block), last))
+
+    def eth_getFilterLogs(self, ctx: Any, filter_id: Any) -> Any:
+        flt = self._get(filter_id)
+        if flt.kind != "logs":
+            raise RpcError(SERVER_ERROR, "filter not found")
+        head = self.chain.head.block_number
+        last = head if flt.to_block is None else min(head, flt.to_block)
+        return p.to_json(self._range_logs(flt.criteria, flt.from_block, last))
+
+    def eth_uninstallFilter(self, ctx: Any, filter_id: Any) -> bool:
+        return self._filters.pop(filter_id, None) is not None if isinstance(filter_id, str) else False
+
+    # -- subscriptions (WebSocket only) --
+
+    def eth_subscribe(self, session: Any, kind: Any, criteria: Any = None) -> str:
+        if session is None or not getattr(session, "is_websocket", False):
+            raise RpcError(-32601, "notifications not supported")
+        if kind == "newHeads":
+            log_filter = LogFilter()
+        elif kind == "logs":
+            log_filter = _log_filter(p.obj(criteria or {}, "logs filter"))
+        elif kind == "newPendingTransactions":
+            log_filter = LogFilter()
+        else:
+            raise InvalidParams(f"no such subscription: {kind!r}")
+        sub_id = self._new_id()
+        self._subscriptions[sub_id] = _Subscription(session, kind, log_filter)
+        session.on_close(lambda: self._subscriptions.pop(sub_id, None))
+        return sub_id
+
+    def eth_unsubscribe(self, session: Any, sub_id: Any) -> bool:
+        sub = self._subscriptions.get(sub_id) if isinstance(sub_id, str) else None
+        if sub is None or sub.session is not session:
+            return False
+        del self._subscriptions[sub_id]
+        return True
+
+    def _notifications(self, block: StoredBlock) -> list[tuple[Any, bytes]]:
+        out = []
+        head_json = None
+        for sub_id, sub in list(self._subscriptions.items()):
+            if sub.kind == "newHeads":
+                if head_json is None:
+                    head_json = p.to_json(block.header_json())
+                results = [head_json]
+            elif sub.kind == "logs":
+                results = [p.to_json(entry) for entry in sub.criteria.logs_of(block)]
+            else:
+                continue
+            for result in results:
+                message = {"jsonrpc": "2.0", "method": "eth_subscription", "params": {"subscription": sub_id, "result": result}}
+                out.append((sub.session, json.dumps(message, separators=(",", ":")).encode()))
+        return out
+
+    async def publish_block(self, block: StoredBlock) -> None:
+        await self._send_all(self._notifications(block))
+
+    async def publish_pending(self, tx_hashes: list[bytes]) -> None:
+        messages = []
+        for sub_id, sub in list(self._subscriptions.items()):
+            if sub.kind != "newPendingTransactions":
+                continue
+            for tx_hash in tx_hashes:
+                message = {"jsonrpc": "2.0", "method": "eth_subscription", "params": {"subscription": sub_id, "result": "0x" + tx_hash.hex()}}
+                messages.append((sub.session, json.dumps(message).encode()))
+        await self._send_all(messages)
+
+    async def _send_all(self, messages: list[tuple[Any, bytes]]) -> None:
+        for session, payload in messages:
+            # A client that stops reading must not stall block production: drop it after a timeout.
+            with trio.move_on_after(SEND_TIMEOUT_S):
+                try:
+                    await session.send(payload)
+                except Exception:
+                    logging.getLogger("ogpu.rpc").debug("dropping subscription of a closed session")

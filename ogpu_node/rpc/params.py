@@ -1,0 +1,94 @@
+"""Parsing of JSON-RPC parameters (each failure is -32602 naming the value) and hex encoding of results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ogpu_node.rpc.jsonrpc import InvalidParams
+
+BLOCK_TAGS = ("latest", "earliest", "pending", "safe", "finalized")
+
+
+def to_json(value: Any) -> Any:
+    """ints -> quantities, bytes -> data, recursively (bool before int: bool is an int subclass)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return hex(value)
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + value.hex()
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def quantity(value: Any, name: str = "quantity") -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value  # lenient, as geth is for plain JSON numbers in some fields
+    if not isinstance(value, str) or not value.startswith(("0x", "0X")) or len(value) < 3:
+        raise InvalidParams(f"invalid {name}: expected 0x-prefixed hex quantity, got {value!r}")
+    try:
+        result = int(value[2:], 16)
+    except ValueError:
+        raise InvalidParams(f"invalid {name}: {value!r} is not hex") from None
+    if result >= 1 << 256:
+        raise InvalidParams(f"invalid {name}: {value!r} exceeds 256 bits")
+    return result
+
+
+def data(value: Any, name: str = "data", length: int | None = None) -> bytes:
+    if not isinstance(value, str) or not value.startswith(("0x", "0X")):
+        raise InvalidParams(f"invalid {name}: expected 0x-prefixed hex data, got {value!r}")
+    text = value[2:]
+    if len(text) % 2:
+        raise InvalidParams(f"invalid {name}: odd length hex string")
+    try:
+        result = bytes.fromhex(text)
+    except ValueError:
+        raise InvalidParams(f"invalid {name}: {value!r} is not hex") from None
+    if length is not None and len(result) != length:
+        raise InvalidParams(f"invalid {name}: expected {length} bytes, got {len(result)}")
+    return result
+
+
+def address(value: Any, name: str = "address") -> bytes:
+    return data(value, name, 20)
+
+
+def hash32(value: Any, name: str = "hash") -> bytes:
+    return data(value, name, 32)
+
+
+def optional(parser: Any, value: Any, name: str) -> Any:
+    return None if value is None else parser(value, name)
+
+
+def block_id(value: Any) -> tuple[str, Any]:
+    """('tag', name) | ('number', n) | ('hash', h, require_canonical): a block tag, number or EIP-1898 object."""
+    if value is None:
+        return ("tag", "latest")
+    if isinstance(value, str) and value in BLOCK_TAGS:
+        return ("tag", value)
+    if isinstance(value, dict):
+        if "blockHash" in value:
+            return ("hash", hash32(value["blockHash"], "blockHash"), bool(value.get("requireCanonical", False)))
+        if "blockNumber" in value:
+            return block_id(value["blockNumber"])
+        raise InvalidParams("invalid block: object needs blockHash or blockNumber")
+    if isinstance(value, str) and value.startswith("0x"):
+        return ("number", quantity(value, "block number"))
+    raise InvalidParams(f"invalid block: {value!r}")
+
+
+def obj(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidParams(f"invalid {name}: expected an object")
+    return value
+
+
+def boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidParams(f"invalid {name}: expected true or false")
+    return value

@@ -164,7 +164,7 @@ class HttpServer:
         self._active += 1
         session = _HttpSession()
         try:
-            with trio.CancelScope() as idle:
+            with trio.CancelScope(deadline=trio.current_time() + self._limits.idle_timeout_s) as idle:
                 await self._serve(stream, h11.Connection(h11.SERVER), session, idle)
         except h11.RemoteProtocolError as exc:
             log.debug("malformed HTTP request: %s", exc)  # client error: no traceback

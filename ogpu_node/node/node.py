@@ -57,7 +57,8 @@ class Node:
         self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods()})
         self.http_port: int | None = None
         self.ws_port: int | None = None
-        self._fresh_pending: list[bytes] = []
+        # Hashes for newPendingTransactions subscribers; bounded, a burst beyond it is not announced.
+        self._pending_out, self._pending_in = trio.open_memory_channel[bytes](10_000)
 
     # -- pool callbacks --
 
@@ -68,8 +69,17 @@ class Node:
     def _head_view(self) -> tuple[int, int]:
         return self.eth.next_base_fee(), self.chain.head.gas_limit
 
-    def _on_transaction(self) -> None:
+    def _on_transaction(self, tx_hash: bytes) -> None:
         self._tx_arrived.set()
+        self.filters.on_pending_transaction(tx_hash)
+        try:
+            self._pending_out.send_nowait(tx_hash)
+        except trio.WouldBlock:
+            pass
+
+    async def _announce_pending(self) -> None:
+        async for tx_hash in self._pending_in:
+            await self.filters.publish_pending([tx_hash])
 
     async def _handle(self, body: bytes, session: Any) -> bytes | None:
         return self.rpc.handle(body, session)
@@ -145,6 +155,7 @@ class Node:
                 else:
                     nursery.start_soon(self._produce_on_demand)
                 nursery.start_soon(self._housekeeping)
+                nursery.start_soon(self._announce_pending)
                 log.info("node started head=%d", self.chain.head.block_number)
                 task_status.started(self)
         finally:

@@ -62,7 +62,7 @@ def _overrides(value: Any) -> dict[bytes, AccountOverride]:
 
 
 class EthApi:
-    def __init__(self, chain: Chain, pool: TxPool, on_transaction: Callable[[], None], peer_count: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, chain: Chain, pool: TxPool, on_transaction: Callable[[bytes], None], peer_count: Callable[[], int] = lambda: 0) -> None:
         self.chain = chain
         self.pool = pool
         self.on_transaction = on_transaction
@@ -272,7 +272,7 @@ class EthApi:
             tx_hash = self.pool.add_raw(p.data(raw, "transaction"))
         except TxRejected as exc:
             raise RpcError(SERVER_ERROR, str(exc)) from None
-        self.on_transaction()
+        self.on_transaction(tx_hash)
         return "0x" + tx_hash.hex()
 
     def eth_getTransactionByHash(self, ctx: Any, tx_hash: Any) -> Any:

@@ -11,6 +11,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import h11
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 _LINGER_S = 1.0  # how long to drain an abandoned request before closing (see _close_lingering)
+_WS_HANDSHAKE_S = 10.0  # bound on the opening and the closing handshake of a WebSocket
 _CORS = (b"access-control-allow-origin", b"*")
 _JSON_HEADERS = [(b"content-type", b"application/json"), _CORS]
 _PREFLIGHT_HEADERS = [
@@ -30,6 +32,7 @@ _PREFLIGHT_HEADERS = [
     (b"access-control-max-age", b"600"),
     (b"content-length", b"0"),
 ]
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _HEALTH_BODY = b'{"status":"ok"}'
 _TOO_LARGE_BODY = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request body too large"}}'
 _INTERNAL_BODY = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}'
@@ -209,7 +212,7 @@ class HttpServer:
             elif method == b"GET":
                 out = self._response(conn, 200, _JSON_HEADERS, _HEALTH_BODY)
             elif method == b"OPTIONS":
-                out = conn.send(h11.Response(status_code=204, headers=_PREFLIGHT_HEADERS))
+                out = conn.send(h11.Response(status_code=204, headers=_PREFLIGHT_HEADERS, reason=b"No Content"))
                 out += conn.send(h11.EndOfMessage())
             else:  # a HEAD response must not carry a body (h11 would refuse it)
                 body = b"" if method == b"HEAD" else b'{"error":"method not allowed"}'
@@ -223,7 +226,7 @@ class HttpServer:
     def _response(conn: h11.Connection, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
         # Build the whole response and write it with one send_all (one syscall, one segment).
         hdrs = [*headers, (b"content-length", str(len(body)).encode())]
-        out = conn.send(h11.Response(status_code=status, headers=hdrs))
+        out = conn.send(h11.Response(status_code=status, headers=hdrs, reason=_REASONS[status]))
         if body:
             out += conn.send(h11.Data(data=body))
         return out + conn.send(h11.EndOfMessage())
@@ -269,26 +272,42 @@ class WebSocketServer:
         self._active = 0
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        # Own listeners (what serve_websocket does inside) so that the bound port is known.
+        # Our own accept loop rather than serve_websocket, so that the connection limit is applied
+        # before the handshake: a rejected handshake (request.reject) leaves the socket open.
         listeners = await trio.open_tcp_listeners(self.port, host=self._host)
         self.port = listeners[0].socket.getsockname()[1]
-        server = tws.WebSocketServer(
-            self._connection, listeners, max_message_size=self._limits.max_ws_message_bytes
-        )
         async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
+            await nursery.start(trio.serve_listeners, self._connection, listeners)
             task_status.started(self.port)
 
-    async def _connection(self, request: tws.WebSocketRequest) -> None:
+    async def _connection(self, stream: trio.SocketStream) -> None:
         if self._active >= self._limits.max_connections:
-            await request.reject(503, body=b"too many connections")
+            await _close_lingering(stream, _raw_response(503, "Service Unavailable", b'{"error":"busy"}'))
             return
         self._active += 1
         try:
-            ws = await request.accept()
-        except tws.ConnectionClosed:
+            async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
+                ws = None
+                with trio.move_on_after(_WS_HANDSHAKE_S):
+                    try:
+                        request = await tws.wrap_server_stream(
+                            nursery, stream, max_message_size=self._limits.max_ws_message_bytes
+                        )
+                        ws = await request.accept()
+                    except tws.ConnectionClosed:
+                        pass
+                if ws is not None:
+                    try:
+                        await self._messages(ws)
+                    finally:
+                        with trio.move_on_after(_WS_HANDSHAKE_S):
+                            await ws.aclose()
+                nursery.cancel_scope.cancel()
+        finally:
             self._active -= 1
-            return
+            await trio.aclose_forcefully(stream)
+
+    async def _messages(self, ws: tws.WebSocketConnection) -> None:
         session = _WsSession(ws)
         try:
             # One message at a time, so replies keep the order of requests on this connection.
@@ -311,5 +330,4 @@ class WebSocketServer:
                     except SessionClosed:
                         return
         finally:
-            self._active -= 1
             session._fire_close()

@@ -1,0 +1,226 @@
+"""Block import: our full import path against bare py-evm, on the same RLP-encoded blocks.
+
+Setup (untimed): a genesis funding S generated senders; our builder (`Chain.build_block` on a temp
+LMDB) makes K blocks of T EIP-1559 transfers each (every sender sends one transfer per block, each
+to a fresh address); the blocks are RLP-encoded: these are the "blocks arriving from outside".
+
+Timed, per side, on a fresh database each repetition, best of R:
+- ours: for each block, `decode_block(raw)` then `Chain.import_block` on an LMDB chain in a temp
+  dir (execution with sender recovery, LMDB write, indexes, head pointer, one write txn per block);
+- bare: py-evm's own `Chain` with `PragueVM` on an in-memory `AtomicDB`, `rlp.decode(raw,
+  sedes=PragueBlock)` then `chain.import_block(block)`.
+
+The figure is transactions per second; ours / bare should be at least 1.0.
+
+Sizes: --blocks/BENCH_BLOCKS (K, default 10), --txs/BENCH_TXS_PER_BLOCK (T, default 100),
+--senders/BENCH_SENDERS (S, default = T), --repeat/BENCH_REPEAT (R, default 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import rlp
+from eth.chains.base import Chain as PyEvmChain
+from eth.db.atomic import AtomicDB
+from eth.vm.forks.prague import PragueVM
+from eth.vm.forks.prague.blocks import PragueBlock
+from eth_keys import KeyAPI
+from eth_keys.backends import CoinCurveECCBackend
+
+from benchmarks import Result, env_int
+from ogpu_node.chain import Chain
+from ogpu_node.config import GenesisConfig, parse_genesis
+from ogpu_node.crypto import keccak
+from ogpu_node.db import LMDBStore
+from ogpu_node.execution.codec import decode_block, decode_transaction, encode_block
+from ogpu_node.execution.state import BlockAttributes
+
+CHAIN_ID = 1337
+GAS_PRICE_CAP = 100 * 10**9
+TIP = 10**9
+BLOCK_INTERVAL = 12
+_KEYS = KeyAPI(CoinCurveECCBackend)
+_GENESIS_FIELDS = ("difficulty", "gas_limit", "timestamp", "extra_data", "coinbase", "mix_hash", "nonce",
+                   "base_fee_per_gas")
+
+
+@dataclass(frozen=True)
+class Workload:
+    genesis: GenesisConfig
+    raw_blocks: list[bytes]
+    head_hash: bytes
+    genesis_hash: bytes
+    tx_count: int
+
+
+def _sender_keys(count: int) -> list[bytes]:
+    return [keccak(b"ogpu-bench-sender" + i.to_bytes(4, "big")) for i in range(count)]
+
+
+def make_genesis(senders: list[bytes]) -> GenesisConfig:
+    alloc = {
+        "0x" + _KEYS.PrivateKey(key).public_key.to_canonical_address().hex(): {"balance": hex(10**24)}
+        for key in senders
+    }
+    return parse_genesis({
+        "config": {"chainId": CHAIN_ID},
+        "alloc": alloc,
+        "gasLimit": hex(30_000_000),
+        "baseFeePerGas": hex(10**9),
+        "timestamp": "0x0",
+        "extraData": "0x",
+    })
+
+
+def _signed_transfer(key: bytes, nonce: int, to: bytes) -> bytes:
+    builder = PragueVM.get_transaction_builder()
+    unsigned = builder.new_unsigned_dynamic_fee_transaction(
+        chain_id=CHAIN_ID, nonce=nonce, max_priority_fee_per_gas=TIP, max_fee_per_gas=GAS_PRICE_CAP,
+        gas=21_000, to=to, value=10**12, data=b"", access_list=[],
+    )
+    # Encode and decode again: as_signed_transaction returns a London-typed tx under Prague (DESIGN §2).
+    return unsigned.as_signed_transaction(_KEYS.PrivateKey(key), chain_id=CHAIN_ID).encode()
+
+
+def build_workload(blocks: int, txs_per_block: int, senders: int) -> Workload:
+    """Build the blocks with our builder and return them RLP-encoded (untimed setup)."""
+    keys = _sender_keys(senders)
+    genesis = make_genesis(keys)
+    nonces = [0] * senders
+    datadir = tempfile.mkdtemp(prefix="ogpu-bench-build-")
+    store = LMDBStore(datadir)
+    try:
+        chain = Chain(store, genesis)
+        raw_blocks = []
+        sent = 0
+        for number in range(1, blocks + 1):
+            txs = []
+            for _ in range(txs_per_block):
+                which = sent % senders
+                to = keccak(b"ogpu-bench-recipient" + sent.to_bytes(8, "big"))[:20]
+                txs.append(decode_transaction(_signed_transfer(keys[which], nonces[which], to)))
+                nonces[which] += 1
+                sent += 1
+            attrs = BlockAttributes(
+                timestamp=genesis.timestamp + BLOCK_INTERVAL * number,
+                coinbase=b"\x42" * 20,
+                mix_hash=keccak(b"ogpu-bench-mix" + number.to_bytes(8, "big")),
+            )
+            executed = chain.build_block(attrs, txs)
+            if executed.excluded or len(executed.receipts) != txs_per_block:
+                raise RuntimeError(f"block {number} left out transactions: {executed.excluded[:3]}")
+            raw_blocks.append(encode_block(executed.block))
+        return Workload(genesis, raw_blocks, chain.head.hash, chain.genesis_hash, sent)
+    finally:
+        store.close()
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+def import_ours(work: Workload) -> float:
+    """Seconds to decode and import every block into a fresh LMDB chain."""
+    datadir = tempfile.mkdtemp(prefix="ogpu-bench-import-")
+    store = LMDBStore(datadir)
+    try:
+        chain = Chain(store, work.genesis)
+        assert chain.genesis_hash == work.genesis_hash
+        start = time.perf_counter()
+        for raw in work.raw_blocks:
+            chain.import_block(decode_block(raw))
+        elapsed = time.perf_counter() - start
+        assert chain.head.hash == work.head_hash, "our import did not reach the built head"
+        return elapsed
+    finally:
+        store.close()
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+def _bare_chain(work: Workload):  # type: ignore[no-untyped-def]
+    # The genesis header fields are taken from our own genesis, so both sides start from one header.
+    datadir = tempfile.mkdtemp(prefix="ogpu-bench-genesis-")
+    store = LMDBStore(datadir)
+    try:
+        header = Chain(store, work.genesis).head
+    finally:
+        store.close()
+        shutil.rmtree(datadir, ignore_errors=True)
+    params = {name: getattr(header, name) for name in _GENESIS_FIELDS}
+    state = {
+        address: {"balance": account.balance, "nonce": account.nonce, "code": account.code,
+                  "storage": dict(account.storage)}
+        for address, account in work.genesis.alloc.items()
+    }
+    chain_class = PyEvmChain.configure(vm_configuration=((0, PragueVM),), chain_id=work.genesis.chain_id)
+    chain = chain_class.from_genesis(AtomicDB(), params, state)
+    assert chain.get_canonical_head().hash == work.genesis_hash, "bare py-evm genesis differs from ours"
+    return chain
+
+
+def import_bare(work: Workload) -> float:
+    """Seconds for bare py-evm (in-memory AtomicDB) to decode and import every block."""
+    chain = _bare_chain(work)
+    start = time.perf_counter()
+    for raw in work.raw_blocks:
+        chain.import_block(rlp.decode(raw, sedes=PragueBlock))
+    elapsed = time.perf_counter() - start
+    assert chain.get_canonical_head().hash == work.head_hash, "bare py-evm did not reach the built head"
+    return elapsed
+
+
+def run(blocks: int, txs_per_block: int, senders: int, repeat: int) -> Result:
+    print(f"block import: {blocks} blocks x {txs_per_block} EIP-1559 transfers from {senders} senders, "
+          f"best of {repeat}", flush=True)
+    start = time.perf_counter()
+    work = build_workload(blocks, txs_per_block, senders)
+    size = sum(len(raw) for raw in work.raw_blocks)
+    print(f"  built with Chain.build_block in {time.perf_counter() - start:.2f} s; "
+          f"{size / 1024:.0f} KiB of RLP; genesis 0x{work.genesis_hash.hex()[:16]}... equal on both sides",
+          flush=True)
+    # Interleave the sides so a slow phase of the machine hits both.
+    ours_times: list[float] = []
+    bare_times: list[float] = []
+    for _ in range(repeat):
+        gc.collect()
+        bare_times.append(import_bare(work))
+        gc.collect()
+        ours_times.append(import_ours(work))
+    ours = work.tx_count / min(ours_times)
+    bare = work.tx_count / min(bare_times)
+    print("  ours (decode_block + Chain.import_block, LMDB): "
+          + ", ".join(f"{t * 1000:.0f}" for t in ours_times) + " ms", flush=True)
+    print("  bare py-evm (rlp.decode + Chain.import_block, AtomicDB): "
+          + ", ".join(f"{t * 1000:.0f}" for t in bare_times) + " ms", flush=True)
+    result = Result(
+        name="block import",
+        unit="tx/s",
+        ours=ours,
+        baseline=bare,
+        baseline_name="bare py-evm",
+        target=1.0,
+        note=f"{blocks}x{txs_per_block} transfers, {senders} senders, best of {repeat}",
+    )
+    print("  " + result.line(), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> Result:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.block_import", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=env_int("BENCH_BLOCKS", 10))
+    parser.add_argument("--txs", type=int, default=env_int("BENCH_TXS_PER_BLOCK", 100))
+    parser.add_argument("--senders", type=int, default=env_int("BENCH_SENDERS", 0),
+                        help="distinct senders (default: as many as transactions per block)")
+    parser.add_argument("--repeat", type=int, default=env_int("BENCH_REPEAT", 3))
+    args = parser.parse_args(argv)
+    senders = args.senders or args.txs
+    return run(args.blocks, args.txs, senders, args.repeat)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

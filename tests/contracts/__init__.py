@@ -1,0 +1,1 @@
+"""Vyper sources of the contracts the integration tests deploy, and their compiler (compile.py)."""

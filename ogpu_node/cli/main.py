@@ -20,6 +20,7 @@ from ogpu_node.cli.account import account
 from ogpu_node.cli.common import datadir_option, resolve_datadir
 from ogpu_node.config import GenesisConfig, GenesisError, load_genesis
 from ogpu_node.crypto import DEV_MNEMONIC, derive_dev_accounts
+from ogpu_node.db import DatabaseLocked
 
 DEV_GENESIS = Path(__file__).resolve().parents[2] / "genesis" / "dev.json"
 _GENESIS_COPY = "genesis.json"
@@ -76,15 +77,18 @@ def init(datadir: Path | None, genesis_file: Path) -> None:
     datadir = resolve_datadir(datadir)
     genesis = _load_genesis(genesis_file)
     datadir.mkdir(parents=True, exist_ok=True)
-    store = LMDBStore(datadir / "chaindata")
     try:
-        chain = Chain(store, genesis)
+        store = LMDBStore(datadir / "chaindata")
+    except DatabaseLocked as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        genesis_hash = Chain(store, genesis).genesis_hash
     except ChainError as exc:
         raise click.ClickException(str(exc)) from None
-    finally_hash = chain.genesis_hash
-    store.close()
+    finally:
+        store.close()
     (datadir / _GENESIS_COPY).write_text(json.dumps(genesis.raw, indent=2) + "\n")
-    click.echo(f"Successfully wrote genesis state  database=chaindata  hash=0x{finally_hash.hex()}")
+    click.echo(f"Successfully wrote genesis state  database=chaindata  hash=0x{genesis_hash.hex()}")
 
 
 def _print_dev_banner(node, accounts) -> None:  # type: ignore[no-untyped-def]
@@ -165,13 +169,28 @@ def run(
 
     try:
         trio.run(main)
-    except ChainError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot start: {exc.strerror or exc}") from None
+    except BaseException as exc:  # trio wraps failures of its tasks in exception groups
+        cause = _first_cause(exc)
+        if isinstance(cause, (ChainError, DatabaseLocked)):
+            raise click.ClickException(str(cause)) from None
+        if isinstance(cause, OSError):
+            raise click.ClickException(f"cannot start: {cause.strerror or cause}") from None
+        raise
     finally:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def main() -> None:

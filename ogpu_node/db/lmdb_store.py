@@ -10,6 +10,8 @@ The class satisfies py-evm's `AtomicDatabaseAPI` by duck typing, so this package
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -29,6 +31,10 @@ class NoWriteSession(RuntimeError):
 
 class DatabaseClosed(RuntimeError):
     pass
+
+
+class DatabaseLocked(RuntimeError):
+    """Another process has the database open; two writers would fork the chain."""
 
 
 class WriteBatch(MutableMapping):
@@ -110,7 +116,13 @@ class _BaseStore(MutableMapping):
 class LMDBStore(_BaseStore):
     def __init__(self, path: str | Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        # One process per datadir: LMDB's lock file stops a second writer; subdir=True keeps data.mdb there.
+        # One process per database, as geth's datadir LOCK: LMDB itself would let a second process in.
+        self._lock_fd = os.open(Path(path) / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise DatabaseLocked(f"{path} is in use by another process") from None
         self._env: lmdb.Environment | None = lmdb.open(
             str(path), map_size=map_size, max_dbs=0, readahead=False, metasync=True, sync=True
         )
@@ -184,3 +196,4 @@ class LMDBStore(_BaseStore):
         if self._env is not None:
             self._env.close()
             self._env = None
+            os.close(self._lock_fd)  # closing the descriptor releases the flock

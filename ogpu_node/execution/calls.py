@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from eth.abc import BlockHeaderAPI, ComputationAPI, StateAPI
+from eth.vm.forks.prague.constants import STANDARD_TOKEN_COST, TOTAL_COST_FLOOR_PER_TOKEN
 from eth.vm.spoof import SpoofTransaction
 from eth_abi import decode as abi_decode
-from eth_utils import ValidationError
+from eth_utils import ValidationError, to_checksum_address
 
 from ogpu_node.execution.errors import CallFailed, ExecutionReverted
 from ogpu_node.execution.state import Execution
@@ -21,6 +22,28 @@ from ogpu_node.execution.vm import OgpuVM
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)
 ESTIMATE_ERROR_RATIO = 0.015  # geth stops the search within 1.5 % of the answer
+TX_GAS = 21000
+
+# Solidity's Panic(uint256) codes, worded as geth's abi.UnpackRevert words them.
+_PANIC_REASONS = {
+    0x00: "generic panic",
+    0x01: "assert(false)",
+    0x11: "arithmetic underflow or overflow",
+    0x12: "division or modulo by zero",
+    0x21: "enum overflow",
+    0x22: "invalid encoded storage byte array accessed",
+    0x31: "out-of-bounds array access; popping on an empty array",
+    0x32: "out-of-bounds access of an array or bytesN",
+    0x41: "out of memory",
+    0x51: "uninitialized function",
+}
+
+
+def floor_data_gas(data: bytes) -> int:
+    """EIP-7623: the least gas a transaction carrying `data` may have (21000 + 10 per calldata token)."""
+    zeros = data.count(0)
+    tokens = zeros + (len(data) - zeros) * STANDARD_TOKEN_COST
+    return TX_GAS + tokens * TOTAL_COST_FLOOR_PER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -46,13 +69,15 @@ class AccountOverride:
 
 
 def revert_reason(output: bytes) -> str | None:
+    """The reason of an Error(string) or Panic(uint256) revert, as geth words it; None for other data."""
     if output[:4] == _ERROR_SELECTOR:
         try:
             return abi_decode(["string"], output[4:])[0]
-        except Exception:
+        except Exception:  # malformed ABI data from an arbitrary contract
             return None
     if output[:4] == _PANIC_SELECTOR and len(output) == 36:
-        return f"panic: 0x{int.from_bytes(output[4:], 'big'):02x}"
+        code = int.from_bytes(output[4:], "big")
+        return _PANIC_REASONS.get(code, f"unknown panic code: {code:#x}")
     return None
 
 
@@ -110,15 +135,39 @@ def _run(state: StateAPI, tx: SpoofTransaction) -> ComputationAPI:
     try:
         return state.apply_transaction(tx)
     except ValidationError as exc:
-        raise CallFailed(_call_error_message(str(exc))) from None
+        raise CallFailed(_call_error_message(str(exc), state, tx)) from None
     finally:
         state.revert(snapshot)
 
 
-def _call_error_message(message: str) -> str:
-    if "cannot afford" in message or "insufficient" in message.lower():
-        return "insufficient funds for gas * price + value"
+def _call_error_message(message: str, state: StateAPI, tx: SpoofTransaction) -> str:
+    """geth's wording for the pre-execution checks py-evm words its own way."""
+    sender = tx.sender
+    if "cannot afford" in message or "enough balance" in message or "insufficient" in message.lower():
+        want = tx.gas * tx.max_fee_per_gas + tx.value
+        return (
+            f"insufficient funds for gas * price + value: address {to_checksum_address(sender)} "
+            f"have {state.get_balance(sender)} want {want}"
+        )
+    if "base fee" in message:
+        return (
+            f"max fee per gas less than block base fee: address {to_checksum_address(sender)}, "
+            f"maxFeePerGas: {tx.max_fee_per_gas}, baseFee: {state.execution_context.base_fee_per_gas}"
+        )
     return message
+
+
+def _check_gas(tx: SpoofTransaction, data: bytes) -> None:
+    if tx.gas < tx.intrinsic_gas:
+        raise CallFailed(f"intrinsic gas too low: have {tx.gas}, want {tx.intrinsic_gas}")
+    floor = floor_data_gas(data)
+    if tx.gas < floor:
+        raise CallFailed(f"insufficient gas for floor data gas cost: have {tx.gas}, want {floor}")
+    if tx.max_priority_fee_per_gas > tx.max_fee_per_gas:
+        raise CallFailed(
+            f"max priority fee per gas higher than max fee per gas: address {to_checksum_address(tx.sender)}, "
+            f"maxPriorityFeePerGas: {tx.max_priority_fee_per_gas}, maxFeePerGas: {tx.max_fee_per_gas}"
+        )
 
 
 def _gas_cap(header: BlockHeaderAPI, request: CallRequest) -> int:
@@ -135,8 +184,7 @@ def call(
     state = _call_state(execution, header, request)
     _apply_overrides(state, overrides or {})
     tx = _transaction(state, request, _gas_cap(header, request), execution.chain_id)
-    if tx.gas < tx.intrinsic_gas:
-        raise CallFailed("intrinsic gas too low")
+    _check_gas(tx, request.data)
     computation = _run(state, tx)
     if computation.is_error:
         _raise_failure(computation)
@@ -176,23 +224,28 @@ def estimate_gas(
     state = _call_state(execution, header, request)
     _apply_overrides(state, overrides or {})
     cap = _gas_cap(header, request)
-    if request.gas_price or request.max_fee_per_gas:
-        fee = request.gas_price or request.max_fee_per_gas
-        allowance = (state.get_balance(request.sender) - request.value) // fee if fee else cap
-        cap = max(0, min(cap, allowance))
+    fee = request.gas_price or request.max_fee_per_gas
+    if fee:
+        # geth: with a fee, the sender's balance bounds the gas it could buy.
+        available = state.get_balance(request.sender)
+        if request.value:
+            if request.value >= available:
+                raise CallFailed("insufficient funds for transfer")
+            available -= request.value
+        cap = min(cap, available // fee)
+    floor = floor_data_gas(request.data)
 
     def attempt(gas: int) -> ComputationAPI | None:
         tx = _transaction(state, request, gas, execution.chain_id)
-        if gas < tx.intrinsic_gas:
+        if gas < tx.intrinsic_gas or gas < floor:
             return None
         return _run(state, tx)
 
     top = attempt(cap)
     if top is None:
-        raise CallFailed("intrinsic gas too low")
+        _check_gas(_transaction(state, request, cap, execution.chain_id), request.data)
+        raise CallFailed(f"gas required exceeds allowance ({cap})")
     if top.is_error:
-        if type(top.error).__name__ == "Revert":
-            _raise_failure(top)
         if type(top.error).__name__ == "OutOfGas":
             raise CallFailed(f"gas required exceeds allowance ({cap})")
         _raise_failure(top)
@@ -201,7 +254,7 @@ def estimate_gas(
         # A plain transfer to an account without code costs exactly the intrinsic gas.
         return intrinsic
     # Gas consumed before refunds is a lower bound on the limit the call needs.
-    used = intrinsic + top.get_gas_used()
+    used = max(intrinsic + top.get_gas_used(), floor)
     low = used - 1
     high = cap
     # geth's optimistic first probe: gas used plus the 63/64 reserve for calls.

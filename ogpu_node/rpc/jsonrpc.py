@@ -54,7 +54,7 @@ class JsonRpcProcessor:
     def handle(self, body: bytes | str, context: Any) -> bytes | None:
         try:
             request = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError; RecursionError: deep nesting
             return self._dump(_error(None, RpcError(PARSE_ERROR, "parse error")))
         if isinstance(request, list):
             if not request:
@@ -77,7 +77,7 @@ class JsonRpcProcessor:
             return _error(None, RpcError(INVALID_REQUEST, "invalid request"))
         request_id = request.get("id")
         is_notification = "id" not in request
-        if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
+        if not isinstance(request_id, (str, int, float, type(None))) or isinstance(request_id, bool):
             return _error(None, RpcError(INVALID_REQUEST, "invalid request id"))
         method_name = request.get("method")
         if request.get("jsonrpc") != "2.0" or not isinstance(method_name, str):

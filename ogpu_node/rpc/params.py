@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ogpu_node.rpc.jsonrpc import InvalidParams
 
 BLOCK_TAGS = ("latest", "earliest", "pending", "safe", "finalized")
+# Plain hex digits only: Python's int() and bytes.fromhex() would also take signs, spaces and "_".
+_HEX_QUANTITY = re.compile(r"0[xX][0-9a-fA-F]+")
+_HEX_DATA = re.compile(r"0[xX](?:[0-9a-fA-F]{2})*")
 
 
 def to_json(value: Any) -> Any:
@@ -24,30 +28,32 @@ def to_json(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+def _short(value: Any) -> str:
+    """repr of a client's value, cut so that an error message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
 def quantity(value: Any, name: str = "quantity") -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 256:
         return value  # lenient, as geth is for plain JSON numbers in some fields
     if not isinstance(value, str) or not value.startswith(("0x", "0X")) or len(value) < 3:
-        raise InvalidParams(f"invalid {name}: expected 0x-prefixed hex quantity, got {value!r}")
-    try:
-        result = int(value[2:], 16)
-    except ValueError:
-        raise InvalidParams(f"invalid {name}: {value!r} is not hex") from None
-    if result >= 1 << 256:
-        raise InvalidParams(f"invalid {name}: {value!r} exceeds 256 bits")
-    return result
+        raise InvalidParams(f"invalid {name}: expected 0x-prefixed hex quantity, got {_short(value)}")
+    if not _HEX_QUANTITY.fullmatch(value):
+        raise InvalidParams(f"invalid {name}: {_short(value)} is not hex")
+    if len(value.lstrip("0xX")) > 64 or int(value[2:], 16) >= 1 << 256:
+        raise InvalidParams(f"invalid {name}: {_short(value)} exceeds 256 bits")
+    return int(value[2:], 16)
 
 
 def data(value: Any, name: str = "data", length: int | None = None) -> bytes:
     if not isinstance(value, str) or not value.startswith(("0x", "0X")):
-        raise InvalidParams(f"invalid {name}: expected 0x-prefixed hex data, got {value!r}")
-    text = value[2:]
-    if len(text) % 2:
+        raise InvalidParams(f"invalid {name}: expected 0x-prefixed hex data, got {_short(value)}")
+    if len(value) % 2:
         raise InvalidParams(f"invalid {name}: odd length hex string")
-    try:
-        result = bytes.fromhex(text)
-    except ValueError:
-        raise InvalidParams(f"invalid {name}: {value!r} is not hex") from None
+    if not _HEX_DATA.fullmatch(value):
+        raise InvalidParams(f"invalid {name}: {_short(value)} is not hex")
+    result = bytes.fromhex(value[2:])
     if length is not None and len(result) != length:
         raise InvalidParams(f"invalid {name}: expected {length} bytes, got {len(result)}")
     return result
@@ -79,7 +85,7 @@ def block_id(value: Any) -> tuple[str, Any]:
         raise InvalidParams("invalid block: object needs blockHash or blockNumber")
     if isinstance(value, str) and value.startswith("0x"):
         return ("number", quantity(value, "block number"))
-    raise InvalidParams(f"invalid block: {value!r}")
+    raise InvalidParams(f"invalid block: {_short(value)}")
 
 
 def obj(value: Any, name: str) -> dict[str, Any]:

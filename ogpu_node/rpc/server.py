@@ -142,7 +142,12 @@ class _BadRequest(Exception):
 
 class HttpServer:
     def __init__(
-        self, handler: Handler, host: str, port: int, limits: ServerLimits = ServerLimits(), blob_routes: Any = None
+        self,
+        handler: Handler,
+        host: str,
+        port: int,
+        limits: ServerLimits = ServerLimits(),
+        blob_routes: Any = None,
     ) -> None:
         self._handler = handler
         self._host = host
@@ -212,7 +217,9 @@ class HttpServer:
             elif method == b"GET":
                 out = self._response(conn, 200, _JSON_HEADERS, _HEALTH_BODY)
             elif method == b"OPTIONS":
-                out = conn.send(h11.Response(status_code=204, headers=_PREFLIGHT_HEADERS, reason=b"No Content"))
+                out = conn.send(
+                    h11.Response(status_code=204, headers=_PREFLIGHT_HEADERS, reason=b"No Content")
+                )
                 out += conn.send(h11.EndOfMessage())
             else:  # a HEAD response must not carry a body (h11 would refuse it)
                 body = b"" if method == b"HEAD" else b'{"error":"method not allowed"}'
@@ -223,7 +230,9 @@ class HttpServer:
             conn.start_next_cycle()
 
     @staticmethod
-    def _response(conn: h11.Connection, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    def _response(
+        conn: h11.Connection, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> bytes:
         # Build the whole response and write it with one send_all (one syscall, one segment).
         hdrs = [*headers, (b"content-length", str(len(body)).encode())]
         out = conn.send(h11.Response(status_code=status, headers=hdrs, reason=_REASONS[status]))
@@ -296,13 +305,15 @@ class WebSocketServer:
                         ws = await request.accept()
                     except tws.ConnectionClosed:
                         pass
-                if ws is not None:
-                    try:
-                        await self._messages(ws)
-                    finally:
-                        with trio.move_on_after(_WS_HANDSHAKE_S):
-                            await ws.aclose()
-                nursery.cancel_scope.cancel()
+                if ws is None:
+                    nursery.cancel_scope.cancel()
+                    return
+                try:
+                    await self._messages(ws)
+                finally:
+                    # Let the reader task finish the closing handshake, within a bound.
+                    nursery.cancel_scope.deadline = trio.current_time() + _WS_HANDSHAKE_S
+                    await ws.aclose()
         finally:
             self._active -= 1
             await trio.aclose_forcefully(stream)

@@ -1,22 +1,36 @@
 """A geth-style transaction pool.
 
 Senders are recovered once, here; the block builder and the import path reuse the recovered objects.
-Rejections carry geth's own messages (ethers and web3 match on them).
+Rejections carry geth's own messages (ethers and web3 match on them), checked in geth's order:
+stateless checks first (size, type, chain id, gas limit, fees, signature, intrinsic gas), then the
+sender's state (nonce, balance), then the pool's own rules (replacement, capacity).
+
+A sender's transactions are *pending* from its state nonce up to the first gap, and *queued* after
+it; filling the gap promotes the queued ones. When the pool is full, a newcomer must pay a higher
+effective tip than the cheapest evictable transaction, which is some sender's highest nonce (so no
+gap opens in the middle of a sender's run).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from eth_utils import to_checksum_address
+
+from ogpu_node.execution.calls import floor_data_gas
 from ogpu_node.execution.codec import check_transaction, decode_transaction
 from ogpu_node.execution.errors import InvalidTransaction
 from ogpu_node.execution.views import effective_tip
 
 TX_MAX_SIZE = 128 * 1024  # geth's txMaxSize: 4 slots of 32 KiB
+MAX_INITCODE_SIZE = 2 * 24576  # EIP-3860
+_BLOB_TX_TYPE = 3
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_SET_CODE_TX_TYPE = 4
 
 
 class TxRejected(Exception):
@@ -30,11 +44,17 @@ class PoolConfig:
     min_tip: int = 0  # wei; --dev accepts zero-tip transactions, as geth --dev does
 
 
+def _cost(tx: Any) -> int:
+    """The most a transaction can take from its sender: gas * fee cap + value (geth's tx.Cost())."""
+    return tx.gas * tx.max_fee_per_gas + tx.value
+
+
 @dataclass
 class _Account:
     nonce: int  # the state's nonce at the head
     balance: int
     txs: dict[int, Any] = field(default_factory=dict)  # nonce -> tx, pending and queued
+    cost: int = 0  # sum of _cost over txs
 
     def pending_end(self) -> int:
         """First nonce after the contiguous run starting at the state nonce."""
@@ -59,7 +79,7 @@ class TxPool:
         self.config = config
         self._read_account = account_reader
         self._head_view = head_view
-        self._accounts: dict[bytes, _Account] = {}
+        self._accounts: dict[bytes, _Account] = {}  # only senders with transactions in the pool
         self._by_hash: dict[bytes, tuple[bytes, Any]] = {}
         self._arrival = itertools.count()
         self._arrived: dict[bytes, int] = {}
@@ -74,12 +94,18 @@ class TxPool:
         """(sender, tx) of a transaction in the pool."""
         return self._by_hash.get(tx_hash)
 
-    def _account(self, sender: bytes) -> _Account:
+    def _fresh_account(self, sender: bytes) -> _Account:
+        """The sender's entry with nonce and balance re-read at the head (a block may have paid it or
+        included its transactions since); not stored until a transaction is admitted."""
+        nonce, balance = self._read_account(sender)
         account = self._accounts.get(sender)
         if account is None:
-            nonce, balance = self._read_account(sender)
-            account = _Account(nonce, balance)
-            self._accounts[sender] = account
+            return _Account(nonce, balance)
+        account.balance = balance
+        if nonce != account.nonce:
+            account.nonce = nonce
+            for stale in [n for n in account.txs if n < nonce]:
+                self._drop(sender, account.txs[stale])
         return account
 
     # -- admission --
@@ -87,71 +113,124 @@ class TxPool:
     def add_raw(self, raw: bytes) -> bytes:
         """Validate and admit an encoded transaction; returns its hash or raises TxRejected."""
         if len(raw) > TX_MAX_SIZE:
-            raise TxRejected("oversized data")
+            raise TxRejected(f"oversized data: transaction size {len(raw)}, limit {TX_MAX_SIZE}")
         try:
             tx = decode_transaction(raw)
         except InvalidTransaction as exc:
             raise TxRejected(str(exc)) from None
+        except Exception:  # untrusted bytes: py-evm raises other types for unknown type bytes
+            if raw[0] >= 0xC0:
+                raise TxRejected("rlp: invalid transaction encoding") from None
+            raise TxRejected("transaction type not supported") from None
         return self.add(tx)
 
     def add(self, tx: Any) -> bytes:
+        """Validate and admit a decoded transaction; returns its hash or raises TxRejected."""
         if tx.hash in self._by_hash:
             raise TxRejected("already known")
-        if tx.chain_id is not None and tx.chain_id != self.chain_id:
-            raise TxRejected("invalid chain id for signer")
-        try:
-            check_transaction(tx)
-        except InvalidTransaction as exc:
-            message = str(exc)
-            raise TxRejected(message if "intrinsic gas" in message else "invalid sender") from None
-        try:
-            sender = tx.sender
-        except Exception:  # py-evm raises several types for a bad signature
-            raise TxRejected("invalid sender") from None
-        base_fee, gas_limit = self._head_view()
-        if tx.gas > gas_limit:
-            raise TxRejected("exceeds block gas limit")
-        max_fee = tx.max_fee_per_gas
-        tip = tx.max_priority_fee_per_gas
-        if tip > max_fee:
-            raise TxRejected("max priority fee per gas higher than max fee per gas")
-        if tip < self.config.min_tip:
-            raise TxRejected("transaction underpriced")
-        if max_fee < base_fee:
-            raise TxRejected(
-                f"max fee per gas less than block base fee: address 0x{sender.hex()}, "
-                f"maxFeePerGas: {max_fee}, baseFee: {base_fee}"
-            )
-        account = self._account(sender)
-        if tx.nonce < account.nonce:
-            raise TxRejected(f"nonce too low: next nonce {account.nonce}, tx nonce {tx.nonce}")
-        cost = tx.gas * max_fee + tx.value
-        if account.balance < cost:
-            raise TxRejected(
-                f"insufficient funds for gas * price + value: balance {account.balance}, "
-                f"tx cost {cost}, overshot {cost - account.balance}"
-            )
+        sender = self._validate(tx)
+        base_fee, _ = self._head_view()
+        account = self._fresh_account(sender)
+        self._validate_against_state(tx, sender, account)
         old = account.txs.get(tx.nonce)
         if old is not None:
-            bump = 100 + self.config.price_bump_percent
-            if tx.max_fee_per_gas * 100 < old.max_fee_per_gas * bump or (
-                tx.max_priority_fee_per_gas * 100 < old.max_priority_fee_per_gas * bump
-            ):
-                raise TxRejected("replacement transaction underpriced")
+            self._check_replacement(old, tx)
             self._drop(sender, old)
         elif len(self._by_hash) >= self.config.max_transactions:
             self._make_room(tx, base_fee)
         account.txs[tx.nonce] = tx
+        account.cost += _cost(tx)
+        self._accounts[sender] = account
         self._by_hash[tx.hash] = (sender, tx)
         self._arrived[tx.hash] = next(self._arrival)
         return tx.hash
 
+    def _validate(self, tx: Any) -> bytes:
+        """geth's ValidateTransaction: checks that need no state. Returns the recovered sender."""
+        size = len(tx.encode())
+        if size > TX_MAX_SIZE:
+            raise TxRejected(f"oversized data: transaction size {size}, limit {TX_MAX_SIZE}")
+        kind = tx.type_id
+        if kind == _BLOB_TX_TYPE:
+            raise TxRejected("transaction type not supported")
+        if tx.chain_id is not None and tx.chain_id != self.chain_id:
+            raise TxRejected("invalid chain id for signer")
+        if not tx.to:
+            if kind == _SET_CODE_TX_TYPE:
+                raise TxRejected("EIP-7702 transaction cannot be used to create contract")
+            if len(tx.data) > MAX_INITCODE_SIZE:
+                raise TxRejected(f"max initcode size exceeded: code size {len(tx.data)}, limit {MAX_INITCODE_SIZE}")
+        if kind == _SET_CODE_TX_TYPE and not tx.authorization_list:
+            raise TxRejected("EIP-7702 transaction with empty auth list")
+        base_fee, gas_limit = self._head_view()
+        if tx.gas > gas_limit:
+            raise TxRejected("exceeds block gas limit")
+        max_fee, tip = tx.max_fee_per_gas, tx.max_priority_fee_per_gas
+        if tip > max_fee:
+            raise TxRejected("max priority fee per gas higher than max fee per gas")
+        # Intrinsic gas before the signature: py-evm checks it only for legacy transactions, inside
+        # validate(), with a message that would read as a bad signature.
+        intrinsic = tx.intrinsic_gas
+        if tx.gas < intrinsic:
+            raise TxRejected(f"intrinsic gas too low: gas {tx.gas}, minimum needed {intrinsic}")
+        # EIP-2 low-s rule for every type (py-evm checks it for none), so a signature has one form.
+        if not (0 < tx.r < _SECP256K1_N and 0 < tx.s <= _SECP256K1_N // 2):
+            raise TxRejected("invalid sender: invalid transaction v, r, s values")
+        try:
+            check_transaction(tx)
+            sender = tx.sender
+        except Exception:  # InvalidTransaction, or one of the several types py-evm raises for a bad signature
+            raise TxRejected("invalid sender") from None
+        floor = floor_data_gas(tx.data)
+        if tx.gas < floor:
+            raise TxRejected(f"insufficient gas for floor data gas cost: gas {tx.gas}, minimum needed {floor}")
+        if tip < self.config.min_tip:
+            raise TxRejected(f"transaction underpriced: gas tip cap {tip}, minimum needed {self.config.min_tip}")
+        if max_fee < base_fee:
+            raise TxRejected(
+                f"max fee per gas less than block base fee: address {to_checksum_address(sender)}, "
+                f"maxFeePerGas: {max_fee}, baseFee: {base_fee}"
+            )
+        return sender
+
+    @staticmethod
+    def _validate_against_state(tx: Any, sender: bytes, account: _Account) -> None:
+        """geth's ValidateTransactionWithState: nonce, then balance including the sender's other pooled
+        transactions (so a sender cannot queue more than it can pay for)."""
+        if tx.nonce < account.nonce:
+            raise TxRejected(f"nonce too low: next nonce {account.nonce}, tx nonce {tx.nonce}")
+        balance, cost = account.balance, _cost(tx)
+        if balance < cost:
+            raise TxRejected(
+                f"insufficient funds for gas * price + value: balance {balance}, "
+                f"tx cost {cost}, overshot {cost - balance}"
+            )
+        old = account.txs.get(tx.nonce)
+        spent = account.cost - (0 if old is None else _cost(old))
+        if balance < spent + cost:
+            raise TxRejected(
+                f"insufficient funds for gas * price + value: balance {balance}, "
+                f"queued cost {spent}, tx cost {cost}, overshot {spent + cost - balance}"
+            )
+
+    def _check_replacement(self, old: Any, new: Any) -> None:
+        """geth: both the fee cap and the tip must rise, each by at least price_bump_percent."""
+        bump = 100 + self.config.price_bump_percent
+        fee_floor = old.max_fee_per_gas * bump // 100
+        tip_floor = old.max_priority_fee_per_gas * bump // 100
+        if (
+            new.max_fee_per_gas <= old.max_fee_per_gas
+            or new.max_priority_fee_per_gas <= old.max_priority_fee_per_gas
+            or new.max_fee_per_gas < fee_floor
+            or new.max_priority_fee_per_gas < tip_floor
+        ):
+            raise TxRejected("replacement transaction underpriced")
+
     def _make_room(self, incoming: Any, base_fee: int) -> None:
-        """Evict the cheapest tail transaction (a sender's highest nonce, so no gap opens) if it pays less."""
+        """Evict the cheapest tail transaction (a sender's highest nonce, so no gap opens), newest first
+        on a tie, if the incoming one pays a strictly higher effective tip; else reject it."""
         cheapest = None
         for sender, account in self._accounts.items():
-            if not account.txs:
-                continue
             tail = account.txs[max(account.txs)]
             key = (effective_tip(tail, base_fee), -self._arrived[tail.hash])
             if cheapest is None or key < cheapest[0]:
@@ -161,9 +240,12 @@ class TxPool:
         self._drop(cheapest[1], cheapest[2])
 
     def _drop(self, sender: bytes, tx: Any) -> None:
-        account = self._accounts[sender]
-        if account.txs.get(tx.nonce) is tx:
+        account = self._accounts.get(sender)
+        if account is not None and account.txs.get(tx.nonce) is tx:
             del account.txs[tx.nonce]
+            account.cost -= _cost(tx)
+            if not account.txs:
+                del self._accounts[sender]
         self._by_hash.pop(tx.hash, None)
         self._arrived.pop(tx.hash, None)
 
@@ -182,7 +264,13 @@ class TxPool:
         return pending, len(self._by_hash) - pending
 
     def has_pending(self) -> bool:
-        return any(a.nonce in a.txs for a in self._accounts.values())
+        """Whether a block built now would include something (a pending tx paying the base fee)."""
+        base_fee, _ = self._head_view()
+        for account in self._accounts.values():
+            tx = account.txs.get(account.nonce)
+            if tx is not None and tx.max_fee_per_gas >= base_fee:
+                return True
+        return False
 
     def pending_in_order(self) -> list[Any]:
         """Pending transactions ordered for a block: nonce order per sender, highest tip first across
@@ -209,7 +297,7 @@ class TxPool:
 
     # -- after a block --
 
-    def on_new_head(self, senders: set[bytes], dropped: list[Any] = ()) -> None:
+    def on_new_head(self, senders: Iterable[bytes], dropped: Iterable[Any] = ()) -> None:
         """Re-read the accounts a block touched, drop what it included or made invalid.
 
         `dropped`: transactions the builder found invalid against the state (never includable).
@@ -217,13 +305,7 @@ class TxPool:
         for tx in dropped:
             entry = self._by_hash.get(tx.hash)
             if entry is not None:
-                self._drop(entry[0], tx)
+                self._drop(entry[0], entry[1])
         for sender in senders:
-            account = self._accounts.get(sender)
-            if account is None:
-                continue
-            account.nonce, account.balance = self._read_account(sender)
-            for nonce in [n for n in account.txs if n < account.nonce]:
-                self._drop(sender, account.txs[nonce])
-            if not account.txs:
-                del self._accounts[sender]
+            if sender in self._accounts:
+                self._fresh_account(sender)

@@ -231,7 +231,9 @@ async def test_ws_round_trip_push_and_on_close() -> None:
                 async with trio.open_nursery() as nursery:  # concurrent pushes are serialized
                     for i in range(20):
                         nursery.start_soon(session.send, b"note%d" % i)
-                assert sorted([await ws.get_message() for _ in range(20)]) == sorted(f"note{i}" for i in range(20))
+                assert sorted([await ws.get_message() for _ in range(20)]) == sorted(
+                    f"note{i}" for i in range(20)
+                )
             await handler.closed.wait()
             with pytest.raises(SessionClosed):
                 await session.send(b"late")
@@ -241,7 +243,10 @@ async def test_ws_oversized_message_closes_with_1009() -> None:
     handler = Echo()
     with trio.fail_after(10):
         async with serving(WebSocketServer(handler, "127.0.0.1", 0, SMALL)) as served:
-            async with tws.open_websocket_url(f"ws://127.0.0.1:{served.port}/") as ws:
+            # On our own stream: trio-websocket's client never closes its socket when the server
+            # ends the connection first, as it does here.
+            async with trio.open_nursery() as nursery:
+                ws = await tws.wrap_client_stream(nursery, await served.connect(), "127.0.0.1", "/")
                 await ws.send_message("ok")
                 assert await ws.get_message() == "echo:ok"
                 await ws.send_message("x" * 500)

@@ -1,0 +1,272 @@
+"""RPC transaction throughput: our dev node against anvil, with the same pre-signed transactions.
+
+N EIP-1559 transfers (chain id 1337) are signed before anything is timed, round-robin over S dev
+accounts (the shared "test test ... junk" mnemonic; default all 10), so the k-th transaction is
+sender k mod S with nonce k div S, each to a fresh address. One client sends them back to back as raw
+JSON-RPC bodies (`eth_sendRawTransaction`) over one keep-alive `http.client.HTTPConnection`, then
+polls `eth_getTransactionReceipt` of each sender's last transaction until all are non-null.
+Rate = N / elapsed (first send to last receipt). Both sides mine on demand:
+- ours: `ogpu-node run --dev` (a block as soon as transactions arrive, fresh temp datadir);
+- anvil: `anvil --port P --chain-id 1337` (automine), from `.bench/node_modules/.bin/anvil`.
+ours / anvil should be at least 0.5. Each side also reports how many blocks it made.
+
+Sizes: --txs/BENCH_RPC_TXS (N, default 2000), --senders/BENCH_RPC_SENDERS (S, default 10).
+--profile-node PATH runs our node under cProfile and writes the profile to PATH.
+--anvil PATH (or $ANVIL) picks the anvil binary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_account import Account
+
+from benchmarks import Result, env_int
+from ogpu_node.crypto import derive_dev_accounts
+
+CHAIN_ID = 1337
+MAX_FEE = 100 * 10**9  # both start at a 1 gwei base fee (anvil's default and genesis/dev.json)
+TIP = 10**9
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ANVIL = ROOT / ".bench" / "node_modules" / ".bin" / "anvil"
+START_TIMEOUT_S = 60.0
+FINISH_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    bodies: list[bytes]  # one JSON-RPC request per transaction, ready to send
+    hashes: list[str]
+    last_per_sender: list[str]
+    senders: list[str]
+    per_sender: int
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    blocks: int
+    send_seconds: float
+
+
+def sign_workload(count: int, senders: int) -> Workload:
+    accounts = derive_dev_accounts(senders)
+    bodies, hashes = [], []
+    last: dict[int, str] = {}
+    for k in range(count):
+        which, nonce = k % senders, k // senders
+        to = (0xB0B << 140 | k).to_bytes(20, "big")
+        signed = Account.sign_transaction(
+            {
+                "type": 2, "chainId": CHAIN_ID, "nonce": nonce, "to": to, "value": 1, "gas": 21_000,
+                "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP, "data": b"",
+            },
+            accounts[which].private_key,
+        )
+        tx_hash = "0x" + bytes(signed.hash).hex()
+        raw = "0x" + bytes(signed.raw_transaction).hex()
+        bodies.append(json.dumps(
+            {"jsonrpc": "2.0", "id": k, "method": "eth_sendRawTransaction", "params": [raw]}
+        ).encode())
+        hashes.append(tx_hash)
+        last[which] = tx_hash
+    return Workload(
+        bodies, hashes, [last[i] for i in sorted(last)],
+        ["0x" + a.address.hex() for a in accounts], -(-count // senders),
+    )
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection, raw JSON bodies."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.headers = {"Content-Type": "application/json"}
+
+    def post(self, body: bytes) -> bytes:
+        self.conn.request("POST", "/", body, self.headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        return data
+
+    def call(self, method: str, *params: object) -> object:
+        reply = json.loads(self.post(json.dumps(
+            {"jsonrpc": "2.0", "id": 0, "method": method, "params": list(params)}
+        ).encode()))
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A server started as a subprocess, its output in a log file, ready once it prints `banner`."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, banner: str = "Listening on") -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while banner not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not print {banner!r} within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def drive(port: int, work: Workload) -> Run:
+    """Send every transaction, then wait for each sender's last receipt; checks the outcome after."""
+    client = Client(port)
+    try:
+        if int(client.call("eth_chainId"), 16) != CHAIN_ID:  # also opens the connection
+            raise RuntimeError("the server's chain id is not 1337")
+        for sender in work.senders:
+            if int(client.call("eth_getTransactionCount", sender, "latest"), 16) != 0:
+                raise RuntimeError(f"{sender} has sent transactions already: the chain is not fresh")
+        first_block = int(client.call("eth_blockNumber"), 16)
+        replies = []
+        post = client.post
+        start = time.perf_counter()
+        for body in work.bodies:
+            replies.append(post(body))
+        sent = time.perf_counter()
+        waiting = list(work.last_per_sender)
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
+        while waiting:
+            if client.call("eth_getTransactionReceipt", waiting[-1]) is not None:
+                waiting.pop()
+                continue
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"receipts still missing after {FINISH_TIMEOUT_S:.0f} s")
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        # Untimed checks: every send accepted, every transaction mined.
+        for k, raw in enumerate(replies):
+            reply = json.loads(raw)
+            if reply.get("result") != work.hashes[k]:
+                raise RuntimeError(f"transaction {k} was not accepted: {reply}")
+        for i, sender in enumerate(work.senders):
+            expected = len(range(i, len(work.bodies), len(work.senders)))
+            nonce = int(client.call("eth_getTransactionCount", sender, "latest"), 16)
+            if nonce != expected:
+                raise RuntimeError(f"{sender}: nonce {nonce} after the run, expected {expected}")
+        blocks = int(client.call("eth_blockNumber"), 16) - first_block
+        return Run(elapsed, blocks, sent - start)
+    finally:
+        client.close()
+
+
+def run_ours(work: Workload, workdir: Path, profile: str | None) -> Run:
+    port = free_port()
+    datadir = workdir / "ogpu-datadir"
+    python = [sys.executable]
+    if profile:
+        python += ["-m", "cProfile", "-o", profile]
+    argv = python + ["-m", "ogpu_node.cli.main", "run", "--dev", "--http.port", str(port), "--no-ws",
+                     "--datadir", str(datadir)]
+    node = Process("ogpu-node", argv, workdir)
+    try:
+        return drive(port, work)
+    except BaseException:
+        print(node.tail(), file=sys.stderr)
+        raise
+    finally:
+        node.stop()
+
+
+def run_anvil(work: Workload, workdir: Path, anvil: str) -> Run:
+    port = free_port()
+    node = Process("anvil", [anvil, "--port", str(port), "--chain-id", str(CHAIN_ID)], workdir)
+    try:
+        return drive(port, work)
+    except BaseException:
+        print(node.tail(), file=sys.stderr)
+        raise
+    finally:
+        node.stop()
+
+
+def run(count: int, senders: int, anvil: str, profile: str | None = None) -> Result:
+    if not Path(anvil).exists():
+        raise SystemExit(f"anvil not found at {anvil}: run `make .bench/node_modules/.bin/anvil`")
+    print(f"rpc throughput: {count} pre-signed EIP-1559 transfers, round-robin over {senders} senders "
+          f"(nonces 0..{-(-count // senders) - 1}), one keep-alive HTTP connection", flush=True)
+    start = time.perf_counter()
+    work = sign_workload(count, senders)
+    print(f"  signed in {time.perf_counter() - start:.2f} s (untimed)", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="ogpu-bench-rpc-"))
+    try:
+        anvil_run = run_anvil(work, workdir, anvil)
+        print(f"  anvil: {anvil_run.seconds:.2f} s ({anvil_run.send_seconds:.2f} s sending), "
+              f"{count / anvil_run.seconds:,.0f} tx/s, {anvil_run.blocks} blocks", flush=True)
+        ours_run = run_ours(work, workdir, profile)
+        print(f"  ours:  {ours_run.seconds:.2f} s ({ours_run.send_seconds:.2f} s sending), "
+              f"{count / ours_run.seconds:,.0f} tx/s, {ours_run.blocks} blocks", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = Result(
+        name="rpc throughput",
+        unit="tx/s",
+        ours=count / ours_run.seconds,
+        baseline=count / anvil_run.seconds,
+        baseline_name="anvil",
+        target=0.5,
+        note=f"{count} txs, {senders} senders; blocks: ours {ours_run.blocks}, anvil {anvil_run.blocks}",
+    )
+    print("  " + result.line(), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> Result:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.rpc_throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--txs", type=int, default=env_int("BENCH_RPC_TXS", 2000))
+    parser.add_argument("--senders", type=int, default=env_int("BENCH_RPC_SENDERS", 10))
+    parser.add_argument("--anvil", default=os.environ.get("ANVIL", str(DEFAULT_ANVIL)))
+    parser.add_argument("--profile-node", metavar="PATH", help="run our node under cProfile, output to PATH")
+    args = parser.parse_args(argv)
+    if not 1 <= args.senders <= 10:
+        parser.error("--senders must be between 1 and 10 (the funded dev accounts)")
+    return run(args.txs, args.senders, args.anvil, args.profile_node)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

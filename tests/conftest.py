@@ -57,16 +57,19 @@ class NodeProcess:
 def start_node(datadir: Path, *extra: str, timeout: float = 60.0) -> NodeProcess:
     """Start `ogpu-node run --dev` on ephemeral ports and wait for its banner."""
     log_path = datadir.parent / f"{datadir.name}-node.log"
-    out = open(log_path, "ab")
+    start_offset = log_path.stat().st_size if log_path.exists() else 0  # a restart appends
     cmd = [
         sys.executable, "-m", "ogpu_node.cli.main", "run", "--dev", "--datadir", str(datadir),
         "--http.port", "0", "--ws.port", "0", *extra,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = log_path.read_text(errors="replace")
+        with open(log_path, "rb") as log_file:
+            log_file.seek(start_offset)
+            text = log_file.read().decode(errors="replace")
         http = _LISTEN.search(text)
         if http:
             ws = _WS.search(text)

@@ -118,18 +118,26 @@ class Chain:
         self.execution = Execution(store, genesis.chain_id)
         self._cache: OrderedDict[bytes, StoredBlock] = OrderedDict()
         self._cache_size = cache_blocks
-        stored_genesis = store.get(_GENESIS_KEY)
+        stored = store.get(_GENESIS_KEY)
         expected = self._genesis_block()
-        if stored_genesis is None:
+        if stored is None:
             with store.write_session():
                 self._write_block(expected, (), ())
-                store[_GENESIS_KEY] = expected.hash
+                # The chain id is not in the genesis hash, yet it changes every signature: keep both.
+                store[_GENESIS_KEY] = rlp.encode([expected.hash, genesis.chain_id])
             log.info("wrote genesis block %s", expected.hash.hex())
-        elif stored_genesis != expected.hash:
-            raise ChainError(
-                f"the datadir holds a chain with genesis 0x{stored_genesis.hex()}, "
-                f"not this genesis (0x{expected.hash.hex()})"
-            )
+        else:
+            stored_hash, stored_chain_id = rlp.decode(stored)
+            if stored_hash != expected.hash:
+                raise ChainError(
+                    f"the datadir holds a chain with genesis 0x{stored_hash.hex()}, "
+                    f"not this genesis (0x{expected.hash.hex()})"
+                )
+            if int.from_bytes(stored_chain_id, "big") != genesis.chain_id:
+                raise ChainError(
+                    f"the datadir holds chain id {int.from_bytes(stored_chain_id, 'big')}, "
+                    f"not {genesis.chain_id}"
+                )
         self.genesis_hash = expected.hash
         self.head = self.execution.header_by_hash(self.execution.head_hash())
 

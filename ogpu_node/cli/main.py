@@ -187,12 +187,6 @@ def _first_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _first_cause(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main() -> None:
     cli(prog_name="ogpu-node")
 

@@ -123,9 +123,13 @@ class LMDBStore(_BaseStore):
         except BlockingIOError:
             os.close(self._lock_fd)
             raise DatabaseLocked(f"{path} is in use by another process") from None
-        self._env: lmdb.Environment | None = lmdb.open(
-            str(path), map_size=map_size, max_dbs=0, readahead=False, metasync=True, sync=True
-        )
+        try:
+            self._env: lmdb.Environment | None = lmdb.open(
+                str(path), map_size=map_size, max_dbs=0, readahead=False, metasync=True, sync=True
+            )
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._local = threading.local()
 
     @property

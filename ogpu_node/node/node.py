@@ -49,7 +49,11 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.store = LMDBStore(config.datadir / "chaindata")
-        self.chain = Chain(self.store, config.genesis)
+        try:
+            self.chain = Chain(self.store, config.genesis)
+        except BaseException:
+            self.store.close()
+            raise
         self.pool = TxPool(config.genesis.chain_id, self._read_account, self._head_view, config.pool)
         self._tx_arrived = trio.Event()
         self.eth = EthApi(self.chain, self.pool, self._on_transaction)

@@ -21,6 +21,8 @@ MAX_LOG_RANGE = 100_000
 FILTER_TIMEOUT_S = 300.0  # geth drops a filter not polled for 5 minutes
 SEND_TIMEOUT_S = 5.0
 
+_log = logging.getLogger("ogpu.rpc")
+
 
 def _log_filter(criteria: dict[str, Any]) -> LogFilter:
     raw_address = criteria.get("address")
@@ -38,7 +40,11 @@ def _log_filter(criteria: dict[str, Any]) -> LogFilter:
         if position is None or position == []:
             topics.append(None)
         elif isinstance(position, list):
-            topics.append(tuple(p.hash32(t, "topic") for t in position if t is not None) or None)
+            # As geth: a null anywhere in an OR-list makes the whole position a wildcard.
+            if any(t is None for t in position):
+                topics.append(None)
+            else:
+                topics.append(tuple(p.hash32(t, "topic") for t in position))
         else:
             topics.append((p.hash32(position, "topic"),))
     return LogFilter(addresses, tuple(topics))
@@ -238,14 +244,37 @@ class FilterApi:
                 continue
             for tx_hash in tx_hashes:
                 message = {"jsonrpc": "2.0", "method": "eth_subscription", "params": {"subscription": sub_id, "result": "0x" + tx_hash.hex()}}
-                messages.append((sub.session, json.dumps(message).encode()))
+                messages.append((sub.session, json.dumps(message, separators=(",", ":")).encode()))
         await self._send_all(messages)
 
     async def _send_all(self, messages: list[tuple[Any, bytes]]) -> None:
+        """Deliver each session's messages in order, all sessions at once.
+
+        The caller (block production) waits for this, so a client that stops reading must cost at
+        most SEND_TIMEOUT_S once: sessions are served concurrently, and one that does not take its
+        messages in time (or whose connection failed) loses all its subscriptions. Its stream may
+        hold a cut-off frame by then, so nothing more is pushed to it.
+        """
+        by_session: dict[int, tuple[Any, list[bytes]]] = {}
         for session, payload in messages:
-            # A client that stops reading must not stall block production: drop it after a timeout.
-            with trio.move_on_after(SEND_TIMEOUT_S):
-                try:
+            by_session.setdefault(id(session), (session, []))[1].append(payload)
+        if not by_session:
+            return
+        async with trio.open_nursery() as nursery:
+            for session, payloads in by_session.values():
+                nursery.start_soon(self._deliver, session, payloads)
+
+    async def _deliver(self, session: Any, payloads: list[bytes]) -> None:
+        failure = f"did not read its notifications within {SEND_TIMEOUT_S:.0f} s"
+        with trio.move_on_after(SEND_TIMEOUT_S):
+            try:
+                for payload in payloads:
                     await session.send(payload)
-                except Exception:
-                    logging.getLogger("ogpu.rpc").debug("dropping subscription of a closed session")
+                return
+            except Exception as exc:  # a closed connection; never let one session break the others
+                failure = f"failed: {exc!r}"
+        dropped = [i for i, sub in self._subscriptions.items() if sub.session is session]
+        for sub_id in dropped:
+            del self._subscriptions[sub_id]
+        if dropped:  # a connection that closed normally has already lost its subscriptions
+            _log.warning("cancelled %d subscription(s) of a WebSocket client that %s", len(dropped), failure)

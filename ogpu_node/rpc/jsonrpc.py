@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,28 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000  # geth: transaction rejections and other request failures
 EXECUTION_REVERTED = 3
+
+# JSON nesting deeper than this is refused before parsing. py-evm and py_ecc raise Python's recursion
+# limit to 10^5 at import, so json.loads of ~10^5 nested brackets would overflow the C stack and kill
+# the process instead of raising RecursionError. Real requests nest a handful of levels.
+MAX_NESTING = 512
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(body: bytes) -> bool:
+    """Whether brackets outside strings nest deeper than MAX_NESTING (cheap when they cannot)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_NESTING:
+        return False
+    depth = 0
+    for char in _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS):
+        if char in b"[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 class RpcError(Exception):
@@ -52,9 +75,13 @@ class JsonRpcProcessor:
         self.max_batch = max_batch
 
     def handle(self, body: bytes | str, context: Any) -> bytes | None:
+        if isinstance(body, str):
+            body = body.encode("utf-8", "surrogatepass")
+        if _too_deep(body):
+            return self._dump(_error(None, RpcError(PARSE_ERROR, f"parse error: nesting deeper than {MAX_NESTING}")))
         try:
             request = json.loads(body)
-        except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError; RecursionError: deep nesting
+        except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError
             return self._dump(_error(None, RpcError(PARSE_ERROR, "parse error")))
         if isinstance(request, list):
             if not request:

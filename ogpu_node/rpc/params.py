@@ -98,3 +98,20 @@ def boolean(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidParams(f"invalid {name}: expected true or false")
     return value
+
+
+def access_list(value: Any, name: str = "accessList") -> tuple[tuple[bytes, tuple[int, ...]], ...]:
+    """An EIP-2930 access list: [{"address": 20 bytes, "storageKeys": [32-byte hashes]}] -> ((address, keys), ...)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidParams(f"invalid {name}: expected an array")
+    entries = []
+    for entry in value:
+        entry = obj(entry, f"{name} entry")
+        keys = entry.get("storageKeys") or []
+        if not isinstance(keys, list):
+            raise InvalidParams(f"invalid {name}: storageKeys must be an array")
+        slots = tuple(int.from_bytes(hash32(key, "storage key"), "big") for key in keys)
+        entries.append((address(entry.get("address"), f"{name} address"), slots))
+    return tuple(entries)

@@ -18,7 +18,7 @@ import h11
 import trio
 import trio_websocket as tws
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ogpu.rpc")
 
 _CHUNK = 64 * 1024
 _LINGER_S = 1.0  # how long to drain an abandoned request before closing (see _close_lingering)

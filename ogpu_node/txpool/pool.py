@@ -80,6 +80,7 @@ class TxPool:
         self._read_account = account_reader
         self._head_view = head_view
         self._accounts: dict[bytes, _Account] = {}  # only senders with transactions in the pool
+        self._head_state: dict[bytes, tuple[int, int]] = {}  # (nonce, balance) reads at this head
         self._by_hash: dict[bytes, tuple[bytes, Any]] = {}
         self._arrival = itertools.count()
         self._arrived: dict[bytes, int] = {}
@@ -94,10 +95,17 @@ class TxPool:
         """(sender, tx) of a transaction in the pool."""
         return self._by_hash.get(tx_hash)
 
+    def _read_state(self, address: bytes) -> tuple[int, int]:
+        """(nonce, balance) at the head, read once per head (on_new_head forgets them)."""
+        state = self._head_state.get(address)
+        if state is None:
+            state = self._head_state[address] = self._read_account(address)
+        return state
+
     def _fresh_account(self, sender: bytes) -> _Account:
-        """The sender's entry with nonce and balance re-read at the head (a block may have paid it or
+        """The sender's entry with nonce and balance as of the head (a block may have paid it or
         included its transactions since); not stored until a transaction is admitted."""
-        nonce, balance = self._read_account(sender)
+        nonce, balance = self._read_state(sender)
         account = self._accounts.get(sender)
         if account is None:
             return _Account(nonce, balance)
@@ -255,7 +263,7 @@ class TxPool:
         """The nonce for the sender's next transaction, counting its pending ones (`pending` tag)."""
         account = self._accounts.get(sender)
         if account is None:
-            return self._read_account(sender)[0]
+            return self._read_state(sender)[0]
         return account.pending_end()
 
     def counts(self) -> tuple[int, int]:
@@ -298,10 +306,12 @@ class TxPool:
     # -- after a block --
 
     def on_new_head(self, senders: Iterable[bytes], dropped: Iterable[Any] = ()) -> None:
-        """Re-read the accounts a block touched, drop what it included or made invalid.
+        """Call after every change of head: forget the state read at the old head, re-read the senders
+        the block touched, drop what it included or made invalid.
 
         `dropped`: transactions the builder found invalid against the state (never includable).
         """
+        self._head_state.clear()
         for tx in dropped:
             entry = self._by_hash.get(tx.hash)
             if entry is not None:

@@ -165,18 +165,17 @@ def test_rule_unknown_log_level_is_a_usage_error(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cli/main.py run() catches OSError around trio.run, but the bind error arrives wrapped "
-    "in a trio ExceptionGroup, so a traceback is printed instead of one line",
-)
 def test_rule_run_with_http_port_in_use_is_one_error_line(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = cli("run", "--dev", "--datadir", tmp_path / "data", "--http.port", str(port), "--ws.port", "0")
-    assert_one_line_error(result, "ddress already in use")
+        result = cli(
+            "--log-level", "warning",  # quiet the INFO line of the genesis written into the fresh datadir
+            "run", "--dev", "--datadir", tmp_path / "data", "--http.port", str(port), "--ws.port", "0",
+        )
+    assert_one_line_error(result, "cannot start: Address already in use")
+    assert result.stdout == ""
 
 
 # -- run --dev: a real node --
@@ -270,6 +269,19 @@ def test_rule_run_dev_prints_accounts_keys_and_url_and_serves_the_inited_chain(t
     assert sum(out.count(a.private_key.hex()) for a in dev_accounts) == 10
 
 
+def test_rule_datadir_in_use_by_a_running_node_is_refused_with_one_line(tmp_path, launch):
+    datadir = tmp_path / "data"
+    node = launch("--datadir", datadir)
+    in_use = f"{datadir / 'chaindata'} is in use by another process"
+    assert_one_line_error(cli("init", "--datadir", datadir, DEV_GENESIS), in_use)
+    second = cli("run", "--dev", "--datadir", datadir, "--http.port", "0", "--ws.port", "0")
+    assert_one_line_error(second, in_use)
+    assert second.stdout == ""
+    # The running node is unaffected.
+    assert node.rpc("eth_blockNumber") == "0x0"
+    assert node.stop() == 0
+
+
 def _send_malformed_http(url: str) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -287,7 +299,7 @@ def test_rule_log_level_option_sets_the_log_threshold(tmp_path, launch, level, e
     assert _send_malformed_http(node.url).startswith(b"HTTP/1.1 400 ")
     assert node.stop() == 0
     err = node.stderr()
-    debug_line = re.search(r"^\d\d:\d\d:\d\d DEBUG ogpu\.rpc\S* malformed HTTP request: ", err, re.M)
+    debug_line = re.search(r"^\d\d:\d\d:\d\d DEBUG \S+ malformed HTTP request: ", err, re.M)
     assert (debug_line is not None) is expect_debug, err
     assert " INFO  ogpu.node node started head=0" in err
 

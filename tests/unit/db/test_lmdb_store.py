@@ -3,11 +3,13 @@ py-evm's atomic batches join that session; other threads read committed data onl
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from ogpu_node.db import DatabaseClosed, LMDBStore, NoWriteSession
+from ogpu_node.db import DatabaseClosed, DatabaseLocked, LMDBStore, NoWriteSession
 
 
 @pytest.fixture
@@ -302,6 +304,45 @@ def test_rule_uncommitted_session_is_lost_on_reopen(path):
         assert reopened.get(b"k") is None
     finally:
         reopened.close()
+
+
+def test_rule_second_open_of_an_open_database_is_refused(store, path):
+    with pytest.raises(DatabaseLocked, match="is in use by another process"):
+        LMDBStore(path)
+    # The refused open left the first store working.
+    with store.write_session():
+        store[b"k"] = b"v"
+    assert store[b"k"] == b"v"
+
+
+def test_rule_another_process_cannot_open_the_database_until_it_is_closed(path):
+    probe = (
+        "import sys\n"
+        "from ogpu_node.db import DatabaseLocked, LMDBStore\n"
+        "try:\n"
+        "    s = LMDBStore(sys.argv[1])\n"
+        "except DatabaseLocked as e:\n"
+        "    print('locked', e)\n"
+        "else:\n"
+        "    print('opened', s[b'k'].decode())\n"
+        "    s.close()\n"
+    )
+
+    def other_process() -> str:
+        done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    store = LMDBStore(path)
+    with store.write_session():
+        store[b"k"] = b"v"
+    try:
+        assert other_process() == f"locked {path} is in use by another process"
+    finally:
+        store.close()
+    assert other_process() == "opened v"
+    # Closing released the lock in this process too.
+    LMDBStore(path).close()
 
 
 def test_rule_store_is_not_iterable(store):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import rlp
 import pytest
+import rlp
 from eth.vm.forks.prague import PragueVM
 from eth_keys import keys
 from eth_utils import to_checksum_address

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ANVIL = ROOT / ".bench" / "node_modules" / ".bin" / "anvil"
 START_TIMEOUT_S = 60.0
 FINISH_TIMEOUT_S = 600.0
+STALL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Run:
     seconds: float
     blocks: int
     send_seconds: float
+    nudges: int = 0  # evm_mine calls that unstuck anvil's automine
 
 
 def sign_workload(count: int, senders: int) -> Workload:
@@ -127,7 +129,7 @@ class Process:
     def __init__(self, name: str, argv: list[str], workdir: Path, banner: str = "Listening on") -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while banner not in self.log_path.read_text(errors="replace"):
@@ -152,8 +154,15 @@ class Process:
         self._log.close()
 
 
-def drive(port: int, work: Workload) -> Run:
-    """Send every transaction, then wait for each sender's last receipt; checks the outcome after."""
+def drive(port: int, work: Workload, nudge: bool = False) -> Run:
+    """Send every transaction, then wait for each sender's last receipt; checks the outcome after.
+
+    `nudge` (anvil only): anvil 1.7.1's automine stops with ready transactions left in its pool once
+    a burst outpaces it (it mines about one transaction per block, then no more blocks come; see
+    foundry-rs/foundry#10122). When it has made no block for STALL_S while a receipt is missing,
+    one `evm_mine` call (which mines every ready transaction, as a working automine would) is made,
+    inside the timed span, and counted.
+    """
     client = Client(port)
     try:
         if int(client.call("eth_chainId"), 16) != CHAIN_ID:  # also opens the connection
@@ -170,12 +179,23 @@ def drive(port: int, work: Workload) -> Run:
         sent = time.perf_counter()
         waiting = list(work.last_per_sender)
         deadline = time.monotonic() + FINISH_TIMEOUT_S
+        nudges = 0
+        last_block, last_change = -1, time.monotonic()
         while waiting:
             if client.call("eth_getTransactionReceipt", waiting[-1]) is not None:
                 waiting.pop()
                 continue
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise RuntimeError(f"receipts still missing after {FINISH_TIMEOUT_S:.0f} s")
+            if nudge:
+                block = int(client.call("eth_blockNumber"), 16)
+                if block != last_block:
+                    last_block, last_change = block, now
+                elif now - last_change > STALL_S:
+                    client.call("evm_mine")
+                    nudges += 1
+                    last_change = now
             time.sleep(0.002)
         elapsed = time.perf_counter() - start
         # Untimed checks: every send accepted, every transaction mined.
@@ -189,7 +209,7 @@ def drive(port: int, work: Workload) -> Run:
             if nonce != expected:
                 raise RuntimeError(f"{sender}: nonce {nonce} after the run, expected {expected}")
         blocks = int(client.call("eth_blockNumber"), 16) - first_block
-        return Run(elapsed, blocks, sent - start)
+        return Run(elapsed, blocks, sent - start, nudges)
     finally:
         client.close()
 
@@ -216,7 +236,7 @@ def run_anvil(work: Workload, workdir: Path, anvil: str) -> Run:
     port = free_port()
     node = Process("anvil", [anvil, "--port", str(port), "--chain-id", str(CHAIN_ID)], workdir)
     try:
-        return drive(port, work)
+        return drive(port, work, nudge=True)
     except BaseException:
         print(node.tail(), file=sys.stderr)
         raise
@@ -236,7 +256,8 @@ def run(count: int, senders: int, anvil: str, profile: str | None = None) -> Res
     try:
         anvil_run = run_anvil(work, workdir, anvil)
         print(f"  anvil: {anvil_run.seconds:.2f} s ({anvil_run.send_seconds:.2f} s sending), "
-              f"{count / anvil_run.seconds:,.0f} tx/s, {anvil_run.blocks} blocks", flush=True)
+              f"{count / anvil_run.seconds:,.0f} tx/s, {anvil_run.blocks} blocks "
+              f"({anvil_run.nudges} evm_mine nudges for stalled automine)", flush=True)
         ours_run = run_ours(work, workdir, profile)
         print(f"  ours:  {ours_run.seconds:.2f} s ({ours_run.send_seconds:.2f} s sending), "
               f"{count / ours_run.seconds:,.0f} tx/s, {ours_run.blocks} blocks", flush=True)

@@ -115,7 +115,7 @@ class Chain:
         self.store = store
         self.genesis = genesis
         self.chain_id = genesis.chain_id
-        self.execution = Execution(store, genesis.chain_id)
+        self.execution = Execution(store, genesis.chain_id, genesis.protocol)
         self._cache: OrderedDict[bytes, StoredBlock] = OrderedDict()
         self._cache_size = cache_blocks
         stored = store.get(_GENESIS_KEY)

@@ -1,5 +1,12 @@
 """Genesis and chain parameters."""
 
-from ogpu_node.config.genesis import GenesisAccount, GenesisConfig, GenesisError, load_genesis, parse_genesis
+from ogpu_node.config.genesis import (
+    GenesisAccount,
+    GenesisConfig,
+    GenesisError,
+    ProtocolParams,
+    load_genesis,
+    parse_genesis,
+)
 
-__all__ = ["GenesisAccount", "GenesisConfig", "GenesisError", "load_genesis", "parse_genesis"]
+__all__ = ["GenesisAccount", "GenesisConfig", "GenesisError", "ProtocolParams", "load_genesis", "parse_genesis"]

@@ -28,6 +28,28 @@ class GenesisAccount:
 
 
 @dataclass(frozen=True)
+class ProtocolParams:
+    """The native contracts' parameters (`config.ogpu` in the genesis file); all windows in seconds."""
+
+    min_validator_stake: int = 1_000 * 10**18
+    min_provider_stake: int = 100 * 10**18
+    unbonding_delay: int = 14 * 24 * 3600
+
+    @classmethod
+    def from_json(cls, doc: Any) -> ProtocolParams:
+        if doc is None:
+            return cls()
+        if not isinstance(doc, dict):
+            raise GenesisError("genesis: config.ogpu must be an object")
+        names = {"minValidatorStake": "min_validator_stake", "minProviderStake": "min_provider_stake",
+                 "unbondingDelay": "unbonding_delay"}
+        unknown = set(doc) - set(names)
+        if unknown:
+            raise GenesisError(f"genesis: config.ogpu has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**{names[k]: _int(v, f"config.ogpu.{k}") for k, v in doc.items()})
+
+
+@dataclass(frozen=True)
 class GenesisConfig:
     chain_id: int
     alloc: dict[bytes, GenesisAccount]
@@ -37,6 +59,7 @@ class GenesisConfig:
     extra_data: bytes = b""
     coinbase: bytes = b"\x00" * 20
     mix_hash: bytes = b"\x00" * 32
+    protocol: ProtocolParams = field(default_factory=ProtocolParams)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -125,6 +148,7 @@ def parse_genesis(doc: Any) -> GenesisConfig:
         extra_data=extra,
         coinbase=_address(doc.get("coinbase", "0x" + "00" * 20), "coinbase"),
         mix_hash=_bytes(doc.get("mixHash", "0x" + "00" * 32), "mixHash", 32),
+        protocol=ProtocolParams.from_json(config.get("ogpu")),
         raw=doc,
     )
 

@@ -88,7 +88,7 @@ def _call_state(execution: Execution, header: BlockHeaderAPI, request: CallReque
     child = OgpuVM.create_header_from_parent(header, timestamp=header.timestamp + 1, gas_limit=header.gas_limit)
     if not priced:
         child = child.copy(base_fee_per_gas=0)
-    return OgpuVM.build_state(execution.store, child, execution.chain_context)
+    return execution.vm_class.build_state(execution.store, child, execution.chain_context)
 
 
 def _apply_overrides(state: StateAPI, overrides: dict[bytes, AccountOverride]) -> None:

@@ -15,8 +15,10 @@ from eth.rlp.headers import BlockHeader
 from eth.vm.chain_context import ChainContext
 from eth_utils import ValidationError as EthUtilsValidationError
 
-from ogpu_node.config import GenesisConfig
+from ogpu_node.config import GenesisConfig, ProtocolParams
+from ogpu_node.contracts.addresses import ALL as NATIVE_CONTRACTS
 from ogpu_node.execution.errors import InvalidBlock
+from ogpu_node.execution.native import make_state_class
 from ogpu_node.execution.trie import BLANK_ROOT, ordered_trie_root
 from ogpu_node.execution.vm import OgpuVM
 
@@ -50,9 +52,11 @@ class ExecutedBlock:
 class Execution:
     """Runs blocks against the state in `store` (an LMDBStore) with py-evm's VM."""
 
-    def __init__(self, store, chain_id: int) -> None:
+    def __init__(self, store, chain_id: int, params: ProtocolParams) -> None:
         self.store = store
         self.chain_id = chain_id
+        # The native contracts take their parameters from genesis, so each chain has its own VM class.
+        self.vm_class: type[OgpuVM] = OgpuVM.configure(__name__="OgpuVM", _state_class=make_state_class(params))
         self.chaindb = ChainDB(store)
         self.chain_context = ChainContext(chain_id)
 
@@ -91,7 +95,12 @@ class Execution:
     def make_genesis(self, genesis: GenesisConfig) -> BlockAPI:
         """Write the genesis state into the store and return the genesis block (not yet indexed)."""
         pre_genesis = BlockHeader(difficulty=0, block_number=-1, gas_limit=0)
-        state = OgpuVM.build_state(self.store, pre_genesis, self.chain_context)
+        state = self.vm_class.build_state(self.store, pre_genesis, self.chain_context)
+        for address in NATIVE_CONTRACTS:
+            # Code 0xfe (never run: the precompile runs first) so that Solidity's EXTCODESIZE check
+            # passes and EIP-161 never treats the account as empty; nonce 1 likewise.
+            state.set_code(address, b"\xfe")
+            state.set_nonce(address, 1)
         for address, account in genesis.alloc.items():
             state.set_balance(address, account.balance)
             state.set_nonce(address, account.nonce)
@@ -116,7 +125,7 @@ class Execution:
     # -- blocks --
 
     def _vm(self, header: BlockHeaderAPI) -> OgpuVM:
-        return OgpuVM(
+        return self.vm_class(
             header=header,
             chaindb=self.chaindb,
             chain_context=self.chain_context,
@@ -216,7 +225,7 @@ class Execution:
 
     def state_at(self, header: BlockHeaderAPI) -> StateAPI:
         """The state after `header`, in the context of a child block (as eth_call runs)."""
-        return OgpuVM.build_state(self.store, header, self.chain_context)
+        return self.vm_class.build_state(self.store, header, self.chain_context)
 
     def account(self, header: BlockHeaderAPI, address: bytes) -> tuple[int, int, bytes]:
         state = self.state_at(header)

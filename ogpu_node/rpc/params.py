@@ -83,6 +83,8 @@ def block_id(value: Any) -> tuple[str, Any]:
         if "blockNumber" in value:
             return block_id(value["blockNumber"])
         raise InvalidParams("invalid block: object needs blockHash or blockNumber")
+    if isinstance(value, str) and len(value) == 66 and value[:2] in ("0x", "0X"):
+        return ("hash", hash32(value, "blockHash"), False)  # geth accepts a bare block hash too
     if isinstance(value, str) and value.startswith("0x"):
         return ("number", quantity(value, "block number"))
     raise InvalidParams(f"invalid block: {_short(value)}")

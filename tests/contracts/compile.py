@@ -1,5 +1,6 @@
 """Compile the Vyper test contracts with the pip-installed vyper (0.4.3), once per session.
 
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/ (pytest does not add it)
     from contracts.compile import compile_contract
     store = compile_contract("Store")   # tests/contracts/Store.vy
     w3.eth.contract(abi=store.abi, bytecode=store.bytecode)
@@ -27,12 +28,17 @@ class Compiled:
     name: str
     abi: list[dict[str, Any]]
     bytecode: bytes  # init code (constructor arguments are appended by the caller)
+    runtime: bytes  # the code a deployment leaves at the address (no immutables in these contracts)
 
 
 @cache
 def compile_contract(name: str) -> Compiled:
     source = (SOURCES / f"{name}.vy").read_text()
     out = vyper.compile_code(
-        source, output_formats=["abi", "bytecode"], settings=Settings(evm_version=EVM_VERSION)
+        source, output_formats=["abi", "bytecode", "bytecode_runtime"], settings=Settings(evm_version=EVM_VERSION)
     )
-    return Compiled(name, out["abi"], bytes.fromhex(out["bytecode"].removeprefix("0x")))
+    return Compiled(name, out["abi"], _hex(out["bytecode"]), _hex(out["bytecode_runtime"]))
+
+
+def _hex(text: str) -> bytes:
+    return bytes.fromhex(text.removeprefix("0x"))

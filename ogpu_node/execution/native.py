@@ -1,0 +1,136 @@
+"""Runs the native contracts of `ogpu_node.contracts` as precompiles of the VM (DESIGN.md §3).
+
+`EvmHost` is the contracts' host interface over a py-evm computation: storage reads and writes charged
+as EIP-2929/2200 SLOAD and SSTORE (with the state's warm-slot tracking and EIP-3529 refunds), logs
+charged as LOG opcodes, balances moved directly. A broken rule reverts with `Error(string)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth.abc import ComputationAPI
+from eth.exceptions import Revert as EvmRevert
+from eth.vm.forks.prague.computation import PragueComputation
+from eth.vm.forks.prague.state import PragueState
+
+from ogpu_node.config import ProtocolParams
+from ogpu_node.contracts.abi import encode_error
+from ogpu_node.contracts.base import NativeContract
+from ogpu_node.contracts.host import Revert
+from ogpu_node.contracts.stake import Stake
+
+COLD_SLOAD = 2100
+WARM_READ = 100
+SSTORE_SET = 20_000
+SSTORE_RESET = 5_000 - COLD_SLOAD
+SSTORE_CLEARS_REFUND = 4_800
+LOG_GAS, LOG_TOPIC_GAS, LOG_DATA_GAS = 375, 375, 8
+
+
+class EvmHost:
+    def __init__(self, computation: ComputationAPI) -> None:
+        self._computation = computation
+        self._state = computation.state
+        msg = computation.msg
+        self.caller: bytes = msg.sender
+        self.value: int = msg.value
+        self.is_static: bool = msg.is_static
+        self.block_number: int = self._state.block_number
+        self.timestamp: int = self._state.timestamp
+        self.mix_hash: bytes = self._state.mix_hash
+
+    def charge(self, gas: int) -> None:
+        self._computation.consume_gas(gas, reason="native contract")
+
+    def _warm(self, address: bytes, slot: int) -> None:
+        if not self._state.is_storage_warm(address, slot):
+            self._state.mark_storage_warm(address, slot)
+            self.charge(COLD_SLOAD)
+
+    def sload(self, address: bytes, slot: int) -> int:
+        if self._state.is_storage_warm(address, slot):
+            self.charge(WARM_READ)
+        else:
+            self._state.mark_storage_warm(address, slot)
+            self.charge(COLD_SLOAD)
+        return self._state.get_storage(address, slot)
+
+    def sstore(self, address: bytes, slot: int, value: int) -> None:
+        if self.is_static:
+            raise Revert("state change in a static call")
+        self._warm(address, slot)
+        state = self._state
+        current = state.get_storage(address, slot)
+        original = state.get_storage(address, slot, from_journal=False)
+        refund = 0
+        if current == value:
+            cost = WARM_READ
+        elif original == current:
+            cost = SSTORE_SET if original == 0 else SSTORE_RESET
+            if original != 0 and value == 0:
+                refund += SSTORE_CLEARS_REFUND
+        else:
+            cost = WARM_READ
+            if original != 0:
+                if current == 0:
+                    refund -= SSTORE_CLEARS_REFUND
+                elif value == 0:
+                    refund += SSTORE_CLEARS_REFUND
+            if original == value:
+                refund += (SSTORE_SET if original == 0 else SSTORE_RESET) - WARM_READ
+        self.charge(cost)
+        if refund:
+            self._computation.refund_gas(refund)
+        state.set_storage(address, slot, value)
+
+    def balance(self, address: bytes) -> int:
+        return self._state.get_balance(address)
+
+    def transfer(self, sender: bytes, recipient: bytes, amount: int) -> None:
+        if self.is_static:
+            raise Revert("value transfer in a static call")
+        if self._state.get_balance(sender) < amount:
+            raise Revert("insufficient balance for transfer")
+        self._state.delta_balance(sender, -amount)
+        self._state.delta_balance(recipient, amount)
+
+    def burn(self, holder: bytes, amount: int) -> None:
+        if self._state.get_balance(holder) < amount:
+            raise Revert("insufficient balance to burn")
+        self._state.delta_balance(holder, -amount)
+
+    def log(self, address: bytes, topics: list[bytes], data: bytes) -> None:
+        if self.is_static:
+            raise Revert("log in a static call")
+        self.charge(LOG_GAS + LOG_TOPIC_GAS * len(topics) + LOG_DATA_GAS * len(data))
+        self._computation.add_log_entry(address, tuple(int.from_bytes(t, "big") for t in topics), data)
+
+
+def native_precompile(contract: NativeContract) -> Any:
+    def run(computation: ComputationAPI) -> ComputationAPI:
+        msg = computation.msg
+        try:
+            # DELEGATECALL and CALLCODE would let another contract act with a user's sender and value.
+            if msg.code_address != msg.storage_address:
+                raise Revert(f"{contract.NAME}: only CALL and STATICCALL may reach a native contract")
+            computation.output = contract.call(EvmHost(computation), msg.data_as_bytes)
+        except Revert as exc:
+            computation.output = encode_error(exc.reason)
+            raise EvmRevert(computation.output) from None
+        return computation
+
+    return run
+
+
+def native_contracts(params: ProtocolParams) -> dict[bytes, NativeContract]:
+    contracts: list[NativeContract] = [Stake(params)]
+    return {c.ADDRESS: c for c in contracts}
+
+
+def make_state_class(params: ProtocolParams) -> type[PragueState]:
+    precompiles = dict(PragueComputation.get_precompiles())
+    for address, contract in native_contracts(params).items():
+        precompiles[address] = native_precompile(contract)
+    computation_class = PragueComputation.configure(__name__="OgpuComputation", _precompiles=precompiles)
+    return PragueState.configure(__name__="OgpuState", computation_class=computation_class)

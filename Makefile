@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ANVIL_VERSION := 1.7.1
+SOLC_VERSION := 0.8.30
+SOLCJS := .tools/node_modules/.bin/solcjs
 ARGS ?=
 
 .PHONY: run test lint bench install clean
@@ -19,8 +21,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/ogpu-node run --dev $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(SOLCJS)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# Solidity compiler (solc-js from npm) for tests that compile against the generated interfaces.
+$(SOLCJS):
+	mkdir -p .tools
+	cd .tools && npm install --silent --no-audit --no-fund solc@$(SOLC_VERSION)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ogpu_node tests benchmarks
@@ -34,4 +41,4 @@ bench: $(STAMP) .bench/node_modules/.bin/anvil
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) .bench .pytest_cache
+	rm -rf $(VENV) .bench .tools .pytest_cache

@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: MIT
+// Generated from contracts/Stake.json by ogpu_node.contracts.interfaces: do not edit.
+
+pragma solidity ^0.8.20;
+
+interface IStake {
+    event Staked(address indexed account, uint256 amount, uint256 total);
+    event UnstakeRequested(address indexed account, uint256 amount, uint64 releaseTime);
+    event Withdrawn(address indexed account, uint256 amount);
+    event RolesChanged(address indexed account, uint8 roles);
+    event ResourcesRegistered(address indexed account, uint8 deviceKind, uint64 memoryMiB, uint64 throughputScore, string endpoint);
+    event StakeLocked(address indexed account, uint256 amount, uint256 locked);
+    event StakeUnlocked(address indexed account, uint256 amount, uint256 locked);
+    event StakeSlashed(address indexed account, uint256 amount, uint256 burned, uint256 rewarded, address beneficiary);
+
+    function stake() external payable;
+    function requestUnstake(uint256 amount) external;
+    function withdraw() external returns (uint256 amount);
+    function setRoles(uint8 roles) external;
+    function registerResources(uint8 deviceKind, uint64 memoryMiB, uint64 throughputScore, string memory endpoint) external;
+    function stakeOf(address account) external view returns (uint256 staked, uint256 locked, uint256 unbonding, uint64 releaseTime, uint8 roles);
+    function freeStake(address account) external view returns (uint256 amount);
+    function resourcesOf(address account) external view returns (uint8 deviceKind, uint64 memoryMiB, uint64 throughputScore, string memory endpoint);
+    function validators() external view returns (address[] memory accounts);
+    function providers() external view returns (address[] memory accounts);
+    function totalStaked() external view returns (uint256 amount);
+    function params() external view returns (uint256 minValidatorStake, uint256 minProviderStake, uint64 unbondingDelay);
+}

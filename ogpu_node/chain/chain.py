@@ -115,13 +115,14 @@ class Chain:
         self.store = store
         self.genesis = genesis
         self.chain_id = genesis.chain_id
-        self.execution = Execution(store, genesis.chain_id, genesis.protocol)
+        self.execution = Execution(store, genesis)
         self._cache: OrderedDict[bytes, StoredBlock] = OrderedDict()
         self._cache_size = cache_blocks
         stored = store.get(_GENESIS_KEY)
-        expected = self._genesis_block()
+        expected = self.execution.genesis_block
         if stored is None:
             with store.write_session():
+                self.execution.write_genesis_state()
                 self._write_block(expected, (), ())
                 # The chain id is not in the genesis hash, yet it changes every signature: keep both.
                 store[_GENESIS_KEY] = rlp.encode([expected.hash, genesis.chain_id])
@@ -140,12 +141,6 @@ class Chain:
                 )
         self.genesis_hash = expected.hash
         self.head = self.execution.header_by_hash(self.execution.head_hash())
-
-    def _genesis_block(self) -> Any:
-        # Computing the genesis writes its state nodes; content-addressed, so a rewrite is harmless,
-        # but it needs a write session.
-        with self.store.write_session():
-            return self.execution.make_genesis(self.genesis)
 
     # -- writes --
 

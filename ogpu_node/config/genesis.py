@@ -34,6 +34,8 @@ class ProtocolParams:
     min_validator_stake: int = 1_000 * 10**18
     min_provider_stake: int = 100 * 10**18
     unbonding_delay: int = 14 * 24 * 3600
+    reporter_share_bps: int = 1_000  # of a slashed amount, to the reporter or harmed party; the rest burns
+    consensus_penalty_bps: int = 1_000  # of an offender's stake, for a slashable consensus offence
 
     @classmethod
     def from_json(cls, doc: Any) -> ProtocolParams:
@@ -41,12 +43,21 @@ class ProtocolParams:
             return cls()
         if not isinstance(doc, dict):
             raise GenesisError("genesis: config.ogpu must be an object")
-        names = {"minValidatorStake": "min_validator_stake", "minProviderStake": "min_provider_stake",
-                 "unbondingDelay": "unbonding_delay"}
+        names = {
+            "minValidatorStake": "min_validator_stake",
+            "minProviderStake": "min_provider_stake",
+            "unbondingDelay": "unbonding_delay",
+            "reporterShareBps": "reporter_share_bps",
+            "consensusPenaltyBps": "consensus_penalty_bps",
+        }
         unknown = set(doc) - set(names)
         if unknown:
             raise GenesisError(f"genesis: config.ogpu has unknown fields: {', '.join(sorted(unknown))}")
-        return cls(**{names[k]: _int(v, f"config.ogpu.{k}") for k, v in doc.items()})
+        params = cls(**{names[k]: _int(v, f"config.ogpu.{k}") for k, v in doc.items()})
+        for name in ("reporterShareBps", "consensusPenaltyBps"):
+            if getattr(params, names[name]) > 10_000:
+                raise GenesisError(f"genesis: config.ogpu.{name} must be at most 10000 (basis points)")
+        return params
 
 
 @dataclass(frozen=True)

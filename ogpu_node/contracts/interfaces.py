@@ -10,7 +10,7 @@ from typing import Any
 
 from ogpu_node.contracts.abi import ABI_DIR, load_abi
 
-NATIVE = ("Stake",)
+NATIVE = ("Stake", "Slashing")
 _HEADER = "// SPDX-License-Identifier: MIT\n// Generated from contracts/{name}.json by ogpu_node.contracts.interfaces: do not edit.\n"
 _LOCATION = {"string", "bytes"}
 

@@ -89,7 +89,7 @@ class Stake(NativeContract):
                 raise Revert("setRoles: stake below the provider minimum")
             if store.get("memory", who) == 0:
                 raise Revert("setRoles: register resources before taking the provider role")
-        self._set_roles(host, who, roles)
+        self.set_roles(host, who, roles)
 
     def registerResources(self, host: Host, device_kind: int, memory_mib: int, score: int, endpoint: str) -> None:
         if device_kind >= len(DEVICE_KINDS):
@@ -190,10 +190,10 @@ class Stake(NativeContract):
         if remaining < self.config.min_provider_stake:
             kept &= ~ROLE_PROVIDER
         if kept != roles:
-            self._set_roles(host, who, kept)
+            self.set_roles(host, who, kept)
         return taken
 
-    def _set_roles(self, host: Host, who: bytes, roles: int) -> None:
+    def set_roles(self, host: Host, who: bytes, roles: int) -> None:
         store = self.storage(host)
         store.set("roles", who, value=roles)
         for bit, name in ((ROLE_VALIDATOR, "validators"), (ROLE_PROVIDER, "providers")):

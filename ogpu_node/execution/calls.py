@@ -255,7 +255,11 @@ def estimate_gas(
         return intrinsic
     # Gas consumed before refunds is a lower bound on the limit the call needs.
     used = max(intrinsic + top.get_gas_used(), floor)
-    low = used - 1
+    # Often exact (no refund, no call that needs its 63/64 reserve): then one run settles it.
+    exact = attempt(used)
+    if exact is not None and not exact.is_error:
+        return used
+    low = used
     high = cap
     # geth's optimistic first probe: gas used plus the 63/64 reserve for calls.
     optimistic = min((used + 2300) * 64 // 63, high)

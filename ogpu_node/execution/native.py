@@ -18,6 +18,7 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.abi import encode_error
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Revert
+from ogpu_node.contracts.slashing import Slashing
 from ogpu_node.contracts.stake import Stake
 
 COLD_SLOAD = 2100
@@ -123,14 +124,15 @@ def native_precompile(contract: NativeContract) -> Any:
     return run
 
 
-def native_contracts(params: ProtocolParams) -> dict[bytes, NativeContract]:
-    contracts: list[NativeContract] = [Stake(params)]
+def native_contracts(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> dict[bytes, NativeContract]:
+    stake = Stake(params)
+    contracts: list[NativeContract] = [stake, Slashing(params, stake, chain_id, genesis_hash)]
     return {c.ADDRESS: c for c in contracts}
 
 
-def make_state_class(params: ProtocolParams) -> type[PragueState]:
+def make_state_class(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> type[PragueState]:
     precompiles = dict(PragueComputation.get_precompiles())
-    for address, contract in native_contracts(params).items():
+    for address, contract in native_contracts(params, chain_id, genesis_hash).items():
         precompiles[address] = native_precompile(contract)
     computation_class = PragueComputation.configure(__name__="OgpuComputation", _precompiles=precompiles)
     return PragueState.configure(__name__="OgpuState", computation_class=computation_class)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import rlp
 from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI, StateAPI
 from eth.consensus.context import ConsensusContext
+from eth.db.atomic import AtomicDB
 from eth.db.chain import ChainDB
 from eth.db.schema import SchemaV1
 from eth.exceptions import HeaderNotFound
@@ -15,7 +17,7 @@ from eth.rlp.headers import BlockHeader
 from eth.vm.chain_context import ChainContext
 from eth_utils import ValidationError as EthUtilsValidationError
 
-from ogpu_node.config import GenesisConfig, ProtocolParams
+from ogpu_node.config import GenesisConfig
 from ogpu_node.contracts.addresses import ALL as NATIVE_CONTRACTS
 from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.execution.native import make_state_class
@@ -52,13 +54,17 @@ class ExecutedBlock:
 class Execution:
     """Runs blocks against the state in `store` (an LMDBStore) with py-evm's VM."""
 
-    def __init__(self, store, chain_id: int, params: ProtocolParams) -> None:
+    def __init__(self, store, genesis: GenesisConfig) -> None:
         self.store = store
-        self.chain_id = chain_id
-        # The native contracts take their parameters from genesis, so each chain has its own VM class.
-        self.vm_class: type[OgpuVM] = OgpuVM.configure(__name__="OgpuVM", _state_class=make_state_class(params))
+        self.chain_id = genesis.chain_id
         self.chaindb = ChainDB(store)
-        self.chain_context = ChainContext(chain_id)
+        self.chain_context = ChainContext(genesis.chain_id)
+        self.genesis_config = genesis
+        # Computed in memory first: the native contracts' signing roots need the genesis hash.
+        self.genesis_block = self._genesis(AtomicDB())
+        # The native contracts take their parameters from genesis, so each chain has its own VM class.
+        state_class = make_state_class(genesis.protocol, genesis.chain_id, self.genesis_block.hash)
+        self.vm_class: type[OgpuVM] = OgpuVM.configure(__name__="OgpuVM", _state_class=state_class)
 
     # -- headers (py-evm's own key layout, so its VM finds ancestors for BLOCKHASH) --
 
@@ -92,10 +98,16 @@ class Execution:
 
     # -- genesis --
 
-    def make_genesis(self, genesis: GenesisConfig) -> BlockAPI:
-        """Write the genesis state into the store and return the genesis block (not yet indexed)."""
+    def write_genesis_state(self) -> BlockAPI:
+        """Write the genesis state into the store (in a write session); returns the genesis block."""
+        block = self._genesis(self.store)
+        assert block.hash == self.genesis_block.hash
+        return block
+
+    def _genesis(self, db: Any) -> BlockAPI:
+        genesis = self.genesis_config
         pre_genesis = BlockHeader(difficulty=0, block_number=-1, gas_limit=0)
-        state = self.vm_class.build_state(self.store, pre_genesis, self.chain_context)
+        state = OgpuVM.build_state(db, pre_genesis, self.chain_context)
         for address in NATIVE_CONTRACTS:
             # Code 0xfe (never run: the precompile runs first) so that Solidity's EXTCODESIZE check
             # passes and EIP-161 never treats the account as empty; nonce 1 likewise.

@@ -29,6 +29,7 @@ from ogpu_node.execution.views import effective_tip
 TX_MAX_SIZE = 128 * 1024  # geth's txMaxSize: 4 slots of 32 KiB
 MAX_INITCODE_SIZE = 2 * 24576  # EIP-3860
 _BLOB_TX_TYPE = 3
+_HEAD_STATE_CACHE = 16_384  # accounts whose head state is kept between blocks
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _SET_CODE_TX_TYPE = 4
 
@@ -99,6 +100,8 @@ class TxPool:
         """(nonce, balance) at the head, read once per head (on_new_head forgets them)."""
         state = self._head_state.get(address)
         if state is None:
+            if len(self._head_state) >= _HEAD_STATE_CACHE:  # an idle chain has no new head to clear it
+                self._head_state.clear()
             state = self._head_state[address] = self._read_account(address)
         return state
 

@@ -1,1 +1,1 @@
-"""Protocol data types and their codecs (signed messages arrive with consensus and the contracts)."""
+"""Protocol data types and their codecs: signed consensus messages and their signing roots."""

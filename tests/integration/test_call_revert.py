@@ -233,3 +233,30 @@ def test_sending_with_exactly_the_estimate_succeeds(deployed):
     assert deployed.call("value")["result"] == word(0)
     assert rpc(deployed.url, "eth_call", {"to": target, "input": deployed.calldata("value")}, "latest")["result"] \
         == word(3)
+
+
+def test_pre_execution_failures_use_geths_words(deployed):
+    url, sender = deployed.url, deployed.sender
+    base_fee = int(result(url, "eth_getBlockByNumber", "pending", False)["baseFeePerGas"], 16)
+    for method in ("eth_call", "eth_estimateGas"):
+        assert rpc(url, method, {"from": sender, "to": EMPTY, "gas": hex(20_000)}, "latest")["error"] == {
+            "code": -32000, "message": "intrinsic gas too low: have 20000, want 21000",
+        }
+    assert rpc(url, "eth_call", {"from": sender, "to": EMPTY, "gasPrice": hex(base_fee - 1)}, "latest")["error"] == {
+        "code": -32000,
+        "message": f"max fee per gas less than block base fee: address {sender}, maxFeePerGas: {base_fee - 1}, "
+                   f"baseFee: {base_fee}",
+    }
+    assert result(url, "eth_call", {"from": sender, "to": EMPTY, "gasPrice": hex(base_fee)}, "latest") == "0x"
+    assert rpc(url, "eth_call", {"from": sender, "to": EMPTY, "maxFeePerGas": hex(GWEI),
+                                 "maxPriorityFeePerGas": hex(2 * GWEI)}, "latest")["error"] == {
+        "code": -32000,
+        "message": f"max priority fee per gas higher than max fee per gas: address {sender}, "
+                   f"maxPriorityFeePerGas: {2 * GWEI}, maxFeePerGas: {GWEI}",
+    }
+    # calldata under the EIP-7623 floor: 100 non-zero bytes need 21000 + 100 * 4 * 10 = 25000
+    data = "0x" + "01" * 100
+    assert rpc(url, "eth_call", {"to": EMPTY, "input": data, "gas": hex(24_999)}, "latest")["error"] == {
+        "code": -32000, "message": "insufficient gas for floor data gas cost: have 24999, want 25000",
+    }
+    assert result(url, "eth_estimateGas", {"to": EMPTY, "input": data}) == hex(25_000)

@@ -1,0 +1,1 @@
+"""Native protocol contracts (Stake, Task, Bid, Slashing) in plain Python over a host interface."""

@@ -1,0 +1,136 @@
+"""Slashing: evidence of consensus offences, and the ledger of computation penalties (DESIGN.md §4).
+
+Anyone submits two signed messages; the contract recovers the signer of both over the signing roots of
+`ogpu_node.types.signing`, checks that together they are an offence, takes
+`consensus_penalty_bps` of the offender's stake (active, then unbonding), pays `reporter_share_bps` of
+it to the reporter, burns the rest and ejects the offender from the validator set. Each offence has an
+evidence id, recorded when punished, so the same offence is never punished twice.
+"""
+
+from __future__ import annotations
+
+from eth_abi.exceptions import DecodingError
+from eth_hash.auto import keccak
+
+from ogpu_node.config import ProtocolParams
+from ogpu_node.contracts.addresses import SLASHING
+from ogpu_node.contracts.base import NativeContract
+from ogpu_node.contracts.host import Host, Revert
+from ogpu_node.contracts.stake import BPS, ROLE_VALIDATOR, Stake
+from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
+from ogpu_node.types.signing import SignedAttestation, SignedProposal
+
+ECRECOVER_GAS = 3_000  # as the ecrecover precompile
+
+OFFENCE_DOUBLE_PROPOSAL = 1
+OFFENCE_DOUBLE_VOTE = 2
+OFFENCE_SURROUND_VOTE = 3
+
+
+class Slashing(NativeContract):
+    NAME = "Slashing"
+    ADDRESS = SLASHING
+
+    def __init__(self, params: ProtocolParams, stake: Stake, chain_id: int, genesis_hash: bytes) -> None:
+        super().__init__()
+        self.config = params
+        self.stake = stake
+        self.chain_id = chain_id
+        self.genesis_hash = genesis_hash
+
+    def _signer(self, host: Host, root: bytes, signature: bytes, which: str) -> bytes:
+        host.charge(ECRECOVER_GAS)
+        try:
+            return recover_signer(root, signature)
+        except InvalidSignature as exc:
+            raise Revert(f"Slashing: {which} message: {exc}") from None
+
+    def _proposals(self, host: Host, first: bytes, second: bytes) -> tuple[SignedProposal, SignedProposal, bytes]:
+        try:
+            a, b = SignedProposal.decode(first), SignedProposal.decode(second)
+        except (DecodingError, ValueError):
+            raise Revert("Slashing: malformed signed proposal") from None
+        signer_a = self._signer(host, a.message.signing_root(self.chain_id, self.genesis_hash), a.signature, "first")
+        signer_b = self._signer(host, b.message.signing_root(self.chain_id, self.genesis_hash), b.signature, "second")
+        if signer_a != signer_b:
+            raise Revert("Slashing: the two messages have different signers")
+        return a, b, signer_a
+
+    def _attestations(
+        self, host: Host, first: bytes, second: bytes
+    ) -> tuple[SignedAttestation, SignedAttestation, bytes]:
+        try:
+            a, b = SignedAttestation.decode(first), SignedAttestation.decode(second)
+        except (DecodingError, ValueError):
+            raise Revert("Slashing: malformed signed attestation") from None
+        signer_a = self._signer(host, a.message.signing_root(self.chain_id, self.genesis_hash), a.signature, "first")
+        signer_b = self._signer(host, b.message.signing_root(self.chain_id, self.genesis_hash), b.signature, "second")
+        if signer_a != signer_b:
+            raise Revert("Slashing: the two messages have different signers")
+        return a, b, signer_a
+
+    # -- external functions --
+
+    def reportDoubleProposal(self, host: Host, first: bytes, second: bytes) -> int:
+        a, b, offender = self._proposals(host, first, second)
+        if a.message.slot != b.message.slot:
+            raise Revert("Slashing: proposals are for different slots")
+        if a.message.block_hash == b.message.block_hash:
+            raise Revert("Slashing: proposals are for the same block")
+        evidence = keccak(b"double-proposal" + offender + a.message.slot.to_bytes(32, "big"))
+        return self._punish(host, offender, OFFENCE_DOUBLE_PROPOSAL, evidence)
+
+    def reportDoubleVote(self, host: Host, first: bytes, second: bytes) -> int:
+        a, b, offender = self._attestations(host, first, second)
+        if a.message.target_epoch != b.message.target_epoch:
+            raise Revert("Slashing: attestations have different target epochs")
+        if a.message == b.message:
+            raise Revert("Slashing: attestations are identical")
+        evidence = keccak(b"double-vote" + offender + a.message.target_epoch.to_bytes(32, "big"))
+        return self._punish(host, offender, OFFENCE_DOUBLE_VOTE, evidence)
+
+    def reportSurroundVote(self, host: Host, surrounding: bytes, surrounded: bytes) -> int:
+        a, b, offender = self._attestations(host, surrounding, surrounded)
+        if not a.message.surrounds(b.message):
+            raise Revert("Slashing: the first attestation does not surround the second")
+        roots = sorted(
+            (a.message.signing_root(self.chain_id, self.genesis_hash), b.message.signing_root(self.chain_id, self.genesis_hash))
+        )
+        evidence = keccak(b"surround-vote" + offender + roots[0] + roots[1])
+        return self._punish(host, offender, OFFENCE_SURROUND_VOTE, evidence)
+
+    def isPunished(self, host: Host, evidence_id: bytes) -> bool:
+        return self.storage(host).get("punished", evidence_id) != 0
+
+    def params(self, host: Host) -> tuple[int, int]:
+        return self.config.reporter_share_bps, self.config.consensus_penalty_bps
+
+    # -- penalties --
+
+    def _punish(self, host: Host, offender: bytes, kind: int, evidence: bytes) -> int:
+        store = self.storage(host)
+        if store.get("punished", evidence):
+            raise Revert("Slashing: offence already punished")
+        staked, _, unbonding, _, roles = self.stake.stakeOf(host, offender)
+        if staked + unbonding == 0:
+            raise Revert("Slashing: offender has no stake")
+        store.set("punished", evidence, value=1)
+        penalty = (staked + unbonding) * self.config.consensus_penalty_bps // BPS
+        taken = self.stake.slash(host, offender, penalty, host.caller, self.config.reporter_share_bps)
+        roles_now = self.stake.stakeOf(host, offender)[4]
+        if roles_now & ROLE_VALIDATOR:
+            self.stake.set_roles(host, offender, roles_now & ~ROLE_VALIDATOR)  # ejected
+        self.emit(
+            host, "ConsensusOffence", offender=offender, kind=kind, evidenceId=evidence, penalty=taken,
+            reporter=host.caller,
+        )
+        return taken
+
+    def penalize(self, host: Host, offender: bytes, task_id: int, kind: int, amount: int, beneficiary: bytes) -> int:
+        """A computation penalty decided by Task (rejected checkpoint, missed deadline, missed reveal)."""
+        taken = self.stake.slash(host, offender, amount, beneficiary, self.config.reporter_share_bps)
+        self.emit(
+            host, "ComputationPenalty", offender=offender, taskId=task_id, kind=kind, penalty=taken,
+            beneficiary=beneficiary,
+        )
+        return taken

@@ -1,0 +1,32 @@
+"""Recovery of the signer of a 32-byte hash (65-byte r ‖ s ‖ v signatures, v in {0, 1} or {27, 28})."""
+
+from __future__ import annotations
+
+from eth_keys import KeyAPI
+from eth_keys.backends import CoinCurveECCBackend
+from eth_keys.exceptions import BadSignature, ValidationError
+
+_KEYS = KeyAPI(CoinCurveECCBackend)
+SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
+class InvalidSignature(ValueError):
+    pass
+
+
+def recover_signer(message_hash: bytes, signature: bytes) -> bytes:
+    """The address that signed `message_hash`; rejects malformed and high-s (malleable) signatures."""
+    if len(signature) != 65:
+        raise InvalidSignature("signature must be 65 bytes")
+    v = signature[64]
+    if v >= 27:
+        v -= 27
+    if v not in (0, 1):
+        raise InvalidSignature("signature recovery id must be 0 or 1")
+    if int.from_bytes(signature[32:64], "big") > SECP256K1_HALF_N:
+        raise InvalidSignature("signature s value is in the upper half of the curve order")
+    try:
+        sig = _KEYS.Signature(signature[:64] + bytes([v]))
+        return sig.recover_public_key_from_msg_hash(message_hash).to_canonical_address()
+    except (BadSignature, ValidationError) as exc:
+        raise InvalidSignature(f"cannot recover signer: {exc}") from None

@@ -1,0 +1,93 @@
+"""Signed consensus messages and their signing roots (DESIGN.md §2).
+
+signing_root = keccak(domain ‖ chain_id ‖ genesis_hash ‖ fields), with a distinct domain per message
+kind, so no signature can be replayed across chains or kinds. Consensus signs with these and the
+Slashing contract verifies evidence with the same functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_abi import decode, encode
+from eth_hash.auto import keccak
+
+DOMAIN_BLOCK_PROPOSAL = b"ogpu/block-proposal/v1"
+DOMAIN_ATTESTATION = b"ogpu/attestation/v1"
+DOMAIN_RANDAO = b"ogpu/randao/v1"
+
+
+def signing_root(domain: bytes, chain_id: int, genesis_hash: bytes, fields: bytes) -> bytes:
+    return keccak(keccak(domain) + chain_id.to_bytes(32, "big") + genesis_hash + fields)
+
+
+@dataclass(frozen=True)
+class BlockProposal:
+    """A proposer's claim: at `slot`, the block is `block_hash`."""
+
+    slot: int
+    block_hash: bytes
+
+    def fields(self) -> bytes:
+        return encode(["uint64", "bytes32"], [self.slot, self.block_hash])
+
+    def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
+        return signing_root(DOMAIN_BLOCK_PROPOSAL, chain_id, genesis_hash, self.fields())
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A validator's vote at `slot`: head block, and the source → target checkpoint link (FFG)."""
+
+    slot: int
+    head: bytes
+    source_epoch: int
+    source_root: bytes
+    target_epoch: int
+    target_root: bytes
+
+    def fields(self) -> bytes:
+        return encode(
+            ["uint64", "bytes32", "uint64", "bytes32", "uint64", "bytes32"],
+            [self.slot, self.head, self.source_epoch, self.source_root, self.target_epoch, self.target_root],
+        )
+
+    def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
+        return signing_root(DOMAIN_ATTESTATION, chain_id, genesis_hash, self.fields())
+
+    def surrounds(self, other: Attestation) -> bool:
+        return self.source_epoch < other.source_epoch and other.target_epoch < self.target_epoch
+
+
+@dataclass(frozen=True)
+class SignedProposal:
+    message: BlockProposal
+    signature: bytes  # 65 bytes r ‖ s ‖ v, v in {0, 1}
+
+    ABI = ("uint64", "bytes32", "bytes")
+
+    def encode(self) -> bytes:
+        return encode(list(self.ABI), [self.message.slot, self.message.block_hash, self.signature])
+
+    @classmethod
+    def decode(cls, data: bytes) -> SignedProposal:
+        slot, block_hash, signature = decode(list(cls.ABI), data)
+        return cls(BlockProposal(slot, block_hash), signature)
+
+
+@dataclass(frozen=True)
+class SignedAttestation:
+    message: Attestation
+    signature: bytes
+
+    ABI = ("uint64", "bytes32", "uint64", "bytes32", "uint64", "bytes32", "bytes")
+
+    def encode(self) -> bytes:
+        m = self.message
+        values = [m.slot, m.head, m.source_epoch, m.source_root, m.target_epoch, m.target_root, self.signature]
+        return encode(list(self.ABI), values)
+
+    @classmethod
+    def decode(cls, data: bytes) -> SignedAttestation:
+        *fields, signature = decode(list(cls.ABI), data)
+        return cls(Attestation(*fields), signature)

@@ -7,11 +7,15 @@ JSON-RPC bodies (`eth_sendRawTransaction`) over one keep-alive `http.client.HTTP
 polls `eth_getTransactionReceipt` of each sender's last transaction until all are non-null.
 Rate = N / elapsed (first send to last receipt). Both sides mine on demand:
 - ours: `ogpu-node run --dev` (a block as soon as transactions arrive, fresh temp datadir);
-- anvil: `anvil --port P --chain-id 1337` (automine), from `.bench/node_modules/.bin/anvil`.
+- anvil: `anvil --port P --chain-id 1337` (automine), from `.bench/node_modules/.bin/anvil`. Its
+  automine stalls under such a burst with ready transactions left in its pool; the benchmark then
+  mines them with `evm_mine` inside the timed span and reports how often (see `drive`).
 ours / anvil should be at least 0.5. Each side also reports how many blocks it made.
 
-Sizes: --txs/BENCH_RPC_TXS (N, default 2000), --senders/BENCH_RPC_SENDERS (S, default 10).
---profile-node PATH runs our node under cProfile and writes the profile to PATH.
+Sizes: --txs/BENCH_RPC_TXS (N, default 2000), --senders/BENCH_RPC_SENDERS (S, default 10),
+--repeat/BENCH_RPC_REPEAT (best of R runs per side, interleaved, a fresh chain each; default 3).
+--profile-node PATH runs our node's last run under cProfile and writes the profile to PATH (cProfile
+sees the main thread only: block building runs in a worker thread and shows up as GIL waits).
 --anvil PATH (or $ANVIL) picks the anvil binary.
 """
 
@@ -244,33 +248,45 @@ def run_anvil(work: Workload, workdir: Path, anvil: str) -> Run:
         node.stop()
 
 
-def run(count: int, senders: int, anvil: str, profile: str | None = None) -> Result:
+def run(count: int, senders: int, anvil: str, repeat: int = 3, profile: str | None = None) -> Result:
     if not Path(anvil).exists():
         raise SystemExit(f"anvil not found at {anvil}: run `make .bench/node_modules/.bin/anvil`")
     print(f"rpc throughput: {count} pre-signed EIP-1559 transfers, round-robin over {senders} senders "
-          f"(nonces 0..{-(-count // senders) - 1}), one keep-alive HTTP connection", flush=True)
+          f"(nonces 0..{-(-count // senders) - 1}), one keep-alive HTTP connection, best of {repeat} "
+          f"(fresh chain each time)", flush=True)
     start = time.perf_counter()
     work = sign_workload(count, senders)
     print(f"  signed in {time.perf_counter() - start:.2f} s (untimed)", flush=True)
+    anvil_runs: list[Run] = []
+    ours_runs: list[Run] = []
     workdir = Path(tempfile.mkdtemp(prefix="ogpu-bench-rpc-"))
     try:
-        anvil_run = run_anvil(work, workdir, anvil)
-        print(f"  anvil: {anvil_run.seconds:.2f} s ({anvil_run.send_seconds:.2f} s sending), "
-              f"{count / anvil_run.seconds:,.0f} tx/s, {anvil_run.blocks} blocks "
-              f"({anvil_run.nudges} evm_mine nudges for stalled automine)", flush=True)
-        ours_run = run_ours(work, workdir, profile)
-        print(f"  ours:  {ours_run.seconds:.2f} s ({ours_run.send_seconds:.2f} s sending), "
-              f"{count / ours_run.seconds:,.0f} tx/s, {ours_run.blocks} blocks", flush=True)
+        # Interleaved, so that a slow phase of a shared machine hits both sides.
+        for attempt in range(repeat):
+            sub = workdir / str(attempt)
+            sub.mkdir()
+            a = run_anvil(work, sub, anvil)
+            anvil_runs.append(a)
+            print(f"  anvil: {a.seconds:.2f} s ({a.send_seconds:.2f} s sending), {count / a.seconds:,.0f} tx/s, "
+                  f"{a.blocks} blocks ({a.nudges} evm_mine nudges for stalled automine)", flush=True)
+            # The profile, if asked for, is of the last run of our node.
+            o = run_ours(work, sub, profile if attempt == repeat - 1 else None)
+            ours_runs.append(o)
+            print(f"  ours:  {o.seconds:.2f} s ({o.send_seconds:.2f} s sending), {count / o.seconds:,.0f} tx/s, "
+                  f"{o.blocks} blocks", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    best_anvil = min(anvil_runs, key=lambda r: r.seconds)
+    best_ours = min(ours_runs, key=lambda r: r.seconds)
     result = Result(
         name="rpc throughput",
         unit="tx/s",
-        ours=count / ours_run.seconds,
-        baseline=count / anvil_run.seconds,
+        ours=count / best_ours.seconds,
+        baseline=count / best_anvil.seconds,
         baseline_name="anvil",
         target=0.5,
-        note=f"{count} txs, {senders} senders; blocks: ours {ours_run.blocks}, anvil {anvil_run.blocks}",
+        note=(f"{count} txs, {senders} senders, best of {repeat}; blocks in the best runs: ours "
+              f"{best_ours.blocks}, anvil {best_anvil.blocks}"),
     )
     print("  " + result.line(), flush=True)
     return result
@@ -281,12 +297,13 @@ def main(argv: list[str] | None = None) -> Result:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--txs", type=int, default=env_int("BENCH_RPC_TXS", 2000))
     parser.add_argument("--senders", type=int, default=env_int("BENCH_RPC_SENDERS", 10))
+    parser.add_argument("--repeat", type=int, default=env_int("BENCH_RPC_REPEAT", 3))
     parser.add_argument("--anvil", default=os.environ.get("ANVIL", str(DEFAULT_ANVIL)))
     parser.add_argument("--profile-node", metavar="PATH", help="run our node under cProfile, output to PATH")
     args = parser.parse_args(argv)
     if not 1 <= args.senders <= 10:
         parser.error("--senders must be between 1 and 10 (the funded dev accounts)")
-    return run(args.txs, args.senders, args.anvil, args.profile_node)
+    return run(args.txs, args.senders, args.anvil, args.repeat, args.profile_node)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Each benchmark measures its own baseline in the same run and reports ours / baseline beside its
 target; nothing is asserted, so the exit status is 0 unless a benchmark itself fails to run.
 Sizes come from the environment (see each module's docstring): BENCH_BLOCKS, BENCH_TXS_PER_BLOCK,
-BENCH_SENDERS, BENCH_REPEAT for block import; BENCH_RPC_TXS, BENCH_RPC_SENDERS for RPC throughput.
+BENCH_SENDERS, BENCH_REPEAT for block import; BENCH_RPC_TXS, BENCH_RPC_SENDERS,
+BENCH_RPC_REPEAT for RPC throughput.
 `--only NAME` (repeatable) runs a subset.
 """
 

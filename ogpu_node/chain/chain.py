@@ -15,6 +15,8 @@ from functools import cached_property
 from typing import Any
 
 import rlp
+from eth_bloom import BloomFilter
+from eth_hash.auto import keccak
 
 from ogpu_node.config import GenesisConfig
 from ogpu_node.db import LMDBStore
@@ -29,6 +31,13 @@ _GENESIS_KEY = b"ogpu:genesis"
 _BODY = b"ogpu:body:"
 _RECEIPTS = b"ogpu:rcpt:"
 _TX_INDEX = b"ogpu:txi:"
+_SYSTEM_LOGS = b"ogpu:sys:"
+SYSTEM_ADDRESS = bytes.fromhex("fffffffffffffffffffffffffffffffffffffffe")
+
+
+def system_tx_hash(number: int) -> bytes:
+    """The synthetic transaction hash the start-of-block system call's logs are served under."""
+    return keccak(b"ogpu-system" + number.to_bytes(32, "big"))
 
 
 class ChainError(Exception):
@@ -42,6 +51,7 @@ class StoredBlock:
     header: Any
     _body: bytes
     _receipts: bytes
+    _system_logs: bytes | None = None
 
     @property
     def hash(self) -> bytes:
@@ -72,6 +82,60 @@ class StoredBlock:
     def receipts(self) -> list[Any]:
         return [decode_receipt(raw) for raw in rlp.decode(self._receipts)]
 
+    @cached_property
+    def system_logs(self) -> list[tuple[bytes, list[bytes], bytes]]:
+        if self._system_logs is None:
+            return []
+        return [(address, list(topics), data) for address, topics, data in rlp.decode(self._system_logs)]
+
+    @property
+    def system_tx_hash(self) -> bytes:
+        return system_tx_hash(self.number)
+
+    @cached_property
+    def bloom(self) -> int:
+        """The header's bloom, plus the system call's logs (which no receipt root covers)."""
+        bloom = BloomFilter(self.header.bloom)
+        for address, topics, _ in self.system_logs:
+            bloom.add(address)
+            for topic in topics:
+                bloom.add(topic)
+        return int(bloom)
+
+    @cached_property
+    def system_receipt_json(self) -> dict[str, Any] | None:
+        """A receipt for the system call: status 1, no gas, its logs first in the block."""
+        if not self.system_logs:
+            return None
+        index = self.transaction_count  # after the real transactions, as Bor's state-sync receipts
+        logs = [
+            {
+                "address": address, "topics": topics, "data": data, "blockHash": self.hash,
+                "blockNumber": self.number, "transactionHash": self.system_tx_hash,
+                "transactionIndex": index, "logIndex": i, "removed": False,
+            }
+            for i, (address, topics, data) in enumerate(self.system_logs)
+        ]
+        bloom = BloomFilter()
+        for address, topics, _ in self.system_logs:
+            bloom.add(address)
+            for topic in topics:
+                bloom.add(topic)
+        return {
+            "transactionHash": self.system_tx_hash, "type": 0, "from": SYSTEM_ADDRESS, "to": None,
+            "status": 1, "cumulativeGasUsed": 0, "gasUsed": 0, "effectiveGasPrice": 0,
+            "contractAddress": None, "logsBloom": int(bloom).to_bytes(256, "big"), "logs": logs,
+            "blockHash": self.hash, "blockNumber": self.number, "transactionIndex": index,
+        }
+
+    def logs_json(self) -> list[dict[str, Any]]:
+        """Every log of the block in order: the system call's, then each transaction's."""
+        system = self.system_receipt_json
+        out = list(system["logs"]) if system else []
+        for receipt in self.receipts_json:
+            out.extend(receipt["logs"])
+        return out
+
     def header_json(self) -> dict[str, Any]:
         return header_view(self.header)
 
@@ -87,7 +151,7 @@ class StoredBlock:
     def receipts_json(self) -> list[dict[str, Any]]:
         out = []
         previous = 0
-        log_index = 0
+        log_index = len(self.system_logs)  # the system call's logs come first in the block
         for index, (receipt, tx, sender) in enumerate(
             zip(self.receipts, self.transactions, self.senders, strict=True)
         ):
@@ -144,7 +208,9 @@ class Chain:
 
     # -- writes --
 
-    def _write_block(self, block: Any, receipts: Sequence[Any], senders: Sequence[bytes]) -> None:
+    def _write_block(
+        self, block: Any, receipts: Sequence[Any], senders: Sequence[bytes], system_logs: Sequence[Any] = ()
+    ) -> None:
         header = block.header
         execution = self.execution
         execution.write_header(header)
@@ -155,11 +221,16 @@ class Chain:
         number = rlp.encode(header.block_number)
         for index, tx in enumerate(block.transactions):
             self.store[_TX_INDEX + tx.hash] = rlp.encode([header.hash, number, index])
+        if system_logs:
+            self.store[_SYSTEM_LOGS + header.hash] = rlp.encode([list(entry) for entry in system_logs])
+            self.store[_TX_INDEX + system_tx_hash(header.block_number)] = rlp.encode(
+                [header.hash, number, len(block.transactions)]
+            )
         execution.write_canonical(header.block_number, header.hash)
         execution.write_head(header.hash)
 
     def _commit(self, executed: ExecutedBlock) -> None:
-        self._write_block(executed.block, executed.receipts, executed.senders)
+        self._write_block(executed.block, executed.receipts, executed.senders, executed.system_logs)
 
     def build_block(self, attrs: BlockAttributes, transactions: Sequence[Any]) -> ExecutedBlock:
         """Execute `transactions` on the head (leaving out those that do not fit) and commit the block."""
@@ -202,7 +273,7 @@ class Chain:
         body = self.store.get(_BODY + block_hash)
         if header is None or body is None:
             return None
-        block = StoredBlock(header, body, self.store[_RECEIPTS + block_hash])
+        block = StoredBlock(header, body, self.store[_RECEIPTS + block_hash], self.store.get(_SYSTEM_LOGS + block_hash))
         self._cache[block_hash] = block
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -211,6 +282,22 @@ class Chain:
     def block_by_number(self, number: int) -> StoredBlock | None:
         header = self.header_by_number(number)
         return None if header is None else self.block_by_hash(header.hash)
+
+    def bloom_of(self, header: Any) -> int:
+        """The bloom to pre-check log queries against (header bloom + system logs)."""
+        if self.store.get(_SYSTEM_LOGS + header.hash) is None:
+            return header.bloom
+        return self.block_by_hash(header.hash).bloom
+
+    def receipt_json(self, tx_hash: bytes) -> dict[str, Any] | None:
+        """The receipt of a transaction, or of a block's system call by its synthetic hash."""
+        location = self.transaction_location(tx_hash)
+        if location is None:
+            return None
+        block, index = location
+        if index == block.transaction_count:
+            return block.system_receipt_json
+        return block.receipts_json[index]
 
     def transaction_location(self, tx_hash: bytes) -> tuple[StoredBlock, int] | None:
         raw = self.store.get(_TX_INDEX + tx_hash)

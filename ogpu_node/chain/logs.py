@@ -38,12 +38,11 @@ class LogFilter:
 
     def logs_of(self, block: Any) -> Iterator[dict[str, Any]]:
         """Matching logs of a StoredBlock, in block order."""
-        if not self.may_match_bloom(block.header.bloom):
+        if not self.may_match_bloom(block.bloom):
             return
-        for receipt in block.receipts_json:
-            for entry in receipt["logs"]:
-                if self.matches(entry):
-                    yield entry
+        for entry in block.logs_json():
+            if self.matches(entry):
+                yield entry
 
 
 def collect_logs(blocks: Sequence[Any], log_filter: LogFilter, limit: int) -> list[dict[str, Any]]:

@@ -36,6 +36,9 @@ class ProtocolParams:
     unbonding_delay: int = 14 * 24 * 3600
     reporter_share_bps: int = 1_000  # of a slashed amount, to the reporter or harmed party; the rest burns
     consensus_penalty_bps: int = 1_000  # of an offender's stake, for a slashable consensus offence
+    collateral_bps: int = 10_000  # stake an executor's bid locks, as a share of its price
+    client_deposit_bps: int = 1_000  # the client's safety deposit, as a share of the maximum payment
+    max_deadlines_per_block: int = 64  # time-triggered steps the start-of-block call runs per block
 
     @classmethod
     def from_json(cls, doc: Any) -> ProtocolParams:
@@ -49,12 +52,15 @@ class ProtocolParams:
             "unbondingDelay": "unbonding_delay",
             "reporterShareBps": "reporter_share_bps",
             "consensusPenaltyBps": "consensus_penalty_bps",
+            "collateralBps": "collateral_bps",
+            "clientDepositBps": "client_deposit_bps",
+            "maxDeadlinesPerBlock": "max_deadlines_per_block",
         }
         unknown = set(doc) - set(names)
         if unknown:
             raise GenesisError(f"genesis: config.ogpu has unknown fields: {', '.join(sorted(unknown))}")
         params = cls(**{names[k]: _int(v, f"config.ogpu.{k}") for k, v in doc.items()})
-        for name in ("reporterShareBps", "consensusPenaltyBps"):
+        for name in ("reporterShareBps", "consensusPenaltyBps", "clientDepositBps"):
             if getattr(params, names[name]) > 10_000:
                 raise GenesisError(f"genesis: config.ogpu.{name} must be at most 10000 (basis points)")
         return params

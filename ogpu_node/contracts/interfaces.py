@@ -10,14 +10,20 @@ from typing import Any
 
 from ogpu_node.contracts.abi import ABI_DIR, load_abi
 
-NATIVE = ("Stake", "Slashing")
+NATIVE = ("Stake", "Task", "Bid", "Slashing")
 _HEADER = "// SPDX-License-Identifier: MIT\n// Generated from contracts/{name}.json by ogpu_node.contracts.interfaces: do not edit.\n"
 _LOCATION = {"string", "bytes"}
 
 
+def _struct_name(param: dict[str, Any]) -> str:
+    return param["internalType"].split(".")[-1]
+
+
 def _param(param: dict[str, Any], with_location: bool) -> str:
     kind = param["type"]
-    dynamic = kind in _LOCATION or kind.endswith("]")
+    dynamic = kind in _LOCATION or kind.endswith("]") or kind == "tuple"
+    if kind == "tuple":
+        kind = _struct_name(param)
     location = " memory" if with_location and dynamic else ""
     name = f" {param['name']}" if param.get("name") else ""
     return f"{kind}{location}{name}"
@@ -26,6 +32,15 @@ def _param(param: dict[str, Any], with_location: bool) -> str:
 def solidity_interface(name: str) -> str:
     abi = load_abi(name)
     lines = [_HEADER.format(name=name), "pragma solidity ^0.8.20;", "", f"interface I{name} {{"]
+    structs: dict[str, list[dict[str, Any]]] = {}
+    for entry in abi.raw:
+        for param in [*entry.get("inputs", []), *entry.get("outputs", [])]:
+            if param["type"] == "tuple":
+                structs[_struct_name(param)] = param["components"]
+    for struct, fields in structs.items():
+        lines.append(f"    struct {struct} {{")
+        lines += [f"        {f['type']} {f['name']};" for f in fields]
+        lines += ["    }", ""]
     for entry in abi.raw:
         if entry["type"] != "event":
             continue

@@ -17,9 +17,11 @@ from eth.vm.forks.prague.state import PragueState
 from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.abi import encode_error
 from ogpu_node.contracts.base import NativeContract
+from ogpu_node.contracts.bid import Bid
 from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.slashing import Slashing
 from ogpu_node.contracts.stake import Stake
+from ogpu_node.contracts.task import Task
 
 COLD_SLOAD = 2100
 WARM_READ = 100
@@ -124,15 +126,94 @@ def native_precompile(contract: NativeContract) -> Any:
     return run
 
 
+SYSTEM_ADDRESS = bytes.fromhex("fffffffffffffffffffffffffffffffffffffffe")  # as EIP-4788's system calls
+
+SystemLog = tuple[bytes, list[bytes], bytes]  # address, topics, data
+
+
+class SystemHost:
+    """The host of the start-of-block system call: no transaction, no gas (bounded by entry count)."""
+
+    is_static = False
+    value = 0
+    caller = SYSTEM_ADDRESS
+
+    def __init__(self, state: Any, logs: list[SystemLog]) -> None:
+        self._state = state
+        self.logs = logs
+        self.block_number: int = state.block_number
+        self.timestamp: int = state.timestamp
+        self.mix_hash: bytes = state.mix_hash
+
+    def charge(self, gas: int) -> None:
+        pass
+
+    def sload(self, address: bytes, slot: int) -> int:
+        return self._state.get_storage(address, slot)
+
+    def sstore(self, address: bytes, slot: int, value: int) -> None:
+        self._state.set_storage(address, slot, value)
+
+    def balance(self, address: bytes) -> int:
+        return self._state.get_balance(address)
+
+    def transfer(self, sender: bytes, recipient: bytes, amount: int) -> None:
+        if self._state.get_balance(sender) < amount:
+            raise Revert("insufficient balance for transfer")
+        self._state.delta_balance(sender, -amount)
+        self._state.delta_balance(recipient, amount)
+
+    def burn(self, holder: bytes, amount: int) -> None:
+        if self._state.get_balance(holder) < amount:
+            raise Revert("insufficient balance to burn")
+        self._state.delta_balance(holder, -amount)
+
+    def log(self, address: bytes, topics: list[bytes], data: bytes) -> None:
+        self.logs.append((address, list(topics), data))
+
+
+class OgpuState(PragueState):
+    task_contract: Task | None = None
+    deadline_limit: int = 0
+
+
+def run_block_start(state: Any) -> list[SystemLog]:
+    """Run the due time-triggered protocol steps; a step that reverts is dropped with its changes."""
+    task = state.task_contract
+    logs: list[SystemLog] = []
+    if task is None:
+        return logs
+    host = SystemHost(state, logs)
+    for deadline in task.queue(host).pop_due(host.timestamp, state.deadline_limit):
+        snapshot = state.snapshot()
+        mark = len(logs)
+        try:
+            task.run_deadline(host, deadline)
+        except (Revert, OverflowError):
+            state.revert(snapshot)
+            del logs[mark:]
+        else:
+            state.commit(snapshot)
+    return logs
+
+
 def native_contracts(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> dict[bytes, NativeContract]:
     stake = Stake(params)
-    contracts: list[NativeContract] = [stake, Slashing(params, stake, chain_id, genesis_hash)]
+    bid = Bid(params, stake)
+    contracts: list[NativeContract] = [stake, Task(params, bid), bid, Slashing(params, stake, chain_id, genesis_hash)]
     return {c.ADDRESS: c for c in contracts}
 
 
-def make_state_class(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> type[PragueState]:
+def make_state_class(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> type[OgpuState]:
+    contracts = native_contracts(params, chain_id, genesis_hash)
     precompiles = dict(PragueComputation.get_precompiles())
-    for address, contract in native_contracts(params, chain_id, genesis_hash).items():
+    for address, contract in contracts.items():
         precompiles[address] = native_precompile(contract)
     computation_class = PragueComputation.configure(__name__="OgpuComputation", _precompiles=precompiles)
-    return PragueState.configure(__name__="OgpuState", computation_class=computation_class)
+    task = next(c for c in contracts.values() if isinstance(c, Task))
+    return OgpuState.configure(
+        __name__="OgpuState",
+        computation_class=computation_class,
+        task_contract=task,
+        deadline_limit=params.max_deadlines_per_block,
+    )

@@ -20,7 +20,7 @@ from eth_utils import ValidationError as EthUtilsValidationError
 from ogpu_node.config import GenesisConfig
 from ogpu_node.contracts.addresses import ALL as NATIVE_CONTRACTS
 from ogpu_node.execution.errors import InvalidBlock
-from ogpu_node.execution.native import make_state_class
+from ogpu_node.execution.native import SystemLog, make_state_class
 from ogpu_node.execution.trie import BLANK_ROOT, ordered_trie_root
 from ogpu_node.execution.vm import OgpuVM
 
@@ -45,6 +45,8 @@ class ExecutedBlock:
     senders: tuple[bytes, ...]
     # Builder only: transactions left out, with the reason (they stay in the pool or are dropped by it).
     excluded: tuple[tuple[SignedTransactionAPI, str], ...] = ()
+    # Logs of the start-of-block system call (no transaction): served under a synthetic tx hash.
+    system_logs: tuple[SystemLog, ...] = ()
 
     @property
     def header(self) -> BlockHeaderAPI:
@@ -201,7 +203,9 @@ class Execution:
         block = OgpuVM.get_block_class()(header, transactions=included, uncles=[], withdrawals=[])
         block = vm.block_postprocessing(block)
         block = vm.finalize_block(block).block
-        return ExecutedBlock(block, tuple(receipts), tuple(senders), tuple(excluded))
+        return ExecutedBlock(
+            block, tuple(receipts), tuple(senders), tuple(excluded), tuple(vm.system_logs)
+        )
 
     def import_block(self, parent: BlockHeaderAPI, block: BlockAPI) -> ExecutedBlock:
         """Re-execute a block received from outside and check that it reproduces its header."""

@@ -6,9 +6,17 @@ from eth.abc import BlockAPI
 from eth.vm.forks.prague import PragueVM
 from eth.vm.forks.prague.constants import DEPOSIT_REQUEST_TYPE
 
+from ogpu_node.execution.native import SystemLog, run_block_start
+
 
 class OgpuVM(PragueVM):
     fork = "ogpu-prague"
+    system_logs: list[SystemLog] = []
+
+    def block_preprocessing(self, block: BlockAPI) -> None:
+        super().block_preprocessing(block)
+        # The protocol's start-of-block system call: due deadlines of the native contracts.
+        self.system_logs = run_block_start(self.state)
 
     def process_deposit_request_data(self, block: BlockAPI) -> None:
         # Validators deposit through the native Stake contract, not an EIP-6110 deposit contract, so

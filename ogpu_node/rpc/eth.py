@@ -280,7 +280,9 @@ class EthApi:
         location = self.chain.transaction_location(tx_hash)
         if location is not None:
             block, index = location
-            return p.to_json(block.transaction_json(index))
+            if index < block.transaction_count:  # the system call has a receipt but no transaction
+                return p.to_json(block.transaction_json(index))
+            return None
         pooled = self.pool.get(tx_hash)
         if pooled is None:
             return None
@@ -305,11 +307,7 @@ class EthApi:
         return p.to_json(block.transaction_json(index))
 
     def eth_getTransactionReceipt(self, ctx: Any, tx_hash: Any) -> Any:
-        location = self.chain.transaction_location(p.hash32(tx_hash))
-        if location is None:
-            return None
-        block, index = location
-        return p.to_json(block.receipts_json[index])
+        return p.to_json(self.chain.receipt_json(p.hash32(tx_hash)))
 
     def eth_getBlockReceipts(self, ctx: Any, block: Any) -> Any:
         try:

@@ -104,7 +104,7 @@ class FilterApi:
         out: list[dict[str, Any]] = []
         for number in range(first, last + 1):
             header = self.chain.header_by_number(number)
-            if header is None or not criteria.may_match_bloom(header.bloom):
+            if header is None or not criteria.may_match_bloom(self.chain.bloom_of(header)):
                 continue
             out.extend(criteria.logs_of(self.chain.block_by_hash(header.hash)))
             if len(out) > MAX_LOG_RESULTS:

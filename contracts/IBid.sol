@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: MIT
+// Generated from contracts/Bid.json by ogpu_node.contracts.interfaces: do not edit.
+
+pragma solidity ^0.8.20;
+
+interface IBid {
+    event BidPlaced(uint256 indexed taskId, address indexed provider, uint256 price, uint256 collateral);
+    event BidsClosed(uint256 indexed taskId, uint256 count);
+
+    function placeBid(uint256 taskId, uint256 price) external;
+    function bidsOf(uint256 taskId) external view returns (address[] memory providers, uint256[] memory prices);
+}

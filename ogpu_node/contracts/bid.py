@@ -1,0 +1,87 @@
+"""Bid: providers' offers for batch tasks (DESIGN.md §6).
+
+One live bid per provider and task; a re-bid must lower the price and replaces the old one. A bid
+locks `collateral_bps` of its price from the provider's free stake until the task assigns (losers are
+unlocked then) or is cancelled. Bidding closes when Task applies the halting rule H.
+"""
+
+from __future__ import annotations
+
+from ogpu_node.config import ProtocolParams
+from ogpu_node.contracts.addresses import BID
+from ogpu_node.contracts.base import NativeContract
+from ogpu_node.contracts.host import Host, Revert
+from ogpu_node.contracts.stake import BPS, ROLE_PROVIDER, Stake
+from ogpu_node.contracts.storage import AddressSet
+
+
+class Bid(NativeContract):
+    NAME = "Bid"
+    ADDRESS = BID
+
+    def __init__(self, params: ProtocolParams, stake: Stake) -> None:
+        super().__init__()
+        self.config = params
+        self.stake = stake
+        self.task = None  # set by Task: the two call each other within one transaction
+
+    def _bidders(self, host: Host, task_id: int) -> AddressSet:
+        return AddressSet(self.storage(host), f"bidders/{task_id}")
+
+    def collateral_for(self, price: int) -> int:
+        return price * self.config.collateral_bps // BPS
+
+    def placeBid(self, host: Host, task_id: int, price: int) -> None:
+        task = self.task.open_for_bids(host, task_id)
+        provider = host.caller
+        if provider == task.client:
+            raise Revert("Bid: a client cannot bid on its own task")
+        if not self.stake.stakeOf(host, provider)[4] & ROLE_PROVIDER:
+            raise Revert("Bid: caller is not a staked provider")
+        if price == 0:
+            raise Revert("Bid: price is zero")
+        if price > task.max_payment:
+            raise Revert("Bid: price above the task's maximum payment")
+        store = self.storage(host)
+        bidders = self._bidders(host, task_id)
+        if provider in bidders:
+            old_price = store.get("price", task_id, provider)
+            if price >= old_price:
+                raise Revert("Bid: a new bid must lower the price")
+            self.stake.unlock(host, provider, store.get("collateral", task_id, provider))
+        else:
+            bidders.add(provider)
+        collateral = self.collateral_for(price)
+        self.stake.lock(host, provider, collateral)
+        store.set("price", task_id, provider, value=price)
+        store.set("collateral", task_id, provider, value=collateral)
+        # Ties go to the earliest bid: a re-bid is a new offer and takes a new place.
+        store.set("order", task_id, provider, value=store.add("sequence", delta=1))
+        self.emit(host, "BidPlaced", taskId=task_id, provider=provider, price=price, collateral=collateral)
+        if task.first_n and len(bidders) >= task.first_n:
+            self.task.close_bidding(host, task_id)
+
+    def bidsOf(self, host: Host, task_id: int) -> tuple[list[bytes], list[int]]:
+        store = self.storage(host)
+        providers = list(self._bidders(host, task_id))
+        return providers, [store.get("price", task_id, p) for p in providers]
+
+    # -- internal interface for Task --
+
+    def ranked(self, host: Host, task_id: int) -> list[tuple[int, int, bytes]]:
+        """(price, order, provider) of every live bid, best first."""
+        store = self.storage(host)
+        return sorted(
+            (store.get("price", task_id, p), store.get("order", task_id, p), p)
+            for p in self._bidders(host, task_id)
+        )
+
+    def release(self, host: Host, task_id: int, keep: bytes | None) -> None:
+        """Close the task's bidding: unlock every bid's collateral but `keep`'s (the executor's)."""
+        store = self.storage(host)
+        count = 0
+        for provider in list(self._bidders(host, task_id)):
+            count += 1
+            if provider != keep:
+                self.stake.unlock(host, provider, store.get("collateral", task_id, provider))
+        self.emit(host, "BidsClosed", taskId=task_id, count=count)

@@ -1,0 +1,213 @@
+"""Task: prescriptions, escrow and safety deposits, assignment on the halting rule H (DESIGN.md §6).
+
+This is the submission and assignment stage of the batch lifecycle: the client escrows the maximum
+payment plus a safety deposit; providers bid through Bid; when the bid window ends (a deadline the
+start-of-block step runs) or the first N bids are in, the lowest bid (earliest on ties) becomes the
+executor and the assignment seed is fixed from the block's RANDAO mix; with fewer than the minimum
+bids the task is cancelled and the client refunded in full. Invariant: the contract's balance =
+Σ escrow + deposit of tasks not yet settled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_hash.auto import keccak
+
+from ogpu_node.config import ProtocolParams
+from ogpu_node.contracts.addresses import TASK
+from ogpu_node.contracts.base import NativeContract
+from ogpu_node.contracts.bid import Bid
+from ogpu_node.contracts.host import Host, Revert
+from ogpu_node.contracts.scheduler import Deadline, DeadlineQueue
+from ogpu_node.contracts.stake import BPS
+
+KIND_BATCH, KIND_STREAM = 0, 1
+STATE_BIDDING, STATE_RUNNING, STATE_CANCELLED = 1, 2, 3
+CANCEL_TOO_FEW_BIDS = 1
+DEADLINE_CLOSE_BIDDING = 1
+MAX_CHECKPOINTS = 1_000
+MAX_COUNCIL = 100
+RESPONSE_METHODS = 3  # optimistic, weighted, unanimous
+
+TERMS = (
+    "max_payment", "council_size", "council_share_bps", "checkpoints", "segment_window", "bid_window",
+    "first_n", "min_bids", "lateness_bps_per_second", "confirm_window", "response_method", "response_weight",
+)
+
+
+@dataclass(frozen=True)
+class Terms:
+    max_payment: int
+    council_size: int
+    council_share_bps: int
+    checkpoints: int
+    segment_window: int
+    bid_window: int
+    first_n: int
+    min_bids: int
+    lateness_bps_per_second: int
+    confirm_window: int
+    response_method: int
+    response_weight: int
+
+    def validate(self) -> None:
+        if self.max_payment == 0:
+            raise Revert("Task: maxPayment is zero")
+        if not 1 <= self.council_size <= MAX_COUNCIL:
+            raise Revert(f"Task: councilSize must be between 1 and {MAX_COUNCIL}")
+        if self.council_share_bps > BPS:
+            raise Revert("Task: councilShareBps above 10000")
+        if not 1 <= self.checkpoints <= MAX_CHECKPOINTS:
+            raise Revert(f"Task: checkpoints must be between 1 and {MAX_CHECKPOINTS}")
+        if self.segment_window == 0:
+            raise Revert("Task: segmentWindow is zero")
+        if self.bid_window == 0:
+            raise Revert("Task: bidWindow is zero")
+        if self.min_bids == 0:
+            raise Revert("Task: minBids is zero")
+        if self.first_n and self.first_n < self.min_bids:
+            raise Revert("Task: firstN is below minBids")
+        if self.confirm_window == 0:
+            raise Revert("Task: confirmWindow is zero")
+        if self.response_method >= RESPONSE_METHODS:
+            raise Revert("Task: unknown responseMethod")
+        if self.response_weight > BPS:
+            raise Revert("Task: responseWeight above 10000")
+
+
+@dataclass(frozen=True)
+class TaskView:
+    client: bytes
+    state: int
+    max_payment: int
+    first_n: int
+    bid_deadline: int
+
+
+class Task(NativeContract):
+    NAME = "Task"
+    ADDRESS = TASK
+
+    def __init__(self, params: ProtocolParams, bid: Bid) -> None:
+        super().__init__()
+        self.config = params
+        self.bid = bid
+        bid.task = self
+
+    def queue(self, host: Host) -> DeadlineQueue:
+        return DeadlineQueue(self.storage(host))
+
+    # -- external functions --
+
+    def submitTask(self, host: Host, prescription_hash: bytes, kind: int, raw_terms: tuple) -> int:
+        if kind == KIND_STREAM:
+            raise Revert("Task: stream tasks are not open yet on this chain")
+        if kind != KIND_BATCH:
+            raise Revert("Task: unknown task kind")
+        terms = Terms(*raw_terms)
+        terms.validate()
+        minimum_deposit = terms.max_payment * self.config.client_deposit_bps // BPS
+        if host.value < terms.max_payment + minimum_deposit:
+            raise Revert(
+                f"Task: value must cover maxPayment plus a safety deposit of at least {minimum_deposit} wei"
+            )
+        store = self.storage(host)
+        task_id = store.add("count", delta=1)
+        deposit = host.value - terms.max_payment
+        bid_deadline = host.timestamp + terms.bid_window
+        store.set_address("client", task_id, value=host.caller)
+        store.set("kind", task_id, value=kind)
+        store.set("state", task_id, value=STATE_BIDDING)
+        store.set("prescription", task_id, value=int.from_bytes(prescription_hash, "big"))
+        store.set("escrow", task_id, value=terms.max_payment)
+        store.set("deposit", task_id, value=deposit)
+        store.set("bidDeadline", task_id, value=bid_deadline)
+        for name, value in zip(TERMS, raw_terms, strict=True):
+            store.set("terms", task_id, name, value=value)
+        self.queue(host).schedule(bid_deadline, DEADLINE_CLOSE_BIDDING, task_id)
+        self.emit(
+            host, "TaskSubmitted", taskId=task_id, client=host.caller, prescriptionHash=prescription_hash,
+            kind=kind, maxPayment=terms.max_payment, deposit=deposit, bidDeadline=bid_deadline,
+        )
+        return task_id
+
+    def getTask(self, host: Host, task_id: int) -> tuple:
+        store = self._existing(host, task_id)
+        return (
+            store.get_address("client", task_id), store.get("kind", task_id), store.get("state", task_id),
+            store.get("prescription", task_id).to_bytes(32, "big"), store.get("escrow", task_id),
+            store.get("deposit", task_id), store.get_address("executor", task_id), store.get("price", task_id),
+            store.get("seed", task_id).to_bytes(32, "big"), store.get("bidDeadline", task_id),
+            store.get("assignedAt", task_id),
+        )
+
+    def getTerms(self, host: Host, task_id: int) -> tuple:
+        store = self._existing(host, task_id)
+        return tuple(store.get("terms", task_id, name) for name in TERMS)
+
+    def taskCount(self, host: Host) -> int:
+        return self.storage(host).get("count")
+
+    def pendingDeadlines(self, host: Host) -> tuple[int, int]:
+        queue = self.queue(host)
+        head = queue.peek()
+        return len(queue), 0 if head is None else head.due
+
+    # -- internal --
+
+    def _existing(self, host: Host, task_id: int):  # type: ignore[no-untyped-def]
+        store = self.storage(host)
+        if task_id == 0 or task_id > store.get("count"):
+            raise Revert(f"Task: no task {task_id}")
+        return store
+
+    def open_for_bids(self, host: Host, task_id: int) -> TaskView:
+        """The task, if it accepts bids now; Bid calls this first (late bids fail before the queue runs)."""
+        store = self._existing(host, task_id)
+        state = store.get("state", task_id)
+        deadline = store.get("bidDeadline", task_id)
+        if state != STATE_BIDDING or host.timestamp >= deadline:
+            raise Revert("Bid: bidding is closed for this task")
+        return TaskView(
+            client=store.get_address("client", task_id),
+            state=state,
+            max_payment=store.get("terms", task_id, "max_payment"),
+            first_n=store.get("terms", task_id, "first_n"),
+            bid_deadline=deadline,
+        )
+
+    def close_bidding(self, host: Host, task_id: int) -> None:
+        """Apply H: assign the best bid, or cancel with a full refund when bids are too few."""
+        store = self.storage(host)
+        if store.get("state", task_id) != STATE_BIDDING:
+            return  # already closed by its first N bids
+        ranked = self.bid.ranked(host, task_id)
+        if len(ranked) < store.get("terms", task_id, "min_bids"):
+            self.bid.release(host, task_id, keep=None)
+            self._cancel(host, task_id, CANCEL_TOO_FEW_BIDS)
+            return
+        price, _, executor = ranked[0]
+        self.bid.release(host, task_id, keep=executor)
+        seed = keccak(host.mix_hash + task_id.to_bytes(32, "big"))
+        store.set("state", task_id, value=STATE_RUNNING)
+        store.set_address("executor", task_id, value=executor)
+        store.set("price", task_id, value=price)
+        store.set("seed", task_id, value=int.from_bytes(seed, "big"))
+        store.set("assignedAt", task_id, value=host.timestamp)
+        self.emit(host, "TaskAssigned", taskId=task_id, executor=executor, price=price, seed=seed)
+
+    def _cancel(self, host: Host, task_id: int, reason: int) -> None:
+        store = self.storage(host)
+        refund = store.get("escrow", task_id) + store.get("deposit", task_id)
+        store.set("escrow", task_id, value=0)
+        store.set("deposit", task_id, value=0)
+        store.set("state", task_id, value=STATE_CANCELLED)
+        host.transfer(TASK, store.get_address("client", task_id), refund)
+        self.emit(host, "TaskCancelled", taskId=task_id, reason=reason, refund=refund)
+
+    def run_deadline(self, host: Host, deadline: Deadline) -> None:
+        if deadline.kind == DEADLINE_CLOSE_BIDDING:
+            self.close_bidding(host, deadline.subject)
+        else:
+            raise Revert(f"Task: unknown deadline kind {deadline.kind}")

@@ -1,0 +1,323 @@
+"""Stake (0x…1000) as contracts and web3.py see it, against a real `ogpu-node run --dev` process.
+
+A Vyper contract (tests/contracts/StakeUser.vy) stakes and reads its stake through an interface (a
+CALL to a function that returns nothing, so Vyper's EXTCODESIZE check must pass: Stake's code is
+0xfe), and forwards calldata to Stake with DELEGATECALL and STATICCALL, which Stake must refuse for
+state changes; a hand-assembled contract tries CALLCODE. web3.py decodes Stake's events from real
+receipts with the ABI in contracts/Stake.json and reports Stake's revert reasons. Every transaction
+is signed locally and sent with eth_sendRawTransaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_abi import decode, encode
+from eth_account import Account
+from eth_utils import keccak
+from web3 import Web3
+from web3.exceptions import ContractLogicError
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for the contracts package
+from contracts.compile import compile_contract  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+STAKE_ABI = json.loads((ROOT / "contracts" / "Stake.json").read_text())
+STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
+CHAIN_ID = 1337
+OGPU = 10**18
+MIN_VALIDATOR = 1_000 * OGPU
+TIP, MAX_FEE = 10**9, 10 * 10**9
+RECEIPT_TIMEOUT_S = 30
+ERROR = keccak(text="Error(string)")[:4]
+DELEGATE_REFUSED = "Stake: only CALL and STATICCALL may reach a native contract"
+
+
+def error_data(reason: str) -> bytes:
+    return ERROR + encode(["string"], [reason])
+
+
+def checksum(address: bytes) -> str:
+    return Web3.to_checksum_address(address)
+
+
+def send(w3: Web3, key: Any, gas: int = 500_000, **fields: Any) -> Any:
+    """Sign an EIP-1559 transaction locally, send it raw and wait (polling, with a deadline) for it."""
+    tx = {
+        "type": 2, "chainId": CHAIN_ID, "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP, "value": 0,
+        "data": b"", "gas": gas, "nonce": w3.eth.get_transaction_count(checksum(key.address), "pending"),
+        **fields,
+    }
+    raw = bytes(Account.sign_transaction(tx, key.private_key).raw_transaction)
+    tx_hash = w3.eth.send_raw_transaction(raw)
+    return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=0.02)
+
+
+def deploy(w3: Web3, key: Any, init_code: bytes) -> str:
+    receipt = send(w3, key, gas=2_000_000, data=init_code)
+    assert receipt["status"] == 1
+    return receipt["contractAddress"]
+
+
+def stake_record(stake: Any, who: str) -> tuple[int, int, int, int, int]:
+    return tuple(stake.functions.stakeOf(who).call())
+
+
+@pytest.fixture
+def w3(dev_node) -> Web3:
+    return Web3(Web3.HTTPProvider(dev_node.http_url, request_kwargs={"timeout": 30}))
+
+
+@pytest.fixture
+def stake(w3) -> Any:
+    return w3.eth.contract(address=STAKE, abi=STAKE_ABI)
+
+
+@pytest.fixture
+def user(w3, dev_accounts) -> Any:
+    compiled = compile_contract("StakeUser")
+    address = deploy(w3, dev_accounts[1], compiled.bytecode)
+    return w3.eth.contract(address=address, abi=compiled.abi)
+
+
+def call_user(w3: Web3, key: Any, user: Any, function: str, *args: Any, value: int = 0, gas: int = 500_000) -> Any:
+    return send(w3, key, gas=gas, to=user.address, value=value, data=bytes.fromhex(user.encode_abi(function, args=list(args))[2:]))
+
+
+def stake_call(stake: Any, function: str, *args: Any) -> bytes:
+    return bytes.fromhex(stake.encode_abi(function, args=list(args))[2:])
+
+
+# -- CALL and STATICCALL through an interface --
+
+
+def test_contract_stakes_through_the_interface_and_reads_its_stake_by_staticcall(w3, stake, user, dev_accounts):
+    """Rule: a contract reaches Stake with a plain CALL (msg.sender = the contract) even for a function
+    that returns nothing, because Stake's code (0xfe) passes the caller's EXTCODESIZE check; its views
+    answer a STATICCALL."""
+    key = dev_accounts[1]
+    assert w3.eth.get_code(STAKE) == b"\xfe"
+    receipt = call_user(w3, key, user, "stake", value=MIN_VALIDATOR)
+    assert receipt["status"] == 1
+    (staked,) = stake.events.Staked().process_receipt(receipt)
+    assert staked["address"] == STAKE
+    assert dict(staked["args"]) == {"account": user.address, "amount": MIN_VALIDATOR, "total": MIN_VALIDATOR}
+    assert tuple(user.functions.my_stake().call()) == (MIN_VALIDATOR, 0, 0, 0, 0)
+    assert stake_record(stake, user.address) == (MIN_VALIDATOR, 0, 0, 0, 0)
+    assert stake_record(stake, checksum(key.address)) == (0, 0, 0, 0, 0)
+    assert user.functions.total_staked().call() == MIN_VALIDATOR
+    assert w3.eth.get_balance(STAKE) == MIN_VALIDATOR
+    assert w3.eth.get_balance(user.address) == 0
+
+    # Without Stake's code byte the same call fails in the caller, before reaching Stake.
+    request = {"from": checksum(key.address), "to": user.address, "value": hex(OGPU),
+               "data": user.encode_abi("stake", args=[])}
+    response = w3.provider.make_request("eth_call", [request, "latest", {STAKE: {"code": "0x"}}])
+    assert response["error"]["message"] == "execution reverted"
+    assert w3.provider.make_request("eth_call", [request, "latest"])["result"] == "0x"
+
+    roles = call_user(w3, key, user, "set_roles", 1)
+    (changed,) = stake.events.RolesChanged().process_receipt(roles)
+    assert dict(changed["args"]) == {"account": user.address, "roles": 1}
+    assert stake.functions.validators().call() == [user.address]
+    assert tuple(user.functions.my_stake().call()) == (MIN_VALIDATOR, 0, 0, 0, 1)
+
+
+def test_delegatecall_to_stake_is_refused_and_changes_nothing(w3, stake, user, dev_accounts):
+    """Rule: DELEGATECALL would run Stake with the caller's msg.sender and msg.value; Stake reverts
+    Error("Stake: only CALL and STATICCALL may reach a native contract") and nothing changes, neither
+    for the EOA behind the call nor for the forwarding contract."""
+    key = dev_accounts[2]
+    eoa = checksum(key.address)
+    send(w3, key, to=STAKE, value=MIN_VALIDATOR, data=stake_call(stake, "stake"))
+    call_user(w3, key, user, "stake", value=MIN_VALIDATOR)
+    before = (stake_record(stake, eoa), stake_record(stake, user.address), w3.eth.get_balance(STAKE))
+    assert before == ((MIN_VALIDATOR, 0, 0, 0, 0), (MIN_VALIDATOR, 0, 0, 0, 0), 2 * MIN_VALIDATOR)
+
+    for data, value in ((stake_call(stake, "setRoles", 1), 0), (stake_call(stake, "stake"), 5 * OGPU)):
+        assert user.functions.delegate(data).call({"from": eoa, "value": value}) == [False, error_data(DELEGATE_REFUSED)]
+        receipt = call_user(w3, key, user, "delegate", data, value=value)
+        assert receipt["status"] == 1
+        (forwarded,) = user.events.Forwarded().process_receipt(receipt)
+        assert (forwarded["args"]["success"], forwarded["args"]["response"]) == (False, error_data(DELEGATE_REFUSED))
+        assert [entry["address"] for entry in receipt["logs"]] == [user.address]  # no Stake event
+    assert (stake_record(stake, eoa), stake_record(stake, user.address), w3.eth.get_balance(STAKE)) == before
+    assert stake.functions.validators().call() == []
+    assert w3.eth.get_balance(user.address) == 5 * OGPU  # the forwarded value stayed with the contract
+
+    # With revert_on_failure the outer call reverts with Stake's reason.
+    with pytest.raises(ContractLogicError) as failure:
+        user.functions.delegate_or_revert(stake_call(stake, "setRoles", 1)).call({"from": eoa})
+    assert failure.value.message == f"execution reverted: {DELEGATE_REFUSED}"
+    assert failure.value.data == "0x" + error_data(DELEGATE_REFUSED).hex()
+    reverted = call_user(w3, key, user, "delegate_or_revert", stake_call(stake, "setRoles", 1), gas=200_000)
+    assert reverted["status"] == 0 and reverted["logs"] == []
+    assert (stake_record(stake, eoa), stake_record(stake, user.address), w3.eth.get_balance(STAKE)) == before
+
+
+def test_staticcall_to_a_state_changing_function_is_refused(w3, stake, user, dev_accounts):
+    """Rule: under STATICCALL a state-changing Stake function reverts
+    Error("Stake.<fn>: state change in a static call"); a view answers."""
+    key = dev_accounts[3]
+    eoa = checksum(key.address)
+    call_user(w3, key, user, "stake", value=MIN_VALIDATOR)
+    before = stake_record(stake, user.address)
+    refused = error_data("Stake.setRoles: state change in a static call")
+    assert user.functions.static(stake_call(stake, "setRoles", 1)).call({"from": eoa}) == [False, refused]
+    receipt = call_user(w3, key, user, "static", stake_call(stake, "setRoles", 1))
+    (forwarded,) = user.events.Forwarded().process_receipt(receipt)
+    assert (forwarded["args"]["success"], forwarded["args"]["response"]) == (False, refused)
+    assert [entry["address"] for entry in receipt["logs"]] == [user.address]
+
+    unstake = error_data("Stake.requestUnstake: state change in a static call")
+    assert user.functions.static(stake_call(stake, "requestUnstake", 1)).call({"from": eoa}) == [False, unstake]
+    success, response = user.functions.static(stake_call(stake, "stakeOf", user.address)).call({"from": eoa})
+    assert success is True
+    assert decode(["uint256", "uint256", "uint256", "uint64", "uint8"], response) == before
+
+    with pytest.raises(ContractLogicError) as failure:
+        user.functions.static_or_revert(stake_call(stake, "setRoles", 1)).call({"from": eoa})
+    assert failure.value.message == "execution reverted: Stake.setRoles: state change in a static call"
+    assert stake_record(stake, user.address) == before == (MIN_VALIDATOR, 0, 0, 0, 0)
+    assert stake.functions.validators().call() == []
+
+
+def _callcode_contract() -> bytes:
+    """Init code of a contract whose runtime CALLCODEs Stake with its calldata and callvalue and returns
+    the success word followed by the return data:
+
+        CALLDATACOPY(0, 0, CALLDATASIZE)
+        ok = CALLCODE(GAS, 0x1000, CALLVALUE, 0, CALLDATASIZE, 0, 0)
+        MSTORE(0, ok); RETURNDATACOPY(32, 0, RETURNDATASIZE); RETURN(0, 32 + RETURNDATASIZE)
+    """
+    runtime = bytes.fromhex(
+        "36" "6000" "6000" "37"  # CALLDATASIZE PUSH1 0 PUSH1 0 CALLDATACOPY
+        "6000" "6000" "36" "6000" "34" "611000" "5a" "f2"  # retSize retOffset argsSize argsOffset value addr gas CALLCODE
+        "6000" "52"  # PUSH1 0 MSTORE
+        "3d" "6000" "6020" "3e"  # RETURNDATASIZE PUSH1 0 PUSH1 32 RETURNDATACOPY
+        "3d" "6020" "01" "6000" "f3"  # RETURNDATASIZE PUSH1 32 ADD PUSH1 0 RETURN
+    )
+    # PUSH1 len DUP1 PUSH1 11 PUSH1 0 CODECOPY PUSH1 0 RETURN, then the runtime.
+    init = bytes([0x60, len(runtime), 0x80, 0x60, 11, 0x60, 0x00, 0x39, 0x60, 0x00, 0xF3])
+    assert len(init) == 11
+    return init + runtime
+
+
+def test_callcode_to_stake_is_refused_and_stakes_nothing(w3, stake, dev_accounts):
+    """Rule: CALLCODE (Stake's code run with the caller's storage and value) reverts with Stake's
+    DELEGATECALL/CALLCODE reason; the caller sees success 0 and nothing is staked for anyone."""
+    key = dev_accounts[4]
+    eoa = checksum(key.address)
+    caller = deploy(w3, key, _callcode_contract())
+    total, stake_balance = stake.functions.totalStaked().call(), w3.eth.get_balance(STAKE)
+    data = stake_call(stake, "stake")
+    out = w3.eth.call({"from": eoa, "to": caller, "value": 7 * OGPU, "data": data})
+    assert out[:32] == (0).to_bytes(32, "big")
+    assert out[32:] == error_data(DELEGATE_REFUSED)
+
+    receipt = send(w3, key, to=caller, value=7 * OGPU, data=data)
+    assert receipt["status"] == 1
+    assert receipt["logs"] == []
+    assert stake_record(stake, caller) == (0, 0, 0, 0, 0)
+    assert stake_record(stake, eoa) == (0, 0, 0, 0, 0)
+    assert stake.functions.totalStaked().call() == total
+    assert w3.eth.get_balance(STAKE) == stake_balance
+    assert w3.eth.get_balance(caller) == 7 * OGPU
+    # A plain CALL would have staked: the contract's code is not the reason it failed.
+    assert w3.eth.call({"from": eoa, "to": STAKE, "value": 7 * OGPU, "data": data}) == b""
+
+
+# -- web3.py and the JSON ABI --
+
+
+@pytest.fixture
+def w3_no_delay(node_factory, tmp_path) -> Web3:
+    """A dev node whose genesis has unbondingDelay 0, so a withdrawal can follow its request."""
+    genesis = json.loads((ROOT / "genesis" / "dev.json").read_text())
+    genesis["config"]["ogpu"]["unbondingDelay"] = 0
+    path = tmp_path / "genesis-no-delay.json"
+    path.write_text(json.dumps(genesis))
+    node = node_factory("--genesis", str(path))
+    return Web3(Web3.HTTPProvider(node.http_url, request_kwargs={"timeout": 30}))
+
+
+def test_web3_decodes_every_stake_event_from_real_receipts(w3_no_delay, dev_accounts):
+    """Rule: Stake's logs follow contracts/Stake.json: web3.py's process_receipt decodes Staked,
+    ResourcesRegistered, RolesChanged, UnstakeRequested and Withdrawn from real receipts with the
+    documented arguments, and the balances move by exactly the amounts they report."""
+    w3 = w3_no_delay
+    stake = w3.eth.contract(address=STAKE, abi=STAKE_ABI)
+    key = dev_accounts[5]
+    me = checksum(key.address)
+    assert stake.functions.params().call() == [MIN_VALIDATOR, 100 * OGPU, 0]
+    start = w3.eth.get_balance(me)
+    receipts = []
+
+    def tx(function: str, *args: Any, value: int = 0) -> Any:
+        receipt = send(w3, key, to=STAKE, value=value, data=stake_call(stake, function, *args))
+        assert receipt["status"] == 1
+        assert all(entry["address"] == STAKE for entry in receipt["logs"])
+        receipts.append(receipt)
+        return receipt
+
+    def only(event: str, receipt: Any) -> dict[str, Any]:
+        (decoded,) = getattr(stake.events, event)().process_receipt(receipt)
+        assert decoded["event"] == event
+        assert decoded["transactionHash"] == receipt["transactionHash"]
+        return dict(decoded["args"])
+
+    assert only("Staked", tx("stake", value=250 * OGPU)) == {"account": me, "amount": 250 * OGPU, "total": 250 * OGPU}
+    assert only("ResourcesRegistered", tx("registerResources", 1, 81_920, 12, "https://gpu.example:8443")) == {
+        "account": me, "deviceKind": 1, "memoryMiB": 81_920, "throughputScore": 12,
+        "endpoint": "https://gpu.example:8443",
+    }
+    assert only("RolesChanged", tx("setRoles", 2)) == {"account": me, "roles": 2}
+    assert stake.functions.providers().call() == [me]
+    assert only("RolesChanged", tx("setRoles", 0)) == {"account": me, "roles": 0}
+    request = tx("requestUnstake", 100 * OGPU)
+    released_at = w3.eth.get_block(request["blockNumber"])["timestamp"]  # + unbondingDelay 0
+    assert only("UnstakeRequested", request) == {"account": me, "amount": 100 * OGPU, "releaseTime": released_at}
+    assert stake_record(stake, me) == (150 * OGPU, 0, 100 * OGPU, released_at, 0)
+    assert w3.eth.call({"from": me, "to": STAKE, "data": stake_call(stake, "withdraw")}) == encode(["uint256"], [100 * OGPU])
+    assert only("Withdrawn", tx("withdraw")) == {"account": me, "amount": 100 * OGPU}
+    assert stake_record(stake, me) == (150 * OGPU, 0, 0, 0, 0)
+    assert tuple(stake.functions.resourcesOf(me).call()) == (1, 81_920, 12, "https://gpu.example:8443")
+    assert stake.functions.totalStaked().call() == 150 * OGPU
+    assert w3.eth.get_balance(STAKE) == 150 * OGPU
+    fees = sum(r["gasUsed"] * r["effectiveGasPrice"] for r in receipts)
+    assert w3.eth.get_balance(me) == start - 150 * OGPU - fees
+    # No receipt carries a log process_receipt would miss: one Stake event per transaction.
+    assert [len(r["logs"]) for r in receipts] == [1] * 6
+
+
+def test_reverting_stake_calls_raise_contract_logic_error_with_the_reason(w3, stake, dev_accounts):
+    """Rule: a Stake call that breaks a rule fails in eth_call and eth_estimateGas with code 3 and
+    Error(reason) data, which web3.py raises as ContractLogicError("execution reverted: <reason>")."""
+    me = checksum(dev_accounts[6].address)
+    cases = [
+        (stake.functions.requestUnstake(1), {}, "requestUnstake: amount exceeds free stake"),
+        (stake.functions.stake(), {}, "stake: no value sent"),
+        (stake.functions.withdraw(), {}, "withdraw: nothing to withdraw"),
+        (stake.functions.setRoles(8), {}, "setRoles: unknown role bits"),
+        (stake.functions.registerResources(9, 1, 1, ""), {}, "registerResources: unknown device kind"),
+        (stake.functions.totalStaked(), {"value": 1}, "Stake.totalStaked: function is not payable"),
+    ]
+    for function, extra, reason in cases:
+        with pytest.raises(ContractLogicError) as failure:
+            function.call({"from": me, **extra})
+        assert failure.value.message == f"execution reverted: {reason}"
+        assert failure.value.data == "0x" + error_data(reason).hex()
+        with pytest.raises(ContractLogicError) as failure:
+            function.estimate_gas({"from": me, **extra})
+        assert failure.value.message == f"execution reverted: {reason}"
+    response = w3.provider.make_request(
+        "eth_call", [{"from": me, "to": STAKE, "data": "0x" + stake_call(stake, "setRoles", 1).hex()}, "latest"]
+    )
+    assert response["error"] == {
+        "code": 3, "message": "execution reverted: setRoles: stake below the validator minimum",
+        "data": "0x" + error_data("setRoles: stake below the validator minimum").hex(),
+    }

@@ -1,0 +1,792 @@
+"""Stake, the native contract at 0x…1000 (DESIGN.md §3), on an in-process chain with real blocks.
+
+Every external transition and rejection is driven by signed transactions in blocks built with
+`Chain.build_block`; revert reasons are read with eth_call (`ogpu_node.execution.calls.call`) on the
+same state. Calldata is encoded and logs decoded with eth_abi from `contracts/Stake.json`, not with the
+node's own ABI code. After every block the test checks Stake's invariant: its balance = Σ staked +
+Σ unbonding over every account that ever called it, and totalStaked() = Σ staked.
+
+The internal API that other native contracts use (`lock`, `unlock`, `slash`) is driven through a small
+`Host` over the chain's real py-evm state after the head (`Execution.state_at`), no mock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from eth.vm.forks.prague import PragueVM
+from eth_abi import decode, encode
+from eth_keys import keys
+from eth_utils import keccak, to_canonical_address
+
+from ogpu_node.contracts.abi import ABI_DIR
+from ogpu_node.contracts.addresses import STAKE
+from ogpu_node.contracts.host import Revert
+from ogpu_node.contracts.stake import Stake
+from ogpu_node.contracts.storage import slot_of
+from ogpu_node.execution.calls import CallRequest, call
+from ogpu_node.execution.errors import ExecutionReverted
+from ogpu_node.execution.state import BlockAttributes
+
+OGPU = 10**18
+MIN_VALIDATOR = 1_000 * OGPU  # genesis/dev.json config.ogpu
+MIN_PROVIDER = 100 * OGPU
+UNBONDING_DELAY = 3_600
+CHAIN_ID = 1337
+TIP, MAX_FEE = 10**9, 10**10
+COINBASE = b"\xc0" * 20  # not a test account: tips never land on a balance the tests check
+BUILDER = PragueVM.get_transaction_builder()
+
+# The gas model of DESIGN.md §3: a fixed base per function, EIP-2929/2200 storage, LOG costs.
+BASE = 2_000
+COLD = 2_100  # first touch of a slot in the transaction
+WARM = 100
+SET = 20_000  # 0 -> nonzero (slot already warm)
+RESET = 5_000 - COLD  # nonzero -> other value (slot already warm)
+CLEAR_REFUND = 4_800
+
+
+def log_gas(topics: int, data_bytes: int) -> int:
+    return 375 + 375 * topics + 8 * data_bytes
+
+
+def intrinsic(data: bytes) -> int:
+    zeros = data.count(0)
+    return 21_000 + 4 * zeros + 16 * (len(data) - zeros)
+
+
+def tx_gas(data: bytes, execution: int, refund: int = 0) -> int:
+    """Gas a transaction to Stake uses: intrinsic + execution - capped refund, at least the EIP-7623
+    calldata floor (21000 + 10 per token, a nonzero byte being four tokens)."""
+    spent = intrinsic(data) + execution
+    zeros = data.count(0)
+    floor = 21_000 + 10 * (zeros + 4 * (len(data) - zeros))
+    return max(spent - min(refund, spent // 5), floor)
+
+
+# -- the ABI, straight from the JSON --
+
+RAW_ABI = json.loads((ABI_DIR / "Stake.json").read_text())
+FUNCTIONS = {e["name"]: e for e in RAW_ABI if e["type"] == "function"}
+EVENTS = {
+    keccak(text=f"{e['name']}({','.join(p['type'] for p in e['inputs'])})"): e
+    for e in RAW_ABI
+    if e["type"] == "event"
+}
+
+
+def _types(params: list[dict[str, Any]]) -> list[str]:
+    return [p["type"] for p in params]
+
+
+def selector(name: str) -> bytes:
+    return keccak(text=f"{name}({','.join(_types(FUNCTIONS[name]['inputs']))})")[:4]
+
+
+def calldata(name: str, *args: Any) -> bytes:
+    return selector(name) + encode(_types(FUNCTIONS[name]["inputs"]), list(args))
+
+
+def _plain(value: Any) -> Any:
+    """Addresses as 20 bytes, lists and tuples recursively (eth_abi gives checksummed strings)."""
+    if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
+        return to_canonical_address(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def decode_log(address: bytes, topics: list[int] | tuple, data: bytes) -> tuple[str, dict[str, Any]]:
+    assert address == STAKE
+    raw_topics = [t if isinstance(t, bytes) else t.to_bytes(32, "big") for t in topics]
+    event = EVENTS[raw_topics[0]]
+    indexed = [p for p in event["inputs"] if p["indexed"]]
+    plain = [p for p in event["inputs"] if not p["indexed"]]
+    assert len(raw_topics) == 1 + len(indexed)
+    values = {p["name"]: decode([p["type"]], t)[0] for p, t in zip(indexed, raw_topics[1:], strict=True)}
+    values.update(zip([p["name"] for p in plain], decode(_types(plain), data), strict=True))
+    return event["name"], _plain(values)
+
+
+# -- driving the chain --
+
+
+@dataclass
+class Sent:
+    tx: Any
+    receipt: Any
+    header: Any
+    gas_used: int
+
+    @property
+    def status(self) -> int:
+        return 1 if self.receipt.state_root == b"\x01" else 0
+
+    @property
+    def fee(self) -> int:
+        return self.gas_used * min(MAX_FEE, self.header.base_fee_per_gas + TIP)
+
+    @property
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        return [decode_log(log.address, log.topics, log.data) for log in self.receipt.logs]
+
+
+class Harness:
+    def __init__(self, chain: Any) -> None:
+        self.chain = chain
+        self.nonces: dict[bytes, int] = defaultdict(int)
+        self.callers: set[bytes] = set()  # every account that ever sent a transaction to Stake
+        self.forced = 0  # ether forced into Stake without a call (SELFDESTRUCT): nobody's stake
+
+    # reads at the head
+
+    def balance(self, address: bytes) -> int:
+        return self.chain.account(self.chain.head, address)[1]
+
+    def raw_call(self, data: bytes, sender: bytes = b"\x00" * 20, value: int = 0) -> bytes:
+        request = CallRequest(sender=sender, to=STAKE, value=value, data=data)
+        return call(self.chain.execution, self.chain.head, request)
+
+    def view(self, name: str, *args: Any) -> Any:
+        types = _types(FUNCTIONS[name]["outputs"])
+        out = [list(v) if t.endswith("[]") else v for t, v in zip(types, decode(types, self.raw_call(calldata(name, *args))), strict=True)]
+        return _plain(out[0] if len(out) == 1 else tuple(out))
+
+    def reason(self, account: Any, data: bytes, value: int = 0) -> str:
+        """The revert reason eth_call gives for this call from `account` at the head."""
+        with pytest.raises(ExecutionReverted) as failure:
+            self.raw_call(data, account.address, value)
+        assert failure.value.data[:4] == keccak(text="Error(string)")[:4]
+        return failure.value.reason
+
+    # writes
+
+    def tx(self, account: Any, data: bytes, value: int = 0, gas: int = 500_000, to: bytes = STAKE) -> Any:
+        nonce = self.nonces[account.address]
+        self.nonces[account.address] += 1
+        if to == STAKE:
+            self.callers.add(account.address)
+        unsigned = BUILDER.new_unsigned_dynamic_fee_transaction(
+            chain_id=CHAIN_ID, nonce=nonce, max_priority_fee_per_gas=TIP, max_fee_per_gas=MAX_FEE,
+            gas=gas, to=to, value=value, data=data, access_list=[],
+        )
+        signed = unsigned.as_signed_transaction(keys.PrivateKey(account.private_key), chain_id=CHAIN_ID)
+        return BUILDER.decode(signed.encode())
+
+    def block(self, txs: list[Any], dt: int = 12) -> list[Sent]:
+        head = self.chain.head
+        attrs = BlockAttributes(timestamp=head.timestamp + dt, coinbase=COINBASE, mix_hash=b"\x07" * 32)
+        executed = self.chain.build_block(attrs, txs)
+        assert executed.excluded == ()
+        sent, previous = [], 0
+        for tx, receipt in zip(txs, executed.receipts, strict=True):
+            sent.append(Sent(tx, receipt, executed.header, receipt.gas_used - previous))
+            previous = receipt.gas_used
+        self.check_invariant()
+        return sent
+
+    def send(self, account: Any, name: str, *args: Any, value: int = 0, dt: int = 12) -> Sent:
+        (result,) = self.block([self.tx(account, calldata(name, *args), value)], dt)
+        assert result.status == 1, self.reason(account, calldata(name, *args), value)
+        return result
+
+    def fail(self, account: Any, data: bytes, value: int = 0) -> tuple[str, Sent]:
+        """Send a transaction that must fail: its reason (eth_call at the head, which runs at head
+        timestamp + 1, the timestamp the block gets), status 0, no logs, nothing changed but the fee."""
+        reason = self.reason(account, data, value)
+        stake_before = self.balance(STAKE)
+        sender_before = self.balance(account.address)
+        state_before = self.view("stakeOf", account.address), self.view("totalStaked")
+        (result,) = self.block([self.tx(account, data, value)], dt=1)
+        assert result.status == 0
+        assert result.receipt.logs == ()
+        assert self.balance(STAKE) == stake_before
+        assert self.balance(account.address) == sender_before - result.fee
+        assert (self.view("stakeOf", account.address), self.view("totalStaked")) == state_before
+        return reason, result
+
+    def check_invariant(self) -> None:
+        records = [self.view("stakeOf", who) for who in self.callers]
+        staked = sum(r[0] for r in records)
+        unbonding = sum(r[2] for r in records)
+        assert self.balance(STAKE) == staked + unbonding + self.forced
+        assert self.view("totalStaked") == staked
+
+
+@pytest.fixture
+def h(chain) -> Harness:
+    return Harness(chain)
+
+
+# -- stake --
+
+
+def test_stake_records_the_value_moves_exactly_it_and_emits_staked(h, dev_accounts):
+    """Rule: stake() adds msg.value to the caller's stake and totalStaked, holds the value at Stake,
+    emits Staked(account, amount, new total); gas = base + EIP-2929/2200 slot costs + LOG2."""
+    a, b = dev_accounts[1], dev_accounts[2]
+    start_a, start_b = h.balance(a.address), h.balance(b.address)
+
+    first = h.send(a, "stake", value=600 * OGPU)
+    assert first.events == [("Staked", {"account": a.address, "amount": 600 * OGPU, "total": 600 * OGPU})]
+    # staked[a] and total: cold read, then 0 -> nonzero; one LOG2 with two words of data.
+    assert first.gas_used == tx_gas(selector("stake"), BASE + 2 * (COLD + SET) + log_gas(2, 64)) == 68_901
+    second = h.send(a, "stake", value=450 * OGPU)
+    assert second.events == [("Staked", {"account": a.address, "amount": 450 * OGPU, "total": 1_050 * OGPU})]
+    assert second.gas_used == tx_gas(selector("stake"), BASE + 2 * (COLD + RESET) + log_gas(2, 64)) == 34_701
+    other = h.send(b, "stake", value=7)
+    assert other.events == [("Staked", {"account": b.address, "amount": 7, "total": 7})]
+    # b's slot is new, the total's is not.
+    assert other.gas_used == tx_gas(selector("stake"), BASE + COLD + SET + COLD + RESET + log_gas(2, 64))
+
+    assert h.view("stakeOf", a.address) == (1_050 * OGPU, 0, 0, 0, 0)
+    assert h.view("stakeOf", b.address) == (7, 0, 0, 0, 0)
+    assert h.view("freeStake", a.address) == 1_050 * OGPU
+    assert h.view("totalStaked") == 1_050 * OGPU + 7
+    assert h.balance(STAKE) == 1_050 * OGPU + 7
+    assert h.balance(a.address) == start_a - 1_050 * OGPU - first.fee - second.fee
+    assert h.balance(b.address) == start_b - 7 - other.fee
+
+
+def test_stake_without_value_reverts(h, dev_accounts):
+    """Rule: stake() with msg.value 0 reverts "stake: no value sent" and costs only gas."""
+    a = dev_accounts[1]
+    reason, sent = h.fail(a, calldata("stake"))
+    assert reason == "stake: no value sent"
+    assert sent.gas_used == tx_gas(selector("stake"), BASE)
+    assert h.view("stakeOf", a.address) == (0, 0, 0, 0, 0)
+
+
+# -- requestUnstake --
+
+
+def test_request_unstake_moves_free_stake_to_unbonding_and_a_new_request_restarts_the_delay(h, dev_accounts):
+    """Rule: requestUnstake(amount) moves amount from staked to unbonding, lowers totalStaked, sets the
+    release time to block timestamp + unbondingDelay for the whole unbonding amount (a later request
+    restarts it) and emits UnstakeRequested(account, amount, releaseTime)."""
+    a = dev_accounts[1]
+    h.send(a, "stake", value=500 * OGPU)
+    first = h.send(a, "requestUnstake", 200 * OGPU)
+    t1 = first.header.timestamp
+    assert first.events == [
+        ("UnstakeRequested", {"account": a.address, "amount": 200 * OGPU, "releaseTime": t1 + UNBONDING_DELAY})
+    ]
+    # reads staked, locked, roles (cold); staked, total rewritten; unbonding, release 0 -> nonzero.
+    execution = BASE + 3 * COLD + RESET + (COLD + RESET) + 2 * (COLD + SET) + log_gas(2, 64)
+    assert first.gas_used == tx_gas(calldata("requestUnstake", 200 * OGPU), execution) == 83_313
+    assert h.view("stakeOf", a.address) == (300 * OGPU, 0, 200 * OGPU, t1 + UNBONDING_DELAY, 0)
+    assert h.view("freeStake", a.address) == 300 * OGPU
+    assert h.view("totalStaked") == 300 * OGPU
+
+    second = h.send(a, "requestUnstake", 50 * OGPU, dt=100)
+    t2 = second.header.timestamp
+    assert t2 == t1 + 100
+    assert second.events == [
+        ("UnstakeRequested", {"account": a.address, "amount": 50 * OGPU, "releaseTime": t2 + UNBONDING_DELAY})
+    ]
+    assert h.view("stakeOf", a.address) == (250 * OGPU, 0, 250 * OGPU, t2 + UNBONDING_DELAY, 0)
+    assert h.balance(STAKE) == 500 * OGPU
+
+    # All of the remaining free stake may go when no role is held.
+    h.send(a, "requestUnstake", 250 * OGPU)
+    assert h.view("stakeOf", a.address)[:3] == (0, 0, 500 * OGPU)
+    assert h.view("totalStaked") == 0
+
+
+def test_request_unstake_rejections(h, dev_accounts):
+    """Rule: requestUnstake reverts for a zero amount, an amount over the free stake, and an amount that
+    would leave the stake below the minimum of a role the account holds; clearing the role lifts it."""
+    a = dev_accounts[1]
+    h.send(a, "stake", value=1_200 * OGPU)
+    assert h.fail(a, calldata("requestUnstake", 0))[0] == "requestUnstake: amount is zero"
+    assert h.fail(a, calldata("requestUnstake", 1_200 * OGPU + 1))[0] == "requestUnstake: amount exceeds free stake"
+    assert h.fail(a, calldata("requestUnstake", 2**256 - 1))[0] == "requestUnstake: amount exceeds free stake"
+
+    h.send(a, "registerResources", 1, 24_576, 10, "https://a.example")
+    h.send(a, "setRoles", 1)  # validator
+    assert h.fail(a, calldata("requestUnstake", 200 * OGPU + 1))[0] == (
+        "requestUnstake: stake would fall below the validator minimum; clear the role first"
+    )
+    h.send(a, "requestUnstake", 200 * OGPU)  # exactly the minimum left
+    assert h.view("stakeOf", a.address)[:3] == (MIN_VALIDATOR, 0, 200 * OGPU)
+
+    h.send(a, "setRoles", 2)  # provider only
+    assert h.fail(a, calldata("requestUnstake", 900 * OGPU + 1))[0] == (
+        "requestUnstake: stake would fall below the provider minimum; clear the role first"
+    )
+    h.send(a, "setRoles", 0)
+    h.send(a, "requestUnstake", 1_000 * OGPU)
+    assert h.view("stakeOf", a.address)[:3] == (0, 0, 1_200 * OGPU)
+
+
+# -- withdraw --
+
+
+def test_withdraw_pays_exactly_the_unbonded_amount_at_the_release_time_not_before(h, dev_accounts):
+    """Rule: withdraw() reverts with nothing unbonding, reverts before the release time (naming it),
+    and from the release time on pays exactly the unbonding amount to the caller, clears the entry,
+    emits Withdrawn(account, amount) and returns the amount."""
+    a = dev_accounts[1]
+    assert h.fail(a, calldata("withdraw"))[0] == "withdraw: nothing to withdraw"
+    h.send(a, "stake", value=300 * OGPU)
+    request = h.send(a, "requestUnstake", 120 * OGPU)
+    release = request.header.timestamp + UNBONDING_DELAY
+
+    # Advance to one second before the release time: the next block's timestamp is release - 1.
+    h.block([], dt=release - 2 - h.chain.head.timestamp)
+    assert h.chain.head.timestamp == release - 2
+    reason, _ = h.fail(a, calldata("withdraw"))  # its block has timestamp release - 1
+    assert h.chain.head.timestamp == release - 1
+    assert reason == f"withdraw: unbonding until timestamp {release}"
+
+    # eth_call runs at head timestamp + 1 = release: it returns the amount.
+    assert decode(["uint256"], h.raw_call(calldata("withdraw"), a.address)) == (120 * OGPU,)
+    before = h.balance(a.address)
+    paid = h.send(a, "withdraw", dt=1)
+    assert paid.header.timestamp == release
+    assert paid.events == [("Withdrawn", {"account": a.address, "amount": 120 * OGPU})]
+    assert h.balance(a.address) == before + 120 * OGPU - paid.fee
+    assert h.balance(STAKE) == 180 * OGPU
+    assert h.view("stakeOf", a.address) == (180 * OGPU, 0, 0, 0, 0)
+    # unbonding and release: cold read, nonzero -> 0 (two clear refunds, capped at a fifth of the gas).
+    execution = BASE + 2 * COLD + 2 * RESET + log_gas(2, 32)
+    assert paid.gas_used == tx_gas(selector("withdraw"), execution, refund=2 * CLEAR_REFUND) == 27_556
+    assert h.fail(a, calldata("withdraw"))[0] == "withdraw: nothing to withdraw"
+
+
+# -- setRoles --
+
+
+def test_set_roles_rejections(h, dev_accounts):
+    """Rule: setRoles reverts on bits other than 1 (validator) and 2 (provider), on a stake below the
+    minimum of a requested role, and on the provider role without registered resources."""
+    a = dev_accounts[1]
+    assert h.fail(a, calldata("setRoles", 4))[0] == "setRoles: unknown role bits"
+    assert h.fail(a, calldata("setRoles", 255))[0] == "setRoles: unknown role bits"
+    h.send(a, "stake", value=MIN_VALIDATOR - 1)
+    assert h.fail(a, calldata("setRoles", 1))[0] == "setRoles: stake below the validator minimum"
+    assert h.fail(a, calldata("setRoles", 3))[0] == "setRoles: stake below the validator minimum"
+    assert h.fail(a, calldata("setRoles", 2))[0] == "setRoles: register resources before taking the provider role"
+
+    b = dev_accounts[2]
+    h.send(b, "stake", value=MIN_PROVIDER - 1)
+    h.send(b, "registerResources", 0, 1, 0, "")
+    assert h.fail(b, calldata("setRoles", 2))[0] == "setRoles: stake below the provider minimum"
+    assert h.view("stakeOf", b.address)[4] == 0
+    assert h.view("providers") == []
+
+
+def test_set_roles_maintains_the_validator_and_provider_sets(h, dev_accounts):
+    """Rule: setRoles(roles) stores the bits, adds the caller to or removes it from validators() and
+    providers() (removal moves the last member into the hole) and emits RolesChanged(account, roles)."""
+    a, b, c = dev_accounts[1], dev_accounts[2], dev_accounts[3]
+    for who in (a, b, c):
+        h.send(who, "stake", value=MIN_VALIDATOR)
+    first = h.send(a, "registerResources", 1, 81_920, 5, "https://x")
+    assert first.status == 1
+    both = h.send(a, "setRoles", 3)
+    assert both.events == [("RolesChanged", {"account": a.address, "roles": 3})]
+    # staked and memory read; roles 0 -> 3; per set: index and count read, count, item, index written.
+    per_set = COLD + COLD + SET + (COLD + SET) + SET
+    execution = BASE + 2 * COLD + (COLD + SET) + 2 * per_set + log_gas(2, 32)
+    assert both.gas_used == tx_gas(calldata("setRoles", 3), execution) == 183_485
+    h.send(b, "setRoles", 1)
+    h.send(c, "setRoles", 1)
+    assert h.view("validators") == [a.address, b.address, c.address]
+    assert h.view("providers") == [a.address]
+    assert h.view("stakeOf", a.address)[4] == 3
+
+    dropped = h.send(a, "setRoles", 2)  # a leaves the validators: c moves into its place
+    assert dropped.events == [("RolesChanged", {"account": a.address, "roles": 2})]
+    assert h.view("validators") == [c.address, b.address]
+    assert h.view("providers") == [a.address]
+    h.send(a, "setRoles", 0)
+    assert h.view("providers") == []
+    assert h.view("stakeOf", a.address)[4] == 0
+    h.send(a, "setRoles", 1)
+    assert h.view("validators") == [c.address, b.address, a.address]
+    # Setting the same roles again changes nothing but still reports them.
+    again = h.send(a, "setRoles", 1)
+    assert again.events == [("RolesChanged", {"account": a.address, "roles": 1})]
+    assert h.view("validators") == [c.address, b.address, a.address]
+
+
+# -- registerResources --
+
+
+def test_register_resources_stores_the_record_and_rejects_bad_fields(h, dev_accounts):
+    """Rule: registerResources(kind, memoryMiB, score, endpoint) reverts for a device kind outside
+    cpu/cuda/rocm/mps (0..3), zero memory, and an endpoint over 256 bytes of UTF-8; otherwise it
+    stores the record (resourcesOf), replacing an earlier one entirely, and emits ResourcesRegistered."""
+    a = dev_accounts[1]
+    assert h.fail(a, calldata("registerResources", 4, 1, 0, "x"))[0] == "registerResources: unknown device kind"
+    assert h.fail(a, calldata("registerResources", 255, 1, 0, "x"))[0] == "registerResources: unknown device kind"
+    assert h.fail(a, calldata("registerResources", 1, 0, 9, "x"))[0] == "registerResources: memory must be positive"
+    too_long = "https://" + "a" * 249
+    assert len(too_long.encode()) == 257
+    assert h.fail(a, calldata("registerResources", 1, 1, 0, too_long))[0] == (
+        "registerResources: endpoint longer than 256 bytes"
+    )
+    # 129 two-byte characters: 129 characters, 258 bytes.
+    assert h.fail(a, calldata("registerResources", 1, 1, 0, "é" * 129))[0] == (
+        "registerResources: endpoint longer than 256 bytes"
+    )
+    assert h.view("resourcesOf", a.address) == (0, 0, 0, "")
+
+    longest = "https://" + "b" * 248
+    first = h.send(a, "registerResources", 3, 2**64 - 1, 2**64 - 1, longest)
+    assert first.events == [(
+        "ResourcesRegistered",
+        {"account": a.address, "deviceKind": 3, "memoryMiB": 2**64 - 1, "throughputScore": 2**64 - 1,
+         "endpoint": longest},
+    )]
+    assert h.view("resourcesOf", a.address) == (3, 2**64 - 1, 2**64 - 1, longest)
+    endpoint_word = lambda i: h.chain.storage_at(h.chain.head, STAKE, slot_of("endpoint", a.address, i))  # noqa: E731
+    assert [endpoint_word(i) != 0 for i in range(8)] == [True] * 8
+
+    short = "é" * 10
+    second = h.send(a, "registerResources", 0, 16, 0, short)
+    assert second.events[0][1]["endpoint"] == short
+    assert h.view("resourcesOf", a.address) == (0, 16, 0, short)
+    # The longer endpoint's tail words are cleared, not left behind in storage.
+    assert endpoint_word(0) != 0
+    assert [endpoint_word(i) for i in range(1, 8)] == [0] * 7
+
+    b = dev_accounts[2]
+    one = h.send(b, "registerResources", 1, 81_920, 5, "https://x")
+    # device, memory, score: 0 -> nonzero; endpoint length read then 0 -> 9; one data word 0 -> nonzero.
+    # LOG2 with six data words (three scalars, the string's offset, length and one word).
+    execution = BASE + 3 * (COLD + SET) + COLD + SET + (COLD + SET) + log_gas(2, 192)
+    assert one.gas_used == tx_gas(calldata("registerResources", 1, 81_920, 5, "https://x"), execution) == 137_173
+
+
+# -- dispatch --
+
+
+def test_dispatch_rejects_value_to_non_payable_functions(h, dev_accounts):
+    """Rule: a call with value to any function but stake() reverts "Stake.<fn>: function is not payable"
+    and the value stays with the sender."""
+    a = dev_accounts[1]
+    h.send(a, "stake", value=MIN_VALIDATOR)
+    cases = {
+        "requestUnstake": calldata("requestUnstake", 1),
+        "withdraw": calldata("withdraw"),
+        "setRoles": calldata("setRoles", 1),
+        "registerResources": calldata("registerResources", 1, 1, 1, "x"),
+        "stakeOf": calldata("stakeOf", a.address),
+        "totalStaked": calldata("totalStaked"),
+    }
+    for name, data in cases.items():
+        reason, sent = h.fail(a, data, value=1)
+        assert reason == f"Stake.{name}: function is not payable"
+        # Rejected before the base charge: only the intrinsic gas (or the calldata floor).
+        assert sent.gas_used == tx_gas(data, 0)
+    assert h.view("stakeOf", a.address) == (MIN_VALIDATOR, 0, 0, 0, 0)
+
+
+def test_dispatch_rejects_unknown_selectors_short_and_malformed_calldata(h, dev_accounts):
+    """Rule: calldata shorter than a selector (a plain transfer included), an unknown selector, and
+    arguments that do not decode as the function's ABI types revert with a reason naming the fault."""
+    a = dev_accounts[1]
+    assert h.fail(a, b"")[0] == "Stake: calldata has no function selector"
+    assert h.fail(a, b"", value=OGPU)[0] == "Stake: calldata has no function selector"  # plain transfer
+    assert h.fail(a, b"\x3a\x4b\x66")[0] == "Stake: calldata has no function selector"
+    assert h.fail(a, bytes.fromhex("deadbeef"))[0] == "Stake: unknown function selector 0xdeadbeef"
+    assert h.fail(a, bytes.fromhex("deadbeef"), value=5)[0] == "Stake: unknown function selector 0xdeadbeef"
+
+    malformed = {
+        "requestUnstake": selector("requestUnstake") + b"\x01\x02\x03",  # a truncated word
+        "setRoles": selector("setRoles") + encode(["uint256"], [256]),  # not a uint8
+        "stakeOf": selector("stakeOf") + encode(["uint256"], [2**160]),  # not an address
+        "registerResources": selector("registerResources") + encode(  # endpoint not UTF-8
+            ["uint8", "uint64", "uint64", "bytes"], [1, 1, 1, b"\xff\xfe"]
+        ),
+    }
+    bad_pointer = bytearray(calldata("registerResources", 1, 1, 1, "x"))
+    bad_pointer[4 + 96 : 4 + 128] = (2**255).to_bytes(32, "big")  # the string's offset
+    huge_length = bytearray(calldata("registerResources", 1, 1, 1, "x"))
+    huge_length[4 + 128 : 4 + 160] = (2**200).to_bytes(32, "big")  # the string's length
+    for name, data in [*malformed.items(), ("registerResources", bytes(bad_pointer)),
+                       ("registerResources", bytes(huge_length))]:
+        reason, sent = h.fail(a, data)
+        assert reason == f"Stake.{name}: malformed arguments"
+        assert sent.gas_used == tx_gas(data, BASE)
+    assert h.view("stakeOf", a.address) == (0, 0, 0, 0, 0)
+    assert h.view("resourcesOf", a.address) == (0, 0, 0, "")
+
+
+def test_out_of_gas_inside_stake_changes_nothing_and_consumes_all_gas(h, dev_accounts):
+    """Rule: a native call that runs out of gas part-way (after some storage writes) fails like any EVM
+    out-of-gas: status 0, all the transaction's gas used, its writes, logs and value undone."""
+    a = dev_accounts[1]
+    before = h.balance(a.address)
+    needed = tx_gas(selector("stake"), BASE + 2 * (COLD + SET) + log_gas(2, 64))
+    short = needed - 1  # everything but the last gas unit of the LOG
+    (sent,) = h.block([h.tx(a, selector("stake"), value=OGPU, gas=short)])
+    assert sent.status == 0
+    assert sent.gas_used == short
+    assert sent.receipt.logs == ()
+    assert h.balance(a.address) == before - sent.fee
+    assert h.view("stakeOf", a.address) == (0, 0, 0, 0, 0)
+    assert h.balance(STAKE) == 0
+    assert h.send(a, "stake", value=OGPU).gas_used == needed
+
+
+def test_ether_forced_into_stake_is_nobodys_stake(h, dev_accounts):
+    """Rule: ether that reaches 0x…1000 without a call (the beneficiary of a SELFDESTRUCT) creates no
+    stake record and cannot be withdrawn by anyone; Stake's balance then exceeds Σ staked + Σ unbonding
+    by exactly that amount (the DESIGN.md §3 equality holds only absent such forced sends)."""
+    a, b = dev_accounts[1], dev_accounts[2]
+    h.send(a, "stake", value=10 * OGPU)
+    h.send(a, "requestUnstake", 4 * OGPU)
+    # Init code PUSH2 0x1000 SELFDESTRUCT: created and destroyed in one transaction (EIP-6780), its
+    # value goes to Stake.
+    h.forced = 3 * OGPU
+    (sent,) = h.block([h.tx(b, bytes.fromhex("611000ff"), value=3 * OGPU, to=b"")])
+    assert sent.status == 1
+    assert h.balance(STAKE) == 13 * OGPU
+    assert h.view("totalStaked") == 6 * OGPU
+    assert h.view("stakeOf", b.address) == (0, 0, 0, 0, 0)
+    assert h.fail(b, calldata("withdraw"))[0] == "withdraw: nothing to withdraw"
+    assert h.fail(b, calldata("requestUnstake", 1))[0] == "requestUnstake: amount exceeds free stake"
+
+
+def test_views_and_params(h, dev_accounts):
+    """Rule: the views report the stored records (zero for an unknown account) and params() the
+    genesis config.ogpu values; a view works in a STATICCALL-only context (eth_call)."""
+    a = dev_accounts[1]
+    assert h.view("params") == (MIN_VALIDATOR, MIN_PROVIDER, UNBONDING_DELAY)
+    assert h.view("stakeOf", a.address) == (0, 0, 0, 0, 0)
+    assert h.view("freeStake", a.address) == 0
+    assert h.view("resourcesOf", a.address) == (0, 0, 0, "")
+    assert (h.view("validators"), h.view("providers"), h.view("totalStaked")) == ([], [], 0)
+    h.send(a, "stake", value=MIN_VALIDATOR + 5)
+    h.send(a, "registerResources", 2, 65_536, 77, "grpc://node-1:9000")
+    h.send(a, "setRoles", 3)
+    request = h.send(a, "requestUnstake", 5)
+    assert h.view("stakeOf", a.address) == (MIN_VALIDATOR, 0, 5, request.header.timestamp + UNBONDING_DELAY, 3)
+    assert h.view("freeStake", a.address) == MIN_VALIDATOR
+    assert h.view("resourcesOf", a.address) == (2, 65_536, 77, "grpc://node-1:9000")
+    assert (h.view("validators"), h.view("providers")) == ([a.address], [a.address])
+    assert h.view("totalStaked") == MIN_VALIDATOR
+    # Several accounts and transactions in one block: the invariant holds at its end.
+    b, c = dev_accounts[2], dev_accounts[3]
+    sent = h.block([
+        h.tx(b, calldata("stake"), value=3 * OGPU),
+        h.tx(c, calldata("stake"), value=4 * OGPU),
+        h.tx(b, calldata("requestUnstake", OGPU)),
+        h.tx(c, calldata("requestUnstake", 5 * OGPU)),  # fails: over c's free stake
+    ])
+    assert [s.status for s in sent] == [1, 1, 1, 0]
+    assert h.view("totalStaked") == MIN_VALIDATOR + 2 * OGPU + 4 * OGPU
+    assert h.balance(STAKE) == MIN_VALIDATOR + 5 + 7 * OGPU
+
+
+# -- the internal API (lock, unlock, slash) over the chain's real state --
+
+
+class StateHost:
+    """`ogpu_node.contracts.host.Host` over a py-evm state: what another native contract's call would
+    see, minus gas accounting. A failed call rolls the state back to where it began."""
+
+    def __init__(self, state: Any, caller: bytes = b"\x00" * 20) -> None:
+        self.state = state
+        self.caller = caller
+        self.value = 0
+        self.is_static = False
+        self.block_number = state.block_number
+        self.timestamp = state.timestamp
+        self.mix_hash = state.mix_hash
+        self.logs: list[tuple[bytes, list[bytes], bytes]] = []
+        self.gas = 0
+
+    def sload(self, address: bytes, slot: int) -> int:
+        return self.state.get_storage(address, slot)
+
+    def sstore(self, address: bytes, slot: int, value: int) -> None:
+        self.state.set_storage(address, slot, value)
+
+    def balance(self, address: bytes) -> int:
+        return self.state.get_balance(address)
+
+    def transfer(self, sender: bytes, recipient: bytes, amount: int) -> None:
+        if self.state.get_balance(sender) < amount:
+            raise Revert("insufficient balance for transfer")
+        self.state.delta_balance(sender, -amount)
+        self.state.delta_balance(recipient, amount)
+
+    def burn(self, holder: bytes, amount: int) -> None:
+        if self.state.get_balance(holder) < amount:
+            raise Revert("insufficient balance to burn")
+        self.state.delta_balance(holder, -amount)
+
+    def log(self, address: bytes, topics: list[bytes], data: bytes) -> None:
+        self.logs.append((address, topics, data))
+
+    def charge(self, gas: int) -> None:
+        self.gas += gas
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        snapshot = self.state.snapshot()
+        first_log = len(self.logs)
+        try:
+            return fn(self, *args)
+        except Revert:
+            self.state.revert(snapshot)
+            del self.logs[first_log:]
+            raise
+
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        out = [decode_log(*entry) for entry in self.logs]
+        self.logs.clear()
+        return out
+
+
+@pytest.fixture
+def staked(h, dev_accounts) -> tuple[Harness, StateHost, Stake]:
+    """Accounts 1..3 staked through real blocks; a host over the state after the head.
+
+    1: 1500 oGPU, validator + provider, 300 of it unbonding (1200 staked)
+    2: 1100 oGPU, validator + provider
+    3: 500 oGPU, no role
+    """
+    v, w, x = dev_accounts[1], dev_accounts[2], dev_accounts[3]
+    for who, amount in ((v, 1_500 * OGPU), (w, 1_100 * OGPU), (x, 500 * OGPU)):
+        h.send(who, "stake", value=amount)
+    for who in (v, w):
+        h.send(who, "registerResources", 1, 40_960, 3, "https://gpu")
+        h.send(who, "setRoles", 3)
+    h.send(v, "requestUnstake", 300 * OGPU)
+    state = h.chain.execution.state_at(h.chain.head)
+    return h, StateHost(state), Stake(h.chain.genesis.protocol)
+
+
+def _record(host: StateHost, stake: Stake, who: bytes) -> tuple[int, int, int, int]:
+    staked_, locked, unbonding, _release, roles = stake.stakeOf(host, who)
+    return staked_, locked, unbonding, roles
+
+
+def _check_invariant(host: StateHost, stake: Stake, accounts: list[bytes]) -> None:
+    records = [stake.stakeOf(host, who) for who in accounts]
+    assert host.balance(STAKE) == sum(r[0] + r[2] for r in records)
+    assert stake.totalStaked(host) == sum(r[0] for r in records)
+
+
+def test_lock_pledges_only_free_stake_and_locked_stake_cannot_be_unstaked(staked, dev_accounts):
+    """Rule: lock(who, amount) raises "Stake: insufficient free stake" beyond staked - locked and emits
+    StakeLocked(account, amount, locked); requestUnstake cannot take locked stake; unlock releases at
+    most what is locked (a slash may have consumed the pledge) and emits StakeUnlocked."""
+    h, host, stake = staked
+    v, x = dev_accounts[1].address, dev_accounts[3].address
+    with pytest.raises(Revert) as failure:
+        host.run(stake.lock, v, 1_200 * OGPU + 1)
+    assert failure.value.reason == "Stake: insufficient free stake"
+    assert host.logs == []
+    host.run(stake.lock, v, 700 * OGPU)
+    host.run(stake.lock, x, 500 * OGPU)
+    assert host.events() == [
+        ("StakeLocked", {"account": v, "amount": 700 * OGPU, "locked": 700 * OGPU}),
+        ("StakeLocked", {"account": x, "amount": 500 * OGPU, "locked": 500 * OGPU}),
+    ]
+    assert stake.freeStake(host, v) == 500 * OGPU
+    assert stake.freeStake(host, x) == 0
+    with pytest.raises(Revert) as failure:
+        host.run(stake.lock, x, 1)
+    assert failure.value.reason == "Stake: insufficient free stake"
+
+    # The external requestUnstake, through the dispatcher, as the locked account.
+    host.caller = x
+    with pytest.raises(Revert) as failure:
+        host.run(stake.call, calldata("requestUnstake", 1))
+    assert failure.value.reason == "requestUnstake: amount exceeds free stake"
+    host.caller = v  # v keeps the validator role: 200 of its 500 free stake may go
+    with pytest.raises(Revert) as failure:
+        host.run(stake.call, calldata("requestUnstake", 500 * OGPU))
+    assert failure.value.reason == "requestUnstake: stake would fall below the validator minimum; clear the role first"
+
+    host.run(stake.unlock, x, 200 * OGPU)
+    assert host.events() == [("StakeUnlocked", {"account": x, "amount": 200 * OGPU, "locked": 300 * OGPU})]
+    host.caller = x
+    host.run(stake.call, calldata("requestUnstake", 200 * OGPU))
+    assert _record(host, stake, x) == (300 * OGPU, 300 * OGPU, 200 * OGPU, 0)
+    host.events()
+    host.run(stake.unlock, x, 10**30)  # clamps to what is locked
+    assert host.events() == [("StakeUnlocked", {"account": x, "amount": 300 * OGPU, "locked": 0})]
+    assert stake.freeStake(host, x) == 300 * OGPU
+    _check_invariant(host, stake, [dev_accounts[i].address for i in (1, 2, 3)])
+
+
+def test_slash_takes_staked_then_unbonding_rewards_burns_clamps_locked_and_drops_roles(staked, dev_accounts):
+    """Rule: slash(who, amount, beneficiary, bps) takes up to amount from staked, then unbonding;
+    bps/10000 of it goes to the beneficiary, the rest is burned (Stake's balance falls by all of it);
+    locked is clamped to what stays staked; a role whose minimum is no longer met is removed, from the
+    validator and provider sets too; StakeSlashed and RolesChanged report it."""
+    h, host, stake = staked
+    v, w, x = (dev_accounts[i].address for i in (1, 2, 3))
+    reporter = b"\x5e" * 20
+    everyone = [v, w, x]
+    supply_before = sum(host.balance(a) for a in (*everyone, reporter, STAKE))
+    stake_balance = host.balance(STAKE)
+    assert stake_balance == 3_100 * OGPU
+    host.run(stake.lock, v, 1_000 * OGPU)
+    host.events()
+
+    # v: 1200 staked (1000 locked), 300 unbonding; slash 1400 at 10 %.
+    taken = host.run(stake.slash, v, 1_400 * OGPU, reporter, 1_000)
+    assert taken == 1_400 * OGPU
+    assert host.events() == [
+        ("StakeSlashed", {"account": v, "amount": 1_400 * OGPU, "burned": 1_260 * OGPU, "rewarded": 140 * OGPU,
+                          "beneficiary": reporter}),
+        ("RolesChanged", {"account": v, "roles": 0}),
+    ]
+    assert _record(host, stake, v) == (0, 0, 100 * OGPU, 0)  # locked clamped to 0
+    assert host.balance(reporter) == 140 * OGPU
+    assert host.balance(STAKE) == stake_balance - 1_400 * OGPU
+    assert stake.validators(host) == [w]
+    assert stake.providers(host) == [w]
+    _check_invariant(host, stake, everyone)
+
+    # w: 1100 staked, 600 locked; slash 200 at 25 %: below the validator minimum, still a provider.
+    host.run(stake.lock, w, 600 * OGPU)
+    host.events()
+    assert host.run(stake.slash, w, 200 * OGPU, reporter, 2_500) == 200 * OGPU
+    assert host.events() == [
+        ("StakeSlashed", {"account": w, "amount": 200 * OGPU, "burned": 150 * OGPU, "rewarded": 50 * OGPU,
+                          "beneficiary": reporter}),
+        ("RolesChanged", {"account": w, "roles": 2}),
+    ]
+    assert _record(host, stake, w) == (900 * OGPU, 600 * OGPU, 0, 2)  # locked within staked: kept
+    assert stake.validators(host) == []
+    assert stake.providers(host) == [w]
+    assert host.balance(reporter) == 190 * OGPU
+
+    # x: 500 staked, 450 locked; slash 100 with no reward: all burned, locked clamped to 400.
+    host.run(stake.lock, x, 450 * OGPU)
+    host.events()
+    assert host.run(stake.slash, x, 100 * OGPU, reporter, 0) == 100 * OGPU
+    assert host.events() == [
+        ("StakeSlashed", {"account": x, "amount": 100 * OGPU, "burned": 100 * OGPU, "rewarded": 0,
+                          "beneficiary": reporter}),
+    ]
+    assert _record(host, stake, x) == (400 * OGPU, 400 * OGPU, 0, 0)
+    assert host.balance(reporter) == 190 * OGPU
+
+    # More than there is: everything left (unbonding included) is taken, nothing more.
+    assert host.run(stake.slash, v, 10**30, reporter, 10_000) == 100 * OGPU
+    assert host.events()[0] == (
+        "StakeSlashed", {"account": v, "amount": 100 * OGPU, "burned": 0, "rewarded": 100 * OGPU, "beneficiary": reporter}
+    )
+    assert _record(host, stake, v) == (0, 0, 0, 0)
+    assert host.balance(reporter) == 290 * OGPU
+    assert stake.totalStaked(host) == 1_300 * OGPU
+    _check_invariant(host, stake, everyone)
+
+    burned = 1_260 * OGPU + 150 * OGPU + 100 * OGPU
+    assert sum(host.balance(a) for a in (*everyone, reporter, STAKE)) == supply_before - burned
+    assert host.balance(STAKE) == stake_balance - 1_400 * OGPU - 200 * OGPU - 100 * OGPU - 100 * OGPU

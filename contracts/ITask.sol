@@ -17,15 +17,39 @@ interface ITask {
         uint64 confirmWindow;
         uint8 responseMethod;
         uint16 responseWeight;
+        uint8 equivalence;
+        uint64 minMemoryMiB;
+        uint8 deviceMask;
     }
 
     event TaskSubmitted(uint256 indexed taskId, address indexed client, bytes32 prescriptionHash, uint8 kind, uint256 maxPayment, uint256 deposit, uint64 bidDeadline);
     event TaskAssigned(uint256 indexed taskId, address indexed executor, uint256 price, bytes32 seed);
     event TaskCancelled(uint256 indexed taskId, uint8 reason, uint256 refund);
+    event CheckpointCommitted(uint256 indexed taskId, uint16 indexed k, bytes32 commitment);
+    event CouncilDrawn(uint256 indexed taskId, uint16 indexed k, uint8 round, address[] members, uint64 commitDeadline, uint64 stepIndex);
+    event ResultCommitted(uint256 indexed taskId, uint16 indexed k, address indexed member);
+    event RevealPhase(uint256 indexed taskId, uint16 indexed k, uint8 round, uint64 revealDeadline);
+    event CheckpointRevealed(uint256 indexed taskId, uint16 indexed k, bytes32 checkpointHash);
+    event ResultRevealed(uint256 indexed taskId, uint16 indexed k, address indexed member, bool verdict);
+    event CheckpointAccepted(uint256 indexed taskId, uint16 indexed k, uint256 executorPaid, uint256 councilPaid, uint256 discount);
+    event CheckpointRejected(uint256 indexed taskId, uint16 indexed k, address indexed executor, uint256 penalty);
+    event CheckpointInconclusive(uint256 indexed taskId, uint16 indexed k, uint8 round);
+    event ExecutorReplaced(uint256 indexed taskId, address indexed previous, address indexed executor, uint256 price, uint16 resumeFrom);
+    event CheckpointMissed(uint256 indexed taskId, uint16 indexed k, address indexed executor, uint256 penalty);
+    event TaskDisputed(uint256 indexed taskId);
+    event TaskSettled(uint256 indexed taskId, uint8 outcome, uint256 refund, uint256 paid);
 
     function submitTask(bytes32 prescriptionHash, uint8 kind, Terms memory terms) external payable returns (uint256 taskId);
     function getTask(uint256 taskId) external view returns (address client, uint8 kind, uint8 state, bytes32 prescriptionHash, uint256 escrow, uint256 deposit, address executor, uint256 price, bytes32 seed, uint64 bidDeadline, uint64 assignedAt);
     function getTerms(uint256 taskId) external view returns (Terms memory terms);
     function taskCount() external view returns (uint256 count);
     function pendingDeadlines() external view returns (uint256 count, uint64 nextDue);
+    function commitCheckpoint(uint256 taskId, uint16 k, bytes32 commitment) external;
+    function revealCheckpoint(uint256 taskId, uint16 k, bytes32 checkpointHash) external;
+    function commitResult(uint256 taskId, uint16 k, bytes32 commitment) external;
+    function revealResult(uint256 taskId, uint16 k, bool verdict, bytes32 resultHash, bytes32 stepHash, bytes32 salt, bool fetched) external;
+    function confirm(uint256 taskId) external;
+    function dispute(uint256 taskId) external;
+    function getCheckpoint(uint256 taskId, uint16 k) external view returns (uint8 phase, uint8 round, bytes32 commitment, bytes32 checkpointHash, uint64 phaseEnds, address[] memory council, uint64 stepIndex);
+    function getProgress(uint256 taskId) external view returns (uint16 accepted, uint16 committed, uint256 paid, uint64 runStart, uint16 runBase, uint8 generation, uint64 confirmDeadline);
 }

@@ -39,6 +39,10 @@ class ProtocolParams:
     collateral_bps: int = 10_000  # stake an executor's bid locks, as a share of its price
     client_deposit_bps: int = 1_000  # the client's safety deposit, as a share of the maximum payment
     max_deadlines_per_block: int = 64  # time-triggered steps the start-of-block call runs per block
+    reveal_window: int = 300  # seconds to reveal after a checkpoint's commit phase closes
+    council_seat_stake: int = 10 * 10**18  # stake a council seat locks until its verdict
+    missed_vote_penalty: int = 10**18  # taken from a member that does not commit or reveal in time
+    max_inconclusive_rounds: int = 3  # fresh councils for one checkpoint before the task is cancelled
 
     @classmethod
     def from_json(cls, doc: Any) -> ProtocolParams:
@@ -55,6 +59,10 @@ class ProtocolParams:
             "collateralBps": "collateral_bps",
             "clientDepositBps": "client_deposit_bps",
             "maxDeadlinesPerBlock": "max_deadlines_per_block",
+            "revealWindow": "reveal_window",
+            "councilSeatStake": "council_seat_stake",
+            "missedVotePenalty": "missed_vote_penalty",
+            "maxInconclusiveRounds": "max_inconclusive_rounds",
         }
         unknown = set(doc) - set(names)
         if unknown:

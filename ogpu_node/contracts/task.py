@@ -18,14 +18,27 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.addresses import TASK
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.bid import Bid
+from ogpu_node.contracts.checkpoints import (
+    CANCEL_TOO_FEW_BIDS,
+    DEADLINE_AUTO_CONFIRM,
+    DEADLINE_CLOSE_BIDDING,
+    DEADLINE_CLOSE_COMMITS,
+    DEADLINE_CLOSE_REVEALS,
+    DEADLINE_DRAW_COUNCIL,
+    DEADLINE_EXPIRE_CHECKPOINT,
+    STATE_BIDDING,
+    STATE_CANCELLED,
+    STATE_RUNNING,
+    CheckpointProtocol,
+    split_subject,
+)
 from ogpu_node.contracts.host import Host, Revert
 from ogpu_node.contracts.scheduler import Deadline, DeadlineQueue
-from ogpu_node.contracts.stake import BPS
+from ogpu_node.contracts.slashing import Slashing
+from ogpu_node.contracts.stake import BPS, Stake
+from ogpu_node.contracts.storage import Storage
 
 KIND_BATCH, KIND_STREAM = 0, 1
-STATE_BIDDING, STATE_RUNNING, STATE_CANCELLED = 1, 2, 3
-CANCEL_TOO_FEW_BIDS = 1
-DEADLINE_CLOSE_BIDDING = 1
 MAX_CHECKPOINTS = 1_000
 MAX_COUNCIL = 100
 RESPONSE_METHODS = 3  # optimistic, weighted, unanimous
@@ -33,7 +46,9 @@ RESPONSE_METHODS = 3  # optimistic, weighted, unanimous
 TERMS = (
     "max_payment", "council_size", "council_share_bps", "checkpoints", "segment_window", "bid_window",
     "first_n", "min_bids", "lateness_bps_per_second", "confirm_window", "response_method", "response_weight",
+    "equivalence", "min_memory_mib", "device_mask",
 )
+EQUIVALENCE_ALLCLOSE = 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,9 @@ class Terms:
     confirm_window: int
     response_method: int
     response_weight: int
+    equivalence: int  # how councils compare results: 0 exact (commit first), 1 allclose (reveal first)
+    min_memory_mib: int  # council members' registered memory must reach this
+    device_mask: int  # bit i allows device kind i (Stake.DEVICE_KINDS); 0 allows any
 
     def validate(self) -> None:
         if self.max_payment == 0:
@@ -74,6 +92,8 @@ class Terms:
             raise Revert("Task: unknown responseMethod")
         if self.response_weight > BPS:
             raise Revert("Task: responseWeight above 10000")
+        if self.equivalence > EQUIVALENCE_ALLCLOSE:
+            raise Revert("Task: unknown equivalence")
 
 
 @dataclass(frozen=True)
@@ -85,14 +105,16 @@ class TaskView:
     bid_deadline: int
 
 
-class Task(NativeContract):
+class Task(CheckpointProtocol, NativeContract):
     NAME = "Task"
     ADDRESS = TASK
 
-    def __init__(self, params: ProtocolParams, bid: Bid) -> None:
+    def __init__(self, params: ProtocolParams, bid: Bid, stake: Stake, slashing: Slashing) -> None:
         super().__init__()
         self.config = params
         self.bid = bid
+        self.stake = stake
+        self.slashing = slashing
         bid.task = self
 
     def queue(self, host: Host) -> DeadlineQueue:
@@ -156,7 +178,24 @@ class Task(NativeContract):
 
     # -- internal --
 
-    def _existing(self, host: Host, task_id: int):  # type: ignore[no-untyped-def]
+    def getCheckpoint(self, host: Host, task_id: int, k: int) -> tuple:
+        store = self._existing(host, task_id)
+        round_ = store.get("ck", task_id, k, "round")
+        return (
+            store.get("ck", task_id, k, "phase"), round_,
+            store.get("ck", task_id, k, "commitment").to_bytes(32, "big"),
+            store.get("ck", task_id, k, "hash").to_bytes(32, "big"), store.get("ck", task_id, k, "phaseEnds"),
+            list(self._council(store, task_id, k, round_)), store.get("ck", task_id, k, "step"),
+        )
+
+    def getProgress(self, host: Host, task_id: int) -> tuple:
+        store = self._existing(host, task_id)
+        return tuple(
+            store.get(name, task_id)
+            for name in ("accepted", "committed", "paid", "runStart", "runBase", "generation", "confirmDeadline")
+        )
+
+    def _existing(self, host: Host, task_id: int) -> Storage:
         store = self.storage(host)
         if task_id == 0 or task_id > store.get("count"):
             raise Revert(f"Task: no task {task_id}")
@@ -185,7 +224,7 @@ class Task(NativeContract):
         ranked = self.bid.ranked(host, task_id)
         if len(ranked) < store.get("terms", task_id, "min_bids"):
             self.bid.release(host, task_id, keep=None)
-            self._cancel(host, task_id, CANCEL_TOO_FEW_BIDS)
+            self.cancel(host, task_id, CANCEL_TOO_FEW_BIDS)
             return
         price, _, executor = ranked[0]
         self.bid.release(host, task_id, keep=executor)
@@ -193,12 +232,20 @@ class Task(NativeContract):
         store.set("state", task_id, value=STATE_RUNNING)
         store.set_address("executor", task_id, value=executor)
         store.set("price", task_id, value=price)
+        store.set("collateral", task_id, value=self.bid.collateral_for(price))
         store.set("seed", task_id, value=int.from_bytes(seed, "big"))
         store.set("assignedAt", task_id, value=host.timestamp)
+        store.set("runStart", task_id, value=host.timestamp)
+        self._schedule_expiry(host, store, task_id, 1)
         self.emit(host, "TaskAssigned", taskId=task_id, executor=executor, price=price, seed=seed)
 
-    def _cancel(self, host: Host, task_id: int, reason: int) -> None:
+    def cancel(self, host: Host, task_id: int, reason: int, executor_at_fault: bool = False) -> None:
+        """Refund the client escrow − Σ paid and the deposit; free every pledge still held."""
         store = self.storage(host)
+        if store.get("state", task_id) not in (STATE_BIDDING,) and not executor_at_fault:
+            self.stake.unlock(host, store.get_address("executor", task_id), store.get("collateral", task_id))
+        store.set("collateral", task_id, value=0)
+        self._release_council(host, store, task_id, store.get("accepted", task_id) + 1)
         refund = store.get("escrow", task_id) + store.get("deposit", task_id)
         store.set("escrow", task_id, value=0)
         store.set("deposit", task_id, value=0)
@@ -209,5 +256,16 @@ class Task(NativeContract):
     def run_deadline(self, host: Host, deadline: Deadline) -> None:
         if deadline.kind == DEADLINE_CLOSE_BIDDING:
             self.close_bidding(host, deadline.subject)
-        else:
+            return
+        task_id, k, tag = split_subject(deadline.subject)
+        steps = {
+            DEADLINE_DRAW_COUNCIL: lambda: self.draw_council(host, task_id, k, tag),
+            DEADLINE_CLOSE_COMMITS: lambda: self.close_commits(host, task_id, k, tag),
+            DEADLINE_CLOSE_REVEALS: lambda: self.close_reveals(host, task_id, k, tag),
+            DEADLINE_EXPIRE_CHECKPOINT: lambda: self.expire_checkpoint(host, task_id, k, tag),
+            DEADLINE_AUTO_CONFIRM: lambda: self.auto_confirm(host, task_id),
+        }
+        step = steps.get(deadline.kind)
+        if step is None:
             raise Revert(f"Task: unknown deadline kind {deadline.kind}")
+        step()

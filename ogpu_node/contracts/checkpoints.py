@@ -1,0 +1,505 @@
+"""The checkpoint protocol of a batch task (DESIGN.md §6, steps 1-5), as a part of Task.
+
+Per checkpoint k: the executor commits; the next block's system call draws a council by free stake
+from the RANDAO mix; members commit and reveal (exact: members commit first, then the executor
+reveals; allclose: the executor reveals first); the tally accepts, rejects or calls a fresh council.
+Verification is sequential (k + 1 is drawn once k is accepted) while commits may run ahead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from eth_abi import encode
+from eth_hash.auto import keccak
+
+from ogpu_node.contracts.addresses import TASK
+from ogpu_node.contracts.host import Host, Revert
+from ogpu_node.contracts.stake import BPS, ROLE_PROVIDER
+from ogpu_node.contracts.storage import AddressSet, Storage
+
+PHASE_NONE, PHASE_COMMITTED, PHASE_COUNCIL_COMMIT, PHASE_REVEAL, PHASE_ACCEPTED = 0, 1, 2, 3, 4
+STATE_BIDDING, STATE_RUNNING, STATE_CANCELLED = 1, 2, 3
+STATE_AWAITING_CONFIRMATION, STATE_DISPUTED, STATE_SETTLED = 4, 5, 6
+EQUIVALENCE_EXACT = 0
+
+DEADLINE_CLOSE_BIDDING = 1
+DEADLINE_DRAW_COUNCIL = 2
+DEADLINE_CLOSE_COMMITS = 3
+DEADLINE_CLOSE_REVEALS = 4
+DEADLINE_EXPIRE_CHECKPOINT = 5
+DEADLINE_AUTO_CONFIRM = 6
+
+CANCEL_TOO_FEW_BIDS = 1
+CANCEL_TOO_FEW_CANDIDATES = 2
+CANCEL_INCONCLUSIVE = 3
+CANCEL_NO_REPLACEMENT = 4
+
+OUTCOME_CONFIRMED, OUTCOME_EXECUTOR_LOST, OUTCOME_CLIENT_LOST = 1, 2, 3
+PENALTY_REJECTED, PENALTY_MISSED_CHECKPOINT, PENALTY_MISSED_VOTE = 1, 2, 3
+
+
+def subject(task_id: int, k: int = 0, tag: int = 0) -> int:
+    """A deadline's subject: task id, checkpoint, and a round or executor generation."""
+    return task_id << 24 | k << 8 | tag
+
+
+def split_subject(value: int) -> tuple[int, int, int]:
+    return value >> 24, (value >> 8) & 0xFFFF, value & 0xFF
+
+
+def checkpoint_commitment(task_id: int, k: int, executor: bytes, checkpoint_hash: bytes) -> bytes:
+    return keccak(encode(["uint256", "uint16", "address", "bytes32"], [task_id, k, executor, checkpoint_hash]))
+
+
+def exact_result_commitment(
+    task_id: int, k: int, member: bytes, result_hash: bytes, step_hash: bytes, salt: bytes
+) -> bytes:
+    return keccak(
+        encode(["uint256", "uint16", "address", "bytes32", "bytes32", "bytes32"], [task_id, k, member, result_hash, step_hash, salt])
+    )
+
+
+def verdict_commitment(task_id: int, k: int, member: bytes, verdict: bool, result_hash: bytes, salt: bytes) -> bytes:
+    return keccak(
+        encode(["uint256", "uint16", "address", "bool", "bytes32", "bytes32"], [task_id, k, member, verdict, result_hash, salt])
+    )
+
+
+class CheckpointProtocol:
+    """Mixed into Task; uses its storage, queue, stake, bid and slashing."""
+
+    # -- small accessors --
+
+    def _term(self, store: Storage, task_id: int, name: str) -> int:
+        return store.get("terms", task_id, name)
+
+    def _council(self, store: Storage, task_id: int, k: int, round_: int) -> AddressSet:
+        return AddressSet(store, f"council/{task_id}/{k}/{round_}")
+
+    def _due(self, store: Storage, task_id: int, k: int) -> int:
+        window = self._term(store, task_id, "segment_window")
+        return store.get("runStart", task_id) + (k - store.get("runBase", task_id)) * window
+
+    def _schedule_expiry(self, host: Host, store: Storage, task_id: int, k: int) -> None:
+        if k > self._term(store, task_id, "checkpoints"):
+            return
+        grace = self._term(store, task_id, "segment_window")
+        generation = store.get("generation", task_id)
+        self.queue(host).schedule(
+            self._due(store, task_id, k) + grace, DEADLINE_EXPIRE_CHECKPOINT, subject(task_id, k, generation)
+        )
+
+    def _schedule_draw(self, host: Host, store: Storage, task_id: int, k: int) -> None:
+        # The next block's start-of-block call draws it (its RANDAO mix is unknown to the committer).
+        round_ = store.get("ck", task_id, k, "round")
+        self.queue(host).schedule(host.timestamp, DEADLINE_DRAW_COUNCIL, subject(task_id, k, round_))
+
+    def _release_council(self, host: Host, store: Storage, task_id: int, k: int) -> None:
+        """Unlock the seats of checkpoint k's current council, if one is sitting."""
+        if store.get("ck", task_id, k, "phase") not in (PHASE_COUNCIL_COMMIT, PHASE_REVEAL):
+            return
+        for member in self._council(store, task_id, k, store.get("ck", task_id, k, "round")):
+            self.stake.unlock(host, member, self.config.council_seat_stake)
+        store.set("ck", task_id, k, "phase", value=PHASE_COMMITTED)
+
+    def _require_member(self, store: Storage, host: Host, task_id: int, k: int) -> int:
+        round_ = store.get("ck", task_id, k, "round")
+        if host.caller not in self._council(store, task_id, k, round_):
+            raise Revert("Task: caller is not on this checkpoint's council")
+        return round_
+
+    # -- executor --
+
+    def commitCheckpoint(self, host: Host, task_id: int, k: int, commitment: bytes) -> None:
+        store = self._existing(host, task_id)
+        if store.get("state", task_id) != STATE_RUNNING:
+            raise Revert("Task: task is not running")
+        if host.caller != store.get_address("executor", task_id):
+            raise Revert("Task: caller is not the executor")
+        if k != store.get("committed", task_id) + 1:
+            raise Revert(f"Task: expected checkpoint {store.get('committed', task_id) + 1}")
+        if k > self._term(store, task_id, "checkpoints"):
+            raise Revert("Task: no such checkpoint")
+        if host.timestamp > self._due(store, task_id, k) + self._term(store, task_id, "segment_window"):
+            raise Revert(f"Task: checkpoint {k} is past its deadline")
+        store.set("committed", task_id, value=k)
+        store.set("ck", task_id, k, "commitment", value=int.from_bytes(commitment, "big"))
+        store.set("ck", task_id, k, "committedAt", value=host.timestamp)
+        store.set("ck", task_id, k, "phase", value=PHASE_COMMITTED)
+        self.emit(host, "CheckpointCommitted", taskId=task_id, k=k, commitment=commitment)
+        self._schedule_expiry(host, store, task_id, k + 1)
+        if k == store.get("accepted", task_id) + 1:
+            self._schedule_draw(host, store, task_id, k)
+
+    def revealCheckpoint(self, host: Host, task_id: int, k: int, checkpoint_hash: bytes) -> None:
+        store = self._existing(host, task_id)
+        executor = store.get_address("executor", task_id)
+        if host.caller != executor:
+            raise Revert("Task: caller is not the executor")
+        phase = store.get("ck", task_id, k, "phase")
+        exact = self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT
+        allowed = (PHASE_REVEAL,) if exact else (PHASE_COUNCIL_COMMIT, PHASE_REVEAL)
+        if phase not in allowed or host.timestamp >= store.get("ck", task_id, k, "phaseEnds"):
+            raise Revert("Task: checkpoint is not open for the executor's reveal")
+        if store.get("ck", task_id, k, "revealed"):
+            raise Revert("Task: checkpoint already revealed")
+        stored = store.get("ck", task_id, k, "commitment").to_bytes(32, "big")
+        if checkpoint_commitment(task_id, k, executor, checkpoint_hash) != stored:
+            raise Revert("Task: reveal does not match the commitment")
+        store.set("ck", task_id, k, "revealed", value=1)
+        store.set("ck", task_id, k, "hash", value=int.from_bytes(checkpoint_hash, "big"))
+        self.emit(host, "CheckpointRevealed", taskId=task_id, k=k, checkpointHash=checkpoint_hash)
+        self._tally_if_complete(host, store, task_id, k)
+
+    # -- council --
+
+    def commitResult(self, host: Host, task_id: int, k: int, commitment: bytes) -> None:
+        store = self._existing(host, task_id)
+        round_ = self._require_member(store, host, task_id, k)
+        if store.get("ck", task_id, k, "phase") != PHASE_COUNCIL_COMMIT or host.timestamp >= store.get(
+            "ck", task_id, k, "phaseEnds"
+        ):
+            raise Revert("Task: the council's commit window is closed")
+        if self._term(store, task_id, "equivalence") != EQUIVALENCE_EXACT and not store.get("ck", task_id, k, "revealed"):
+            raise Revert("Task: the executor has not revealed this checkpoint yet")
+        if store.get("vote", task_id, k, round_, host.caller, "commitment"):
+            raise Revert("Task: result already committed")
+        store.set("vote", task_id, k, round_, host.caller, "commitment", value=int.from_bytes(commitment, "big"))
+        count = store.add("ck", task_id, k, "commits", delta=1)
+        self.emit(host, "ResultCommitted", taskId=task_id, k=k, member=host.caller)
+        if count == len(self._council(store, task_id, k, round_)):
+            self._open_reveals(host, store, task_id, k, round_)  # all in: the window closes early
+
+    def revealResult(
+        self, host: Host, task_id: int, k: int, verdict: bool, result_hash: bytes, step_hash: bytes,
+        salt: bytes, fetched: bool,
+    ) -> None:
+        store = self._existing(host, task_id)
+        round_ = self._require_member(store, host, task_id, k)
+        member = host.caller
+        if store.get("ck", task_id, k, "phase") != PHASE_REVEAL or host.timestamp >= store.get(
+            "ck", task_id, k, "phaseEnds"
+        ):
+            raise Revert("Task: the reveal window is closed")
+        if not store.get("ck", task_id, k, "revealed"):
+            raise Revert("Task: the executor has not revealed this checkpoint yet")
+        committed = store.get("vote", task_id, k, round_, member, "commitment")
+        if not committed:
+            raise Revert("Task: no result committed")
+        if store.get("vote", task_id, k, round_, member, "revealed"):
+            raise Revert("Task: result already revealed")
+        if self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT:
+            expected = exact_result_commitment(task_id, k, member, result_hash, step_hash, salt)
+            verdict = result_hash == store.get("ck", task_id, k, "hash").to_bytes(32, "big")
+        else:
+            expected = verdict_commitment(task_id, k, member, verdict, result_hash, salt)
+        if expected != committed.to_bytes(32, "big"):
+            raise Revert("Task: reveal does not match the commitment")
+        vote = ("vote", task_id, k, round_, member)
+        store.set(*vote, "revealed", value=1)
+        store.set(*vote, "verdict", value=int(verdict))
+        store.set(*vote, "step", value=int.from_bytes(step_hash, "big"))
+        store.set(*vote, "fetched", value=int(fetched))
+        reveals = store.add("ck", task_id, k, "reveals", delta=1)
+        self.emit(host, "ResultRevealed", taskId=task_id, k=k, member=member, verdict=verdict)
+        if reveals == store.get("ck", task_id, k, "commits"):
+            self._tally_if_complete(host, store, task_id, k)
+
+    # -- time-triggered steps --
+
+    def draw_council(self, host: Host, task_id: int, k: int, round_: int) -> None:
+        store = self.storage(host)
+        if store.get("state", task_id) not in (STATE_RUNNING, STATE_DISPUTED):
+            return
+        if store.get("ck", task_id, k, "phase") != PHASE_COMMITTED or store.get("ck", task_id, k, "round") != round_:
+            return
+        size = self._term(store, task_id, "council_size")
+        seed = keccak(host.mix_hash + encode(["uint256", "uint16", "uint8"], [task_id, k, round_]))
+        members = self._sample(host, store, task_id, size, seed)
+        if len(members) < size:
+            self.cancel(host, task_id, CANCEL_TOO_FEW_CANDIDATES)
+            return
+        council = self._council(store, task_id, k, round_)
+        history = AddressSet(store, f"history/{task_id}")
+        for member in members:
+            self.stake.lock(host, member, self.config.council_seat_stake)
+            council.add(member)
+            history.add(member)
+        ends = host.timestamp + self._term(store, task_id, "segment_window")
+        step_index = int.from_bytes(keccak(seed + b"step")[:8], "big")
+        store.set("ck", task_id, k, "phase", value=PHASE_COUNCIL_COMMIT)
+        store.set("ck", task_id, k, "phaseEnds", value=ends)
+        store.set("ck", task_id, k, "step", value=step_index)
+        store.set("ck", task_id, k, "commits", value=0)
+        store.set("ck", task_id, k, "reveals", value=0)
+        self.queue(host).schedule(ends, DEADLINE_CLOSE_COMMITS, subject(task_id, k, round_))
+        self.emit(
+            host, "CouncilDrawn", taskId=task_id, k=k, round=round_, members=members, commitDeadline=ends,
+            stepIndex=step_index,
+        )
+
+    def _sample(self, host: Host, store: Storage, task_id: int, size: int, seed: bytes) -> list[bytes]:
+        """`size` distinct qualifying providers, drawn with probability proportional to free stake."""
+        client = store.get_address("client", task_id)
+        executor = store.get_address("executor", task_id)
+        min_memory = self._term(store, task_id, "min_memory_mib")
+        mask = self._term(store, task_id, "device_mask")
+        seat = self.config.council_seat_stake
+        candidates: list[tuple[bytes, int]] = []
+        for provider in self.stake.providers(host):
+            if provider in (client, executor):
+                continue
+            device, memory, _, _ = self.stake.resourcesOf(host, provider)
+            if memory < min_memory or (mask and not mask >> device & 1):
+                continue
+            if not self.stake.stakeOf(host, provider)[4] & ROLE_PROVIDER:
+                continue
+            free = self.stake.free_stake(host, provider)
+            if free >= seat:
+                candidates.append((provider, free))
+        chosen: list[bytes] = []
+        for i in range(min(size, len(candidates))):
+            total = sum(weight for _, weight in candidates)
+            point = int.from_bytes(keccak(seed + i.to_bytes(32, "big")), "big") % total
+            for index, (provider, weight) in enumerate(candidates):
+                if point < weight:
+                    chosen.append(provider)
+                    del candidates[index]
+                    break
+                point -= weight
+        return chosen
+
+    def close_commits(self, host: Host, task_id: int, k: int, round_: int) -> None:
+        store = self.storage(host)
+        if store.get("ck", task_id, k, "phase") == PHASE_COUNCIL_COMMIT and store.get("ck", task_id, k, "round") == round_:
+            self._open_reveals(host, store, task_id, k, round_)
+
+    def _open_reveals(self, host: Host, store: Storage, task_id: int, k: int, round_: int) -> None:
+        ends = host.timestamp + self.config.reveal_window
+        store.set("ck", task_id, k, "phase", value=PHASE_REVEAL)
+        store.set("ck", task_id, k, "phaseEnds", value=ends)
+        self.queue(host).schedule(ends, DEADLINE_CLOSE_REVEALS, subject(task_id, k, round_))
+        self.emit(host, "RevealPhase", taskId=task_id, k=k, round=round_, revealDeadline=ends)
+
+    def close_reveals(self, host: Host, task_id: int, k: int, round_: int) -> None:
+        store = self.storage(host)
+        if store.get("ck", task_id, k, "phase") == PHASE_REVEAL and store.get("ck", task_id, k, "round") == round_:
+            self._tally(host, store, task_id, k, round_)
+
+    def expire_checkpoint(self, host: Host, task_id: int, k: int, generation: int) -> None:
+        store = self.storage(host)
+        if store.get("state", task_id) != STATE_RUNNING or store.get("generation", task_id) != generation:
+            return
+        if store.get("committed", task_id) < k:
+            self._executor_failed(host, store, task_id, k, PENALTY_MISSED_CHECKPOINT, beneficiaries=[])
+
+    # -- tally --
+
+    def _tally_if_complete(self, host: Host, store: Storage, task_id: int, k: int) -> None:
+        if store.get("ck", task_id, k, "phase") != PHASE_REVEAL or not store.get("ck", task_id, k, "revealed"):
+            return
+        round_ = store.get("ck", task_id, k, "round")
+        size = len(self._council(store, task_id, k, round_))
+        if store.get("ck", task_id, k, "reveals") == size:
+            self._tally(host, store, task_id, k, round_)
+
+    def _tally(self, host: Host, store: Storage, task_id: int, k: int, round_: int) -> None:
+        council = list(self._council(store, task_id, k, round_))
+        size = len(council)
+        revealed = [m for m in council if store.get("vote", task_id, k, round_, m, "revealed")]
+        absent = [m for m in council if m not in revealed]
+        self._release_council(host, store, task_id, k)
+        client = store.get_address("client", task_id)
+        for member in absent:
+            self.slashing.penalize(host, member, task_id, PENALTY_MISSED_VOTE, self.config.missed_vote_penalty, client)
+        if not store.get("ck", task_id, k, "revealed"):
+            store.set("ck", task_id, k, "phase", value=PHASE_NONE)
+            self._executor_failed(host, store, task_id, k, PENALTY_MISSED_CHECKPOINT, beneficiaries=[])
+            return
+        counted = revealed
+        if self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT and revealed:
+            # A vote counts only with the majority's state hash at the drawn step: copying a
+            # published checkpoint hash without computing does not pass.
+            steps = Counter(store.get("vote", task_id, k, round_, m, "step") for m in revealed)
+            (top, top_count), *rest = steps.most_common()
+            if rest and rest[0][1] == top_count:
+                counted = []
+            else:
+                counted = [m for m in revealed if store.get("vote", task_id, k, round_, m, "step") == top]
+        yes = [m for m in counted if store.get("vote", task_id, k, round_, m, "verdict")]
+        no = [m for m in counted if not store.get("vote", task_id, k, round_, m, "verdict")]
+        attested = [m for m in counted if store.get("vote", task_id, k, round_, m, "fetched")]
+        disputed = store.get("state", task_id) == STATE_DISPUTED
+        if 3 * len(yes) >= 2 * size and 3 * len(attested) >= 2 * size:
+            if disputed:
+                self._settle_dispute(host, store, task_id, executor_lost=False, majority=yes)
+            else:
+                self._accept(host, store, task_id, k, yes)
+        elif 3 * len(no) >= 2 * size:
+            if disputed:
+                self._settle_dispute(host, store, task_id, executor_lost=True, majority=no)
+            else:
+                store.set("ck", task_id, k, "phase", value=PHASE_NONE)
+                self._executor_failed(host, store, task_id, k, PENALTY_REJECTED, beneficiaries=no)
+        else:
+            self.emit(host, "CheckpointInconclusive", taskId=task_id, k=k, round=round_)
+            if store.add("ck", task_id, k, "inconclusive", delta=1) >= self.config.max_inconclusive_rounds:
+                if disputed:  # no fault proven either way: settle as confirmed
+                    self.settle(host, task_id, OUTCOME_CONFIRMED)
+                else:
+                    self.cancel(host, task_id, CANCEL_INCONCLUSIVE)
+                return
+            store.set("ck", task_id, k, "round", value=round_ + 1)
+            store.set("ck", task_id, k, "phase", value=PHASE_COMMITTED)
+            self._schedule_draw(host, store, task_id, k)
+
+    def _accept(self, host: Host, store: Storage, task_id: int, k: int, yes: list[bytes]) -> None:
+        checkpoints = self._term(store, task_id, "checkpoints")
+        price = store.get("price", task_id)
+        part = price * k // checkpoints - price * (k - 1) // checkpoints
+        late = max(0, store.get("ck", task_id, k, "committedAt") - self._due(store, task_id, k))
+        rate = min(BPS, late * self._term(store, task_id, "lateness_bps_per_second"))
+        discount = part * rate // BPS  # stays in escrow: refunded to the client at settlement
+        net = part - discount
+        share = net * self._term(store, task_id, "council_share_bps") // BPS // len(yes)
+        executor = store.get_address("executor", task_id)
+        for member in yes:
+            host.transfer(TASK, member, share)
+        host.transfer(TASK, executor, net - share * len(yes))
+        store.add("escrow", task_id, delta=-net)
+        store.add("paid", task_id, delta=net)
+        store.set("accepted", task_id, value=k)
+        store.set("ck", task_id, k, "phase", value=PHASE_ACCEPTED)
+        self.emit(
+            host, "CheckpointAccepted", taskId=task_id, k=k, executorPaid=net - share * len(yes),
+            councilPaid=share * len(yes), discount=discount,
+        )
+        if k == checkpoints:
+            deadline = host.timestamp + self._term(store, task_id, "confirm_window")
+            store.set("state", task_id, value=STATE_AWAITING_CONFIRMATION)
+            store.set("confirmDeadline", task_id, value=deadline)
+            self.queue(host).schedule(deadline, DEADLINE_AUTO_CONFIRM, subject(task_id))
+        elif store.get("committed", task_id) > k:
+            self._schedule_draw(host, store, task_id, k + 1)
+
+    # -- faults, replacement, settlement --
+
+    def _executor_failed(
+        self, host: Host, store: Storage, task_id: int, k: int, kind: int, beneficiaries: list[bytes]
+    ) -> None:
+        """Slash the executor's collateral, void its later commitments, re-assign or cancel."""
+        executor = store.get_address("executor", task_id)
+        collateral = store.get("collateral", task_id)
+        self.stake.unlock(host, executor, collateral)
+        # The reporter share goes to the majority that rejected (split below), or to the client.
+        beneficiary = TASK if beneficiaries else store.get_address("client", task_id)
+        balance_before = host.balance(TASK)
+        penalty = self.slashing.penalize(host, executor, task_id, kind, collateral, beneficiary)
+        reward = host.balance(TASK) - balance_before
+        for member in beneficiaries:
+            host.transfer(TASK, member, reward // len(beneficiaries))
+        if reward % max(1, len(beneficiaries)):
+            host.burn(TASK, reward % len(beneficiaries))  # dust: keeps Task's balance equal to its escrows
+        event = "CheckpointRejected" if kind == PENALTY_REJECTED else "CheckpointMissed"
+        self.emit(host, event, taskId=task_id, k=k, executor=executor, penalty=penalty)
+        AddressSet(store, f"barred/{task_id}").add(executor)
+        accepted = store.get("accepted", task_id)
+        self._release_council(host, store, task_id, accepted + 1)
+        for later in range(accepted + 1, store.get("committed", task_id) + 1):
+            # Void the commitment; a new round number keeps this council's pending deadlines stale.
+            store.set("ck", task_id, later, "phase", value=PHASE_NONE)
+            store.set("ck", task_id, later, "revealed", value=0)
+            store.add("ck", task_id, later, "round", delta=1)
+        store.set("committed", task_id, value=accepted)
+        self._reassign(host, store, task_id, executor)
+
+    def _reassign(self, host: Host, store: Storage, task_id: int, previous: bytes) -> None:
+        barred = AddressSet(store, f"barred/{task_id}")
+        history = AddressSet(store, f"history/{task_id}")
+        client = store.get_address("client", task_id)
+        for price, _, provider in self.bid.ranked(host, task_id):
+            if provider in barred or provider in history or provider == client:
+                continue
+            collateral = self.bid.collateral_for(price)
+            if self.stake.free_stake(host, provider) < collateral or not self.stake.stakeOf(host, provider)[4] & ROLE_PROVIDER:
+                continue
+            self.stake.lock(host, provider, collateral)
+            accepted = store.get("accepted", task_id)
+            store.set_address("executor", task_id, value=provider)
+            store.set("price", task_id, value=price)
+            store.set("collateral", task_id, value=collateral)
+            store.set("runStart", task_id, value=host.timestamp)
+            store.set("runBase", task_id, value=accepted)
+            store.add("generation", task_id, delta=1)
+            store.set("state", task_id, value=STATE_RUNNING)
+            self._schedule_expiry(host, store, task_id, accepted + 1)
+            self.emit(
+                host, "ExecutorReplaced", taskId=task_id, previous=previous, executor=provider, price=price,
+                resumeFrom=accepted,
+            )
+            return
+        self.cancel(host, task_id, CANCEL_NO_REPLACEMENT, executor_at_fault=True)
+
+    def confirm(self, host: Host, task_id: int) -> None:
+        self._awaiting(host, task_id)
+        self.settle(host, task_id, OUTCOME_CONFIRMED)
+
+    def dispute(self, host: Host, task_id: int) -> None:
+        store = self._awaiting(host, task_id)
+        k = self._term(store, task_id, "checkpoints")
+        store.set("state", task_id, value=STATE_DISPUTED)
+        store.add("ck", task_id, k, "round", delta=1)
+        store.set("ck", task_id, k, "inconclusive", value=0)
+        store.set("ck", task_id, k, "phase", value=PHASE_COMMITTED)
+        self._schedule_draw(host, store, task_id, k)
+        self.emit(host, "TaskDisputed", taskId=task_id)
+
+    def _awaiting(self, host: Host, task_id: int) -> Storage:
+        store = self._existing(host, task_id)
+        if host.caller != store.get_address("client", task_id):
+            raise Revert("Task: caller is not the client")
+        if store.get("state", task_id) != STATE_AWAITING_CONFIRMATION:
+            raise Revert("Task: task is not awaiting confirmation")
+        if host.timestamp >= store.get("confirmDeadline", task_id):
+            raise Revert("Task: the confirmation window has closed")
+        return store
+
+    def auto_confirm(self, host: Host, task_id: int) -> None:
+        store = self.storage(host)
+        if store.get("state", task_id) == STATE_AWAITING_CONFIRMATION and host.timestamp >= store.get(
+            "confirmDeadline", task_id
+        ):
+            self.settle(host, task_id, OUTCOME_CONFIRMED)
+
+    def _settle_dispute(self, host: Host, store: Storage, task_id: int, executor_lost: bool, majority: list[bytes]) -> None:
+        if executor_lost:
+            executor = store.get_address("executor", task_id)
+            collateral = store.get("collateral", task_id)
+            self.stake.unlock(host, executor, collateral)
+            store.set("collateral", task_id, value=0)
+            self.slashing.penalize(
+                host, executor, task_id, PENALTY_REJECTED, collateral, store.get_address("client", task_id)
+            )
+            self.settle(host, task_id, OUTCOME_EXECUTOR_LOST)
+            return
+        # The client's deposit pays the council that upheld the work; the rest is burned.
+        deposit = store.get("deposit", task_id)
+        fee = deposit * self.config.reporter_share_bps // BPS // len(majority)
+        for member in majority:
+            host.transfer(TASK, member, fee)
+        host.burn(TASK, deposit - fee * len(majority))
+        store.set("deposit", task_id, value=0)
+        self.settle(host, task_id, OUTCOME_CLIENT_LOST)
+
+    def settle(self, host: Host, task_id: int, outcome: int) -> None:
+        """Refund escrow − Σ paid and the deposit; release the executor's collateral."""
+        store = self.storage(host)
+        refund = store.get("escrow", task_id) + store.get("deposit", task_id)
+        store.set("escrow", task_id, value=0)
+        store.set("deposit", task_id, value=0)
+        self.stake.unlock(host, store.get_address("executor", task_id), store.get("collateral", task_id))
+        store.set("collateral", task_id, value=0)
+        store.set("state", task_id, value=STATE_SETTLED)
+        host.transfer(TASK, store.get_address("client", task_id), refund)
+        self.emit(host, "TaskSettled", taskId=task_id, outcome=outcome, refund=refund, paid=store.get("paid", task_id))

@@ -161,11 +161,12 @@ class Process:
 def drive(port: int, work: Workload, nudge: bool = False) -> Run:
     """Send every transaction, then wait for each sender's last receipt; checks the outcome after.
 
-    `nudge` (anvil only): anvil 1.7.1's automine stops with ready transactions left in its pool once
-    a burst outpaces it (it mines about one transaction per block, then no more blocks come; see
-    foundry-rs/foundry#10122). When it has made no block for STALL_S while a receipt is missing,
-    one `evm_mine` call (which mines every ready transaction, as a working automine would) is made,
-    inside the timed span, and counted.
+    `nudge` (anvil only): anvil 1.7.1's automine stalls with ready transactions left in its pool once
+    a burst outpaces it: it mines about one transaction per block, then either no more blocks come or
+    (seen once) empty blocks keep coming for tens of seconds; cf. foundry-rs/foundry#10122. When its
+    pool's pending count has not moved for STALL_S while a receipt is missing, one `evm_mine` call
+    (which mines the ready transactions, as a working automine would) is made, inside the timed
+    span, and counted.
     """
     client = Client(port)
     try:
@@ -184,7 +185,7 @@ def drive(port: int, work: Workload, nudge: bool = False) -> Run:
         waiting = list(work.last_per_sender)
         deadline = time.monotonic() + FINISH_TIMEOUT_S
         nudges = 0
-        last_block, last_change = -1, time.monotonic()
+        last_pending, last_change = -1, time.monotonic()
         while waiting:
             if client.call("eth_getTransactionReceipt", waiting[-1]) is not None:
                 waiting.pop()
@@ -193,10 +194,11 @@ def drive(port: int, work: Workload, nudge: bool = False) -> Run:
             if now > deadline:
                 raise RuntimeError(f"receipts still missing after {FINISH_TIMEOUT_S:.0f} s")
             if nudge:
-                block = int(client.call("eth_blockNumber"), 16)
-                if block != last_block:
-                    last_block, last_change = block, now
-                elif now - last_change > STALL_S:
+                status = client.call("txpool_status")
+                pending = int(status["pending"], 16)  # type: ignore[index]
+                if pending != last_pending:
+                    last_pending, last_change = pending, now
+                elif pending and now - last_change > STALL_S:
                     client.call("evm_mine")
                     nudges += 1
                     last_change = now

@@ -38,6 +38,7 @@ interface ITask {
     event CheckpointMissed(uint256 indexed taskId, uint16 indexed k, address indexed executor, uint256 penalty);
     event TaskDisputed(uint256 indexed taskId);
     event TaskSettled(uint256 indexed taskId, uint8 outcome, uint256 refund, uint256 paid);
+    event FundsBurned(uint256 indexed taskId, uint256 amount);
 
     function submitTask(bytes32 prescriptionHash, uint8 kind, Terms memory terms) external payable returns (uint256 taskId);
     function getTask(uint256 taskId) external view returns (address client, uint8 kind, uint8 state, bytes32 prescriptionHash, uint256 escrow, uint256 deposit, address executor, uint256 price, bytes32 seed, uint64 bidDeadline, uint64 assignedAt);

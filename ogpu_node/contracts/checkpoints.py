@@ -400,7 +400,7 @@ class CheckpointProtocol:
         for member in beneficiaries:
             host.transfer(TASK, member, reward // len(beneficiaries))
         if reward % max(1, len(beneficiaries)):
-            host.burn(TASK, reward % len(beneficiaries))  # dust: keeps Task's balance equal to its escrows
+            self._burn(host, task_id, reward % len(beneficiaries))  # dust: Task holds only escrows
         event = "CheckpointRejected" if kind == PENALTY_REJECTED else "CheckpointMissed"
         self.emit(host, event, taskId=task_id, k=k, executor=executor, penalty=penalty)
         AddressSet(store, f"barred/{task_id}").add(executor)
@@ -488,9 +488,14 @@ class CheckpointProtocol:
         fee = deposit * self.config.reporter_share_bps // BPS // len(majority)
         for member in majority:
             host.transfer(TASK, member, fee)
-        host.burn(TASK, deposit - fee * len(majority))
+        self._burn(host, task_id, deposit - fee * len(majority))
         store.set("deposit", task_id, value=0)
         self.settle(host, task_id, OUTCOME_CLIENT_LOST)
+
+    def _burn(self, host: Host, task_id: int, amount: int) -> None:
+        if amount:
+            host.burn(TASK, amount)
+            self.emit(host, "FundsBurned", taskId=task_id, amount=amount)
 
     def settle(self, host: Host, task_id: int, outcome: int) -> None:
         """Refund escrow − Σ paid and the deposit; release the executor's collateral."""

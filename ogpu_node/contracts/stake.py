@@ -164,6 +164,8 @@ class Stake(NativeContract):
     def slash(self, host: Host, who: bytes, amount: int, beneficiary: bytes, reward_bps: int) -> int:
         """Take up to `amount` from active then unbonding stake; `reward_bps` of it goes to
         `beneficiary`, the rest is burned. An account left below a role minimum loses the role."""
+        if not 0 <= reward_bps <= BPS:
+            raise Revert("Stake: reward share out of range")
         store = self.storage(host)
         staked, unbonding = store.get("staked", who), store.get("unbonding", who)
         taken = min(amount, staked + unbonding)
@@ -171,6 +173,8 @@ class Stake(NativeContract):
         store.set("staked", who, value=staked - from_staked)
         store.add("total", delta=-from_staked)
         store.set("unbonding", who, value=unbonding - (taken - from_staked))
+        if unbonding and unbonding == taken - from_staked:
+            store.set("release", who, value=0)  # nothing left unbonding
         locked = store.get("locked", who)
         if locked > staked - from_staked:
             store.set("locked", who, value=staked - from_staked)

@@ -41,6 +41,9 @@ from ogpu_node.contracts.storage import Storage
 KIND_BATCH, KIND_STREAM = 0, 1
 MAX_CHECKPOINTS = 1_000
 MAX_COUNCIL = 100
+# Every derived deadline (bid deadline + checkpoints × segment window + grace + confirmation) must fit
+# the deadline queue's 64-bit time field; ten years per window keeps them far inside it.
+MAX_WINDOW = 10 * 365 * 24 * 3600
 RESPONSE_METHODS = 3  # optimistic, weighted, unanimous
 
 TERMS = (
@@ -78,16 +81,17 @@ class Terms:
             raise Revert("Task: councilShareBps above 10000")
         if not 1 <= self.checkpoints <= MAX_CHECKPOINTS:
             raise Revert(f"Task: checkpoints must be between 1 and {MAX_CHECKPOINTS}")
-        if self.segment_window == 0:
-            raise Revert("Task: segmentWindow is zero")
-        if self.bid_window == 0:
-            raise Revert("Task: bidWindow is zero")
+        for name, window in (
+            ("segmentWindow", self.segment_window), ("bidWindow", self.bid_window), ("confirmWindow", self.confirm_window)
+        ):
+            if window == 0:
+                raise Revert(f"Task: {name} is zero")
+            if window > MAX_WINDOW:
+                raise Revert(f"Task: {name} above {MAX_WINDOW} seconds")
         if self.min_bids == 0:
             raise Revert("Task: minBids is zero")
         if self.first_n and self.first_n < self.min_bids:
             raise Revert("Task: firstN is below minBids")
-        if self.confirm_window == 0:
-            raise Revert("Task: confirmWindow is zero")
         if self.response_method >= RESPONSE_METHODS:
             raise Revert("Task: unknown responseMethod")
         if self.response_weight > BPS:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from eth.abc import BlockHeaderAPI, ComputationAPI, StateAPI
-from eth.vm.forks.prague.constants import STANDARD_TOKEN_COST, TOTAL_COST_FLOOR_PER_TOKEN
 from eth.vm.spoof import SpoofTransaction
 from eth_abi import decode as abi_decode
 from eth_utils import ValidationError, to_checksum_address
 
+from ogpu_node.execution.codec import floor_data_gas
 from ogpu_node.execution.errors import CallFailed, ExecutionReverted
 from ogpu_node.execution.state import Execution
 from ogpu_node.execution.vm import OgpuVM
@@ -37,13 +37,6 @@ _PANIC_REASONS = {
     0x41: "out of memory",
     0x51: "uninitialized function",
 }
-
-
-def floor_data_gas(data: bytes) -> int:
-    """EIP-7623: the least gas a transaction carrying `data` may have (21000 + 10 per calldata token)."""
-    zeros = data.count(0)
-    tokens = zeros + (len(data) - zeros) * STANDARD_TOKEN_COST
-    return TX_GAS + tokens * TOTAL_COST_FLOOR_PER_TOKEN
 
 
 @dataclass(frozen=True)

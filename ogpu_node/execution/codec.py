@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import rlp
 from eth.abc import BlockAPI, ReceiptAPI, SignedTransactionAPI
+from eth.exceptions import UnrecognizedTransactionType
+from eth.vm.forks.prague.constants import STANDARD_TOKEN_COST, TOTAL_COST_FLOOR_PER_TOKEN
 from eth_utils import ValidationError as EthUtilsValidationError
 
 from ogpu_node.execution.errors import InvalidBlock, InvalidTransaction
@@ -12,6 +14,14 @@ from ogpu_node.execution.vm import OgpuVM
 _TX_BUILDER = OgpuVM.get_transaction_builder()
 _RECEIPT_BUILDER = OgpuVM.get_receipt_builder()
 _BLOCK_CLASS = OgpuVM.get_block_class()
+TX_GAS = 21000
+
+
+def floor_data_gas(data: bytes) -> int:
+    """EIP-7623: the least gas a transaction carrying `data` may have (21000 + 10 per calldata token)."""
+    zeros = data.count(0)
+    tokens = zeros + (len(data) - zeros) * STANDARD_TOKEN_COST
+    return TX_GAS + tokens * TOTAL_COST_FLOOR_PER_TOKEN
 
 
 def decode_transaction(raw: bytes) -> SignedTransactionAPI:
@@ -20,6 +30,8 @@ def decode_transaction(raw: bytes) -> SignedTransactionAPI:
         raise InvalidTransaction("typed transaction too short")
     try:
         tx = _TX_BUILDER.decode(raw)
+    except UnrecognizedTransactionType:
+        raise InvalidTransaction("transaction type not supported") from None
     except (rlp.DecodingError, rlp.DeserializationError, ValueError, TypeError, EthUtilsValidationError) as exc:
         if raw[0] >= 0xC0:
             raise InvalidTransaction(f"rlp: {exc}") from None
@@ -27,15 +39,22 @@ def decode_transaction(raw: bytes) -> SignedTransactionAPI:
     return tx
 
 
+def check_gas(tx: SignedTransactionAPI) -> None:
+    """Intrinsic gas and the EIP-7623 floor, which py-evm does not check for every type."""
+    if tx.gas < tx.intrinsic_gas:
+        raise InvalidTransaction(f"intrinsic gas too low: gas {tx.gas}, minimum needed {tx.intrinsic_gas}")
+    floor = floor_data_gas(tx.data)
+    if tx.gas < floor:
+        raise InvalidTransaction(f"insufficient gas for floor data gas cost: gas {tx.gas}, minimum needed {floor}")
+
+
 def check_transaction(tx: SignedTransactionAPI) -> None:
-    """py-evm's static checks: intrinsic gas, signature values. Raises InvalidTransaction."""
+    """Every static check of a transaction: gas, then py-evm's field checks. Raises InvalidTransaction."""
+    check_gas(tx)
     try:
         tx.validate()
     except EthUtilsValidationError as exc:
-        message = str(exc)
-        if "ntrinsic gas" in message:
-            raise InvalidTransaction("intrinsic gas too low") from None
-        raise InvalidTransaction(message) from None
+        raise InvalidTransaction(str(exc)) from None
 
 
 def encode_transaction(tx: SignedTransactionAPI) -> bytes:

@@ -31,7 +31,31 @@ SSTORE_CLEARS_REFUND = 4_800
 LOG_GAS, LOG_TOPIC_GAS, LOG_DATA_GAS = 375, 375, 8
 
 
-class EvmHost:
+class _Balances:
+    """Balance moves shared by both hosts: direct credits and debits, never a call."""
+
+    _state: Any
+
+    def balance(self, address: bytes) -> int:
+        return self._state.get_balance(address)
+
+    def transfer(self, sender: bytes, recipient: bytes, amount: int) -> None:
+        if amount < 0:
+            raise Revert("negative transfer")
+        if self._state.get_balance(sender) < amount:
+            raise Revert("insufficient balance for transfer")
+        self._state.delta_balance(sender, -amount)
+        self._state.delta_balance(recipient, amount)
+
+    def burn(self, holder: bytes, amount: int) -> None:
+        if amount < 0:
+            raise Revert("negative burn")
+        if self._state.get_balance(holder) < amount:
+            raise Revert("insufficient balance to burn")
+        self._state.delta_balance(holder, -amount)
+
+
+class EvmHost(_Balances):
     def __init__(self, computation: ComputationAPI) -> None:
         self._computation = computation
         self._state = computation.state
@@ -87,21 +111,10 @@ class EvmHost:
             self._computation.refund_gas(refund)
         state.set_storage(address, slot, value)
 
-    def balance(self, address: bytes) -> int:
-        return self._state.get_balance(address)
-
     def transfer(self, sender: bytes, recipient: bytes, amount: int) -> None:
         if self.is_static:
             raise Revert("value transfer in a static call")
-        if self._state.get_balance(sender) < amount:
-            raise Revert("insufficient balance for transfer")
-        self._state.delta_balance(sender, -amount)
-        self._state.delta_balance(recipient, amount)
-
-    def burn(self, holder: bytes, amount: int) -> None:
-        if self._state.get_balance(holder) < amount:
-            raise Revert("insufficient balance to burn")
-        self._state.delta_balance(holder, -amount)
+        super().transfer(sender, recipient, amount)
 
     def log(self, address: bytes, topics: list[bytes], data: bytes) -> None:
         if self.is_static:
@@ -131,7 +144,7 @@ SYSTEM_ADDRESS = bytes.fromhex("fffffffffffffffffffffffffffffffffffffffe")  # as
 SystemLog = tuple[bytes, list[bytes], bytes]  # address, topics, data
 
 
-class SystemHost:
+class SystemHost(_Balances):
     """The host of the start-of-block system call: no transaction, no gas (bounded by entry count)."""
 
     is_static = False
@@ -153,20 +166,6 @@ class SystemHost:
 
     def sstore(self, address: bytes, slot: int, value: int) -> None:
         self._state.set_storage(address, slot, value)
-
-    def balance(self, address: bytes) -> int:
-        return self._state.get_balance(address)
-
-    def transfer(self, sender: bytes, recipient: bytes, amount: int) -> None:
-        if self._state.get_balance(sender) < amount:
-            raise Revert("insufficient balance for transfer")
-        self._state.delta_balance(sender, -amount)
-        self._state.delta_balance(recipient, amount)
-
-    def burn(self, holder: bytes, amount: int) -> None:
-        if self._state.get_balance(holder) < amount:
-            raise Revert("insufficient balance to burn")
-        self._state.delta_balance(holder, -amount)
 
     def log(self, address: bytes, topics: list[bytes], data: bytes) -> None:
         self.logs.append((address, list(topics), data))

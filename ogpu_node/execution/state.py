@@ -19,7 +19,8 @@ from eth_utils import ValidationError as EthUtilsValidationError
 
 from ogpu_node.config import GenesisConfig
 from ogpu_node.contracts.addresses import ALL as NATIVE_CONTRACTS
-from ogpu_node.execution.errors import InvalidBlock
+from ogpu_node.execution.codec import check_gas
+from ogpu_node.execution.errors import InvalidBlock, InvalidTransaction
 from ogpu_node.execution.native import SystemLog, make_state_class
 from ogpu_node.execution.trie import BLANK_ROOT, ordered_trie_root
 from ogpu_node.execution.vm import OgpuVM
@@ -184,8 +185,8 @@ class Execution:
                 raise InvalidBlock(f"transaction {index}: gas {tx.gas} exceeds the block's remaining gas")
             try:
                 sender = tx.sender
-                receipt, _ = vm.apply_transaction(header, tx)
-            except _VALIDATION_ERRORS as exc:
+                receipt = self._apply(vm, header, tx)
+            except (*_VALIDATION_ERRORS, InvalidTransaction) as exc:
                 if building:
                     excluded.append((tx, str(exc)))
                     continue
@@ -206,6 +207,24 @@ class Execution:
         return ExecutedBlock(
             block, tuple(receipts), tuple(senders), tuple(excluded), tuple(vm.system_logs)
         )
+
+    @staticmethod
+    def _apply(vm: OgpuVM, header: BlockHeaderAPI, tx: SignedTransactionAPI) -> ReceiptAPI:
+        """VM.apply_transaction, but a transaction found invalid midway leaves no trace in the state
+        (py-evm may already have charged gas and bumped the nonce when it raises)."""
+        check_gas(tx)
+        vm.validate_transaction_against_header(header, tx)
+        vm.state.lock_changes()
+        snapshot = vm.state.snapshot()
+        try:
+            computation = vm.state.apply_transaction(tx)
+            receipt = vm.make_receipt(header, tx, computation, vm.state)
+            vm.validate_receipt(receipt)
+        except BaseException:
+            vm.state.revert(snapshot)
+            raise
+        vm.state.commit(snapshot)
+        return receipt
 
     def import_block(self, parent: BlockHeaderAPI, block: BlockAPI) -> ExecutedBlock:
         """Re-execute a block received from outside and check that it reproduces its header."""

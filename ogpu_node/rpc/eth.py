@@ -32,10 +32,7 @@ def _call_request(tx: Any) -> CallRequest:
         max_priority_fee_per_gas=p.optional(p.quantity, tx.get("maxPriorityFeePerGas"), "maxPriorityFeePerGas"),
         value=p.quantity(tx.get("value", "0x0"), "value"),
         data=p.data(input_hex, "input") if input_hex else b"",
-        access_list=tuple(
-            (p.address(e["address"]), [p.quantity(k, "storage key") for k in e.get("storageKeys", [])])
-            for e in tx.get("accessList", [])
-        ),
+        access_list=p.access_list(tx.get("accessList")),
     )
 
 

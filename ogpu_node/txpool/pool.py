@@ -21,8 +21,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from ogpu_node.execution.calls import floor_data_gas
-from ogpu_node.execution.codec import check_transaction, decode_transaction
+from ogpu_node.execution.codec import check_transaction, decode_transaction, floor_data_gas
 from ogpu_node.execution.errors import InvalidTransaction
 from ogpu_node.execution.views import effective_tip
 
@@ -184,6 +183,9 @@ class TxPool:
         intrinsic = tx.intrinsic_gas
         if tx.gas < intrinsic:
             raise TxRejected(f"intrinsic gas too low: gas {tx.gas}, minimum needed {intrinsic}")
+        floor = floor_data_gas(tx.data)
+        if tx.gas < floor:
+            raise TxRejected(f"insufficient gas for floor data gas cost: gas {tx.gas}, minimum needed {floor}")
         # EIP-2 low-s rule for every type (py-evm checks it for none), so a signature has one form.
         if not (0 < tx.r < _SECP256K1_N and 0 < tx.s <= _SECP256K1_N // 2):
             raise TxRejected("invalid sender: invalid transaction v, r, s values")
@@ -192,9 +194,6 @@ class TxPool:
             sender = tx.sender
         except Exception:  # InvalidTransaction, or one of the several types py-evm raises for a bad signature
             raise TxRejected("invalid sender") from None
-        floor = floor_data_gas(tx.data)
-        if tx.gas < floor:
-            raise TxRejected(f"insufficient gas for floor data gas cost: gas {tx.gas}, minimum needed {floor}")
         if tip < self.config.min_tip:
             raise TxRejected(f"transaction underpriced: gas tip cap {tip}, minimum needed {self.config.min_tip}")
         if max_fee < base_fee:

@@ -170,11 +170,6 @@ def test_bad_params_are_invalid_params(client):
     assert client.call("eth_chainId", 1)["error"]["message"] == "wrong number of arguments for eth_chainId"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rpc/eth.py _call_request parses accessList by hand: a non-list or an entry without "
-    "'address' raises TypeError/KeyError -> -32603 with a logged traceback (fix: use params.access_list)",
-)
 def test_malformed_access_list_is_invalid_params(dev_node):
     client = Client(dev_node.http_url)  # its own node: the traceback it logs must not fail the others
     try:

@@ -11,9 +11,10 @@ not on sys.path by itself):
     sys.path.append(str(Path(__file__).resolve().parent))
     from harness import Harness  # noqa: E402
 
-Revert reasons of transactions: a receipt carries only a status, so the harness wraps the chain's VM
-class to keep each transaction's computation (py-evm's `apply_transaction` returns it) and decodes the
-`Error(string)` data from there. Execution is otherwise the node's own.
+Revert reasons of transactions: a receipt carries only a status, so the harness gives the chain's VM
+class a state class that keeps each transaction's computation (what py-evm's
+`state.apply_transaction` returns) and decodes the `Error(string)` data from there. Execution is
+otherwise the node's own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eth.vm.spoof import SpoofTransaction
 from eth_abi import decode, encode
 from eth_hash.auto import keccak
 from eth_keys import keys
@@ -267,21 +269,25 @@ class Harness:
     _outcomes: dict[bytes, _Outcome] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Record each transaction's computation where the state applies it, whichever VM-level path
+        # block building takes; eth_call's spoofed messages are left out.
         outcomes = self._outcomes
-        base = self.chain.execution.vm_class
+        vm_class = self.chain.execution.vm_class
+        base_state = vm_class._state_class
 
-        class RecordingVM(base):  # type: ignore[misc, valid-type]
-            def apply_transaction(self, header: Any, transaction: Any) -> Any:
-                receipt, computation = super().apply_transaction(header, transaction)
-                output = computation.output
-                if computation.is_error and not output and computation.error.args:
-                    first = computation.error.args[0]
-                    output = first if isinstance(first, bytes) else b""
-                outcomes[transaction.hash] = _Outcome(output, computation.is_error)
-                return receipt, computation
+        class RecordingState(base_state):  # type: ignore[misc, valid-type]
+            def apply_transaction(self, transaction: Any) -> Any:
+                computation = super().apply_transaction(transaction)
+                if not isinstance(transaction, SpoofTransaction):
+                    output = computation.output
+                    if computation.is_error and not output and computation.error.args:
+                        first = computation.error.args[0]
+                        output = first if isinstance(first, bytes) else b""
+                    outcomes[transaction.hash] = _Outcome(output, computation.is_error)
+                return computation
 
-        RecordingVM.__name__ = base.__name__
-        self.chain.execution.vm_class = RecordingVM
+        RecordingState.__name__ = base_state.__name__
+        self.chain.execution.vm_class = vm_class.configure(__name__=vm_class.__name__, _state_class=RecordingState)
 
     # -- time --
 
@@ -337,7 +343,9 @@ class Harness:
         results = []
         previous = 0
         for tx, receipt in zip(executed.block.transactions, executed.receipts, strict=True):
-            outcome = self._outcomes.pop(tx.hash)
+            outcome = self._outcomes.pop(tx.hash, None)
+            if outcome is None:
+                raise AssertionError(f"no recorded outcome for transaction 0x{tx.hash.hex()}: the harness's hook was bypassed")
             reason = revert_reason(outcome.output) if outcome.is_error else None
             results.append(TxResult(
                 tx, receipt, receipt.gas_used - previous, executed.header.base_fee_per_gas, outcome.output, reason,

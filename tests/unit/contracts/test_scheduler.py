@@ -155,7 +155,7 @@ fields = st.builds(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(fields, fields)
 def test_packed_order_is_due_then_sequence(a, b):
     """Rule: comparing packed words compares (due, sequence, kind, subject), so the heap needs no
@@ -164,7 +164,7 @@ def test_packed_order_is_due_then_sequence(a, b):
     assert (a.pack() < b.pack()) == ((a.due, a.sequence, a.kind, a.subject) < (b.due, b.sequence, b.kind, b.subject))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 255), st.integers(0, U120)), max_size=40))
 def test_random_schedules_pop_sorted(entries):
     """Rule: whatever the schedule, draining yields the entries sorted by (due, scheduling order)."""
@@ -187,7 +187,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(operations)
 def test_interleaved_schedule_and_pop_due_match_a_reference_heap(ops):
     """Rule: under any interleaving of schedule and pop_due(now, limit), the queue returns what a

@@ -1,0 +1,243 @@
+"""Random protocol traffic from many accounts, with the invariants of DESIGN.md §3 after every block.
+
+Supply = genesis supply − burnt base fees − burnt slashes and task burns (block reward is 0 and tips
+are 0 here); Stake's balance = Σ staked + Σ unbonding; Task's balance = Σ escrow + deposit of its
+tasks; locked ≤ staked; each checkpoint is paid at most once and no task is paid more than its price.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from eth.vm.forks.prague import PragueVM
+from eth_abi import decode, encode
+from eth_hash.auto import keccak
+from eth_keys import keys
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ogpu_node.chain import Chain
+from ogpu_node.config import load_genesis
+from ogpu_node.contracts.abi import ABI_DIR, load_abi
+from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment
+from ogpu_node.crypto import derive_dev_accounts
+from ogpu_node.db import LMDBStore
+from ogpu_node.execution.calls import CallRequest, call
+from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.types.signing import BlockProposal, SignedProposal
+
+GENESIS = load_genesis(ABI_DIR.parent / "genesis" / "dev.json")
+ACCOUNTS = derive_dev_accounts(10)
+NAMES = ("Stake", "Task", "Bid", "Slashing")
+ADDRESS = {name: bytes.fromhex(f"00000000000000000000000000000000000010{i:02d}") for i, name in enumerate(NAMES)}
+ABI = {name: load_abi(name) for name in NAMES}
+TOPICS = {e.topic: (name, e) for name in NAMES for e in ABI[name].events.values()}
+BUILDER = PragueVM.get_transaction_builder()
+ETHER = 10**18
+
+
+class World:
+    def __init__(self, path) -> None:
+        self.chain = Chain(LMDBStore(path), GENESIS)
+        self.nonces: Counter[bytes] = Counter()
+        self.burnt = 0
+        self.accepted: Counter[tuple[int, int]] = Counter()
+        self.paid: Counter[int] = Counter()
+        self.tasks = 0
+
+    def data(self, contract: str, fn: str, *args) -> bytes:
+        f = ABI[contract].function(fn)
+        return f.selector + encode(list(f.inputs), list(args))
+
+    def tx(self, who, contract: str, fn: str, *args, value: int = 0):
+        nonce = self.nonces[who.address]
+        self.nonces[who.address] += 1
+        unsigned = BUILDER.new_unsigned_dynamic_fee_transaction(
+            chain_id=1337, nonce=nonce, max_priority_fee_per_gas=0, max_fee_per_gas=10**11, gas=3_000_000,
+            to=ADDRESS[contract], value=value, data=self.data(contract, fn, *args), access_list=[],
+        )
+        signed = unsigned.as_signed_transaction(keys.PrivateKey(who.private_key), chain_id=1337)
+        return BUILDER.decode(signed.encode())
+
+    def view(self, contract: str, fn: str, *args):
+        f = ABI[contract].function(fn)
+        out = call(self.chain.execution, self.chain.head, CallRequest(to=ADDRESS[contract], data=self.data(contract, fn, *args)))
+        return decode(list(f.outputs), out)
+
+    def block(self, txs=(), dt: int = 1) -> None:
+        head = self.chain.head
+        executed = self.chain.build_block(
+            BlockAttributes(timestamp=head.timestamp + dt, coinbase=b"\x00" * 20, mix_hash=keccak(head.mix_hash)), list(txs)
+        )
+        # A nonce the block did not use (a skipped tx) must be reused.
+        for tx, _ in executed.excluded:
+            self.nonces[tx.sender] = min(self.nonces[tx.sender], tx.nonce)
+        header = executed.header
+        self.burnt += header.gas_used * header.base_fee_per_gas
+        logs = [(a, t, d) for a, t, d in executed.system_logs]
+        for receipt in executed.receipts:
+            logs += [(log.address, [x.to_bytes(32, "big") for x in log.topics], log.data) for log in receipt.logs]
+        for _, topics, data in logs:
+            entry = TOPICS.get(topics[0])
+            if entry is None:
+                continue
+            _, event = entry
+            values = decode([t for _, t, indexed in event.inputs if not indexed], data)
+            named = dict(zip([n for n, _, indexed in event.inputs if not indexed], values, strict=True))
+            if event.name == "StakeSlashed":
+                self.burnt += named["burned"]
+            elif event.name == "FundsBurned":
+                self.burnt += named["amount"]
+            elif event.name == "CheckpointAccepted":
+                task_id, k = int.from_bytes(topics[1], "big"), int.from_bytes(topics[2], "big")
+                self.accepted[(task_id, k)] += 1
+                self.paid[task_id] += named["executorPaid"] + named["councilPaid"]
+        self.check()
+
+    def balance(self, address: bytes) -> int:
+        return self.chain.account(self.chain.head, address)[1]
+
+    def check(self) -> None:
+        stakes = [self.view("Stake", "stakeOf", a.address) for a in ACCOUNTS]
+        for staked, locked, _, _, _ in stakes:
+            assert locked <= staked
+        assert self.balance(ADDRESS["Stake"]) == sum(s[0] + s[2] for s in stakes)
+        held = 0
+        for task_id in range(1, self.view("Task", "taskCount")[0] + 1):
+            task = self.view("Task", "getTask", task_id)
+            held += task[4] + task[5]
+            assert self.paid[task_id] == self.view("Task", "getProgress", task_id)[2]
+            assert self.paid[task_id] <= self.view("Task", "getTerms", task_id)[0][0]
+        assert self.balance(ADDRESS["Task"]) == held
+        assert all(count == 1 for count in self.accepted.values())
+        supply = sum(self.balance(a.address) for a in ACCOUNTS) + sum(self.balance(a) for a in ADDRESS.values())
+        supply += self.balance(b"\x00" * 20)
+        assert supply == GENESIS.total_supply - self.burnt
+
+
+# -- operations: each is one block; many revert, which must not break an invariant either --
+
+def op_stake(w: World, who: int, units: int) -> None:
+    w.block([w.tx(ACCOUNTS[who], "Stake", "stake", value=units * 50 * ETHER)])
+
+
+def op_provider(w: World, who: int, _: int) -> None:
+    a = ACCOUNTS[who]
+    w.block([w.tx(a, "Stake", "registerResources", 0, 8_000, 10, ""), w.tx(a, "Stake", "setRoles", 2 | (who % 2))])
+
+
+def op_unstake(w: World, who: int, units: int) -> None:
+    w.block([w.tx(ACCOUNTS[who], "Stake", "requestUnstake", units * 25 * ETHER)])
+
+
+def op_withdraw(w: World, who: int, _: int) -> None:
+    w.block([w.tx(ACCOUNTS[who], "Stake", "withdraw")], dt=1_800)
+
+
+def op_submit(w: World, who: int, units: int) -> None:
+    price = units * ETHER // 3 + 1
+    terms = (price, 3, 1_000, 1 + units % 3, 40, 10, 0, 1, 100, 60, 0, 0, units % 2, 0, 0)
+    w.block([w.tx(ACCOUNTS[who], "Task", "submitTask", keccak(bytes([units])), 0, terms, value=price * 2)])
+
+
+def op_bid(w: World, who: int, units: int) -> None:
+    count = w.view("Task", "taskCount")[0]
+    if count:
+        w.block([w.tx(ACCOUNTS[who], "Bid", "placeBid", 1 + units % count, ETHER // (2 + units))])
+
+
+def _running(w: World, units: int):
+    count = w.view("Task", "taskCount")[0]
+    if not count:
+        return None
+    task_id = 1 + units % count
+    return task_id, w.view("Task", "getTask", task_id), w.view("Task", "getProgress", task_id)
+
+
+def _account(address: str):
+    return next(a for a in ACCOUNTS if a.address == bytes.fromhex(address[2:]))
+
+
+def op_commit(w: World, _: int, units: int) -> None:
+    found = _running(w, units)
+    if found and found[1][2] == 2:
+        task_id, task, progress = found
+        k = progress[1] + 1
+        executor = _account(task[6])
+        w.block([w.tx(executor, "Task", "commitCheckpoint", task_id, k, checkpoint_commitment(task_id, k, executor.address, keccak(b"c%d" % k)))])
+
+
+def op_council(w: World, pattern: int, units: int) -> None:
+    """The sitting council commits (and later reveals) yes, no or nothing per member, by `pattern`."""
+    found = _running(w, units)
+    if not found or found[1][2] not in (2, 5):
+        return
+    task_id, task, progress = found
+    terms = w.view("Task", "getTerms", task_id)[0]
+    k = terms[3] if task[2] == 5 else progress[0] + 1
+    phase, _, _, _, _, council, _ = w.view("Task", "getCheckpoint", task_id, k)
+    members = [_account(m) for m in council]
+    executor = _account(task[6])
+    good = keccak(b"c%d" % k)
+    choices = [(pattern >> (2 * i)) & 3 for i in range(len(members))]  # 0/1 yes, 2 no, 3 absent
+    exact = terms[12] == 0
+    if phase == 2:
+        txs = [] if exact else [w.tx(executor, "Task", "revealCheckpoint", task_id, k, good)]
+        for member, choice in zip(members, choices, strict=True):
+            if choice == 3:
+                continue
+            result = good if choice < 2 else keccak(b"bad")
+            if exact:
+                commitment = exact_result_commitment(task_id, k, member.address, result, b"\x01" * 32, b"\x02" * 32)
+            else:
+                from ogpu_node.contracts.checkpoints import verdict_commitment
+                commitment = verdict_commitment(task_id, k, member.address, choice < 2, result, b"\x02" * 32)
+            txs.append(w.tx(member, "Task", "commitResult", task_id, k, commitment))
+        w.block(txs)
+    elif phase == 3:
+        txs = [w.tx(executor, "Task", "revealCheckpoint", task_id, k, good)] if exact else []
+        for member, choice in zip(members, choices, strict=True):
+            if choice != 3:
+                result = good if choice < 2 else keccak(b"bad")
+                txs.append(w.tx(member, "Task", "revealResult", task_id, k, choice < 2, result, b"\x01" * 32, b"\x02" * 32, True))
+        w.block(txs)
+
+
+def op_client(w: World, choice: int, units: int) -> None:
+    found = _running(w, units)
+    if found and found[1][2] == 4:
+        client = _account(found[1][0])
+        w.block([w.tx(client, "Task", "dispute" if choice % 3 == 0 else "confirm", found[0])])
+
+
+def op_report(w: World, who: int, units: int) -> None:
+    offender = ACCOUNTS[units % 10]
+    signed = []
+    for block_hash in (b"\x01" * 32, b"\x02" * 32):
+        message = BlockProposal(units, block_hash)
+        signature = offender.sign_hash(message.signing_root(1337, w.chain.genesis_hash))
+        signed.append(SignedProposal(message, signature).encode())
+    w.block([w.tx(ACCOUNTS[who], "Slashing", "reportDoubleProposal", *signed)])
+
+
+def op_wait(w: World, _: int, units: int) -> None:
+    w.block([], dt=1 + units * 7)
+
+
+OPERATIONS = [op_stake, op_provider, op_unstake, op_withdraw, op_submit, op_bid, op_commit, op_council,
+              op_council, op_client, op_report, op_wait, op_wait]
+
+operation = st.tuples(st.integers(0, len(OPERATIONS) - 1), st.integers(0, 9), st.integers(0, 9))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], derandomize=True)
+@given(st.lists(operation, min_size=20, max_size=45))
+def test_invariants_hold_after_every_block(tmp_path_factory, ops):
+    world = World(tmp_path_factory.mktemp("inv"))
+    # Everyone stakes and most are providers first, so tasks get bids and councils.
+    world.block([world.tx(a, "Stake", "stake", value=400 * ETHER) for a in ACCOUNTS[1:]])
+    world.block([tx for a in ACCOUNTS[1:8] for tx in (
+        world.tx(a, "Stake", "registerResources", 0, 8_000, 10, ""), world.tx(a, "Stake", "setRoles", 2))])
+    for index, who, units in ops:
+        OPERATIONS[index](world, who, units)
+    world.chain.store.close()

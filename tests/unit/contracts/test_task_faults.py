@@ -441,6 +441,74 @@ def test_inconclusive_rounds_redraw_then_cancel_with_refund(s, cast):
     assert_never_slashed(s, e)
 
 
+def inconclusive_round(s: Scenario, task: int, k: int, executor: Any, members: list[Any], round_: int,
+                       reveal: bool) -> list[Any]:
+    """One yes, one no (same step hash), one absent: the system-call events of the block that tallies.
+    The executor reveals in the first round of its commitment only; its reveal stands for later rounds."""
+    yes, no, _ = members
+    drawn = s.draw(task, k)
+    assert drawn["round"] == round_
+    votes = {yes: (ckpt(k), step(k)), no: (WRONG, step(k))}
+    s.commit_exact(task, k, votes)
+    s.h.block(at=drawn["commitDeadline"])
+    if reveal:
+        s.reveal_checkpoint(task, k, executor, ckpt(k))
+    s.reveal_exact(task, k, votes)
+    events = s.h.block(at=s.checkpoint(task, k)["phaseEnds"]).system_events
+    assert one(events, "CheckpointInconclusive").args == {"taskId": task, "k": k, "round": round_}
+    return events
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "checkpoints.py _executor_failed voids the later commitments (phase, revealed, round) but leaves "
+    "ck.inconclusive as it was: the replacement's fresh commitment of the same checkpoint inherits the inconclusive "
+    "rounds spent on the failed executor's commitment and the task is cancelled after one round (dispute() resets "
+    "the counter for its fresh council). Fix: store.set('ck', task_id, later, 'inconclusive', value=0) in the loop "
+    "of _executor_failed."
+))
+def test_replacement_gets_its_own_inconclusive_rounds(s, cast):
+    e, y, members = cast.executor, cast.replacement, cast.members
+    task = start(s, cast, checkpoints=1)
+    s.commit(task, 1, e, ckpt(1))
+    for round_ in range(MAX_INCONCLUSIVE_ROUNDS - 1):
+        inconclusive_round(s, task, 1, e, members, round_, reveal=round_ == 0)
+    s.draw(task, 1)
+    votes = {m: (WRONG, step(1)) for m in members}
+    s.commit_exact(task, 1, votes)
+    events = s.reveal_exact(task, 1, votes).txs[-1].events  # the executor's reveal of round 0 stands
+    assert one(events, "ExecutorReplaced")["executor"] == y.address
+    s.commit(task, 1, y, ckpt(1))
+    events = inconclusive_round(s, task, 1, y, members, MAX_INCONCLUSIVE_ROUNDS, reveal=True)
+    assert named(events, "TaskCancelled") == []
+    assert s.draw(task, 1)["round"] == MAX_INCONCLUSIVE_ROUNDS + 1
+
+
+@pytest.mark.parametrize("majority", ["accepts", "rejects"])
+def test_minority_member_of_a_decided_checkpoint_earns_nothing(s, cast, majority):
+    """c = 3, two against one (same step hash): the minority is counted, not penalized, and paid nothing;
+    on accept the council share goes to the two yes votes, on reject the reporter share to the two no."""
+    e, members = cast.executor, cast.members
+    task = start(s, cast, checkpoints=1)
+    s.commit(task, 1, e, ckpt(1))
+    s.draw(task, 1)
+    agree, minority = (ckpt(1), WRONG) if majority == "accepts" else (WRONG, ckpt(1))
+    votes = {members[0]: (agree, step(1)), members[1]: (agree, step(1)), members[2]: (minority, step(1))}
+    s.commit_exact(task, 1, votes)
+    s.reveal_checkpoint(task, 1, e, ckpt(1))
+    events = s.reveal_exact(task, 1, votes).txs[-1].events
+    if majority == "accepts":
+        each, rest = shares(PRICE_E, SHARE_BPS, 2)
+        assert one(events, "CheckpointAccepted").args == {
+            "taskId": task, "k": 1, "executorPaid": rest, "councilPaid": 2 * each, "discount": 0}
+        assert s.penalties() == []
+    else:
+        assert one(events, "CheckpointRejected")["penalty"] == PRICE_E
+        each = slash_reward(PRICE_E) // 2
+        assert [p["offender"] for p in s.penalties()] == [e.address]
+    assert [s.received(m) for m in members] == [each, each, 0]
+    assert s.stake(members[2]) == {**s.stake(members[2]), "staked": PROVIDER_STAKE, "locked": 0}
+
+
 @pytest.mark.parametrize("cause", ["memory", "device", "role_cleared"])
 def test_too_few_qualifying_candidates_cancels(s, cast, dev_accounts, cause):
     """Fewer than c providers qualify at the draw: cancelled (reason 2); accepted parts stay paid, the rest

@@ -45,24 +45,12 @@ class Slashing(NativeContract):
         except InvalidSignature as exc:
             raise Revert(f"Slashing: {which} message: {exc}") from None
 
-    def _proposals(self, host: Host, first: bytes, second: bytes) -> tuple[SignedProposal, SignedProposal, bytes]:
+    def _pair(self, host: Host, first: bytes, second: bytes, kind: type, label: str) -> tuple:
+        """Decode two signed messages of `kind` and recover their common signer."""
         try:
-            a, b = SignedProposal.decode(first), SignedProposal.decode(second)
+            a, b = kind.decode(first), kind.decode(second)
         except (DecodingError, ValueError):
-            raise Revert("Slashing: malformed signed proposal") from None
-        signer_a = self._signer(host, a.message.signing_root(self.chain_id, self.genesis_hash), a.signature, "first")
-        signer_b = self._signer(host, b.message.signing_root(self.chain_id, self.genesis_hash), b.signature, "second")
-        if signer_a != signer_b:
-            raise Revert("Slashing: the two messages have different signers")
-        return a, b, signer_a
-
-    def _attestations(
-        self, host: Host, first: bytes, second: bytes
-    ) -> tuple[SignedAttestation, SignedAttestation, bytes]:
-        try:
-            a, b = SignedAttestation.decode(first), SignedAttestation.decode(second)
-        except (DecodingError, ValueError):
-            raise Revert("Slashing: malformed signed attestation") from None
+            raise Revert(f"Slashing: malformed signed {label}") from None
         signer_a = self._signer(host, a.message.signing_root(self.chain_id, self.genesis_hash), a.signature, "first")
         signer_b = self._signer(host, b.message.signing_root(self.chain_id, self.genesis_hash), b.signature, "second")
         if signer_a != signer_b:
@@ -72,7 +60,7 @@ class Slashing(NativeContract):
     # -- external functions --
 
     def reportDoubleProposal(self, host: Host, first: bytes, second: bytes) -> int:
-        a, b, offender = self._proposals(host, first, second)
+        a, b, offender = self._pair(host, first, second, SignedProposal, "proposal")
         if a.message.slot != b.message.slot:
             raise Revert("Slashing: proposals are for different slots")
         if a.message.block_hash == b.message.block_hash:
@@ -81,7 +69,7 @@ class Slashing(NativeContract):
         return self._punish(host, offender, OFFENCE_DOUBLE_PROPOSAL, evidence)
 
     def reportDoubleVote(self, host: Host, first: bytes, second: bytes) -> int:
-        a, b, offender = self._attestations(host, first, second)
+        a, b, offender = self._pair(host, first, second, SignedAttestation, "attestation")
         if a.message.target_epoch != b.message.target_epoch:
             raise Revert("Slashing: attestations have different target epochs")
         if a.message == b.message:
@@ -90,7 +78,7 @@ class Slashing(NativeContract):
         return self._punish(host, offender, OFFENCE_DOUBLE_VOTE, evidence)
 
     def reportSurroundVote(self, host: Host, surrounding: bytes, surrounded: bytes) -> int:
-        a, b, offender = self._attestations(host, surrounding, surrounded)
+        a, b, offender = self._pair(host, surrounding, surrounded, SignedAttestation, "attestation")
         if not a.message.surrounds(b.message):
             raise Revert("Slashing: the first attestation does not surround the second")
         roots = sorted(

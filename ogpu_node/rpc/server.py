@@ -134,6 +134,15 @@ async def _close_lingering(stream: trio.SocketStream, data: bytes) -> None:
     await trio.aclose_forcefully(stream)
 
 
+async def _serve_tcp(server: Any, task_status: Any) -> None:
+    """Bind `server._host:server.port` (0 = ephemeral, then read back) and serve its connections."""
+    listeners = await trio.open_tcp_listeners(server.port, host=server._host)
+    server.port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, server._connection, listeners)
+        task_status.started(server.port)
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int, reason: str, body: bytes) -> None:
         super().__init__(reason)
@@ -157,11 +166,7 @@ class HttpServer:
         self._active = 0
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host=self._host)
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._connection, listeners)
-            task_status.started(self.port)
+        await _serve_tcp(self, task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         # Latency matters more than packet count for small JSON replies (trio sets this already).
@@ -283,11 +288,7 @@ class WebSocketServer:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         # Our own accept loop rather than serve_websocket, so that the connection limit is applied
         # before the handshake: a rejected handshake (request.reject) leaves the socket open.
-        listeners = await trio.open_tcp_listeners(self.port, host=self._host)
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._connection, listeners)
-            task_status.started(self.port)
+        await _serve_tcp(self, task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         if self._active >= self._limits.max_connections:

@@ -25,6 +25,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +48,9 @@ TIP = 10**9
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ANVIL = ROOT / ".bench" / "node_modules" / ".bin" / "anvil"
 START_TIMEOUT_S = 60.0
-FINISH_TIMEOUT_S = 600.0
+FINISH_TIMEOUT_S = 120.0
 STALL_S = 0.05
+_METHOD_LINE = re.compile(r"^[a-z]+_[A-Za-z0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,9 @@ class Process:
             time.sleep(0.05)
 
     def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        # anvil logs the name of every RPC method it serves; those lines say nothing here.
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join([line for line in text if line.strip() and not _METHOD_LINE.match(line)][-lines:])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -158,13 +163,17 @@ class Process:
         self._log.close()
 
 
+class Unfinished(RuntimeError):
+    """A run whose receipts did not all arrive in time: reported and left out of the best-of."""
+
+
 def drive(port: int, work: Workload, nudge: bool = False) -> Run:
     """Send every transaction, then wait for each sender's last receipt; checks the outcome after.
 
     `nudge` (anvil only): anvil 1.7.1's automine stalls with ready transactions left in its pool once
     a burst outpaces it: it mines about one transaction per block, then either no more blocks come or
     (seen once) empty blocks keep coming for tens of seconds; cf. foundry-rs/foundry#10122. When its
-    pool's pending count has not moved for STALL_S while a receipt is missing, one `evm_mine` call
+    pool's pending count has not gone down for STALL_S while a receipt is missing, one `evm_mine` call
     (which mines the ready transactions, as a working automine would) is made, inside the timed
     span, and counted.
     """
@@ -185,18 +194,22 @@ def drive(port: int, work: Workload, nudge: bool = False) -> Run:
         waiting = list(work.last_per_sender)
         deadline = time.monotonic() + FINISH_TIMEOUT_S
         nudges = 0
-        last_pending, last_change = -1, time.monotonic()
+        last_pending, last_change = len(work.bodies) + 1, time.monotonic()
         while waiting:
             if client.call("eth_getTransactionReceipt", waiting[-1]) is not None:
                 waiting.pop()
                 continue
             now = time.monotonic()
             if now > deadline:
-                raise RuntimeError(f"receipts still missing after {FINISH_TIMEOUT_S:.0f} s")
+                raise Unfinished(
+                    f"receipts still missing {FINISH_TIMEOUT_S:.0f} s after the first send; "
+                    f"txpool_status {client.call('txpool_status') if nudge else 'n/a'}, "
+                    f"{int(client.call('eth_blockNumber'), 16) - first_block} blocks made, {nudges} nudges"
+                )
             if nudge:
                 status = client.call("txpool_status")
                 pending = int(status["pending"], 16)  # type: ignore[index]
-                if pending != last_pending:
+                if pending < last_pending:
                     last_pending, last_change = pending, now
                 elif pending and now - last_change > STALL_S:
                     client.call("evm_mine")
@@ -250,6 +263,18 @@ def run_anvil(work: Workload, workdir: Path, anvil: str) -> Run:
         node.stop()
 
 
+def _attempt(side: str, fn: Callable[[], Run], count: int) -> Run | None:
+    try:
+        result = fn()
+    except Unfinished as exc:
+        print(f"  {side}: did not finish, left out: {exc}", flush=True)
+        return None
+    extra = f" ({result.nudges} evm_mine nudges for stalled automine)" if side == "anvil" else ""
+    print(f"  {side + ':':6s} {result.seconds:.2f} s ({result.send_seconds:.2f} s sending), "
+          f"{count / result.seconds:,.0f} tx/s, {result.blocks} blocks{extra}", flush=True)
+    return result
+
+
 def run(count: int, senders: int, anvil: str, repeat: int = 3, profile: str | None = None) -> Result:
     if not Path(anvil).exists():
         raise SystemExit(f"anvil not found at {anvil}: run `make .bench/node_modules/.bin/anvil`")
@@ -267,17 +292,18 @@ def run(count: int, senders: int, anvil: str, repeat: int = 3, profile: str | No
         for attempt in range(repeat):
             sub = workdir / str(attempt)
             sub.mkdir()
-            a = run_anvil(work, sub, anvil)
-            anvil_runs.append(a)
-            print(f"  anvil: {a.seconds:.2f} s ({a.send_seconds:.2f} s sending), {count / a.seconds:,.0f} tx/s, "
-                  f"{a.blocks} blocks ({a.nudges} evm_mine nudges for stalled automine)", flush=True)
+            a = _attempt("anvil", lambda sub=sub: run_anvil(work, sub, anvil), count)
+            if a is not None:
+                anvil_runs.append(a)
             # The profile, if asked for, is of the last run of our node.
-            o = run_ours(work, sub, profile if attempt == repeat - 1 else None)
-            ours_runs.append(o)
-            print(f"  ours:  {o.seconds:.2f} s ({o.send_seconds:.2f} s sending), {count / o.seconds:,.0f} tx/s, "
-                  f"{o.blocks} blocks", flush=True)
+            o = _attempt("ours", lambda sub=sub, attempt=attempt: run_ours(
+                work, sub, profile if attempt == repeat - 1 else None), count)
+            if o is not None:
+                ours_runs.append(o)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if not anvil_runs or not ours_runs:
+        raise RuntimeError("no run of " + ("anvil" if not anvil_runs else "our node") + " finished")
     best_anvil = min(anvil_runs, key=lambda r: r.seconds)
     best_ours = min(ours_runs, key=lambda r: r.seconds)
     result = Result(
@@ -287,8 +313,8 @@ def run(count: int, senders: int, anvil: str, repeat: int = 3, profile: str | No
         baseline=count / best_anvil.seconds,
         baseline_name="anvil",
         target=0.5,
-        note=(f"{count} txs, {senders} senders, best of {repeat}; blocks in the best runs: ours "
-              f"{best_ours.blocks}, anvil {best_anvil.blocks}"),
+        note=(f"{count} txs, {senders} senders, best of {len(ours_runs)} (ours) and {len(anvil_runs)} (anvil) "
+              f"finished runs; blocks in the best runs: ours {best_ours.blocks}, anvil {best_anvil.blocks}"),
     )
     print("  " + result.line(), flush=True)
     return result

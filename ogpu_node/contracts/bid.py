@@ -61,6 +61,47 @@ class Bid(NativeContract):
         if task.first_n and len(bidders) >= task.first_n:
             self.task.close_bidding(host, task_id)
 
+    def subscribe(self, host: Host, task_id: int) -> None:
+        client, min_memory, mask = self.task.open_for_subscription(host, task_id)
+        provider = host.caller
+        if provider == client:
+            raise Revert("Bid: a client cannot subscribe to its own task")
+        if not self.stake.stakeOf(host, provider)[4] & ROLE_PROVIDER:
+            raise Revert("Bid: caller is not a staked provider")
+        device, memory, _, _ = self.stake.resourcesOf(host, provider)
+        if memory < min_memory or (mask and not mask >> device & 1):
+            raise Revert("Bid: provider resources do not meet the task's terms")
+        subscribers = self.subscribers(host, task_id)
+        if provider in subscribers:
+            raise Revert("Bid: already subscribed")
+        self.stake.lock(host, provider, self.config.council_seat_stake)
+        subscribers.add(provider)
+        self.emit(host, "Subscribed", taskId=task_id, provider=provider, stake=self.config.council_seat_stake)
+        self.task.membership_changed(host, task_id)
+
+    def unsubscribe(self, host: Host, task_id: int) -> None:
+        subscribers = self.subscribers(host, task_id)
+        if host.caller not in subscribers:
+            raise Revert("Bid: not subscribed")
+        self.stake.unlock(host, host.caller, self.config.council_seat_stake)
+        subscribers.remove(host.caller)
+        self.emit(host, "Unsubscribed", taskId=task_id, provider=host.caller)
+        self.task.membership_changed(host, task_id)
+
+    def subscribersOf(self, host: Host, task_id: int) -> list[bytes]:
+        return list(self.subscribers(host, task_id))
+
+    def subscribers(self, host: Host, task_id: int) -> AddressSet:
+        return AddressSet(self.storage(host), f"subscribers/{task_id}")
+
+    def release_subscribers(self, host: Host, task_id: int) -> None:
+        """The stream closed: every subscriber's stake is free again."""
+        subscribers = self.subscribers(host, task_id)
+        for provider in list(subscribers):
+            self.stake.unlock(host, provider, self.config.council_seat_stake)
+            subscribers.remove(provider)
+            self.emit(host, "Unsubscribed", taskId=task_id, provider=provider)
+
     def bidsOf(self, host: Host, task_id: int) -> tuple[list[bytes], list[int]]:
         store = self.storage(host)
         providers = list(self._bidders(host, task_id))

@@ -346,7 +346,7 @@ class CheckpointProtocol:
             self.emit(host, "CheckpointInconclusive", taskId=task_id, k=k, round=round_)
             if store.add("ck", task_id, k, "inconclusive", delta=1) >= self.config.max_inconclusive_rounds:
                 if disputed:  # no fault proven either way: settle as confirmed
-                    self.settle(host, task_id, OUTCOME_CONFIRMED)
+                    self._settle_task(host, task_id, OUTCOME_CONFIRMED)
                 else:
                     self.cancel(host, task_id, CANCEL_INCONCLUSIVE)
                 return
@@ -443,7 +443,7 @@ class CheckpointProtocol:
 
     def confirm(self, host: Host, task_id: int) -> None:
         self._awaiting(host, task_id)
-        self.settle(host, task_id, OUTCOME_CONFIRMED)
+        self._settle_task(host, task_id, OUTCOME_CONFIRMED)
 
     def dispute(self, host: Host, task_id: int) -> None:
         store = self._awaiting(host, task_id)
@@ -470,7 +470,7 @@ class CheckpointProtocol:
         if store.get("state", task_id) == STATE_AWAITING_CONFIRMATION and host.timestamp >= store.get(
             "confirmDeadline", task_id
         ):
-            self.settle(host, task_id, OUTCOME_CONFIRMED)
+            self._settle_task(host, task_id, OUTCOME_CONFIRMED)
 
     def _settle_dispute(self, host: Host, store: Storage, task_id: int, executor_lost: bool, majority: list[bytes]) -> None:
         if executor_lost:
@@ -481,7 +481,7 @@ class CheckpointProtocol:
             self.slashing.penalize(
                 host, executor, task_id, PENALTY_REJECTED, collateral, store.get_address("client", task_id)
             )
-            self.settle(host, task_id, OUTCOME_EXECUTOR_LOST)
+            self._settle_task(host, task_id, OUTCOME_EXECUTOR_LOST)
             return
         # The client's deposit pays the council that upheld the work; the rest is burned.
         deposit = store.get("deposit", task_id)
@@ -490,14 +490,14 @@ class CheckpointProtocol:
             host.transfer(TASK, member, fee)
         self._burn(host, task_id, deposit - fee * len(majority))
         store.set("deposit", task_id, value=0)
-        self.settle(host, task_id, OUTCOME_CLIENT_LOST)
+        self._settle_task(host, task_id, OUTCOME_CLIENT_LOST)
 
     def _burn(self, host: Host, task_id: int, amount: int) -> None:
         if amount:
             host.burn(TASK, amount)
             self.emit(host, "FundsBurned", taskId=task_id, amount=amount)
 
-    def settle(self, host: Host, task_id: int, outcome: int) -> None:
+    def _settle_task(self, host: Host, task_id: int, outcome: int) -> None:
         """Refund escrow − Σ paid and the deposit; release the executor's collateral."""
         store = self.storage(host)
         refund = store.get("escrow", task_id) + store.get("deposit", task_id)

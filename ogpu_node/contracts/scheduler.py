@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from ogpu_node.contracts.storage import Storage
 
+# Every window a contract accepts is at most ten years, so deadlines derived from a block time plus a
+# few thousand windows stay far inside the queue's 64-bit time field.
+MAX_WINDOW = 10 * 365 * 24 * 3600
+
 _SUBJECT_BITS = 120
 _KIND_BITS = 8
 _SEQ_BITS = 64

@@ -33,17 +33,15 @@ from ogpu_node.contracts.checkpoints import (
     split_subject,
 )
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.scheduler import Deadline, DeadlineQueue
+from ogpu_node.contracts.scheduler import MAX_WINDOW, Deadline, DeadlineQueue
 from ogpu_node.contracts.slashing import Slashing
 from ogpu_node.contracts.stake import BPS, Stake
 from ogpu_node.contracts.storage import Storage
+from ogpu_node.contracts.streams import DEADLINE_CLOSE_STREAM, KIND_STREAM, StreamProtocol
 
-KIND_BATCH, KIND_STREAM = 0, 1
+KIND_BATCH = 0
 MAX_CHECKPOINTS = 1_000
 MAX_COUNCIL = 100
-# Every derived deadline (bid deadline + checkpoints × segment window + grace + confirmation) must fit
-# the deadline queue's 64-bit time field; ten years per window keeps them far inside it.
-MAX_WINDOW = 10 * 365 * 24 * 3600
 RESPONSE_METHODS = 3  # optimistic, weighted, unanimous
 
 TERMS = (
@@ -109,7 +107,7 @@ class TaskView:
     bid_deadline: int
 
 
-class Task(CheckpointProtocol, NativeContract):
+class Task(CheckpointProtocol, StreamProtocol, NativeContract):
     NAME = "Task"
     ADDRESS = TASK
 
@@ -128,7 +126,7 @@ class Task(CheckpointProtocol, NativeContract):
 
     def submitTask(self, host: Host, prescription_hash: bytes, kind: int, raw_terms: tuple) -> int:
         if kind == KIND_STREAM:
-            raise Revert("Task: stream tasks are not open yet on this chain")
+            raise Revert("Task: stream tasks are submitted with submitStream")
         if kind != KIND_BATCH:
             raise Revert("Task: unknown task kind")
         terms = Terms(*raw_terms)
@@ -260,6 +258,9 @@ class Task(CheckpointProtocol, NativeContract):
     def run_deadline(self, host: Host, deadline: Deadline) -> None:
         if deadline.kind == DEADLINE_CLOSE_BIDDING:
             self.close_bidding(host, deadline.subject)
+            return
+        if deadline.kind == DEADLINE_CLOSE_STREAM:
+            self.close_stream(host, deadline.subject >> 24)
             return
         task_id, k, tag = split_subject(deadline.subject)
         steps = {

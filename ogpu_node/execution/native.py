@@ -7,10 +7,12 @@ charged as LOG opcodes, balances moved directly. A broken rule reverts with `Err
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from eth.abc import ComputationAPI
 from eth.exceptions import Revert as EvmRevert
+from eth.exceptions import VMError
 from eth.vm.forks.prague.computation import PragueComputation
 from eth.vm.forks.prague.state import PragueState
 
@@ -22,6 +24,8 @@ from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.slashing import Slashing
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.contracts.task import Task
+
+log = logging.getLogger("ogpu.contracts")
 
 COLD_SLOAD = 2100
 WARM_READ = 100
@@ -133,6 +137,13 @@ def native_precompile(contract: NativeContract) -> Any:
             computation.output = contract.call(EvmHost(computation), msg.data_as_bytes)
         except Revert as exc:
             computation.output = encode_error(exc.reason)
+            raise EvmRevert(computation.output) from None
+        except VMError:
+            raise  # out of gas and the like: py-evm's own failure, consumes the gas
+        except Exception as exc:
+            # A defect in a contract must not stop block production; every node reverts alike.
+            log.exception("native contract %s failed", contract.NAME)
+            computation.output = encode_error(f"{contract.NAME}: internal error ({type(exc).__name__})")
             raise EvmRevert(computation.output) from None
         return computation
 

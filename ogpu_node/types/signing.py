@@ -91,3 +91,26 @@ class SignedAttestation:
     def decode(cls, data: bytes) -> SignedAttestation:
         *fields, signature = decode(list(cls.ABI), data)
         return cls(Attestation(*fields), signature)
+
+
+DOMAIN_STREAM_RECEIPT = b"ogpu/stream-receipt/v1"
+
+
+@dataclass(frozen=True)
+class StreamReceipt:
+    """A client's acknowledgement: `provider` has served `cumulative_units` under terms version
+    `terms_version` of stream task `task_id`. Settlement pays only the increase over earlier receipts."""
+
+    task_id: int
+    provider: bytes
+    cumulative_units: int
+    terms_version: int
+
+    def fields(self) -> bytes:
+        return encode(
+            ["uint256", "address", "uint256", "uint32"],
+            [self.task_id, self.provider, self.cumulative_units, self.terms_version],
+        )
+
+    def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
+        return signing_root(DOMAIN_STREAM_RECEIPT, chain_id, genesis_hash, self.fields())

@@ -195,12 +195,12 @@ def test_submit_rejects_each_broken_term_and_keeps_nothing(h, params, client, ov
 
 @pytest.mark.parametrize(
     ("kind", "reason"),
-    [(KIND_STREAM, "Task: stream tasks are not open yet on this chain"), (2, "Task: unknown task kind"),
+    [(KIND_STREAM, "Task: stream tasks are submitted with submitStream"), (2, "Task: unknown task kind"),
      (255, "Task: unknown task kind")],
     ids=["stream", "kind-2", "kind-255"],
 )
 def test_submit_rejects_stream_and_unknown_kinds(h, params, client, kind, reason):
-    """Rule: only batch tasks (kind 0) are accepted; streams are refused by name, other kinds as unknown."""
+    """Rule: submitTask takes batch tasks (kind 0); streams are pointed to submitStream, other kinds unknown."""
     result, _ = submit(h, params, client, kind=kind)
     assert (result.ok, result.reason) == (False, reason)
     assert h.view(TASK_ABI, "taskCount") == 0

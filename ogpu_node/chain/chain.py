@@ -71,8 +71,19 @@ class StoredBlock:
         return len(self._decoded_body[0])
 
     @cached_property
+    def transaction_hashes(self) -> list[bytes]:
+        # The encoding stored is the one hashed (RLP for legacy, type ‖ payload for typed).
+        return [keccak(raw) for raw in self._decoded_body[0]]
+
+    def transaction(self, index: int) -> Any:
+        cache = self.__dict__.setdefault("_transaction_cache", {})
+        if index not in cache:
+            cache[index] = decode_transaction(self._decoded_body[0][index])
+        return cache[index]
+
+    @cached_property
     def transactions(self) -> list[Any]:
-        return [decode_transaction(raw) for raw in self._decoded_body[0]]
+        return [self.transaction(index) for index in range(self.transaction_count)]
 
     @property
     def senders(self) -> list[bytes]:
@@ -140,36 +151,31 @@ class StoredBlock:
         return header_view(self.header)
 
     def transaction_json(self, index: int) -> dict[str, Any]:
-        view = transaction_view(self.transactions[index], self.senders[index])
+        view = transaction_view(self.transaction(index), self.senders[index])
         view.update(blockHash=self.hash, blockNumber=self.number, transactionIndex=index)
         if view["type"] == 2 or view["type"] == 4:
-            tx = self.transactions[index]
+            tx = self.transaction(index)
             view["gasPrice"] = min(tx.max_fee_per_gas, self.header.base_fee_per_gas + tx.max_priority_fee_per_gas)
+        return view
+
+    def receipt_json(self, index: int) -> dict[str, Any]:
+        """One transaction's receipt, decoding only that transaction (RPC polls them one by one)."""
+        receipts = self.receipts
+        previous = receipts[index - 1].gas_used if index else 0
+        log_index = len(self.system_logs) + sum(len(r.logs) for r in receipts[:index])
+        tx = self.transaction(index)
+        view = receipt_view(receipts[index], tx, self.senders[index], previous, self.header.base_fee_per_gas)
+        view.update(blockHash=self.hash, blockNumber=self.number, transactionIndex=index)
+        for offset, entry in enumerate(view["logs"]):
+            entry.update(
+                blockHash=self.hash, blockNumber=self.number, transactionHash=tx.hash,
+                transactionIndex=index, logIndex=log_index + offset, removed=False,
+            )
         return view
 
     @cached_property
     def receipts_json(self) -> list[dict[str, Any]]:
-        out = []
-        previous = 0
-        log_index = len(self.system_logs)  # the system call's logs come first in the block
-        for index, (receipt, tx, sender) in enumerate(
-            zip(self.receipts, self.transactions, self.senders, strict=True)
-        ):
-            view = receipt_view(receipt, tx, sender, previous, self.header.base_fee_per_gas)
-            previous = receipt.gas_used
-            view.update(blockHash=self.hash, blockNumber=self.number, transactionIndex=index)
-            for entry in view["logs"]:
-                entry.update(
-                    blockHash=self.hash,
-                    blockNumber=self.number,
-                    transactionHash=tx.hash,
-                    transactionIndex=index,
-                    logIndex=log_index,
-                    removed=False,
-                )
-                log_index += 1
-            out.append(view)
-        return out
+        return [self.receipt_json(index) for index in range(self.transaction_count)]
 
 
 class Chain:
@@ -297,7 +303,7 @@ class Chain:
         block, index = location
         if index == block.transaction_count:
             return block.system_receipt_json
-        return block.receipts_json[index]
+        return block.receipt_json(index)
 
     def transaction_location(self, tx_hash: bytes) -> tuple[StoredBlock, int] | None:
         raw = self.store.get(_TX_INDEX + tx_hash)

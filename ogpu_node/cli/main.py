@@ -155,6 +155,7 @@ def run(
         http_addr=http_addr,
         http_port=http_port,
         ws_port=None if no_ws else ws_port,
+        durable=not dev,
     )
 
     async def main() -> None:

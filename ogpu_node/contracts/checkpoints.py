@@ -121,7 +121,7 @@ class CheckpointProtocol:
             raise Revert(f"Task: expected checkpoint {store.get('committed', task_id) + 1}")
         if k > self._term(store, task_id, "checkpoints"):
             raise Revert("Task: no such checkpoint")
-        if host.timestamp > self._due(store, task_id, k) + self._term(store, task_id, "segment_window"):
+        if host.timestamp >= self._due(store, task_id, k) + self._term(store, task_id, "segment_window"):
             raise Revert(f"Task: checkpoint {k} is past its deadline")
         store.set("committed", task_id, value=k)
         store.set("ck", task_id, k, "commitment", value=int.from_bytes(commitment, "big"))
@@ -139,7 +139,8 @@ class CheckpointProtocol:
             raise Revert("Task: caller is not the executor")
         phase = store.get("ck", task_id, k, "phase")
         exact = self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT
-        allowed = (PHASE_REVEAL,) if exact else (PHASE_COUNCIL_COMMIT, PHASE_REVEAL)
+        # exact: after the members committed; allclose: before they can commit, within their window.
+        allowed = (PHASE_REVEAL,) if exact else (PHASE_COUNCIL_COMMIT,)
         if phase not in allowed or host.timestamp >= store.get("ck", task_id, k, "phaseEnds"):
             raise Revert("Task: checkpoint is not open for the executor's reveal")
         if store.get("ck", task_id, k, "revealed"):
@@ -308,7 +309,13 @@ class CheckpointProtocol:
         council = list(self._council(store, task_id, k, round_))
         size = len(council)
         revealed = [m for m in council if store.get("vote", task_id, k, round_, m, "revealed")]
-        absent = [m for m in council if m not in revealed]
+        if store.get("ck", task_id, k, "revealed"):
+            absent = [m for m in council if m not in revealed]
+        elif self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT:
+            # Without the executor's reveal nobody could reveal; only a missing commit is the member's fault.
+            absent = [m for m in council if not store.get("vote", task_id, k, round_, m, "commitment")]
+        else:
+            absent = []  # under allclose nobody could even commit
         self._release_council(host, store, task_id, k)
         client = store.get_address("client", task_id)
         for member in absent:
@@ -411,6 +418,7 @@ class CheckpointProtocol:
             store.set("ck", task_id, later, "phase", value=PHASE_NONE)
             store.set("ck", task_id, later, "revealed", value=0)
             store.add("ck", task_id, later, "round", delta=1)
+            store.set("ck", task_id, later, "inconclusive", value=0)
         store.set("committed", task_id, value=accepted)
         self._reassign(host, store, task_id, executor)
 

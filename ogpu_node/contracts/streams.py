@@ -129,6 +129,10 @@ class StreamProtocol:
         self, host: Host, task_id: int, provider: bytes, cumulative_units: int, version: int, signature: bytes
     ) -> int:
         store = self._stream(host, task_id, STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED, STATE_CLOSING)
+        if store.get("state", task_id) == STATE_CLOSING and host.timestamp >= store.get(
+            "stream", task_id, "closeDeadline"
+        ):
+            raise Revert("Task: the settle window has closed")  # even if the queue has not closed it yet
         if not 1 <= version <= store.get("stream", task_id, "version"):
             raise Revert("Task: unknown terms version")
         receipt = StreamReceipt(task_id, provider, cumulative_units, version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from eth_hash.auto import keccak
 from eth_keys import KeyAPI
 from eth_keys.backends import CoinCurveECCBackend
 from eth_keys.exceptions import BadSignature, ValidationError
@@ -30,3 +31,16 @@ def recover_signer(message_hash: bytes, signature: bytes) -> bytes:
         return sig.recover_public_key_from_msg_hash(message_hash).to_canonical_address()
     except (BadSignature, ValidationError) as exc:
         raise InvalidSignature(f"cannot recover signer: {exc}") from None
+
+
+def recover_address(message_hash: bytes, r: int, s: int, y_parity: int) -> bytes:
+    """The signer's address straight from libsecp256k1 (coincurve), without eth-keys' objects:
+    the hot path of transaction admission and block import."""
+    from coincurve import PublicKey
+
+    try:
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([y_parity])
+        public_key = PublicKey.from_signature_and_message(signature, message_hash, hasher=None)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise InvalidSignature(f"cannot recover signer: {exc}") from None
+    return keccak(public_key.format(compressed=False)[1:])[-20:]

@@ -114,7 +114,9 @@ class _BaseStore(MutableMapping):
 
 
 class LMDBStore(_BaseStore):
-    def __init__(self, path: str | Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(self, path: str | Path, map_size: int = DEFAULT_MAP_SIZE, durable: bool = True) -> None:
+        """`durable=False` skips the fsync of each commit: a killed process still loses nothing (the
+        data is in the OS page cache), an OS crash may lose the last blocks but never corrupts."""
         Path(path).mkdir(parents=True, exist_ok=True)
         # One process per database, as geth's datadir LOCK: LMDB itself would let a second process in.
         self._lock_fd = os.open(Path(path) / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
@@ -125,7 +127,7 @@ class LMDBStore(_BaseStore):
             raise DatabaseLocked(f"{path} is in use by another process") from None
         try:
             self._env: lmdb.Environment | None = lmdb.open(
-                str(path), map_size=map_size, max_dbs=0, readahead=False, metasync=True, sync=True
+                str(path), map_size=map_size, max_dbs=0, readahead=False, metasync=durable, sync=durable
             )
         except BaseException:
             os.close(self._lock_fd)

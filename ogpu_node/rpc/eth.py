@@ -97,7 +97,7 @@ class EthApi:
         if full:
             view["transactions"] = [block.transaction_json(i) for i in range(block.transaction_count)]
         else:
-            view["transactions"] = [tx.hash for tx in block.transactions]
+            view["transactions"] = block.transaction_hashes
         return p.to_json(view)
 
     def _pending_block_json(self, full: bool) -> Any:

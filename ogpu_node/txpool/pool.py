@@ -21,7 +21,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from ogpu_node.execution.codec import check_transaction, decode_transaction, floor_data_gas
+from ogpu_node.execution.codec import check_transaction, decode_transaction, floor_data_gas, recover_sender
 from ogpu_node.execution.errors import InvalidTransaction
 from ogpu_node.execution.views import effective_tip
 
@@ -191,7 +191,7 @@ class TxPool:
             raise TxRejected("invalid sender: invalid transaction v, r, s values")
         try:
             check_transaction(tx)
-            sender = tx.sender
+            sender = recover_sender(tx)
         except Exception:  # InvalidTransaction, or one of the several types py-evm raises for a bad signature
             raise TxRejected("invalid sender") from None
         if tip < self.config.min_tip:

@@ -23,7 +23,6 @@ from eth_hash.auto import keccak
 from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment, verdict_commitment
 
 sys.path.append(str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
 from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, Event, Harness, TxResult  # noqa: E402
 
 # genesis/dev.json config.ogpu
@@ -93,35 +92,12 @@ def one(events: list[Event], name: str) -> Event:
     return found[0]
 
 
-def _record_outcomes_at_the_state(h: Harness) -> None:
-    """Keep each transaction's output for `Harness.block` also where block building applies transactions
-    through the state (`vm.state.apply_transaction`) rather than `VM.apply_transaction`, which is what
-    harness.py wraps. Recording twice is harmless: both write the same outcome under the same hash."""
-    vm_class = h.chain.execution.vm_class
-    outcomes = h._outcomes
-
-    class RecordingState(vm_class._state_class):  # type: ignore[misc, name-defined]
-        def apply_transaction(self, transaction: Any) -> Any:
-            computation = super().apply_transaction(transaction)
-            if isinstance(getattr(transaction, "hash", None), bytes):  # not an eth_call's spoofed message
-                output = computation.output
-                if computation.is_error and not output and computation.error.args:
-                    first = computation.error.args[0]
-                    output = first if isinstance(first, bytes) else b""
-                outcomes[transaction.hash] = harness._Outcome(output, computation.is_error)
-            return computation
-
-    RecordingState.__name__ = vm_class._state_class.__name__
-    h.chain.execution.vm_class = vm_class.configure(__name__=vm_class.__name__, _state_class=RecordingState)
-
-
 class Scenario:
     """A harness with a ledger of what each account spent (fees + value of successful txs) and invariant
     checks after every block."""
 
     def __init__(self, chain: Any, accounts: list[Any]) -> None:
         self.h = Harness(chain)
-        _record_outcomes_at_the_state(self.h)
         self.accounts = list(accounts)
         self.by_address = {a.address: a for a in self.accounts}
         self.start = {a.address: self.h.balance(a.address) for a in self.accounts}
@@ -323,6 +299,16 @@ def assigned(s: Scenario, client: Any, executor: Any, price: int = PRICE, **over
     event = s.assign(task_id, [(executor, price)])
     assert (event["executor"], event["price"]) == (executor.address, price)
     return task_id
+
+
+def test_the_dev_genesis_parameters_these_tests_assume(chain):
+    p = chain.genesis.protocol
+    assert (p.reporter_share_bps, p.collateral_bps, p.client_deposit_bps) == (
+        REPORTER_SHARE_BPS, COLLATERAL_BPS, CLIENT_DEPOSIT_BPS)
+    assert (p.reveal_window, p.council_seat_stake, p.missed_vote_penalty, p.max_inconclusive_rounds) == (
+        REVEAL_WINDOW, SEAT, MISSED_VOTE_PENALTY, MAX_INCONCLUSIVE_ROUNDS)
+    assert p.max_deadlines_per_block == MAX_DEADLINES_PER_BLOCK
+    assert p.min_provider_stake <= PROVIDER_STAKE - 3 * OGPU  # members stay providers after penalties
 
 
 # -- honest flows --
@@ -582,12 +568,6 @@ def test_commit_after_the_grace_window_is_past_its_deadline(ready, client, execu
     s.assert_no_locked_stake()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "checkpoints.py commitCheckpoint accepts a commit at timestamp == due + segmentWindow (`>`), while the "
-    "expiry queued by _schedule_expiry fires at that same timestamp (pop_due runs due <= now): the outcome of a "
-    "commit at the boundary depends on whether the system call reached the expiry. Fix: `>=` in "
-    "commitCheckpoint's deadline check, as every other window (commitResult, revealResult, confirm, placeBid)."
-))
 def test_commit_at_the_exact_expiry_time_is_rejected_whatever_the_queue_load(ready, client, executor, dev_accounts):
     s = ready
     task = assigned(s, client, executor)

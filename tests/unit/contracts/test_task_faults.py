@@ -267,13 +267,6 @@ def test_executor_that_never_reveals_is_treated_as_missed(s, cast):
     s.assert_no_locked_stake()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "checkpoints.py _tally penalizes every member that did not reveal (missedVotePenalty) before it checks "
-    "whether the executor revealed; when the executor never reveals, revealResult reverts for every member "
-    "('the executor has not revealed this checkpoint yet') and under allclose commitResult does too, so members "
-    "who did all they could are penalized for the executor's fault. Fix: in _tally, when ck.revealed is 0, "
-    "penalize only members without a commitment under exact (none under allclose) before _executor_failed."
-))
 @pytest.mark.parametrize("equivalence", [EXACT, ALLCLOSE], ids=["exact", "allclose"])
 def test_members_are_not_penalized_when_the_executor_never_reveals(s, cast, equivalence):
     e, members = cast.executor, cast.members
@@ -292,12 +285,6 @@ def test_members_are_not_penalized_when_the_executor_never_reveals(s, cast, equi
         assert_never_slashed(s, m)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "checkpoints.py revealCheckpoint admits the executor's reveal in PHASE_REVEAL under allclose "
-    "(allowed = (PHASE_COUNCIL_COMMIT, PHASE_REVEAL)), when members can no longer commit a verdict: a reveal after "
-    "the council's commit window makes every member 'absent' (penalized) and the round inconclusive instead of "
-    "treating the executor as missed. Fix: allowed = (PHASE_REVEAL,) if exact else (PHASE_COUNCIL_COMMIT,)."
-))
 def test_allclose_reveal_after_the_council_commit_window_is_refused(s, cast):
     e, members = cast.executor, cast.members
     task = start(s, cast, checkpoints=1, equivalence=ALLCLOSE)
@@ -481,13 +468,6 @@ def inconclusive_round(s: Scenario, task: int, k: int, executor: Any, members: l
     return events
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "checkpoints.py _executor_failed voids the later commitments (phase, revealed, round) but leaves "
-    "ck.inconclusive as it was: the replacement's fresh commitment of the same checkpoint inherits the inconclusive "
-    "rounds spent on the failed executor's commitment and the task is cancelled after one round (dispute() resets "
-    "the counter for its fresh council). Fix: store.set('ck', task_id, later, 'inconclusive', value=0) in the loop "
-    "of _executor_failed."
-))
 def test_replacement_gets_its_own_inconclusive_rounds(s, cast):
     e, y, members = cast.executor, cast.replacement, cast.members
     task = start(s, cast, checkpoints=1)

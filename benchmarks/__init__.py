@@ -19,7 +19,7 @@ class Result:
     ours: float
     baseline: float
     baseline_name: str
-    target: float  # ours / baseline should be at least this
+    target: float | None  # ours / baseline should be at least this; None: a cost with no target
     note: str = ""
 
     @property
@@ -27,10 +27,15 @@ class Result:
         return self.ours / self.baseline if self.baseline else float("nan")
 
     @property
-    def meets_target(self) -> bool:
-        return self.ratio >= self.target
+    def meets_target(self) -> bool | None:
+        return None if self.target is None else self.ratio >= self.target
 
     def line(self) -> str:
+        if self.target is None:
+            return (
+                f"{self.name}: ours {self.ours:,.1f} {self.unit}, {self.baseline_name} {self.baseline:,.1f} "
+                f"{self.unit}, ratio {self.ratio:.2f} (no target)"
+            )
         verdict = "meets target" if self.meets_target else "below target"
         return (
             f"{self.name}: ours {self.ours:,.1f} {self.unit}, {self.baseline_name} {self.baseline:,.1f} {self.unit}, "

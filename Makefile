@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 ANVIL_VERSION := 1.7.1
 SOLC_VERSION := 0.8.30
 SOLCJS := .tools/node_modules/.bin/solcjs
+CAST := .tools/node_modules/.bin/cast
 ARGS ?=
 
 .PHONY: run test lint bench install clean
@@ -21,13 +22,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/ogpu-node run --dev $(ARGS)
 
-test: $(STAMP) $(SOLCJS)
+test: $(STAMP) $(SOLCJS) $(CAST)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# Solidity compiler (solc-js from npm) for tests that compile against the generated interfaces.
+# Test tools from npm: solc-js compiles against the generated interfaces; Foundry's cast checks that
+# its users see revert reasons unchanged.
 $(SOLCJS):
 	mkdir -p .tools
 	cd .tools && npm install --silent --no-audit --no-fund solc@$(SOLC_VERSION)
+
+$(CAST): $(SOLCJS)
+	cd .tools && npm install --silent --no-audit --no-fund @foundry-rs/cast@$(ANVIL_VERSION)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ogpu_node tests benchmarks

@@ -1,7 +1,6 @@
 """Compile the Vyper test contracts with the pip-installed vyper (0.4.3), once per session.
 
-    sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/ (pytest does not add it)
-    from contracts.compile import compile_contract
+    from contracts.compile import compile_contract   # tests/ is on pytest's pythonpath
     store = compile_contract("Store")   # tests/contracts/Store.vy
     w3.eth.contract(abi=store.abi, bytecode=store.bytecode)
 

@@ -11,61 +11,31 @@ is signed locally and sent with eth_sendRawTransaction.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from contracts.compile import compile_contract
+from contracts.web3tx import CHAIN_ID, checksum, deploy, error_data, send
 from eth_abi import decode, encode
-from eth_account import Account
-from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for the contracts package
-from contracts.compile import compile_contract  # noqa: E402
-
-from ogpu_node.types.signing import BlockProposal, SignedProposal  # noqa: E402
+from ogpu_node.types.signing import BlockProposal, SignedProposal
 
 ROOT = Path(__file__).resolve().parents[2]
 STAKE_ABI = json.loads((ROOT / "contracts" / "Stake.json").read_text())
 SLASHING_ABI = json.loads((ROOT / "contracts" / "Slashing.json").read_text())
 STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
 SLASHING = Web3.to_checksum_address("0x0000000000000000000000000000000000001003")
-CHAIN_ID = 1337
 OGPU = 10**18
 MIN_VALIDATOR = 1_000 * OGPU
-TIP, MAX_FEE = 10**9, 10 * 10**9
-RECEIPT_TIMEOUT_S = 30
-ERROR = keccak(text="Error(string)")[:4]
 DELEGATE_REFUSED = "Stake: only CALL and STATICCALL may reach a native contract"
 
 
-def error_data(reason: str) -> bytes:
-    return ERROR + encode(["string"], [reason])
 
 
-def checksum(address: bytes) -> str:
-    return Web3.to_checksum_address(address)
-
-
-def send(w3: Web3, key: Any, gas: int = 500_000, **fields: Any) -> Any:
-    """Sign an EIP-1559 transaction locally, send it raw and wait (polling, with a deadline) for it."""
-    tx = {
-        "type": 2, "chainId": CHAIN_ID, "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP, "value": 0,
-        "data": b"", "gas": gas, "nonce": w3.eth.get_transaction_count(checksum(key.address), "pending"),
-        **fields,
-    }
-    raw = bytes(Account.sign_transaction(tx, key.private_key).raw_transaction)
-    tx_hash = w3.eth.send_raw_transaction(raw)
-    return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=0.02)
-
-
-def deploy(w3: Web3, key: Any, init_code: bytes) -> str:
-    receipt = send(w3, key, gas=2_000_000, data=init_code)
-    assert receipt["status"] == 1
-    return receipt["contractAddress"]
 
 
 def stake_record(stake: Any, who: str) -> tuple[int, int, int, int, int]:

@@ -14,20 +14,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_abi import encode
-from eth_account import Account
+from contracts.compile import Compiled, compile_contract
+from contracts.web3tx import checksum, deploy, error_data, send
 from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
-
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for the contracts package
-from contracts.compile import Compiled, compile_contract  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SOLCJS = ROOT / ".tools" / "node_modules" / ".bin" / "solcjs"
@@ -35,11 +31,7 @@ ABI = {name: json.loads((ROOT / "contracts" / f"{name}.json").read_text()) for n
 STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
 TASK = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
 BID = Web3.to_checksum_address("0x0000000000000000000000000000000000001002")
-CHAIN_ID = 1337
 OGPU = 10**18
-TIP, MAX_FEE = 10**9, 10 * 10**9
-RECEIPT_TIMEOUT_S = 30
-ERROR = keccak(text="Error(string)")[:4]
 ROLE_PROVIDER = 2
 STATE_BIDDING = 1
 GENESIS_OGPU = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]
@@ -56,24 +48,7 @@ TERMS = (MAX_PAYMENT, 3, 1_000, 2, 600, BID_WINDOW, 0, 1, 5, 900, 0, 0, 0, 16_38
 BID_ABOVE_MAXIMUM = "Bid: price above the task's maximum payment"
 
 
-def error_data(reason: str) -> bytes:
-    return ERROR + encode(["string"], [reason])
 
-
-def checksum(address: bytes) -> str:
-    return Web3.to_checksum_address(address)
-
-
-def send(w3: Web3, key: Any, gas: int = 1_000_000, **fields: Any) -> Any:
-    """Sign an EIP-1559 transaction locally, send it raw and wait (polling, with a deadline) for it."""
-    tx = {
-        "type": 2, "chainId": CHAIN_ID, "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP, "value": 0,
-        "data": b"", "gas": gas, "nonce": w3.eth.get_transaction_count(checksum(key.address), "pending"),
-        **fields,
-    }
-    raw = bytes(Account.sign_transaction(tx, key.private_key).raw_transaction)
-    tx_hash = w3.eth.send_raw_transaction(raw)
-    return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=0.02)
 
 
 def transact(w3: Web3, key: Any, contract: Any, function: str, *args: Any, value: int = 0, gas: int = 1_000_000) -> Any:
@@ -81,10 +56,8 @@ def transact(w3: Web3, key: Any, contract: Any, function: str, *args: Any, value
     return send(w3, key, gas=gas, to=contract.address, value=value, data=data)
 
 
-def deploy(w3: Web3, key: Any, compiled: Compiled) -> Any:
-    receipt = send(w3, key, gas=3_000_000, data=compiled.bytecode)
-    assert receipt["status"] == 1
-    return w3.eth.contract(address=receipt["contractAddress"], abi=compiled.abi)
+def deploy_compiled(w3: Web3, key: Any, compiled: Compiled) -> Any:
+    return w3.eth.contract(address=deploy(w3, key, compiled.bytecode), abi=compiled.abi)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +91,7 @@ def contracts(w3) -> dict[str, Any]:
 
 def submit_task(w3: Web3, key: Any, task: Any) -> tuple[Any, int, Any]:
     """Deploy TaskClient and submit the batch task through it; return (client, task id, receipt)."""
-    client = deploy(w3, key, compile_contract("TaskClient"))
+    client = deploy_compiled(w3, key, compile_contract("TaskClient"))
     receipt = transact(w3, key, client, "submit", PRESCRIPTION, TERMS, value=MAX_PAYMENT + DEPOSIT)
     assert receipt["status"] == 1
     task_id = client.functions.last_task_id().call()
@@ -128,7 +101,7 @@ def submit_task(w3: Web3, key: Any, task: Any) -> tuple[Any, int, Any]:
 
 def ready_agent(w3: Web3, key: Any, compiled: Compiled, stake: Any) -> tuple[Any, list[Any]]:
     """Deploy ProviderAgent, stake 200 OGPU, register resources and take the provider role through it."""
-    agent = deploy(w3, key, compiled)
+    agent = deploy_compiled(w3, key, compiled)
     receipts = [
         transact(w3, key, agent, "stake", value=200 * OGPU),
         transact(w3, key, agent, "register", 1, 81_920, 12, "https://agent.example:8443"),

@@ -6,21 +6,17 @@ transaction lookups. Every transaction is signed locally and sent with eth_sendR
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
+from contracts.compile import compile_contract
 from eth_abi import encode
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.utils import get_create_address
-
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for the contracts package
-from contracts.compile import compile_contract  # noqa: E402
 
 CHAIN_ID = 1337
 GWEI = 10**9

@@ -10,21 +10,17 @@ from __future__ import annotations
 import json
 import re
 import socket
-import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
+from contracts.compile import compile_contract
 from eth_abi import encode
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 from websockets.sync.client import ClientConnection, connect
-
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/, for the contracts package
-from contracts.compile import compile_contract  # noqa: E402
 
 CHAIN_ID = 1337
 GWEI = 10**9

@@ -5,11 +5,7 @@ chooses; views run as `eth_call` does; calldata, return values, revert reasons a
 and decoded from the ABI JSON in `contracts/` (the one source of the interface, read here on its own,
 not through `ogpu_node.contracts.abi`).
 
-Import it from a test module next to it (pytest runs with --import-mode=importlib, so the folder is
-not on sys.path by itself):
-
-    sys.path.append(str(Path(__file__).resolve().parent))
-    from harness import Harness  # noqa: E402
+Import it as `from harness import Harness` (pyproject's pytest `pythonpath` lists this folder).
 
 Revert reasons of transactions: a receipt carries only a status, so the harness gives the chain's VM
 class a state class that keeps each transaction's computation (what py-evm's

@@ -22,7 +22,6 @@ ResourcesRegistered's endpoint, the verdicts of ResultRevealed, ...).
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +30,7 @@ from typing import Any
 import pytest
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
-from hexbytes import HexBytes
-from web3 import Web3
-from web3.datastructures import AttributeDict
-
-from ogpu_node.chain import Chain
-from ogpu_node.config import load_genesis
-from ogpu_node.db import LMDBStore
-from ogpu_node.types.signing import BlockProposal, SignedProposal, StreamReceipt
-
-sys.path.append(str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from harness import (
     BID_ABI,
     NATIVE,
     OGPU,
@@ -52,7 +41,8 @@ from harness import (  # noqa: E402
     Harness,
     decode_logs,
 )
-from test_task_checkpoints import (  # noqa: E402
+from hexbytes import HexBytes
+from test_task_checkpoints import (
     CANCEL_NO_REPLACEMENT,
     CANCEL_TOO_FEW_BIDS,
     OUTCOME_CLIENT_LOST,
@@ -64,6 +54,13 @@ from test_task_checkpoints import (  # noqa: E402
     ckpt,
     step,
 )
+from web3 import Web3
+from web3.datastructures import AttributeDict
+
+from ogpu_node.chain import Chain
+from ogpu_node.config import load_genesis
+from ogpu_node.db import LMDBStore
+from ogpu_node.types.signing import BlockProposal, SignedProposal, StreamReceipt
 
 ROOT = Path(__file__).resolve().parents[3]
 GENESIS = ROOT / "genesis" / "dev.json"

@@ -12,17 +12,11 @@ nothing.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_hash.auto import keccak
-
-from ogpu_node.types.signing import StreamReceipt
-
-sys.path.append(str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from harness import (
     BID_ABI,
     OGPU,
     STAKE_ABI,
@@ -31,6 +25,8 @@ from harness import (  # noqa: E402
     Event,
     Harness,
 )
+
+from ogpu_node.types.signing import StreamReceipt
 
 BPS = 10_000
 KIND_STREAM = 1

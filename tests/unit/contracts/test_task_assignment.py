@@ -11,23 +11,12 @@ Stake's balance = Σ staked + Σ unbonding, totalStaked() = Σ staked, and Bid h
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_hash.auto import keccak
-
-from ogpu_node.chain import Chain
-from ogpu_node.chain.chain import system_tx_hash
-from ogpu_node.config import parse_genesis
-from ogpu_node.contracts.task import MAX_WINDOW
-from ogpu_node.db import LMDBStore
-from ogpu_node.execution.codec import decode_block, encode_block
-from ogpu_node.execution.errors import InvalidBlock
-
-sys.path.append(str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from harness import (
     BID_ABI,
     OGPU,
     STAKE_ABI,
@@ -36,6 +25,14 @@ from harness import (  # noqa: E402
     Event,
     Harness,
 )
+
+from ogpu_node.chain import Chain
+from ogpu_node.chain.chain import system_tx_hash
+from ogpu_node.config import parse_genesis
+from ogpu_node.contracts.task import MAX_WINDOW
+from ogpu_node.db import LMDBStore
+from ogpu_node.execution.codec import decode_block, encode_block
+from ogpu_node.execution.errors import InvalidBlock
 
 DEV_GENESIS = Path(__file__).resolve().parents[3] / "genesis" / "dev.json"
 BPS = 10_000

@@ -12,18 +12,14 @@ contracts paid it. After every block: Task's balance = Σ escrow + deposit (getT
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_hash.auto import keccak
+from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, Event, Harness, TxResult
 
 from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment, verdict_commitment
-
-sys.path.append(str(Path(__file__).resolve().parent))
-from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, Event, Harness, TxResult  # noqa: E402
 
 # genesis/dev.json config.ogpu
 BPS = 10_000

@@ -10,20 +10,13 @@ each council is all of them.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_hash.auto import keccak
-
-from ogpu_node.contracts.addresses import TASK
-from ogpu_node.contracts.checkpoints import checkpoint_commitment
-
-sys.path.append(str(Path(__file__).resolve().parent))
-from harness import OGPU, STAKE_ABI, TASK_ABI  # noqa: E402
-from test_task_checkpoints import (  # noqa: E402
+from harness import OGPU, STAKE_ABI, TASK_ABI
+from test_task_checkpoints import (
     ALLCLOSE,
     BPS,
     CANCEL_INCONCLUSIVE,
@@ -60,6 +53,9 @@ from test_task_checkpoints import (  # noqa: E402
     shares,
     step,
 )
+
+from ogpu_node.contracts.addresses import TASK
+from ogpu_node.contracts.checkpoints import checkpoint_commitment
 
 MIN_MEMORY = 4_000
 PRICE_E = 7 * 10**17 + 1  # the executor's bid (lowest)

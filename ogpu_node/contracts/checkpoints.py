@@ -150,6 +150,10 @@ class CheckpointProtocol:
             raise Revert("Task: reveal does not match the commitment")
         store.set("ck", task_id, k, "revealed", value=1)
         store.set("ck", task_id, k, "hash", value=int.from_bytes(checkpoint_hash, "big"))
+        if exact:
+            # Members can reveal only after the executor: however late it revealed, they get a full window.
+            ends = max(store.get("ck", task_id, k, "phaseEnds"), host.timestamp + self.config.reveal_window)
+            store.set("ck", task_id, k, "phaseEnds", value=ends)
         self.emit(host, "CheckpointRevealed", taskId=task_id, k=k, checkpointHash=checkpoint_hash)
         self._tally_if_complete(host, store, task_id, k)
 
@@ -285,8 +289,13 @@ class CheckpointProtocol:
 
     def close_reveals(self, host: Host, task_id: int, k: int, round_: int) -> None:
         store = self.storage(host)
-        if store.get("ck", task_id, k, "phase") == PHASE_REVEAL and store.get("ck", task_id, k, "round") == round_:
-            self._tally(host, store, task_id, k, round_)
+        if store.get("ck", task_id, k, "phase") != PHASE_REVEAL or store.get("ck", task_id, k, "round") != round_:
+            return
+        ends = store.get("ck", task_id, k, "phaseEnds")
+        if host.timestamp < ends:  # the executor's late reveal extended the window
+            self.queue(host).schedule(ends, DEADLINE_CLOSE_REVEALS, subject(task_id, k, round_))
+            return
+        self._tally(host, store, task_id, k, round_)
 
     def expire_checkpoint(self, host: Host, task_id: int, k: int, generation: int) -> None:
         store = self.storage(host)

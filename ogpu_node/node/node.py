@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from ogpu_node.blobs import DEFAULT_MAX_BYTES, BlobStore
 from ogpu_node.chain import Chain
 from ogpu_node.config import GenesisConfig
 from ogpu_node.crypto import Keypair, keccak
@@ -38,6 +39,7 @@ class NodeConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     pool: PoolConfig = field(default_factory=PoolConfig)
     durable: bool = True  # fsync every block; --dev turns it off, as a dev chain favours speed
+    blob_max_bytes: int = DEFAULT_MAX_BYTES  # per-blob cap of the blob store (HTTP 413 above it)
 
 
 def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
@@ -49,6 +51,7 @@ def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self.blobs = BlobStore(config.datadir / "blobs", config.blob_max_bytes)
         self.store = LMDBStore(config.datadir / "chaindata", durable=config.durable)
         try:
             self.chain = Chain(self.store, config.genesis)
@@ -150,7 +153,9 @@ class Node:
         config = self.config
         try:
             async with trio.open_nursery() as nursery:
-                http = HttpServer(self._handle, config.http_addr, config.http_port, config.limits)
+                http = HttpServer(
+                    self._handle, config.http_addr, config.http_port, config.limits, blob_routes=self.blobs
+                )
                 self.http_port = await nursery.start(http.run)
                 if config.ws_port is not None:
                     ws = WebSocketServer(self._handle, config.http_addr, config.ws_port, config.limits)

@@ -3,11 +3,16 @@
 This module only moves bytes between sockets and a handler; it knows nothing about JSON-RPC
 methods. The handler gets a `Session` per connection so it can push subscription notifications
 over WebSocket and drop them when the connection ends.
+
+The HTTP server also serves blobs beside the RPC (`/blobs/<hash>`, docs/rpc.md "Blobs"), streamed
+between the socket and a `BlobStore` in bounded slices, file I/O and hashing in worker threads.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +22,8 @@ from typing import Any, Protocol
 import h11
 import trio
 import trio_websocket as tws
+
+from ogpu_node.blobs import BlobHashMismatch, BlobNotFound, BlobStore, BlobTooLarge, parse_hash
 
 log = logging.getLogger("ogpu.rpc")
 
@@ -36,6 +43,16 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _HEALTH_BODY = b'{"status":"ok"}'
 _TOO_LARGE_BODY = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request body too large"}}'
 _INTERNAL_BODY = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}'
+_BLOB_PREFIX = b"/blobs"
+_BLOB_IO = 1024 * 1024  # bytes per worker-thread call when writing or reading a blob file
+_BLOB_METHODS = b"GET, HEAD, PUT, OPTIONS"
+_BLOB_PREFLIGHT_HEADERS = [
+    _CORS,
+    (b"access-control-allow-methods", _BLOB_METHODS),
+    (b"access-control-allow-headers", b"Content-Type"),
+    (b"access-control-max-age", b"600"),
+    (b"content-length", b"0"),
+]
 
 
 class Session(Protocol):
@@ -156,13 +173,13 @@ class HttpServer:
         host: str,
         port: int,
         limits: ServerLimits = ServerLimits(),
-        blob_routes: Any = None,
+        blob_routes: BlobStore | None = None,
     ) -> None:
         self._handler = handler
         self._host = host
         self.port = port
         self._limits = limits
-        self._blob_routes = blob_routes  # reserved for PUT/GET /blobs/<hash>; not served yet
+        self._blobs = blob_routes  # None: /blobs/ is not served (404)
         self._active = 0
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -209,6 +226,12 @@ class HttpServer:
             if isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request)
+            if event.target.startswith(_BLOB_PREFIX) and self._blobs is not None:
+                await self._blob_request(stream, conn, event, idle)
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+                continue
             body = await self._read_body(stream, conn, event, max_body)
             method = event.method
             if method == b"POST":
@@ -275,6 +298,164 @@ class HttpServer:
                 return b"".join(chunks)
             else:
                 raise h11.RemoteProtocolError(f"unexpected event {type(event).__name__}")
+
+    # -- blobs --
+
+    async def _blob_request(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, idle: trio.CancelScope
+    ) -> None:
+        """Serve one request under /blobs; the response is fully written when this returns."""
+        assert self._blobs is not None
+        store = self._blobs
+        path = request.target.split(b"?", 1)[0].rstrip(b"/")
+        method = request.method
+        if path == _BLOB_PREFIX:
+            blob_hash = None
+        elif path.startswith(_BLOB_PREFIX + b"/") and b"/" not in path[len(_BLOB_PREFIX) + 1 :]:
+            try:
+                blob_hash = parse_hash(path[len(_BLOB_PREFIX) + 1 :])
+            except ValueError as exc:
+                await self._drain_or_close(stream, conn, request, 400, {"error": str(exc)})
+                return
+        else:
+            await self._drain_or_close(stream, conn, request, 404, {"error": "not found"})
+            return
+        if method == b"PUT":
+            await self._blob_put(stream, conn, request, store, blob_hash, idle)
+            return
+        if method not in (b"GET", b"HEAD", b"OPTIONS"):
+            await self._drain_or_close(stream, conn, request, 405, {"error": "method not allowed"})
+            return
+        await self._read_body(stream, conn, request, self._limits.max_body_bytes)  # normally empty
+        if method == b"OPTIONS":
+            out = conn.send(
+                h11.Response(status_code=204, headers=_BLOB_PREFLIGHT_HEADERS, reason=b"No Content")
+            )
+            await stream.send_all(out + conn.send(h11.EndOfMessage()))
+        elif blob_hash is None:
+            await self._send_json(stream, conn, 405, {"error": "method not allowed"}, [(b"allow", b"PUT")])
+        else:
+            await self._blob_get(stream, conn, store, blob_hash, head=method == b"HEAD")
+
+    async def _blob_put(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        request: h11.Request,
+        store: BlobStore,
+        blob_hash: bytes | None,
+        idle: trio.CancelScope,
+    ) -> None:
+        for name, value in request.headers:
+            if name == b"content-length" and int(value) > store.max_bytes:
+                # Refuse on the declared length, before reading (or sending 100 Continue for) any of it.
+                raise _BadRequest(413, "Payload Too Large", _blob_too_large(store.max_bytes))
+        idle_s = self._limits.idle_timeout_s
+        writer = await trio.to_thread.run_sync(store.writer, blob_hash)
+        try:
+            pending = bytearray()
+            while True:
+                event = await self._next_event(stream, conn)
+                if isinstance(event, h11.Data):
+                    pending += event.data
+                    if len(pending) >= _BLOB_IO:
+                        await trio.to_thread.run_sync(writer.write, bytes(pending))
+                        pending.clear()
+                    # A long upload is not idle: keep the connection's deadline ahead of it.
+                    now = trio.current_time()
+                    if idle.deadline - now < idle_s / 2:
+                        idle.deadline = now + idle_s
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:
+                    raise h11.RemoteProtocolError(f"unexpected event {type(event).__name__}")
+            if pending:
+                await trio.to_thread.run_sync(writer.write, bytes(pending))
+            stored, size, created = await trio.to_thread.run_sync(writer.commit)
+        except BlobTooLarge:
+            raise _BadRequest(413, "Payload Too Large", _blob_too_large(store.max_bytes)) from None
+        except BlobHashMismatch as exc:
+            body = {
+                "error": "hash mismatch",
+                "expected": "0x" + exc.expected.hex(),
+                "actual": "0x" + exc.actual.hex(),
+                "size": exc.size,
+            }
+            await self._send_json(stream, conn, 400, body)
+            return
+        finally:
+            writer.abort()  # a no-op once committed; drops the temporary file otherwise
+        log.debug("stored blob 0x%s size=%d created=%s", stored.hex(), size, created)
+        location = [(b"location", b"/blobs/0x" + stored.hex().encode())]
+        await self._send_json(
+            stream, conn, 201 if created else 200, {"hash": "0x" + stored.hex(), "size": size}, location
+        )
+
+    async def _blob_get(
+        self, stream: trio.SocketStream, conn: h11.Connection, store: BlobStore, blob_hash: bytes, head: bool
+    ) -> None:
+        try:
+            file = await trio.to_thread.run_sync(store.open, blob_hash)
+        except BlobNotFound as exc:
+            await self._send_json(stream, conn, 404, {"error": str(exc)}, head=head)
+            return
+        try:
+            size = await trio.to_thread.run_sync(lambda: os.fstat(file.fileno()).st_size)
+            headers = [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(size).encode()),
+                (b"etag", b'"0x' + blob_hash.hex().encode() + b'"'),
+                (b"cache-control", b"public, max-age=31536000, immutable"),  # content-addressed
+                _CORS,
+            ]
+            await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
+            if not head:
+                sent = 0
+                while sent < size:
+                    data = await trio.to_thread.run_sync(file.read, min(_BLOB_IO, size - sent))
+                    if not data:  # the file cannot shrink (content-addressed); fail loudly if it did
+                        raise h11.LocalProtocolError("blob file ended early")
+                    sent += len(data)
+                    await stream.send_all(conn.send(h11.Data(data=data)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+        finally:
+            file.close()
+
+    async def _send_json(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        status: int,
+        body: dict[str, Any],
+        extra: list[tuple[bytes, bytes]] | None = None,
+        head: bool = False,
+    ) -> None:
+        data = json.dumps(body).encode()
+        if head:  # same headers as GET would give, no body
+            hdrs = [*_JSON_HEADERS, *(extra or []), (b"content-length", str(len(data)).encode())]
+            out = conn.send(h11.Response(status_code=status, headers=hdrs, reason=_REASONS[status]))
+            await stream.send_all(out + conn.send(h11.EndOfMessage()))
+            return
+        await stream.send_all(self._response(conn, status, [*_JSON_HEADERS, *(extra or [])], data))
+
+    async def _drain_or_close(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        request: h11.Request,
+        status: int,
+        body: dict[str, Any],
+    ) -> None:
+        """Answer an error; read a small body first to keep the connection, else close after replying."""
+        try:
+            await self._read_body(stream, conn, request, self._limits.max_body_bytes)
+        except _BadRequest:
+            raise _BadRequest(status, _REASONS[status].decode(), json.dumps(body).encode()) from None
+        await self._send_json(stream, conn, status, body, head=request.method == b"HEAD")
+
+
+def _blob_too_large(max_bytes: int) -> bytes:
+    return json.dumps({"error": "blob too large", "max_bytes": max_bytes}).encode()
 
 
 class WebSocketServer:

@@ -694,3 +694,24 @@ def test_confirm_and_dispute_rejections(ready, client, executor, members, outsid
         assert reason(s, client, function, task) == not_awaiting  # settled
     assert s.received(client) == MAX_PAYMENT - PRICE + DEPOSIT
     assert s.received(dev_accounts[9]) == MAX_DEADLINES_PER_BLOCK  # the filler tasks, cancelled with refund
+
+
+def test_a_late_executor_reveal_still_leaves_members_a_full_reveal_window(ready, client, executor, members):
+    """Rule (exact): members can reveal only after the executor; an executor revealing in the last second
+    of the reveal window extends it to a full window from its reveal, so honest members are neither
+    penalized nor made inconclusive; the original deadline's step then waits for the new end."""
+    s = ready
+    task = assigned(s, client, executor)
+    h = ckpt(1)
+    s.commit(task, 1, executor, h)
+    s.draw(task, 1)
+    votes = {m: (h, step(1)) for m in members}
+    committed = s.commit_exact(task, 1, votes)
+    deadline = one(committed.txs[-1].events, "RevealPhase")["revealDeadline"]
+    s.reveal_checkpoint(task, 1, executor, h, at=deadline - 1)
+    assert s.checkpoint(task, 1)["phaseEnds"] == deadline - 1 + REVEAL_WINDOW
+    s.h.block(at=deadline)  # the original close-reveals step runs, finds the window extended
+    assert s.checkpoint(task, 1)["phase"] == PHASE_REVEAL
+    block = s.reveal_exact(task, 1, votes, at=deadline + REVEAL_WINDOW // 2)
+    assert one(block.txs[-1].events, "CheckpointAccepted")["k"] == 1
+    assert s.penalties() == []

@@ -1,0 +1,28 @@
+"""Content-addressed store for datasets, models and checkpoints (synchronous; see DESIGN.md §1, §6)."""
+
+from ogpu_node.blobs.merkle import CHUNK_SIZE, EMPTY_ROOT, MerkleHasher, merkle_root
+from ogpu_node.blobs.store import (
+    DEFAULT_MAX_BYTES,
+    BlobError,
+    BlobHashMismatch,
+    BlobNotFound,
+    BlobStore,
+    BlobTooLarge,
+    BlobWriter,
+    parse_hash,
+)
+
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_MAX_BYTES",
+    "EMPTY_ROOT",
+    "BlobError",
+    "BlobHashMismatch",
+    "BlobNotFound",
+    "BlobStore",
+    "BlobTooLarge",
+    "BlobWriter",
+    "MerkleHasher",
+    "merkle_root",
+    "parse_hash",
+]

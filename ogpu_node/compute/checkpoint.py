@@ -1,0 +1,141 @@
+"""Checkpoints: one canonical safetensors file holding everything the next segment needs.
+
+Layout (format `ogpu-checkpoint/1`):
+- tensors `model/<name>` — the model's state_dict;
+- tensors `optim/<param name>/<key>` — per-parameter optimizer state (Adam: step, exp_avg,
+  exp_avg_sq; SGD with momentum: momentum_buffer), keyed by parameter name, not position;
+- one metadata entry `ogpu` — canonical JSON (sorted keys, no spaces): format, family, hparams
+  (defaults filled in), optimizer spec, seed, step, data_cursor, scheduler state.
+
+The same state always serialises to the same bytes, so `H(ckpt)` identifies a state. Nothing is
+ever unpickled: loading reads raw tensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ogpu_node.compute.errors import InvalidCheckpoint, InvalidModelSpec, InvalidTrainSpec
+from ogpu_node.compute.models import build_model, canonical_hparams
+from ogpu_node.compute.optim import OptimizerSpec, lr_at, make_optimizer
+from ogpu_node.crypto import keccak
+
+FORMAT = "ogpu-checkpoint/1"
+META_KEY = "ogpu"
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """The non-tensor part of a checkpoint. `step` updates have been applied; the next batch
+    starts at sample `data_cursor` of the seed's data stream."""
+
+    family: str
+    hparams: dict[str, Any]
+    optimizer: OptimizerSpec
+    seed: int
+    step: int
+    data_cursor: int
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def checkpoint_hash(data: bytes) -> bytes:
+    """H(ckpt): keccak of the canonical checkpoint bytes."""
+    return keccak(data)
+
+
+def save(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> bytes:
+    tensors: dict[str, torch.Tensor] = {
+        f"model/{name}": t.detach().contiguous() for name, t in model.state_dict().items()
+    }
+    for name, param in model.named_parameters():
+        for key, value in optimizer.state.get(param, {}).items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{name}/{key}"] = value.detach().contiguous()
+            elif value is not None:
+                raise InvalidCheckpoint(f"optimizer state {name}/{key} is not a tensor: {value!r}")
+    meta = {
+        "format": FORMAT,
+        "family": state.family,
+        "hparams": canonical_hparams(state.family, state.hparams),
+        "optimizer": state.optimizer.to_json(),
+        "seed": state.seed,
+        "step": state.step,
+        "data_cursor": state.data_cursor,
+        "scheduler": {
+            "name": state.optimizer.schedule,
+            "last_step": state.step,
+            "next_lr": lr_at(state.optimizer, state.step),
+        },
+    }
+    return st_save(tensors, metadata={META_KEY: canonical_json(meta)})
+
+
+def read_metadata(data: bytes) -> dict[str, Any]:
+    """The checkpoint's JSON metadata, read from the header without touching the tensors."""
+    if len(data) < 8:
+        raise InvalidCheckpoint("truncated checkpoint")
+    n = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8 : 8 + n])
+        meta = json.loads(header["__metadata__"][META_KEY])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InvalidCheckpoint(f"no ogpu metadata in checkpoint header: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InvalidCheckpoint(f"unsupported checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    return meta
+
+
+def read_tensors(data: bytes) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError) as e:
+        raise InvalidCheckpoint(f"bad safetensors payload: {e}") from None
+
+
+def load(data: bytes) -> tuple[nn.Module, torch.optim.Optimizer, TrainState]:
+    """Rebuild (model, optimizer, state) from checkpoint bytes; every tensor must fit exactly."""
+    meta = read_metadata(data)
+    try:
+        state = TrainState(
+            family=meta["family"],
+            hparams=meta["hparams"],
+            optimizer=OptimizerSpec.from_json(meta["optimizer"]),
+            seed=int(meta["seed"]),
+            step=int(meta["step"]),
+            data_cursor=int(meta["data_cursor"]),
+        )
+        model = build_model(state.family, state.hparams)
+    except (KeyError, TypeError, InvalidModelSpec, InvalidTrainSpec) as e:
+        raise InvalidCheckpoint(f"bad checkpoint metadata: {e}") from None
+    tensors = read_tensors(data)
+
+    weights = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise InvalidCheckpoint(f"weights do not fit {state.family}: {e}") from None
+
+    optimizer = make_optimizer(state.optimizer, model)
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        if key.startswith("model/"):
+            continue
+        prefix, _, rest = key.partition("/")
+        name, _, slot = rest.rpartition("/")
+        if prefix != "optim" or name not in params:
+            raise InvalidCheckpoint(f"unexpected tensor {key!r}")
+        optimizer.state[params[name]][slot] = value
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(state.optimizer, state.step)
+    return model, optimizer, state

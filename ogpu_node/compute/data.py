@@ -1,0 +1,82 @@
+"""Datasets a prescription's `D` can hold, decoded without pickle.
+
+- tensors: a safetensors file with `features` (N, ...) and `labels` (N,) integer class ids;
+- text: a corpus of bytes; token ids are the byte values (vocab 256) and sample i is the window
+  ids[i : i+block_size] predicting ids[i+1 : i+block_size+1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+
+from ogpu_node.compute.errors import InvalidTrainSpec
+
+
+@dataclass(frozen=True, eq=False)
+class TensorDataset:
+    features: torch.Tensor  # float32 (N, ...)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __post_init__(self) -> None:
+        if self.features.ndim < 2 or self.labels.ndim != 1 or len(self.features) != len(self.labels):
+            raise InvalidTrainSpec(
+                f"dataset: features {tuple(self.features.shape)} and labels {tuple(self.labels.shape)} do not pair up"
+            )
+        if len(self.labels) == 0:
+            raise InvalidTrainSpec("dataset: empty")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[indices], self.labels[indices]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"features": self.features, "labels": self.labels}
+
+
+@dataclass(frozen=True, eq=False)
+class TextDataset:
+    ids: torch.Tensor  # uint8 (L,)
+    block_size: int
+
+    def __post_init__(self) -> None:
+        if self.ids.ndim != 1 or self.ids.dtype != torch.uint8:
+            raise InvalidTrainSpec("dataset: text ids must be a 1-D uint8 tensor")
+        if self.ids.numel() <= self.block_size:
+            raise InvalidTrainSpec(f"dataset: corpus of {self.ids.numel()} bytes is not longer than block_size")
+
+    def __len__(self) -> int:
+        return self.ids.numel() - self.block_size
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = self.ids.unfold(0, self.block_size + 1, 1)[indices].long()
+        return windows[:, :-1], windows[:, 1:]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"text": self.ids}
+
+
+Dataset = TensorDataset | TextDataset
+
+
+def dataset_from_safetensors(data: bytes) -> TensorDataset:
+    try:
+        tensors = st_load(data)
+    except (SafetensorError, ValueError) as e:
+        raise InvalidTrainSpec(f"dataset: not a safetensors file: {e}") from None
+    missing = {"features", "labels"} - set(tensors)
+    if missing:
+        raise InvalidTrainSpec(f"dataset: missing tensor {sorted(missing)[0]!r}")
+    labels = tensors["labels"]
+    if labels.is_floating_point() or labels.is_complex():
+        raise InvalidTrainSpec("dataset: labels must be integer class ids")
+    return TensorDataset(tensors["features"].to(torch.float32), labels.to(torch.int64))
+
+
+def dataset_from_text(corpus: bytes, block_size: int) -> TextDataset:
+    return TextDataset(torch.frombuffer(bytearray(corpus), dtype=torch.uint8), block_size)

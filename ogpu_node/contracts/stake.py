@@ -33,7 +33,7 @@ class Stake(NativeContract):
 
     def stake(self, host: Host) -> None:
         if host.value == 0:
-            raise Revert("stake: no value sent")
+            raise Revert("Stake.stake: no value sent")
         store = self.storage(host)
         total = store.add("staked", host.caller, delta=host.value)
         store.add("total", delta=host.value)
@@ -44,15 +44,15 @@ class Stake(NativeContract):
         who = host.caller
         staked, locked = store.get("staked", who), store.get("locked", who)
         if amount == 0:
-            raise Revert("requestUnstake: amount is zero")
+            raise Revert("Stake.requestUnstake: amount is zero")
         if amount > staked - locked:
-            raise Revert("requestUnstake: amount exceeds free stake")
+            raise Revert("Stake.requestUnstake: amount exceeds free stake")
         remaining = staked - amount
         roles = store.get("roles", who)
         if roles & ROLE_VALIDATOR and remaining < self.config.min_validator_stake:
-            raise Revert("requestUnstake: stake would fall below the validator minimum; clear the role first")
+            raise Revert("Stake.requestUnstake: stake would fall below the validator minimum; clear the role first")
         if roles & ROLE_PROVIDER and remaining < self.config.min_provider_stake:
-            raise Revert("requestUnstake: stake would fall below the provider minimum; clear the role first")
+            raise Revert("Stake.requestUnstake: stake would fall below the provider minimum; clear the role first")
         store.set("staked", who, value=remaining)
         store.add("total", delta=-amount)
         store.add("unbonding", who, delta=amount)
@@ -66,10 +66,10 @@ class Stake(NativeContract):
         who = host.caller
         amount = store.get("unbonding", who)
         if amount == 0:
-            raise Revert("withdraw: nothing to withdraw")
+            raise Revert("Stake.withdraw: nothing to withdraw")
         release = store.get("release", who)
         if host.timestamp < release:
-            raise Revert(f"withdraw: unbonding until timestamp {release}")
+            raise Revert(f"Stake.withdraw: unbonding until timestamp {release}")
         store.set("unbonding", who, value=0)
         store.set("release", who, value=0)
         host.transfer(STAKE, who, amount)
@@ -78,27 +78,27 @@ class Stake(NativeContract):
 
     def setRoles(self, host: Host, roles: int) -> None:
         if roles & ~ALL_ROLES:
-            raise Revert("setRoles: unknown role bits")
+            raise Revert("Stake.setRoles: unknown role bits")
         store = self.storage(host)
         who = host.caller
         staked = store.get("staked", who)
         if roles & ROLE_VALIDATOR and staked < self.config.min_validator_stake:
-            raise Revert("setRoles: stake below the validator minimum")
+            raise Revert("Stake.setRoles: stake below the validator minimum")
         if roles & ROLE_PROVIDER:
             if staked < self.config.min_provider_stake:
-                raise Revert("setRoles: stake below the provider minimum")
+                raise Revert("Stake.setRoles: stake below the provider minimum")
             if store.get("memory", who) == 0:
-                raise Revert("setRoles: register resources before taking the provider role")
+                raise Revert("Stake.setRoles: register resources before taking the provider role")
         self.set_roles(host, who, roles)
 
     def registerResources(self, host: Host, device_kind: int, memory_mib: int, score: int, endpoint: str) -> None:
         if device_kind >= len(DEVICE_KINDS):
-            raise Revert("registerResources: unknown device kind")
+            raise Revert("Stake.registerResources: unknown device kind")
         if memory_mib == 0:
-            raise Revert("registerResources: memory must be positive")
+            raise Revert("Stake.registerResources: memory must be positive")
         encoded = endpoint.encode()
         if len(encoded) > MAX_ENDPOINT_BYTES:
-            raise Revert(f"registerResources: endpoint longer than {MAX_ENDPOINT_BYTES} bytes")
+            raise Revert(f"Stake.registerResources: endpoint longer than {MAX_ENDPOINT_BYTES} bytes")
         store = self.storage(host)
         who = host.caller
         store.set("device", who, value=device_kind)

@@ -40,7 +40,7 @@ STAKED_SIG = "Staked(address indexed account, uint256 amount, uint256 total)"
 STAKED_TOPIC = "0x" + keccak(b"Staked(address,uint256,uint256)").hex()
 TASK_CANCELLED_SIG = "TaskCancelled(uint256 indexed taskId, uint8 reason, uint256 refund)"
 BIDS_CLOSED_TOPIC = "0x" + keccak(b"BidsClosed(uint256,uint256)").hex()
-FREE_STAKE_REASON = "requestUnstake: amount exceeds free stake"
+FREE_STAKE_REASON = "Stake.requestUnstake: amount exceeds free stake"
 ERROR_DATA = "0x" + (keccak(b"Error(string)")[:4] + encode(["string"], [FREE_STAKE_REASON])).hex()
 SUBMIT_TASK = (
     "submitTask(bytes32,uint8,(uint256,uint16,uint16,uint16,uint64,uint64,uint16,uint16,uint32,uint64,"

@@ -321,11 +321,11 @@ def test_reverting_stake_calls_raise_contract_logic_error_with_the_reason(w3, st
     Error(reason) data, which web3.py raises as ContractLogicError("execution reverted: <reason>")."""
     me = checksum(dev_accounts[6].address)
     cases = [
-        (stake.functions.requestUnstake(1), {}, "requestUnstake: amount exceeds free stake"),
-        (stake.functions.stake(), {}, "stake: no value sent"),
-        (stake.functions.withdraw(), {}, "withdraw: nothing to withdraw"),
-        (stake.functions.setRoles(8), {}, "setRoles: unknown role bits"),
-        (stake.functions.registerResources(9, 1, 1, ""), {}, "registerResources: unknown device kind"),
+        (stake.functions.requestUnstake(1), {}, "Stake.requestUnstake: amount exceeds free stake"),
+        (stake.functions.stake(), {}, "Stake.stake: no value sent"),
+        (stake.functions.withdraw(), {}, "Stake.withdraw: nothing to withdraw"),
+        (stake.functions.setRoles(8), {}, "Stake.setRoles: unknown role bits"),
+        (stake.functions.registerResources(9, 1, 1, ""), {}, "Stake.registerResources: unknown device kind"),
         (stake.functions.totalStaked(), {"value": 1}, "Stake.totalStaked: function is not payable"),
     ]
     for function, extra, reason in cases:
@@ -340,6 +340,6 @@ def test_reverting_stake_calls_raise_contract_logic_error_with_the_reason(w3, st
         "eth_call", [{"from": me, "to": STAKE, "data": "0x" + stake_call(stake, "setRoles", 1).hex()}, "latest"]
     )
     assert response["error"] == {
-        "code": 3, "message": "execution reverted: setRoles: stake below the validator minimum",
-        "data": "0x" + error_data("setRoles: stake below the validator minimum").hex(),
+        "code": 3, "message": "execution reverted: Stake.setRoles: stake below the validator minimum",
+        "data": "0x" + error_data("Stake.setRoles: stake below the validator minimum").hex(),
     }

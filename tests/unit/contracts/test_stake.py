@@ -268,10 +268,10 @@ def test_gas_of_each_transaction_in_a_block_starts_from_that_transaction(h, dev_
 
 
 def test_stake_without_value_reverts(h, dev_accounts):
-    """Rule: stake() with msg.value 0 reverts "stake: no value sent" and costs only gas."""
+    """Rule: stake() with msg.value 0 reverts "Stake.stake: no value sent" and costs only gas."""
     a = dev_accounts[1]
     reason, sent = h.fail(a, calldata("stake"))
-    assert reason == "stake: no value sent"
+    assert reason == "Stake.stake: no value sent"
     assert sent.gas_used == tx_gas(selector("stake"), BASE)
     assert h.view("stakeOf", a.address) == (0, 0, 0, 0, 0)
 
@@ -317,21 +317,21 @@ def test_request_unstake_rejections(h, dev_accounts):
     would leave the stake below the minimum of a role the account holds; clearing the role lifts it."""
     a = dev_accounts[1]
     h.send(a, "stake", value=1_200 * OGPU)
-    assert h.fail(a, calldata("requestUnstake", 0))[0] == "requestUnstake: amount is zero"
-    assert h.fail(a, calldata("requestUnstake", 1_200 * OGPU + 1))[0] == "requestUnstake: amount exceeds free stake"
-    assert h.fail(a, calldata("requestUnstake", 2**256 - 1))[0] == "requestUnstake: amount exceeds free stake"
+    assert h.fail(a, calldata("requestUnstake", 0))[0] == "Stake.requestUnstake: amount is zero"
+    assert h.fail(a, calldata("requestUnstake", 1_200 * OGPU + 1))[0] == "Stake.requestUnstake: amount exceeds free stake"
+    assert h.fail(a, calldata("requestUnstake", 2**256 - 1))[0] == "Stake.requestUnstake: amount exceeds free stake"
 
     h.send(a, "registerResources", 1, 24_576, 10, "https://a.example")
     h.send(a, "setRoles", 1)  # validator
     assert h.fail(a, calldata("requestUnstake", 200 * OGPU + 1))[0] == (
-        "requestUnstake: stake would fall below the validator minimum; clear the role first"
+        "Stake.requestUnstake: stake would fall below the validator minimum; clear the role first"
     )
     h.send(a, "requestUnstake", 200 * OGPU)  # exactly the minimum left
     assert h.view("stakeOf", a.address)[:3] == (MIN_VALIDATOR, 0, 200 * OGPU)
 
     h.send(a, "setRoles", 2)  # provider only
     assert h.fail(a, calldata("requestUnstake", 900 * OGPU + 1))[0] == (
-        "requestUnstake: stake would fall below the provider minimum; clear the role first"
+        "Stake.requestUnstake: stake would fall below the provider minimum; clear the role first"
     )
     h.send(a, "setRoles", 0)
     h.send(a, "requestUnstake", 1_000 * OGPU)
@@ -346,7 +346,7 @@ def test_withdraw_pays_exactly_the_unbonded_amount_at_the_release_time_not_befor
     and from the release time on pays exactly the unbonding amount to the caller, clears the entry,
     emits Withdrawn(account, amount) and returns the amount."""
     a = dev_accounts[1]
-    assert h.fail(a, calldata("withdraw"))[0] == "withdraw: nothing to withdraw"
+    assert h.fail(a, calldata("withdraw"))[0] == "Stake.withdraw: nothing to withdraw"
     h.send(a, "stake", value=300 * OGPU)
     request = h.send(a, "requestUnstake", 120 * OGPU)
     release = request.header.timestamp + UNBONDING_DELAY
@@ -356,7 +356,7 @@ def test_withdraw_pays_exactly_the_unbonded_amount_at_the_release_time_not_befor
     assert h.chain.head.timestamp == release - 2
     reason, _ = h.fail(a, calldata("withdraw"))  # its block has timestamp release - 1
     assert h.chain.head.timestamp == release - 1
-    assert reason == f"withdraw: unbonding until timestamp {release}"
+    assert reason == f"Stake.withdraw: unbonding until timestamp {release}"
 
     # eth_call runs at head timestamp + 1 = release: it returns the amount.
     assert decode(["uint256"], h.raw_call(calldata("withdraw"), a.address)) == (120 * OGPU,)
@@ -370,7 +370,7 @@ def test_withdraw_pays_exactly_the_unbonded_amount_at_the_release_time_not_befor
     # unbonding and release: cold read, nonzero -> 0 (two clear refunds, capped at a fifth of the gas).
     execution = BASE + 2 * COLD + 2 * RESET + log_gas(2, 32)
     assert paid.gas_used == tx_gas(selector("withdraw"), execution, refund=2 * CLEAR_REFUND) == 27_556
-    assert h.fail(a, calldata("withdraw"))[0] == "withdraw: nothing to withdraw"
+    assert h.fail(a, calldata("withdraw"))[0] == "Stake.withdraw: nothing to withdraw"
 
 
 # -- setRoles --
@@ -380,17 +380,17 @@ def test_set_roles_rejections(h, dev_accounts):
     """Rule: setRoles reverts on bits other than 1 (validator) and 2 (provider), on a stake below the
     minimum of a requested role, and on the provider role without registered resources."""
     a = dev_accounts[1]
-    assert h.fail(a, calldata("setRoles", 4))[0] == "setRoles: unknown role bits"
-    assert h.fail(a, calldata("setRoles", 255))[0] == "setRoles: unknown role bits"
+    assert h.fail(a, calldata("setRoles", 4))[0] == "Stake.setRoles: unknown role bits"
+    assert h.fail(a, calldata("setRoles", 255))[0] == "Stake.setRoles: unknown role bits"
     h.send(a, "stake", value=MIN_VALIDATOR - 1)
-    assert h.fail(a, calldata("setRoles", 1))[0] == "setRoles: stake below the validator minimum"
-    assert h.fail(a, calldata("setRoles", 3))[0] == "setRoles: stake below the validator minimum"
-    assert h.fail(a, calldata("setRoles", 2))[0] == "setRoles: register resources before taking the provider role"
+    assert h.fail(a, calldata("setRoles", 1))[0] == "Stake.setRoles: stake below the validator minimum"
+    assert h.fail(a, calldata("setRoles", 3))[0] == "Stake.setRoles: stake below the validator minimum"
+    assert h.fail(a, calldata("setRoles", 2))[0] == "Stake.setRoles: register resources before taking the provider role"
 
     b = dev_accounts[2]
     h.send(b, "stake", value=MIN_PROVIDER - 1)
     h.send(b, "registerResources", 0, 1, 0, "")
-    assert h.fail(b, calldata("setRoles", 2))[0] == "setRoles: stake below the provider minimum"
+    assert h.fail(b, calldata("setRoles", 2))[0] == "Stake.setRoles: stake below the provider minimum"
     assert h.view("stakeOf", b.address)[4] == 0
     assert h.view("providers") == []
 
@@ -437,17 +437,17 @@ def test_register_resources_stores_the_record_and_rejects_bad_fields(h, dev_acco
     cpu/cuda/rocm/mps (0..3), zero memory, and an endpoint over 256 bytes of UTF-8; otherwise it
     stores the record (resourcesOf), replacing an earlier one entirely, and emits ResourcesRegistered."""
     a = dev_accounts[1]
-    assert h.fail(a, calldata("registerResources", 4, 1, 0, "x"))[0] == "registerResources: unknown device kind"
-    assert h.fail(a, calldata("registerResources", 255, 1, 0, "x"))[0] == "registerResources: unknown device kind"
-    assert h.fail(a, calldata("registerResources", 1, 0, 9, "x"))[0] == "registerResources: memory must be positive"
+    assert h.fail(a, calldata("registerResources", 4, 1, 0, "x"))[0] == "Stake.registerResources: unknown device kind"
+    assert h.fail(a, calldata("registerResources", 255, 1, 0, "x"))[0] == "Stake.registerResources: unknown device kind"
+    assert h.fail(a, calldata("registerResources", 1, 0, 9, "x"))[0] == "Stake.registerResources: memory must be positive"
     too_long = "https://" + "a" * 249
     assert len(too_long.encode()) == 257
     assert h.fail(a, calldata("registerResources", 1, 1, 0, too_long))[0] == (
-        "registerResources: endpoint longer than 256 bytes"
+        "Stake.registerResources: endpoint longer than 256 bytes"
     )
     # 129 two-byte characters: 129 characters, 258 bytes.
     assert h.fail(a, calldata("registerResources", 1, 1, 0, "é" * 129))[0] == (
-        "registerResources: endpoint longer than 256 bytes"
+        "Stake.registerResources: endpoint longer than 256 bytes"
     )
     assert h.view("resourcesOf", a.address) == (0, 0, 0, "")
 
@@ -565,8 +565,8 @@ def test_ether_forced_into_stake_is_nobodys_stake(h, dev_accounts):
     assert h.balance(STAKE) == 13 * OGPU
     assert h.view("totalStaked") == 6 * OGPU
     assert h.view("stakeOf", b.address) == (0, 0, 0, 0, 0)
-    assert h.fail(b, calldata("withdraw"))[0] == "withdraw: nothing to withdraw"
-    assert h.fail(b, calldata("requestUnstake", 1))[0] == "requestUnstake: amount exceeds free stake"
+    assert h.fail(b, calldata("withdraw"))[0] == "Stake.withdraw: nothing to withdraw"
+    assert h.fail(b, calldata("requestUnstake", 1))[0] == "Stake.requestUnstake: amount exceeds free stake"
 
 
 def test_views_and_params(h, dev_accounts):
@@ -716,11 +716,11 @@ def test_lock_pledges_only_free_stake_and_locked_stake_cannot_be_unstaked(staked
     host.caller = x
     with pytest.raises(Revert) as failure:
         host.run(stake.call, calldata("requestUnstake", 1))
-    assert failure.value.reason == "requestUnstake: amount exceeds free stake"
+    assert failure.value.reason == "Stake.requestUnstake: amount exceeds free stake"
     host.caller = v  # v keeps the validator role: 200 of its 500 free stake may go
     with pytest.raises(Revert) as failure:
         host.run(stake.call, calldata("requestUnstake", 500 * OGPU))
-    assert failure.value.reason == "requestUnstake: stake would fall below the validator minimum; clear the role first"
+    assert failure.value.reason == "Stake.requestUnstake: stake would fall below the validator minimum; clear the role first"
 
     host.run(stake.unlock, x, 200 * OGPU)
     assert host.events() == [("StakeUnlocked", {"account": x, "amount": 200 * OGPU, "locked": 300 * OGPU})]

@@ -1,0 +1,191 @@
+"""Deterministic training in segments.
+
+Everything random derives from the task seed:
+- initial weights from (seed, "init");
+- data order: epoch e is a permutation drawn from (seed, "data", e); the data stream is the
+  concatenation of the epochs, and a checkpoint's `data_cursor` is the position in it;
+- per-step randomness (dropout) from (seed, "step", step), set before every step.
+With `torch.use_deterministic_algorithms(True)` and a fixed numeric profile (see profile.py),
+training N steps, saving, loading and training N more gives the same bytes as 2N straight.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ogpu_node.compute import checkpoint
+from ogpu_node.compute.checkpoint import TrainState, canonical_json
+from ogpu_node.compute.data import Dataset, TensorDataset, TextDataset
+from ogpu_node.compute.errors import InvalidCheckpoint, InvalidTrainSpec
+from ogpu_node.compute.models import build_model, canonical_hparams, config_from_hparams
+from ogpu_node.compute.optim import OptimizerSpec, lr_at, make_optimizer
+from ogpu_node.crypto import keccak
+
+
+@dataclass(frozen=True, eq=False)
+class TrainSpec:
+    family: str
+    hparams: dict[str, Any]
+    optimizer: OptimizerSpec
+    dataset: Dataset
+    batch_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise InvalidTrainSpec(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**256:
+            raise InvalidTrainSpec(f"seed: expected an integer in [0, 2**256), got {self.seed!r}")
+        cfg = config_from_hparams(self.family, self.hparams)
+        ds = self.dataset
+        if isinstance(ds, TextDataset):
+            if self.family != "char-transformer":
+                raise InvalidTrainSpec(f"dataset: a text corpus needs char-transformer, not {self.family}")
+            if ds.block_size != cfg.block_size:
+                raise InvalidTrainSpec(f"dataset: block_size {ds.block_size} != model block_size {cfg.block_size}")
+            if int(ds.ids.max()) >= cfg.vocab_size:
+                raise InvalidTrainSpec(f"char-transformer.vocab_size: {cfg.vocab_size} too small for the corpus")
+        elif isinstance(ds, TensorDataset):
+            n_classes = getattr(cfg, "out_dim", getattr(cfg, "n_classes", None))
+            if n_classes is None:
+                raise InvalidTrainSpec(f"dataset: {self.family} trains on a text corpus")
+            if int(ds.labels.min()) < 0 or int(ds.labels.max()) >= n_classes:
+                raise InvalidTrainSpec(f"dataset: labels outside [0, {n_classes})")
+        else:
+            raise InvalidTrainSpec(f"dataset: unsupported type {type(ds).__name__}")
+
+
+class SegmentResult(NamedTuple):
+    checkpoint: bytes  # canonical checkpoint after the segment
+    losses: list[float]  # training loss of each step in the segment
+    state_hashes: dict[int, bytes]  # step s -> H(checkpoint at step s), for each requested s
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit torch seed from the task seed and a label, e.g. ("step", 12)."""
+    label = canonical_json([str(seed), *[str(p) for p in parts]]).encode()
+    return int.from_bytes(keccak(label)[:8], "big") >> 1
+
+
+def batch_indices(seed: int, n: int, cursor: int, count: int) -> torch.Tensor:
+    """Sample indices at positions cursor … cursor+count-1 of the seed's data stream."""
+    perms: dict[int, torch.Tensor] = {}
+    out = []
+    for pos in range(cursor, cursor + count):
+        epoch, offset = divmod(pos, n)
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed(derive_seed(seed, "data", epoch))
+            perms[epoch] = torch.randperm(n, generator=gen)
+        out.append(perms[epoch][offset])
+    return torch.stack(out)
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels on, and the caller's global RNG state left untouched."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def initial_state(spec: TrainSpec) -> tuple[nn.Module, torch.optim.Optimizer, TrainState]:
+    torch.manual_seed(derive_seed(spec.seed, "init"))
+    model = build_model(spec.family, spec.hparams)
+    state = TrainState(spec.family, canonical_hparams(spec.family, spec.hparams), spec.optimizer, spec.seed, 0, 0)
+    return model, make_optimizer(spec.optimizer, model), state
+
+
+def _resume(spec: TrainSpec, data: bytes) -> tuple[nn.Module, torch.optim.Optimizer, TrainState]:
+    model, optimizer, state = checkpoint.load(data)
+    expected = (spec.family, canonical_hparams(spec.family, spec.hparams), spec.optimizer, spec.seed)
+    if (state.family, state.hparams, state.optimizer, state.seed) != expected:
+        raise InvalidCheckpoint("checkpoint belongs to a different task (family, hparams, optimizer or seed)")
+    return model, optimizer, state
+
+
+def train_segment(
+    spec: TrainSpec, start: bytes | None, steps: int, hash_steps: Iterable[int] = ()
+) -> SegmentResult:
+    """Train `steps` updates from `start` (None: fresh weights from the seed).
+
+    `hash_steps` are global step numbers in [start step, end step] whose state hash is wanted.
+    """
+    if steps < 0:
+        raise InvalidTrainSpec(f"steps: must be non-negative, got {steps}")
+    with deterministic():
+        model, optimizer, state = initial_state(spec) if start is None else _resume(spec, start)
+        first, last = state.step, state.step + steps
+        wanted = set(hash_steps)
+        outside = sorted(s for s in wanted if not first <= s <= last)
+        if outside:
+            raise InvalidTrainSpec(f"hash step {outside[0]} is outside this segment [{first}, {last}]")
+        hashes: dict[int, bytes] = {}
+        losses: list[float] = []
+        cursor = state.data_cursor
+        model.train()
+        for step in range(first, last + 1):
+            if step in wanted:
+                now = TrainState(state.family, state.hparams, state.optimizer, state.seed, step, cursor)
+                hashes[step] = checkpoint.checkpoint_hash(checkpoint.save(model, optimizer, now))
+            if step == last:
+                break
+            torch.manual_seed(derive_seed(spec.seed, "step", step))
+            x, y = spec.dataset.batch(batch_indices(spec.seed, len(spec.dataset), cursor, spec.batch_size))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(spec.optimizer, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss = model.loss(x, y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            cursor += spec.batch_size
+        final = TrainState(state.family, state.hparams, state.optimizer, state.seed, last, cursor)
+        return SegmentResult(checkpoint.save(model, optimizer, final), losses, hashes)
+
+
+# --- a spec as bytes, to hand to a worker process without pickle ---------------------------------
+
+
+def encode_spec(spec: TrainSpec) -> bytes:
+    ds = spec.dataset
+    meta = {
+        "family": spec.family,
+        "hparams": canonical_hparams(spec.family, spec.hparams),
+        "optimizer": spec.optimizer.to_json(),
+        "batch_size": spec.batch_size,
+        "seed": spec.seed,
+        "dataset": "text" if isinstance(ds, TextDataset) else "tensors",
+        "block_size": ds.block_size if isinstance(ds, TextDataset) else None,
+    }
+    return st_save({k: v.contiguous() for k, v in ds.tensors().items()}, metadata={"spec": canonical_json(meta)})
+
+
+def decode_spec(data: bytes) -> TrainSpec:
+    n = int.from_bytes(data[:8], "little")
+    meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["spec"])
+    tensors = st_load(data)
+    if meta["dataset"] == "text":
+        dataset: Dataset = TextDataset(tensors["text"], meta["block_size"])
+    else:
+        dataset = TensorDataset(tensors["features"], tensors["labels"])
+    return TrainSpec(
+        family=meta["family"],
+        hparams=meta["hparams"],
+        optimizer=OptimizerSpec.from_json(meta["optimizer"]),
+        dataset=dataset,
+        batch_size=meta["batch_size"],
+        seed=meta["seed"],
+    )

@@ -81,7 +81,9 @@ def _call_state(execution: Execution, header: BlockHeaderAPI, request: CallReque
     child = OgpuVM.create_header_from_parent(header, timestamp=header.timestamp + 1, gas_limit=header.gas_limit)
     if not priced:
         child = child.copy(base_fee_per_gas=0)
-    return execution.vm_class.build_state(execution.store, child, execution.chain_context)
+    # Ancestors, lazily, so BLOCKHASH inside a call sees the chain as a transaction would.
+    ancestors = execution.vm_class.get_prev_hashes(header.hash, execution.chaindb)
+    return execution.vm_class.build_state(execution.store, child, execution.chain_context, ancestors)
 
 
 def _apply_overrides(state: StateAPI, overrides: dict[bytes, AccountOverride]) -> None:

@@ -41,7 +41,8 @@ def blob(size: int, seed: int = 0) -> bytes:
 
 
 def test_known_vectors():
-    assert EMPTY_ROOT.hex() == "bc36789e7a1e281436464229828f817d6612f7b477d66591ff96a9e064bcc98a"  # keccak(0x00)
+    # keccak(0x00), the well-known hash of one zero byte
+    assert EMPTY_ROOT.hex() == "bc36789e7a1e281436464229828f817d6612f7b477d66591ff96a9e064bcc98a"
     assert merkle_root(b"") == EMPTY_ROOT
     assert merkle_root(b"ogpu").hex() == "cc13ab1181b64bdc52d26d69492840a231187a0f6748614366d8622a7ce6127c"
     data = bytes(i % 251 for i in range(3 * CHUNK_SIZE + 5))
@@ -180,7 +181,9 @@ def test_concurrent_puts_of_same_blob(store):
     def put() -> None:
         try:
             barrier.wait()
-            results.append(store.put_stream((data[i : i + 65536] for i in range(0, len(data), 65536)), expected))
+            results.append(
+                store.put_stream((data[i : i + 65536] for i in range(0, len(data), 65536)), expected)
+            )
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -197,7 +200,9 @@ def test_concurrent_puts_of_same_blob(store):
 
 def test_parse_hash():
     h = b"\xab" * 32
-    assert parse_hash("0x" + h.hex()) == h == parse_hash(h.hex().upper()) == parse_hash(b"0x" + h.hex().encode())
+    assert (
+        parse_hash("0x" + h.hex()) == h == parse_hash(h.hex().upper()) == parse_hash(b"0x" + h.hex().encode())
+    )
     for bad in ("", "0x", "0x" + "ab" * 31, "0x" + "zz" * 32, "ab" * 33):
         with pytest.raises(ValueError):
             parse_hash(bad)

@@ -227,7 +227,13 @@ class HttpServer:
                 return
             assert isinstance(event, h11.Request)
             if event.target.startswith(_BLOB_PREFIX) and self._blobs is not None:
-                await self._blob_request(stream, conn, event, idle)
+                try:
+                    await self._blob_request(stream, conn, event, idle)
+                except OSError:  # disk full, permissions: this request fails, the server goes on
+                    log.exception("blob request failed")
+                    raise _BadRequest(
+                        500, "Internal Server Error", b'{"error":"blob storage failed"}'
+                    ) from None
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
@@ -335,7 +341,7 @@ class HttpServer:
         elif blob_hash is None:
             await self._send_json(stream, conn, 405, {"error": "method not allowed"}, [(b"allow", b"PUT")])
         else:
-            await self._blob_get(stream, conn, store, blob_hash, head=method == b"HEAD")
+            await self._blob_get(stream, conn, store, blob_hash, method == b"HEAD", idle)
 
     async def _blob_put(
         self,
@@ -361,10 +367,7 @@ class HttpServer:
                     if len(pending) >= _BLOB_IO:
                         await trio.to_thread.run_sync(writer.write, bytes(pending))
                         pending.clear()
-                    # A long upload is not idle: keep the connection's deadline ahead of it.
-                    now = trio.current_time()
-                    if idle.deadline - now < idle_s / 2:
-                        idle.deadline = now + idle_s
+                    _keep_alive(idle, idle_s)  # a long upload is not idle
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 else:
@@ -392,7 +395,13 @@ class HttpServer:
         )
 
     async def _blob_get(
-        self, stream: trio.SocketStream, conn: h11.Connection, store: BlobStore, blob_hash: bytes, head: bool
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        store: BlobStore,
+        blob_hash: bytes,
+        head: bool,
+        idle: trio.CancelScope,
     ) -> None:
         try:
             file = await trio.to_thread.run_sync(store.open, blob_hash)
@@ -417,6 +426,7 @@ class HttpServer:
                         raise h11.LocalProtocolError("blob file ended early")
                     sent += len(data)
                     await stream.send_all(conn.send(h11.Data(data=data)))
+                    _keep_alive(idle, self._limits.idle_timeout_s)
             await stream.send_all(conn.send(h11.EndOfMessage()))
         finally:
             file.close()
@@ -452,6 +462,13 @@ class HttpServer:
         except _BadRequest:
             raise _BadRequest(status, _REASONS[status].decode(), json.dumps(body).encode()) from None
         await self._send_json(stream, conn, status, body, head=request.method == b"HEAD")
+
+
+def _keep_alive(idle: trio.CancelScope, idle_s: float) -> None:
+    """Push a connection's idle deadline out while a blob is moving (as _serve does per request)."""
+    now = trio.current_time()
+    if idle.deadline - now < idle_s / 2:
+        idle.deadline = now + idle_s
 
 
 def _blob_too_large(max_bytes: int) -> bytes:

@@ -144,3 +144,27 @@ async def test_size_cap_in_process(tmp_path):
         await trio.to_thread.run_sync(client)
         nursery.cancel_scope.cancel()
     assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == [merkle_root(b"x" * 1000).hex()]
+
+
+async def test_storage_failure_is_500_and_server_goes_on(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path / "blobs")
+
+    def disk_full(expected_hash=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "writer", disk_full)
+
+    async def handler(body, session):
+        return b'{"ok":true}'
+
+    server = HttpServer(handler, "127.0.0.1", 0, blob_routes=store)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.run)
+
+        def client() -> None:
+            status, _, body = request(connect(f"http://127.0.0.1:{port}"), "PUT", "/blobs", b"abc")
+            assert status == 500 and json.loads(body) == {"error": "blob storage failed"}
+            assert request(connect(f"http://127.0.0.1:{port}"), "POST", "/", b"{}")[2] == b'{"ok":true}'
+
+        await trio.to_thread.run_sync(client)
+        nursery.cancel_scope.cancel()

@@ -126,6 +126,8 @@ def _print_dev_banner(node, accounts) -> None:  # type: ignore[no-untyped-def]
 @click.option("--http.port", "http_port", type=click.IntRange(0, 65535), default=8545, show_default=True)
 @click.option("--ws.port", "ws_port", type=click.IntRange(0, 65535), default=8546, show_default=True)
 @click.option("--no-ws", is_flag=True, help="Do not serve WebSocket.")
+@click.option("--blob.max-bytes", "blob_max_bytes", type=click.IntRange(min=1), default=1 << 30, show_default=True,
+              help="Largest blob (dataset, model, checkpoint) the node stores.")
 def run(
     datadir: Path | None,
     genesis_file: Path | None,
@@ -135,6 +137,7 @@ def run(
     http_port: int,
     ws_port: int,
     no_ws: bool,
+    blob_max_bytes: int,
 ) -> None:
     """Run a node."""
     from ogpu_node.node import Node, NodeConfig
@@ -156,6 +159,7 @@ def run(
         http_port=http_port,
         ws_port=None if no_ws else ws_port,
         durable=not dev,
+        blob_max_bytes=blob_max_bytes,
     )
 
     async def main() -> None:

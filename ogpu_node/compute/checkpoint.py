@@ -92,7 +92,9 @@ def read_metadata(data: bytes) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as e:
         raise InvalidCheckpoint(f"no ogpu metadata in checkpoint header: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InvalidCheckpoint(f"unsupported checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        raise InvalidCheckpoint(
+            f"unsupported checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}"
+        )
     return meta
 
 

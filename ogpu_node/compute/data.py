@@ -48,7 +48,9 @@ class TextDataset:
         if self.ids.ndim != 1 or self.ids.dtype != torch.uint8:
             raise InvalidTrainSpec("dataset: text ids must be a 1-D uint8 tensor")
         if self.ids.numel() <= self.block_size:
-            raise InvalidTrainSpec(f"dataset: corpus of {self.ids.numel()} bytes is not longer than block_size")
+            raise InvalidTrainSpec(
+                f"dataset: corpus of {self.ids.numel()} bytes is not longer than block_size"
+            )
 
     def __len__(self) -> int:
         return self.ids.numel() - self.block_size

@@ -61,7 +61,12 @@ def greedy(model: nn.Module, prompt: Sequence[int], n: int) -> list[int]:
 
 @torch.no_grad()
 def sample(
-    model: nn.Module, prompt: Sequence[int], n: int, seed: int, top_k: int | None = None, top_p: float | None = None
+    model: nn.Module,
+    prompt: Sequence[int],
+    n: int,
+    seed: int,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> list[int]:
     """n tokens sampled from the top-k / top-p truncated distribution (how an honest provider answers)."""
     model.eval()

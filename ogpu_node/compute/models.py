@@ -164,7 +164,7 @@ class CharTransformer(nn.Module):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
 
 # --- registry ------------------------------------------------------------------------------------
@@ -221,7 +221,9 @@ def config_from_hparams(family: str, hparams: dict[str, Any]) -> Any:
             f"cnn.image_size: {cfg.image_size} must be divisible by 2**len(channels) = {2 ** len(cfg.channels)}"
         )
     if isinstance(cfg, CharTransformerConfig) and cfg.n_embd % cfg.n_head != 0:
-        raise InvalidModelSpec(f"char-transformer.n_embd: {cfg.n_embd} must be divisible by n_head {cfg.n_head}")
+        raise InvalidModelSpec(
+            f"char-transformer.n_embd: {cfg.n_embd} must be divisible by n_head {cfg.n_head}"
+        )
     return cfg
 
 

@@ -35,7 +35,9 @@ class OptimizerSpec:
         if self.name not in OPTIMIZERS:
             raise InvalidTrainSpec(f"optimizer.name: {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
-            raise InvalidTrainSpec(f"optimizer.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+            raise InvalidTrainSpec(
+                f"optimizer.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}"
+            )
         if not self.lr > 0:
             raise InvalidTrainSpec(f"optimizer.lr: must be positive, got {self.lr!r}")
         if self.schedule == "cosine" and self.total_steps <= self.warmup_steps:

@@ -53,7 +53,9 @@ def get_profile(name: str) -> NumericProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise UnknownProfile(f"unknown numeric profile {name!r} (known: {', '.join(sorted(PROFILES))})") from None
+        raise UnknownProfile(
+            f"unknown numeric profile {name!r} (known: {', '.join(sorted(PROFILES))})"
+        ) from None
 
 
 def profile_env(name: str) -> dict[str, str]:
@@ -72,7 +74,9 @@ def apply_profile(name: str) -> None:
     torch.set_num_threads(profile.threads)
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != profile.cpu_capability:
-        raise ProfileUnavailable(f"{name}: torch runs with CPU capability {capability}, not {profile.cpu_capability}")
+        raise ProfileUnavailable(
+            f"{name}: torch runs with CPU capability {capability}, not {profile.cpu_capability}"
+        )
 
 
 _ENV_LOCK = threading.Lock()
@@ -92,7 +96,9 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _worker(profile: str, spec_bytes: bytes, start: bytes | None, steps: int, hash_steps: list[int], conn) -> None:
+def _worker(
+    profile: str, spec_bytes: bytes, start: bytes | None, steps: int, hash_steps: list[int], conn
+) -> None:
     try:
         apply_profile(profile)
         from ogpu_node.compute.trainer import decode_spec, train_segment

@@ -51,9 +51,13 @@ class TrainSpec:
             if self.family != "char-transformer":
                 raise InvalidTrainSpec(f"dataset: a text corpus needs char-transformer, not {self.family}")
             if ds.block_size != cfg.block_size:
-                raise InvalidTrainSpec(f"dataset: block_size {ds.block_size} != model block_size {cfg.block_size}")
+                raise InvalidTrainSpec(
+                    f"dataset: block_size {ds.block_size} != model block_size {cfg.block_size}"
+                )
             if int(ds.ids.max()) >= cfg.vocab_size:
-                raise InvalidTrainSpec(f"char-transformer.vocab_size: {cfg.vocab_size} too small for the corpus")
+                raise InvalidTrainSpec(
+                    f"char-transformer.vocab_size: {cfg.vocab_size} too small for the corpus"
+                )
         elif isinstance(ds, TensorDataset):
             n_classes = getattr(cfg, "out_dim", getattr(cfg, "n_classes", None))
             if n_classes is None:
@@ -104,7 +108,9 @@ def deterministic() -> Iterator[None]:
 def initial_state(spec: TrainSpec) -> tuple[nn.Module, torch.optim.Optimizer, TrainState]:
     torch.manual_seed(derive_seed(spec.seed, "init"))
     model = build_model(spec.family, spec.hparams)
-    state = TrainState(spec.family, canonical_hparams(spec.family, spec.hparams), spec.optimizer, spec.seed, 0, 0)
+    state = TrainState(
+        spec.family, canonical_hparams(spec.family, spec.hparams), spec.optimizer, spec.seed, 0, 0
+    )
     return model, make_optimizer(spec.optimizer, model), state
 
 
@@ -170,7 +176,9 @@ def encode_spec(spec: TrainSpec) -> bytes:
         "dataset": "text" if isinstance(ds, TextDataset) else "tensors",
         "block_size": ds.block_size if isinstance(ds, TextDataset) else None,
     }
-    return st_save({k: v.contiguous() for k, v in ds.tensors().items()}, metadata={"spec": canonical_json(meta)})
+    return st_save(
+        {k: v.contiguous() for k, v in ds.tensors().items()}, metadata={"spec": canonical_json(meta)}
+    )
 
 
 def decode_spec(data: bytes) -> TrainSpec:

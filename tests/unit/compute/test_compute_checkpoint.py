@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from unit.compute.compute_tasks import mlp_spec, text_spec
+
+from ogpu_node.compute import InvalidCheckpoint, dataset_from_safetensors, load, save, train_segment
+from ogpu_node.compute.checkpoint import read_metadata
+
+
+def test_round_trip_gives_identical_bytes_and_state():
+    ckpt = train_segment(text_spec(), None, 4).checkpoint
+    model, optimizer, state = load(ckpt)
+    assert save(model, optimizer, state) == ckpt
+    assert state.step == 4 and state.family == "char-transformer"
+
+
+def test_checkpoint_holds_weights_optimizer_state_and_json_metadata():
+    ckpt = train_segment(mlp_spec(), None, 3).checkpoint
+    names = set(st_load(ckpt))
+    assert "model/net.0.weight" in names
+    assert {"optim/net.0.weight/step", "optim/net.0.weight/exp_avg", "optim/net.0.weight/exp_avg_sq"} <= names
+    meta = read_metadata(ckpt)
+    assert meta["format"] == "ogpu-checkpoint/1"
+    assert meta["hparams"] == {"hidden": [32], "in_dim": 8, "out_dim": 2}
+    assert meta["scheduler"] == {"name": "constant", "last_step": 3, "next_lr": 0.01}
+    assert meta["data_cursor"] == 48 and meta["seed"] == 7
+
+
+def test_garbage_is_not_a_checkpoint():
+    with pytest.raises(InvalidCheckpoint):
+        load(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(InvalidCheckpoint, match="metadata"):
+        load(st_save({"x": torch.zeros(1)}))
+
+
+def test_weights_that_do_not_fit_the_family_are_rejected():
+    ckpt = train_segment(mlp_spec(), None, 1).checkpoint
+    tensors = st_load(ckpt)
+    tensors["model/net.0.weight"] = torch.zeros(3, 3)
+    n = int.from_bytes(ckpt[:8], "little")
+    metadata = json.loads(ckpt[8 : 8 + n])["__metadata__"]
+    with pytest.raises(InvalidCheckpoint, match="do not fit"):
+        load(st_save(tensors, metadata=metadata))
+
+
+def test_tensor_dataset_from_safetensors():
+    ds = dataset_from_safetensors(
+        st_save(
+            {
+                "features": torch.ones(4, 2, dtype=torch.float64),
+                "labels": torch.tensor([0, 1, 0, 1], dtype=torch.int32),
+            }
+        )
+    )
+    assert ds.features.dtype == torch.float32 and ds.labels.dtype == torch.int64 and len(ds) == 4

@@ -1,0 +1,70 @@
+"""Semantic checks of a prescription that need the computation layer (DESIGN.md §6).
+
+`ogpu_node.types.prescription` checks shapes and ranges; here: the model family and its
+hyperparameters build (on torch's meta device, so nothing is allocated), the dataset format suits the
+family, the optimizer spec is one the trainer runs, a named numeric profile is known (and `exact`
+names one), and the inference equivalences have what they need (`possible` truncates with top-k or
+top-p; `tokens` and `possible` generate, so the model is a `char-transformer`).
+Errors are `InvalidPrescription` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ogpu_node.compute.errors import InvalidModelSpec, InvalidTrainSpec
+from ogpu_node.compute.models import FAMILIES, build_model
+from ogpu_node.compute.optim import OptimizerSpec
+from ogpu_node.compute.profile import PROFILES
+from ogpu_node.types.prescription import InvalidPrescription, Prescription
+
+TEXT_FAMILIES = ("char-transformer",)  # a text corpus trains byte-level models only
+GENERATIVE_FAMILIES = ("char-transformer",)  # what `tokens` and `possible` can sample from
+
+
+def check_semantics(p: Prescription) -> None:
+    """Raise InvalidPrescription for what the compute layer cannot honour."""
+    if p.M.family not in FAMILIES:
+        raise InvalidPrescription(
+            "prescription.M.family", f"unknown model family {p.M.family!r} (known: {', '.join(sorted(FAMILIES))})"
+        )
+    try:
+        with torch.device("meta"):
+            build_model(p.M.family, p.M.hparams)
+    except InvalidModelSpec as exc:
+        raise InvalidPrescription("prescription.M.hparams", str(exc)) from None
+    if p.D is not None and p.D.format == "text" and p.M.family not in TEXT_FAMILIES:
+        raise InvalidPrescription(
+            "prescription.D.format", f"text data trains {', '.join(TEXT_FAMILIES)} only, not {p.M.family}"
+        )
+    if p.I.optimizer is not None:
+        try:
+            OptimizerSpec.from_json(dict(p.I.optimizer))
+        except (InvalidTrainSpec, TypeError, ValueError) as exc:
+            where, sep, message = str(exc).partition(": ")
+            if sep and where.startswith("optimizer."):
+                raise InvalidPrescription(f"prescription.I.{where}", message) from None
+            raise InvalidPrescription("prescription.I.optimizer", str(exc)) from None
+    profile = p.I.numeric_profile
+    if profile is not None and profile not in PROFILES:
+        raise InvalidPrescription(
+            "prescription.I.numeric_profile",
+            f"unknown numeric profile {profile!r} (known: {', '.join(sorted(PROFILES))})",
+        )
+    if p.e.kind == "exact" and profile is None:  # parse() already refuses this; kept for built objects
+        raise InvalidPrescription("prescription.I.numeric_profile", "required when e.kind is exact")
+    if p.e.kind == "possible" and p.e.top_k is None and p.e.top_p is None:
+        raise InvalidPrescription("prescription.e", "possible needs top_k or top_p truncated sampling")
+    if p.e.kind in ("tokens", "possible") and p.M.family not in GENERATIVE_FAMILIES:
+        raise InvalidPrescription(
+            "prescription.e.kind", f"{p.e.kind} compares generated tokens: needs {', '.join(GENERATIVE_FAMILIES)}"
+        )
+
+
+def validate(doc: Any) -> Prescription:
+    """Parse, check structure, then semantics: what a node or client runs on a prescription document."""
+    p = Prescription.from_json(doc)
+    check_semantics(p)
+    return p

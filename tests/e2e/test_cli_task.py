@@ -1,0 +1,148 @@
+"""`ogpu-node task submit|status` (the client app) against a real `ogpu-node run --dev --block-time 1`:
+uploads the dataset as a blob, submits the prescription with escrow + the chain's minimum deposit,
+follows the task to Cancelled when its bid window passes without bids (full refund), and fails with
+one line for a bad prescription or an unreachable node."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from web3 import Web3
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "ogpu_node.cli.main"]
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+EXAMPLE = ROOT / "examples" / "mlp-exact.json"
+TASK = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
+CLIENT_DEPOSIT_BPS = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]["clientDepositBps"]
+TASK_ID = re.compile(r"^Task ID: (\d+)$", re.M)
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def field(status: str, name: str) -> str:
+    match = re.search(rf"^{name}:\s+(.*)$", status, re.M)
+    assert match, status
+    return match.group(1)
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.safetensors"
+    save_file({"features": rng.standard_normal((64, 8)).astype(np.float32),
+               "labels": rng.integers(0, 3, 64).astype(np.int64)}, str(path))
+    return path
+
+
+def prescription(tmp_path: Path, **changes) -> Path:
+    doc = json.loads(EXAMPLE.read_text())
+    doc["H"]["bid_window_s"] = 8  # room for two CLI start-ups, short enough to wait out
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        target = doc
+        for key in parents:
+            target = target[key]
+        target[leaf] = value
+    path = tmp_path / "prescription.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_then_bidding_then_cancelled_with_refund(node_factory, tmp_path, dataset):
+    node = node_factory("--block-time", "1")
+    w3 = Web3(Web3.HTTPProvider(node.http_url, request_kwargs={"timeout": 30}))
+    max_payment = int(json.loads(EXAMPLE.read_text())["I"]["max_payment"])
+    deposit = max_payment * CLIENT_DEPOSIT_BPS // 10_000
+
+    submitted = cli("task", "submit", prescription(tmp_path), "--data", dataset, "--rpc-url", node.http_url,
+                    "--private-key", DEV_KEY)
+    assert submitted.returncode == 0, submitted.stderr
+    match = TASK_ID.search(submitted.stdout)
+    assert match, submitted.stdout
+    task_id = match.group(1)
+
+    # The dataset is on the node under the hash the prescription now names.
+    blob_hash = re.search(r"Uploaded data\.safetensors: (0x[0-9a-f]{64})", submitted.stderr).group(1)
+    with urllib.request.urlopen(f"{node.http_url}/blobs/{blob_hash}") as response:
+        assert response.read() == dataset.read_bytes()
+
+    status = cli("task", "status", task_id, "--rpc-url", node.http_url)
+    assert status.returncode == 0, status.stderr
+    assert field(status.stdout, "State") == "Bidding"
+    assert field(status.stdout, "Escrow").startswith(f"{max_payment} wei")
+    assert field(status.stdout, "Deposit").startswith(f"{deposit} wei")
+    assert field(status.stdout, "Client") == DEV_ADDRESS
+    assert field(status.stdout, "Bids") == "0"
+    assert field(status.stdout, "Executor") == "-"
+    assert w3.eth.get_balance(TASK) == max_payment + deposit
+
+    deadline = time.monotonic() + 20
+    while True:
+        status = cli("task", "status", task_id, "--rpc-url", node.http_url)
+        assert status.returncode == 0, status.stderr
+        if field(status.stdout, "State") == "Cancelled" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert field(status.stdout, "State") == "Cancelled", status.stdout
+    assert field(status.stdout, "Escrow").startswith("0 wei")
+    assert field(status.stdout, "Deposit").startswith("0 wei")
+    assert w3.eth.get_balance(TASK) == 0
+    task = w3.eth.contract(address=TASK, abi=json.loads((ROOT / "contracts" / "Task.json").read_text()))
+    [cancelled] = task.events.TaskCancelled().get_logs(from_block=0)
+    assert cancelled["args"]["taskId"] == int(task_id)
+    assert cancelled["args"]["refund"] == max_payment + deposit
+
+    # Confirming a cancelled task: the contract's revert reason, on one line.
+    confirm = cli("task", "confirm", task_id, "--rpc-url", node.http_url, "--private-key", DEV_KEY)
+    assert_one_line_error(confirm, "confirm: reverted: Task:")
+
+
+def test_bad_prescription_is_one_line_naming_the_field(tmp_path, dataset):
+    result = cli("task", "submit", prescription(tmp_path, I__council_size=0), "--data", dataset,
+                 "--rpc-url", f"http://127.0.0.1:{free_port()}", "--private-key", DEV_KEY)
+    assert_one_line_error(result, "prescription.I.council_size")
+
+
+def test_unreachable_rpc_is_one_line(tmp_path, dataset):
+    url = f"http://127.0.0.1:{free_port()}"
+    result = cli("task", "submit", prescription(tmp_path), "--data", dataset, "--rpc-url", url,
+                 "--private-key", DEV_KEY)
+    assert_one_line_error(result, "cannot reach the node", url)
+    assert_one_line_error(cli("task", "status", "1", "--rpc-url", url), "cannot reach the node")

@@ -71,6 +71,19 @@ class StoredBlock:
         return len(self._decoded_body[0])
 
     @cached_property
+    def size(self) -> int:
+        """Length of the block's RLP ([header, transactions, uncles, withdrawals]), from stored bytes."""
+
+        def list_length(payload: int) -> int:
+            return payload + (1 if payload < 56 else 1 + (payload.bit_length() + 7) // 8)
+
+        def item_length(raw: bytes) -> int:  # a typed transaction is wrapped as a byte string
+            return len(raw) if raw[0] >= 0xC0 else len(rlp.encode(raw))
+
+        txs = list_length(sum(item_length(raw) for raw in self._decoded_body[0]))
+        return list_length(len(rlp.encode(self.header)) + txs + 1 + 1)
+
+    @cached_property
     def transaction_hashes(self) -> list[bytes]:
         # The encoding stored is the one hashed (RLP for legacy, type ‖ payload for typed).
         return [keccak(raw) for raw in self._decoded_body[0]]

@@ -90,7 +90,7 @@ class EthApi:
         if block is None:
             return None
         view = block.header_json()
-        view["size"] = len(block._body) + 540  # header RLP is about 540 bytes; body dominates
+        view["size"] = block.size
         view["uncles"] = []
         view["withdrawals"] = []
         view["totalDifficulty"] = 0

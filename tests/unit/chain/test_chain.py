@@ -89,3 +89,16 @@ def test_block_with_invalid_transaction_is_rejected(chain, other_chain, dev_acco
     with pytest.raises(InvalidBlock, match="transaction 1"):
         other_chain.import_block(replayed)
     assert other_chain.head.block_number == 0
+
+
+def test_block_size_is_the_length_of_its_rlp(chain, dev_accounts):
+    legacy_key = dev_accounts[2].private_key
+    unsigned = BUILDER.create_unsigned_transaction(
+        nonce=0, gas_price=10**10, gas=21000, to=dev_accounts[1].address, value=1, data=b""
+    )
+    legacy = BUILDER.decode(unsigned.as_signed_transaction(keys.PrivateKey(legacy_key), chain_id=1337).encode())
+    txs = [transfer(dev_accounts[0].private_key, n, dev_accounts[1].address) for n in range(3)] + [legacy]
+    executed = chain.build_block(attrs(chain), txs)
+    stored = chain.block_by_hash(executed.header.hash)
+    assert stored.size == len(encode_block(executed.block))
+    assert chain.block_by_number(0).size == len(encode_block(make_block(chain.header_by_number(0), [])))

@@ -32,6 +32,7 @@ from ogpu_node.contracts.checkpoints import (
     CheckpointProtocol,
     split_subject,
 )
+from ogpu_node.contracts.council import CouncilProtocol
 from ogpu_node.contracts.host import Host, Revert
 from ogpu_node.contracts.scheduler import MAX_WINDOW, Deadline, DeadlineQueue
 from ogpu_node.contracts.slashing import Slashing
@@ -107,7 +108,7 @@ class TaskView:
     bid_deadline: int
 
 
-class Task(CheckpointProtocol, StreamProtocol, NativeContract):
+class Task(CheckpointProtocol, CouncilProtocol, StreamProtocol, NativeContract):
     NAME = "Task"
     ADDRESS = TASK
 

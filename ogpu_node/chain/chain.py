@@ -117,14 +117,18 @@ class StoredBlock:
         return system_tx_hash(self.number)
 
     @cached_property
-    def bloom(self) -> int:
-        """The header's bloom, plus the system call's logs (which no receipt root covers)."""
-        bloom = BloomFilter(self.header.bloom)
+    def _system_bloom(self) -> int:
+        bloom = BloomFilter()
         for address, topics, _ in self.system_logs:
             bloom.add(address)
             for topic in topics:
                 bloom.add(topic)
         return int(bloom)
+
+    @cached_property
+    def bloom(self) -> int:
+        """The header's bloom, plus the system call's logs (which no receipt root covers)."""
+        return self.header.bloom | self._system_bloom
 
     @cached_property
     def system_receipt_json(self) -> dict[str, Any] | None:
@@ -140,15 +144,10 @@ class StoredBlock:
             }
             for i, (address, topics, data) in enumerate(self.system_logs)
         ]
-        bloom = BloomFilter()
-        for address, topics, _ in self.system_logs:
-            bloom.add(address)
-            for topic in topics:
-                bloom.add(topic)
         return {
             "transactionHash": self.system_tx_hash, "type": 0, "from": SYSTEM_ADDRESS, "to": None,
             "status": 1, "cumulativeGasUsed": 0, "gasUsed": 0, "effectiveGasPrice": 0,
-            "contractAddress": None, "logsBloom": int(bloom).to_bytes(256, "big"), "logs": logs,
+            "contractAddress": None, "logsBloom": self._system_bloom.to_bytes(256, "big"), "logs": logs,
             "blockHash": self.hash, "blockNumber": self.number, "transactionIndex": index,
         }
 
@@ -171,11 +170,20 @@ class StoredBlock:
             view["gasPrice"] = min(tx.max_fee_per_gas, self.header.base_fee_per_gas + tx.max_priority_fee_per_gas)
         return view
 
+    @cached_property
+    def _first_log_index(self) -> list[int]:
+        """Block-wide index of each transaction's first log (the system call's logs come first)."""
+        out, next_index = [], len(self.system_logs)
+        for receipt in self.receipts:
+            out.append(next_index)
+            next_index += len(receipt.logs)
+        return out
+
     def receipt_json(self, index: int) -> dict[str, Any]:
         """One transaction's receipt, decoding only that transaction (RPC polls them one by one)."""
         receipts = self.receipts
         previous = receipts[index - 1].gas_used if index else 0
-        log_index = len(self.system_logs) + sum(len(r.logs) for r in receipts[:index])
+        log_index = self._first_log_index[index]
         tx = self.transaction(index)
         view = receipt_view(receipts[index], tx, self.senders[index], previous, self.header.base_fee_per_gas)
         view.update(blockHash=self.hash, blockNumber=self.number, transactionIndex=index)

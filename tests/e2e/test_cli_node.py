@@ -4,48 +4,29 @@ errors are one clear line and a non-zero exit, `--dev` prints its accounts and k
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from e2e.cli_run import CLI, ENV, ROOT, assert_one_line_error, cli
 from eth_utils import to_checksum_address
 
 from ogpu_node.chain import Chain
 from ogpu_node.config import load_genesis
 from ogpu_node.db import LMDBStore
 
-ROOT = Path(__file__).resolve().parents[2]
 DEV_GENESIS = ROOT / "genesis" / "dev.json"
-CLI = [sys.executable, "-m", "ogpu_node.cli.main"]
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 TEN_THOUSAND_OGPU = 10_000 * 10**18
 INIT_LINE = re.compile(r"^Successfully wrote genesis state  database=chaindata  hash=(0x[0-9a-f]{64})$")
 LISTEN = re.compile(r"^Listening on (http://127\.0\.0\.1:(\d+))$", re.M)
 
 
-def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def dev_genesis_doc() -> dict:

@@ -6,23 +6,18 @@ one line for a bad prescription or an unreachable node."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e.cli_run import ROOT, assert_one_line_error, cli
 from safetensors.numpy import save_file
 from web3 import Web3
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "ogpu_node.cli.main"]
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 EXAMPLE = ROOT / "examples" / "mlp-exact.json"
@@ -33,21 +28,6 @@ TASK_ID = re.compile(r"^Task ID: (\d+)$", re.M)
 pytestmark = pytest.mark.slow
 
 
-def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def field(status: str, name: str) -> str:

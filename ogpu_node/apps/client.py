@@ -16,7 +16,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 from web3.logs import DISCARD
 
-from ogpu_node.blobs.merkle import CHUNK_SIZE, MerkleHasher
+from ogpu_node.types.merkle import CHUNK_SIZE, MerkleHasher, merkle_root
 from ogpu_node.types.prescription import Prescription, prescription_hash, to_terms
 
 __all__ = ["STATE_NAMES", "PHASE_NAMES", "Client", "ClientError", "TaskStatus", "file_blob_hash"]
@@ -123,23 +123,33 @@ class Client:
             size = path.stat().st_size
         except OSError as exc:
             raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
-        url = f"{self.rpc_url}/blobs/0x{expected.hex()}"
 
         def put() -> requests.Response:
             with open(path, "rb") as body:  # a file object: requests streams it with Content-Length
-                return requests.put(url, data=body, timeout=self.timeout,
-                                    headers={"Content-Type": "application/octet-stream"})
+                return self._put_blob(expected, body)
 
-        response = self._guard(f"upload of {path.name}", put)
+        return self._check_upload(path.name, expected, size, self._guard(f"upload of {path.name}", put))
+
+    def upload_bytes(self, name: str, data: bytes) -> tuple[bytes, int]:
+        """Upload ``data`` as a blob (``name`` is for messages only)."""
+        expected = merkle_root(data)
+        response = self._guard(f"upload of {name}", self._put_blob, expected, data)
+        return self._check_upload(name, expected, len(data), response)
+
+    def _put_blob(self, expected: bytes, body: Any) -> requests.Response:
+        return requests.put(f"{self.rpc_url}/blobs/0x{expected.hex()}", data=body, timeout=self.timeout,
+                            headers={"Content-Type": "application/octet-stream"})
+
+    def _check_upload(self, name: str, expected: bytes, size: int, response: requests.Response) -> tuple[bytes, int]:
         if response.status_code not in (200, 201):
             try:
                 detail = response.json().get("error", response.text)
             except ValueError:
                 detail = response.text.strip() or response.reason
-            raise ClientError(f"upload of {path.name} refused ({response.status_code}): {detail}")
+            raise ClientError(f"upload of {name} refused ({response.status_code}): {detail}")
         answer = response.json()
         if answer.get("hash", "").lower() != "0x" + expected.hex() or answer.get("size") != size:
-            raise ClientError(f"upload of {path.name}: the node stored {answer}, expected 0x{expected.hex()}")
+            raise ClientError(f"upload of {name}: the node stored {answer}, expected 0x{expected.hex()}")
         return expected, size
 
     # -- transactions ---------------------------------------------------------------------------
@@ -187,6 +197,8 @@ class Client:
             raise ClientError("prescription.kind: only batch tasks can be submitted with `task submit`")
         if deposit is None:
             deposit = self.minimum_deposit(p)
+        # Providers fetch the document by the hash the chain records.
+        self.upload_bytes("the prescription", p.canonical_json())
         call = self.task.functions.submitTask(prescription_hash(p), KIND_BATCH, to_terms(p))
         receipt = self._send("submitTask", call, value=p.I.max_payment + deposit)
         events = self.task.events.TaskSubmitted().process_receipt(receipt, errors=DISCARD)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from ogpu_node.blobs.merkle import HASH_SIZE, MerkleHasher
+from ogpu_node.types.merkle import HASH_SIZE, MerkleHasher
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB per blob
 _TMP = "tmp"

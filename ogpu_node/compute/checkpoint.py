@@ -26,7 +26,7 @@ from torch import nn
 from ogpu_node.compute.errors import InvalidCheckpoint, InvalidModelSpec, InvalidTrainSpec
 from ogpu_node.compute.models import build_model, canonical_hparams
 from ogpu_node.compute.optim import OptimizerSpec, lr_at, make_optimizer
-from ogpu_node.crypto import keccak
+from ogpu_node.types.merkle import merkle_root
 
 FORMAT = "ogpu-checkpoint/1"
 META_KEY = "ogpu"
@@ -50,8 +50,9 @@ def canonical_json(obj: Any) -> str:
 
 
 def checkpoint_hash(data: bytes) -> bytes:
-    """H(ckpt): keccak of the canonical checkpoint bytes."""
-    return keccak(data)
+    """H(ckpt): the blob hash (Merkle root) of the canonical checkpoint bytes, the name it is published
+    under and the hash the chain compares."""
+    return merkle_root(data)
 
 
 def save(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> bytes:

@@ -1,7 +1,7 @@
 """The prescription T = {D, M, I, f(I'), e(r, r'), H} (DESIGN.md §6): types, JSON codec, structural checks.
 
-A prescription is a JSON document stored as a blob; the chain records `prescription_hash(p)` (keccak
-of its canonical JSON: keys sorted, no spaces, UTF-8) and the terms it enforces (`to_terms` for
+A prescription is a JSON document stored as a blob; the chain records `prescription_hash(p)` (the blob
+hash of its canonical JSON: keys sorted, no spaces, UTF-8, so providers fetch it by that hash) and the terms it enforces (`to_terms` for
 `Task.submitTask`, `to_stream_terms` for `Task.submitStream`). This module is pure: it checks shapes,
 types and ranges and names the offending field (`InvalidPrescription`, one line:
 `prescription.I.council_size: must be at least 1`). Checks that need the computation layer (the model
@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_hash.auto import keccak  # ogpu_node.crypto is a sibling layer: types may not import it
+
+from ogpu_node.types.merkle import merkle_root
 
 # Mirrors of the chain's limits (ogpu_node/contracts/task.py, scheduler.py, stake.py; types/ may not
 # import contracts/, a test checks they agree).
@@ -64,7 +66,7 @@ class InvalidPrescription(ValueError):
 
 @dataclass(frozen=True)
 class Dataset:
-    blob: bytes  # 32-byte blob hash (Merkle root, ogpu_node/blobs/merkle.py)
+    blob: bytes  # 32-byte blob hash (Merkle root, ogpu_node/types/merkle.py)
     format: str  # tensors | text
 
 
@@ -484,8 +486,15 @@ def canonical_json(p: Prescription) -> bytes:
 
 
 def prescription_hash(p: Prescription) -> bytes:
-    """keccak256(canonical_json(p)): the `prescriptionHash` given to submitTask / submitStream."""
-    return keccak(canonical_json(p))
+    """The blob hash of canonical_json(p): the `prescriptionHash` given to submitTask / submitStream, and
+    the name under which the client uploads the document for providers to fetch."""
+    return merkle_root(canonical_json(p))
+
+
+def training_seed(p: Prescription, assignment_seed: bytes) -> int:
+    """The trainer's seed: the chain's assignment seed (fixed when bidding closed, so nobody could
+    train ahead or reuse another task's weights) mixed with the client's optional `I.seed`."""
+    return int.from_bytes(keccak(assignment_seed + (p.I.seed or 0).to_bytes(8, "big")), "big")
 
 
 # --- terms ---------------------------------------------------------------------------------------

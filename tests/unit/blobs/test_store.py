@@ -17,7 +17,7 @@ from ogpu_node.blobs import (
     merkle_root,
     parse_hash,
 )
-from ogpu_node.blobs.merkle import leaf_hash, node_hash
+from ogpu_node.types.merkle import leaf_hash, node_hash
 from ogpu_node.crypto import keccak
 
 

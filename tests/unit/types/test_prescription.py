@@ -9,8 +9,8 @@ import pytest
 from ogpu_node.contracts import scheduler, stake, task
 from ogpu_node.contracts.streams import STREAM_TERMS
 from ogpu_node.contracts.task import TERMS, Terms
-from ogpu_node.crypto import keccak
 from ogpu_node.types import prescription as pm
+from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import (
     InvalidPrescription,
     Prescription,
@@ -88,11 +88,11 @@ def test_json_round_trip(doc):
     assert Prescription.from_json(json.dumps(doc).encode()) == p
 
 
-def test_hash_is_keccak_of_canonical_json():
+def test_hash_is_the_blob_hash_of_canonical_json():
     p = Prescription.from_json(BATCH)
     canonical = json.dumps(p.to_json(), sort_keys=True, separators=(",", ":")).encode()
     assert p.canonical_json() == canonical and b" " not in canonical
-    assert prescription_hash(p) == p.prescription_hash() == keccak(canonical)
+    assert prescription_hash(p) == p.prescription_hash() == merkle_root(canonical)
     # key order and int-vs-string wei do not change the hash; content does
     reordered = dict(reversed(list(edit(BATCH, "I.max_payment", 1000).items())))
     assert Prescription.from_json(reordered).prescription_hash() == p.prescription_hash()

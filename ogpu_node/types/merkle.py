@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ogpu_node.crypto import keccak
+from eth_hash.auto import keccak  # types may not import ogpu_node.crypto (a sibling layer)
 
 CHUNK_SIZE = 256 * 1024
 HASH_SIZE = 32

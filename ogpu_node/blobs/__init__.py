@@ -1,6 +1,5 @@
 """Content-addressed store for datasets, models and checkpoints (synchronous; see DESIGN.md §1, §6)."""
 
-from ogpu_node.types.merkle import CHUNK_SIZE, EMPTY_ROOT, MerkleHasher, merkle_root
 from ogpu_node.blobs.store import (
     DEFAULT_MAX_BYTES,
     BlobError,
@@ -11,6 +10,7 @@ from ogpu_node.blobs.store import (
     BlobWriter,
     parse_hash,
 )
+from ogpu_node.types.merkle import CHUNK_SIZE, EMPTY_ROOT, MerkleHasher, merkle_root
 
 __all__ = [
     "CHUNK_SIZE",

@@ -17,8 +17,8 @@ from ogpu_node.blobs import (
     merkle_root,
     parse_hash,
 )
-from ogpu_node.types.merkle import leaf_hash, node_hash
 from ogpu_node.crypto import keccak
+from ogpu_node.types.merkle import leaf_hash, node_hash
 
 
 def reference_root(data: bytes) -> bytes:

@@ -544,3 +544,22 @@ def check_against_chain(p: Prescription, qualifying_providers: int, escrow_wei: 
         raise InvalidPrescription(
             "prescription.I.max_payment", f"{p.I.max_payment} wei exceeds the escrow of {escrow_wei} wei"
         )
+
+
+# --- segments ------------------------------------------------------------------------------------
+
+
+def segment_bounds(p: Prescription, k: int) -> tuple[int, int]:
+    """Global steps (first, last) of segment k: checkpoint k is the state after step ⌊steps·k/K⌋."""
+    steps, checkpoints = p.I.steps, p.I.checkpoints
+    assert steps is not None and checkpoints is not None, "a batch prescription"
+    if not 1 <= k <= checkpoints:
+        raise ValueError(f"checkpoint {k} is outside 1..{checkpoints}")
+    return steps * (k - 1) // checkpoints, steps * k // checkpoints
+
+
+def drawn_step(p: Prescription, k: int, step_index: int) -> int:
+    """The step inside segment k whose state hash council members commit under `exact`, from the
+    council's `stepIndex`: one of first+1 … last (the start state is public, the end is the result)."""
+    first, last = segment_bounds(p, k)
+    return first + 1 + step_index % (last - first)

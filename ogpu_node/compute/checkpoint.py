@@ -5,7 +5,9 @@ Layout (format `ogpu-checkpoint/1`):
 - tensors `optim/<param name>/<key>` — per-parameter optimizer state (Adam: step, exp_avg,
   exp_avg_sq; SGD with momentum: momentum_buffer), keyed by parameter name, not position;
 - one metadata entry `ogpu` — canonical JSON (sorted keys, no spaces): format, family, hparams
-  (defaults filled in), optimizer spec, seed, step, data_cursor, scheduler state.
+  (defaults filled in), optimizer spec, seed, step, data_cursor, scheduler state, and
+  recent_losses (the training losses of the last ≤ RECENT_LOSSES steps, oldest first, for charts;
+  carried through resumes so that a resumed run writes the same bytes as a straight one).
 
 The same state always serialises to the same bytes, so `H(ckpt)` identifies a state. Nothing is
 ever unpickled: loading reads raw tensors and JSON only.
@@ -14,6 +16,8 @@ ever unpickled: loading reads raw tensors and JSON only.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +34,7 @@ from ogpu_node.types.merkle import merkle_root
 
 FORMAT = "ogpu-checkpoint/1"
 META_KEY = "ogpu"
+RECENT_LOSSES = 16  # losses kept in a checkpoint's metadata
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,25 @@ class TrainState:
     seed: int
     step: int
     data_cursor: int
+    recent_losses: tuple[float, ...] = ()  # at most RECENT_LOSSES, oldest first
+
+
+def recent_losses(previous: Iterable[float], new: Iterable[float]) -> tuple[float, ...]:
+    """The last RECENT_LOSSES of `previous` followed by `new`."""
+    return (*previous, *new)[-RECENT_LOSSES:]
+
+
+def _loss_to_json(x: float) -> float | None:
+    # Canonical JSON has no NaN/inf: a diverged step's loss is stored as null.
+    return x if math.isfinite(x) else None
+
+
+def _loss_from_json(x: object) -> float:
+    if x is None:
+        return math.nan
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise InvalidCheckpoint(f"recent_losses: expected numbers, got {x!r}")
+    return float(x)
 
 
 def canonical_json(obj: Any) -> str:
@@ -78,6 +102,7 @@ def save(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) 
             "last_step": state.step,
             "next_lr": lr_at(state.optimizer, state.step),
         },
+        "recent_losses": [_loss_to_json(x) for x in state.recent_losses[-RECENT_LOSSES:]],
     }
     return st_save(tensors, metadata={META_KEY: canonical_json(meta)})
 
@@ -117,7 +142,10 @@ def load(data: bytes) -> tuple[nn.Module, torch.optim.Optimizer, TrainState]:
             seed=int(meta["seed"]),
             step=int(meta["step"]),
             data_cursor=int(meta["data_cursor"]),
+            recent_losses=tuple(_loss_from_json(x) for x in meta["recent_losses"]),
         )
+        if len(state.recent_losses) > RECENT_LOSSES:
+            raise InvalidCheckpoint(f"recent_losses: more than {RECENT_LOSSES}")
         model = build_model(state.family, state.hparams)
     except (KeyError, TypeError, InvalidModelSpec, InvalidTrainSpec) as e:
         raise InvalidCheckpoint(f"bad checkpoint metadata: {e}") from None

@@ -23,7 +23,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ogpu_node.compute import checkpoint
-from ogpu_node.compute.checkpoint import TrainState, canonical_json
+from ogpu_node.compute.checkpoint import TrainState, canonical_json, recent_losses
 from ogpu_node.compute.data import Dataset, TensorDataset, TextDataset
 from ogpu_node.compute.errors import InvalidCheckpoint, InvalidTrainSpec
 from ogpu_node.compute.models import build_model, canonical_hparams, config_from_hparams
@@ -144,7 +144,8 @@ def train_segment(
         model.train()
         for step in range(first, last + 1):
             if step in wanted:
-                now = TrainState(state.family, state.hparams, state.optimizer, state.seed, step, cursor)
+                recent = recent_losses(state.recent_losses, losses)
+                now = TrainState(state.family, state.hparams, state.optimizer, state.seed, step, cursor, recent)
                 hashes[step] = checkpoint.checkpoint_hash(checkpoint.save(model, optimizer, now))
             if step == last:
                 break
@@ -158,7 +159,8 @@ def train_segment(
             optimizer.step()
             losses.append(loss.item())
             cursor += spec.batch_size
-        final = TrainState(state.family, state.hparams, state.optimizer, state.seed, last, cursor)
+        recent = recent_losses(state.recent_losses, losses)
+        final = TrainState(state.family, state.hparams, state.optimizer, state.seed, last, cursor, recent)
         return SegmentResult(checkpoint.save(model, optimizer, final), losses, hashes)
 
 

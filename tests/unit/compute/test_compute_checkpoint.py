@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -8,7 +10,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from unit.compute.compute_tasks import mlp_spec, text_spec
 
-from ogpu_node.compute import InvalidCheckpoint, dataset_from_safetensors, load, save, train_segment
+from ogpu_node.compute import (
+    InvalidCheckpoint,
+    checkpoint_hash,
+    dataset_from_safetensors,
+    load,
+    save,
+    train_segment,
+)
 from ogpu_node.compute.checkpoint import read_metadata
 
 
@@ -58,3 +67,46 @@ def test_tensor_dataset_from_safetensors():
         )
     )
     assert ds.features.dtype == torch.float32 and ds.labels.dtype == torch.int64 and len(ds) == 4
+
+
+def test_recent_losses_are_the_last_16_training_losses_oldest_first():
+    spec = mlp_spec()
+    assert read_metadata(train_segment(spec, None, 0).checkpoint)["recent_losses"] == []
+    short = train_segment(spec, None, 5)
+    assert read_metadata(short.checkpoint)["recent_losses"] == short.losses
+    long = train_segment(spec, None, 20)
+    assert read_metadata(long.checkpoint)["recent_losses"] == long.losses[-16:]
+
+
+def test_recent_losses_survive_a_resume_bit_for_bit():
+    spec = mlp_spec()
+    straight = train_segment(spec, None, 20)
+    first = train_segment(spec, None, 13)
+    second = train_segment(spec, first.checkpoint, 7)
+    assert second.checkpoint == straight.checkpoint
+    _, _, state = load(first.checkpoint)
+    assert list(state.recent_losses) == first.losses
+
+
+def test_state_hash_mid_segment_covers_recent_losses():
+    spec = mlp_spec()
+    full = train_segment(spec, train_segment(spec, None, 3).checkpoint, 6, hash_steps=[5])
+    at5 = train_segment(spec, None, 5).checkpoint
+    assert full.state_hashes[5] == checkpoint_hash(at5)
+
+
+def test_a_diverged_loss_is_stored_as_null_and_round_trips():
+    ckpt = train_segment(mlp_spec(), None, 2).checkpoint
+    model, optimizer, state = load(ckpt)
+    diverged = save(model, optimizer, dataclasses.replace(state, recent_losses=(1.5, math.nan, math.inf)))
+    assert read_metadata(diverged)["recent_losses"] == [1.5, None, None]
+    assert save(*load(diverged)) == diverged
+
+
+def test_malformed_recent_losses_are_rejected():
+    ckpt = train_segment(mlp_spec(), None, 1).checkpoint
+    tensors = st_load(ckpt)
+    for bad in (["x"], [0.0] * 17, 3):
+        meta = {**read_metadata(ckpt), "recent_losses": bad}
+        with pytest.raises(InvalidCheckpoint, match="recent_losses|metadata"):
+            load(st_save(tensors, metadata={"ogpu": json.dumps(meta)}))

@@ -19,7 +19,7 @@ from ogpu_node.compute.errors import (
 from ogpu_node.compute.models import FAMILIES, build_model, config_from_hparams
 from ogpu_node.compute.optim import OptimizerSpec
 from ogpu_node.compute.profile import PROFILES, profile_env, train_segment_in_profile
-from ogpu_node.compute.trainer import SegmentResult, TrainSpec, train_segment
+from ogpu_node.compute.trainer import SegmentResult, TrainSpec, initial_checkpoint, train_segment
 
 __all__ = [
     "FAMILIES",
@@ -43,6 +43,7 @@ __all__ = [
     "dataset_from_safetensors",
     "dataset_from_text",
     "equivalence",
+    "initial_checkpoint",
     "load",
     "profile_env",
     "save",

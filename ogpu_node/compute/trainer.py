@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -122,6 +123,35 @@ def _resume(spec: TrainSpec, data: bytes) -> tuple[nn.Module, torch.optim.Optimi
     return model, optimizer, state
 
 
+def initial_checkpoint(spec: TrainSpec, weights: bytes) -> bytes:
+    """The step-0 checkpoint of `spec` with the client's initial weights (a prescription's
+    M.initial_weights: a safetensors file of the model's state_dict) in place of the seeded init.
+
+    Every tensor must match the model's by name, shape and dtype; the optimizer state is fresh and
+    the data cursor 0, so training from it is like training from any checkpoint.
+    """
+    try:
+        tensors = st_load(weights)
+    except (SafetensorError, ValueError) as e:
+        raise InvalidTrainSpec(f"initial_weights: not a safetensors file: {e}") from None
+    with deterministic():
+        model, optimizer, state = initial_state(spec)
+        expected = model.state_dict()
+        missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
+        if missing or unexpected:
+            what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
+            raise InvalidTrainSpec(f"initial_weights: {what} for {spec.family}")
+        for name, t in expected.items():
+            got = tensors[name]
+            if got.shape != t.shape or got.dtype != t.dtype:
+                raise InvalidTrainSpec(
+                    f"initial_weights: {name} is {got.dtype} {tuple(got.shape)}, "
+                    f"{spec.family} needs {t.dtype} {tuple(t.shape)}"
+                )
+        model.load_state_dict(tensors, strict=True)
+        return checkpoint.save(model, optimizer, state)
+
+
 def train_segment(
     spec: TrainSpec, start: bytes | None, steps: int, hash_steps: Iterable[int] = ()
 ) -> SegmentResult:
@@ -129,6 +159,20 @@ def train_segment(
 
     `hash_steps` are global step numbers in [start step, end step] whose state hash is wanted.
     """
+    return run_segment(spec, start, steps, hash_steps)
+
+
+def run_segment(
+    spec: TrainSpec,
+    start: bytes | None,
+    steps: int,
+    hash_steps: Iterable[int] = (),
+    data_seed: int | None = None,
+    updates: int | None = None,
+) -> SegmentResult:
+    """train_segment, with the knobs faults.py turns to play a dishonest executor: `data_seed`
+    draws the data order from another seed, and only the first `updates` steps update the model
+    (the rest still advance the step counter and data cursor)."""
     if steps < 0:
         raise InvalidTrainSpec(f"steps: must be non-negative, got {steps}")
     with deterministic():
@@ -149,8 +193,12 @@ def train_segment(
                 hashes[step] = checkpoint.checkpoint_hash(checkpoint.save(model, optimizer, now))
             if step == last:
                 break
+            if updates is not None and step - first >= updates:
+                cursor += spec.batch_size
+                continue
             torch.manual_seed(derive_seed(spec.seed, "step", step))
-            x, y = spec.dataset.batch(batch_indices(spec.seed, len(spec.dataset), cursor, spec.batch_size))
+            order_seed = spec.seed if data_seed is None else data_seed
+            x, y = spec.dataset.batch(batch_indices(order_seed, len(spec.dataset), cursor, spec.batch_size))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(spec.optimizer, step)
             optimizer.zero_grad(set_to_none=True)

@@ -18,6 +18,7 @@ from ogpu_node.compute.errors import (
 )
 from ogpu_node.compute.models import FAMILIES, build_model, config_from_hparams
 from ogpu_node.compute.optim import OptimizerSpec
+from ogpu_node.compute.prescription import spec_from_prescription
 from ogpu_node.compute.profile import PROFILES, profile_env, train_segment_in_profile
 from ogpu_node.compute.trainer import SegmentResult, TrainSpec, initial_checkpoint, train_segment
 
@@ -47,6 +48,7 @@ __all__ = [
     "load",
     "profile_env",
     "save",
+    "spec_from_prescription",
     "train_segment",
     "train_segment_in_profile",
 ]

@@ -6,6 +6,9 @@ family, the optimizer spec is one the trainer runs, a named numeric profile is k
 names one), and the inference equivalences have what they need (`possible` truncates with top-k or
 top-p; `tokens` and `possible` generate, so the model is a `char-transformer`).
 Errors are `InvalidPrescription` naming the field.
+
+`spec_from_prescription` turns a batch prescription, its fetched dataset and the training seed into
+the `TrainSpec` the trainer runs (errors: `InvalidTrainSpec` naming the field).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from typing import Any
 
 import torch
 
+from ogpu_node.compute.data import Dataset, dataset_from_safetensors, dataset_from_text
 from ogpu_node.compute.errors import InvalidModelSpec, InvalidTrainSpec
-from ogpu_node.compute.models import FAMILIES, build_model
+from ogpu_node.compute.models import FAMILIES, build_model, config_from_hparams
 from ogpu_node.compute.optim import OptimizerSpec
 from ogpu_node.compute.profile import PROFILES
+from ogpu_node.compute.trainer import TrainSpec
 from ogpu_node.types.prescription import InvalidPrescription, Prescription
 
 TEXT_FAMILIES = ("char-transformer",)  # a text corpus trains byte-level models only
@@ -68,3 +73,30 @@ def validate(doc: Any) -> Prescription:
     p = Prescription.from_json(doc)
     check_semantics(p)
     return p
+
+
+def spec_from_prescription(p: Prescription, dataset: bytes, seed: int) -> TrainSpec:
+    """The TrainSpec of batch prescription `p`: model from M, optimizer and batch size from I, the
+    dataset blob decoded per D.format, and `seed` (`training_seed(p, assignment_seed)`)."""
+    if p.kind != "batch" or p.D is None or p.I.optimizer is None or p.I.batch_size is None:
+        raise InvalidTrainSpec("prescription.kind: only a batch task with D and I.optimizer trains")
+    try:
+        cfg = config_from_hparams(p.M.family, p.M.hparams)
+    except InvalidModelSpec as e:
+        raise InvalidTrainSpec(f"prescription.M.hparams: {e}") from None
+    try:
+        optimizer = OptimizerSpec.from_json(dict(p.I.optimizer))
+    except (InvalidTrainSpec, TypeError, ValueError) as e:
+        raise InvalidTrainSpec(f"prescription.I.{e}" if str(e).startswith("optimizer.") else
+                               f"prescription.I.optimizer: {e}") from None
+    data: Dataset
+    try:
+        if p.D.format == "text":
+            if not hasattr(cfg, "block_size"):
+                raise InvalidTrainSpec(f"text data trains a char-transformer, not {p.M.family}")
+            data = dataset_from_text(dataset, cfg.block_size)
+        else:
+            data = dataset_from_safetensors(dataset)
+        return TrainSpec(p.M.family, p.M.hparams, optimizer, data, p.I.batch_size, seed)
+    except (InvalidTrainSpec, InvalidModelSpec) as e:
+        raise InvalidTrainSpec(f"prescription.D: {e}") from None

@@ -12,6 +12,7 @@ training N steps, saving, loading and training N more gives the same bytes as 2N
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ogpu_node.compute import checkpoint
 from ogpu_node.compute.checkpoint import TrainState, canonical_json, recent_losses
 from ogpu_node.compute.data import Dataset, TensorDataset, TextDataset
 from ogpu_node.compute.errors import InvalidCheckpoint, InvalidTrainSpec
-from ogpu_node.compute.models import build_model, canonical_hparams, config_from_hparams
+from ogpu_node.compute.models import MLPConfig, build_model, canonical_hparams, config_from_hparams
 from ogpu_node.compute.optim import OptimizerSpec, lr_at, make_optimizer
 from ogpu_node.crypto import keccak
 
@@ -65,6 +66,14 @@ class TrainSpec:
                 raise InvalidTrainSpec(f"dataset: {self.family} trains on a text corpus")
             if int(ds.labels.min()) < 0 or int(ds.labels.max()) >= n_classes:
                 raise InvalidTrainSpec(f"dataset: labels outside [0, {n_classes})")
+            sample = tuple(ds.features.shape[1:])
+            if isinstance(cfg, MLPConfig):  # the MLP flattens each sample
+                fits, needs = math.prod(sample) == cfg.in_dim, f"{cfg.in_dim} values"
+            else:
+                shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+                fits, needs = sample == shape, f"shape {shape}"
+            if not fits:
+                raise InvalidTrainSpec(f"dataset: samples of shape {sample}, {self.family} needs {needs}")
         else:
             raise InvalidTrainSpec(f"dataset: unsupported type {type(ds).__name__}")
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from unit.compute.compute_tasks import cnn_spec, mlp_spec, text_spec
 
 from ogpu_node.compute import (
@@ -104,3 +105,15 @@ def test_text_corpus_needs_the_char_transformer():
     spec = text_spec()
     with pytest.raises(InvalidTrainSpec, match="char-transformer"):
         TrainSpec("mlp", {"in_dim": 16, "out_dim": 2}, spec.optimizer, spec.dataset, 8, 7)
+
+
+def test_dataset_samples_must_fit_the_model_input():
+    spec = mlp_spec()
+    wrong = TensorDataset(spec.dataset.features[:, :4], spec.dataset.labels)
+    with pytest.raises(InvalidTrainSpec, match=r"samples of shape \(4,\), mlp needs 8 values"):
+        TrainSpec("mlp", spec.hparams, spec.optimizer, wrong, 16, 7)
+    image = TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(InvalidTrainSpec, match=r"cnn needs shape \(1, 16, 16\)"):
+        TrainSpec("cnn", {"n_classes": 2}, spec.optimizer, image, 2, 7)
+    flat = TensorDataset(torch.zeros(4, 2, 4), torch.zeros(4, dtype=torch.long))
+    TrainSpec("mlp", spec.hparams, spec.optimizer, flat, 2, 7)  # 2×4 flattens to in_dim 8

@@ -5,10 +5,16 @@ every transaction locally with the client's key (the node holds no unlocked keys
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 from eth_account import Account
@@ -19,7 +25,11 @@ from web3.logs import DISCARD
 from ogpu_node.types.merkle import CHUNK_SIZE, MerkleHasher, merkle_root
 from ogpu_node.types.prescription import Prescription, prescription_hash, to_terms
 
-__all__ = ["STATE_NAMES", "PHASE_NAMES", "Client", "ClientError", "TaskStatus", "file_blob_hash"]
+__all__ = [
+    "CANCEL_REASONS", "OUTCOMES", "PHASE_NAMES", "STATE_NAMES", "CheckpointHistory", "Client", "ClientError",
+    "ExecutorChange", "LossPoint", "TaskHistory", "TaskStatus", "Verdict", "build_history", "checkpoint_header",
+    "extract_weights", "file_blob_hash", "mean_recent_loss",
+]
 
 _ABI_DIR = Path(__file__).resolve().parents[2] / "contracts"
 TASK_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
@@ -215,9 +225,7 @@ class Client:
     # -- reads ----------------------------------------------------------------------------------
 
     def status(self, task_id: int) -> TaskStatus:
-        count = self._guard("taskCount", self.task.functions.taskCount().call)
-        if not 1 <= task_id <= count:
-            raise ClientError(f"task {task_id} does not exist (tasks: {count})")
+        self._require_task(task_id)
         fns = self.task.functions
         (client, kind, state, phash, escrow, deposit, executor, price, _seed, bid_deadline,
          assigned_at) = self._guard("getTask", fns.getTask(task_id).call)
@@ -243,6 +251,359 @@ class Client:
             accepted=accepted, committed=committed, paid=paid, confirm_deadline=confirm_deadline,
             checkpoint=checkpoint,
         )
+
+    def _require_task(self, task_id: int) -> None:
+        count = self._guard("taskCount", self.task.functions.taskCount().call)
+        if not 1 <= task_id <= count:
+            raise ClientError(f"task {task_id} does not exist (tasks: {count})")
+
+    def checkpoint_history(self, task_id: int) -> TaskHistory:
+        """Every checkpoint's verdicts, reveals and payments, the executor changes and the task's end, from
+        the Task logs carrying ``task_id`` (read back from the head until its TaskSubmitted)."""
+        self._require_task(task_id)
+        checkpoints = int(self._guard("getTerms", self.task.functions.getTerms(task_id).call)[3])
+        events = {self.task.events[name].topic: self.task.events[name]() for name in _HISTORY_EVENTS}
+        submitted = self.task.events["TaskSubmitted"].topic
+        task_topic = "0x" + task_id.to_bytes(32, "big").hex()
+        logs: list[Any] = []
+        last = self._guard("eth_blockNumber", lambda: self.w3.eth.block_number)
+        while last >= 0:
+            first = max(0, last - _LOG_WINDOW + 1)
+            batch = self._guard("eth_getLogs", self.w3.eth.get_logs, {
+                "address": TASK_ADDRESS, "fromBlock": first, "toBlock": last, "topics": [None, task_topic]})
+            logs[:0] = batch
+            if any("0x" + bytes(log["topics"][0]).hex() == submitted for log in batch):
+                break
+            last = first - 1
+        decoded = []
+        for log in logs:
+            event = events.get("0x" + bytes(log["topics"][0]).hex())
+            if event is not None:
+                data = event.process_log(log)
+                decoded.append((data["event"], dict(data["args"]), int(log["blockNumber"])))
+        return build_history(task_id, checkpoints, decoded)
+
+    def _get_blob(self, blob_hash: bytes) -> requests.Response:
+        response = requests.get(f"{self.rpc_url}/blobs/0x{blob_hash.hex()}", stream=True, timeout=self.timeout)
+        if response.status_code != 200:
+            response.close()
+            if response.status_code == 404:
+                raise ClientError(f"blob 0x{blob_hash.hex()} is not on the node at {self.rpc_url}")
+            raise ClientError(f"download of blob 0x{blob_hash.hex()}: HTTP {response.status_code}")
+        return response
+
+    def download_blob(self, blob_hash: bytes, out_path: Path) -> int:
+        """Stream blob ``blob_hash`` into ``out_path``, hashing it on the way; the file appears (atomically)
+        only if the bytes hash to ``blob_hash``. Returns the size."""
+        out_path = Path(out_path)
+
+        def fetch() -> int:
+            with self._get_blob(blob_hash) as response, _atomic_file(out_path) as out:
+                hasher = MerkleHasher()
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                if hasher.digest() != blob_hash:
+                    raise ClientError(f"blob 0x{blob_hash.hex()}: the node sent {hasher.size} bytes hashing to "
+                                      f"0x{hasher.digest().hex()}; refused, nothing written")
+                return hasher.size
+
+        try:
+            return self._guard(f"download of blob 0x{blob_hash.hex()}", fetch)
+        except OSError as exc:
+            raise ClientError(f"cannot write {out_path}: {exc.strerror or exc}") from None
+
+    def checkpoint_metadata(self, checkpoint_hash: bytes) -> dict[str, Any]:
+        """The `ogpu` metadata of a checkpoint blob, fetching only its header (8 + header length bytes).
+        A partial read cannot be hash-checked: use it for display only."""
+        def fetch() -> bytes:
+            with self._get_blob(checkpoint_hash) as response:
+                data = bytearray()
+                for chunk in response.iter_content(64 * 1024):
+                    data += chunk
+                    if len(data) >= 8 and len(data) >= 8 + min(int.from_bytes(data[:8], "little"), _MAX_HEADER):
+                        break
+                return bytes(data)
+
+        data = self._guard(f"download of checkpoint 0x{checkpoint_hash.hex()}", fetch)
+        try:
+            return checkpoint_header(data)[1]
+        except ValueError as exc:
+            raise ClientError(f"checkpoint 0x{checkpoint_hash.hex()}: {exc}") from None
+
+    def loss_curve(self, history: TaskHistory) -> list[LossPoint]:
+        """Per checkpoint with a hash (the accepted one, else the latest revealed): the mean recent training
+        loss from its header. A checkpoint whose blob the node lacks gets loss None."""
+        points = []
+        for c in history.checkpoints:
+            accepted = c.accepted
+            ckpt_hash = accepted.checkpoint_hash if accepted and accepted.checkpoint_hash else c.revealed
+            if ckpt_hash is None:
+                continue
+            try:
+                meta = self.checkpoint_metadata(ckpt_hash)
+            except ClientError:
+                meta = {}
+            step = meta.get("step")
+            points.append(LossPoint(c.k, step if isinstance(step, int) else None, mean_recent_loss(meta),
+                                    accepted is not None))
+        return points
+
+    def _result_ready(self, s: TaskStatus) -> bool:
+        """Whether ``s`` has an accepted final checkpoint; raises if it never will."""
+        if s.state == "Cancelled":
+            raise ClientError(f"task {s.task_id} was cancelled with {s.accepted}/{s.checkpoints} checkpoints "
+                              "accepted: it has no result")
+        return s.state in ("AwaitingConfirmation", "Settled") and s.accepted == s.checkpoints
+
+    def result(self, task_id: int, out_path: Path, checkpoint_path: Path | None = None) -> bytes:
+        """Download the accepted final checkpoint K by its on-chain hash, check it, and write its weights
+        (`model/<name>` as `<name>`) to ``out_path``; keep the whole checkpoint at ``checkpoint_path`` if
+        given. Returns H(ckpt_K)."""
+        s = self.status(task_id)
+        if not self._result_ready(s):
+            raise ClientError(f"task {task_id} has no result yet: state {s.state}, "
+                              f"{s.accepted}/{s.checkpoints} checkpoints accepted")
+        if s.state == "Settled" and self.checkpoint_history(task_id).outcome == _OUTCOME_EXECUTOR_LOST:
+            raise ClientError(f"task {task_id}: the final checkpoint was rejected on dispute: it has no result")
+        ckpt = self._guard("getCheckpoint", self.task.functions.getCheckpoint(task_id, s.checkpoints).call)
+        ckpt_hash = bytes(ckpt[3])
+        if not any(ckpt_hash):
+            raise ClientError(f"task {task_id}: checkpoint {s.checkpoints} has no revealed hash")
+        out_path = Path(out_path)
+        keep = Path(checkpoint_path) if checkpoint_path is not None else None
+        target = keep or out_path.with_name(f".{out_path.name}.checkpoint")
+        try:
+            self.download_blob(ckpt_hash, target)
+            extract_weights(target, out_path, ckpt_hash)
+        except OSError as exc:
+            raise ClientError(f"cannot write {out_path}: {exc.strerror or exc}") from None
+        finally:
+            if keep is None:
+                target.unlink(missing_ok=True)
+        return ckpt_hash
+
+    def wait_for_result(self, task_id: int, timeout: float | None = None, poll: float = 2.0,
+                        progress: Callable[[TaskStatus], None] | None = None) -> TaskStatus:
+        """Poll until the final checkpoint is accepted; ``progress`` gets each status. Raises ClientError when
+        the task is cancelled or ``timeout`` seconds pass."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            s = self.status(task_id)
+            if progress is not None:
+                progress(s)
+            if self._result_ready(s):
+                return s
+            if deadline is not None and time.monotonic() + poll > deadline:
+                raise ClientError(f"timed out after {timeout:g}s waiting for task {task_id}: state {s.state}, "
+                                  f"{s.accepted}/{s.checkpoints} checkpoints accepted")
+            time.sleep(poll)
+
+# -- checkpoint history, checkpoint files and results -------------------------------------------------
+
+CANCEL_REASONS = {1: "too few bids", 2: "too few council candidates", 3: "too many inconclusive rounds",
+                  4: "no bidder left to replace the executor"}
+OUTCOMES = {1: "confirmed", 2: "the executor lost the dispute", 3: "the client lost the dispute"}
+_OUTCOME_EXECUTOR_LOST = 2
+_HISTORY_EVENTS = ("TaskSubmitted", "TaskAssigned", "ExecutorReplaced", "CheckpointRevealed", "CheckpointAccepted",
+                   "CheckpointRejected", "CheckpointMissed", "CheckpointInconclusive", "TaskCancelled",
+                   "TaskSettled")
+_LOG_WINDOW = 100_000  # blocks per eth_getLogs call: the node's range limit (docs/rpc.md)
+_CHECKPOINT_META_KEY = "ogpu"  # compute/checkpoint.py META_KEY
+_MAX_HEADER = 16 * 1024 * 1024
+_COPY_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One decision on checkpoint k: `accepted` (with its payments and the hash accepted), `rejected` or
+    `missed` (the executor slashed by `penalty`), or an `inconclusive` council round."""
+
+    k: int
+    kind: str
+    block: int
+    checkpoint_hash: bytes | None = None
+    executor: str | None = None
+    executor_paid: int = 0
+    council_paid: int = 0
+    discount: int = 0
+    penalty: int = 0
+    round: int | None = None
+
+
+@dataclass(frozen=True)
+class ExecutorChange:
+    """The task assigned (`previous` None) or re-assigned, resuming after checkpoint `resume_from`."""
+
+    block: int
+    executor: str
+    price: int
+    previous: str | None = None
+    resume_from: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointHistory:
+    k: int
+    verdicts: tuple[Verdict, ...] = ()
+    revealed: bytes | None = None  # the latest H(ckpt_k) the executor revealed
+
+    @property
+    def accepted(self) -> Verdict | None:
+        return next((v for v in reversed(self.verdicts) if v.kind == "accepted"), None)
+
+
+@dataclass(frozen=True)
+class TaskHistory:
+    task_id: int
+    checkpoints: tuple[CheckpointHistory, ...]  # k = 1..K
+    executors: tuple[ExecutorChange, ...]
+    executor_paid: int
+    council_paid: int
+    discounts: int
+    cancel_reason: int | None = None  # TaskCancelled
+    outcome: int | None = None  # TaskSettled
+    refund: int | None = None  # of either
+
+    @property
+    def paid(self) -> int:
+        return self.executor_paid + self.council_paid
+
+
+@dataclass(frozen=True)
+class LossPoint:
+    """The mean of checkpoint k's `recent_losses` (None: no loss data), and whether k is accepted yet."""
+
+    k: int
+    step: int | None
+    loss: float | None
+    accepted: bool
+
+
+def build_history(task_id: int, checkpoints: int, events: list[tuple[str, dict[str, Any], int]]) -> TaskHistory:
+    """Fold a task's Task events, in chain order, as (name, args, block number), into its history."""
+    verdicts: dict[int, list[Verdict]] = {k: [] for k in range(1, checkpoints + 1)}
+    revealed: dict[int, bytes] = {}
+    executors: list[ExecutorChange] = []
+    ended: dict[str, int] = {}
+    for name, a, block in events:
+        k = a.get("k", 0)
+        if name == "TaskAssigned":
+            executors.append(ExecutorChange(block, a["executor"], a["price"]))
+        elif name == "ExecutorReplaced":
+            executors.append(ExecutorChange(block, a["executor"], a["price"], a["previous"], a["resumeFrom"]))
+        elif name == "CheckpointRevealed":
+            revealed[k] = bytes(a["checkpointHash"])
+        elif name == "CheckpointAccepted":
+            verdicts.setdefault(k, []).append(Verdict(
+                k, "accepted", block, checkpoint_hash=revealed.get(k), executor_paid=a["executorPaid"],
+                council_paid=a["councilPaid"], discount=a["discount"]))
+        elif name in ("CheckpointRejected", "CheckpointMissed"):
+            kind = "rejected" if name == "CheckpointRejected" else "missed"
+            verdicts.setdefault(k, []).append(Verdict(
+                k, kind, block, checkpoint_hash=revealed.get(k), executor=a["executor"], penalty=a["penalty"]))
+        elif name == "CheckpointInconclusive":
+            verdicts.setdefault(k, []).append(Verdict(k, "inconclusive", block, round=a["round"]))
+        elif name == "TaskCancelled":
+            ended = {"cancel_reason": a["reason"], "refund": a["refund"]}
+        elif name == "TaskSettled":
+            ended = {"outcome": a["outcome"], "refund": a["refund"]}
+    accepted = [v for vs in verdicts.values() for v in vs if v.kind == "accepted"]
+    return TaskHistory(
+        task_id=task_id,
+        checkpoints=tuple(CheckpointHistory(k, tuple(vs), revealed.get(k)) for k, vs in sorted(verdicts.items())),
+        executors=tuple(executors), executor_paid=sum(v.executor_paid for v in accepted),
+        council_paid=sum(v.council_paid for v in accepted), discounts=sum(v.discount for v in accepted), **ended,
+    )
+
+
+def checkpoint_header(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensors, ogpu metadata) from the start of a checkpoint file (8 + header length bytes suffice);
+    the metadata is `{}` when absent. Raises ValueError when it is not a safetensors header."""
+    if len(data) < 8:
+        raise ValueError("truncated safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > _MAX_HEADER or len(data) < 8 + n:
+        raise ValueError("truncated or oversized safetensors header")
+    header = json.loads(data[8 : 8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not an object")
+    meta = json.loads((header.pop("__metadata__", None) or {}).get(_CHECKPOINT_META_KEY, "{}"))
+    return header, meta if isinstance(meta, dict) else {}
+
+
+def mean_recent_loss(meta: dict[str, Any]) -> float | None:
+    """The mean of the finite numbers in `recent_losses` (None without any)."""
+    losses = meta.get("recent_losses")
+    if not isinstance(losses, list):
+        return None
+    finite = [float(x) for x in losses
+              if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def extract_weights(checkpoint: Path, out_path: Path, checkpoint_hash: bytes) -> int:
+    """Write the checkpoint file's `model/<name>` tensors as `<name>` into a safetensors file at ``out_path``
+    (atomically), copying their bytes unchanged; return the number of tensors."""
+    name = f"checkpoint 0x{checkpoint_hash.hex()}"
+    size = checkpoint.stat().st_size
+    with open(checkpoint, "rb") as src:
+        prefix = src.read(8)
+        n = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+        try:
+            tensors, meta = checkpoint_header(prefix + src.read(min(n, _MAX_HEADER)))
+        except ValueError as exc:
+            raise ClientError(f"{name} is not a safetensors file: {exc}") from None
+        base, layout, sources, offset = 8 + n, {}, [], 0
+        weights = [(t, info) for t, info in tensors.items() if t.startswith("model/")]
+        try:
+            weights.sort(key=lambda item: item[1]["data_offsets"][0])  # keeps the writer's alignment order
+            for tensor, info in weights:
+                begin, end = (int(x) for x in info["data_offsets"])
+                if not 0 <= begin <= end <= size - base:
+                    raise ValueError("offsets out of range")
+                layout[tensor.removeprefix("model/")] = {
+                    "dtype": info["dtype"], "shape": info["shape"], "data_offsets": [offset, offset + end - begin]}
+                sources.append((begin, end))
+                offset += end - begin
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClientError(f"{name}: bad tensor entry: {exc}") from None
+        if not layout:
+            raise ClientError(f"{name} holds no model/ tensors")
+        info_meta = {"ogpu_checkpoint": "0x" + checkpoint_hash.hex()}
+        if "family" in meta:
+            info_meta["family"] = str(meta["family"])
+            info_meta["hparams"] = json.dumps(meta.get("hparams"), sort_keys=True, separators=(",", ":"))
+        header = json.dumps({"__metadata__": info_meta, **layout}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        with _atomic_file(out_path) as dst:
+            dst.write(len(header).to_bytes(8, "little") + header)
+            for begin, end in sources:
+                src.seek(base + begin)
+                left = end - begin
+                while left:
+                    chunk = src.read(min(left, _COPY_SIZE))
+                    if not chunk:
+                        raise ClientError(f"{name}: truncated tensor data")
+                    dst.write(chunk)
+                    left -= len(chunk)
+    return len(layout)
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path``, renamed onto it if the block succeeds, removed otherwise."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _reason(exc: BaseException) -> str:

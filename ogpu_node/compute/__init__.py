@@ -16,6 +16,7 @@ from ogpu_node.compute.errors import (
     UnknownProfile,
     WorkerFailed,
 )
+from ogpu_node.compute.faults import FAULTS, Fault, train_faulty
 from ogpu_node.compute.models import FAMILIES, build_model, config_from_hparams
 from ogpu_node.compute.optim import OptimizerSpec
 from ogpu_node.compute.prescription import spec_from_prescription
@@ -24,8 +25,10 @@ from ogpu_node.compute.trainer import SegmentResult, TrainSpec, initial_checkpoi
 
 __all__ = [
     "FAMILIES",
+    "FAULTS",
     "PROFILES",
     "ComputeError",
+    "Fault",
     "InvalidCheckpoint",
     "InvalidModelSpec",
     "InvalidTrainSpec",
@@ -50,5 +53,6 @@ __all__ = [
     "save",
     "spec_from_prescription",
     "train_segment",
+    "train_faulty",
     "train_segment_in_profile",
 ]

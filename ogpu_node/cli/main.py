@@ -18,6 +18,7 @@ from ogpu_node import CLIENT_VERSION
 from ogpu_node.chain import ChainError
 from ogpu_node.cli.account import account
 from ogpu_node.cli.common import datadir_option, resolve_datadir
+from ogpu_node.cli.provider import provider
 from ogpu_node.cli.task import task
 from ogpu_node.config import GenesisConfig, GenesisError, load_genesis
 from ogpu_node.crypto import DEV_MNEMONIC, derive_dev_accounts
@@ -53,6 +54,7 @@ def cli(log_level: str) -> None:
 
 cli.add_command(account)
 cli.add_command(task)
+cli.add_command(provider)
 
 
 def _load_genesis(path: Path) -> GenesisConfig:

@@ -1,0 +1,268 @@
+"""The provider app: one staked provider serving batch tasks through one node (DESIGN.md §6).
+
+On start it measures its resources (device, memory, training throughput in its numeric-profile
+worker), stakes if needed, registers them and takes the provider role. Then it follows Task's events
+block by block: it considers each new batch task (fetches the prescription and D, checks feasibility
+and profitability, bids), trains the tasks it wins (`ExecutorJob`, in a worker process, so the loop
+keeps watching and voting), and serves on the councils it is drawn for (`CouncilDuty`, in a second
+worker). Every decision is logged with the task id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ogpu_node.apps.client import ClientError
+from ogpu_node.apps.provider.chain import ChainClient, Event
+from ogpu_node.apps.provider.jobs import CouncilDuty, ExecutorJob, TaskContext
+from ogpu_node.apps.provider.strategy import BidStrategy, Job, Resources
+from ogpu_node.contracts.checkpoints import STATE_DISPUTED
+from ogpu_node.contracts.stake import ROLE_PROVIDER
+from ogpu_node.types.prescription import DEVICE_KINDS, InvalidPrescription, segment_bounds, training_seed
+
+log = logging.getLogger("ogpu.provider")
+KIND_BATCH = 0
+PROFILE = "cpu-avx2-1t"  # the numeric profile a CPU provider trains and verifies under
+MAX_DATASET_BYTES = 1 << 30
+
+
+@dataclass
+class ProviderConfig:
+    rpc_url: str
+    private_key: bytes
+    datadir: Path
+    stake: int | None = None  # wei to stake if below the provider minimum (default: the minimum)
+    memory_mib: int | None = None  # cap on the registered memory (default: all of this machine's)
+    cost_per_second: int = 10**15  # wei per second of compute: the operator's cost
+    margin: float = 0.2
+    fault: Any = None  # compute.Fault: train dishonestly (tests and demonstrations only)
+    poll_s: float = 0.5
+    endpoint: str = ""
+
+
+class Provider:
+    def __init__(self, config: ProviderConfig) -> None:
+        from ogpu_node.compute import Worker  # torch loads here, not when the CLI starts
+
+        self.config = config
+        self.chain = ChainClient(config.rpc_url, config.private_key)
+        self.me = self.chain.address.lower()
+        self.strategy = BidStrategy(config.cost_per_second, config.margin)
+        self.council_worker = Worker(PROFILE)
+        self._worker_cls = Worker
+        self.resources: Resources | None = None
+        self.contexts: dict[int, TaskContext] = {}
+        self.bids: dict[int, int] = {}  # task id -> our price
+        self.jobs: dict[int, ExecutorJob] = {}
+        self.duties: list[CouncilDuty] = []
+        self.revealed: dict[tuple[int, int], bytes] = {}
+        self._lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.last_block = -1
+
+    # -- start-up --
+
+    def measure(self) -> Resources:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+        if self.config.memory_mib is not None:
+            memory = min(memory, self.config.memory_mib)
+        flops = self.council_worker.measure_throughput(1.0)
+        return Resources(device="cpu", memory_mib=int(memory), flops_per_s=flops, profiles=(PROFILE,))
+
+    def register(self) -> None:
+        """Measure, stake up to the provider minimum, register resources, take the provider role."""
+        self.resources = res = self.measure()
+        log.info("resources: %s, %d MiB, %.2f GFLOP/s training throughput (profile %s)", res.device,
+                 res.memory_mib, res.flops_per_s / 1e9, PROFILE)
+        stake = self.chain.stake
+        staked, _locked, _unbonding, _release, roles = self.chain.call("stakeOf", stake.functions.stakeOf(self.chain.address))
+        minimum = self.chain.call("params", stake.functions.params())[1]
+        wanted = self.config.stake if self.config.stake is not None else minimum
+        if staked < wanted:
+            self.chain.send("stake", stake.functions.stake(), value=wanted - staked)
+            log.info("staked %d wei (total %d)", wanted - staked, wanted)
+        score = int(res.flops_per_s / 1e6)  # MFLOP/s
+        self.chain.send("registerResources", stake.functions.registerResources(
+            DEVICE_KINDS.index(res.device), res.memory_mib, score, self.config.endpoint))
+        if not roles & ROLE_PROVIDER:
+            self.chain.send("setRoles", stake.functions.setRoles(roles | ROLE_PROVIDER))
+        log.info("registered as provider %s", self.chain.address)
+
+    # -- main loop --
+
+    def run(self) -> None:
+        self.register()
+        self.last_block = self.chain.head()
+        log.info("watching tasks from block %d", self.last_block + 1)
+        while not self.stopped.is_set():
+            try:
+                head = self.chain.head()
+                if head > self.last_block:
+                    for event in self.chain.task_events(self.last_block + 1, head):
+                        self.handle(event)
+                    self.last_block = head
+            except ClientError as exc:
+                log.warning("node: %s", exc)
+            self.stopped.wait(self.config.poll_s)
+        self.close()
+
+    def close(self) -> None:
+        self.stopped.set()
+        for job in self.jobs.values():
+            job.stop()
+        for job in self.jobs.values():
+            job.worker.close()
+        self.council_worker.close()
+
+    def handle(self, ev: Event) -> None:
+        a = ev.args
+        task_id = a.get("taskId")
+        name = ev.name
+        if name == "TaskSubmitted":
+            if a["kind"] == KIND_BATCH and a["client"].lower() != self.me:
+                self._spawn(f"consider-{task_id}", self.consider, task_id, bytes(a["prescriptionHash"]))
+        elif name == "TaskAssigned":
+            executor = a["executor"].lower()
+            if task_id in self.bids:
+                self.strategy.record(executor == self.me)
+                log.info("task %d: %s the auction (win rate %.0f%%, margin now %.0f%%)", task_id,
+                         "won" if executor == self.me else "lost", 100 * (self.strategy.win_rate or 0),
+                         100 * self.strategy.margin)
+            if executor == self.me:
+                self._spawn(f"execute-{task_id}", self.execute, task_id, 0)
+        elif name == "ExecutorReplaced":
+            for k in [key for key in self.revealed if key[0] == task_id and key[1] > a["resumeFrom"]]:
+                del self.revealed[k]
+            if a["previous"].lower() == self.me:
+                self._stop_job(task_id, "replaced")
+            if a["executor"].lower() == self.me:
+                self._spawn(f"execute-{task_id}", self.execute, task_id, a["resumeFrom"])
+        elif name == "CouncilDrawn":
+            job = self.jobs.get(task_id)
+            if job is not None and not job.ctx.exact:
+                job.reveal(a["k"])  # allclose: the executor publishes first
+            if self.me in (m.lower() for m in a["members"]):
+                log.info("task %d: drawn for the council of checkpoint %d (round %d)", task_id, a["k"], a["round"])
+                self._spawn(f"council-{task_id}", self.serve, task_id, a["k"], a["round"], a["stepIndex"])
+        elif name == "RevealPhase":
+            job = self.jobs.get(task_id)
+            if job is not None and job.ctx.exact:
+                job.reveal(a["k"])
+        elif name == "CheckpointRevealed":
+            self.revealed[(task_id, a["k"])] = bytes(a["checkpointHash"])
+        elif name in ("CheckpointAccepted", "CheckpointRejected", "CheckpointMissed", "CheckpointInconclusive"):
+            detail = {k: v for k, v in a.items() if k not in ("taskId", "k")}
+            log.info("task %d: checkpoint %d %s %s", task_id, a["k"], name.removeprefix("Checkpoint").lower(), detail)
+        elif name in ("TaskCancelled", "TaskSettled"):
+            self._stop_job(task_id, name.removeprefix("Task").lower())
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except (ClientError, InvalidPrescription, OSError) as exc:
+                log.warning("task %d: %s", args[0], exc)
+            except Exception:
+                log.exception("task %d: %s failed", args[0], name)
+
+        threading.Thread(target=guarded, name=name, daemon=True).start()
+
+    def _stop_job(self, task_id: int, why: str) -> None:
+        job = self.jobs.pop(task_id, None)
+        if job is not None:
+            log.info("task %d: executor job ends (%s)", task_id, why)
+            job.stop()
+            threading.Thread(target=job.worker.close, daemon=True).start()
+
+    # -- tasks --
+
+    def context(self, task_id: int, prescription_hash: bytes | None = None) -> TaskContext | None:
+        """The task's prescription, data and spec (fetched once); None for a task without a seed yet."""
+        from ogpu_node.compute import initial_checkpoint, spec_from_prescription
+        from ogpu_node.compute.prescription import validate
+
+        with self._lock:
+            if task_id in self.contexts:
+                return self.contexts[task_id]
+        task = self.chain.call("getTask", self.chain.task.functions.getTask(task_id))
+        phash, seed = bytes(task[3]), bytes(task[8])
+        if prescription_hash is not None and phash != prescription_hash:
+            raise ClientError("the chain's prescription hash changed")
+        p = validate(self.chain.get_blob(phash, max_bytes=1 << 20))
+        if p.D is None:
+            raise InvalidPrescription("prescription.D", "required")
+        dataset = self.chain.get_blob(p.D.blob, max_bytes=MAX_DATASET_BYTES)
+        if seed == bytes(32):
+            return TaskContext(task_id, p, spec_from_prescription(p, dataset, 0), None)  # for estimates only
+        spec = spec_from_prescription(p, dataset, training_seed(p, seed))
+        initial = None
+        if p.M.initial_weights is not None:
+            initial = initial_checkpoint(spec, self.chain.get_blob(p.M.initial_weights, max_bytes=MAX_DATASET_BYTES))
+        ctx = TaskContext(task_id, p, spec, initial)
+        with self._lock:
+            self.contexts[task_id] = ctx
+        return ctx
+
+    def consider(self, task_id: int, prescription_hash: bytes) -> None:
+        from ogpu_node.compute import estimate
+
+        ctx = self.context(task_id, prescription_hash)
+        assert ctx is not None and self.resources is not None
+        p = ctx.prescription
+        est = estimate(p, len(ctx.spec.dataset))
+        assert p.I.steps is not None and p.I.checkpoints is not None and p.I.segment_window_s is not None
+        longest = max(b - a for a, b in (segment_bounds(p, k) for k in range(1, p.I.checkpoints + 1)))
+        job = Job(devices=p.I.hardware.devices, numeric_profile=p.I.numeric_profile, memory_mib=est.memory_mib,
+                  total_flops=est.total_flops, segment_flops=est.flops_per_step * longest,
+                  segment_window_s=p.I.segment_window_s, max_payment=p.I.max_payment)
+        price, reason = self.strategy.decide(job, self.resources)
+        if price is None:
+            log.info("task %d: not bidding: %s", task_id, reason)
+            return
+        self.chain.send(f"task {task_id}: placeBid", self.chain.bid.functions.placeBid(task_id, price))
+        self.bids[task_id] = price
+        log.info("task %d: bid %d wei (%s)", task_id, price, reason)
+
+    def execute(self, task_id: int, resume_from: int) -> None:
+        with self._lock:
+            self.contexts.pop(task_id, None)  # the seed is fixed now: rebuild the spec with it
+        ctx = self.context(task_id)
+        assert ctx is not None
+        start = None
+        if resume_from:
+            start = self.chain.get_blob(bytes(self.chain.call(
+                "getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, resume_from))[3]))
+        profile = ctx.prescription.I.numeric_profile or PROFILE
+        job = ExecutorJob(self.chain, ctx, self._worker_cls(profile), self.config.datadir / "tasks" / str(task_id),
+                          resume_from=resume_from, start=start, fault=self.config.fault)
+        self.jobs[task_id] = job
+        log.info("task %d: executing from checkpoint %d%s", task_id, resume_from,
+                 f" (fault injection: {self.config.fault})" if self.config.fault else "")
+        job.start()
+
+    def serve(self, task_id: int, k: int, round_: int, step_index: int) -> None:
+        ctx = self.context(task_id)
+        assert ctx is not None
+
+        def revealed_hash() -> bytes | None:
+            digest = self.revealed.get((task_id, k))
+            if digest is None and self.chain.call("getTask", self.chain.task.functions.getTask(task_id))[2] == STATE_DISPUTED:
+                # A dispute re-checks the final reveal, which may predate this process.
+                digest = bytes(self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, k))[3])
+            return digest
+
+        duty = CouncilDuty(self.chain, ctx, self.council_worker, k, round_, step_index, revealed_hash)
+        self.duties.append(duty)
+        duty.run()  # in this duty's own thread; the worker runs one segment at a time
+
+    def status(self) -> dict[str, Any]:
+        return {"address": self.chain.address, "bids": len(self.bids), "jobs": sorted(self.jobs),
+                "margin": self.strategy.margin, "win_rate": self.strategy.win_rate}
+
+
+__all__ = ["PROFILE", "Provider", "ProviderConfig"]

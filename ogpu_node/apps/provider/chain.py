@@ -1,0 +1,149 @@
+"""The provider's view of one node: transactions from several threads, views, blobs and events.
+
+Everything goes over JSON-RPC (web3.py) and the blob HTTP endpoint, like the client app. Threads
+(the event loop, executor jobs, council duties) send transactions concurrently, so nonces are
+assigned under one lock; receipts are awaited outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from eth_account import Account
+from web3 import Web3
+
+from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError, _abi
+from ogpu_node.types.merkle import MerkleHasher
+
+STAKE_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
+_RECEIPT_TIMEOUT_S = 120.0
+
+log = logging.getLogger("ogpu.provider")
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    args: dict[str, Any]
+    block: int
+    log_index: int
+
+
+class ChainClient:
+    """A provider's connection: ``client`` (the client app's transport) plus what a provider needs."""
+
+    def __init__(self, rpc_url: str, private_key: bytes, *, timeout: float = 30.0) -> None:
+        self.client = Client(rpc_url, private_key, timeout=timeout)
+        self.w3 = self.client.w3
+        self.account = Account.from_key(private_key)
+        self.address: str = self.account.address
+        self.stake = self.w3.eth.contract(address=STAKE_ADDRESS, abi=_abi("Stake"))
+        self.task = self.client.task
+        self.bid = self.client.bid
+        self._nonce_lock = threading.Lock()
+        self._chain_id: int | None = None
+        self._events = {
+            Web3.keccak(text=_signature(e)): self.task.events[e["name"]]
+            for e in self.task.abi if e["type"] == "event"
+        }
+
+    # -- transactions --
+
+    def send(self, what: str, call: Any, value: int = 0) -> Any:
+        """Sign and send ``call``; wait for its receipt; raise ClientError on a revert (one line)."""
+        with self._nonce_lock:
+            def submit() -> bytes:
+                if self._chain_id is None:
+                    self._chain_id = self.w3.eth.chain_id
+                tx = call.build_transaction({
+                    "from": self.address, "value": value, "chainId": self._chain_id,
+                    "nonce": self.w3.eth.get_transaction_count(self.address, "pending"),
+                })
+                return self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx).raw_transaction)
+
+            tx_hash = self.client._guard(what, submit)
+        receipt = self.client._guard(
+            what, self.w3.eth.wait_for_transaction_receipt, tx_hash, timeout=_RECEIPT_TIMEOUT_S, poll_latency=0.2
+        )
+        if receipt["status"] != 1:
+            raise ClientError(f"{what}: transaction 0x{bytes(receipt['transactionHash']).hex()} reverted")
+        return receipt
+
+    def call(self, what: str, fn: Any) -> Any:
+        return self.client._guard(what, fn.call)
+
+    # -- blobs --
+
+    def get_blob(self, blob_hash: bytes, max_bytes: int = 1 << 31) -> bytes:
+        """Download a blob and check its Merkle root; ClientError if missing, altered or too big."""
+        url = f"{self.client.rpc_url}/blobs/0x{blob_hash.hex()}"
+
+        def get() -> bytes:
+            with requests.get(url, stream=True, timeout=self.client.timeout) as response:
+                if response.status_code != 200:
+                    raise ClientError(f"blob 0x{blob_hash.hex()}: the node answered {response.status_code}")
+                hasher, parts = MerkleHasher(), []
+                for piece in response.iter_content(1 << 20):
+                    hasher.update(piece)
+                    parts.append(piece)
+                    if hasher.size > max_bytes:
+                        raise ClientError(f"blob 0x{blob_hash.hex()} is larger than {max_bytes} bytes")
+            if hasher.digest() != blob_hash:
+                raise ClientError(f"blob 0x{blob_hash.hex()}: content does not match its hash")
+            return b"".join(parts)
+
+        return self.client._guard(f"download of blob 0x{blob_hash.hex()}", get)
+
+    def put_blob(self, name: str, data: bytes) -> bytes:
+        return self.client.upload_bytes(name, data)[0]
+
+    # -- events --
+
+    def head(self) -> int:
+        return self.client._guard("blockNumber", lambda: self.w3.eth.block_number)
+
+    def timestamp(self) -> int:
+        return int(self.client._guard("getBlock", self.w3.eth.get_block, "latest")["timestamp"])
+
+    def task_events(self, first: int, last: int) -> list[Event]:
+        """Task's events in blocks first..last, in chain order (system-call logs included)."""
+        logs = self.client._guard(
+            "getLogs", self.w3.eth.get_logs, {"address": TASK_ADDRESS, "fromBlock": first, "toBlock": last}
+        )
+        out = []
+        for entry in logs:
+            event = self._events.get(bytes(entry["topics"][0])) if entry["topics"] else None
+            if event is None:
+                continue
+            decoded = event().process_log(entry)
+            out.append(Event(decoded["event"], dict(decoded["args"]), entry["blockNumber"], entry["logIndex"]))
+        return out
+
+    def wait_until(self, what: str, predicate: Any, timeout: float, poll: float = 0.3) -> Any:
+        """Poll ``predicate()`` until it returns something truthy; ClientError after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise ClientError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(poll)
+
+
+def _signature(event: dict[str, Any]) -> str:
+    return f"{event['name']}({','.join(_type(i) for i in event['inputs'])})"
+
+
+def _type(param: dict[str, Any]) -> str:
+    if param["type"].startswith("tuple"):
+        return "(" + ",".join(_type(c) for c in param["components"]) + ")" + param["type"][5:]
+    return param["type"]
+
+
+__all__ = ["STAKE_ADDRESS", "ChainClient", "Event"]

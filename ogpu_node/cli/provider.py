@@ -1,0 +1,66 @@
+"""``ogpu-node provider run``: the provider app over JSON-RPC (docs/tasks.md, "Provider")."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from ogpu_node.cli.common import datadir_option, resolve_datadir
+from ogpu_node.cli.task import _key_options, _private_key, _rpc_url_option
+
+__all__ = ["provider"]
+
+FAULT_KINDS = ("perturb", "skip-steps", "reorder-data", "copy-weights")  # compute.faults.FAULTS (a test checks)
+
+
+@click.group("provider")
+def provider() -> None:
+    """Serve batch tasks as a staked provider (the provider app)."""
+
+
+@provider.command("run")
+@_rpc_url_option
+@_key_options
+@datadir_option
+@click.option("--stake", "stake_wei", type=click.IntRange(min=1), default=None,
+              help="Stake to hold in wei, topped up at start (default: the chain's provider minimum).")
+@click.option("--memory-mib", type=click.IntRange(min=1), default=None,
+              help="Memory to offer (default: all of this machine's).")
+@click.option("--cost-per-second", type=click.IntRange(min=1), default=10**15, show_default=True,
+              help="Operator's cost of one second of compute, in wei; bids are this × estimated seconds × (1 + margin).")
+@click.option("--margin", type=click.FloatRange(min=0, max=4), default=0.2, show_default=True,
+              help="Initial profit margin; it adapts to the recent win rate.")
+@click.option("--fault", type=click.Choice(FAULT_KINDS), default=None,
+              help="TESTING ONLY: train dishonestly as executor (councils reject it and the stake is slashed).")
+@click.option("--fault-magnitude", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="Size of the weight perturbation of --fault perturb.")
+def run(rpc_url: str, keystore: Path | None, from_address: str | None, password_file: Path | None,
+        private_key: str | None, datadir: Path | None, stake_wei: int | None, memory_mib: int | None,
+        cost_per_second: int, margin: float, fault: str | None, fault_magnitude: float) -> None:
+    """Register as a provider at RPC_URL's chain, bid on batch tasks, train them and serve on councils."""
+    key = _private_key(keystore, password_file, from_address, private_key)
+    from ogpu_node.apps.client import ClientError
+    from ogpu_node.apps.provider import Provider, ProviderConfig
+    from ogpu_node.compute import Fault
+
+    config = ProviderConfig(
+        rpc_url=rpc_url, private_key=key, datadir=resolve_datadir(datadir) / "provider", stake=stake_wei,
+        memory_mib=memory_mib, cost_per_second=cost_per_second, margin=margin,
+        fault=None if fault is None else Fault(fault, magnitude=fault_magnitude),
+    )
+    app = Provider(config)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        app.stopped.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        app.run()
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        app.close()

@@ -1,0 +1,291 @@
+"""A batch task trained on the network with real processes: one `ogpu-node run --dev --block-time 1`,
+four `ogpu-node provider run` processes and the client CLI (DESIGN.md §6, issue 5 "Must show").
+
+Honest run: the lowest bidder trains, the other three sit on every council, all checkpoints are
+accepted, the result equals an independent local training with the chain's seed, and every balance
+changes by exactly what the protocol prescribes once each account's gas is subtracted.
+Dishonest run: the lowest bidder perturbs its weights (`--fault perturb`); the council rejects
+checkpoint 1, its collateral is slashed with the reporter share to the rejecting members, nobody who
+is left never sat on the council, so the task is cancelled and the client refunded in full.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from e2e.cli_run import CLI, ENV, ROOT, cli
+from safetensors.numpy import save_file
+from web3 import Web3
+
+from ogpu_node.apps.client import STATE_NAMES, TASK_ADDRESS, _abi
+from ogpu_node.compute import spec_from_prescription, train_segment_in_profile
+from ogpu_node.crypto import derive_dev_accounts
+from ogpu_node.types.merkle import merkle_root
+from ogpu_node.types.prescription import Prescription, training_seed
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+GENESIS = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]
+BPS = 10_000
+MIN_PROVIDER_STAKE = int(GENESIS["minProviderStake"], 16)
+STAKE_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
+TASK_ID = re.compile(r"^Task ID: (\d+)$", re.M)
+K = 3
+COUNCIL_SHARE_BPS = 1000
+
+
+@dataclass
+class ProviderProcess:
+    process: subprocess.Popen
+    log_path: Path
+    address: str
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_provider(url: str, key: bytes, datadir: Path, *extra: str) -> ProviderProcess:
+    log_path = datadir.with_suffix(".log")
+    cmd = [*CLI, "provider", "run", "--rpc-url", url, "--private-key", "0x" + key.hex(), "--datadir", str(datadir),
+           *extra]
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+    address = Web3.to_checksum_address(derive_address(key))
+    return ProviderProcess(process, log_path, address)
+
+
+def derive_address(key: bytes) -> str:
+    from eth_account import Account
+
+    return Account.from_key(key).address
+
+
+def wait_for(what: str, predicate, timeout: float, providers=(), poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        for p in providers:
+            assert p.process.poll() is None, f"provider {p.address} exited:\n{p.log()}"
+        time.sleep(poll)
+    logs = "\n".join(f"--- {p.address}\n{p.log()[-4000:]}" for p in providers)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def make_dataset(path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((512, 16)).astype(np.float32)
+    y = (x[:, :3].argmax(axis=1)).astype(np.int64)  # learnable: the loss must fall
+    save_file({"features": x, "labels": y}, str(path))
+    return path
+
+
+def prescription_doc(steps: int, segment_window_s: int) -> dict:
+    return {
+        "kind": "batch",
+        "D": {"blob": "0x" + "00" * 32, "format": "tensors"},
+        "M": {"family": "mlp", "hparams": {"in_dim": 16, "out_dim": 3, "hidden": [64, 64]}},
+        "I": {
+            "steps": steps, "checkpoints": K, "segment_window_s": segment_window_s, "batch_size": 32,
+            "optimizer": {"name": "adam", "lr": 0.003}, "seed": 11,
+            "hardware": {"min_memory_mib": 256, "devices": ["cpu"]}, "numeric_profile": "cpu-avx2-1t",
+            "max_payment": str(3 * 10**18), "council_size": 3, "confirm_window_s": 3600,
+        },
+        "f": {"kind": "per-checkpoint", "council_share_bps": COUNCIL_SHARE_BPS, "lateness_bps_per_second": 0},
+        "e": {"kind": "exact"},
+        "H": {"bid_window_s": 120, "first_n": 4, "min_bids": 4},
+    }
+
+
+def sized_prescription(tmp_path: Path, data: Path) -> tuple[Path, Prescription]:
+    """Windows several times a segment's time measured here, with the machine as loaded as it is."""
+    steps = 300 * K
+    doc = prescription_doc(steps, 60)
+    doc["D"]["blob"] = "0x" + merkle_root(data.read_bytes()).hex()
+    p = Prescription.from_json(doc)
+    started = time.perf_counter()
+    train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, data.read_bytes(), 1), None, steps // K)
+    segment_s = time.perf_counter() - started  # includes the worker's start-up: an upper bound
+    doc["I"]["segment_window_s"] = max(60, int(10 * segment_s))
+    path = tmp_path / "prescription.json"
+    path.write_text(json.dumps(doc))
+    return path, Prescription.from_json(doc)
+
+
+def gas_paid(w3: Web3, address: str, first_block: int) -> int:
+    total = 0
+    for number in range(first_block, w3.eth.block_number + 1):
+        for tx in w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            if tx["from"] == address:
+                receipt = w3.eth.get_transaction_receipt(tx["hash"])
+                total += receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    return total
+
+
+@pytest.fixture
+def network(node_factory, tmp_path):
+    """A dev node; provider keys are dev accounts 1-4, the client is account 5."""
+    node = node_factory("--block-time", "1")
+    w3 = Web3(Web3.HTTPProvider(node.http_url, request_kwargs={"timeout": 30}))
+    accounts = derive_dev_accounts(6)
+    started: list[ProviderProcess] = []
+
+    def start(index: int, *extra: str) -> ProviderProcess:
+        p = start_provider(node.http_url, accounts[index].private_key, tmp_path / f"provider{index}", *extra)
+        started.append(p)
+        return p
+
+    yield node, w3, accounts, start, started
+    for p in started:
+        if p.process.poll() is None:
+            p.process.send_signal(signal.SIGTERM)
+    for p in started:
+        try:
+            p.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.process.kill()
+            p.process.wait()
+
+
+def start_four(w3, start, cheap_extra=()) -> list[ProviderProcess]:
+    """Provider 1 is the cheapest (it wins the auction); all four must be registered before the submit."""
+    first_block = w3.eth.block_number + 1
+    providers = [start(1, "--cost-per-second", str(10**14), *cheap_extra)]
+    providers += [start(i, "--cost-per-second", str(10**15)) for i in (2, 3, 4)]
+    wait_for("four registered providers", lambda: all("watching tasks" in p.log() for p in providers), 180, providers)
+    return first_block, providers
+
+
+def submit(tmp_path, node, accounts, data, prescription_path) -> int:
+    result = cli("task", "submit", prescription_path, "--data", data, "--rpc-url", node.http_url,
+                 "--private-key", "0x" + accounts[5].private_key.hex(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    return int(TASK_ID.search(result.stdout).group(1))
+
+
+def task_events(w3, task_id: int) -> list:
+    task = w3.eth.contract(address=TASK_ADDRESS, abi=_abi("Task"))
+    topic = "0x" + task_id.to_bytes(32, "big").hex()
+    out = []
+    for entry in w3.eth.get_logs({"address": TASK_ADDRESS, "fromBlock": 0, "toBlock": "latest",
+                                  "topics": [None, topic]}):
+        for event in task.events:
+            try:
+                out.append(event().process_log(entry))
+                break
+            except Exception:
+                continue
+    return out
+
+
+def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
+    node, w3, accounts, start, _ = network
+    data = make_dataset(tmp_path / "data.safetensors")
+    prescription_path, p = sized_prescription(tmp_path, data)
+    first_block, providers = start_four(w3, start)
+    addresses = [p_.address for p_ in providers]
+    client = Web3.to_checksum_address(derive_address(accounts[5].private_key))
+    before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*addresses, client]}
+
+    task_id = submit(tmp_path, node, accounts, data, prescription_path)
+    task = w3.eth.contract(address=TASK_ADDRESS, abi=_abi("Task"))
+    state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
+    wait_for("all checkpoints accepted", lambda: state() in ("AwaitingConfirmation", "Cancelled"), 420, providers)
+    assert state() == "AwaitingConfirmation", [e["event"] for e in task_events(w3, task_id)]
+
+    status = cli("task", "status", str(task_id), "--rpc-url", node.http_url)
+    assert status.returncode == 0, status.stderr
+    out = tmp_path / "model.safetensors"
+    result = cli("task", "result", str(task_id), "--out", out, "--checkpoint", tmp_path / "final.ckpt",
+                 "--rpc-url", node.http_url)
+    assert result.returncode == 0, result.stderr
+    confirmed = cli("task", "confirm", str(task_id), "--rpc-url", node.http_url,
+                    "--private-key", "0x" + accounts[5].private_key.hex())
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert state() == "Settled"
+
+    # The result is what an independent local training with the chain's seed gives.
+    _client, _kind, _state, _phash, _escrow, _deposit, executor, price, seed, _bd, _at = task.functions.getTask(task_id).call()
+    assert executor == providers[0].address
+    final_hash = bytes(task.functions.getCheckpoint(task_id, K).call()[3])
+    local = train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, data.read_bytes(), training_seed(p, bytes(seed))),
+                                     None, p.I.steps)
+    assert merkle_root(local.checkpoint) == final_hash == merkle_root((tmp_path / "final.ckpt").read_bytes())
+    assert local.losses[-1] < local.losses[0]
+
+    events = task_events(w3, task_id)
+    names = [e["event"] for e in events]
+    assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
+
+    # Exact accounting: parts of the price, council share to the three members, refund of the rest.
+    members = [a for a in addresses if a != executor]
+    expected = {a: 0 for a in before}
+    for k in range(1, K + 1):
+        part = price * k // K - price * (k - 1) // K
+        share = part * COUNCIL_SHARE_BPS // BPS // 3
+        for m in members:
+            expected[m] += share
+        expected[executor] += part - 3 * share
+    expected[client] -= price
+    staked = {a: w3.eth.contract(address=STAKE_ADDRESS, abi=_abi("Stake")).functions.stakeOf(a).call()[0]
+              for a in addresses}
+    for a in addresses:
+        assert staked[a] == MIN_PROVIDER_STAKE  # nobody was slashed
+        expected[a] -= staked[a]
+    for a in before:
+        change = w3.eth.get_balance(a) - before[a] + gas_paid(w3, a, first_block)
+        assert change == expected[a], (a, change, expected[a])
+
+
+def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network, tmp_path):
+    node, w3, accounts, start, _ = network
+    data = make_dataset(tmp_path / "data.safetensors")
+    prescription_path, p = sized_prescription(tmp_path, data)
+    first_block, providers = start_four(w3, start, cheap_extra=("--fault", "perturb"))
+    addresses = [p_.address for p_ in providers]
+    client = Web3.to_checksum_address(derive_address(accounts[5].private_key))
+    before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*addresses, client]}
+
+    task_id = submit(tmp_path, node, accounts, data, prescription_path)
+    task = w3.eth.contract(address=TASK_ADDRESS, abi=_abi("Task"))
+    state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
+    wait_for("the task to end", lambda: state() in ("Cancelled", "AwaitingConfirmation"), 420, providers)
+
+    events = task_events(w3, task_id)
+    names = [e["event"] for e in events]
+    assert state() == "Cancelled", names
+    rejected = [e for e in events if e["event"] == "CheckpointRejected"]
+    assert len(rejected) == 1 and rejected[0]["args"]["k"] == 1
+    cheat = providers[0].address
+    assert rejected[0]["args"]["executor"] == cheat
+    assert "CheckpointAccepted" not in names and "ExecutorReplaced" not in names  # all others sat on the council
+    cancelled = next(e for e in events if e["event"] == "TaskCancelled")
+    price = next(e for e in events if e["event"] == "TaskAssigned")["args"]["price"]
+    max_payment = p.I.max_payment
+    deposit = max_payment * int(GENESIS["clientDepositBps"]) // BPS
+    assert cancelled["args"]["refund"] == max_payment + deposit
+
+    # The collateral (collateralBps of the price) is slashed; the reporter share goes to the three
+    # members who voted no; honest members lose nothing.
+    collateral = price * int(GENESIS["collateralBps"]) // BPS
+    reward = collateral * int(GENESIS["reporterShareBps"]) // BPS
+    stake = w3.eth.contract(address=STAKE_ADDRESS, abi=_abi("Stake"))
+    assert stake.functions.stakeOf(cheat).call()[0] == MIN_PROVIDER_STAKE - collateral
+    expected = {a: -MIN_PROVIDER_STAKE for a in addresses}
+    for member in addresses[1:]:
+        assert stake.functions.stakeOf(member).call()[0] == MIN_PROVIDER_STAKE
+        expected[member] += reward // 3
+    expected[client] = 0
+    for a in before:
+        change = w3.eth.get_balance(a) - before[a] + gas_paid(w3, a, first_block)
+        assert change == expected[a], (a, change, expected[a])
+    assert "fault injection" in providers[0].log()

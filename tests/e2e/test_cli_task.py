@@ -126,3 +126,65 @@ def test_unreachable_rpc_is_one_line(tmp_path, dataset):
                  "--private-key", DEV_KEY)
     assert_one_line_error(result, "cannot reach the node", url)
     assert_one_line_error(cli("task", "status", "1", "--rpc-url", url), "cannot reach the node")
+
+
+def test_result_is_refused_until_the_final_checkpoint_is_accepted(node_factory, tmp_path, dataset):
+    node = node_factory("--block-time", "1")
+    submitted = cli("task", "submit", prescription(tmp_path, H__bid_window_s=15), "--data", dataset,
+                    "--rpc-url", node.http_url, "--private-key", DEV_KEY)
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = TASK_ID.search(submitted.stdout).group(1)
+    checkpoints = json.loads(EXAMPLE.read_text())["I"]["checkpoints"]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "model.safetensors"
+
+    refused = cli("task", "result", task_id, "--out", out, "--rpc-url", node.http_url)
+    assert_one_line_error(refused, f"task {task_id} has no result yet: state Bidding, 0/{checkpoints} checkpoints")
+
+    timed_out = cli("task", "result", task_id, "--out", out, "--wait", "--timeout", "1", "--rpc-url", node.http_url)
+    assert timed_out.returncode == 1, timed_out.stderr
+    *progress, error = timed_out.stderr.splitlines()
+    assert progress and progress[0].startswith(f"task {task_id}: Bidding, 0/{checkpoints} checkpoints accepted")
+    assert error.startswith("Error: timed out after 1s waiting for task"), error
+
+    # --wait follows the task until the chain cancels it (no bids): no result, one error line at the end.
+    cancelled = cli("task", "result", task_id, "--out", out, "--checkpoint", out_dir / "ckpt.safetensors",
+                    "--wait", "--timeout", "60", "--rpc-url", node.http_url, timeout=90)
+    assert cancelled.returncode == 1, cancelled.stderr
+    assert "Traceback" not in cancelled.stderr
+    assert cancelled.stderr.splitlines()[-1] == (
+        f"Error: task {task_id} was cancelled with 0/{checkpoints} checkpoints accepted: it has no result")
+    assert list(out_dir.iterdir()) == []
+
+    status = cli("task", "status", task_id, "--rpc-url", node.http_url)
+    assert status.returncode == 0, status.stderr
+    assert field(status.stdout, "Ended").startswith("cancelled (too few bids), refunded")
+    assert field(status.stdout, "Payments").startswith("0 wei")
+    assert "pending: 1" in status.stdout and "Loss" not in status.stdout
+
+
+def test_download_blob_refuses_missing_altered_and_truncated_blobs(node_factory, tmp_path):
+    from ogpu_node.apps.client import Client, ClientError
+    from ogpu_node.types.merkle import CHUNK_SIZE
+
+    node = node_factory()
+    client = Client(node.http_url)
+    data = np.random.default_rng(1).bytes(2 * CHUNK_SIZE + 100)  # three chunks
+    blob_hash, _ = client.upload_bytes("data", data)
+    out = tmp_path / "out" / "blob.bin"
+    out.parent.mkdir()
+    assert client.download_blob(blob_hash, out) == len(data)
+    assert out.read_bytes() == data
+    out.unlink()
+
+    with pytest.raises(ClientError, match=f"blob 0x{'ab' * 32} is not on the node"):
+        client.download_blob(b"\xab" * 32, out)
+    stored = next(node.datadir.rglob(blob_hash.hex()))
+    stored.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # altered on the node's disk
+    with pytest.raises(ClientError, match=f"^blob 0x{blob_hash.hex()}: the node sent {len(data)} bytes hashing to"):
+        client.download_blob(blob_hash, out)
+    stored.write_bytes(data[: CHUNK_SIZE + 7])  # truncated
+    with pytest.raises(ClientError, match=f"blob 0x{blob_hash.hex()}.*refused, nothing written"):
+        client.download_blob(blob_hash, out)
+    assert list(out.parent.iterdir()) == []  # no file, no temporary left behind

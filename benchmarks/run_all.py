@@ -4,7 +4,8 @@ Each benchmark measures its own baseline in the same run and reports ours / base
 target; nothing is asserted, so the exit status is 0 unless a benchmark itself fails to run.
 Sizes come from the environment (see each module's docstring): BENCH_BLOCKS, BENCH_TXS_PER_BLOCK,
 BENCH_SENDERS, BENCH_REPEAT for block import; BENCH_RPC_TXS, BENCH_RPC_SENDERS,
-BENCH_RPC_REPEAT for RPC throughput.
+BENCH_RPC_REPEAT for RPC throughput; BENCH_TRAIN_STEPS, BENCH_TRAIN_CHECKPOINTS, BENCH_TRAIN_HIDDEN
+for training (executor and council).
 `--only NAME` (repeatable) runs a subset.
 """
 
@@ -17,12 +18,13 @@ import time
 import traceback
 from collections.abc import Callable
 
-from benchmarks import Result, block_import, rpc_throughput, task_lifecycle
+from benchmarks import Result, block_import, rpc_throughput, task_lifecycle, training
 
-BENCHMARKS: dict[str, Callable[[list[str]], Result]] = {
+BENCHMARKS: dict[str, Callable[[list[str]], Result | list[Result]]] = {
     "block_import": block_import.main,
     "rpc_throughput": rpc_throughput.main,
     "task_lifecycle": task_lifecycle.main,
+    "training": training.main,
 }
 
 
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         gc.collect()
         try:
-            results.append(BENCHMARKS[name]([]))
+            figures = BENCHMARKS[name]([])
+            results.extend(figures if isinstance(figures, list) else [figures])
         except Exception:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()
             failed.append(name)

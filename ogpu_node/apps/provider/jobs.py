@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from ogpu_node.types.prescription import Prescription, drawn_step, segment_bound
 
 if TYPE_CHECKING:
     from ogpu_node.apps.provider.chain import ChainClient
-    from ogpu_node.compute import Fault, TrainSpec, Worker
+    from ogpu_node.compute import Fault, SegmentRun, TrainSpec, Worker
 
 log = logging.getLogger("ogpu.provider")
 _GRACE_S = 5.0  # beyond an on-chain deadline before a wait gives up (blocks may lag the clock)
@@ -72,12 +73,26 @@ class ExecutorJob(threading.Thread):
         self._ready = threading.Condition()
         self._hashes: dict[int, bytes] = {}
         self._revealed: set[int] = set()
+        self._pending: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
+        self.segments: list[SegmentRun] = []  # timings of each trained segment (checkpoint bytes dropped)
+        self.started_at = time.monotonic()
+        self.committed_at: dict[int, float] = {}
         self.error: str | None = None
 
     def _path(self, k: int) -> Path:
         return self.workdir / f"ckpt-{k}.safetensors"
 
     def run(self) -> None:
+        # Commits go out from a second thread so training never waits for a block.
+        committer = threading.Thread(target=self._commit_loop, name=f"commit-{self.ctx.task_id}", daemon=True)
+        committer.start()
+        try:
+            self._train()
+        finally:
+            self._pending.put(None)
+            committer.join()
+
+    def _train(self) -> None:
         p, task_id = self.ctx.prescription, self.ctx.task_id
         assert p.I.checkpoints is not None
         state = self.start_state if self.resume_from else self.ctx.initial
@@ -90,21 +105,35 @@ class ExecutorJob(threading.Thread):
                 state = run.checkpoint
                 digest = merkle_root(state)
                 _write_atomic(self._path(k), state)
+                self.segments.append(run._replace(checkpoint=b""))
                 mean = sum(run.losses) / len(run.losses) if run.losses else float("nan")
                 log.info("task %d: trained checkpoint %d/%d (steps %d-%d, loss %.4f, %.1fs)%s", task_id, k,
                          p.I.checkpoints, first, last, mean, run.wall_s, f" with fault {self.fault.kind}" if self.fault else "")
-                if self.stopped.is_set():
-                    return
-                commitment = checkpoint_commitment(task_id, k, bytes.fromhex(self.chain.address[2:]), digest)
-                self.chain.send(f"task {task_id}: commitCheckpoint {k}",
-                                self.chain.task.functions.commitCheckpoint(task_id, k, commitment))
-                with self._ready:
-                    self._hashes[k] = digest
-                    self._ready.notify_all()
-                log.info("task %d: committed checkpoint %d", task_id, k)
+                self._pending.put((k, digest))
         except Exception as exc:  # the job ends; the chain will count the missed checkpoint
             self.error = str(exc)
             log.error("task %d: executor stopped: %s", task_id, exc)
+
+    def _commit_loop(self) -> None:
+        task_id = self.ctx.task_id
+        me = bytes.fromhex(self.chain.address[2:])
+        while (item := self._pending.get()) is not None:
+            k, digest = item
+            if self.stopped.is_set():
+                continue
+            try:
+                self.chain.send(f"task {task_id}: commitCheckpoint {k}", self.chain.task.functions.commitCheckpoint(
+                    task_id, k, checkpoint_commitment(task_id, k, me, digest)))
+            except ClientError as exc:
+                self.error = str(exc)
+                log.error("task %d: commit of checkpoint %d failed: %s", task_id, k, exc)
+                self.stop()
+                continue
+            with self._ready:
+                self._hashes[k] = digest
+                self.committed_at[k] = time.monotonic()
+                self._ready.notify_all()
+            log.info("task %d: committed checkpoint %d", task_id, k)
 
     def reveal(self, k: int) -> None:
         """Publish ckpt_k and reveal its hash (called by the event loop; runs in its own thread)."""

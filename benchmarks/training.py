@@ -1,0 +1,210 @@
+"""Executor and council cost of a batch task, beside plain PyTorch, in one run.
+
+1. Executor wall time on a dev node: a real `ogpu-node run --dev --block-time 1`, one in-process
+   provider app as the executor, one idle registered provider so a council of 1 can be drawn (it
+   never votes: the council stays idle and takes no CPU from the executor). Measured from the task's
+   assignment, as the provider sees it, to the receipt of its last checkpoint commit: training in its
+   numeric-profile worker, canonical checkpoints, hashing, files and transactions.
+   Baseline: the same model, data, batch size and number of steps as a plain PyTorch loop (Adam, no
+   determinism switches, no checkpoints) in a fresh process under the same profile (1 thread, same
+   instruction set). Reported as steps/s, so ours/baseline = plain time ÷ executor time (target ≥
+   1/1.3, i.e. the executor at most 1.3× plain PyTorch).
+2. Council CPU per checkpoint: one member's re-run of each segment from the previous checkpoint with
+   the state hash at a drawn step (what `CouncilDuty` runs), in its worker, against the executor's
+   CPU for the same segment. Reported as executor CPU ÷ member CPU (target ≥ 1/1.1); the whole
+   council's CPU (c members) is in the note.
+
+Sizes: BENCH_TRAIN_STEPS (default 2400), BENCH_TRAIN_CHECKPOINTS (4), BENCH_TRAIN_HIDDEN (256).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from benchmarks import Result, env_int
+from ogpu_node.apps.client import Client
+from ogpu_node.apps.provider import Provider, ProviderConfig
+from ogpu_node.apps.provider.chain import ChainClient
+from ogpu_node.compute import Worker, spec_from_prescription
+from ogpu_node.compute.profile import profile_env
+from ogpu_node.crypto import derive_dev_accounts
+from ogpu_node.types.merkle import merkle_root
+from ogpu_node.types.prescription import DEVICE_KINDS, Prescription, drawn_step, segment_bounds, training_seed
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = "cpu-avx2-1t"
+COUNCIL_SIZE = 3  # the council whose whole cost the note reports
+
+
+def _dataset(path: Path, in_dim: int) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4096, in_dim)).astype(np.float32)
+    save_file({"features": x, "labels": x[:, :4].argmax(axis=1).astype(np.int64)}, str(path))
+
+
+def _doc(data: Path, steps: int, checkpoints: int, hidden: int) -> dict:
+    return {
+        "kind": "batch", "D": {"blob": "0x" + merkle_root(data.read_bytes()).hex(), "format": "tensors"},
+        "M": {"family": "mlp", "hparams": {"in_dim": 32, "out_dim": 4, "hidden": [hidden, hidden]}},
+        "I": {"steps": steps, "checkpoints": checkpoints, "segment_window_s": 3600, "batch_size": 64,
+              "optimizer": {"name": "adam", "lr": 0.001}, "hardware": {"min_memory_mib": 64, "devices": ["cpu"]},
+              "numeric_profile": PROFILE, "max_payment": str(10**18), "council_size": 1, "confirm_window_s": 3600},
+        "f": {"kind": "per-checkpoint", "council_share_bps": 1000, "lateness_bps_per_second": 0},
+        "e": {"kind": "exact"}, "H": {"bid_window_s": 60, "first_n": 1, "min_bids": 1},
+    }
+
+
+def _plain(hidden: int, steps: int, data: str, conn) -> None:  # a spawned process under the profile
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    tensors = load_file(data)
+    x, y = tensors["features"], tensors["labels"]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                                torch.nn.ReLU(), torch.nn.Linear(hidden, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.001)
+    started = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    conn.send(time.perf_counter() - started)
+
+
+def plain_pytorch_seconds(hidden: int, steps: int, data: Path) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    saved = dict(os.environ)
+    os.environ.update(profile_env(PROFILE))
+    try:
+        proc = ctx.Process(target=_plain, args=(hidden, steps, str(data), writer))
+        proc.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    seconds = reader.recv()
+    proc.join()
+    return seconds
+
+
+def _start_node(datadir: Path) -> tuple[subprocess.Popen, str]:
+    log = open(datadir.with_suffix(".log"), "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([sys.executable, "-m", "ogpu_node.cli.main", "run", "--dev", "--datadir", str(datadir),
+                             "--http.port", "0", "--no-ws", "--block-time", "1"], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = datadir.with_suffix(".log").read_text(errors="replace")
+        for line in text.splitlines():
+            if "Listening on " in line:
+                return proc, line.split("Listening on ")[1].split()[0]
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"dev node did not start:\n{text}")
+
+
+def _register_idle(url: str, key: bytes) -> None:
+    chain = ChainClient(url, key)
+    stake = chain.stake.functions
+    minimum = chain.call("params", stake.params())[1]
+    chain.send("stake", stake.stake(), value=minimum)
+    chain.send("registerResources", stake.registerResources(DEVICE_KINDS.index("cpu"), 1 << 20, 1, ""))
+    chain.send("setRoles", stake.setRoles(2))
+
+
+def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float, object, bytes]:
+    """(seconds from assignment to the last commit, the finished job, the assignment seed)."""
+    accounts = derive_dev_accounts(4)
+    proc, url = _start_node(work / "node")
+    provider = None
+    try:
+        _register_idle(url, accounts[2].private_key)
+        provider = Provider(ProviderConfig(rpc_url=url, private_key=accounts[1].private_key,
+                                           datadir=work / "provider", cost_per_second=10**9))
+        thread = threading.Thread(target=provider.run, daemon=True)
+        thread.start()
+        while provider.last_block < 0:
+            time.sleep(0.1)
+        client = Client(url, accounts[3].private_key)
+        client.upload_blob(data)
+        task_id, _ = client.submit_task(p)
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            job = provider.jobs.get(task_id)
+            if job is not None and len(job.committed_at) == p.I.checkpoints:
+                seed = bytes(client.task.functions.getTask(task_id).call()[8])
+                return max(job.committed_at.values()) - job.started_at, job, seed
+            if job is not None and job.error:
+                raise RuntimeError(job.error)
+            time.sleep(0.2)
+        raise RuntimeError("the executor did not finish")
+    finally:
+        if provider is not None:
+            provider.stopped.set()
+        proc.terminate()
+        proc.wait(30)
+
+
+def main(argv: list[str]) -> Result:
+    steps = env_int("BENCH_TRAIN_STEPS", 2400)
+    checkpoints = env_int("BENCH_TRAIN_CHECKPOINTS", 4)
+    hidden = env_int("BENCH_TRAIN_HIDDEN", 256)
+    with tempfile.TemporaryDirectory(prefix="ogpu-bench-train-") as tmp:
+        work = Path(tmp)
+        data = work / "data.safetensors"
+        _dataset(data, 32)
+        p = Prescription.from_json(json.dumps(_doc(data, steps, checkpoints, hidden)))
+        plain = plain_pytorch_seconds(hidden, steps, data)
+        print(f"plain PyTorch: {steps} steps in {plain:.2f}s (1 thread, profile {PROFILE})", flush=True)
+        ours, job, seed = executor_on_dev_node(work, p, data)
+        print(f"executor on a dev node: assignment to last commit {ours:.2f}s "
+              f"(training in the worker {sum(r.wall_s for r in job.segments):.2f}s)", flush=True)
+
+        # One council member's re-run of each segment, as CouncilDuty runs it.
+        spec = spec_from_prescription(p, data.read_bytes(), training_seed(p, seed))
+        member_cpu, state = [], None
+        with Worker(PROFILE) as worker:
+            for k in range(1, checkpoints + 1):
+                first, last = segment_bounds(p, k)
+                at = drawn_step(p, k, int.from_bytes(os.urandom(8), "big"))
+                run = worker.train(spec, state, last - first, hash_steps=[at])
+                member_cpu.append(run.cpu_s)
+                state = run.checkpoint
+                ckpt = (work / "provider" / "tasks").glob(f"*/ckpt-{k}.safetensors")
+                assert merkle_root(next(ckpt).read_bytes()) == merkle_root(state), "the re-run must match"
+        executor_cpu = [r.cpu_s for r in job.segments]
+    council = sum(member_cpu) / checkpoints
+    executor = sum(executor_cpu) / checkpoints
+    print(f"per checkpoint: executor CPU {executor:.3f}s, one member {council:.3f}s, "
+          f"a council of {COUNCIL_SIZE} {COUNCIL_SIZE * council:.3f}s", flush=True)
+    return [
+        Result(name="executor vs plain PyTorch", unit="steps/s", ours=steps / ours, baseline=steps / plain,
+               baseline_name="plain PyTorch", target=1 / 1.3,
+               note=f"executor wall ÷ plain = {ours / plain:.2f} (target ≤ 1.3): {ours:.1f}s vs {plain:.1f}s for "
+                    f"{steps} steps in {checkpoints} checkpoints"),
+        Result(name="council member vs executor", unit="1/s CPU per checkpoint", ours=1 / council,
+               baseline=1 / executor, baseline_name="executor", target=1 / 1.1,
+               note=f"member CPU ÷ executor CPU = {council / executor:.2f} (target ≤ 1.1); a whole council of "
+                    f"{COUNCIL_SIZE} costs {COUNCIL_SIZE * council:.2f}s CPU per checkpoint vs the executor's "
+                    f"{executor:.2f}s"),
+    ]
+
+
+if __name__ == "__main__":
+    for r in main(sys.argv[1:]):
+        print(r.line())

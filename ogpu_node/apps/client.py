@@ -48,7 +48,7 @@ class ClientError(Exception):
     """A one-line, user-facing failure (unreachable node, revert reason, rejected upload ...)."""
 
 
-def _abi(name: str) -> list[dict[str, Any]]:
+def contract_abi(name: str) -> list[dict[str, Any]]:
     raw = json.loads((_ABI_DIR / f"{name}.json").read_text())
     return raw["abi"] if isinstance(raw, dict) else raw
 
@@ -101,12 +101,12 @@ class Client:
         self.timeout = timeout
         self.w3 = Web3(Web3.HTTPProvider(self.rpc_url, request_kwargs={"timeout": timeout}))
         self.account = Account.from_key(private_key) if private_key is not None else None
-        self.task = self.w3.eth.contract(address=TASK_ADDRESS, abi=_abi("Task"))
-        self.bid = self.w3.eth.contract(address=BID_ADDRESS, abi=_abi("Bid"))
+        self.task = self.w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
+        self.bid = self.w3.eth.contract(address=BID_ADDRESS, abi=contract_abi("Bid"))
 
     # -- transport ------------------------------------------------------------------------------
 
-    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` and turn transport and node failures into one-line ClientErrors."""
         try:
             return fn(*args, **kwargs)
@@ -138,12 +138,12 @@ class Client:
             with open(path, "rb") as body:  # a file object: requests streams it with Content-Length
                 return self._put_blob(expected, body)
 
-        return self._check_upload(path.name, expected, size, self._guard(f"upload of {path.name}", put))
+        return self._check_upload(path.name, expected, size, self.guard(f"upload of {path.name}", put))
 
     def upload_bytes(self, name: str, data: bytes) -> tuple[bytes, int]:
         """Upload ``data`` as a blob (``name`` is for messages only)."""
         expected = merkle_root(data)
-        response = self._guard(f"upload of {name}", self._put_blob, expected, data)
+        response = self.guard(f"upload of {name}", self._put_blob, expected, data)
         return self._check_upload(name, expected, len(data), response)
 
     def _put_blob(self, expected: bytes, body: Any) -> requests.Response:
@@ -181,7 +181,7 @@ class Client:
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
             return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=_RECEIPT_TIMEOUT_S, poll_latency=0.2)
 
-        receipt = self._guard(what, send)
+        receipt = self.guard(what, send)
         if receipt["status"] != 1:
             raise ClientError(f"{what}: transaction 0x{bytes(receipt['transactionHash']).hex()} reverted")
         return receipt
@@ -192,7 +192,7 @@ class Client:
         sender = self._address()
         call = self.task.functions.submitTask(prescription_hash(p), KIND_BATCH, to_terms(p))
         try:
-            self._guard("submitTask", call.call, {"from": sender, "value": p.I.max_payment})
+            self.guard("submitTask", call.call, {"from": sender, "value": p.I.max_payment})
         except ClientError as exc:
             match = _MIN_DEPOSIT.search(str(exc))
             if match is None:
@@ -228,17 +228,17 @@ class Client:
         self._require_task(task_id)
         fns = self.task.functions
         (client, kind, state, phash, escrow, deposit, executor, price, _seed, bid_deadline,
-         assigned_at) = self._guard("getTask", fns.getTask(task_id).call)
-        terms = self._guard("getTerms", fns.getTerms(task_id).call)
+         assigned_at) = self.guard("getTask", fns.getTask(task_id).call)
+        terms = self.guard("getTerms", fns.getTerms(task_id).call)
         checkpoints = int(terms[3])
-        providers, prices = self._guard("bidsOf", self.bid.functions.bidsOf(task_id).call)
-        accepted, committed, paid, _run_start, _run_base, _gen, confirm_deadline = self._guard(
+        providers, prices = self.guard("bidsOf", self.bid.functions.bidsOf(task_id).call)
+        accepted, committed, paid, _run_start, _run_base, _gen, confirm_deadline = self.guard(
             "getProgress", fns.getProgress(task_id).call
         )
         checkpoint = None
         if kind == KIND_BATCH and accepted < checkpoints and state not in (0, 1, 3, 6):
             k = accepted + 1
-            phase, rnd, _commitment, _ckpt, phase_ends, council, _step = self._guard(
+            phase, rnd, _commitment, _ckpt, phase_ends, council, _step = self.guard(
                 "getCheckpoint", fns.getCheckpoint(task_id, k).call
             )
             checkpoint = CheckpointStatus(k, PHASE_NAMES.get(phase, str(phase)), rnd, phase_ends, tuple(council))
@@ -253,7 +253,7 @@ class Client:
         )
 
     def _require_task(self, task_id: int) -> None:
-        count = self._guard("taskCount", self.task.functions.taskCount().call)
+        count = self.guard("taskCount", self.task.functions.taskCount().call)
         if not 1 <= task_id <= count:
             raise ClientError(f"task {task_id} does not exist (tasks: {count})")
 
@@ -261,15 +261,15 @@ class Client:
         """Every checkpoint's verdicts, reveals and payments, the executor changes and the task's end, from
         the Task logs carrying ``task_id`` (read back from the head until its TaskSubmitted)."""
         self._require_task(task_id)
-        checkpoints = int(self._guard("getTerms", self.task.functions.getTerms(task_id).call)[3])
+        checkpoints = int(self.guard("getTerms", self.task.functions.getTerms(task_id).call)[3])
         events = {self.task.events[name].topic: self.task.events[name]() for name in _HISTORY_EVENTS}
         submitted = self.task.events["TaskSubmitted"].topic
         task_topic = "0x" + task_id.to_bytes(32, "big").hex()
         logs: list[Any] = []
-        last = self._guard("eth_blockNumber", lambda: self.w3.eth.block_number)
+        last = self.guard("eth_blockNumber", lambda: self.w3.eth.block_number)
         while last >= 0:
             first = max(0, last - _LOG_WINDOW + 1)
-            batch = self._guard("eth_getLogs", self.w3.eth.get_logs, {
+            batch = self.guard("eth_getLogs", self.w3.eth.get_logs, {
                 "address": TASK_ADDRESS, "fromBlock": first, "toBlock": last, "topics": [None, task_topic]})
             logs[:0] = batch
             if any("0x" + bytes(log["topics"][0]).hex() == submitted for log in batch):
@@ -309,7 +309,7 @@ class Client:
                 return hasher.size
 
         try:
-            return self._guard(f"download of blob 0x{blob_hash.hex()}", fetch)
+            return self.guard(f"download of blob 0x{blob_hash.hex()}", fetch)
         except OSError as exc:
             raise ClientError(f"cannot write {out_path}: {exc.strerror or exc}") from None
 
@@ -325,7 +325,7 @@ class Client:
                         break
                 return bytes(data)
 
-        data = self._guard(f"download of checkpoint 0x{checkpoint_hash.hex()}", fetch)
+        data = self.guard(f"download of checkpoint 0x{checkpoint_hash.hex()}", fetch)
         try:
             return checkpoint_header(data)[1]
         except ValueError as exc:
@@ -366,7 +366,7 @@ class Client:
                               f"{s.accepted}/{s.checkpoints} checkpoints accepted")
         if s.state == "Settled" and self.checkpoint_history(task_id).outcome == _OUTCOME_EXECUTOR_LOST:
             raise ClientError(f"task {task_id}: the final checkpoint was rejected on dispute: it has no result")
-        ckpt = self._guard("getCheckpoint", self.task.functions.getCheckpoint(task_id, s.checkpoints).call)
+        ckpt = self.guard("getCheckpoint", self.task.functions.getCheckpoint(task_id, s.checkpoints).call)
         ckpt_hash = bytes(ckpt[3])
         if not any(ckpt_hash):
             raise ClientError(f"task {task_id}: checkpoint {s.checkpoints} has no revealed hash")

@@ -10,12 +10,17 @@ from typing import Any, TypeVar
 
 import click
 
+from ogpu_node.crypto.keystore import KeystoreError, load_private_key, parse_private_key
+
 __all__ = [
     "datadir_option",
     "default_datadir",
+    "key_options",
     "password_file_option",
+    "private_key_from_options",
     "read_password_file",
     "resolve_datadir",
+    "rpc_url_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -83,3 +88,42 @@ def password_file_option(f: F) -> F:
         default=None,
         help="File whose first line is the keystore password (prompted for if not given).",
     )(f)
+
+
+def rpc_url_option(f: F) -> F:
+    return click.option("--rpc-url", required=True, envvar="OGPU_RPC_URL",
+                        help="The node's JSON-RPC endpoint, e.g. http://127.0.0.1:8545.")(f)
+
+
+def key_options(f: F) -> F:
+    f = click.option("--private-key", default=None, envvar="OGPU_PRIVATE_KEY",
+                     help="Hex private key (development only; prefer --keystore).")(f)
+    f = password_file_option(f)
+    f = click.option("--from", "from_address", default=None,
+                     help="Account to use when the keystore holds several.")(f)
+    f = click.option("--keystore", type=click.Path(path_type=Path), default=None,
+                     help="Keystore directory or key file.")(f)
+    return f
+
+
+def private_key_from_options(keystore: Path | None, password_file: Path | None, from_address: str | None,
+                 private_key: str | None) -> bytes:
+    if (keystore is None) == (private_key is None):
+        raise click.ClickException("give exactly one of --keystore (with --password-file) or --private-key")
+    try:
+        if private_key is not None:
+            return parse_private_key(private_key)
+        address = None
+        if from_address is not None:
+            try:
+                address = bytes.fromhex(from_address.removeprefix("0x").removeprefix("0X"))
+            except ValueError:
+                raise click.ClickException(f"--from: not an address: {from_address}") from None
+        if password_file is not None:
+            password = read_password_file(password_file)
+        else:
+            password = click.prompt("Password", hide_input=True, err=True)
+        assert keystore is not None
+        return load_private_key(keystore, address, password)
+    except KeystoreError as exc:
+        raise click.ClickException(str(exc)) from None

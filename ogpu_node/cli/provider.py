@@ -8,8 +8,13 @@ from types import FrameType
 
 import click
 
-from ogpu_node.cli.common import datadir_option, resolve_datadir
-from ogpu_node.cli.task import _key_options, _private_key, _rpc_url_option
+from ogpu_node.cli.common import (
+    datadir_option,
+    key_options,
+    private_key_from_options,
+    resolve_datadir,
+    rpc_url_option,
+)
 
 __all__ = ["provider"]
 
@@ -22,8 +27,8 @@ def provider() -> None:
 
 
 @provider.command("run")
-@_rpc_url_option
-@_key_options
+@rpc_url_option
+@key_options
 @datadir_option
 @click.option("--stake", "stake_wei", type=click.IntRange(min=1), default=None,
               help="Stake to hold in wei, topped up at start (default: the chain's provider minimum).")
@@ -41,7 +46,7 @@ def run(rpc_url: str, keystore: Path | None, from_address: str | None, password_
         private_key: str | None, datadir: Path | None, stake_wei: int | None, memory_mib: int | None,
         cost_per_second: int, margin: float, fault: str | None, fault_magnitude: float) -> None:
     """Register as a provider at RPC_URL's chain, bid on batch tasks, train them and serve on councils."""
-    key = _private_key(keystore, password_file, from_address, private_key)
+    key = private_key_from_options(keystore, password_file, from_address, private_key)
     from ogpu_node.apps.client import ClientError
     from ogpu_node.apps.provider import Provider, ProviderConfig
     from ogpu_node.compute import Fault

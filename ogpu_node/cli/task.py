@@ -24,52 +24,12 @@ from ogpu_node.apps.client import (
     TaskStatus,
     file_blob_hash,
 )
-from ogpu_node.cli.common import password_file_option, read_password_file
-from ogpu_node.crypto.keystore import KeystoreError, load_private_key, parse_private_key
+from ogpu_node.cli.common import key_options, private_key_from_options, rpc_url_option
 from ogpu_node.types.prescription import InvalidPrescription
 
 __all__ = ["task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _rpc_url_option(f: F) -> F:
-    return click.option("--rpc-url", required=True, envvar="OGPU_RPC_URL",
-                        help="The node's JSON-RPC endpoint, e.g. http://127.0.0.1:8545.")(f)
-
-
-def _key_options(f: F) -> F:
-    f = click.option("--private-key", default=None, envvar="OGPU_PRIVATE_KEY",
-                     help="Hex private key (development only; prefer --keystore).")(f)
-    f = password_file_option(f)
-    f = click.option("--from", "from_address", default=None,
-                     help="Account to use when the keystore holds several.")(f)
-    f = click.option("--keystore", type=click.Path(path_type=Path), default=None,
-                     help="Keystore directory or key file.")(f)
-    return f
-
-
-def _private_key(keystore: Path | None, password_file: Path | None, from_address: str | None,
-                 private_key: str | None) -> bytes:
-    if (keystore is None) == (private_key is None):
-        raise click.ClickException("give exactly one of --keystore (with --password-file) or --private-key")
-    try:
-        if private_key is not None:
-            return parse_private_key(private_key)
-        address = None
-        if from_address is not None:
-            try:
-                address = bytes.fromhex(from_address.removeprefix("0x").removeprefix("0X"))
-            except ValueError:
-                raise click.ClickException(f"--from: not an address: {from_address}") from None
-        if password_file is not None:
-            password = read_password_file(password_file)
-        else:
-            password = click.prompt("Password", hide_input=True, err=True)
-        assert keystore is not None
-        return load_private_key(keystore, address, password)
-    except KeystoreError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _ether(wei: int) -> str:
@@ -95,8 +55,8 @@ def task() -> None:
               help="Initial weights of M (safetensors), uploaded as a blob.")
 @click.option("--deposit", type=click.IntRange(min=0), default=None,
               help="Safety deposit in wei (default: the chain's minimum).")
-@_rpc_url_option
-@_key_options
+@rpc_url_option
+@key_options
 def submit(prescription: Path, data_file: Path, model_file: Path | None, deposit: int | None, rpc_url: str,
            keystore: Path | None, from_address: str | None, password_file: Path | None,
            private_key: str | None) -> None:
@@ -128,7 +88,7 @@ def submit(prescription: Path, data_file: Path, model_file: Path | None, deposit
         p = validate(doc)  # before any network access or key prompt
     except InvalidPrescription as exc:
         raise click.ClickException(str(exc)) from None
-    key = _private_key(keystore, password_file, from_address, private_key)
+    key = private_key_from_options(keystore, password_file, from_address, private_key)
     client = Client(rpc_url, key)
     try:
         data_hash, data_size = client.upload_blob(data_file)
@@ -147,7 +107,7 @@ def submit(prescription: Path, data_file: Path, model_file: Path | None, deposit
 @click.argument("task_id", type=click.IntRange(min=1))
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the loss curve as a PNG (needs matplotlib).")
-@_rpc_url_option
+@rpc_url_option
 def status(task_id: int, plot: Path | None, rpc_url: str) -> None:
     """Print a task's state, money, bids, progress, checkpoint verdicts and training loss."""
     client = Client(rpc_url)
@@ -202,7 +162,7 @@ def status(task_id: int, plot: Path | None, rpc_url: str) -> None:
 @click.option("--wait", is_flag=True, help="Wait until the final checkpoint is accepted, showing progress.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="With --wait: give up after this many seconds (default: no limit).")
-@_rpc_url_option
+@rpc_url_option
 def result(task_id: int, out: Path, checkpoint_file: Path | None, wait: bool, timeout: float | None,
            rpc_url: str) -> None:
     """Download the accepted final checkpoint, check its hash against the chain, and write its weights."""
@@ -342,12 +302,12 @@ def write_loss_plot(points: list[LossPoint], path: Path, task_id: int) -> None:
 
 
 def _settle_command(name: str, doc: str) -> click.Command:
-    @_key_options
-    @_rpc_url_option
+    @key_options
+    @rpc_url_option
     @click.argument("task_id", type=click.IntRange(min=1))
     def command(task_id: int, rpc_url: str, keystore: Path | None, from_address: str | None,
                 password_file: Path | None, private_key: str | None) -> None:
-        key = _private_key(keystore, password_file, from_address, private_key)
+        key = private_key_from_options(keystore, password_file, from_address, private_key)
         try:
             receipt = getattr(Client(rpc_url, key), name)(task_id)
         except ClientError as exc:

@@ -25,7 +25,7 @@ from e2e.cli_run import CLI, ENV, ROOT, cli
 from safetensors.numpy import save_file
 from web3 import Web3
 
-from ogpu_node.apps.client import STATE_NAMES, TASK_ADDRESS, _abi
+from ogpu_node.apps.client import STATE_NAMES, TASK_ADDRESS, contract_abi
 from ogpu_node.compute import spec_from_prescription, train_segment_in_profile
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.types.merkle import merkle_root
@@ -173,7 +173,7 @@ def submit(tmp_path, node, accounts, data, prescription_path) -> int:
 
 
 def task_events(w3, task_id: int) -> list:
-    task = w3.eth.contract(address=TASK_ADDRESS, abi=_abi("Task"))
+    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
     topic = "0x" + task_id.to_bytes(32, "big").hex()
     out = []
     for entry in w3.eth.get_logs({"address": TASK_ADDRESS, "fromBlock": 0, "toBlock": "latest",
@@ -197,7 +197,7 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
     before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*addresses, client]}
 
     task_id = submit(tmp_path, node, accounts, data, prescription_path)
-    task = w3.eth.contract(address=TASK_ADDRESS, abi=_abi("Task"))
+    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
     state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
     wait_for("all checkpoints accepted", lambda: state() in ("AwaitingConfirmation", "Cancelled"), 420, providers)
     assert state() == "AwaitingConfirmation", [e["event"] for e in task_events(w3, task_id)]
@@ -236,7 +236,7 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
             expected[m] += share
         expected[executor] += part - 3 * share
     expected[client] -= price
-    staked = {a: w3.eth.contract(address=STAKE_ADDRESS, abi=_abi("Stake")).functions.stakeOf(a).call()[0]
+    staked = {a: w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake")).functions.stakeOf(a).call()[0]
               for a in addresses}
     for a in addresses:
         assert staked[a] == MIN_PROVIDER_STAKE  # nobody was slashed
@@ -256,7 +256,7 @@ def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network,
     before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*addresses, client]}
 
     task_id = submit(tmp_path, node, accounts, data, prescription_path)
-    task = w3.eth.contract(address=TASK_ADDRESS, abi=_abi("Task"))
+    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
     state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
     wait_for("the task to end", lambda: state() in ("Cancelled", "AwaitingConfirmation"), 420, providers)
 
@@ -278,7 +278,7 @@ def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network,
     # members who voted no; honest members lose nothing.
     collateral = price * int(GENESIS["collateralBps"]) // BPS
     reward = collateral * int(GENESIS["reporterShareBps"]) // BPS
-    stake = w3.eth.contract(address=STAKE_ADDRESS, abi=_abi("Stake"))
+    stake = w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
     assert stake.functions.stakeOf(cheat).call()[0] == MIN_PROVIDER_STAKE - collateral
     expected = {a: -MIN_PROVIDER_STAKE for a in addresses}
     for member in addresses[1:]:

@@ -17,7 +17,7 @@ import requests
 from eth_account import Account
 from web3 import Web3
 
-from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError, _abi
+from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError, contract_abi
 from ogpu_node.types.merkle import MerkleHasher
 
 STAKE_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
@@ -42,7 +42,7 @@ class ChainClient:
         self.w3 = self.client.w3
         self.account = Account.from_key(private_key)
         self.address: str = self.account.address
-        self.stake = self.w3.eth.contract(address=STAKE_ADDRESS, abi=_abi("Stake"))
+        self.stake = self.w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
         self.task = self.client.task
         self.bid = self.client.bid
         self._nonce_lock = threading.Lock()
@@ -66,8 +66,8 @@ class ChainClient:
                 })
                 return self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx).raw_transaction)
 
-            tx_hash = self.client._guard(what, submit)
-        receipt = self.client._guard(
+            tx_hash = self.client.guard(what, submit)
+        receipt = self.client.guard(
             what, self.w3.eth.wait_for_transaction_receipt, tx_hash, timeout=_RECEIPT_TIMEOUT_S, poll_latency=0.2
         )
         if receipt["status"] != 1:
@@ -75,7 +75,7 @@ class ChainClient:
         return receipt
 
     def call(self, what: str, fn: Any) -> Any:
-        return self.client._guard(what, fn.call)
+        return self.client.guard(what, fn.call)
 
     # -- blobs --
 
@@ -97,7 +97,7 @@ class ChainClient:
                 raise ClientError(f"blob 0x{blob_hash.hex()}: content does not match its hash")
             return b"".join(parts)
 
-        return self.client._guard(f"download of blob 0x{blob_hash.hex()}", get)
+        return self.client.guard(f"download of blob 0x{blob_hash.hex()}", get)
 
     def put_blob(self, name: str, data: bytes) -> bytes:
         return self.client.upload_bytes(name, data)[0]
@@ -105,14 +105,14 @@ class ChainClient:
     # -- events --
 
     def head(self) -> int:
-        return self.client._guard("blockNumber", lambda: self.w3.eth.block_number)
+        return self.client.guard("blockNumber", lambda: self.w3.eth.block_number)
 
     def timestamp(self) -> int:
-        return int(self.client._guard("getBlock", self.w3.eth.get_block, "latest")["timestamp"])
+        return int(self.client.guard("getBlock", self.w3.eth.get_block, "latest")["timestamp"])
 
     def task_events(self, first: int, last: int) -> list[Event]:
         """Task's events in blocks first..last, in chain order (system-call logs included)."""
-        logs = self.client._guard(
+        logs = self.client.guard(
             "getLogs", self.w3.eth.get_logs, {"address": TASK_ADDRESS, "fromBlock": first, "toBlock": last}
         )
         out = []

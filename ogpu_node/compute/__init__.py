@@ -22,6 +22,7 @@ from ogpu_node.compute.optim import OptimizerSpec
 from ogpu_node.compute.prescription import spec_from_prescription
 from ogpu_node.compute.profile import PROFILES, profile_env, train_segment_in_profile
 from ogpu_node.compute.trainer import SegmentResult, TrainSpec, initial_checkpoint, train_segment
+from ogpu_node.compute.worker import SegmentRun, Worker
 
 __all__ = [
     "FAMILIES",
@@ -35,11 +36,13 @@ __all__ = [
     "OptimizerSpec",
     "ProfileUnavailable",
     "SegmentResult",
+    "SegmentRun",
     "TensorDataset",
     "TextDataset",
     "TrainSpec",
     "TrainState",
     "UnknownProfile",
+    "Worker",
     "WorkerFailed",
     "build_model",
     "checkpoint_hash",

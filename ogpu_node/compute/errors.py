@@ -28,4 +28,9 @@ class ProfileUnavailable(ComputeError, RuntimeError):
 
 
 class WorkerFailed(ComputeError, RuntimeError):
-    """A training worker process died or raised."""
+    """A training worker process died, timed out or raised; `error_type` names the exception the
+    worker raised (e.g. `InvalidCheckpoint`), None when the process itself failed."""
+
+    def __init__(self, message: str, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type

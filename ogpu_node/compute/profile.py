@@ -3,23 +3,21 @@ reproducible across runs and machines (DESIGN.md §6).
 
 torch reads `ATEN_CPU_CAPABILITY`, `MKL_CBWR` and `ONEDNN_MAX_CPU_ISA` once, when it loads, so a
 profile cannot be applied to a process that already imported torch. Training under a profile runs
-in a fresh worker process (multiprocessing "spawn"), whose environment is the profile's from the
-moment it execs; the worker checks the environment and the CPU capability torch reports before it
-trains. Results come back as bytes and JSON, never pickled tensors.
+in a worker process (multiprocessing "spawn", worker.py), whose environment is the profile's from
+the moment it execs; the worker checks the environment and the CPU capability torch reports before
+it trains. Results come back as bytes and JSON, never pickled tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import multiprocessing
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ogpu_node.compute.errors import ProfileUnavailable, UnknownProfile, WorkerFailed
+from ogpu_node.compute.errors import ProfileUnavailable, UnknownProfile
 
 if TYPE_CHECKING:
     from ogpu_node.compute.trainer import SegmentResult, TrainSpec
@@ -96,23 +94,6 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _worker(
-    profile: str, spec_bytes: bytes, start: bytes | None, steps: int, hash_steps: list[int], conn
-) -> None:
-    try:
-        apply_profile(profile)
-        from ogpu_node.compute.trainer import decode_spec, train_segment
-
-        result = train_segment(decode_spec(spec_bytes), start, steps, hash_steps)
-        hashes = {str(s): h.hex() for s, h in result.state_hashes.items()}
-        conn.send_bytes(json.dumps({"ok": True, "losses": result.losses, "state_hashes": hashes}).encode())
-        conn.send_bytes(result.checkpoint)
-    except Exception as e:  # reported to the parent as one line
-        conn.send_bytes(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}).encode())
-    finally:
-        conn.close()
-
-
 def train_segment_in_profile(
     profile: str,
     spec: TrainSpec,
@@ -121,35 +102,11 @@ def train_segment_in_profile(
     hash_steps: Iterable[int] = (),
     timeout: float | None = None,
 ) -> SegmentResult:
-    """`train_segment` in a fresh spawned process under `profile`; blocks until it finishes."""
-    from ogpu_node.compute.trainer import SegmentResult, encode_spec
+    """`train_segment` in a fresh spawned process under `profile`; blocks until it finishes.
+    (A provider keeps a `worker.Worker` instead, to pay the process start once.)"""
+    from ogpu_node.compute.trainer import SegmentResult
+    from ogpu_node.compute.worker import Worker
 
-    env = profile_env(profile)
-    ctx = multiprocessing.get_context("spawn")
-    reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_worker, args=(profile, encode_spec(spec), start, steps, list(hash_steps), writer), daemon=True
-    )
-    # The child execs with this process's environment: set the profile only for that instant.
-    with _ENV_LOCK, _environ(env):
-        proc.start()
-    writer.close()
-    try:
-        if not reader.poll(timeout):
-            raise WorkerFailed(f"training worker timed out after {timeout} s")
-        header = json.loads(reader.recv_bytes())
-        if not header["ok"]:
-            raise WorkerFailed(header["error"])
-        ckpt = reader.recv_bytes()
-    except EOFError:
-        proc.join()
-        raise WorkerFailed(f"training worker died (exit code {proc.exitcode})") from None
-    finally:
-        reader.close()
-        if proc.is_alive():
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    hashes = {int(s): bytes.fromhex(h) for s, h in header["state_hashes"].items()}
-    return SegmentResult(ckpt, header["losses"], hashes)
+    with Worker(profile) as worker:
+        run = worker.train(spec, start, steps, hash_steps, timeout=timeout)
+    return SegmentResult(run.checkpoint, run.losses, run.state_hashes)

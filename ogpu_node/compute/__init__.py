@@ -16,6 +16,7 @@ from ogpu_node.compute.errors import (
     UnknownProfile,
     WorkerFailed,
 )
+from ogpu_node.compute.estimate import Estimate, estimate
 from ogpu_node.compute.faults import FAULTS, Fault, train_faulty
 from ogpu_node.compute.models import FAMILIES, build_model, config_from_hparams
 from ogpu_node.compute.optim import OptimizerSpec
@@ -29,6 +30,7 @@ __all__ = [
     "FAULTS",
     "PROFILES",
     "ComputeError",
+    "Estimate",
     "Fault",
     "InvalidCheckpoint",
     "InvalidModelSpec",
@@ -50,6 +52,7 @@ __all__ = [
     "dataset_from_safetensors",
     "dataset_from_text",
     "equivalence",
+    "estimate",
     "initial_checkpoint",
     "load",
     "profile_env",

@@ -66,7 +66,8 @@ def test_a_spec_is_sent_once_and_evicted_after_four_others(worker, monkeypatch):
 
 
 def test_job_errors_come_back_as_one_line_and_the_worker_lives_on(worker):
-    pid = worker.pid or (worker.start() or worker.pid)
+    worker.start()  # idempotent
+    pid = worker.pid
     with pytest.raises(WorkerFailed, match="outside this segment") as info:
         worker.train(mlp_spec(), None, 2, hash_steps=[9])
     assert info.value.error_type == "InvalidTrainSpec"

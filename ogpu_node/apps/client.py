@@ -9,6 +9,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,6 +104,8 @@ class Client:
         self.account = Account.from_key(private_key) if private_key is not None else None
         self.task = self.w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
         self.bid = self.w3.eth.contract(address=BID_ADDRESS, abi=contract_abi("Bid"))
+        self._nonce_lock = threading.Lock()
+        self._chain_id: int | None = None
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -169,19 +172,29 @@ class Client:
             raise ClientError("a key is needed to send transactions")
         return self.account.address
 
-    def _send(self, what: str, call: Any, value: int = 0) -> Any:
+    def send(self, what: str, call: Any, value: int = 0, min_gas: int = 0) -> Any:
+        """Sign ``call`` locally, send it, wait for its receipt; ClientError (one line) if it reverts.
+        ``min_gas`` is a floor on the gas limit for calls whose cost the estimate cannot foresee.
+        Safe from several threads: nonces are taken under a lock, receipts awaited outside it."""
         sender = self._address()
 
-        def send() -> Any:
+        def submit() -> bytes:
+            if self._chain_id is None:
+                self._chain_id = self.w3.eth.chain_id
+            params = {"from": sender, "value": value}
+            # Headroom over the estimate: transactions landing in the same block (another bid on the
+            # same task) can make this one touch fresh storage and cost more than estimated alone.
+            gas = call.estimate_gas(params)
             tx = call.build_transaction({
-                "from": sender, "value": value, "nonce": self.w3.eth.get_transaction_count(sender, "pending"),
-                "chainId": self.w3.eth.chain_id,
+                **params, "gas": max(min_gas, gas * 5 // 4 + 20_000), "chainId": self._chain_id,
+                "nonce": self.w3.eth.get_transaction_count(sender, "pending"),
             })
-            signed = self.account.sign_transaction(tx)  # type: ignore[union-attr]
-            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=_RECEIPT_TIMEOUT_S, poll_latency=0.2)
+            return self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx).raw_transaction)  # type: ignore[union-attr]
 
-        receipt = self.guard(what, send)
+        with self._nonce_lock:
+            tx_hash = self.guard(what, submit)
+        receipt = self.guard(what, self.w3.eth.wait_for_transaction_receipt, tx_hash, timeout=_RECEIPT_TIMEOUT_S,
+                             poll_latency=0.2)
         if receipt["status"] != 1:
             raise ClientError(f"{what}: transaction 0x{bytes(receipt['transactionHash']).hex()} reverted")
         return receipt
@@ -210,17 +223,17 @@ class Client:
         # Providers fetch the document by the hash the chain records.
         self.upload_bytes("the prescription", p.canonical_json())
         call = self.task.functions.submitTask(prescription_hash(p), KIND_BATCH, to_terms(p))
-        receipt = self._send("submitTask", call, value=p.I.max_payment + deposit)
+        receipt = self.send("submitTask", call, value=p.I.max_payment + deposit)
         events = self.task.events.TaskSubmitted().process_receipt(receipt, errors=DISCARD)
         if not events:
             raise ClientError("submitTask: no TaskSubmitted event in the receipt")
         return int(events[0]["args"]["taskId"]), deposit
 
     def confirm(self, task_id: int) -> Any:
-        return self._send("confirm", self.task.functions.confirm(task_id))
+        return self.send("confirm", self.task.functions.confirm(task_id))
 
     def dispute(self, task_id: int) -> Any:
-        return self._send("dispute", self.task.functions.dispute(task_id))
+        return self.send("dispute", self.task.functions.dispute(task_id))
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -200,7 +200,7 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
     task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
     state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
     wait_for("all checkpoints accepted", lambda: state() in ("AwaitingConfirmation", "Cancelled"), 420, providers)
-    assert state() == "AwaitingConfirmation", [e["event"] for e in task_events(w3, task_id)]
+    assert state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in task_events(w3, task_id)]
 
     status = cli("task", "status", str(task_id), "--rpc-url", node.http_url)
     assert status.returncode == 0, status.stderr

@@ -1,14 +1,13 @@
 """The provider's view of one node: transactions from several threads, views, blobs and events.
 
-Everything goes over JSON-RPC (web3.py) and the blob HTTP endpoint, like the client app. Threads
-(the event loop, executor jobs, council duties) send transactions concurrently, so nonces are
-assigned under one lock; receipts are awaited outside it.
+Everything goes over JSON-RPC (web3.py) and the blob HTTP endpoint through the client app's
+transport (`Client`, whose `send` is safe from the event loop, executor jobs and council duties at
+once).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,11 @@ from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError, contract_ab
 from ogpu_node.types.merkle import MerkleHasher
 
 STAKE_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
-_RECEIPT_TIMEOUT_S = 120.0
+# Whichever transaction lands last runs the protocol's next step: the bid reaching H's first N runs
+# the assignment (~185k gas more with 3 bids), the last reveal runs the tally with its payments or
+# the slash and re-assignment. An estimate made before the others landed cannot see that, so every
+# provider transaction may use this much; only the gas used is paid.
+PROTOCOL_GAS = 2_000_000
 
 log = logging.getLogger("ogpu.provider")
 
@@ -45,8 +48,6 @@ class ChainClient:
         self.stake = self.w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
         self.task = self.client.task
         self.bid = self.client.bid
-        self._nonce_lock = threading.Lock()
-        self._chain_id: int | None = None
         self._events = {
             Web3.keccak(text=_signature(e)): self.task.events[e["name"]]
             for e in self.task.abi if e["type"] == "event"
@@ -55,24 +56,7 @@ class ChainClient:
     # -- transactions --
 
     def send(self, what: str, call: Any, value: int = 0) -> Any:
-        """Sign and send ``call``; wait for its receipt; raise ClientError on a revert (one line)."""
-        with self._nonce_lock:
-            def submit() -> bytes:
-                if self._chain_id is None:
-                    self._chain_id = self.w3.eth.chain_id
-                tx = call.build_transaction({
-                    "from": self.address, "value": value, "chainId": self._chain_id,
-                    "nonce": self.w3.eth.get_transaction_count(self.address, "pending"),
-                })
-                return self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx).raw_transaction)
-
-            tx_hash = self.client.guard(what, submit)
-        receipt = self.client.guard(
-            what, self.w3.eth.wait_for_transaction_receipt, tx_hash, timeout=_RECEIPT_TIMEOUT_S, poll_latency=0.2
-        )
-        if receipt["status"] != 1:
-            raise ClientError(f"{what}: transaction 0x{bytes(receipt['transactionHash']).hex()} reverted")
-        return receipt
+        return self.client.send(what, call, value, min_gas=PROTOCOL_GAS)
 
     def call(self, what: str, fn: Any) -> Any:
         return self.client.guard(what, fn.call)

@@ -55,6 +55,7 @@ class Provider:
         self.strategy = BidStrategy(config.cost_per_second, config.margin)
         self.council_worker = Worker(PROFILE)
         self._worker_cls = Worker
+        self._spare: Worker | None = None  # a started executor worker: assignment need not wait for torch
         self.resources: Resources | None = None
         self.contexts: dict[int, TaskContext] = {}
         self.bids: dict[int, int] = {}  # task id -> our price
@@ -92,6 +93,7 @@ class Provider:
         if not roles & ROLE_PROVIDER:
             self.chain.send("setRoles", stake.functions.setRoles(roles | ROLE_PROVIDER))
         log.info("registered as provider %s", self.chain.address)
+        self._prepare_spare()
 
     # -- main loop --
 
@@ -118,6 +120,32 @@ class Provider:
         for job in self.jobs.values():
             job.worker.close()
         self.council_worker.close()
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+
+    def _prepare_spare(self) -> None:
+        def start() -> None:
+            worker = self._worker_cls(PROFILE)
+            worker.start()
+            with self._lock:
+                if self._spare is None and not self.stopped.is_set():
+                    self._spare, worker = worker, None
+            if worker is not None:
+                worker.close()
+
+        threading.Thread(target=start, name="spare-worker", daemon=True).start()
+
+    def _executor_worker(self, profile: str) -> Any:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.profile == profile:
+            self._prepare_spare()
+            return spare
+        if spare is not None:
+            self._spare = spare  # keep it for a task under its profile
+        return self._worker_cls(profile)
 
     def handle(self, ev: Event) -> None:
         a = ev.args
@@ -238,7 +266,7 @@ class Provider:
             start = self.chain.get_blob(bytes(self.chain.call(
                 "getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, resume_from))[3]))
         profile = ctx.prescription.I.numeric_profile or PROFILE
-        job = ExecutorJob(self.chain, ctx, self._worker_cls(profile), self.config.datadir / "tasks" / str(task_id),
+        job = ExecutorJob(self.chain, ctx, self._executor_worker(profile), self.config.datadir / "tasks" / str(task_id),
                           resume_from=resume_from, start=start, fault=self.config.fault)
         self.jobs[task_id] = job
         log.info("task %d: executing from checkpoint %d%s", task_id, resume_from,

@@ -139,13 +139,13 @@ class Provider:
 
     def _executor_worker(self, profile: str) -> Any:
         with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None and spare.profile == profile:
-            self._prepare_spare()
-            return spare
-        if spare is not None:
-            self._spare = spare  # keep it for a task under its profile
-        return self._worker_cls(profile)
+            spare = self._spare if self._spare is not None and self._spare.profile == profile else None
+            if spare is not None:
+                self._spare = None
+        if spare is None:  # still starting, or another profile: this task waits for its own
+            return self._worker_cls(profile)
+        self._prepare_spare()
+        return spare
 
     def handle(self, ev: Event) -> None:
         a = ev.args

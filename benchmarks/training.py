@@ -179,6 +179,7 @@ def main(argv: list[str]) -> Result:
         spec = spec_from_prescription(p, data.read_bytes(), training_seed(p, seed))
         member_cpu, state = [], None
         with Worker(PROFILE) as worker:
+            worker.measure_throughput(1.0)  # as a provider's council worker, warmed at registration
             for k in range(1, checkpoints + 1):
                 first, last = segment_bounds(p, k)
                 at = drawn_step(p, k, int.from_bytes(os.urandom(8), "big"))

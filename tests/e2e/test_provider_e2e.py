@@ -156,7 +156,7 @@ def network(node_factory, tmp_path):
             p.process.wait()
 
 
-def start_four(w3, start, cheap_extra=()) -> list[ProviderProcess]:
+def start_four(w3, start, cheap_extra=()) -> tuple[int, list[ProviderProcess]]:
     """Provider 1 is the cheapest (it wins the auction); all four must be registered before the submit."""
     first_block = w3.eth.block_number + 1
     providers = [start(1, "--cost-per-second", str(10**14), *cheap_extra)]

@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ogpu_node.apps.client import ClientError
 from ogpu_node.apps.provider.chain import ChainClient, Event
-from ogpu_node.apps.provider.jobs import CouncilDuty, ExecutorJob, TaskContext
+from ogpu_node.apps.provider.jobs import CouncilDuty, ExecutorJob, TaskContext, persist
 from ogpu_node.apps.provider.strategy import BidStrategy, Job, Resources
-from ogpu_node.contracts.checkpoints import STATE_DISPUTED
 from ogpu_node.contracts.stake import ROLE_PROVIDER
 from ogpu_node.types.prescription import DEVICE_KINDS, InvalidPrescription, segment_bounds, training_seed
 
@@ -29,6 +29,7 @@ log = logging.getLogger("ogpu.provider")
 KIND_BATCH = 0
 PROFILE = "cpu-avx2-1t"  # the numeric profile a CPU provider trains and verifies under
 MAX_DATASET_BYTES = 1 << 30
+LOG_WINDOW = 10_000  # blocks per eth_getLogs call (the node caps a range)
 
 
 @dataclass
@@ -58,10 +59,11 @@ class Provider:
         self._spare: Worker | None = None  # a started executor worker: assignment need not wait for torch
         self.resources: Resources | None = None
         self.contexts: dict[int, TaskContext] = {}
+        self.fetched: dict[int, tuple[Any, bytes, bytes | None]] = {}  # prescription, data, weights
         self.bids: dict[int, int] = {}  # task id -> our price
         self.jobs: dict[int, ExecutorJob] = {}
-        self.duties: list[CouncilDuty] = []
-        self.revealed: dict[tuple[int, int], bytes] = {}
+        self.ended: set[int] = set()  # cancelled or settled: start no work for them
+        self.max_jobs = max(1, (os.cpu_count() or 1) - 1)  # executor jobs at once, beside council work
         self._lock = threading.Lock()
         self.stopped = threading.Event()
         self.last_block = -1
@@ -103,22 +105,27 @@ class Provider:
         log.info("watching tasks from block %d", self.last_block + 1)
         while not self.stopped.is_set():
             try:
-                head = self.chain.head()
-                if head > self.last_block:
-                    for event in self.chain.task_events(self.last_block + 1, head):
-                        self.handle(event)
-                    self.last_block = head
+                self.follow(self.chain.head())
             except ClientError as exc:
                 log.warning("node: %s", exc)
             self.stopped.wait(self.config.poll_s)
         self.close()
 
+    def follow(self, head: int) -> None:
+        """Handle Task's events up to ``head``, a bounded window at a time; each window's events once."""
+        while self.last_block < head and not self.stopped.is_set():
+            last = min(head, self.last_block + LOG_WINDOW)
+            for event in self.chain.task_events(self.last_block + 1, last):
+                try:
+                    self.handle(event)
+                except Exception:  # one bad event must not stop a provider that owes commits and votes
+                    log.exception("event %s at block %d", event.name, event.block)
+            self.last_block = last
+
     def close(self) -> None:
         self.stopped.set()
-        for job in self.jobs.values():
+        for job in list(self.jobs.values()):
             job.stop()
-        for job in self.jobs.values():
-            job.worker.close()
         self.council_worker.close()
         with self._lock:
             spare, self._spare = self._spare, None
@@ -128,7 +135,7 @@ class Provider:
     def _prepare_spare(self) -> None:
         def start() -> None:
             worker = self._worker_cls(PROFILE)
-            worker.start()
+            worker.measure_throughput(0.5)  # warm: a fresh process's first segment costs ~2 s more
             with self._lock:
                 if self._spare is None and not self.stopped.is_set():
                     self._spare, worker = worker, None
@@ -156,20 +163,18 @@ class Provider:
                 self._spawn(f"consider-{task_id}", self.consider, task_id, bytes(a["prescriptionHash"]))
         elif name == "TaskAssigned":
             executor = a["executor"].lower()
-            if task_id in self.bids:
+            if self.bids.pop(task_id, None) is not None:
                 self.strategy.record(executor == self.me)
                 log.info("task %d: %s the auction (win rate %.0f%%, margin now %.0f%%)", task_id,
                          "won" if executor == self.me else "lost", 100 * (self.strategy.win_rate or 0),
                          100 * self.strategy.margin)
             if executor == self.me:
-                self._spawn(f"execute-{task_id}", self.execute, task_id, 0)
+                self._spawn(f"execute-{task_id}", self.execute, task_id, 0, time.monotonic())
         elif name == "ExecutorReplaced":
-            for k in [key for key in self.revealed if key[0] == task_id and key[1] > a["resumeFrom"]]:
-                del self.revealed[k]
             if a["previous"].lower() == self.me:
                 self._stop_job(task_id, "replaced")
             if a["executor"].lower() == self.me:
-                self._spawn(f"execute-{task_id}", self.execute, task_id, a["resumeFrom"])
+                self._spawn(f"execute-{task_id}", self.execute, task_id, a["resumeFrom"], time.monotonic())
         elif name == "CouncilDrawn":
             job = self.jobs.get(task_id)
             if job is not None and not job.ctx.exact:
@@ -181,12 +186,15 @@ class Provider:
             job = self.jobs.get(task_id)
             if job is not None and job.ctx.exact:
                 job.reveal(a["k"])
-        elif name == "CheckpointRevealed":
-            self.revealed[(task_id, a["k"])] = bytes(a["checkpointHash"])
         elif name in ("CheckpointAccepted", "CheckpointRejected", "CheckpointMissed", "CheckpointInconclusive"):
             detail = {k: v for k, v in a.items() if k not in ("taskId", "k")}
             log.info("task %d: checkpoint %d %s %s", task_id, a["k"], name.removeprefix("Checkpoint").lower(), detail)
         elif name in ("TaskCancelled", "TaskSettled"):
+            with self._lock:
+                self.ended.add(task_id)
+                self.contexts.pop(task_id, None)  # its dataset may be large
+                self.fetched.pop(task_id, None)
+            self.bids.pop(task_id, None)
             self._stop_job(task_id, name.removeprefix("Task").lower())
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
@@ -201,37 +209,42 @@ class Provider:
         threading.Thread(target=guarded, name=name, daemon=True).start()
 
     def _stop_job(self, task_id: int, why: str) -> None:
-        job = self.jobs.pop(task_id, None)
+        with self._lock:
+            job = self.jobs.pop(task_id, None)
         if job is not None:
             log.info("task %d: executor job ends (%s)", task_id, why)
-            job.stop()
-            threading.Thread(target=job.worker.close, daemon=True).start()
+            threading.Thread(target=job.stop, daemon=True).start()
 
     # -- tasks --
 
-    def context(self, task_id: int, prescription_hash: bytes | None = None) -> TaskContext | None:
-        """The task's prescription, data and spec (fetched once); None for a task without a seed yet."""
+    def context(self, task_id: int, prescription_hash: bytes | None = None) -> TaskContext:
+        """The task's prescription, data and training spec. The documents are fetched once (for the
+        bid); the spec is final, and cached, once the chain has fixed the assignment seed."""
         from ogpu_node.compute import initial_checkpoint, spec_from_prescription
         from ogpu_node.compute.prescription import validate
 
         with self._lock:
             if task_id in self.contexts:
                 return self.contexts[task_id]
+            fetched = self.fetched.get(task_id)
         task = self.chain.call("getTask", self.chain.task.functions.getTask(task_id))
         phash, seed = bytes(task[3]), bytes(task[8])
         if prescription_hash is not None and phash != prescription_hash:
             raise ClientError("the chain's prescription hash changed")
-        p = validate(self.chain.get_blob(phash, max_bytes=1 << 20))
-        if p.D is None:
-            raise InvalidPrescription("prescription.D", "required")
-        dataset = self.chain.get_blob(p.D.blob, max_bytes=MAX_DATASET_BYTES)
-        if seed == bytes(32):
-            return TaskContext(task_id, p, spec_from_prescription(p, dataset, 0), None)  # for estimates only
+        if fetched is None:
+            p = validate(self.chain.get_blob(phash, max_bytes=1 << 20))
+            if p.D is None:
+                raise InvalidPrescription("prescription.D", "required")
+            weights = None if p.M.initial_weights is None else self.chain.get_blob(
+                p.M.initial_weights, max_bytes=MAX_DATASET_BYTES)
+            fetched = (p, self.chain.get_blob(p.D.blob, max_bytes=MAX_DATASET_BYTES), weights)
+            with self._lock:
+                self.fetched[task_id] = fetched
+        p, dataset, weights = fetched
+        if seed == bytes(32):  # still bidding: a spec for estimates only
+            return TaskContext(task_id, p, spec_from_prescription(p, dataset, 0), None)
         spec = spec_from_prescription(p, dataset, training_seed(p, seed))
-        initial = None
-        if p.M.initial_weights is not None:
-            initial = initial_checkpoint(spec, self.chain.get_blob(p.M.initial_weights, max_bytes=MAX_DATASET_BYTES))
-        ctx = TaskContext(task_id, p, spec, initial)
+        ctx = TaskContext(task_id, p, spec, None if weights is None else initial_checkpoint(spec, weights))
         with self._lock:
             self.contexts[task_id] = ctx
         return ctx
@@ -248,6 +261,10 @@ class Provider:
         job = Job(devices=p.I.hardware.devices, numeric_profile=p.I.numeric_profile, memory_mib=est.memory_mib,
                   total_flops=est.total_flops, segment_flops=est.flops_per_step * longest,
                   segment_window_s=p.I.segment_window_s, max_payment=p.I.max_payment)
+        busy = len(self.jobs) + len(self.bids)
+        if busy >= self.max_jobs:
+            log.info("task %d: not bidding: busy (%d running or pending of %d)", task_id, busy, self.max_jobs)
+            return
         price, reason = self.strategy.decide(job, self.resources)
         if price is None:
             log.info("task %d: not bidding: %s", task_id, reason)
@@ -256,37 +273,30 @@ class Provider:
         self.bids[task_id] = price
         log.info("task %d: bid %d wei (%s)", task_id, price, reason)
 
-    def execute(self, task_id: int, resume_from: int) -> None:
-        with self._lock:
-            self.contexts.pop(task_id, None)  # the seed is fixed now: rebuild the spec with it
+    def execute(self, task_id: int, resume_from: int, assigned_at: float) -> None:
         ctx = self.context(task_id)
-        assert ctx is not None
         start = None
         if resume_from:
             start = self.chain.get_blob(bytes(self.chain.call(
                 "getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, resume_from))[3]))
         profile = ctx.prescription.I.numeric_profile or PROFILE
         job = ExecutorJob(self.chain, ctx, self._executor_worker(profile), self.config.datadir / "tasks" / str(task_id),
-                          resume_from=resume_from, start=start, fault=self.config.fault)
-        self.jobs[task_id] = job
+                          resume_from=resume_from, start=start, fault=self.config.fault, assigned_at=assigned_at)
+        with self._lock:
+            if task_id in self.ended or self.stopped.is_set():  # it ended while we fetched its data
+                job.worker.close()
+                return
+            self.jobs[task_id] = job
         log.info("task %d: executing from checkpoint %d%s", task_id, resume_from,
                  f" (fault injection: {self.config.fault})" if self.config.fault else "")
         job.start()
 
     def serve(self, task_id: int, k: int, round_: int, step_index: int) -> None:
-        ctx = self.context(task_id)
-        assert ctx is not None
-
-        def revealed_hash() -> bytes | None:
-            digest = self.revealed.get((task_id, k))
-            if digest is None and self.chain.call("getTask", self.chain.task.functions.getTask(task_id))[2] == STATE_DISPUTED:
-                # A dispute re-checks the final reveal, which may predate this process.
-                digest = bytes(self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, k))[3])
-            return digest
-
-        duty = CouncilDuty(self.chain, ctx, self.council_worker, k, round_, step_index, revealed_hash)
-        self.duties.append(duty)
-        duty.run()  # in this duty's own thread; the worker runs one segment at a time
+        ctx = persist(self.chain, f"task {task_id}: fetch its prescription and data", lambda: self.context(task_id),
+                      deadline=lambda: self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, k))[4])
+        # One council worker: seats run one after another (on a 2-core machine a second would only
+        # slow the executor's training); each duty abandons itself when its round or task is over.
+        CouncilDuty(self.chain, ctx, self.council_worker, k, round_, step_index).run()
 
     def status(self) -> dict[str, Any]:
         return {"address": self.chain.address, "bids": len(self.bids), "jobs": sorted(self.jobs),

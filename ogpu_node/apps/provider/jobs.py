@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ogpu_node.apps.client import ClientError
 from ogpu_node.contracts.checkpoints import (
     PHASE_COUNCIL_COMMIT,
     PHASE_REVEAL,
+    STATE_CANCELLED,
+    STATE_SETTLED,
     checkpoint_commitment,
     exact_result_commitment,
     verdict_commitment,
@@ -36,7 +38,38 @@ if TYPE_CHECKING:
     from ogpu_node.compute import Fault, SegmentRun, TrainSpec, Worker
 
 log = logging.getLogger("ogpu.provider")
-_GRACE_S = 5.0  # beyond an on-chain deadline before a wait gives up (blocks may lag the clock)
+_MAX_RETRY_DELAY_S = 5.0
+
+
+class Abandoned(Exception):
+    """The work no longer matters: the task ended, the round moved on, or the job was stopped."""
+
+
+def persist(chain: ChainClient, what: str, attempt: Callable[[], Any], deadline: Callable[[], int],
+            done: Callable[[], bool] = lambda: False) -> Any:
+    """Run ``attempt`` until it succeeds, ``done()`` says the chain already shows its effect, or the
+    chain's clock passes ``deadline()``: a dropped connection or a receipt that came late must not
+    cost an honest provider its stake. Reverts saying the step was already taken count as done."""
+    delay = 1.0
+    while True:
+        try:
+            return attempt()
+        except ClientError as exc:
+            if "already" in str(exc) or _quietly(done, False):
+                return None
+            if _quietly(lambda: chain.timestamp() >= deadline(), False):
+                raise
+            log.warning("%s failed, retrying in %.0fs: %s", what, delay, exc)
+            time.sleep(delay)
+            delay = min(2 * delay, _MAX_RETRY_DELAY_S)
+
+
+def _quietly(fn: Callable[[], Any], default: Any) -> Any:
+    """``fn()``, or ``default`` while the node cannot answer (the caller retries anyway)."""
+    try:
+        return fn()
+    except ClientError:
+        return default
 
 
 @dataclass(frozen=True)
@@ -64,18 +97,26 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class ExecutorJob(threading.Thread):
+    """Train every remaining segment of one task and commit each checkpoint; reveal on request.
+
+    ``stop_training`` ends the training (a failed commit: later checkpoints cannot be committed in
+    order); ``abandoned`` ends everything (replaced, cancelled, settled). Reveals owed for committed
+    checkpoints go on after a training stop."""
+
     def __init__(self, chain: ChainClient, ctx: TaskContext, worker: Worker, workdir: Path, *,
-                 resume_from: int = 0, start: bytes | None = None, fault: Fault | None = None) -> None:
+                 resume_from: int = 0, start: bytes | None = None, fault: Fault | None = None,
+                 assigned_at: float | None = None) -> None:
         super().__init__(name=f"executor-{ctx.task_id}", daemon=True)
         self.chain, self.ctx, self.worker, self.workdir = chain, ctx, worker, workdir
         self.resume_from, self.start_state, self.fault = resume_from, start, fault
-        self.stopped = threading.Event()
+        self.stop_training = threading.Event()
+        self.abandoned = threading.Event()
         self._ready = threading.Condition()
         self._hashes: dict[int, bytes] = {}
-        self._revealed: set[int] = set()
+        self._revealing: set[int] = set()
         self._pending: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
         self.segments: list[SegmentRun] = []  # timings of each trained segment (checkpoint bytes dropped)
-        self.started_at = time.monotonic()
+        self.started_at = time.monotonic() if assigned_at is None else assigned_at  # for benchmarks
         self.committed_at: dict[int, float] = {}
         self.error: str | None = None
 
@@ -91,6 +132,7 @@ class ExecutorJob(threading.Thread):
         finally:
             self._pending.put(None)
             committer.join()
+            self.worker.close()  # also ends a process respawned by a train() racing a stop
 
     def _train(self) -> None:
         p, task_id = self.ctx.prescription, self.ctx.task_id
@@ -98,7 +140,7 @@ class ExecutorJob(threading.Thread):
         state = self.start_state if self.resume_from else self.ctx.initial
         try:
             for k in range(self.resume_from + 1, p.I.checkpoints + 1):
-                if self.stopped.is_set():
+                if self.stop_training.is_set() or self.abandoned.is_set():
                     return
                 first, last = segment_bounds(p, k)
                 run = self.worker.train(self.ctx.spec, state, last - first, fault=self.fault)
@@ -111,23 +153,36 @@ class ExecutorJob(threading.Thread):
                          p.I.checkpoints, first, last, mean, run.wall_s, f" with fault {self.fault.kind}" if self.fault else "")
                 self._pending.put((k, digest))
         except Exception as exc:  # the job ends; the chain will count the missed checkpoint
-            self.error = str(exc)
-            log.error("task %d: executor stopped: %s", task_id, exc)
+            if not self.abandoned.is_set():
+                self.error = str(exc)
+                log.error("task %d: executor stopped: %s", task_id, exc)
+
+    def _commit_deadline(self, k: int) -> int:
+        """Checkpoint k's last moment: due (runStart + (k − runBase)·window) plus one window of grace."""
+        progress = self.chain.call("getProgress", self.chain.task.functions.getProgress(self.ctx.task_id))
+        window = self.ctx.prescription.I.segment_window_s
+        assert window is not None
+        return progress[3] + (k - progress[4]) * window + window
 
     def _commit_loop(self) -> None:
         task_id = self.ctx.task_id
         me = bytes.fromhex(self.chain.address[2:])
+        fns = self.chain.task.functions
         while (item := self._pending.get()) is not None:
             k, digest = item
-            if self.stopped.is_set():
+            if self.abandoned.is_set() or self.stop_training.is_set():
                 continue
             try:
-                self.chain.send(f"task {task_id}: commitCheckpoint {k}", self.chain.task.functions.commitCheckpoint(
-                    task_id, k, checkpoint_commitment(task_id, k, me, digest)))
+                persist(self.chain, f"task {task_id}: commitCheckpoint {k}",
+                        lambda k=k, digest=digest: self.chain.send(
+                            f"task {task_id}: commitCheckpoint {k}",
+                            fns.commitCheckpoint(task_id, k, checkpoint_commitment(task_id, k, me, digest))),
+                        deadline=lambda k=k: self._commit_deadline(k),
+                        done=lambda k=k: self.chain.call("getProgress", fns.getProgress(task_id))[1] >= k)
             except ClientError as exc:
                 self.error = str(exc)
                 log.error("task %d: commit of checkpoint %d failed: %s", task_id, k, exc)
-                self.stop()
+                self.stop_training.set()
                 continue
             with self._ready:
                 self._hashes[k] = digest
@@ -141,63 +196,107 @@ class ExecutorJob(threading.Thread):
 
     def _reveal(self, k: int) -> None:
         task_id = self.ctx.task_id
+        fns = self.chain.task.functions
         with self._ready:
-            if k in self._revealed:
+            if k in self._revealing:
                 return  # a fresh council after an inconclusive round re-checks the same reveal
-            self._revealed.add(k)
-            if not self._ready.wait_for(lambda: k in self._hashes or self.stopped.is_set(), timeout=600):
-                log.error("task %d: checkpoint %d was never trained; cannot reveal", task_id, k)
-                return
-            if self.stopped.is_set():
+            self._revealing.add(k)
+            ready = self._ready.wait_for(lambda: k in self._hashes or self.abandoned.is_set(), timeout=3600)
+            if not ready or self.abandoned.is_set():
+                if not self.abandoned.is_set():
+                    log.error("task %d: checkpoint %d was never committed; cannot reveal", task_id, k)
+                self._revealing.discard(k)
                 return
             digest = self._hashes[k]
+
+        def phase_end() -> int:
+            return self.chain.call("getCheckpoint", fns.getCheckpoint(task_id, k))[4]
+
         try:
-            self.chain.put_blob(f"checkpoint {k} of task {task_id}", self._path(k).read_bytes())
-            self.chain.send(f"task {task_id}: revealCheckpoint {k}",
-                            self.chain.task.functions.revealCheckpoint(task_id, k, digest))
+            blob = self._path(k).read_bytes()
+            persist(self.chain, f"task {task_id}: publish checkpoint {k}",
+                    lambda: self.chain.put_blob(f"checkpoint {k} of task {task_id}", blob), deadline=phase_end)
+            persist(self.chain, f"task {task_id}: revealCheckpoint {k}",
+                    lambda: self.chain.send(f"task {task_id}: revealCheckpoint {k}",
+                                            fns.revealCheckpoint(task_id, k, digest)),
+                    deadline=phase_end,
+                    done=lambda: bytes(self.chain.call("getCheckpoint", fns.getCheckpoint(task_id, k))[3]) == digest)
             log.info("task %d: revealed checkpoint %d (0x%s)", task_id, k, digest.hex())
         except (ClientError, OSError) as exc:
             log.error("task %d: reveal of checkpoint %d failed: %s", task_id, k, exc)
+            with self._ready:
+                self._revealing.discard(k)
 
     def stop(self) -> None:
-        self.stopped.set()
+        """Abandon the task: stop training, owe no more reveals, end the worker (aborts a segment)."""
+        self.abandoned.set()
         with self._ready:
             self._ready.notify_all()
+        self.worker.close()
 
 
 class CouncilDuty:
+    """One seat: re-run segment k, commit, reveal. Gives up (Abandoned) when the round moves on or
+    the task ends; retries transient failures until the phase's deadline."""
+
     def __init__(self, chain: ChainClient, ctx: TaskContext, worker: Worker, k: int, round_: int,
-                 step_index: int, revealed_hash: Callable[[], bytes | None]) -> None:
+                 step_index: int) -> None:
         self.chain, self.ctx, self.worker = chain, ctx, worker
         self.k, self.round, self.step_index = k, round_, step_index
-        self.revealed_hash = revealed_hash
         self.outcome: str | None = None
 
     def _checkpoint(self) -> tuple[int, int, bytes, bytes, int, list[str], int]:
         fn = self.chain.task.functions.getCheckpoint(self.ctx.task_id, self.k)
         return tuple(self.chain.call("getCheckpoint", fn))  # type: ignore[return-value]
 
+    def _phase_end(self) -> int:
+        return self._checkpoint()[4]
+
+    def _still_current(self) -> tuple[int, int, bytes, bytes, int, list[str], int]:
+        """This round's checkpoint record; Abandoned once the round or the task is over."""
+        record = self._checkpoint()
+        if record[1] != self.round or record[0] > PHASE_REVEAL:
+            raise Abandoned(f"round {self.round} of checkpoint {self.k} is over")
+        state = self.chain.call("getTask", self.chain.task.functions.getTask(self.ctx.task_id))[2]
+        if state in (STATE_CANCELLED, STATE_SETTLED):
+            raise Abandoned(f"task {self.ctx.task_id} has ended")
+        return record
+
+    def revealed_hash(self) -> bytes | None:
+        """The executor's revealed H(ckpt_k), read from the chain and accepted only if it opens the
+        current commitment (a replaced executor's stale reveal does not)."""
+        _phase, _rnd, commitment, digest, *_ = self._checkpoint()
+        executor = self.chain.call("getTask", self.chain.task.functions.getTask(self.ctx.task_id))[6]
+        if digest == bytes(32):
+            return None
+        opens = checkpoint_commitment(self.ctx.task_id, self.k, bytes.fromhex(executor[2:]), digest) == commitment
+        return digest if opens else None
+
     def _wait_phase(self, phase: int, need_reveal: bool) -> bytes | None:
         """Wait until checkpoint k is in ``phase`` (and revealed, if asked); the revealed hash."""
         def ready() -> tuple[bytes | None] | None:
-            current, rnd, _c, _h, ends, _m, _s = self._checkpoint()
-            if rnd != self.round or current > PHASE_REVEAL or (current < phase and time.time() > ends + 60):
-                raise ClientError(f"council round {self.round} of checkpoint {self.k} is over")
-            if current != phase:
-                return None
-            digest = self.revealed_hash()
+            try:
+                current = self._still_current()[0]
+                if current != phase:
+                    return None
+                digest = self.revealed_hash()
+            except ClientError:
+                return None  # the node did not answer: ask again
             return (digest,) if digest is not None or not need_reveal else None
 
-        return self.chain.wait_until(f"phase {phase} of checkpoint {self.k}", ready, timeout=3600)[0]
+        return self.chain.wait_until(f"phase {phase} of checkpoint {self.k}", ready, timeout=24 * 3600)[0]
 
     def run(self) -> None:
         task_id, k, p = self.ctx.task_id, self.k, self.ctx.prescription
         me = bytes.fromhex(self.chain.address[2:])
+        fns = self.chain.task.functions
         try:
             start = self.ctx.initial
             if k > 1:
-                previous = self._checkpoint_hash(k - 1)
-                start = self.chain.get_blob(previous)
+                previous = bytes(self.chain.call("getCheckpoint", fns.getCheckpoint(task_id, k - 1))[3])
+                start = persist(self.chain, f"task {task_id}: fetch checkpoint {k - 1}",
+                                lambda: self.chain.get_blob(previous), deadline=self._phase_end)
+            self._still_current()
             first, last = segment_bounds(p, k)
             step = drawn_step(p, k, self.step_index)
             run = self.worker.train(self.ctx.spec, start, last - first, hash_steps=[step])
@@ -205,10 +304,9 @@ class CouncilDuty:
             log.info("task %d: council re-ran checkpoint %d round %d in %.1fs (cpu %.1fs): 0x%s", task_id, k,
                      self.round, run.wall_s, run.cpu_s, mine.hex())
             salt = os.urandom(32)
-            fns = self.chain.task.functions
             if self.ctx.exact:
                 commitment = exact_result_commitment(task_id, k, me, mine, step_hash, salt)
-                self.chain.send(f"task {task_id}: commitResult {k}", fns.commitResult(task_id, k, commitment))
+                self._send(f"commitResult {k}", fns.commitResult(task_id, k, commitment))
                 theirs = self._wait_phase(PHASE_REVEAL, need_reveal=True)
                 assert theirs is not None
                 fetched = self._fetch(theirs) is not None
@@ -218,28 +316,30 @@ class CouncilDuty:
                 assert theirs is not None
                 published = self._fetch(theirs)
                 fetched = published is not None
-                verdict = fetched and self._allclose(run.checkpoint, published)  # type: ignore[arg-type]
+                verdict = published is not None and self._allclose(run.checkpoint, published)
                 step_hash = bytes(32)
                 commitment = verdict_commitment(task_id, k, me, verdict, mine, salt)
-                self.chain.send(f"task {task_id}: commitResult {k}", fns.commitResult(task_id, k, commitment))
+                self._send(f"commitResult {k}", fns.commitResult(task_id, k, commitment))
                 self._wait_phase(PHASE_REVEAL, need_reveal=False)
-            self.chain.send(f"task {task_id}: revealResult {k}",
-                            fns.revealResult(task_id, k, verdict, mine, step_hash, salt, fetched))
+            self._send(f"revealResult {k}", fns.revealResult(task_id, k, verdict, mine, step_hash, salt, fetched))
             self.outcome = "yes" if verdict else "no"
             log.info("task %d: council voted %s on checkpoint %d round %d", task_id, self.outcome, k, self.round)
+        except Abandoned as exc:
+            self.outcome = f"abandoned: {exc}"
+            log.info("task %d: council duty on checkpoint %d round %d ends: %s", task_id, k, self.round, exc)
         except Exception as exc:
             self.outcome = f"failed: {exc}"
             log.error("task %d: council duty on checkpoint %d round %d failed: %s", task_id, k, self.round, exc)
 
-    def _checkpoint_hash(self, k: int) -> bytes:
-        digest = bytes(self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(self.ctx.task_id, k))[3])
-        if digest == bytes(32):
-            raise ClientError(f"checkpoint {k} of task {self.ctx.task_id} was never revealed")
-        return digest
+    def _send(self, what: str, call: Any) -> None:
+        persist(self.chain, f"task {self.ctx.task_id}: {what}",
+                lambda: self.chain.send(f"task {self.ctx.task_id}: {what}", call), deadline=self._phase_end)
 
     def _fetch(self, digest: bytes) -> bytes | None:
+        """The executor's published checkpoint, retried until a few seconds before the phase ends."""
         try:
-            return self.chain.get_blob(digest)
+            return persist(self.chain, f"task {self.ctx.task_id}: fetch checkpoint {self.k}",
+                           lambda: self.chain.get_blob(digest), deadline=lambda: self._phase_end() - 5)
         except ClientError as exc:
             log.warning("task %d: cannot fetch the executor's checkpoint %d: %s", self.ctx.task_id, self.k, exc)
             return None

@@ -14,7 +14,7 @@
    CPU for the same segment. Reported as executor CPU ÷ member CPU (target ≥ 1/1.1); the whole
    council's CPU (c members) is in the note.
 
-Sizes: BENCH_TRAIN_STEPS (default 2400), BENCH_TRAIN_CHECKPOINTS (4), BENCH_TRAIN_HIDDEN (256).
+Sizes: BENCH_TRAIN_STEPS (default 8000: segments of seconds, as tasks have), BENCH_TRAIN_CHECKPOINTS (4), BENCH_TRAIN_HIDDEN (256).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float
                                            datadir=work / "provider", cost_per_second=10**9))
         thread = threading.Thread(target=provider.run, daemon=True)
         thread.start()
-        while provider.last_block < 0:
+        while provider.last_block < 0 or provider._spare is None:  # registered, spare worker warm
             time.sleep(0.1)
         client = Client(url, accounts[3].private_key)
         client.upload_blob(data)
@@ -148,6 +148,8 @@ def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float
             job = provider.jobs.get(task_id)
             if job is not None and len(job.committed_at) == p.I.checkpoints:
                 seed = bytes(client.task.functions.getTask(task_id).call()[8])
+                marks = ", ".join(f"{k}: {t - job.started_at:.2f}s" for k, t in sorted(job.committed_at.items()))
+                print(f"commit receipts after assignment: {marks}", flush=True)
                 return max(job.committed_at.values()) - job.started_at, job, seed
             if job is not None and job.error:
                 raise RuntimeError(job.error)
@@ -161,7 +163,7 @@ def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float
 
 
 def main(argv: list[str]) -> Result:
-    steps = env_int("BENCH_TRAIN_STEPS", 2400)
+    steps = env_int("BENCH_TRAIN_STEPS", 8000)
     checkpoints = env_int("BENCH_TRAIN_CHECKPOINTS", 4)
     hidden = env_int("BENCH_TRAIN_HIDDEN", 256)
     with tempfile.TemporaryDirectory(prefix="ogpu-bench-train-") as tmp:

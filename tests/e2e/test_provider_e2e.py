@@ -52,8 +52,8 @@ class ProviderProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_provider(url: str, key: bytes, datadir: Path, *extra: str) -> ProviderProcess:
-    log_path = datadir.with_suffix(".log")
+def start_provider(url: str, key: bytes, datadir: Path, *extra: str, log_name: str | None = None) -> ProviderProcess:
+    log_path = datadir.with_suffix(".log") if log_name is None else datadir.parent / log_name
     cmd = [*CLI, "provider", "run", "--rpc-url", url, "--private-key", "0x" + key.hex(), "--datadir", str(datadir),
            *extra]
     with open(log_path, "wb") as out:
@@ -139,8 +139,9 @@ def network(node_factory, tmp_path):
     accounts = derive_dev_accounts(6)
     started: list[ProviderProcess] = []
 
-    def start(index: int, *extra: str) -> ProviderProcess:
-        p = start_provider(node.http_url, accounts[index].private_key, tmp_path / f"provider{index}", *extra)
+    def start(index: int, *extra: str, log_name: str | None = None) -> ProviderProcess:
+        p = start_provider(node.http_url, accounts[index].private_key, tmp_path / f"provider{index}", *extra,
+                           log_name=log_name)
         started.append(p)
         return p
 
@@ -289,3 +290,32 @@ def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network,
         change = w3.eth.get_balance(a) - before[a] + gas_paid(w3, a, first_block)
         assert change == expected[a], (a, change, expected[a])
     assert "fault injection" in providers[0].log()
+
+
+def test_a_killed_executor_restarts_and_finishes_the_task_unslashed(network, tmp_path):
+    """SIGKILL the executor once it has committed checkpoint 1; restarted on the same datadir, it
+    recovers from the chain and its files (committed checkpoints, the reveal owed) and every
+    checkpoint is accepted: nobody is slashed or penalized."""
+    node, w3, accounts, start, _ = network
+    data = make_dataset(tmp_path / "data.safetensors")
+    prescription_path, p = sized_prescription(tmp_path, data)
+    _first_block, providers = start_four(w3, start)
+    executor = providers[0]
+    task_id = submit(tmp_path, node, accounts, data, prescription_path)
+    wait_for("checkpoint 1 committed", lambda: "committed checkpoint 1" in executor.log(), 300, providers)
+    executor.process.kill()
+    executor.process.wait(30)
+    restarted = start(1, "--cost-per-second", str(10**14), log_name="provider1-restarted.log")
+    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
+    state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
+    wait_for("all checkpoints accepted", lambda: state() in ("AwaitingConfirmation", "Cancelled"), 420,
+             [*providers[1:], restarted])
+    events = task_events(w3, task_id)
+    names = [e["event"] for e in events]
+    assert state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in events]
+    assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
+    assert "CheckpointMissed" not in names and "ExecutorReplaced" not in names
+    assert "resuming as executor" in restarted.log()
+    stake = w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
+    for provider in providers:
+        assert stake.functions.stakeOf(provider.address).call()[0] == MIN_PROVIDER_STAKE

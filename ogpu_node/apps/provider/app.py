@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ogpu_node.apps.client import ClientError
 from ogpu_node.apps.provider.chain import ChainClient, Event
 from ogpu_node.apps.provider.jobs import CouncilDuty, ExecutorJob, TaskContext, persist
 from ogpu_node.apps.provider.strategy import BidStrategy, Job, Resources
+from ogpu_node.contracts.checkpoints import PHASE_COUNCIL_COMMIT, PHASE_REVEAL, STATE_DISPUTED, STATE_RUNNING
 from ogpu_node.contracts.stake import ROLE_PROVIDER
 from ogpu_node.types.prescription import DEVICE_KINDS, InvalidPrescription, segment_bounds, training_seed
 
@@ -29,6 +31,7 @@ log = logging.getLogger("ogpu.provider")
 KIND_BATCH = 0
 PROFILE = "cpu-avx2-1t"  # the numeric profile a CPU provider trains and verifies under
 MAX_DATASET_BYTES = 1 << 30
+RECOVER_TASKS = 1_000  # how far back a restarted provider looks for work it owes
 LOG_WINDOW = 10_000  # blocks per eth_getLogs call (the node caps a range)
 
 
@@ -62,6 +65,7 @@ class Provider:
         self.fetched: dict[int, tuple[Any, bytes, bytes | None]] = {}  # prescription, data, weights
         self.bids: dict[int, int] = {}  # task id -> our price
         self.jobs: dict[int, ExecutorJob] = {}
+        self.seats: set[tuple[int, int, int]] = set()  # (task, k, round) being served
         self.ended: set[int] = set()  # cancelled or settled: start no work for them
         self.max_jobs = max(1, (os.cpu_count() or 1) - 1)  # executor jobs at once, beside council work
         self._lock = threading.Lock()
@@ -102,6 +106,7 @@ class Provider:
     def run(self) -> None:
         self.register()
         self.last_block = self.chain.head()
+        self.recover()
         log.info("watching tasks from block %d", self.last_block + 1)
         while not self.stopped.is_set():
             try:
@@ -110,6 +115,30 @@ class Provider:
                 log.warning("node: %s", exc)
             self.stopped.wait(self.config.poll_s)
         self.close()
+
+    def recover(self) -> None:
+        """Pick up the work owed when this provider stopped, from the chain's record of the last
+        RECOVER_TASKS tasks: executor jobs of running tasks (committed checkpoints reloaded from the
+        datadir, or retrained: same state and seed, same bytes), the reveal due now, and seats on
+        councils sitting now (votes committed before the stop are reloaded from the datadir)."""
+        fns = self.chain.task.functions
+        count = self.chain.call("taskCount", fns.taskCount())
+        for task_id in range(max(1, count - RECOVER_TASKS + 1), count + 1):
+            _client, kind, state, _ph, _esc, _dep, executor, *_ = self.chain.call("getTask", fns.getTask(task_id))
+            if kind != KIND_BATCH or state not in (STATE_RUNNING, STATE_DISPUTED):
+                continue
+            accepted, committed, *_ = self.chain.call("getProgress", fns.getProgress(task_id))
+            if executor.lower() == self.me and state == STATE_RUNNING:
+                log.info("task %d: resuming as executor (%d accepted, %d committed)", task_id, accepted, committed)
+                self._spawn(f"execute-{task_id}", self.execute, task_id, accepted, time.monotonic(), committed)
+            checkpoints = self.chain.call("getTerms", fns.getTerms(task_id))[3]
+            k = checkpoints if state == STATE_DISPUTED else accepted + 1
+            if k > checkpoints:
+                continue
+            phase, round_, _c, _h, _ends, council, step_index = self.chain.call("getCheckpoint", fns.getCheckpoint(task_id, k))
+            if phase in (PHASE_COUNCIL_COMMIT, PHASE_REVEAL) and self.me in (m.lower() for m in council):
+                log.info("task %d: resuming a council seat on checkpoint %d (round %d)", task_id, k, round_)
+                self._spawn(f"council-{task_id}", self.serve, task_id, k, round_, step_index)
 
     def follow(self, head: int) -> None:
         """Handle Task's events up to ``head``, a bounded window at a time; each window's events once."""
@@ -196,6 +225,13 @@ class Provider:
                 self.fetched.pop(task_id, None)
             self.bids.pop(task_id, None)
             self._stop_job(task_id, name.removeprefix("Task").lower())
+            self._forget_files(task_id)
+
+    def _forget_files(self, task_id: int) -> None:
+        """A task that ended needs none of our files: its checkpoints live on as blobs."""
+        shutil.rmtree(self.config.datadir / "tasks" / str(task_id), ignore_errors=True)
+        for vote in (self.config.datadir / "votes").glob(f"{task_id}-*.json"):
+            vote.unlink(missing_ok=True)
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         def guarded() -> None:
@@ -273,7 +309,7 @@ class Provider:
         self.bids[task_id] = price
         log.info("task %d: bid %d wei (%s)", task_id, price, reason)
 
-    def execute(self, task_id: int, resume_from: int, assigned_at: float) -> None:
+    def execute(self, task_id: int, resume_from: int, assigned_at: float, committed: int = 0) -> None:
         ctx = self.context(task_id)
         start = None
         if resume_from:
@@ -281,7 +317,8 @@ class Provider:
                 "getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, resume_from))[3]))
         profile = ctx.prescription.I.numeric_profile or PROFILE
         job = ExecutorJob(self.chain, ctx, self._executor_worker(profile), self.config.datadir / "tasks" / str(task_id),
-                          resume_from=resume_from, start=start, fault=self.config.fault, assigned_at=assigned_at)
+                          resume_from=resume_from, start=start, fault=self.config.fault, assigned_at=assigned_at,
+                          committed=committed)
         with self._lock:
             if task_id in self.ended or self.stopped.is_set():  # it ended while we fetched its data
                 job.worker.close()
@@ -290,13 +327,27 @@ class Provider:
         log.info("task %d: executing from checkpoint %d%s", task_id, resume_from,
                  f" (fault injection: {self.config.fault})" if self.config.fault else "")
         job.start()
+        k = resume_from + 1
+        if committed >= k:  # after a restart: the council may already wait for our reveal
+            phase = self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, k))[0]
+            if phase == (PHASE_REVEAL if ctx.exact else PHASE_COUNCIL_COMMIT):
+                job.reveal(k)
 
     def serve(self, task_id: int, k: int, round_: int, step_index: int) -> None:
         ctx = persist(self.chain, f"task {task_id}: fetch its prescription and data", lambda: self.context(task_id),
                       deadline=lambda: self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, k))[4])
-        # One council worker: seats run one after another (on a 2-core machine a second would only
-        # slow the executor's training); each duty abandons itself when its round or task is over.
-        CouncilDuty(self.chain, ctx, self.council_worker, k, round_, step_index).run()
+        seat = (task_id, k, round_)
+        with self._lock:
+            if seat in self.seats:
+                return
+            self.seats.add(seat)
+        try:
+            # One council worker: seats run one after another (on a 2-core machine a second would
+            # only slow the executor's training); a duty abandons itself when its round or task is over.
+            CouncilDuty(self.chain, ctx, self.council_worker, k, round_, step_index, self.config.datadir / "votes").run()
+        finally:
+            with self._lock:
+                self.seats.discard(seat)
 
     def status(self) -> dict[str, Any]:
         return {"address": self.chain.address, "bids": len(self.bids), "jobs": sorted(self.jobs),

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -105,10 +106,11 @@ class ExecutorJob(threading.Thread):
 
     def __init__(self, chain: ChainClient, ctx: TaskContext, worker: Worker, workdir: Path, *,
                  resume_from: int = 0, start: bytes | None = None, fault: Fault | None = None,
-                 assigned_at: float | None = None) -> None:
+                 assigned_at: float | None = None, committed: int = 0) -> None:
         super().__init__(name=f"executor-{ctx.task_id}", daemon=True)
         self.chain, self.ctx, self.worker, self.workdir = chain, ctx, worker, workdir
         self.resume_from, self.start_state, self.fault = resume_from, start, fault
+        self.committed = committed  # checkpoints this executor committed before a restart
         self.stop_training = threading.Event()
         self.abandoned = threading.Event()
         self._ready = threading.Condition()
@@ -142,6 +144,12 @@ class ExecutorJob(threading.Thread):
             for k in range(self.resume_from + 1, p.I.checkpoints + 1):
                 if self.stop_training.is_set() or self.abandoned.is_set():
                     return
+                if k <= self.committed and (kept := self._kept(k)) is not None:
+                    state = kept  # committed before a restart, and its file matches the commitment
+                    with self._ready:
+                        self._hashes[k] = merkle_root(state)
+                        self._ready.notify_all()
+                    continue
                 first, last = segment_bounds(p, k)
                 run = self.worker.train(self.ctx.spec, state, last - first, fault=self.fault)
                 state = run.checkpoint
@@ -157,6 +165,17 @@ class ExecutorJob(threading.Thread):
                 self.error = str(exc)
                 log.error("task %d: executor stopped: %s", task_id, exc)
 
+    def _kept(self, k: int) -> bytes | None:
+        """ckpt_k from this provider's files if it opens the on-chain commitment of k (else None:
+        retrain it; training from the same state and seed gives the same bytes)."""
+        try:
+            data = self._path(k).read_bytes()
+        except OSError:
+            return None
+        commitment = self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(self.ctx.task_id, k))[2]
+        me = bytes.fromhex(self.chain.address[2:])
+        return data if checkpoint_commitment(self.ctx.task_id, k, me, merkle_root(data)) == bytes(commitment) else None
+
     def _commit_deadline(self, k: int) -> int:
         """Checkpoint k's last moment: due (runStart + (k − runBase)·window) plus one window of grace."""
         progress = self.chain.call("getProgress", self.chain.task.functions.getProgress(self.ctx.task_id))
@@ -171,6 +190,11 @@ class ExecutorJob(threading.Thread):
         while (item := self._pending.get()) is not None:
             k, digest = item
             if self.abandoned.is_set() or self.stop_training.is_set():
+                continue
+            if k <= self.committed:  # retrained after a restart: committed already
+                with self._ready:
+                    self._hashes[k] = digest
+                    self._ready.notify_all()
                 continue
             try:
                 persist(self.chain, f"task {task_id}: commitCheckpoint {k}",
@@ -240,9 +264,11 @@ class CouncilDuty:
     the task ends; retries transient failures until the phase's deadline."""
 
     def __init__(self, chain: ChainClient, ctx: TaskContext, worker: Worker, k: int, round_: int,
-                 step_index: int) -> None:
+                 step_index: int, votes: Path) -> None:
         self.chain, self.ctx, self.worker = chain, ctx, worker
         self.k, self.round, self.step_index = k, round_, step_index
+        # The vote is written before it is committed, so a restarted provider reveals what it committed.
+        self.vote_path = votes / f"{ctx.task_id}-{k}-{round_}.json"
         self.outcome: str | None = None
 
     def _checkpoint(self) -> tuple[int, int, bytes, bytes, int, list[str], int]:
@@ -287,24 +313,20 @@ class CouncilDuty:
         return self.chain.wait_until(f"phase {phase} of checkpoint {self.k}", ready, timeout=24 * 3600)[0]
 
     def run(self) -> None:
-        task_id, k, p = self.ctx.task_id, self.k, self.ctx.prescription
+        task_id, k = self.ctx.task_id, self.k
         me = bytes.fromhex(self.chain.address[2:])
         fns = self.chain.task.functions
         try:
-            start = self.ctx.initial
-            if k > 1:
-                previous = bytes(self.chain.call("getCheckpoint", fns.getCheckpoint(task_id, k - 1))[3])
-                start = persist(self.chain, f"task {task_id}: fetch checkpoint {k - 1}",
-                                lambda: self.chain.get_blob(previous), deadline=self._phase_end)
-            self._still_current()
-            first, last = segment_bounds(p, k)
-            step = drawn_step(p, k, self.step_index)
-            run = self.worker.train(self.ctx.spec, start, last - first, hash_steps=[step])
-            mine, step_hash = merkle_root(run.checkpoint), run.state_hashes[step]
-            log.info("task %d: council re-ran checkpoint %d round %d in %.1fs (cpu %.1fs): 0x%s", task_id, k,
-                     self.round, run.wall_s, run.cpu_s, mine.hex())
-            salt = os.urandom(32)
+            saved = self._load_vote()
+            result: bytes | None = None
+            if saved is None:
+                result, step_hash = self._recompute()
+                mine, salt = merkle_root(result), os.urandom(32)
+            else:
+                mine, step_hash, salt = saved
+                log.info("task %d: council resumes its vote on checkpoint %d round %d", task_id, k, self.round)
             if self.ctx.exact:
+                self._save_vote(mine, step_hash, salt)
                 commitment = exact_result_commitment(task_id, k, me, mine, step_hash, salt)
                 self._send(f"commitResult {k}", fns.commitResult(task_id, k, commitment))
                 theirs = self._wait_phase(PHASE_REVEAL, need_reveal=True)
@@ -316,8 +338,11 @@ class CouncilDuty:
                 assert theirs is not None
                 published = self._fetch(theirs)
                 fetched = published is not None
-                verdict = published is not None and self._allclose(run.checkpoint, published)
+                if result is None:  # resumed: the re-run itself was not kept
+                    result, _ = self._recompute()
+                verdict = published is not None and self._allclose(result, published)
                 step_hash = bytes(32)
+                self._save_vote(mine, step_hash, salt)
                 commitment = verdict_commitment(task_id, k, me, verdict, mine, salt)
                 self._send(f"commitResult {k}", fns.commitResult(task_id, k, commitment))
                 self._wait_phase(PHASE_REVEAL, need_reveal=False)
@@ -330,6 +355,33 @@ class CouncilDuty:
         except Exception as exc:
             self.outcome = f"failed: {exc}"
             log.error("task %d: council duty on checkpoint %d round %d failed: %s", task_id, k, self.round, exc)
+
+    def _recompute(self) -> tuple[bytes, bytes]:
+        """Re-run segment k from the executor's revealed ckpt_{k-1}: (result, state hash at the drawn step)."""
+        task_id, k, p = self.ctx.task_id, self.k, self.ctx.prescription
+        start = self.ctx.initial
+        if k > 1:
+            previous = bytes(self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, k - 1))[3])
+            start = persist(self.chain, f"task {task_id}: fetch checkpoint {k - 1}",
+                            lambda: self.chain.get_blob(previous), deadline=self._phase_end)
+        self._still_current()
+        first, last = segment_bounds(p, k)
+        step = drawn_step(p, k, self.step_index)
+        run = self.worker.train(self.ctx.spec, start, last - first, hash_steps=[step])
+        log.info("task %d: council re-ran checkpoint %d round %d in %.1fs (cpu %.1fs): 0x%s", task_id, k,
+                 self.round, run.wall_s, run.cpu_s, merkle_root(run.checkpoint).hex())
+        return run.checkpoint, run.state_hashes[step]
+
+    def _save_vote(self, mine: bytes, step_hash: bytes, salt: bytes) -> None:
+        doc = {"result": mine.hex(), "step": step_hash.hex(), "salt": salt.hex()}
+        _write_atomic(self.vote_path, json.dumps(doc).encode())
+
+    def _load_vote(self) -> tuple[bytes, bytes, bytes] | None:
+        try:
+            doc = json.loads(self.vote_path.read_bytes())
+            return bytes.fromhex(doc["result"]), bytes.fromhex(doc["step"]), bytes.fromhex(doc["salt"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     def _send(self, what: str, call: Any) -> None:
         persist(self.chain, f"task {self.ctx.task_id}: {what}",

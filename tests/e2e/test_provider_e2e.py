@@ -188,23 +188,62 @@ def task_events(w3, task_id: int) -> list:
     return out
 
 
-def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
+@dataclass
+class Run:
+    """Four providers registered, one task submitted; what each test then checks."""
+
+    w3: Web3
+    node: object
+    p: Prescription
+    data: Path
+    first_block: int
+    providers: list[ProviderProcess]
+    client: str
+    before: dict[str, int]
+    task_id: int
+
+    @property
+    def addresses(self) -> list[str]:
+        return [provider.address for provider in self.providers]
+
+    def state(self) -> str:
+        task = self.w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
+        return STATE_NAMES[task.functions.getTask(self.task_id).call()[2]]
+
+    def wait_until_decided(self, providers: list[ProviderProcess] | None = None) -> list:
+        """Wait for the task to await confirmation or be cancelled; its events."""
+        wait_for("the task to be decided", lambda: self.state() in ("AwaitingConfirmation", "Cancelled"), 420,
+                 self.providers if providers is None else providers)
+        return task_events(self.w3, self.task_id)
+
+    def balance_changes(self) -> dict[str, int]:
+        """Each account's balance change since before the providers started, its gas added back."""
+        return {a: self.w3.eth.get_balance(a) - self.before[a] + gas_paid(self.w3, a, self.first_block)
+                for a in self.before}
+
+
+def launch(network, tmp_path: Path, cheap_extra: tuple[str, ...] = ()) -> Run:
     node, w3, accounts, start, _ = network
     data = make_dataset(tmp_path / "data.safetensors")
     prescription_path, p = sized_prescription(tmp_path, data)
-    first_block, providers = start_four(w3, start)
-    addresses = [p_.address for p_ in providers]
+    first_block, providers = start_four(w3, start, cheap_extra)
     client = Web3.to_checksum_address(derive_address(accounts[5].private_key))
-    before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*addresses, client]}
-
+    before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*(pr.address for pr in providers), client]}
     task_id = submit(tmp_path, node, accounts, data, prescription_path)
-    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
-    state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
-    wait_for("all checkpoints accepted", lambda: state() in ("AwaitingConfirmation", "Cancelled"), 420, providers)
-    assert state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in task_events(w3, task_id)]
+    return Run(w3, node, p, data, first_block, providers, client, before, task_id)
+
+
+def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
+    run = launch(network, tmp_path)
+    node, w3, accounts = network[0], run.w3, network[2]
+    events = run.wait_until_decided()
+    assert run.state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in events]
+    task_id = run.task_id
 
     status = cli("task", "status", str(task_id), "--rpc-url", node.http_url)
     assert status.returncode == 0, status.stderr
+    assert status.stdout.count(" accepted (executor ") == K, status.stdout  # each checkpoint's verdict
+    assert "no loss data" not in status.stdout and "(checkpoint; * accepted" in status.stdout, status.stdout
     out = tmp_path / "model.safetensors"
     result = cli("task", "result", str(task_id), "--out", out, "--checkpoint", tmp_path / "final.ckpt",
                  "--rpc-url", node.http_url)
@@ -212,58 +251,45 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
     confirmed = cli("task", "confirm", str(task_id), "--rpc-url", node.http_url,
                     "--private-key", "0x" + accounts[5].private_key.hex())
     assert confirmed.returncode == 0, confirmed.stderr
-    assert state() == "Settled"
+    assert run.state() == "Settled"
 
     # The result is what an independent local training with the chain's seed gives.
+    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
     _client, _kind, _state, _phash, _escrow, _deposit, executor, price, seed, _bd, _at = task.functions.getTask(task_id).call()
-    assert executor == providers[0].address
+    assert executor == run.providers[0].address
     final_hash = bytes(task.functions.getCheckpoint(task_id, K).call()[3])
-    local = train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, data.read_bytes(), training_seed(p, bytes(seed))),
+    p = run.p
+    local = train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, run.data.read_bytes(), training_seed(p, bytes(seed))),
                                      None, p.I.steps)
     assert merkle_root(local.checkpoint) == final_hash == merkle_root((tmp_path / "final.ckpt").read_bytes())
     assert local.losses[-1] < local.losses[0]
 
-    events = task_events(w3, task_id)
-    names = [e["event"] for e in events]
+    names = [e["event"] for e in task_events(w3, task_id)]
     assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
 
     # Exact accounting: parts of the price, council share to the three members, refund of the rest.
-    members = [a for a in addresses if a != executor]
-    expected = {a: 0 for a in before}
+    members = [a for a in run.addresses if a != executor]
+    expected = {a: 0 for a in run.before}
     for k in range(1, K + 1):
         part = price * k // K - price * (k - 1) // K
         share = part * COUNCIL_SHARE_BPS // BPS // 3
         for m in members:
             expected[m] += share
         expected[executor] += part - 3 * share
-    expected[client] -= price
-    staked = {a: w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake")).functions.stakeOf(a).call()[0]
-              for a in addresses}
-    for a in addresses:
-        assert staked[a] == MIN_PROVIDER_STAKE  # nobody was slashed
-        expected[a] -= staked[a]
-    for a in before:
-        change = w3.eth.get_balance(a) - before[a] + gas_paid(w3, a, first_block)
-        assert change == expected[a], (a, change, expected[a])
+    expected[run.client] -= price
+    stake = w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
+    for a in run.addresses:
+        assert stake.functions.stakeOf(a).call()[0] == MIN_PROVIDER_STAKE  # nobody was slashed
+        expected[a] -= MIN_PROVIDER_STAKE
+    assert run.balance_changes() == expected
 
 
 def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network, tmp_path):
-    node, w3, accounts, start, _ = network
-    data = make_dataset(tmp_path / "data.safetensors")
-    prescription_path, p = sized_prescription(tmp_path, data)
-    first_block, providers = start_four(w3, start, cheap_extra=("--fault", "perturb"))
-    addresses = [p_.address for p_ in providers]
-    client = Web3.to_checksum_address(derive_address(accounts[5].private_key))
-    before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*addresses, client]}
-
-    task_id = submit(tmp_path, node, accounts, data, prescription_path)
-    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
-    state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
-    wait_for("the task to end", lambda: state() in ("Cancelled", "AwaitingConfirmation"), 420, providers)
-
-    events = task_events(w3, task_id)
+    run = launch(network, tmp_path, cheap_extra=("--fault", "perturb"))
+    w3, p, providers, addresses, client = run.w3, run.p, run.providers, run.addresses, run.client
+    events = run.wait_until_decided()
     names = [e["event"] for e in events]
-    assert state() == "Cancelled", names
+    assert run.state() == "Cancelled", names
     rejected = [e for e in events if e["event"] == "CheckpointRejected"]
     assert len(rejected) == 1 and rejected[0]["args"]["k"] == 1
     cheat = providers[0].address
@@ -286,9 +312,7 @@ def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network,
         assert stake.functions.stakeOf(member).call()[0] == MIN_PROVIDER_STAKE
         expected[member] += reward // 3
     expected[client] = 0
-    for a in before:
-        change = w3.eth.get_balance(a) - before[a] + gas_paid(w3, a, first_block)
-        assert change == expected[a], (a, change, expected[a])
+    assert run.balance_changes() == expected
     assert "fault injection" in providers[0].log()
 
 
@@ -296,23 +320,16 @@ def test_a_killed_executor_restarts_and_finishes_the_task_unslashed(network, tmp
     """SIGKILL the executor once it has committed checkpoint 1; restarted on the same datadir, it
     recovers from the chain and its files (committed checkpoints, the reveal owed) and every
     checkpoint is accepted: nobody is slashed or penalized."""
-    node, w3, accounts, start, _ = network
-    data = make_dataset(tmp_path / "data.safetensors")
-    prescription_path, p = sized_prescription(tmp_path, data)
-    _first_block, providers = start_four(w3, start)
+    run = launch(network, tmp_path)
+    start, w3, providers = network[3], run.w3, run.providers
     executor = providers[0]
-    task_id = submit(tmp_path, node, accounts, data, prescription_path)
     wait_for("checkpoint 1 committed", lambda: "committed checkpoint 1" in executor.log(), 300, providers)
     executor.process.kill()
     executor.process.wait(30)
     restarted = start(1, "--cost-per-second", str(10**14), log_name="provider1-restarted.log")
-    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
-    state = lambda: STATE_NAMES[task.functions.getTask(task_id).call()[2]]  # noqa: E731
-    wait_for("all checkpoints accepted", lambda: state() in ("AwaitingConfirmation", "Cancelled"), 420,
-             [*providers[1:], restarted])
-    events = task_events(w3, task_id)
+    events = run.wait_until_decided([*providers[1:], restarted])
     names = [e["event"] for e in events]
-    assert state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in events]
+    assert run.state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in events]
     assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
     assert "CheckpointMissed" not in names and "ExecutorReplaced" not in names
     assert "resuming as executor" in restarted.log()

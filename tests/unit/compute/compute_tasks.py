@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 
 from ogpu_node.compute import OptimizerSpec, TensorDataset, TrainSpec, dataset_from_text
+from ogpu_node.types.prescription import Prescription
 
 TEXT_HPARAMS = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32}
 
@@ -42,3 +46,14 @@ def text_spec(seed: int = 7, dropout: float = 0.0) -> TrainSpec:
         8,
         seed,
     )
+
+
+def edited(p: Prescription, path: str, value: Any) -> Prescription:
+    """``p`` with the dotted field ``path`` (e.g. ``I.batch_size``) set to ``value``."""
+    doc = copy.deepcopy(p.to_json())
+    *parents, last = path.split(".")
+    target = doc
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return Prescription.from_json(doc)

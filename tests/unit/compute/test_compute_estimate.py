@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
+from unit.compute.compute_tasks import edited
 
 from ogpu_node.compute import Estimate, InvalidTrainSpec, build_model, estimate
 from ogpu_node.types.prescription import Prescription
@@ -12,16 +12,6 @@ from ogpu_node.types.prescription import Prescription
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 MLP = Prescription.from_json((EXAMPLES / "mlp-exact.json").read_text())
 CHAR = Prescription.from_json((EXAMPLES / "char-transformer-allclose.json").read_text())
-
-
-def _with(p: Prescription, path: str, value) -> Prescription:
-    doc = copy.deepcopy(p.to_json())
-    *parents, last = path.split(".")
-    target = doc
-    for key in parents:
-        target = target[key]
-    target[last] = value
-    return Prescription.from_json(doc)
 
 
 def test_mlp_params_and_flops():
@@ -43,20 +33,20 @@ def test_char_transformer_counts_tokens_per_step():
 def test_memory_grows_with_data_batch_and_optimizer_state():
     base = estimate(MLP, 1000).memory_mib
     assert estimate(MLP, 100_000).memory_mib > base
-    assert estimate(_with(MLP, "I.batch_size", 512), 1000).memory_mib > base
-    assert estimate(_with(MLP, "I.optimizer", {"name": "sgd", "lr": 0.1}), 1000).memory_mib < base
+    assert estimate(edited(MLP, "I.batch_size", 512), 1000).memory_mib > base
+    assert estimate(edited(MLP, "I.optimizer", {"name": "sgd", "lr": 0.1}), 1000).memory_mib < base
 
 
 def test_a_huge_model_is_estimated_without_allocating_it():
     state = torch.get_rng_state()
-    huge = _with(MLP, "M.hparams", {"in_dim": 100_000, "out_dim": 100_000, "hidden": [100_000]})
+    huge = edited(MLP, "M.hparams", {"in_dim": 100_000, "out_dim": 100_000, "hidden": [100_000]})
     est = estimate(huge, 10)
     assert est.params > 2 * 10**10 and est.memory_mib > 4 * 2 * 10**10 * 4 / 2**20
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_cnn_estimate():
-    cnn = _with(_with(MLP, "M.family", "cnn"), "M.hparams", {"n_classes": 2})
+    cnn = edited(edited(MLP, "M.family", "cnn"), "M.hparams", {"n_classes": 2})
     est = estimate(cnn, 10)
     assert est.params == sum(t.numel() for t in build_model("cnn", {"n_classes": 2}).parameters())
     assert est.memory_mib > 0
@@ -64,7 +54,7 @@ def test_cnn_estimate():
 
 def test_only_a_buildable_batch_task_is_estimated():
     with pytest.raises(InvalidTrainSpec, match="prescription.M.hparams: mlp.out_dim"):
-        estimate(_with(MLP, "M.hparams", {"in_dim": 8}), 10)
+        estimate(edited(MLP, "M.hparams", {"in_dim": 8}), 10)
     stream = Prescription.from_json({
         "kind": "stream", "M": {"family": "char-transformer"},
         "I": {"hardware": {"min_memory_mib": 0, "devices": ["cpu"]}, "max_payment": "10", "council_size": 1,

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save as st_save
+from unit.compute.compute_tasks import edited
 
 from ogpu_node.compute import (
     InvalidTrainSpec,
@@ -25,16 +25,6 @@ CHAR = Prescription.from_json((EXAMPLES / "char-transformer-allclose.json").read
 def _tensors(n=40, in_dim=8, classes=3) -> bytes:
     g = torch.Generator().manual_seed(0)
     return st_save({"features": torch.randn(n, in_dim, generator=g), "labels": torch.arange(n) % classes})
-
-
-def _with(p: Prescription, path: str, value) -> Prescription:
-    doc = copy.deepcopy(p.to_json())
-    *parents, last = path.split(".")
-    target = doc
-    for key in parents:
-        target = target[key]
-    target[last] = value
-    return Prescription.from_json(doc)
 
 
 def test_tensor_prescription_becomes_a_train_spec():
@@ -63,10 +53,10 @@ def test_same_inputs_give_the_same_encoded_spec():
         (MLP, b"not safetensors", "prescription.D: dataset: not a safetensors file"),
         (MLP, _tensors(classes=5), r"prescription.D: dataset: labels outside \[0, 3\)"),
         (MLP, _tensors(in_dim=4), "prescription.D"),
-        (_with(MLP, "M.hparams", {"in_dim": 8}), _tensors(), "prescription.M.hparams: mlp.out_dim: required"),
-        (_with(MLP, "I.optimizer", {"name": "adam", "lr": 0.1, "schedule": "step"}), _tensors(),
+        (edited(MLP, "M.hparams", {"in_dim": 8}), _tensors(), "prescription.M.hparams: mlp.out_dim: required"),
+        (edited(MLP, "I.optimizer", {"name": "adam", "lr": 0.1, "schedule": "step"}), _tensors(),
          "prescription.I.optimizer.schedule"),
-        (_with(MLP, "D.format", "text"), b"x" * 100, "prescription.D: text data trains a char-transformer"),
+        (edited(MLP, "D.format", "text"), b"x" * 100, "prescription.D: text data trains a char-transformer"),
         (CHAR, b"too short", "prescription.D: dataset: corpus of 9 bytes"),
     ],
 )

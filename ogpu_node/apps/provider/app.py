@@ -164,7 +164,13 @@ class Provider:
     def _prepare_spare(self) -> None:
         def start() -> None:
             worker = self._worker_cls(PROFILE)
-            worker.measure_throughput(0.5)  # warm: a fresh process's first segment costs ~2 s more
+            try:
+                worker.measure_throughput(0.5)  # warm: a fresh process's first segment costs ~2 s more
+            except Exception as exc:  # a task assigned meanwhile starts its own worker
+                worker.close()
+                if not self.stopped.is_set():
+                    log.warning("spare training worker: %s", exc)
+                return
             with self._lock:
                 if self._spare is None and not self.stopped.is_set():
                     self._spare, worker = worker, None

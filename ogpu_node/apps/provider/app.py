@@ -65,6 +65,7 @@ class Provider:
         self.fetched: dict[int, tuple[Any, bytes, bytes | None]] = {}  # prescription, data, weights
         self.bids: dict[int, int] = {}  # task id -> our price
         self.jobs: dict[int, ExecutorJob] = {}
+        self._downloads = threading.BoundedSemaphore(2)
         self.seats: set[tuple[int, int, int]] = set()  # (task, k, round) being served
         self.ended: set[int] = set()  # cancelled or settled: start no work for them
         self.max_jobs = max(1, (os.cpu_count() or 1) - 1)  # executor jobs at once, beside council work
@@ -294,7 +295,8 @@ class Provider:
     def consider(self, task_id: int, prescription_hash: bytes) -> None:
         from ogpu_node.compute import estimate
 
-        ctx = self.context(task_id, prescription_hash)
+        with self._downloads:  # a burst of submissions must not fetch every dataset at once
+            ctx = self.context(task_id, prescription_hash)
         assert ctx is not None and self.resources is not None
         p = ctx.prescription
         est = estimate(p, len(ctx.spec.dataset))

@@ -106,11 +106,14 @@ def prescription_doc(steps: int, segment_window_s: int) -> dict:
     }
 
 
-def sized_prescription(tmp_path: Path, data: Path) -> tuple[Path, Prescription]:
-    """Windows several times a segment's time measured here, with the machine as loaded as it is."""
+def sized_prescription(tmp_path: Path, data: Path, **changes: dict) -> tuple[Path, Prescription]:
+    """Windows several times a segment's time measured here, with the machine as loaded as it is.
+    ``changes`` replace top-level sections' fields (e.g. ``e={...}``, ``I={"numeric_profile": None}``)."""
     steps = 300 * K
     doc = prescription_doc(steps, 60)
     doc["D"]["blob"] = "0x" + merkle_root(data.read_bytes()).hex()
+    for section, fields in changes.items():
+        doc[section] = {k: v for k, v in {**doc[section], **fields}.items() if v is not None}
     p = Prescription.from_json(doc)
     started = time.perf_counter()
     train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, data.read_bytes(), 1), None, steps // K)
@@ -222,10 +225,10 @@ class Run:
                 for a in self.before}
 
 
-def launch(network, tmp_path: Path, cheap_extra: tuple[str, ...] = ()) -> Run:
+def launch(network, tmp_path: Path, cheap_extra: tuple[str, ...] = (), **changes: dict) -> Run:
     node, w3, accounts, start, _ = network
     data = make_dataset(tmp_path / "data.safetensors")
-    prescription_path, p = sized_prescription(tmp_path, data)
+    prescription_path, p = sized_prescription(tmp_path, data, **changes)
     first_block, providers = start_four(w3, start, cheap_extra)
     client = Web3.to_checksum_address(derive_address(accounts[5].private_key))
     before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*(pr.address for pr in providers), client]}
@@ -336,3 +339,32 @@ def test_a_killed_executor_restarts_and_finishes_the_task_unslashed(network, tmp
     stake = w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
     for provider in providers:
         assert stake.functions.stakeOf(provider.address).call()[0] == MIN_PROVIDER_STAKE
+
+
+def test_allclose_task_without_a_numeric_profile_is_verified_and_accepted(network, tmp_path):
+    """The other equivalence: the executor reveals first (when the council is drawn), members compare
+    with allclose, commit their verdicts, then reveal; all accepted, the result within tolerance of
+    an independent local training."""
+    from ogpu_node.compute import equivalence
+
+    run = launch(network, tmp_path, e={"kind": "allclose", "rtol": 1e-3, "atol": 1e-4},
+                 I={"numeric_profile": None})
+    assert run.p.e.kind == "allclose" and run.p.I.numeric_profile is None
+    events = run.wait_until_decided()
+    names = [e["event"] for e in events]
+    assert run.state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in events]
+    assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
+    # allclose: the executor reveals while the council is still to commit, before any ResultCommitted
+    for k in range(1, K + 1):
+        order = [e["event"] for e in events if e["args"].get("k") == k]
+        assert order.index("CheckpointRevealed") < order.index("ResultCommitted"), order
+    out = tmp_path / "final.ckpt"
+    result = cli("task", "result", str(run.task_id), "--out", tmp_path / "model.safetensors", "--checkpoint", out,
+                 "--rpc-url", run.node.http_url)
+    assert result.returncode == 0, result.stderr
+    task = run.w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
+    seed = bytes(task.functions.getTask(run.task_id).call()[8])
+    p = run.p
+    local = train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, run.data.read_bytes(), training_seed(p, seed)),
+                                     None, p.I.steps)
+    assert equivalence.allclose(local.checkpoint, out.read_bytes(), 1e-3, 1e-4)

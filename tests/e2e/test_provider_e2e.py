@@ -7,7 +7,9 @@ changes by exactly what the protocol prescribes once each account's gas is subtr
 Dishonest run: the lowest bidder perturbs its weights (`--fault perturb`); the council rejects
 checkpoint 1, its collateral is slashed with the reporter share to the rejecting members, nobody who
 is left never sat on the council, so the task is cancelled and the client refunded in full.
-"""
+Restart: the executor is SIGKILLed after its first commit and started again on its datadir; it
+finishes the task and nobody is slashed. Allclose: the other commit-reveal order, accepted.
+Windows are several times a segment's time measured on this machine."""
 
 from __future__ import annotations
 

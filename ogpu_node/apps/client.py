@@ -24,7 +24,13 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 from web3.logs import DISCARD
 
 from ogpu_node.types.merkle import CHUNK_SIZE, MerkleHasher, merkle_root
-from ogpu_node.types.prescription import Prescription, prescription_hash, to_terms
+from ogpu_node.types.prescription import (
+    InvalidPrescription,
+    Prescription,
+    check_against_chain,
+    prescription_hash,
+    to_terms,
+)
 
 __all__ = [
     "CANCEL_REASONS", "OUTCOMES", "PHASE_NAMES", "STATE_NAMES", "CheckpointHistory", "Client", "ClientError",
@@ -35,6 +41,8 @@ __all__ = [
 _ABI_DIR = Path(__file__).resolve().parents[2] / "contracts"
 TASK_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
 BID_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001002")
+STAKE_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
+ROLE_PROVIDER = 2  # Stake's role bit
 KIND_BATCH = 0
 STATE_NAMES = {
     0: "None", 1: "Bidding", 2: "Running", 3: "Cancelled", 4: "AwaitingConfirmation", 5: "Disputed",
@@ -104,6 +112,7 @@ class Client:
         self.account = Account.from_key(private_key) if private_key is not None else None
         self.task = self.w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
         self.bid = self.w3.eth.contract(address=BID_ADDRESS, abi=contract_abi("Bid"))
+        self.stake = self.w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
         self._nonce_lock = threading.Lock()
         self._chain_id: int | None = None
 
@@ -213,11 +222,35 @@ class Client:
             return int(match.group(1))
         return 0
 
+    def qualifying_providers(self, p: Prescription) -> int:
+        """Providers other than this client whose registered resources meet ``p``'s hardware terms:
+        the pool a council is drawn from (the executor, one of them, never sits on its own)."""
+        me = self.account.address.lower() if self.account is not None else None
+        mask = p.I.hardware.device_mask
+        count = 0
+        for provider in self.guard("providers", self.stake.functions.providers().call):
+            if provider.lower() == me:
+                continue
+            roles = self.guard("stakeOf", self.stake.functions.stakeOf(provider).call)[4]
+            device, memory, _score, _endpoint = self.guard("resourcesOf", self.stake.functions.resourcesOf(provider).call)
+            if roles & ROLE_PROVIDER and memory >= p.I.hardware.min_memory_mib and (not mask or mask >> device & 1):
+                count += 1
+        return count
+
+    def check_against_chain(self, p: Prescription) -> None:
+        """What only the chain can refuse before any upload or payment: a council larger than the
+        qualifying providers (ClientError naming `prescription.I.council_size`)."""
+        try:
+            check_against_chain(p, self.qualifying_providers(p), p.I.max_payment)
+        except InvalidPrescription as exc:
+            raise ClientError(str(exc)) from None
+
     def submit_task(self, p: Prescription, deposit: int | None = None) -> tuple[int, int]:
         """Submit batch task ``p`` with value = max payment + deposit (default: the chain's minimum);
         return (task id, deposit)."""
         if p.kind != "batch":
             raise ClientError("prescription.kind: only batch tasks can be submitted with `task submit`")
+        self.check_against_chain(p)
         if deposit is None:
             deposit = self.minimum_deposit(p)
         # Providers fetch the document by the hash the chain records.

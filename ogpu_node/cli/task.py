@@ -91,6 +91,7 @@ def submit(prescription: Path, data_file: Path, model_file: Path | None, deposit
     key = private_key_from_options(keystore, password_file, from_address, private_key)
     client = Client(rpc_url, key)
     try:
+        client.check_against_chain(p)
         data_hash, data_size = client.upload_blob(data_file)
         click.echo(f"Uploaded {data_file.name}: 0x{data_hash.hex()} ({data_size} bytes)", err=True)
         if model_file is not None:

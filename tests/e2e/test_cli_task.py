@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 from e2e.cli_run import ROOT, assert_one_line_error, cli
 from safetensors.numpy import save_file
 from web3 import Web3
+
+from ogpu_node.crypto import derive_dev_accounts
 
 DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
@@ -65,11 +68,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def register_idle_providers(url: str, count: int, memory_mib: int = 4096) -> None:
+    """Dev accounts 1…count staked and registered as providers (that never bid), in parallel."""
+    from ogpu_node.apps.client import Client
+
+    def register(index: int) -> None:
+        client = Client(url, derive_dev_accounts(index + 1)[index].private_key)
+        stake = client.stake.functions
+        client.send("stake", stake.stake(), value=client.stake.functions.params().call()[1])
+        client.send("registerResources", stake.registerResources(0, memory_mib, 1, ""))
+        client.send("setRoles", stake.setRoles(2))
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(1, count + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_submit_then_bidding_then_cancelled_with_refund(node_factory, tmp_path, dataset):
     node = node_factory("--block-time", "1")
     w3 = Web3(Web3.HTTPProvider(node.http_url, request_kwargs={"timeout": 30}))
     max_payment = int(json.loads(EXAMPLE.read_text())["I"]["max_payment"])
     deposit = max_payment * CLIENT_DEPOSIT_BPS // 10_000
+
+    # Nobody could sit on its council: refused before any upload or payment, naming the field.
+    refused = cli("task", "submit", prescription(tmp_path), "--data", dataset, "--rpc-url", node.http_url,
+                  "--private-key", DEV_KEY)
+    assert_one_line_error(refused, "prescription.I.council_size: 3 exceeds the 0 providers")
+    register_idle_providers(node.http_url, 3)
 
     submitted = cli("task", "submit", prescription(tmp_path), "--data", dataset, "--rpc-url", node.http_url,
                     "--private-key", DEV_KEY)
@@ -130,6 +157,7 @@ def test_unreachable_rpc_is_one_line(tmp_path, dataset):
 
 def test_result_is_refused_until_the_final_checkpoint_is_accepted(node_factory, tmp_path, dataset):
     node = node_factory("--block-time", "1")
+    register_idle_providers(node.http_url, 3)
     submitted = cli("task", "submit", prescription(tmp_path, H__bid_window_s=15), "--data", dataset,
                     "--rpc-url", node.http_url, "--private-key", DEV_KEY)
     assert submitted.returncode == 0, submitted.stderr

@@ -27,7 +27,7 @@ from e2e.cli_run import CLI, ENV, ROOT, cli
 from safetensors.numpy import save_file
 from web3 import Web3
 
-from ogpu_node.apps.client import STATE_NAMES, TASK_ADDRESS, contract_abi
+from ogpu_node.apps.client import STAKE_ADDRESS, STATE_NAMES, TASK_ADDRESS, contract_abi
 from ogpu_node.compute import spec_from_prescription, train_segment_in_profile
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.types.merkle import merkle_root
@@ -38,7 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 GENESIS = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]
 BPS = 10_000
 MIN_PROVIDER_STAKE = int(GENESIS["minProviderStake"], 16)
-STAKE_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
 TASK_ID = re.compile(r"^Task ID: (\d+)$", re.M)
 K = 3
 COUNCIL_SHARE_BPS = 1000

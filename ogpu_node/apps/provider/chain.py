@@ -16,10 +16,9 @@ import requests
 from eth_account import Account
 from web3 import Web3
 
-from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError, contract_abi
+from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError
 from ogpu_node.types.merkle import MerkleHasher
 
-STAKE_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
 # Whichever transaction lands last runs the protocol's next step: the bid reaching H's first N runs
 # the assignment (~185k gas more with 3 bids), the last reveal runs the tally with its payments or
 # the slash and re-assignment. An estimate made before the others landed cannot see that, so every
@@ -45,7 +44,7 @@ class ChainClient:
         self.w3 = self.client.w3
         self.account = Account.from_key(private_key)
         self.address: str = self.account.address
-        self.stake = self.w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
+        self.stake = self.client.stake
         self.task = self.client.task
         self.bid = self.client.bid
         self._events = {
@@ -130,4 +129,4 @@ def _type(param: dict[str, Any]) -> str:
     return param["type"]
 
 
-__all__ = ["STAKE_ADDRESS", "ChainClient", "Event"]
+__all__ = ["ChainClient", "Event"]

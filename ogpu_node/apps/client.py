@@ -338,6 +338,24 @@ class Client:
             raise ClientError(f"download of blob 0x{blob_hash.hex()}: HTTP {response.status_code}")
         return response
 
+    def fetch_blob(self, blob_hash: bytes, max_bytes: int = 1 << 31) -> bytes:
+        """Blob ``blob_hash`` in memory, hashed while it streams; ClientError if it is missing, larger
+        than ``max_bytes`` or does not hash to its name."""
+        def fetch() -> bytes:
+            with self._get_blob(blob_hash) as response:
+                hasher, parts = MerkleHasher(), []
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    hasher.update(chunk)
+                    parts.append(chunk)
+                    if hasher.size > max_bytes:
+                        raise ClientError(f"blob 0x{blob_hash.hex()} is larger than {max_bytes} bytes")
+            if hasher.digest() != blob_hash:
+                raise ClientError(f"blob 0x{blob_hash.hex()}: the node sent {hasher.size} bytes hashing to "
+                                  f"0x{hasher.digest().hex()}; refused")
+            return b"".join(parts)
+
+        return self.guard(f"download of blob 0x{blob_hash.hex()}", fetch)
+
     def download_blob(self, blob_hash: bytes, out_path: Path) -> int:
         """Stream blob ``blob_hash`` into ``out_path``, hashing it on the way; the file appears (atomically)
         only if the bytes hash to ``blob_hash``. Returns the size."""

@@ -12,12 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-from eth_account import Account
-from web3 import Web3
-
 from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError
-from ogpu_node.types.merkle import MerkleHasher
+from ogpu_node.contracts.abi import load_abi
 
 # Whichever transaction lands last runs the protocol's next step: the bid reaching H's first N runs
 # the assignment (~185k gas more with 3 bids), the last reveal runs the tally with its payments or
@@ -42,15 +38,11 @@ class ChainClient:
     def __init__(self, rpc_url: str, private_key: bytes, *, timeout: float = 30.0) -> None:
         self.client = Client(rpc_url, private_key, timeout=timeout)
         self.w3 = self.client.w3
-        self.account = Account.from_key(private_key)
-        self.address: str = self.account.address
+        self.address: str = self.client.account.address  # type: ignore[union-attr]  # a key is given
         self.stake = self.client.stake
         self.task = self.client.task
         self.bid = self.client.bid
-        self._events = {
-            Web3.keccak(text=_signature(e)): self.task.events[e["name"]]
-            for e in self.task.abi if e["type"] == "event"
-        }
+        self._events = {event.topic: self.task.events[name] for name, event in load_abi("Task").events.items()}
 
     # -- transactions --
 
@@ -63,24 +55,7 @@ class ChainClient:
     # -- blobs --
 
     def get_blob(self, blob_hash: bytes, max_bytes: int = 1 << 31) -> bytes:
-        """Download a blob and check its Merkle root; ClientError if missing, altered or too big."""
-        url = f"{self.client.rpc_url}/blobs/0x{blob_hash.hex()}"
-
-        def get() -> bytes:
-            with requests.get(url, stream=True, timeout=self.client.timeout) as response:
-                if response.status_code != 200:
-                    raise ClientError(f"blob 0x{blob_hash.hex()}: the node answered {response.status_code}")
-                hasher, parts = MerkleHasher(), []
-                for piece in response.iter_content(1 << 20):
-                    hasher.update(piece)
-                    parts.append(piece)
-                    if hasher.size > max_bytes:
-                        raise ClientError(f"blob 0x{blob_hash.hex()} is larger than {max_bytes} bytes")
-            if hasher.digest() != blob_hash:
-                raise ClientError(f"blob 0x{blob_hash.hex()}: content does not match its hash")
-            return b"".join(parts)
-
-        return self.client.guard(f"download of blob 0x{blob_hash.hex()}", get)
+        return self.client.fetch_blob(blob_hash, max_bytes)
 
     def put_blob(self, name: str, data: bytes) -> bytes:
         return self.client.upload_bytes(name, data)[0]
@@ -117,16 +92,6 @@ class ChainClient:
             if time.monotonic() > deadline:
                 raise ClientError(f"timed out after {timeout:g}s waiting for {what}")
             time.sleep(poll)
-
-
-def _signature(event: dict[str, Any]) -> str:
-    return f"{event['name']}({','.join(_type(i) for i in event['inputs'])})"
-
-
-def _type(param: dict[str, Any]) -> str:
-    if param["type"].startswith("tuple"):
-        return "(" + ",".join(_type(c) for c in param["components"]) + ")" + param["type"][5:]
-    return param["type"]
 
 
 __all__ = ["ChainClient", "Event"]

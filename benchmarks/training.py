@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,14 +32,14 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from benchmarks import Result, env_int
+from benchmarks.rpc_throughput import Process, free_port
 from ogpu_node.apps.client import Client
 from ogpu_node.apps.provider import Provider, ProviderConfig
-from ogpu_node.apps.provider.chain import ChainClient
 from ogpu_node.compute import Worker, spec_from_prescription
 from ogpu_node.compute.profile import profile_env
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.types.merkle import merkle_root
-from ogpu_node.types.prescription import DEVICE_KINDS, Prescription, drawn_step, segment_bounds, training_seed
+from ogpu_node.types.prescription import Prescription, drawn_step, segment_bounds, training_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = "cpu-avx2-1t"
@@ -102,38 +101,16 @@ def plain_pytorch_seconds(hidden: int, steps: int, data: Path) -> float:
     return seconds
 
 
-def _start_node(datadir: Path) -> tuple[subprocess.Popen, str]:
-    log = open(datadir.with_suffix(".log"), "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "ogpu_node.cli.main", "run", "--dev", "--datadir", str(datadir),
-                             "--http.port", "0", "--no-ws", "--block-time", "1"], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        text = datadir.with_suffix(".log").read_text(errors="replace")
-        for line in text.splitlines():
-            if "Listening on " in line:
-                return proc, line.split("Listening on ")[1].split()[0]
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"dev node did not start:\n{text}")
-
-
-def _register_idle(url: str, key: bytes) -> None:
-    chain = ChainClient(url, key)
-    stake = chain.stake.functions
-    minimum = chain.call("params", stake.params())[1]
-    chain.send("stake", stake.stake(), value=minimum)
-    chain.send("registerResources", stake.registerResources(DEVICE_KINDS.index("cpu"), 1 << 20, 1, ""))
-    chain.send("setRoles", stake.setRoles(2))
-
-
 def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float, object, bytes]:
     """(seconds from assignment to the last commit, the finished job, the assignment seed)."""
     accounts = derive_dev_accounts(4)
-    proc, url = _start_node(work / "node")
+    port = free_port()
+    node = Process("ogpu-node", [sys.executable, "-m", "ogpu_node.cli.main", "run", "--dev", "--datadir",
+                                 str(work / "node"), "--http.port", str(port), "--no-ws", "--block-time", "1"], work)
+    url = f"http://127.0.0.1:{port}"
     provider = None
     try:
-        _register_idle(url, accounts[2].private_key)
+        Client(url, accounts[2].private_key).register_provider("cpu", 1 << 20, 1)  # idle: never bids
         provider = Provider(ProviderConfig(rpc_url=url, private_key=accounts[1].private_key,
                                            datadir=work / "provider", cost_per_second=10**9))
         thread = threading.Thread(target=provider.run, daemon=True)
@@ -158,8 +135,7 @@ def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float
     finally:
         if provider is not None:
             provider.stopped.set()
-        proc.terminate()
-        proc.wait(30)
+        node.stop()
 
 
 def main(argv: list[str]) -> Result:

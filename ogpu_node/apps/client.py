@@ -25,6 +25,7 @@ from web3.logs import DISCARD
 
 from ogpu_node.types.merkle import CHUNK_SIZE, MerkleHasher, merkle_root
 from ogpu_node.types.prescription import (
+    DEVICE_KINDS,
     InvalidPrescription,
     Prescription,
     check_against_chain,
@@ -221,6 +222,22 @@ class Client:
                 raise
             return int(match.group(1))
         return 0
+
+    def register_provider(self, device: str, memory_mib: int, score: int, endpoint: str = "",
+                          stake: int | None = None, min_gas: int = 0) -> int:
+        """Stake up to ``stake`` wei (default: the chain's provider minimum), register resources and
+        take the provider role, as Stake requires in that order; return the wei newly staked."""
+        fns = self.stake.functions
+        staked, _locked, _unbonding, _release, roles = self.guard("stakeOf", fns.stakeOf(self._address()).call)
+        wanted = self.guard("params", fns.params().call)[1] if stake is None else stake
+        added = max(0, wanted - staked)
+        if added:
+            self.send("stake", fns.stake(), value=added, min_gas=min_gas)
+        self.send("registerResources", fns.registerResources(DEVICE_KINDS.index(device), memory_mib, score, endpoint),
+                  min_gas=min_gas)
+        if not roles & ROLE_PROVIDER:
+            self.send("setRoles", fns.setRoles(roles | ROLE_PROVIDER), min_gas=min_gas)
+        return added
 
     def qualifying_providers(self, p: Prescription) -> int:
         """Providers other than this client whose registered resources meet ``p``'s hardware terms:

@@ -73,11 +73,7 @@ def register_idle_providers(url: str, count: int, memory_mib: int = 4096) -> Non
     from ogpu_node.apps.client import Client
 
     def register(index: int) -> None:
-        client = Client(url, derive_dev_accounts(index + 1)[index].private_key)
-        stake = client.stake.functions
-        client.send("stake", stake.stake(), value=client.stake.functions.params().call()[1])
-        client.send("registerResources", stake.registerResources(0, memory_mib, 1, ""))
-        client.send("setRoles", stake.setRoles(2))
+        Client(url, derive_dev_accounts(index + 1)[index].private_key).register_provider("cpu", memory_mib, 1)
 
     threads = [threading.Thread(target=register, args=(i,)) for i in range(1, count + 1)]
     for t in threads:

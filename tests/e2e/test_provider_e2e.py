@@ -28,8 +28,9 @@ from safetensors.numpy import save_file
 from web3 import Web3
 
 from ogpu_node.apps.client import STAKE_ADDRESS, STATE_NAMES, TASK_ADDRESS, contract_abi
+from ogpu_node.apps.provider.chain import ChainClient, Event
 from ogpu_node.compute import spec_from_prescription, train_segment_in_profile
-from ogpu_node.crypto import derive_dev_accounts
+from ogpu_node.crypto import Keypair, derive_dev_accounts
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import Prescription, training_seed
 
@@ -59,14 +60,7 @@ def start_provider(url: str, key: bytes, datadir: Path, *extra: str, log_name: s
            *extra]
     with open(log_path, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
-    address = Web3.to_checksum_address(derive_address(key))
-    return ProviderProcess(process, log_path, address)
-
-
-def derive_address(key: bytes) -> str:
-    from eth_account import Account
-
-    return Account.from_key(key).address
+    return ProviderProcess(process, log_path, Web3.to_checksum_address(Keypair.from_private_key(key).address))
 
 
 def wait_for(what: str, predicate, timeout: float, providers=(), poll: float = 0.5):
@@ -177,19 +171,10 @@ def submit(tmp_path, node, accounts, data, prescription_path) -> int:
     return int(TASK_ID.search(result.stdout).group(1))
 
 
-def task_events(w3, task_id: int) -> list:
-    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
-    topic = "0x" + task_id.to_bytes(32, "big").hex()
-    out = []
-    for entry in w3.eth.get_logs({"address": TASK_ADDRESS, "fromBlock": 0, "toBlock": "latest",
-                                  "topics": [None, topic]}):
-        for event in task.events:
-            try:
-                out.append(event().process_log(entry))
-                break
-            except Exception:
-                continue
-    return out
+def task_events(url: str, task_id: int) -> list[Event]:
+    """Task's events of one task, decoded as the provider app decodes them (system-call logs too)."""
+    chain = ChainClient(url, derive_dev_accounts(1)[0].private_key)
+    return [e for e in chain.task_events(0, chain.head()) if e.args.get("taskId") == task_id]
 
 
 @dataclass
@@ -218,7 +203,7 @@ class Run:
         """Wait for the task to await confirmation or be cancelled; its events."""
         wait_for("the task to be decided", lambda: self.state() in ("AwaitingConfirmation", "Cancelled"), 420,
                  self.providers if providers is None else providers)
-        return task_events(self.w3, self.task_id)
+        return task_events(self.node.http_url, self.task_id)
 
     def balance_changes(self) -> dict[str, int]:
         """Each account's balance change since before the providers started, its gas added back."""
@@ -231,7 +216,7 @@ def launch(network, tmp_path: Path, cheap_extra: tuple[str, ...] = (), **changes
     data = make_dataset(tmp_path / "data.safetensors")
     prescription_path, p = sized_prescription(tmp_path, data, **changes)
     first_block, providers = start_four(w3, start, cheap_extra)
-    client = Web3.to_checksum_address(derive_address(accounts[5].private_key))
+    client = Web3.to_checksum_address(accounts[5].address)
     before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*(pr.address for pr in providers), client]}
     task_id = submit(tmp_path, node, accounts, data, prescription_path)
     return Run(w3, node, p, data, first_block, providers, client, before, task_id)
@@ -241,7 +226,7 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
     run = launch(network, tmp_path)
     node, w3, accounts = network[0], run.w3, network[2]
     events = run.wait_until_decided()
-    assert run.state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in events]
+    assert run.state() == "AwaitingConfirmation", [(e.name, e.args) for e in events]
     task_id = run.task_id
 
     status = cli("task", "status", str(task_id), "--rpc-url", node.http_url)
@@ -268,7 +253,7 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
     assert merkle_root(local.checkpoint) == final_hash == merkle_root((tmp_path / "final.ckpt").read_bytes())
     assert local.losses[-1] < local.losses[0]
 
-    names = [e["event"] for e in task_events(w3, task_id)]
+    names = [e.name for e in task_events(node.http_url, task_id)]
     assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
 
     # Exact accounting: parts of the price, council share to the three members, refund of the rest.
@@ -292,18 +277,18 @@ def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network,
     run = launch(network, tmp_path, cheap_extra=("--fault", "perturb"))
     w3, p, providers, addresses, client = run.w3, run.p, run.providers, run.addresses, run.client
     events = run.wait_until_decided()
-    names = [e["event"] for e in events]
+    names = [e.name for e in events]
     assert run.state() == "Cancelled", names
-    rejected = [e for e in events if e["event"] == "CheckpointRejected"]
-    assert len(rejected) == 1 and rejected[0]["args"]["k"] == 1
+    rejected = [e for e in events if e.name == "CheckpointRejected"]
+    assert len(rejected) == 1 and rejected[0].args["k"] == 1
     cheat = providers[0].address
-    assert rejected[0]["args"]["executor"] == cheat
+    assert rejected[0].args["executor"] == cheat
     assert "CheckpointAccepted" not in names and "ExecutorReplaced" not in names  # all others sat on the council
-    cancelled = next(e for e in events if e["event"] == "TaskCancelled")
-    price = next(e for e in events if e["event"] == "TaskAssigned")["args"]["price"]
+    cancelled = next(e for e in events if e.name == "TaskCancelled")
+    price = next(e for e in events if e.name == "TaskAssigned").args["price"]
     max_payment = p.I.max_payment
     deposit = max_payment * int(GENESIS["clientDepositBps"]) // BPS
-    assert cancelled["args"]["refund"] == max_payment + deposit
+    assert cancelled.args["refund"] == max_payment + deposit
 
     # The collateral (collateralBps of the price) is slashed; the reporter share goes to the three
     # members who voted no; honest members lose nothing.
@@ -332,8 +317,8 @@ def test_a_killed_executor_restarts_and_finishes_the_task_unslashed(network, tmp
     executor.process.wait(30)
     restarted = start(1, "--cost-per-second", str(10**14), log_name="provider1-restarted.log")
     events = run.wait_until_decided([*providers[1:], restarted])
-    names = [e["event"] for e in events]
-    assert run.state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in events]
+    names = [e.name for e in events]
+    assert run.state() == "AwaitingConfirmation", [(e.name, e.args) for e in events]
     assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
     assert "CheckpointMissed" not in names and "ExecutorReplaced" not in names
     assert "resuming as executor" in restarted.log()
@@ -352,12 +337,12 @@ def test_allclose_task_without_a_numeric_profile_is_verified_and_accepted(networ
                  I={"numeric_profile": None})
     assert run.p.e.kind == "allclose" and run.p.I.numeric_profile is None
     events = run.wait_until_decided()
-    names = [e["event"] for e in events]
-    assert run.state() == "AwaitingConfirmation", [(e["event"], dict(e["args"])) for e in events]
+    names = [e.name for e in events]
+    assert run.state() == "AwaitingConfirmation", [(e.name, e.args) for e in events]
     assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
     # allclose: the executor reveals while the council is still to commit, before any ResultCommitted
     for k in range(1, K + 1):
-        order = [e["event"] for e in events if e["args"].get("k") == k]
+        order = [e.name for e in events if e.args.get("k") == k]
         assert order.index("CheckpointRevealed") < order.index("ResultCommitted"), order
     out = tmp_path / "final.ckpt"
     result = cli("task", "result", str(run.task_id), "--out", tmp_path / "model.safetensors", "--checkpoint", out,

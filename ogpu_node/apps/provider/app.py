@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ogpu_node.apps.client import ClientError
-from ogpu_node.apps.provider.chain import ChainClient, Event
+from ogpu_node.apps.provider.chain import PROTOCOL_GAS, ChainClient, Event
 from ogpu_node.apps.provider.jobs import CouncilDuty, ExecutorJob, TaskContext, persist
 from ogpu_node.apps.provider.strategy import BidStrategy, Job, Resources
 from ogpu_node.contracts.checkpoints import PHASE_COUNCIL_COMMIT, PHASE_REVEAL, STATE_DISPUTED, STATE_RUNNING
-from ogpu_node.contracts.stake import ROLE_PROVIDER
-from ogpu_node.types.prescription import DEVICE_KINDS, InvalidPrescription, segment_bounds, training_seed
+from ogpu_node.types.prescription import InvalidPrescription, segment_bounds, training_seed
 
 log = logging.getLogger("ogpu.provider")
 KIND_BATCH = 0
@@ -87,18 +86,10 @@ class Provider:
         self.resources = res = self.measure()
         log.info("resources: %s, %d MiB, %.2f GFLOP/s training throughput (profile %s)", res.device,
                  res.memory_mib, res.flops_per_s / 1e9, PROFILE)
-        stake = self.chain.stake
-        staked, _locked, _unbonding, _release, roles = self.chain.call("stakeOf", stake.functions.stakeOf(self.chain.address))
-        minimum = self.chain.call("params", stake.functions.params())[1]
-        wanted = self.config.stake if self.config.stake is not None else minimum
-        if staked < wanted:
-            self.chain.send("stake", stake.functions.stake(), value=wanted - staked)
-            log.info("staked %d wei (total %d)", wanted - staked, wanted)
-        score = int(res.flops_per_s / 1e6)  # MFLOP/s
-        self.chain.send("registerResources", stake.functions.registerResources(
-            DEVICE_KINDS.index(res.device), res.memory_mib, score, self.config.endpoint))
-        if not roles & ROLE_PROVIDER:
-            self.chain.send("setRoles", stake.functions.setRoles(roles | ROLE_PROVIDER))
+        added = self.chain.client.register_provider(res.device, res.memory_mib, int(res.flops_per_s / 1e6),  # MFLOP/s
+                                                    self.config.endpoint, self.config.stake, min_gas=PROTOCOL_GAS)
+        if added:
+            log.info("staked %d wei", added)
         log.info("registered as provider %s", self.chain.address)
         self._prepare_spare()
 

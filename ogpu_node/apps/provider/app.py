@@ -348,9 +348,5 @@ class Provider:
             with self._lock:
                 self.seats.discard(seat)
 
-    def status(self) -> dict[str, Any]:
-        return {"address": self.chain.address, "bids": len(self.bids), "jobs": sorted(self.jobs),
-                "margin": self.strategy.margin, "win_rate": self.strategy.win_rate}
-
 
 __all__ = ["PROFILE", "Provider", "ProviderConfig"]

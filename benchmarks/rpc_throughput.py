@@ -43,7 +43,7 @@ from benchmarks import Result, env_int
 from ogpu_node.crypto import derive_dev_accounts
 
 CHAIN_ID = 1337
-MAX_FEE = 100 * 10**9  # both start at a 1 gwei base fee (anvil's default and genesis/dev.json)
+MAX_FEE = 100 * 10**9  # both start at a 1 gwei base fee (anvil's default and ogpu_node/config/networks/dev.json)
 TIP = 10**9
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ANVIL = ROOT / ".bench" / "node_modules" / ".bin" / "anvil"

@@ -21,8 +21,8 @@ from eth_keys import keys
 
 from benchmarks import Result
 from ogpu_node.chain import Chain
-from ogpu_node.config import load_genesis
-from ogpu_node.contracts.abi import ABI_DIR, load_abi
+from ogpu_node.config import DEV_GENESIS, load_genesis
+from ogpu_node.contracts.abi import load_abi
 from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.db import LMDBStore
@@ -38,7 +38,7 @@ CHECKPOINTS = 4
 
 class Bench:
     def __init__(self) -> None:
-        self.chain = Chain(LMDBStore(tempfile.mkdtemp(prefix="ogpu-bench-")), load_genesis(ABI_DIR.parent / "genesis" / "dev.json"))
+        self.chain = Chain(LMDBStore(tempfile.mkdtemp(prefix="ogpu-bench-")), load_genesis(DEV_GENESIS))
         self.nonces: dict[bytes, int] = {}
         self.measured = False
         self.cpu = 0.0

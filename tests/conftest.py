@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from ogpu_node.chain import Chain
-from ogpu_node.config import load_genesis
+from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.db import LMDBStore
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV_GENESIS = ROOT / "genesis" / "dev.json"
 _LISTEN = re.compile(r"Listening on (http://\S+)")
 _WS = re.compile(r"WebSocket on\s+(ws://\S+)")
 

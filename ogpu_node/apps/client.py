@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import requests
 from eth_account import Account
@@ -23,6 +20,8 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 from web3.logs import DISCARD
 
+from ogpu_node.contracts.abi import ABI_DIR
+from ogpu_node.files import atomic_file
 from ogpu_node.types.merkle import CHUNK_SIZE, MerkleHasher, merkle_root
 from ogpu_node.types.prescription import (
     DEVICE_KINDS,
@@ -39,7 +38,6 @@ __all__ = [
     "extract_weights", "file_blob_hash", "mean_recent_loss",
 ]
 
-_ABI_DIR = Path(__file__).resolve().parents[2] / "contracts"
 TASK_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
 BID_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001002")
 STAKE_ADDRESS = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
@@ -59,7 +57,7 @@ class ClientError(Exception):
 
 
 def contract_abi(name: str) -> list[dict[str, Any]]:
-    raw = json.loads((_ABI_DIR / f"{name}.json").read_text())
+    raw = json.loads((ABI_DIR / f"{name}.json").read_text())
     return raw["abi"] if isinstance(raw, dict) else raw
 
 
@@ -379,7 +377,7 @@ class Client:
         out_path = Path(out_path)
 
         def fetch() -> int:
-            with self._get_blob(blob_hash) as response, _atomic_file(out_path) as out:
+            with self._get_blob(blob_hash) as response, atomic_file(out_path) as out:
                 hasher = MerkleHasher()
                 for chunk in response.iter_content(CHUNK_SIZE):
                     hasher.update(chunk)
@@ -657,7 +655,7 @@ def extract_weights(checkpoint: Path, out_path: Path, checkpoint_hash: bytes) ->
             info_meta["hparams"] = json.dumps(meta.get("hparams"), sort_keys=True, separators=(",", ":"))
         header = json.dumps({"__metadata__": info_meta, **layout}, separators=(",", ":")).encode()
         header += b" " * (-len(header) % 8)
-        with _atomic_file(out_path) as dst:
+        with atomic_file(out_path) as dst:
             dst.write(len(header).to_bytes(8, "little") + header)
             for begin, end in sources:
                 src.seek(base + begin)
@@ -669,22 +667,6 @@ def extract_weights(checkpoint: Path, out_path: Path, checkpoint_hash: bytes) ->
                     dst.write(chunk)
                     left -= len(chunk)
     return len(layout)
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside ``path``, renamed onto it if the block succeeds, removed otherwise."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _reason(exc: BaseException) -> str:

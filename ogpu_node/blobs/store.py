@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from ogpu_node.files import fsync_dir
 from ogpu_node.types.merkle import HASH_SIZE, MerkleHasher
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB per blob
@@ -68,14 +69,6 @@ def _check_hash(blob_hash: bytes) -> None:
         raise ValueError("a blob hash is 32 bytes")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class BlobWriter:
     """One upload in progress: `write` slices, then `commit` (or `abort`). From `BlobStore.writer`."""
 
@@ -125,7 +118,7 @@ class BlobWriter:
             self._file = None
             final.parent.mkdir(exist_ok=True)
             os.replace(self._tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return blob_hash, size, True
         except BaseException:
             self.abort()

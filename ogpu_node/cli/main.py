@@ -20,11 +20,10 @@ from ogpu_node.cli.account import account
 from ogpu_node.cli.common import datadir_option, resolve_datadir
 from ogpu_node.cli.provider import provider
 from ogpu_node.cli.task import task
-from ogpu_node.config import GenesisConfig, GenesisError, load_genesis
+from ogpu_node.config import DEV_GENESIS, GenesisConfig, GenesisError, load_genesis
 from ogpu_node.crypto import DEV_MNEMONIC, derive_dev_accounts
 from ogpu_node.db import DatabaseLocked
 
-DEV_GENESIS = Path(__file__).resolve().parents[2] / "genesis" / "dev.json"
 _GENESIS_COPY = "genesis.json"
 
 log = logging.getLogger("ogpu.cli")
@@ -62,12 +61,6 @@ def _load_genesis(path: Path) -> GenesisConfig:
         return load_genesis(path)
     except GenesisError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _dev_genesis() -> Path:
-    if not DEV_GENESIS.exists():
-        raise click.ClickException(f"dev genesis not found at {DEV_GENESIS}")
-    return DEV_GENESIS
 
 
 @cli.command()
@@ -152,7 +145,7 @@ def run(
     if datadir is None:
         temp_dir = Path(tempfile.mkdtemp(prefix="ogpu-dev-"))
         datadir = temp_dir
-    genesis = _load_genesis(genesis_file or _dev_genesis())
+    genesis = _load_genesis(genesis_file or DEV_GENESIS)
     accounts = derive_dev_accounts(10)
     config = NodeConfig(
         datadir=datadir,

@@ -1,6 +1,7 @@
 """Genesis and chain parameters."""
 
 from ogpu_node.config.genesis import (
+    DEV_GENESIS,
     GenesisAccount,
     GenesisConfig,
     GenesisError,
@@ -9,4 +10,4 @@ from ogpu_node.config.genesis import (
     parse_genesis,
 )
 
-__all__ = ["GenesisAccount", "GenesisConfig", "GenesisError", "ProtocolParams", "load_genesis", "parse_genesis"]
+__all__ = ["DEV_GENESIS", "GenesisAccount", "GenesisConfig", "GenesisError", "ProtocolParams", "load_genesis", "parse_genesis"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +180,12 @@ def parse_genesis(doc: Any) -> GenesisConfig:
     )
 
 
-def load_genesis(path: str | Path) -> GenesisConfig:
+DEV_GENESIS: Traversable = files("ogpu_node.config") / "networks" / "dev.json"  # package data: works from a wheel
+
+
+def load_genesis(path: str | Path | Traversable) -> GenesisConfig:
     try:
-        text = Path(path).read_text()
+        text = (Path(path) if isinstance(path, str) else path).read_text()
     except OSError as exc:
         raise GenesisError(f"genesis: cannot read {path}: {exc.strerror}") from None
     try:

@@ -1,17 +1,18 @@
-"""The ABI of each native contract, read from `contracts/<Name>.json`: the one place it is declared."""
+"""The ABI of each native contract, read from `ogpu_node/contracts/abis/<Name>.json` (package data): the one
+place it is declared."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 from eth_abi import decode, encode
 from eth_hash.auto import keccak
 
-ABI_DIR = Path(__file__).resolve().parents[2] / "contracts"
+ABI_DIR = files("ogpu_node.contracts") / "abis"  # a Traversable: it works from a wheel too
 _ERROR_SELECTOR = keccak(b"Error(string)")[:4]
 
 

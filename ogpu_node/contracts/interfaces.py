@@ -1,4 +1,4 @@
-"""Generates `contracts/I<Name>.sol` from `contracts/<Name>.json`, so Solidity users get the same ABI.
+"""Generates `abis/I<Name>.sol` from `abis/<Name>.json`, so Solidity users get the same ABI.
 
 Run `python -m ogpu_node.contracts.interfaces` after editing an ABI; a test fails when they drift.
 """
@@ -11,7 +11,7 @@ from typing import Any
 from ogpu_node.contracts.abi import ABI_DIR, load_abi
 
 NATIVE = ("Stake", "Task", "Bid", "Slashing")
-_HEADER = "// SPDX-License-Identifier: MIT\n// Generated from contracts/{name}.json by ogpu_node.contracts.interfaces: do not edit.\n"
+_HEADER = "// SPDX-License-Identifier: MIT\n// Generated from ogpu_node/contracts/abis/{name}.json by ogpu_node.contracts.interfaces: do not edit.\n"
 _LOCATION = {"string", "bytes"}
 
 
@@ -64,7 +64,7 @@ def solidity_interface(name: str) -> str:
 def main() -> int:
     for name in NATIVE:
         (ABI_DIR / f"I{name}.sol").write_text(solidity_interface(name))
-        print(f"wrote contracts/I{name}.sol")
+        print(f"wrote ogpu_node/contracts/abis/I{name}.sol")
     return 0
 
 

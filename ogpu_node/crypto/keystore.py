@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 from eth_account import Account
 from eth_utils import to_checksum_address
+
+from ogpu_node.files import atomic_write
 
 __all__ = [
     "LIGHT_SCRYPT_N",
@@ -225,33 +226,6 @@ def _ensure_dir(keystore: Path) -> None:
         raise KeystoreError(f"keystore: cannot create {keystore}: {e.strerror or e}") from None
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")  # mode 0o600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable; best effort (not possible everywhere)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def _new_private_key() -> bytes:
     while True:
         key = secrets.token_bytes(32)
@@ -282,7 +256,7 @@ def create_account(
     _ensure_dir(keystore)
     path = keystore / _keyfile_name(address)
     try:
-        _write_atomic(path, data)
+        atomic_write(path, json.dumps(data).encode())
     except OSError as e:
         raise KeystoreError(f"keystore: cannot write {path}: {e.strerror or e}") from None
     return address, path

@@ -4,9 +4,9 @@
 // (0x…1001). Compile from the repository root: solcjs --bin --abi --base-path . tests/contracts/ProviderAgent.sol
 pragma solidity ^0.8.20;
 
-import {IStake} from "contracts/IStake.sol";
-import {IBid} from "contracts/IBid.sol";
-import {ITask} from "contracts/ITask.sol";
+import {IStake} from "ogpu_node/contracts/abis/IStake.sol";
+import {IBid} from "ogpu_node/contracts/abis/IBid.sol";
+import {ITask} from "ogpu_node/contracts/abis/ITask.sol";
 
 contract ProviderAgent {
     IStake public constant STAKE = IStake(0x0000000000000000000000000000000000001000);

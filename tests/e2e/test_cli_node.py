@@ -18,10 +18,9 @@ from e2e.cli_run import CLI, ENV, ROOT, assert_one_line_error, cli
 from eth_utils import to_checksum_address
 
 from ogpu_node.chain import Chain
-from ogpu_node.config import load_genesis
+from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.db import LMDBStore
 
-DEV_GENESIS = ROOT / "genesis" / "dev.json"
 TEN_THOUSAND_OGPU = 10_000 * 10**18
 INIT_LINE = re.compile(r"^Successfully wrote genesis state  database=chaindata  hash=(0x[0-9a-f]{64})$")
 LISTEN = re.compile(r"^Listening on (http://127\.0\.0\.1:(\d+))$", re.M)

@@ -19,13 +19,15 @@ from e2e.cli_run import ROOT, assert_one_line_error, cli
 from safetensors.numpy import save_file
 from web3 import Web3
 
+from ogpu_node.config import DEV_GENESIS
+from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.crypto import derive_dev_accounts
 
 DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 EXAMPLE = ROOT / "examples" / "mlp-exact.json"
 TASK = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
-CLIENT_DEPOSIT_BPS = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]["clientDepositBps"]
+CLIENT_DEPOSIT_BPS = json.loads((DEV_GENESIS).read_text())["config"]["ogpu"]["clientDepositBps"]
 TASK_ID = re.compile(r"^Task ID: (\d+)$", re.M)
 
 pytestmark = pytest.mark.slow
@@ -127,7 +129,7 @@ def test_submit_then_bidding_then_cancelled_with_refund(node_factory, tmp_path, 
     assert field(status.stdout, "Escrow").startswith("0 wei")
     assert field(status.stdout, "Deposit").startswith("0 wei")
     assert w3.eth.get_balance(TASK) == 0
-    task = w3.eth.contract(address=TASK, abi=json.loads((ROOT / "contracts" / "Task.json").read_text()))
+    task = w3.eth.contract(address=TASK, abi=json.loads((ABI_DIR / "Task.json").read_text()))
     [cancelled] = task.events.TaskCancelled().get_logs(from_block=0)
     assert cancelled["args"]["taskId"] == int(task_id)
     assert cancelled["args"]["refund"] == max_payment + deposit

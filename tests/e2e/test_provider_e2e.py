@@ -30,13 +30,14 @@ from web3 import Web3
 from ogpu_node.apps.client import STAKE_ADDRESS, STATE_NAMES, TASK_ADDRESS, contract_abi
 from ogpu_node.apps.provider.chain import ChainClient, Event
 from ogpu_node.compute import spec_from_prescription, train_segment_in_profile
+from ogpu_node.config import DEV_GENESIS
 from ogpu_node.crypto import Keypair, derive_dev_accounts
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import Prescription, training_seed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-GENESIS = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]
+GENESIS = json.loads((DEV_GENESIS).read_text())["config"]["ogpu"]
 BPS = 10_000
 MIN_PROVIDER_STAKE = int(GENESIS["minProviderStake"], 16)
 TASK_ID = re.compile(r"^Task ID: (\d+)$", re.M)

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from ogpu_node.config import load_genesis
+from ogpu_node.config import DEV_GENESIS, load_genesis
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV_GENESIS = ROOT / "genesis" / "dev.json"
 CHAIN_ID = 1337
 GENESIS_SUPPLY = 10 * 10_000 * 10**18
 SENDERS = (1, 2, 3, 4)  # dev account indexes streaming transfers

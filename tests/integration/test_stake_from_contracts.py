@@ -22,11 +22,13 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
+from ogpu_node.config import DEV_GENESIS
+from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.types.signing import BlockProposal, SignedProposal
 
 ROOT = Path(__file__).resolve().parents[2]
-STAKE_ABI = json.loads((ROOT / "contracts" / "Stake.json").read_text())
-SLASHING_ABI = json.loads((ROOT / "contracts" / "Slashing.json").read_text())
+STAKE_ABI = json.loads((ABI_DIR / "Stake.json").read_text())
+SLASHING_ABI = json.loads((ABI_DIR / "Slashing.json").read_text())
 STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
 SLASHING = Web3.to_checksum_address("0x0000000000000000000000000000000000001003")
 OGPU = 10**18
@@ -212,7 +214,7 @@ def test_callcode_to_stake_is_refused_and_stakes_nothing(w3, stake, dev_accounts
 @pytest.fixture
 def w3_no_delay(node_factory, tmp_path) -> Web3:
     """A dev node whose genesis has unbondingDelay 0, so a withdrawal can follow its request."""
-    genesis = json.loads((ROOT / "genesis" / "dev.json").read_text())
+    genesis = json.loads((DEV_GENESIS).read_text())
     genesis["config"]["ogpu"]["unbondingDelay"] = 0
     path = tmp_path / "genesis-no-delay.json"
     path.write_text(json.dumps(genesis))
@@ -280,7 +282,7 @@ def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, de
     decoded by web3.py from contracts/Stake.json; the reporter's share is paid, the rest burned."""
     validator, reporter = dev_accounts[7], dev_accounts[8]
     v, r = checksum(validator.address), checksum(reporter.address)
-    ogpu = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]
+    ogpu = json.loads((DEV_GENESIS).read_text())["config"]["ogpu"]
     penalty_bps, share_bps = ogpu["consensusPenaltyBps"], ogpu["reporterShareBps"]
     send(w3, validator, to=STAKE, value=2 * MIN_VALIDATOR, data=stake_call(stake, "stake"))
     send(w3, validator, to=STAKE, data=stake_call(stake, "setRoles", 1))

@@ -23,6 +23,8 @@ from web3 import Web3
 from web3.logs import DISCARD
 from websockets.sync.client import connect
 
+from ogpu_node.contracts.abi import ABI_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
 TASK = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
 STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
@@ -39,7 +41,7 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no pro
 
 
 def abi(name: str) -> list[dict[str, Any]]:
-    return json.loads((ROOT / "contracts" / f"{name}.json").read_text())
+    return json.loads((ABI_DIR / f"{name}.json").read_text())
 
 
 def rpc(url: str, method: str, *params: Any) -> Any:

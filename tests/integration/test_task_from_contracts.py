@@ -3,7 +3,7 @@
 A Vyper client (tests/contracts/TaskClient.vy) declares Task's Terms struct and interface itself and
 submits a batch task with value through `extcall`, keeping the task id Task returns; web3.py decodes
 TaskSubmitted with contracts/Task.json and sees the contract as the client. A Solidity provider
-(tests/contracts/ProviderAgent.sol, compiled with solcjs against the generated contracts/I*.sol)
+(tests/contracts/ProviderAgent.sol, compiled with solcjs against the generated ogpu_node/contracts/abis/I*.sol)
 stakes, registers resources, takes the provider role and bids on that task; it reads the task's client
 through getTask's eleven return values; a Bid revert bubbles up through it with its reason. Every
 transaction is signed locally and sent with eth_sendRawTransaction.
@@ -25,16 +25,19 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
+from ogpu_node.config import DEV_GENESIS
+from ogpu_node.contracts.abi import ABI_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
 SOLCJS = ROOT / ".tools" / "node_modules" / ".bin" / "solcjs"
-ABI = {name: json.loads((ROOT / "contracts" / f"{name}.json").read_text()) for name in ("Stake", "Task", "Bid")}
+ABI = {name: json.loads((ABI_DIR / f"{name}.json").read_text()) for name in ("Stake", "Task", "Bid")}
 STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
 TASK = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
 BID = Web3.to_checksum_address("0x0000000000000000000000000000000000001002")
 OGPU = 10**18
 ROLE_PROVIDER = 2
 STATE_BIDDING = 1
-GENESIS_OGPU = json.loads((ROOT / "genesis" / "dev.json").read_text())["config"]["ogpu"]
+GENESIS_OGPU = json.loads((DEV_GENESIS).read_text())["config"]["ogpu"]
 CLIENT_DEPOSIT_BPS = GENESIS_OGPU["clientDepositBps"]  # 1000 in dev: 10 %
 COLLATERAL_BPS = GENESIS_OGPU["collateralBps"]
 
@@ -63,7 +66,7 @@ def deploy_compiled(w3: Web3, key: Any, compiled: Compiled) -> Any:
 @pytest.fixture(scope="module")
 def provider_agent(tmp_path_factory) -> Compiled:
     """tests/contracts/ProviderAgent.sol through solcjs (solc 0.8.30, default EVM version prague, the
-    chain's fork), its `contracts/I*.sol` imports resolved against the repository root."""
+    chain's fork), its `ogpu_node/contracts/abis/I*.sol` imports resolved against the repository root."""
     solcjs = shutil.which("solcjs") or (str(SOLCJS) if SOLCJS.exists() else None)
     assert solcjs, "solcjs is missing: `make test` installs it into .tools/"
     out = tmp_path_factory.mktemp("solc")

@@ -31,6 +31,7 @@ from ogpu_node.contracts.checkpoints import (
     exact_result_commitment,
     verdict_commitment,
 )
+from ogpu_node.files import atomic_write
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import Prescription, drawn_step, segment_bounds
 
@@ -85,16 +86,6 @@ class TaskContext:
     @property
     def exact(self) -> bool:
         return self.prescription.e.kind == "exact"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ExecutorJob(threading.Thread):
@@ -154,7 +145,7 @@ class ExecutorJob(threading.Thread):
                 run = self.worker.train(self.ctx.spec, state, last - first, fault=self.fault)
                 state = run.checkpoint
                 digest = merkle_root(state)
-                _write_atomic(self._path(k), state)
+                atomic_write(self._path(k), state)
                 self.segments.append(run._replace(checkpoint=b""))
                 mean = sum(run.losses) / len(run.losses) if run.losses else float("nan")
                 log.info("task %d: trained checkpoint %d/%d (steps %d-%d, loss %.4f, %.1fs)%s", task_id, k,
@@ -374,7 +365,7 @@ class CouncilDuty:
 
     def _save_vote(self, mine: bytes, step_hash: bytes, salt: bytes) -> None:
         doc = {"result": mine.hex(), "step": step_hash.hex(), "salt": salt.hex()}
-        _write_atomic(self.vote_path, json.dumps(doc).encode())
+        atomic_write(self.vote_path, json.dumps(doc).encode())
 
     def _load_vote(self) -> tuple[bytes, bytes, bytes] | None:
         try:

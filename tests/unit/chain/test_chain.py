@@ -5,13 +5,13 @@ from eth.vm.forks.prague import PragueVM
 from eth_keys import keys
 
 from ogpu_node.chain import Chain
-from ogpu_node.config import load_genesis
+from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.codec import decode_block, encode_block, make_block
 from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.execution.state import BlockAttributes
 
-GENESIS = load_genesis(__import__("pathlib").Path(__file__).resolve().parents[3] / "genesis" / "dev.json")
+GENESIS = load_genesis(DEV_GENESIS)
 BUILDER = PragueVM.get_transaction_builder()
 
 

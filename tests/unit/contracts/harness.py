@@ -26,13 +26,13 @@ from eth_abi import decode, encode
 from eth_hash.auto import keccak
 from eth_keys import keys
 
+from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.contracts.addresses import BID, SLASHING, STAKE, TASK
 from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.errors import ExecutionReverted
 from ogpu_node.execution.state import BlockAttributes, ExecutedBlock
 
 ROOT = Path(__file__).resolve().parents[3]
-ABI_DIR = ROOT / "contracts"
 OGPU = 10**18
 GWEI = 10**9
 ZERO_ADDRESS = b"\x00" * 20
@@ -40,7 +40,7 @@ SUCCESS = b"\x01"  # a post-Byzantium receipt's status, as py-evm keeps it in `s
 _ERROR_SELECTOR = keccak(b"Error(string)")[:4]
 
 
-# -- ABI (from contracts/<Name>.json) --
+# -- ABI (from abis/<Name>.json) --
 
 
 def abi_type(param: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""web3.py decodes every event of the native contracts, as the chain emits it, through contracts/*.json.
+"""web3.py decodes every event of the native contracts, as the chain emits it, through ogpu_node/contracts/abis/*.json.
 
 In-process scenarios, each on a fresh chain (harness.py; test_task_checkpoints.py's `Scenario` for batch
 tasks), together emit every event declared in contracts/Stake.json, Task.json, Bid.json and
@@ -58,14 +58,15 @@ from web3 import Web3
 from web3.datastructures import AttributeDict
 
 from ogpu_node.chain import Chain
-from ogpu_node.config import load_genesis
+from ogpu_node.config import DEV_GENESIS, load_genesis
+from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.db import LMDBStore
 from ogpu_node.types.signing import BlockProposal, SignedProposal, StreamReceipt
 
 ROOT = Path(__file__).resolve().parents[3]
-GENESIS = ROOT / "genesis" / "dev.json"
+GENESIS = DEV_GENESIS
 NAMES = ("Stake", "Task", "Bid", "Slashing")
-ABIS: dict[str, list[dict[str, Any]]] = {n: json.loads((ROOT / "contracts" / f"{n}.json").read_text()) for n in NAMES}
+ABIS: dict[str, list[dict[str, Any]]] = {n: json.loads((ABI_DIR / f"{n}.json").read_text()) for n in NAMES}
 DECLARED = {(name, e["name"]) for name, abi in ABIS.items() for e in abi if e["type"] == "event"}
 W3 = Web3()  # no provider: decoding only
 CONTRACTS = {

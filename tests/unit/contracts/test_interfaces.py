@@ -1,4 +1,4 @@
-"""contracts/I<Name>.sol is generated from contracts/<Name>.json and must not drift from it."""
+"""abis/I<Name>.sol is generated from abis/<Name>.json and must not drift from it."""
 
 import json
 import shutil
@@ -18,7 +18,7 @@ SOLCJS = ROOT / ".tools" / "node_modules" / ".bin" / "solcjs"
 def test_generated_interface_matches_the_committed_file(name):
     committed = (ABI_DIR / f"I{name}.sol").read_text()
     assert committed == solidity_interface(name), (
-        f"contracts/I{name}.sol is stale: run `python -m ogpu_node.contracts.interfaces`"
+        f"ogpu_node/contracts/abis/I{name}.sol is stale: run `python -m ogpu_node.contracts.interfaces`"
     )
 
 

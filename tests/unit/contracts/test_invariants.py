@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ogpu_node.chain import Chain
-from ogpu_node.config import load_genesis
-from ogpu_node.contracts.abi import ABI_DIR, load_abi
+from ogpu_node.config import DEV_GENESIS, load_genesis
+from ogpu_node.contracts.abi import load_abi
 from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.db import LMDBStore
@@ -26,7 +26,7 @@ from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.state import BlockAttributes
 from ogpu_node.types.signing import BlockProposal, SignedProposal
 
-GENESIS = load_genesis(ABI_DIR.parent / "genesis" / "dev.json")
+GENESIS = load_genesis(DEV_GENESIS)
 ACCOUNTS = derive_dev_accounts(10)
 NAMES = ("Stake", "Task", "Bid", "Slashing")
 ADDRESS = {name: bytes.fromhex(f"00000000000000000000000000000000000010{i:02d}") for i, name in enumerate(NAMES)}

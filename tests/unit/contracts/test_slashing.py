@@ -1,6 +1,5 @@
 """Slashing of consensus offences, on a chain built by the node's own code."""
 
-from pathlib import Path
 
 import pytest
 from eth.vm.forks.prague import PragueVM
@@ -8,6 +7,7 @@ from eth_abi import decode, encode
 from eth_hash.auto import keccak
 from eth_keys import keys
 
+from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.contracts.addresses import SLASHING, STAKE
 from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.errors import ExecutionReverted
@@ -177,4 +177,4 @@ def test_stake_contract_balance_matches_stakes_after_slashing(harness, chain, de
 
 
 def test_interface_file_is_generated_for_slashing():
-    assert (Path(__file__).resolve().parents[3] / "contracts" / "ISlashing.sol").exists()
+    assert (ABI_DIR / "ISlashing.sol").exists()

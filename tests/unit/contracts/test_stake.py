@@ -33,7 +33,7 @@ from ogpu_node.execution.errors import ExecutionReverted
 from ogpu_node.execution.state import BlockAttributes
 
 OGPU = 10**18
-MIN_VALIDATOR = 1_000 * OGPU  # genesis/dev.json config.ogpu
+MIN_VALIDATOR = 1_000 * OGPU  # ogpu_node/config/networks/dev.json config.ogpu
 MIN_PROVIDER = 100 * OGPU
 UNBONDING_DELAY = 3_600
 CHAIN_ID = 1337

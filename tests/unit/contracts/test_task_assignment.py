@@ -11,7 +11,6 @@ Stake's balance = Σ staked + Σ unbonding, totalStaked() = Σ staked, and Bid h
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +27,12 @@ from harness import (
 
 from ogpu_node.chain import Chain
 from ogpu_node.chain.chain import system_tx_hash
-from ogpu_node.config import parse_genesis
+from ogpu_node.config import DEV_GENESIS, parse_genesis
 from ogpu_node.contracts.task import MAX_WINDOW
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.codec import decode_block, encode_block
 from ogpu_node.execution.errors import InvalidBlock
 
-DEV_GENESIS = Path(__file__).resolve().parents[3] / "genesis" / "dev.json"
 BPS = 10_000
 KIND_BATCH, KIND_STREAM = 0, 1
 STATE_BIDDING, STATE_RUNNING, STATE_CANCELLED = 1, 2, 3
@@ -578,7 +576,7 @@ def test_money_invariants_hold_through_a_mixed_history(h, params, client, provid
 
 @pytest.fixture
 def limited(tmp_path, dev_accounts) -> Harness:
-    """A chain whose genesis is genesis/dev.json with maxDeadlinesPerBlock = 2."""
+    """A chain whose genesis is ogpu_node/config/networks/dev.json with maxDeadlinesPerBlock = 2."""
     doc = json.loads(DEV_GENESIS.read_text())
     doc["config"]["ogpu"]["maxDeadlinesPerBlock"] = 2
     genesis = parse_genesis(doc)

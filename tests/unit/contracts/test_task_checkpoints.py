@@ -21,7 +21,7 @@ from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, Event, Harness, TxResult
 
 from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment, verdict_commitment
 
-# genesis/dev.json config.ogpu
+# ogpu_node/config/networks/dev.json config.ogpu
 BPS = 10_000
 COLLATERAL_BPS = 10_000
 CLIENT_DEPOSIT_BPS = 1_000

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Generated from contracts/Stake.json by ogpu_node.contracts.interfaces: do not edit.
+// Generated from ogpu_node/contracts/abis/Stake.json by ogpu_node.contracts.interfaces: do not edit.
 
 pragma solidity ^0.8.20;
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Generated from contracts/Slashing.json by ogpu_node.contracts.interfaces: do not edit.
+// Generated from ogpu_node/contracts/abis/Slashing.json by ogpu_node.contracts.interfaces: do not edit.
 
 pragma solidity ^0.8.20;
 

@@ -58,7 +58,7 @@ class StreamProtocol:
         self._check_method(terms["response_method"], terms["response_weight"])
         if not 0 < terms["settle_window"] <= MAX_WINDOW:
             raise Revert(f"Task: settleWindow must be between 1 and {MAX_WINDOW} seconds")
-        minimum_deposit = terms["budget"] * self.config.client_deposit_bps // BPS
+        minimum_deposit = self.minimumDeposit(host, terms["budget"])
         if host.value < terms["budget"] + minimum_deposit:
             raise Revert(f"Task: value must cover the budget plus a safety deposit of at least {minimum_deposit} wei")
         store = self.storage(host)

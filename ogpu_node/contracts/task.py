@@ -132,7 +132,7 @@ class Task(CheckpointProtocol, CouncilProtocol, StreamProtocol, NativeContract):
             raise Revert("Task: unknown task kind")
         terms = Terms(*raw_terms)
         terms.validate()
-        minimum_deposit = terms.max_payment * self.config.client_deposit_bps // BPS
+        minimum_deposit = self.minimumDeposit(host, terms.max_payment)
         if host.value < terms.max_payment + minimum_deposit:
             raise Revert(
                 f"Task: value must cover maxPayment plus a safety deposit of at least {minimum_deposit} wei"
@@ -173,6 +173,10 @@ class Task(CheckpointProtocol, CouncilProtocol, StreamProtocol, NativeContract):
 
     def taskCount(self, host: Host) -> int:
         return self.storage(host).get("count")
+
+    def minimumDeposit(self, host: Host, amount: int) -> int:
+        """The safety deposit a task escrowing ``amount`` (maxPayment, or a stream's budget) must add."""
+        return amount * self.config.client_deposit_bps // BPS
 
     def pendingDeadlines(self, host: Host) -> tuple[int, int]:
         queue = self.queue(host)

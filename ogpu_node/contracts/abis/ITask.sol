@@ -61,6 +61,7 @@ interface ITask {
     function getTask(uint256 taskId) external view returns (address client, uint8 kind, uint8 state, bytes32 prescriptionHash, uint256 escrow, uint256 deposit, address executor, uint256 price, bytes32 seed, uint64 bidDeadline, uint64 assignedAt);
     function getTerms(uint256 taskId) external view returns (Terms memory terms);
     function taskCount() external view returns (uint256 count);
+    function minimumDeposit(uint256 amount) external view returns (uint256 deposit);
     function pendingDeadlines() external view returns (uint256 count, uint64 nextDue);
     function commitCheckpoint(uint256 taskId, uint16 k, bytes32 commitment) external;
     function revealCheckpoint(uint256 taskId, uint16 k, bytes32 checkpointHash) external;

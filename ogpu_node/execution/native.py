@@ -11,8 +11,11 @@ import logging
 from typing import Any
 
 from eth.abc import ComputationAPI
+from eth.constants import GAS_LOG, GAS_LOGDATA, GAS_LOGTOPIC, GAS_SRESET, GAS_SSET
 from eth.exceptions import Revert as EvmRevert
 from eth.exceptions import VMError
+from eth.vm.forks.berlin.constants import COLD_SLOAD_COST, WARM_STORAGE_READ_COST
+from eth.vm.forks.london.storage import SSTORE_CLEARS_SCHEDULE_EIP_3529
 from eth.vm.forks.prague.computation import PragueComputation
 from eth.vm.forks.prague.state import PragueState
 
@@ -24,15 +27,19 @@ from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.slashing import Slashing
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.contracts.task import Task
+from ogpu_node.types.protocol import DeadlineKind
 
 log = logging.getLogger("ogpu.contracts")
 
-COLD_SLOAD = 2100
-WARM_READ = 100
-SSTORE_SET = 20_000
-SSTORE_RESET = 5_000 - COLD_SLOAD
-SSTORE_CLEARS_REFUND = 4_800
-LOG_GAS, LOG_TOPIC_GAS, LOG_DATA_GAS = 375, 375, 8
+COLD_SLOAD = COLD_SLOAD_COST
+WARM_READ = WARM_STORAGE_READ_COST
+SSTORE_SET = GAS_SSET
+SSTORE_RESET = GAS_SRESET - COLD_SLOAD_COST
+SSTORE_CLEARS_REFUND = SSTORE_CLEARS_SCHEDULE_EIP_3529
+LOG_GAS, LOG_TOPIC_GAS, LOG_DATA_GAS = GAS_LOG, GAS_LOGTOPIC, GAS_LOGDATA
+# Failures that differ between machines (memory, stack depth): containing them would let nodes disagree
+# on a block, so they stop this node instead.
+FATAL = (MemoryError, RecursionError)
 
 
 class _Balances:
@@ -138,7 +145,7 @@ def native_precompile(contract: NativeContract) -> Any:
         except Revert as exc:
             computation.output = encode_error(exc.reason)
             raise EvmRevert(computation.output) from None
-        except VMError:
+        except (VMError, *FATAL):
             raise  # out of gas and the like: py-evm's own failure, consumes the gas
         except Exception as exc:
             # A defect in a contract must not stop block production; every node reverts alike.
@@ -188,7 +195,9 @@ class OgpuState(PragueState):
 
 
 def run_block_start(state: Any) -> list[SystemLog]:
-    """Run the due time-triggered protocol steps; a step that reverts is dropped with its changes."""
+    """Run the due time-triggered protocol steps. A step that reverts is dropped with its changes; so is
+    one that fails unexpectedly (a defect), logged with its task: a bad step must not halt the chain.
+    MemoryError and RecursionError propagate (see FATAL)."""
     task = state.task_contract
     logs: list[SystemLog] = []
     if task is None:
@@ -199,12 +208,29 @@ def run_block_start(state: Any) -> list[SystemLog]:
         mark = len(logs)
         try:
             task.run_deadline(host, deadline)
-        except (Revert, OverflowError):
+        except FATAL:
+            raise
+        except Exception as exc:
             state.revert(snapshot)
             del logs[mark:]
+            if not isinstance(exc, Revert | OverflowError):
+                log.exception("block %d: deadline step %s of task %d failed; entry dropped", host.block_number,
+                              _kind_name(deadline.kind), _task_of(deadline))
         else:
             state.commit(snapshot)
     return logs
+
+
+def _task_of(deadline: Any) -> int:
+    # Task packs (task id, k, tag) into a subject, except a bid window's, which is the bare task id.
+    return deadline.subject if deadline.kind == DeadlineKind.CLOSE_BIDDING else deadline.subject >> 24
+
+
+def _kind_name(kind: int) -> str:
+    try:
+        return DeadlineKind(kind).name
+    except ValueError:
+        return str(kind)
 
 
 def native_contracts(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> dict[bytes, NativeContract]:

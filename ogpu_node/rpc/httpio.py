@@ -1,0 +1,101 @@
+"""h11 plumbing shared by the RPC routes (server.py) and the blob routes (blobs_http.py): reading a
+request's events and body, writing a whole response, refusing a request that cannot be answered in
+protocol (`BadRequest`: a raw response, then close)."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+import h11
+import trio
+
+CHUNK = 64 * 1024
+CORS = (b"access-control-allow-origin", b"*")
+JSON_HEADERS = [(b"content-type", b"application/json"), CORS]
+REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+TOO_LARGE_BODY = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request body too large"}}'
+
+
+def raw_response(status: int, reason: str, body: bytes) -> bytes:
+    """A complete `Connection: close` response, written without h11 because these are sent when
+    the h11 state machine is unusable (malformed request) or was never started (503)."""
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\naccess-control-allow-origin: *\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class BadRequest(Exception):
+    """Answer with this raw response and close the connection (the body may be left unread)."""
+
+    def __init__(self, status: int, reason: str, body: bytes) -> None:
+        super().__init__(reason)
+        self.response = raw_response(status, reason, body)
+
+
+def response(conn: h11.Connection, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """The whole response as bytes, to be written with one send_all (one syscall, one segment)."""
+    hdrs = [*headers, (b"content-length", str(len(body)).encode())]
+    out = conn.send(h11.Response(status_code=status, headers=hdrs, reason=REASONS[status]))
+    if body:
+        out += conn.send(h11.Data(data=body))
+    return out + conn.send(h11.EndOfMessage())
+
+
+async def next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        if conn.they_are_waiting_for_100_continue:  # curl sends Expect for bodies > 1 KiB
+            await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        conn.receive_data(await stream.receive_some(CHUNK))
+
+
+async def read_body(stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, max_body: int) -> bytes:
+    for name, value in request.headers:
+        # Reject on the declared length before reading (and buffering) any of the body.
+        if name == b"content-length" and int(value) > max_body:
+            raise BadRequest(413, "Payload Too Large", TOO_LARGE_BODY)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = await next_event(stream, conn)
+        if isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > max_body:  # chunked bodies declare no length up front
+                raise BadRequest(413, "Payload Too Large", TOO_LARGE_BODY)
+            chunks.append(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return b"".join(chunks)
+        else:
+            raise h11.RemoteProtocolError(f"unexpected event {type(event).__name__}")
+
+
+async def send_json(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    status: int,
+    body: dict[str, Any],
+    extra: list[tuple[bytes, bytes]] | None = None,
+    head: bool = False,
+) -> None:
+    data = json.dumps(body).encode()
+    if head:  # same headers as GET would give, no body
+        hdrs = [*JSON_HEADERS, *(extra or []), (b"content-length", str(len(data)).encode())]
+        out = conn.send(h11.Response(status_code=status, headers=hdrs, reason=REASONS[status]))
+        await stream.send_all(out + conn.send(h11.EndOfMessage()))
+        return
+    await stream.send_all(response(conn, status, [*JSON_HEADERS, *(extra or [])], data))
+
+
+def keep_alive(idle: trio.CancelScope, idle_s: float) -> None:
+    """Push a connection's idle deadline out to `idle_s` from now, once half of it is used up: moving
+    a deadline is a heap update, too dear for every request of a keep-alive client or every slice of
+    a blob. The connection therefore closes between idle_s/2 and idle_s after its last activity."""
+    now = trio.current_time()
+    if idle.deadline - now < idle_s / 2:
+        idle.deadline = now + idle_s

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from ogpu_node.types.jsontext import nesting_exceeds
 
 log = logging.getLogger("ogpu.rpc")
 
@@ -18,27 +20,10 @@ INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000  # geth: transaction rejections and other request failures
 EXECUTION_REVERTED = 3
 
-# JSON nesting deeper than this is refused before parsing. py-evm and py_ecc raise Python's recursion
-# limit to 10^5 at import, so json.loads of ~10^5 nested brackets would overflow the C stack and kill
-# the process instead of raising RecursionError. Real requests nest a handful of levels.
+# JSON nesting deeper than this is refused before parsing (types/jsontext.py says why). Real requests
+# nest a handful of levels.
 MAX_NESTING = 512
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-
-
-def _too_deep(body: bytes) -> bool:
-    """Whether brackets outside strings nest deeper than MAX_NESTING (cheap when they cannot)."""
-    if body.count(b"[") + body.count(b"{") <= MAX_NESTING:
-        return False
-    depth = 0
-    for char in _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS):
-        if char in b"[{":
-            depth += 1
-            if depth > MAX_NESTING:
-                return True
-        else:
-            depth -= 1
-    return False
+_MAX_CACHED_ARITY = 16
 
 
 class RpcError(Exception):
@@ -73,11 +58,12 @@ class JsonRpcProcessor:
     def __init__(self, methods: Mapping[str, Method], *, max_batch: int = 1000) -> None:
         self.methods = methods
         self.max_batch = max_batch
+        self._arity: dict[tuple[Method, int], bool] = {}
 
     def handle(self, body: bytes | str, context: Any) -> bytes | None:
         if isinstance(body, str):
             body = body.encode("utf-8", "surrogatepass")
-        if _too_deep(body):
+        if nesting_exceeds(body, MAX_NESTING):
             return self._dump(_error(None, RpcError(PARSE_ERROR, f"parse error: nesting deeper than {MAX_NESTING}")))
         try:
             request = json.loads(body)
@@ -118,16 +104,13 @@ class JsonRpcProcessor:
         if method is None:
             error = RpcError(METHOD_NOT_FOUND, f"the method {method_name} does not exist/is not available")
             return None if is_notification else _error(request_id, error)
+        if not self._accepts(method, context, params):
+            error = RpcError(INVALID_PARAMS, f"wrong number of arguments for {method_name}")
+            return None if is_notification else _error(request_id, error)
         try:
             result = method(context, *params)
         except RpcError as exc:
             return None if is_notification else _error(request_id, exc)
-        except TypeError as exc:
-            if _is_arity_error(exc, method):
-                error = RpcError(INVALID_PARAMS, f"wrong number of arguments for {method_name}")
-                return None if is_notification else _error(request_id, error)
-            log.exception("internal error in %s", method_name)
-            return None if is_notification else _error(request_id, RpcError(INTERNAL_ERROR, "internal error"))
         except Exception:
             log.exception("internal error in %s", method_name)
             return None if is_notification else _error(request_id, RpcError(INTERNAL_ERROR, "internal error"))
@@ -135,12 +118,26 @@ class JsonRpcProcessor:
             return None
         return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
+    def _accepts(self, method: Method, context: Any, params: list[Any]) -> bool:
+        """Whether the method takes these arguments, decided from its signature before the call (so a
+        TypeError raised inside a method is an internal error, never mistaken for a wrong arity).
+        Only the count of positional arguments matters, so the answer is kept per (method, count)."""
+        key = (method, len(params))
+        accepted = self._arity.get(key)
+        if accepted is None:
+            accepted = _binds(method, context, params)
+            if len(params) <= _MAX_CACHED_ARITY:  # a bound on the cache whatever requests come
+                self._arity[key] = accepted
+        return accepted
 
-def _is_arity_error(exc: TypeError, method: Method) -> bool:
-    # A TypeError raised by the call itself (wrong arity) has no deeper frame than the method's own.
-    tb = exc.__traceback__
-    depth = 0
-    while tb is not None:
-        depth += 1
-        tb = tb.tb_next
-    return depth <= 1 and "argument" in str(exc)
+
+def _binds(method: Method, context: Any, params: list[Any]) -> bool:
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):  # no signature to read (some builtins): let the call decide
+        return True
+    try:
+        signature.bind(context, *params)
+    except TypeError:
+        return False
+    return True

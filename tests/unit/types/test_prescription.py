@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,11 @@ from ogpu_node.types.prescription import (
     Prescription,
     check_against_chain,
     prescription_hash,
+    terms_record,
     to_stream_terms,
     to_terms,
 )
+from ogpu_node.types.records import TermsRecord, as_tuple
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BLOB = "0x" + "ab" * 32
@@ -112,6 +116,16 @@ def test_to_terms_matches_the_contract():
     assert t2.equivalence == 1 and t2.first_n == 0
     with pytest.raises(InvalidPrescription, match=r"^prescription.kind: "):
         to_stream_terms(Prescription.from_json(BATCH))
+
+
+def test_terms_record_names_each_term():
+    record = terms_record(Prescription.from_json(BATCH))
+    assert isinstance(record, TermsRecord)
+    assert as_tuple(record) == to_terms(Prescription.from_json(BATCH))
+    assert (record.max_payment, record.council_size, record.council_share_bps, record.checkpoints) == (1000, 3, 1000, 4)
+    assert (record.segment_window, record.bid_window, record.first_n, record.min_bids) == (60, 120, 4, 2)
+    assert (record.lateness_bps_per_second, record.confirm_window, record.response_method) == (5, 3600, 0)
+    assert (record.response_weight, record.equivalence, record.min_memory_mib, record.device_mask) == (0, 0, 1024, 0b11)
 
 
 def test_to_stream_terms():
@@ -224,3 +238,53 @@ def test_frozen():
     p = Prescription.from_json(BATCH)
     with pytest.raises(AttributeError):
         p.kind = "stream"  # type: ignore[misc]
+
+
+# --- bounds on the input -------------------------------------------------------------------------
+
+
+def test_deeply_nested_json_is_refused_before_parsing():
+    # py-evm raises the recursion limit to 100000, so json.loads of this would overflow the C stack and
+    # kill the process: run it in a child under that limit, where a crash is a return code, not a lost run.
+    code = (
+        "import sys; sys.setrecursionlimit(100_000)\n"
+        "from ogpu_node.types.prescription import InvalidPrescription, Prescription\n"
+        "doc = '{\"kind\": ' + '[' * 100_000 + ']' * 100_000 + '}'\n"
+        "for text in (doc, doc.encode()):\n"
+        "    try:\n"
+        "        Prescription.from_json(text)\n"
+        "    except InvalidPrescription as exc:\n"
+        "        print(exc)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == ["prescription: nests deeper than 64 levels"] * 2
+
+
+def test_nesting_inside_strings_does_not_count():
+    doc = edit(BATCH, "M.hparams", {"note": "[" * 1000 + "{" * 1000})
+    assert Prescription.from_json(json.dumps(doc)).M.hparams["note"] == "[" * 1000 + "{" * 1000
+
+
+def test_free_form_values_are_bounded_in_depth():
+    # hparams are level 3 (document, M, hparams): 61 more levels are allowed, as in JSON text.
+    deepest, too_deep = {}, {}
+    for _ in range(61):
+        deepest = {"x": deepest}
+    for _ in range(62):
+        too_deep = {"x": too_deep}
+    assert Prescription.from_json(edit(BATCH, "M.hparams", deepest)).M.hparams == deepest
+    assert Prescription.from_json(json.dumps(edit(BATCH, "M.hparams", deepest))).M.hparams == deepest
+    for doc in (edit(BATCH, "M.hparams", too_deep), json.dumps(edit(BATCH, "M.hparams", too_deep))):
+        with pytest.raises(InvalidPrescription, match=r"nests deeper than 64 levels$"):
+            Prescription.from_json(doc)
+
+
+def test_oversized_text_is_refused_before_parsing():
+    big = json.dumps(edit(BATCH, "M.hparams", {"pad": "x" * pm.MAX_PRESCRIPTION_BYTES}))
+    for doc in (big, big.encode()):
+        with pytest.raises(InvalidPrescription, match=rf"^prescription: larger than {pm.MAX_PRESCRIPTION_BYTES} bytes$"):
+            Prescription.from_json(doc)
+    multibyte = "é" * (pm.MAX_PRESCRIPTION_BYTES // 2 + 1)  # fewer characters than the bound, more bytes
+    with pytest.raises(InvalidPrescription, match="larger than"):
+        Prescription.from_json(json.dumps(edit(BATCH, "M.hparams", {"pad": multibyte}), ensure_ascii=False))

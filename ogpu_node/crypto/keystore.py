@@ -20,6 +20,7 @@ from typing import Any
 from eth_account import Account
 from eth_utils import to_checksum_address
 
+from ogpu_node.crypto.signatures import SECP256K1_N
 from ogpu_node.files import atomic_write
 
 __all__ = [
@@ -34,9 +35,6 @@ __all__ = [
     "parse_private_key",
     "validate_private_key",
 ]
-
-# Order of the secp256k1 group: a private key is an integer in 1..n-1.
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 # geth's --lightkdf scrypt N (keystore.LightScryptN).
 LIGHT_SCRYPT_N = 1 << 12

@@ -5,14 +5,21 @@ from __future__ import annotations
 from eth_hash.auto import keccak
 from eth_keys import KeyAPI
 from eth_keys.backends import CoinCurveECCBackend
+from eth_keys.constants import SECPK1_N
 from eth_keys.exceptions import BadSignature, ValidationError
 
 _KEYS = KeyAPI(CoinCurveECCBackend)
-SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+SECP256K1_N = SECPK1_N  # order of the secp256k1 group: private keys and r, s lie in 1..n-1
+SECP256K1_HALF_N = SECPK1_N // 2  # EIP-2: s above this has a twin (n - s) that verifies too
 
 
 class InvalidSignature(ValueError):
     pass
+
+
+def is_canonical_rs(r: int, s: int) -> bool:
+    """Whether (r, s) is in range with a low s (EIP-2), so that a signature has only one valid form."""
+    return 0 < r < SECP256K1_N and 0 < s <= SECP256K1_HALF_N
 
 
 def recover_signer(message_hash: bytes, signature: bytes) -> bytes:

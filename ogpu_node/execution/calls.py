@@ -22,7 +22,6 @@ from ogpu_node.execution.vm import OgpuVM
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)
 ESTIMATE_ERROR_RATIO = 0.015  # geth stops the search within 1.5 % of the answer
-TX_GAS = 21000
 
 # Solidity's Panic(uint256) codes, worded as geth's abi.UnpackRevert words them.
 _PANIC_REASONS = {

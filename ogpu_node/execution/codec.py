@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import rlp
 from eth.abc import BlockAPI, ReceiptAPI, SignedTransactionAPI
+from eth.constants import GAS_TX
 from eth.exceptions import UnrecognizedTransactionType
 from eth.vm.forks.prague.constants import STANDARD_TOKEN_COST, TOTAL_COST_FLOOR_PER_TOKEN
 from eth_hash.auto import keccak
@@ -16,14 +17,13 @@ from ogpu_node.execution.vm import OgpuVM
 _TX_BUILDER = OgpuVM.get_transaction_builder()
 _RECEIPT_BUILDER = OgpuVM.get_receipt_builder()
 _BLOCK_CLASS = OgpuVM.get_block_class()
-TX_GAS = 21000
 
 
 def floor_data_gas(data: bytes) -> int:
     """EIP-7623: the least gas a transaction carrying `data` may have (21000 + 10 per calldata token)."""
     zeros = data.count(0)
     tokens = zeros + (len(data) - zeros) * STANDARD_TOKEN_COST
-    return TX_GAS + tokens * TOTAL_COST_FLOOR_PER_TOKEN
+    return GAS_TX + tokens * TOTAL_COST_FLOOR_PER_TOKEN
 
 
 def decode_transaction(raw: bytes) -> SignedTransactionAPI:

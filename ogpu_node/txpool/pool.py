@@ -21,6 +21,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
+from ogpu_node.crypto.signatures import is_canonical_rs
 from ogpu_node.execution.codec import check_transaction, decode_transaction, floor_data_gas, recover_sender
 from ogpu_node.execution.errors import InvalidTransaction
 from ogpu_node.execution.views import effective_tip
@@ -29,7 +30,6 @@ TX_MAX_SIZE = 128 * 1024  # geth's txMaxSize: 4 slots of 32 KiB
 MAX_INITCODE_SIZE = 2 * 24576  # EIP-3860
 _BLOB_TX_TYPE = 3
 _HEAD_STATE_CACHE = 16_384  # accounts whose head state is kept between blocks
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _SET_CODE_TX_TYPE = 4
 
 
@@ -187,7 +187,7 @@ class TxPool:
         if tx.gas < floor:
             raise TxRejected(f"insufficient gas for floor data gas cost: gas {tx.gas}, minimum needed {floor}")
         # EIP-2 low-s rule for every type (py-evm checks it for none), so a signature has one form.
-        if not (0 < tx.r < _SECP256K1_N and 0 < tx.s <= _SECP256K1_N // 2):
+        if not is_canonical_rs(tx.r, tx.s):
             raise TxRejected("invalid sender: invalid transaction v, r, s values")
         try:
             check_transaction(tx)

@@ -6,7 +6,10 @@ import rlp
 from eth.abc import BlockAPI, ReceiptAPI, SignedTransactionAPI
 from eth.constants import GAS_TX
 from eth.exceptions import UnrecognizedTransactionType
+from eth.vm.forks.cancun.constants import BLOB_TX_TYPE as BLOB_TX_TYPE
+from eth.vm.forks.prague.constants import SET_CODE_TRANSACTION_TYPE as SET_CODE_TRANSACTION_TYPE
 from eth.vm.forks.prague.constants import STANDARD_TOKEN_COST, TOTAL_COST_FLOOR_PER_TOKEN
+from eth.vm.forks.shanghai.constants import MAX_INITCODE_SIZE as MAX_INITCODE_SIZE
 from eth_hash.auto import keccak
 from eth_utils import ValidationError as EthUtilsValidationError
 
@@ -14,6 +17,8 @@ from ogpu_node.crypto.signatures import InvalidSignature, recover_address
 from ogpu_node.execution.errors import InvalidBlock, InvalidTransaction
 from ogpu_node.execution.vm import OgpuVM
 
+# BLOB_TX_TYPE, SET_CODE_TRANSACTION_TYPE and MAX_INITCODE_SIZE are re-exported for txpool/, which may not
+# import py-evm itself.
 _TX_BUILDER = OgpuVM.get_transaction_builder()
 _RECEIPT_BUILDER = OgpuVM.get_receipt_builder()
 _BLOCK_CLASS = OgpuVM.get_block_class()

@@ -22,15 +22,20 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from ogpu_node.crypto.signatures import is_canonical_rs
-from ogpu_node.execution.codec import check_transaction, decode_transaction, floor_data_gas, recover_sender
+from ogpu_node.execution.codec import (
+    BLOB_TX_TYPE,
+    MAX_INITCODE_SIZE,
+    SET_CODE_TRANSACTION_TYPE,
+    check_transaction,
+    decode_transaction,
+    floor_data_gas,
+    recover_sender,
+)
 from ogpu_node.execution.errors import InvalidTransaction
 from ogpu_node.execution.views import effective_tip
 
 TX_MAX_SIZE = 128 * 1024  # geth's txMaxSize: 4 slots of 32 KiB
-MAX_INITCODE_SIZE = 2 * 24576  # EIP-3860
-_BLOB_TX_TYPE = 3
 _HEAD_STATE_CACHE = 16_384  # accounts whose head state is kept between blocks
-_SET_CODE_TX_TYPE = 4
 
 
 class TxRejected(Exception):
@@ -161,16 +166,16 @@ class TxPool:
         if size > TX_MAX_SIZE:
             raise TxRejected(f"oversized data: transaction size {size}, limit {TX_MAX_SIZE}")
         kind = tx.type_id
-        if kind == _BLOB_TX_TYPE:
+        if kind == BLOB_TX_TYPE:
             raise TxRejected("transaction type not supported")
         if tx.chain_id is not None and tx.chain_id != self.chain_id:
             raise TxRejected("invalid chain id for signer")
         if not tx.to:
-            if kind == _SET_CODE_TX_TYPE:
+            if kind == SET_CODE_TRANSACTION_TYPE:
                 raise TxRejected("EIP-7702 transaction cannot be used to create contract")
             if len(tx.data) > MAX_INITCODE_SIZE:
                 raise TxRejected(f"max initcode size exceeded: code size {len(tx.data)}, limit {MAX_INITCODE_SIZE}")
-        if kind == _SET_CODE_TX_TYPE and not tx.authorization_list:
+        if kind == SET_CODE_TRANSACTION_TYPE and not tx.authorization_list:
             raise TxRejected("EIP-7702 transaction with empty auth list")
         base_fee, gas_limit = self._head_view()
         if tx.gas > gas_limit:

@@ -12,6 +12,7 @@ no pip of its own.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -45,11 +46,13 @@ def build_wheel(work: Path) -> Path:
     shutil.copytree(ROOT / "ogpu_node", source / "ogpu_node", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"),
-         str(source)],
-        check=True, capture_output=True, text=True, timeout=INSTALL_S,
+    # The .venv's setuptools builds it (fast, offline); without one, pip fetches the build backend.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(work / "dist"), str(source)],
+        capture_output=True, text=True, timeout=INSTALL_S,
     )
+    assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = (work / "dist").glob("ogpu_node-*.whl")
     return wheel
 

@@ -9,26 +9,18 @@ need the computation layer (the model builds, the numeric profile is known, `pos
 in `ogpu_node.compute.prescription`; checks against chain state (qualifying providers, escrow) are
 `check_against_chain`. The format is documented in docs/tasks.md, "Prescription format".
 
-- `schema`: the dataclasses, `InvalidPrescription`, the canonical JSON and its hash;
+- `schema`: the dataclasses, `InvalidPrescription`, the format's key tables, the canonical JSON and its hash;
 - `parse`: JSON in (bounded in size and nesting), a `Prescription` out;
 - `terms`: the chain's terms, the trainer's seed, checkpoint segments.
 
-The limits it checks are the chain's own, from `ogpu_node.types.protocol`.
+The limits it checks are the chain's own, from `ogpu_node.types.protocol`; the format's key tables
+(`TOP_KEYS`, `BATCH_I` …) are in `schema`.
 """
 
 from __future__ import annotations
 
 from ogpu_node.types.prescription.parse import MAX_NESTING, MAX_PRESCRIPTION_BYTES, parse
 from ogpu_node.types.prescription.schema import (
-    BATCH_I,
-    COMMON_I,
-    DATASET_FORMATS,
-    KINDS,
-    OPTIMIZER_FIELDS,
-    OPTIMIZERS,
-    PAYMENT_KINDS,
-    STREAM_I,
-    TOP_KEYS,
     Dataset,
     Equivalence,
     Halting,
@@ -50,22 +42,10 @@ from ogpu_node.types.prescription.terms import (
     to_terms,
     training_seed,
 )
-from ogpu_node.types.protocol import (
-    BATCH_EQUIVALENCES,
-    BPS,
-    DEVICE_KINDS,
-    EQUIVALENCE_KINDS,
-    MAX_CHECKPOINTS,
-    MAX_COUNCIL,
-    MAX_UINT256,
-    MAX_WINDOW,
-    RESPONSE_METHODS,
-)
+from ogpu_node.types.protocol import BPS, DEVICE_KINDS, MAX_CHECKPOINTS, MAX_COUNCIL, MAX_WINDOW
 
 __all__ = [
-    "BATCH_EQUIVALENCES", "BATCH_I", "BPS", "COMMON_I", "DATASET_FORMATS", "DEVICE_KINDS", "EQUIVALENCE_KINDS",
-    "KINDS", "MAX_CHECKPOINTS", "MAX_COUNCIL", "MAX_NESTING", "MAX_PRESCRIPTION_BYTES", "MAX_UINT256",
-    "MAX_WINDOW", "OPTIMIZERS", "OPTIMIZER_FIELDS", "PAYMENT_KINDS", "RESPONSE_METHODS", "STREAM_I", "TOP_KEYS",
+    "BPS", "DEVICE_KINDS", "MAX_CHECKPOINTS", "MAX_COUNCIL", "MAX_NESTING", "MAX_PRESCRIPTION_BYTES", "MAX_WINDOW",
     "Dataset", "Equivalence", "Halting", "Hardware", "Instructions", "InvalidPrescription", "Model", "Payment",
     "Prescription", "canonical_json", "check_against_chain", "drawn_step", "parse", "prescription_hash",
     "segment_bounds", "terms_record", "to_stream_terms", "to_terms", "training_seed",

@@ -14,9 +14,6 @@ import click
 from eth_utils import to_checksum_address
 
 from ogpu_node.apps.client import (
-    CANCEL_REASONS,
-    KIND_BATCH,
-    OUTCOMES,
     Client,
     ClientError,
     LossPoint,
@@ -26,6 +23,7 @@ from ogpu_node.apps.client import (
 )
 from ogpu_node.cli.common import key_options, private_key_from_options, rpc_url_option
 from ogpu_node.types.prescription import InvalidPrescription
+from ogpu_node.types.protocol import CancelReason, Outcome, TaskKind
 
 __all__ = ["task"]
 
@@ -115,7 +113,7 @@ def status(task_id: int, plot: Path | None, rpc_url: str) -> None:
     history, points = None, []
     try:
         s = client.status(task_id)
-        if s.kind == KIND_BATCH:
+        if s.kind == TaskKind.BATCH:
             history = client.checkpoint_history(task_id)
             points = client.loss_curve(history)
     except ClientError as exc:
@@ -236,10 +234,10 @@ def history_lines(h: TaskHistory) -> list[str]:
     lines.append(f"Payments:      {_ether(h.paid)}: executor {h.executor_paid} wei, council {h.council_paid} wei"
                  + (f", lateness discounts {h.discounts} wei" if h.discounts else ""))
     if h.cancel_reason is not None:
-        reason = CANCEL_REASONS.get(h.cancel_reason, str(h.cancel_reason))
+        reason = _text(CancelReason, h.cancel_reason)
         lines.append(f"Ended:         cancelled ({reason}), refunded {_ether(h.refund or 0)}")
     elif h.outcome is not None:
-        outcome = OUTCOMES.get(h.outcome, str(h.outcome))
+        outcome = _text(Outcome, h.outcome)
         lines.append(f"Ended:         settled ({outcome}), refunded {_ether(h.refund or 0)}")
     return lines
 
@@ -273,6 +271,13 @@ def loss_chart(points: list[LossPoint], width: int = 60, height: int = 8) -> lis
     if missing:
         lines.append(f"  (no loss data for checkpoints {_ks(missing)})")
     return lines
+
+
+def _text(enum: type[CancelReason] | type[Outcome], value: int) -> str:
+    try:
+        return enum(value).text
+    except ValueError:  # a value this client does not know yet
+        return str(value)
 
 
 def _ks(ks: list[int]) -> str:

@@ -1,8 +1,9 @@
-"""The provider's view of one node: transactions from several threads, views, blobs and events.
+"""The provider's view of one node: transactions from several threads, typed views, blobs and events.
 
 Everything goes over JSON-RPC (web3.py) and the blob HTTP endpoint through the client app's
 transport (`Client`, whose `send` is safe from the event loop, executor jobs and council duties at
-once).
+once). Views are read as records (`task_record(id).state`, `checkpoint(id, k).phase_ends`), never
+by position; failures are the client's typed errors (`Reverted`, `NodeUnreachable` …).
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from typing import Any
 
 from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError
 from ogpu_node.contracts.abi import load_abi
+from ogpu_node.types.records import (
+    BidsRecord,
+    CheckpointRecord,
+    ProgressRecord,
+    ResourcesRecord,
+    StakeRecord,
+    TaskRecord,
+    TermsRecord,
+)
 
 # Whichever transaction lands last runs the protocol's next step: the bid reaching H's first N runs
 # the assignment (~185k gas more with 3 bids), the last reveal runs the tally with its payments or
@@ -42,6 +52,7 @@ class ChainClient:
         self.stake = self.client.stake
         self.task = self.client.task
         self.bid = self.client.bid
+        self.views = self.client.views
         self._events = {event.topic: self.task.events[name] for name, event in load_abi("Task").events.items()}
 
     # -- transactions --
@@ -50,7 +61,35 @@ class ChainClient:
         return self.client.send(what, call, value, min_gas=PROTOCOL_GAS)
 
     def call(self, what: str, fn: Any) -> Any:
+        """A view's raw result; prefer the typed views below."""
         return self.client.guard(what, fn.call)
+
+    # -- typed views (records of types/records.py) --
+
+    def task_count(self) -> int:
+        return self.views.task_count()
+
+    def task_record(self, task_id: int) -> TaskRecord:
+        return self.views.task(task_id)
+
+    def terms(self, task_id: int) -> TermsRecord:
+        return self.views.terms(task_id)
+
+    def progress(self, task_id: int) -> ProgressRecord:
+        return self.views.progress(task_id)
+
+    def checkpoint(self, task_id: int, k: int) -> CheckpointRecord:
+        return self.views.checkpoint(task_id, k)
+
+    def bids(self, task_id: int) -> BidsRecord:
+        return self.views.bids(task_id)
+
+    def stake_of(self, account: str | None = None) -> StakeRecord:
+        """Stake.stakeOf of ``account`` (default: this provider)."""
+        return self.views.stake_of(account or self.address)
+
+    def resources_of(self, account: str | None = None) -> ResourcesRecord:
+        return self.views.resources_of(account or self.address)
 
     # -- blobs --
 

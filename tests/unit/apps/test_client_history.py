@@ -10,13 +10,13 @@ import pytest
 from click import ClickException
 from eth_utils import to_checksum_address
 from safetensors import safe_open
-from safetensors.numpy import load_file, save, save_file
+from safetensors.numpy import load, load_file, save, save_file
 
 from ogpu_node.apps.client import (
     ClientError,
     LossPoint,
     build_history,
-    checkpoint_header,
+    checkpoint_metadata,
     extract_weights,
     mean_recent_loss,
 )
@@ -123,24 +123,24 @@ def checkpoint_bytes(recent_losses=None) -> bytes:
     }, metadata={"ogpu": json.dumps(meta, sort_keys=True, separators=(",", ":"))})
 
 
-def test_checkpoint_header_reads_only_the_header():
+def test_checkpoint_metadata_reads_only_the_header():
     data = checkpoint_bytes([3.0, 1.0])
     n = int.from_bytes(data[:8], "little")
-    tensors, meta = checkpoint_header(data[: 8 + n])  # the prefix `task status` fetches
-    assert set(tensors) == {"model/0.weight", "model/0.bias", "model/steps", "optim/0.weight/exp_avg"}
+    meta = checkpoint_metadata(data[: 8 + n])  # the prefix `task status` fetches
     assert meta["step"] == 5 and mean_recent_loss(meta) == 2.0
+    assert set(load(data)) == {"model/0.weight", "model/0.bias", "model/steps", "optim/0.weight/exp_avg"}
     with pytest.raises(ValueError):
-        checkpoint_header(data[: 8 + n - 1])
-    assert checkpoint_header(save({"x": np.zeros(1, dtype=np.float32)}))[1] == {}
+        checkpoint_metadata(data[: 8 + n - 1])
+    assert checkpoint_metadata(save({"x": np.zeros(1, dtype=np.float32)})) == {}
 
 
-def test_checkpoint_header_agrees_with_compute():
+def test_checkpoint_metadata_agrees_with_compute():
     torch = pytest.importorskip("torch")
     from ogpu_node.compute.checkpoint import read_metadata
 
     data = save({"model/w": np.zeros(2, dtype=np.float32)}, metadata={"ogpu": json.dumps(
         {"format": "ogpu-checkpoint/1", "recent_losses": [0.5]})})
-    assert checkpoint_header(data)[1] == read_metadata(data)
+    assert checkpoint_metadata(data) == read_metadata(data)
     del torch
 
 

@@ -1,0 +1,71 @@
+"""The client app (docs/tasks.md), by concern:
+
+- `rpc`: JSON-RPC to one node, contract handles, locally signed transactions;
+- `views`: typed chain views, each ABI view decoded into its `types/records.py` record;
+- `errors`: typed, one-line errors (`Reverted`, `NodeUnreachable`, `TaskNotFound` …);
+- `blobs`: hash-checked blob uploads and downloads over HTTP;
+- `history`: a task's checkpoint history from its events, and its loss curve;
+- `results`: checkpoint metadata and the extraction of the final weights;
+- `app`: `Client`, which joins them for the CLI, the provider app and tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ogpu_node.apps.client.app import CheckpointStatus, Client, TaskStatus, label
+from ogpu_node.apps.client.blobs import BlobClient, file_blob_hash
+from ogpu_node.apps.client.errors import (
+    BadCheckpoint,
+    BlobNotFound,
+    BlobRejected,
+    ClientError,
+    KeyRequired,
+    NodeError,
+    NodeTimeout,
+    NodeUnreachable,
+    NoResult,
+    NotMined,
+    Reverted,
+    TaskNotFound,
+    TransactionFailed,
+    UploadRefused,
+    WaitTimeout,
+)
+from ogpu_node.apps.client.history import (
+    CheckpointHistory,
+    ExecutorChange,
+    LossPoint,
+    TaskHistory,
+    Verdict,
+    build_history,
+)
+from ogpu_node.apps.client.results import checkpoint_metadata, extract_weights, mean_recent_loss
+from ogpu_node.apps.client.rpc import (
+    BID_ADDRESS,
+    SLASHING_ADDRESS,
+    STAKE_ADDRESS,
+    TASK_ADDRESS,
+    Rpc,
+    contract_abi,
+)
+from ogpu_node.apps.client.views import ChainViews, decode_view
+from ogpu_node.types.protocol import TaskState
+
+
+def __getattr__(name: str) -> Any:
+    # Kept for importers written before types/protocol (apps/__init__.py, tests/e2e/test_provider_e2e.py):
+    # the number → label table, derived from TaskState rather than copied. New code: TaskState(n).label.
+    if name == "STATE_NAMES":
+        return {state.value: state.label for state in TaskState}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "BID_ADDRESS", "SLASHING_ADDRESS", "STAKE_ADDRESS", "TASK_ADDRESS", "BadCheckpoint", "BlobClient",
+    "BlobNotFound", "BlobRejected", "ChainViews", "CheckpointHistory", "CheckpointStatus", "Client", "ClientError",
+    "ExecutorChange", "KeyRequired", "LossPoint", "NoResult", "NodeError", "NodeTimeout", "NodeUnreachable",
+    "NotMined", "Reverted", "Rpc", "TaskHistory", "TaskNotFound", "TaskStatus", "TransactionFailed",
+    "UploadRefused", "Verdict", "WaitTimeout", "build_history", "checkpoint_metadata", "contract_abi",
+    "decode_view", "extract_weights", "file_blob_hash", "label", "mean_recent_loss",
+]

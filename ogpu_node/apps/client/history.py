@@ -1,0 +1,183 @@
+"""A batch task's history from its Task events: each checkpoint's verdicts and reveals, the executor
+changes, the payments and how the task ended; and the training-loss curve its checkpoints record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ogpu_node.apps.client.blobs import BlobClient
+from ogpu_node.apps.client.errors import ClientError
+from ogpu_node.apps.client.results import checkpoint_metadata, mean_recent_loss
+from ogpu_node.apps.client.rpc import TASK_ADDRESS, Rpc
+from ogpu_node.compute.tensorfile import TensorFileError
+
+__all__ = [
+    "CheckpointHistory", "ExecutorChange", "LossPoint", "TaskHistory", "Verdict", "build_history", "loss_curve",
+    "task_events",
+]
+
+HISTORY_EVENTS = ("TaskSubmitted", "TaskAssigned", "ExecutorReplaced", "CheckpointRevealed", "CheckpointAccepted",
+                  "CheckpointRejected", "CheckpointMissed", "CheckpointInconclusive", "TaskCancelled",
+                  "TaskSettled")
+LOG_WINDOW = 100_000  # blocks per eth_getLogs call: the node's range limit (docs/rpc.md)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One decision on checkpoint k: `accepted` (with its payments and the hash accepted), `rejected` or
+    `missed` (the executor slashed by `penalty`), or an `inconclusive` council round."""
+
+    k: int
+    kind: str
+    block: int
+    checkpoint_hash: bytes | None = None
+    executor: str | None = None
+    executor_paid: int = 0
+    council_paid: int = 0
+    discount: int = 0
+    penalty: int = 0
+    round: int | None = None
+
+
+@dataclass(frozen=True)
+class ExecutorChange:
+    """The task assigned (`previous` None) or re-assigned, resuming after checkpoint `resume_from`."""
+
+    block: int
+    executor: str
+    price: int
+    previous: str | None = None
+    resume_from: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointHistory:
+    k: int
+    verdicts: tuple[Verdict, ...] = ()
+    revealed: bytes | None = None  # the latest H(ckpt_k) the executor revealed
+
+    @property
+    def accepted(self) -> Verdict | None:
+        return next((v for v in reversed(self.verdicts) if v.kind == "accepted"), None)
+
+    @property
+    def shown_hash(self) -> bytes | None:
+        """The hash accepted, else the latest revealed."""
+        accepted = self.accepted
+        return accepted.checkpoint_hash if accepted and accepted.checkpoint_hash else self.revealed
+
+
+@dataclass(frozen=True)
+class TaskHistory:
+    task_id: int
+    checkpoints: tuple[CheckpointHistory, ...]  # k = 1..K
+    executors: tuple[ExecutorChange, ...]
+    executor_paid: int
+    council_paid: int
+    discounts: int
+    cancel_reason: int | None = None  # TaskCancelled: a protocol.CancelReason
+    outcome: int | None = None  # TaskSettled: a protocol.Outcome
+    refund: int | None = None  # of either
+
+    @property
+    def paid(self) -> int:
+        return self.executor_paid + self.council_paid
+
+
+@dataclass(frozen=True)
+class LossPoint:
+    """The mean of checkpoint k's `recent_losses` (None: no loss data), and whether k is accepted yet."""
+
+    k: int
+    step: int | None
+    loss: float | None
+    accepted: bool
+
+
+def build_history(task_id: int, checkpoints: int, events: list[tuple[str, dict[str, Any], int]]) -> TaskHistory:
+    """Fold a task's Task events, in chain order, as (name, args, block number), into its history."""
+    verdicts: dict[int, list[Verdict]] = {k: [] for k in range(1, checkpoints + 1)}
+    revealed: dict[int, bytes] = {}
+    executors: list[ExecutorChange] = []
+    ended: dict[str, int] = {}
+    for name, a, block in events:
+        k = a.get("k", 0)
+        if name == "TaskAssigned":
+            executors.append(ExecutorChange(block, a["executor"], a["price"]))
+        elif name == "ExecutorReplaced":
+            executors.append(ExecutorChange(block, a["executor"], a["price"], a["previous"], a["resumeFrom"]))
+        elif name == "CheckpointRevealed":
+            revealed[k] = bytes(a["checkpointHash"])
+        elif name == "CheckpointAccepted":
+            verdicts.setdefault(k, []).append(Verdict(
+                k, "accepted", block, checkpoint_hash=revealed.get(k), executor_paid=a["executorPaid"],
+                council_paid=a["councilPaid"], discount=a["discount"]))
+        elif name in ("CheckpointRejected", "CheckpointMissed"):
+            kind = "rejected" if name == "CheckpointRejected" else "missed"
+            verdicts.setdefault(k, []).append(Verdict(
+                k, kind, block, checkpoint_hash=revealed.get(k), executor=a["executor"], penalty=a["penalty"]))
+        elif name == "CheckpointInconclusive":
+            verdicts.setdefault(k, []).append(Verdict(k, "inconclusive", block, round=a["round"]))
+        elif name == "TaskCancelled":
+            ended = {"cancel_reason": a["reason"], "refund": a["refund"]}
+        elif name == "TaskSettled":
+            ended = {"outcome": a["outcome"], "refund": a["refund"]}
+    accepted = [v for vs in verdicts.values() for v in vs if v.kind == "accepted"]
+    return TaskHistory(
+        task_id=task_id,
+        checkpoints=tuple(CheckpointHistory(k, tuple(vs), revealed.get(k)) for k, vs in sorted(verdicts.items())),
+        executors=tuple(executors), executor_paid=sum(v.executor_paid for v in accepted),
+        council_paid=sum(v.council_paid for v in accepted), discounts=sum(v.discount for v in accepted), **ended,
+    )
+
+
+def task_events(rpc: Rpc, task_id: int) -> list[tuple[str, dict[str, Any], int]]:
+    """The Task events carrying ``task_id``, in chain order, as (name, args, block): read back from the
+    head, `LOG_WINDOW` blocks at a time, until its TaskSubmitted."""
+    events = {rpc.task.events[name].topic: rpc.task.events[name]() for name in HISTORY_EVENTS}
+    submitted = rpc.task.events["TaskSubmitted"].topic
+    task_topic = "0x" + task_id.to_bytes(32, "big").hex()
+    logs: list[Any] = []
+    last = rpc.head()
+    while last >= 0:
+        first = max(0, last - LOG_WINDOW + 1)
+        batch = rpc.get_logs("eth_getLogs", {
+            "address": TASK_ADDRESS, "fromBlock": first, "toBlock": last, "topics": [None, task_topic]})
+        logs[:0] = batch
+        if any("0x" + bytes(log["topics"][0]).hex() == submitted for log in batch):
+            break
+        last = first - 1
+    decoded = []
+    for log in logs:
+        event = events.get("0x" + bytes(log["topics"][0]).hex())
+        if event is not None:
+            data = event.process_log(log)
+            decoded.append((data["event"], dict(data["args"]), int(log["blockNumber"])))
+    return decoded
+
+
+def checkpoint_meta(blobs: BlobClient, checkpoint_hash: bytes) -> dict[str, Any]:
+    """The `ogpu` metadata of a checkpoint blob, fetching only its header. Display only (not hash-checked)."""
+    try:
+        return checkpoint_metadata(blobs.fetch_header(checkpoint_hash))
+    except TensorFileError as exc:
+        raise ClientError(f"checkpoint 0x{checkpoint_hash.hex()}: {exc}") from None
+
+
+def loss_curve(blobs: BlobClient, history: TaskHistory) -> list[LossPoint]:
+    """Per checkpoint with a hash (the accepted one, else the latest revealed): the mean recent training
+    loss from its header. A checkpoint whose blob the node lacks gets loss None."""
+    points = []
+    for c in history.checkpoints:
+        ckpt_hash = c.shown_hash
+        if ckpt_hash is None:
+            continue
+        try:
+            meta = checkpoint_meta(blobs, ckpt_hash)
+        except ClientError:
+            meta = {}
+        step = meta.get("step")
+        points.append(LossPoint(c.k, step if isinstance(step, int) else None, mean_recent_loss(meta),
+                                c.accepted is not None))
+    return points

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console, RenderableType
 
 from ogpu_node.crypto.keystore import KeystoreError, load_private_key, parse_private_key
 
 __all__ = [
+    "PLAIN_WIDTH",
+    "console",
     "datadir_option",
     "default_datadir",
     "key_options",
     "password_file_option",
+    "plain_text",
     "private_key_from_options",
     "read_password_file",
     "resolve_datadir",
     "rpc_url_option",
+    "show",
+    "transfer_progress",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -127,3 +135,58 @@ def private_key_from_options(keystore: Path | None, password_file: Path | None, 
         return load_private_key(keystore, address, password)
     except KeystoreError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# -- output through rich ------------------------------------------------------------------------------------
+# On a terminal, tables, charts and progress are drawn by rich (colour, the terminal's width). Into a pipe
+# or a file the same renderables become plain text, never wrapped and without trailing spaces, so scripts
+# can parse `Name:  value` lines and long hashes stay on one line.
+
+PLAIN_WIDTH = 4096  # columns for plain output: wide enough that no row of ours wraps
+
+
+def console(*, err: bool = False) -> Console:
+    """A console on stdout (or stderr) that prints text as given: no markup, emoji or highlighting."""
+    return Console(stderr=err, highlight=False, emoji=False, markup=False, soft_wrap=True)
+
+
+def plain_text(renderable: RenderableType, width: int = PLAIN_WIDTH) -> str:
+    """``renderable`` as uncoloured text, lines right-stripped."""
+    out = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, highlight=False,
+                  emoji=False, markup=False, legacy_windows=False)
+    with out.capture() as captured:
+        out.print(renderable)
+    return "\n".join(line.rstrip() for line in captured.get().splitlines())
+
+
+def show(renderable: RenderableType, *, err: bool = False) -> None:
+    """Print ``renderable``: drawn by rich on a terminal, as `plain_text` otherwise."""
+    target = console(err=err)
+    if target.is_terminal:
+        target.print(renderable)
+    else:
+        click.echo(plain_text(renderable), err=err)
+
+
+@contextmanager
+def transfer_progress(description: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A transient progress bar on stderr for a transfer of ``total`` bytes (None: unknown), fed with the
+    bytes done so far; on a non-terminal stderr it shows nothing and yields None."""
+    target = console(err=True)
+    if not target.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=target, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.update(task, completed=done)

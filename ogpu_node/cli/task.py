@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from eth_utils import to_checksum_address
 
-from ogpu_node.apps.client import (
-    Client,
-    ClientError,
-    LossPoint,
-    TaskHistory,
-    TaskStatus,
-    file_blob_hash,
+from ogpu_node.apps.client import Client, ClientError, file_blob_hash
+from ogpu_node.cli.common import (
+    key_options,
+    private_key_from_options,
+    rpc_url_option,
+    show,
+    transfer_progress,
 )
-from ogpu_node.cli.common import key_options, private_key_from_options, rpc_url_option
+from ogpu_node.cli.task_view import ether, status_view, wait_display, write_loss_plot
 from ogpu_node.types.prescription import InvalidPrescription
-from ogpu_node.types.protocol import CancelReason, Outcome, TaskKind
+from ogpu_node.types.protocol import TaskKind
 
 __all__ = ["task"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _ether(wei: int) -> str:
-    return f"{wei} wei ({wei / 10**18:g} oGPU)"
-
-
-def _time(ts: int) -> str:
-    if ts == 0:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") + f" ({ts})"
 
 
 @click.group("task")
@@ -90,16 +73,25 @@ def submit(prescription: Path, data_file: Path, model_file: Path | None, deposit
     client = Client(rpc_url, key)
     try:
         client.check_against_chain(p)
-        data_hash, data_size = client.upload_blob(data_file)
-        click.echo(f"Uploaded {data_file.name}: 0x{data_hash.hex()} ({data_size} bytes)", err=True)
-        if model_file is not None:
-            model_hash, model_size = client.upload_blob(model_file)
-            click.echo(f"Uploaded {model_file.name}: 0x{model_hash.hex()} ({model_size} bytes)", err=True)
+        for path in (data_file, model_file):
+            if path is not None:
+                _upload(client, path)
         task_id, paid_deposit = client.submit_task(p, deposit)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Escrow {_ether(p.I.max_payment)} + deposit {_ether(paid_deposit)}", err=True)
+    click.echo(f"Escrow {ether(p.I.max_payment)} + deposit {ether(paid_deposit)}", err=True)
     click.echo(f"Task ID: {task_id}")
+
+
+def _upload(client: Client, path: Path) -> None:
+    """Upload one file as a blob, with a progress bar on a terminal."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with transfer_progress(f"Uploading {path.name}", size) as advance:
+        blob_hash, size = client.upload_blob(path, progress=advance)
+    click.echo(f"Uploaded {path.name}: 0x{blob_hash.hex()} ({size} bytes)", err=True)
 
 
 @task.command("status")
@@ -118,35 +110,7 @@ def status(task_id: int, plot: Path | None, rpc_url: str) -> None:
             points = client.loss_curve(history)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from None
-    lines = [
-        f"Task:          {s.task_id}",
-        f"State:         {s.state}",
-        f"Client:        {to_checksum_address(s.client)}",
-        f"Prescription:  0x{s.prescription_hash.hex()}",
-        f"Escrow:        {_ether(s.escrow)}",
-        f"Deposit:       {_ether(s.deposit)}",
-        f"Executor:      {to_checksum_address(s.executor) if s.executor else '-'}",
-        f"Price:         {_ether(s.price)}",
-        f"Bid deadline:  {_time(s.bid_deadline)}",
-        f"Assigned at:   {_time(s.assigned_at)}",
-        f"Bids:          {len(s.bids)}",
-    ]
-    lines += [f"  {to_checksum_address(provider)}  {_ether(price)}" for provider, price in s.bids]
-    lines += [
-        f"Progress:      {s.accepted}/{s.checkpoints} checkpoints accepted, {s.committed} committed",
-        f"Paid:          {_ether(s.paid)}",
-        f"Confirm by:    {_time(s.confirm_deadline)}",
-    ]
-    if s.checkpoint is not None:
-        c = s.checkpoint
-        lines.append(f"Checkpoint {c.k}:  phase {c.phase}, round {c.round}, phase ends {_time(c.phase_ends)}")
-        lines.append(f"  council:     {', '.join(map(to_checksum_address, c.council)) or '-'}")
-    if history is not None:
-        lines += history_lines(history)
-    if points:
-        lines.append("Loss (mean of the recent training losses in each checkpoint):")
-        lines += loss_chart(points)
-    click.echo("\n".join(lines))
+    show(status_view(s, history, points))
     if plot is not None:
         write_loss_plot(points, plot, task_id)
         click.echo(f"Loss plot: {plot}", err=True)
@@ -171,140 +135,16 @@ def result(task_id: int, out: Path, checkpoint_file: Path | None, wait: bool, ti
     client = Client(rpc_url)
     try:
         if wait:
-            client.wait_for_result(task_id, timeout, progress=_progress_printer(task_id))
-        ckpt_hash = client.result(task_id, out, checkpoint_file)
+            with wait_display(task_id) as progress:
+                client.wait_for_result(task_id, timeout, progress=progress)
+        with transfer_progress(f"checkpoint of task {task_id}", None) as advance:
+            ckpt_hash = client.result(task_id, out, checkpoint_file, progress=advance)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Checked the final checkpoint against its on-chain hash 0x{ckpt_hash.hex()}")
     if checkpoint_file is not None:
         click.echo(f"Checkpoint: {checkpoint_file}")
     click.echo(f"Weights:    {out}")
-
-
-def _progress_printer(task_id: int, every: float = 30.0) -> Callable[[TaskStatus], None]:
-    """Print a progress line to stderr when it changes (and every ``every`` seconds regardless)."""
-    last: dict[str, Any] = {"line": None, "at": 0.0}
-
-    def show(s: TaskStatus) -> None:
-        line = f"task {task_id}: {s.state}, {s.accepted}/{s.checkpoints} checkpoints accepted, {s.committed} committed"
-        if s.checkpoint is not None:
-            line += f"; checkpoint {s.checkpoint.k}: {s.checkpoint.phase}, round {s.checkpoint.round}"
-        if line != last["line"] or time.monotonic() - last["at"] >= every:
-            click.echo(line, err=True)
-            last.update(line=line, at=time.monotonic())
-
-    return show
-
-
-def _short(h: bytes | None) -> str:
-    return "-" if h is None else f"0x{h.hex()}"
-
-
-def history_lines(h: TaskHistory) -> list[str]:
-    """`task status`'s checkpoint, executor and payment lines."""
-    lines, pending = ["Checkpoints:"], []
-    for c in h.checkpoints:
-        if not c.verdicts and c.revealed is None:
-            pending.append(c.k)
-            continue
-        verdicts = []
-        for v in c.verdicts:
-            if v.kind == "accepted":
-                verdicts.append(f"accepted (executor {v.executor_paid} wei, council {v.council_paid} wei"
-                                + (f", discount {v.discount} wei" if v.discount else "") + ")")
-            elif v.kind == "inconclusive":
-                verdicts.append(f"inconclusive (round {v.round})")
-            else:
-                verdicts.append(f"{v.kind} ({to_checksum_address(v.executor or '0x' + '0' * 40)} slashed "
-                                f"{v.penalty} wei)")
-        accepted = c.accepted
-        shown = accepted.checkpoint_hash if accepted and accepted.checkpoint_hash else c.revealed
-        lines.append(f"  {c.k:>3}  {'; '.join(verdicts) or 'revealed'}  H={_short(shown)}")
-    if pending:
-        lines.append(f"  pending: {_ks(pending)}")
-    lines.append("Executors:")
-    for e in h.executors:
-        if e.previous is None:
-            lines.append(f"  {to_checksum_address(e.executor)}  {_ether(e.price)}  (assigned)")
-        else:
-            lines.append(f"  {to_checksum_address(e.executor)}  {_ether(e.price)}  (replaced "
-                         f"{to_checksum_address(e.previous)}, resuming after checkpoint {e.resume_from})")
-    if not h.executors:
-        lines.append("  -")
-    lines.append(f"Payments:      {_ether(h.paid)}: executor {h.executor_paid} wei, council {h.council_paid} wei"
-                 + (f", lateness discounts {h.discounts} wei" if h.discounts else ""))
-    if h.cancel_reason is not None:
-        reason = _text(CancelReason, h.cancel_reason)
-        lines.append(f"Ended:         cancelled ({reason}), refunded {_ether(h.refund or 0)}")
-    elif h.outcome is not None:
-        outcome = _text(Outcome, h.outcome)
-        lines.append(f"Ended:         settled ({outcome}), refunded {_ether(h.refund or 0)}")
-    return lines
-
-
-def loss_chart(points: list[LossPoint], width: int = 60, height: int = 8) -> list[str]:
-    """A text chart of the mean training loss per checkpoint: `*` accepted, `o` revealed but not yet
-    accepted; checkpoints without loss data are listed under it."""
-    known = [p for p in points if p.loss is not None]
-    missing = [p.k for p in points if p.loss is None]
-    if not known:
-        return ["  (no loss data yet)"] if not missing else [f"  (no loss data for checkpoints {_ks(missing)})"]
-    if len(known) > width:  # keep evenly spaced checkpoints, always the first and the last
-        known = [known[round(i * (len(known) - 1) / (width - 1))] for i in range(width)]
-    gap = max(1, min(4, width // len(known)))
-    lo, hi = min(p.loss for p in known), max(p.loss for p in known)  # type: ignore[type-var]
-    labels = [f"{hi:.4g}", f"{lo:.4g}"]
-    pad = max(map(len, labels))
-    grid = [[" "] * (gap * len(known)) for _ in range(height)]
-    for i, p in enumerate(known):
-        row = 0 if hi == lo else round((hi - p.loss) / (hi - lo) * (height - 1))  # type: ignore[operator]
-        grid[row][i * gap] = "*" if p.accepted else "o"
-    lines = []
-    for r, cells in enumerate(grid):
-        label = labels[0] if r == 0 else labels[1] if r == height - 1 else ""
-        lines.append(f"  {label:>{pad}} |{''.join(cells).rstrip()}")
-    span = gap * (len(known) - 1)
-    lines.append(f"  {'':>{pad}} +{''.join('+' if i % gap == 0 else '-' for i in range(span + 1))}")
-    first, last = str(known[0].k), str(known[-1].k)
-    ticks = first if len(known) == 1 else first + " " * max(1, span - len(first)) + last
-    lines.append(f"  {'':>{pad}}  {ticks}  (checkpoint; * accepted, o revealed)")
-    if missing:
-        lines.append(f"  (no loss data for checkpoints {_ks(missing)})")
-    return lines
-
-
-def _text(enum: type[CancelReason] | type[Outcome], value: int) -> str:
-    try:
-        return enum(value).text
-    except ValueError:  # a value this client does not know yet
-        return str(value)
-
-
-def _ks(ks: list[int]) -> str:
-    return ", ".join(map(str, ks[:10])) + (", …" if len(ks) > 10 else "")
-
-
-def write_loss_plot(points: list[LossPoint], path: Path, task_id: int) -> None:
-    """A PNG of the loss curve (matplotlib, if installed)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise click.ClickException("--plot needs matplotlib: pip install matplotlib") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    known = [p for p in points if p.loss is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([p.k for p in known], [p.loss for p in known], marker="o")
-    ax.set_xlabel("checkpoint")
-    ax.set_ylabel("mean recent training loss")
-    ax.set_title(f"task {task_id}")
-    try:
-        fig.savefig(path, format="png")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
 
 
 def _settle_command(name: str, doc: str) -> click.Command:

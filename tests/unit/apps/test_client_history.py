@@ -20,7 +20,8 @@ from ogpu_node.apps.client import (
     extract_weights,
     mean_recent_loss,
 )
-from ogpu_node.cli.task import history_lines, loss_chart, write_loss_plot
+from ogpu_node.cli.common import plain_text
+from ogpu_node.cli.task_view import fields, history_rows, loss_chart, write_loss_plot
 
 A = "0x" + "aa" * 20
 B = "0x" + "bb" * 20
@@ -65,17 +66,26 @@ def test_build_history_records_the_end():
     assert missed.checkpoints[0].verdicts[0].kind == "missed" and missed.outcome == 2
 
 
-def test_history_lines():
-    text = "\n".join(history_lines(build_history(7, 3, events())))
-    assert "    1  inconclusive (round 0); accepted (executor 270 wei, council 30 wei)  H=0x" + "01" * 32 in text
-    assert f"rejected ({to_checksum_address(A)} slashed 50 wei); accepted (executor 280 wei, " \
-           "council 30 wei, discount 7 wei)  H=0x" + "22" * 32 in text
-    assert "  pending: 3" in text
-    assert f"(replaced {to_checksum_address(A)}, resuming after checkpoint 1)" in text
+def history_text(h) -> str:
+    return plain_text(fields(history_rows(h)))
+
+
+def test_history_rows():
+    text = history_text(build_history(7, 3, events()))
+    lines = text.splitlines()
+    assert lines[0].split() == ["Checkpoints:", "k", "verdicts", "checkpoint", "hash"]
+    assert lines[1].split("  ")[-1] == "0x" + "01" * 32 and lines[2].split("  ")[-1] == "0x" + "22" * 32
+    assert " 1  inconclusive (round 0); accepted (executor 270 wei, council 30 wei)  " in lines[1]
+    assert f" 2  rejected ({to_checksum_address(A)} slashed 50 wei); accepted (executor 280 wei, " \
+           "council 30 wei, discount 7 wei)  0x" + "22" * 32 in lines[2]
+    assert lines[3].split() == ["pending:", "3"]
+    assert f"replaced {to_checksum_address(A)}, resuming after checkpoint 1" in text
     assert "Payments:      610 wei (6.1e-16 oGPU): executor 550 wei, council 60 wei, lateness discounts 7 wei" in text
-    ended = history_lines(build_history(3, 2, [("TaskCancelled", {"reason": 1, "refund": 1100}, 9)]))
+    assert text.count(" accepted (executor ") == 2  # what tests/e2e/test_provider_e2e.py counts
+    ended = history_text(build_history(3, 2, [("TaskCancelled", {"reason": 1, "refund": 1100}, 9)])).splitlines()
     assert ended[-1] == "Ended:         cancelled (too few bids), refunded 1100 wei (1.1e-15 oGPU)"
-    assert "  -" in ended  # no executor
+    assert "Executors:     -" in ended  # no executor
+    assert "Checkpoints:   pending: 1, 2" in ended
 
 
 def test_mean_recent_loss():
@@ -89,7 +99,7 @@ def test_mean_recent_loss():
 def test_loss_chart_marks_accepted_and_revealed():
     points = [LossPoint(1, 10, 2.0, True), LossPoint(2, 20, 1.0, True), LossPoint(3, 30, 0.5, False),
               LossPoint(4, 40, None, False)]
-    lines = loss_chart(points, height=4)
+    lines = loss_chart(points, height=4).plain.split("\n")
     assert lines == [
         "    2 |*",
         "      |",
@@ -102,11 +112,11 @@ def test_loss_chart_marks_accepted_and_revealed():
 
 
 def test_loss_chart_edge_cases():
-    assert loss_chart([]) == ["  (no loss data yet)"]
-    assert loss_chart([LossPoint(1, None, None, True)]) == ["  (no loss data for checkpoints 1)"]
-    flat = loss_chart([LossPoint(1, 1, 0.25, True), LossPoint(2, 2, 0.25, True)], height=3)
+    assert loss_chart([]).plain == "  (no loss data yet)"
+    assert loss_chart([LossPoint(1, None, None, True)]).plain == "  (no loss data for checkpoints 1)"
+    flat = loss_chart([LossPoint(1, 1, 0.25, True), LossPoint(2, 2, 0.25, True)], height=3).plain.split("\n")
     assert flat[0].endswith("|*   *") and len(flat) == 5
-    many = loss_chart([LossPoint(k, k, 1.0 / k, True) for k in range(1, 501)], width=40)
+    many = loss_chart([LossPoint(k, k, 1.0 / k, True) for k in range(1, 501)], width=40).plain.split("\n")
     assert all(len(line) <= 2 + 6 + 2 + 40 + 40 for line in many)
     assert many[-1].split()[:2] == ["1", "500"]  # first and last checkpoint kept
 

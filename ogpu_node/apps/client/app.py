@@ -16,7 +16,14 @@ from web3.logs import DISCARD
 
 from ogpu_node.apps.client.blobs import BlobClient, Progress
 from ogpu_node.apps.client.errors import BadCheckpoint, ClientError, NodeError, NoResult, WaitTimeout
-from ogpu_node.apps.client.history import LossPoint, TaskHistory, build_history, loss_curve, task_events
+from ogpu_node.apps.client.history import (
+    LossPoint,
+    TaskHistory,
+    build_history,
+    checkpoint_meta,
+    loss_curve,
+    task_events,
+)
 from ogpu_node.apps.client.results import extract_weights
 from ogpu_node.apps.client.rpc import Rpc
 from ogpu_node.apps.client.views import ChainViews
@@ -71,8 +78,7 @@ class TaskStatus:
     checkpoint: CheckpointStatus | None = field(default=None)
     state_code: int = 0
 
-    @property
-    def has_result(self) -> bool:
+    def result_ready(self) -> bool:
         """Whether the final checkpoint is accepted; NoResult if the task was cancelled and never will be."""
         if self.state_code == TaskState.CANCELLED:
             raise NoResult(f"task {self.task_id} was cancelled with {self.accepted}/{self.checkpoints} checkpoints "
@@ -215,6 +221,10 @@ class Client:
         checkpoints = self.views.terms(task_id).checkpoints
         return build_history(task_id, checkpoints, task_events(self.rpc, task_id))
 
+    def checkpoint_metadata(self, checkpoint_hash: bytes) -> dict[str, Any]:
+        """The `ogpu` metadata of a checkpoint blob, from its header only (display only: not hash-checked)."""
+        return checkpoint_meta(self.blobs, checkpoint_hash)
+
     def loss_curve(self, history: TaskHistory) -> list[LossPoint]:
         return loss_curve(self.blobs, history)
 
@@ -226,7 +236,7 @@ class Client:
         (`model/<name>` as `<name>`) to ``out_path``; keep the whole checkpoint at ``checkpoint_path`` if
         given. Returns H(ckpt_K)."""
         s = self.status(task_id)
-        if not s.has_result:
+        if not s.result_ready():
             raise NoResult(f"task {task_id} has no result yet: state {s.state}, "
                            f"{s.accepted}/{s.checkpoints} checkpoints accepted")
         if s.state_code == TaskState.SETTLED and self.checkpoint_history(task_id).outcome == Outcome.EXECUTOR_LOST:
@@ -256,7 +266,7 @@ class Client:
             s = self.status(task_id)
             if progress is not None:
                 progress(s)
-            if s.has_result:
+            if s.result_ready():
                 return s
             if deadline is not None and time.monotonic() + poll > deadline:
                 raise WaitTimeout(f"timed out after {timeout:g}s waiting for task {task_id}: state {s.state}, "

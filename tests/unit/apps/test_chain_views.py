@@ -25,18 +25,8 @@ from ogpu_node.apps.client import (
 from ogpu_node.apps.provider.chain import ChainClient
 from ogpu_node.contracts import addresses
 from ogpu_node.contracts.abi import load_abi
+from ogpu_node.types import records as rec
 from ogpu_node.types.protocol import Phase, Role, TaskKind, TaskState
-from ogpu_node.types.records import (
-    BidsRecord,
-    CheckpointRecord,
-    ProgressRecord,
-    ResourcesRecord,
-    StakeParamsRecord,
-    StakeRecord,
-    StreamRecord,
-    TaskRecord,
-    TermsRecord,
-)
 
 A = to_checksum_address("0x" + "aa" * 20)
 B = to_checksum_address("0x" + "bb" * 20)
@@ -118,22 +108,22 @@ def client(node: FakeNode | None = None) -> Client:
 
 def test_each_view_decodes_into_its_record():
     views = client().views
-    assert views.task(1) == TaskRecord(A, 0, 2, H, 1000, 100, B, 900, b"\x22" * 32, 1_700_000_000, 1_700_000_010)
+    assert views.task(1) == rec.TaskRecord(A, 0, 2, H, 1000, 100, B, 900, b"\x22" * 32, 1_700_000_000, 1_700_000_010)
     task = views.task(1)
     assert task.task_state is TaskState.RUNNING and task.task_kind is TaskKind.BATCH
     assert type(task.prescription_hash) is bytes and type(task.seed) is bytes  # not HexBytes
-    assert views.terms(1) == TermsRecord(*TERMS)
+    assert views.terms(1) == rec.TermsRecord(*TERMS)
     assert views.terms(1).checkpoints == 4 and views.terms(1).min_memory_mib == 2048
-    assert views.progress(1) == ProgressRecord(*PROGRESS)
+    assert views.progress(1) == rec.ProgressRecord(*PROGRESS)
     ck = views.checkpoint(1, 2)
-    assert ck == CheckpointRecord(3, 1, b"\x33" * 32, b"\x44" * 32, 1_700_000_100, [A, B], 40)
+    assert ck == rec.CheckpointRecord(3, 1, b"\x33" * 32, b"\x44" * 32, 1_700_000_100, [A, B], 40)
     assert ck.checkpoint_phase is Phase.REVEAL and type(ck.checkpoint_hash) is bytes
-    assert views.stream(1) == StreamRecord(*STREAM)
-    assert views.bids(1) == BidsRecord([A, B], [900, 950])
-    assert views.stake_of(A) == StakeRecord(10**18, 10**17, 0, 0, 2)
+    assert views.stream(1) == rec.StreamRecord(*STREAM)
+    assert views.bids(1) == rec.BidsRecord([A, B], [900, 950])
+    assert views.stake_of(A) == rec.StakeRecord(10**18, 10**17, 0, 0, 2)
     assert views.stake_of(A).role_flags is Role.PROVIDER
-    assert views.resources_of(A) == ResourcesRecord(0, 4096, 7, "http://p")
-    assert views.stake_params() == StakeParamsRecord(32 * 10**18, 10**18, 86_400)
+    assert views.resources_of(A) == rec.ResourcesRecord(0, 4096, 7, "http://p")
+    assert views.stake_params() == rec.StakeParamsRecord(32 * 10**18, 10**18, 86_400)
     assert views.providers() == [A, B]
     assert views.task_count() == 3
 
@@ -146,7 +136,7 @@ def test_minimum_deposit_is_the_view_of_the_amount():
 
 def test_decode_view_checks_the_arity():
     with pytest.raises(ValueError, match="ProgressRecord: expected 7 values, got 6"):
-        decode_view(ProgressRecord, PROGRESS[:6])
+        decode_view(rec.ProgressRecord, PROGRESS[:6])
 
 
 def test_a_revert_is_typed_with_its_reason():
@@ -185,7 +175,7 @@ def test_status_reads_the_records_by_name():
     assert s.bids == ((A, 900), (B, 950))
     assert s.checkpoint is not None
     assert (s.checkpoint.k, s.checkpoint.phase, s.checkpoint.round, s.checkpoint.council) == (2, "Reveal", 1, (A, B))
-    assert not s.has_result
+    assert not s.result_ready()
 
 
 def test_status_of_a_task_without_executor_and_an_unknown_state():

@@ -18,7 +18,7 @@ from ogpu_node.apps.client.errors import (
     UploadRefused,
     translate,
 )
-from ogpu_node.compute.tensorfile import MAX_HEADER
+from ogpu_node.apps.client.results import header_bound
 from ogpu_node.files import atomic_file
 from ogpu_node.types.merkle import CHUNK_SIZE, MerkleHasher, merkle_root
 
@@ -154,14 +154,16 @@ class BlobClient:
             raise ClientError(f"cannot write {out_path}: {exc.strerror or exc}") from None
 
     def fetch_header(self, blob_hash: bytes) -> bytes:
-        """The start of a safetensors blob: its 8-byte length and its header (bounded by MAX_HEADER), not
+        """The start of a safetensors blob: its 8-byte length and its header (bounded by `header_bound()`), not
         the tensors. A partial read cannot be hash-checked: use it for display only."""
+        bound = header_bound()
+
         def fetch() -> bytes:
             with self._get(blob_hash) as response:
                 data = bytearray()
                 for chunk in response.iter_content(64 * 1024):
                     data += chunk
-                    if len(data) >= 8 and len(data) >= 8 + min(int.from_bytes(data[:8], "little"), MAX_HEADER):
+                    if len(data) >= 8 and len(data) >= 8 + min(int.from_bytes(data[:8], "little"), bound):
                         break
                 return bytes(data)
 

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ogpu_node.apps.client.blobs import BlobClient
-from ogpu_node.apps.client.errors import ClientError
+from ogpu_node.apps.client.errors import BadCheckpoint, ClientError
 from ogpu_node.apps.client.results import checkpoint_metadata, mean_recent_loss
 from ogpu_node.apps.client.rpc import TASK_ADDRESS, Rpc
-from ogpu_node.compute.tensorfile import TensorFileError
 
 __all__ = [
     "CheckpointHistory", "ExecutorChange", "LossPoint", "TaskHistory", "Verdict", "build_history", "loss_curve",
@@ -161,8 +160,8 @@ def checkpoint_meta(blobs: BlobClient, checkpoint_hash: bytes) -> dict[str, Any]
     """The `ogpu` metadata of a checkpoint blob, fetching only its header. Display only (not hash-checked)."""
     try:
         return checkpoint_metadata(blobs.fetch_header(checkpoint_hash))
-    except TensorFileError as exc:
-        raise ClientError(f"checkpoint 0x{checkpoint_hash.hex()}: {exc}") from None
+    except BadCheckpoint as exc:
+        raise BadCheckpoint(f"checkpoint 0x{checkpoint_hash.hex()}: {exc}") from None
 
 
 def loss_curve(blobs: BlobClient, history: TaskHistory) -> list[LossPoint]:

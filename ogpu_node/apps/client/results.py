@@ -2,7 +2,8 @@
 
 Checkpoints are safetensors files (docs/tasks.md): `model/<name>` tensors, optimizer state, and the
 trainer's JSON metadata under `ogpu`. Everything here goes through `compute/tensorfile` (the
-safetensors library, torch-free) and `files.atomic_write`.
+safetensors library, torch-free) and `files.atomic_write`. `compute/tensorfile` is imported where it
+is used: importing the `compute` package loads torch, which no command but these needs at start.
 """
 
 from __future__ import annotations
@@ -15,18 +16,29 @@ from typing import Any
 from safetensors.numpy import save
 
 from ogpu_node.apps.client.errors import BadCheckpoint
-from ogpu_node.compute.tensorfile import TensorFileError, load_arrays, ogpu_metadata
 from ogpu_node.files import atomic_write
 
-__all__ = ["checkpoint_metadata", "extract_weights", "mean_recent_loss"]
+__all__ = ["checkpoint_metadata", "extract_weights", "header_bound", "mean_recent_loss"]
 
 WEIGHTS_PREFIX = "model/"
 
 
+def header_bound() -> int:
+    """The most header bytes a safetensors file may have before we refuse it."""
+    from ogpu_node.compute.tensorfile import MAX_HEADER
+
+    return MAX_HEADER
+
+
 def checkpoint_metadata(header: bytes) -> dict[str, Any]:
     """The `ogpu` metadata of a checkpoint from the start of its file (8 + header length bytes suffice);
-    `{}` when absent. Raises TensorFileError (a ValueError) when it is not a safetensors header."""
-    return ogpu_metadata(header)
+    `{}` when absent. BadCheckpoint when it is not a safetensors header."""
+    from ogpu_node.compute.tensorfile import TensorFileError, ogpu_metadata
+
+    try:
+        return ogpu_metadata(header)
+    except TensorFileError as exc:
+        raise BadCheckpoint(str(exc)) from None
 
 
 def mean_recent_loss(meta: dict[str, Any]) -> float | None:
@@ -43,6 +55,8 @@ def extract_weights(checkpoint: Path, out_path: Path, checkpoint_hash: bytes) ->
     """Write the checkpoint file's `model/<name>` tensors as `<name>` into a safetensors file at ``out_path``
     (atomically), with metadata naming the checkpoint (`ogpu_checkpoint`) and, when the checkpoint says,
     its model `family` and `hparams`; return the number of tensors."""
+    from ogpu_node.compute.tensorfile import TensorFileError, load_arrays, ogpu_metadata
+
     name = f"checkpoint 0x{checkpoint_hash.hex()}"
     try:
         tensors = load_arrays(Path(checkpoint))

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.numpy import load, load_file, save, save_file
 
 from ogpu_node.apps.client import (
+    BadCheckpoint,
     ClientError,
     LossPoint,
     build_history,
@@ -139,7 +140,7 @@ def test_checkpoint_metadata_reads_only_the_header():
     meta = checkpoint_metadata(data[: 8 + n])  # the prefix `task status` fetches
     assert meta["step"] == 5 and mean_recent_loss(meta) == 2.0
     assert set(load(data)) == {"model/0.weight", "model/0.bias", "model/steps", "optim/0.weight/exp_avg"}
-    with pytest.raises(ValueError):
+    with pytest.raises(BadCheckpoint, match="truncated"):
         checkpoint_metadata(data[: 8 + n - 1])
     assert checkpoint_metadata(save({"x": np.zeros(1, dtype=np.float32)})) == {}
 

@@ -11,8 +11,9 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.addresses import BID
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.stake import BPS, ROLE_PROVIDER, Stake
+from ogpu_node.contracts.stake import Stake
 from ogpu_node.contracts.storage import AddressSet
+from ogpu_node.types.protocol import BPS, Role
 
 
 class Bid(NativeContract):
@@ -36,7 +37,7 @@ class Bid(NativeContract):
         provider = host.caller
         if provider == task.client:
             raise Revert("Bid: a client cannot bid on its own task")
-        if not self.stake.stakeOf(host, provider)[4] & ROLE_PROVIDER:
+        if not self.stake.stakeOf(host, provider)[4] & Role.PROVIDER:
             raise Revert("Bid: caller is not a staked provider")
         if price == 0:
             raise Revert("Bid: price is zero")
@@ -66,7 +67,7 @@ class Bid(NativeContract):
         provider = host.caller
         if provider == client:
             raise Revert("Bid: a client cannot subscribe to its own task")
-        if not self.stake.stakeOf(host, provider)[4] & ROLE_PROVIDER:
+        if not self.stake.stakeOf(host, provider)[4] & Role.PROVIDER:
             raise Revert("Bid: caller is not a staked provider")
         device, memory, _, _ = self.stake.resourcesOf(host, provider)
         if memory < min_memory or (mask and not mask >> device & 1):

@@ -14,28 +14,18 @@ from eth_hash.auto import keccak
 
 from ogpu_node.contracts.addresses import TASK
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.stake import BPS, ROLE_PROVIDER
 from ogpu_node.contracts.storage import AddressSet, Storage
-
-PHASE_NONE, PHASE_COMMITTED, PHASE_COUNCIL_COMMIT, PHASE_REVEAL, PHASE_ACCEPTED = 0, 1, 2, 3, 4
-STATE_BIDDING, STATE_RUNNING, STATE_CANCELLED = 1, 2, 3
-STATE_AWAITING_CONFIRMATION, STATE_DISPUTED, STATE_SETTLED = 4, 5, 6
-EQUIVALENCE_EXACT = 0
-
-DEADLINE_CLOSE_BIDDING = 1
-DEADLINE_DRAW_COUNCIL = 2
-DEADLINE_CLOSE_COMMITS = 3
-DEADLINE_CLOSE_REVEALS = 4
-DEADLINE_EXPIRE_CHECKPOINT = 5
-DEADLINE_AUTO_CONFIRM = 6
-
-CANCEL_TOO_FEW_BIDS = 1
-CANCEL_TOO_FEW_CANDIDATES = 2
-CANCEL_INCONCLUSIVE = 3
-CANCEL_NO_REPLACEMENT = 4
-
-OUTCOME_CONFIRMED, OUTCOME_EXECUTOR_LOST, OUTCOME_CLIENT_LOST = 1, 2, 3
-PENALTY_REJECTED, PENALTY_MISSED_CHECKPOINT, PENALTY_MISSED_VOTE = 1, 2, 3
+from ogpu_node.types.protocol import (
+    BPS,
+    CancelReason,
+    DeadlineKind,
+    Equivalence,
+    Outcome,
+    Penalty,
+    Phase,
+    Role,
+    TaskState,
+)
 
 
 def subject(task_id: int, k: int = 0, tag: int = 0) -> int:
@@ -83,19 +73,19 @@ class CheckpointProtocol:
         grace = self._term(store, task_id, "segment_window")
         generation = store.get("generation", task_id)
         self.queue(host).schedule(
-            self._due(store, task_id, k) + grace, DEADLINE_EXPIRE_CHECKPOINT, subject(task_id, k, generation)
+            self._due(store, task_id, k) + grace, DeadlineKind.EXPIRE_CHECKPOINT, subject(task_id, k, generation)
         )
 
     def _schedule_draw(self, host: Host, store: Storage, task_id: int, k: int) -> None:
         # The next block's start-of-block call draws it (its RANDAO mix is unknown to the committer).
         round_ = store.get("ck", task_id, k, "round")
-        self.queue(host).schedule(host.timestamp, DEADLINE_DRAW_COUNCIL, subject(task_id, k, round_))
+        self.queue(host).schedule(host.timestamp, DeadlineKind.DRAW_COUNCIL, subject(task_id, k, round_))
 
     # -- executor --
 
     def commitCheckpoint(self, host: Host, task_id: int, k: int, commitment: bytes) -> None:
         store = self._existing(host, task_id)
-        if store.get("state", task_id) != STATE_RUNNING:
+        if store.get("state", task_id) != TaskState.RUNNING:
             raise Revert("Task: task is not running")
         if host.caller != store.get_address("executor", task_id):
             raise Revert("Task: caller is not the executor")
@@ -108,7 +98,7 @@ class CheckpointProtocol:
         store.set("committed", task_id, value=k)
         store.set("ck", task_id, k, "commitment", value=int.from_bytes(commitment, "big"))
         store.set("ck", task_id, k, "committedAt", value=host.timestamp)
-        store.set("ck", task_id, k, "phase", value=PHASE_COMMITTED)
+        store.set("ck", task_id, k, "phase", value=Phase.COMMITTED)
         self.emit(host, "CheckpointCommitted", taskId=task_id, k=k, commitment=commitment)
         self._schedule_expiry(host, store, task_id, k + 1)
         if k == store.get("accepted", task_id) + 1:
@@ -120,9 +110,9 @@ class CheckpointProtocol:
         if host.caller != executor:
             raise Revert("Task: caller is not the executor")
         phase = store.get("ck", task_id, k, "phase")
-        exact = self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT
+        exact = self._term(store, task_id, "equivalence") == Equivalence.EXACT
         # exact: after the members committed; allclose: before they can commit, within their window.
-        allowed = (PHASE_REVEAL,) if exact else (PHASE_COUNCIL_COMMIT,)
+        allowed = (Phase.REVEAL,) if exact else (Phase.COUNCIL_COMMIT,)
         if phase not in allowed or host.timestamp >= store.get("ck", task_id, k, "phaseEnds"):
             raise Revert("Task: checkpoint is not open for the executor's reveal")
         if store.get("ck", task_id, k, "revealed"):
@@ -143,10 +133,10 @@ class CheckpointProtocol:
 
     def expire_checkpoint(self, host: Host, task_id: int, k: int, generation: int) -> None:
         store = self.storage(host)
-        if store.get("state", task_id) != STATE_RUNNING or store.get("generation", task_id) != generation:
+        if store.get("state", task_id) != TaskState.RUNNING or store.get("generation", task_id) != generation:
             return
         if store.get("committed", task_id) < k:
-            self._executor_failed(host, store, task_id, k, PENALTY_MISSED_CHECKPOINT, beneficiaries=[])
+            self._executor_failed(host, store, task_id, k, Penalty.MISSED_CHECKPOINT, beneficiaries=[])
 
     def _accept(self, host: Host, store: Storage, task_id: int, k: int, yes: list[bytes]) -> None:
         checkpoints = self._term(store, task_id, "checkpoints")
@@ -164,16 +154,16 @@ class CheckpointProtocol:
         store.add("escrow", task_id, delta=-net)
         store.add("paid", task_id, delta=net)
         store.set("accepted", task_id, value=k)
-        store.set("ck", task_id, k, "phase", value=PHASE_ACCEPTED)
+        store.set("ck", task_id, k, "phase", value=Phase.ACCEPTED)
         self.emit(
             host, "CheckpointAccepted", taskId=task_id, k=k, executorPaid=net - share * len(yes),
             councilPaid=share * len(yes), discount=discount,
         )
         if k == checkpoints:
             deadline = host.timestamp + self._term(store, task_id, "confirm_window")
-            store.set("state", task_id, value=STATE_AWAITING_CONFIRMATION)
+            store.set("state", task_id, value=TaskState.AWAITING_CONFIRMATION)
             store.set("confirmDeadline", task_id, value=deadline)
-            self.queue(host).schedule(deadline, DEADLINE_AUTO_CONFIRM, subject(task_id))
+            self.queue(host).schedule(deadline, DeadlineKind.AUTO_CONFIRM, subject(task_id))
         elif store.get("committed", task_id) > k:
             self._schedule_draw(host, store, task_id, k + 1)
 
@@ -195,14 +185,14 @@ class CheckpointProtocol:
             host.transfer(TASK, member, reward // len(beneficiaries))
         if reward % max(1, len(beneficiaries)):
             self._burn(host, task_id, reward % len(beneficiaries))  # dust: Task holds only escrows
-        event = "CheckpointRejected" if kind == PENALTY_REJECTED else "CheckpointMissed"
+        event = "CheckpointRejected" if kind == Penalty.REJECTED else "CheckpointMissed"
         self.emit(host, event, taskId=task_id, k=k, executor=executor, penalty=penalty)
         AddressSet(store, f"barred/{task_id}").add(executor)
         accepted = store.get("accepted", task_id)
         self._release_council(host, store, task_id, accepted + 1)
         for later in range(accepted + 1, store.get("committed", task_id) + 1):
             # Void the commitment; a new round number keeps this council's pending deadlines stale.
-            store.set("ck", task_id, later, "phase", value=PHASE_NONE)
+            store.set("ck", task_id, later, "phase", value=Phase.NONE)
             store.set("ck", task_id, later, "revealed", value=0)
             store.add("ck", task_id, later, "round", delta=1)
             store.set("ck", task_id, later, "inconclusive", value=0)
@@ -217,7 +207,7 @@ class CheckpointProtocol:
             if provider in barred or provider in history or provider == client:
                 continue
             collateral = self.bid.collateral_for(price)
-            if self.stake.free_stake(host, provider) < collateral or not self.stake.stakeOf(host, provider)[4] & ROLE_PROVIDER:
+            if self.stake.free_stake(host, provider) < collateral or not self.stake.stakeOf(host, provider)[4] & Role.PROVIDER:
                 continue
             self.stake.lock(host, provider, collateral)
             accepted = store.get("accepted", task_id)
@@ -227,26 +217,26 @@ class CheckpointProtocol:
             store.set("runStart", task_id, value=host.timestamp)
             store.set("runBase", task_id, value=accepted)
             store.add("generation", task_id, delta=1)
-            store.set("state", task_id, value=STATE_RUNNING)
+            store.set("state", task_id, value=TaskState.RUNNING)
             self._schedule_expiry(host, store, task_id, accepted + 1)
             self.emit(
                 host, "ExecutorReplaced", taskId=task_id, previous=previous, executor=provider, price=price,
                 resumeFrom=accepted,
             )
             return
-        self.cancel(host, task_id, CANCEL_NO_REPLACEMENT, executor_at_fault=True)
+        self.cancel(host, task_id, CancelReason.NO_REPLACEMENT, executor_at_fault=True)
 
     def confirm(self, host: Host, task_id: int) -> None:
         self._awaiting(host, task_id)
-        self._settle_task(host, task_id, OUTCOME_CONFIRMED)
+        self._settle_task(host, task_id, Outcome.CONFIRMED)
 
     def dispute(self, host: Host, task_id: int) -> None:
         store = self._awaiting(host, task_id)
         k = self._term(store, task_id, "checkpoints")
-        store.set("state", task_id, value=STATE_DISPUTED)
+        store.set("state", task_id, value=TaskState.DISPUTED)
         store.add("ck", task_id, k, "round", delta=1)
         store.set("ck", task_id, k, "inconclusive", value=0)
-        store.set("ck", task_id, k, "phase", value=PHASE_COMMITTED)
+        store.set("ck", task_id, k, "phase", value=Phase.COMMITTED)
         self._schedule_draw(host, store, task_id, k)
         self.emit(host, "TaskDisputed", taskId=task_id)
 
@@ -254,7 +244,7 @@ class CheckpointProtocol:
         store = self._existing(host, task_id)
         if host.caller != store.get_address("client", task_id):
             raise Revert("Task: caller is not the client")
-        if store.get("state", task_id) != STATE_AWAITING_CONFIRMATION:
+        if store.get("state", task_id) != TaskState.AWAITING_CONFIRMATION:
             raise Revert("Task: task is not awaiting confirmation")
         if host.timestamp >= store.get("confirmDeadline", task_id):
             raise Revert("Task: the confirmation window has closed")
@@ -262,10 +252,10 @@ class CheckpointProtocol:
 
     def auto_confirm(self, host: Host, task_id: int) -> None:
         store = self.storage(host)
-        if store.get("state", task_id) == STATE_AWAITING_CONFIRMATION and host.timestamp >= store.get(
+        if store.get("state", task_id) == TaskState.AWAITING_CONFIRMATION and host.timestamp >= store.get(
             "confirmDeadline", task_id
         ):
-            self._settle_task(host, task_id, OUTCOME_CONFIRMED)
+            self._settle_task(host, task_id, Outcome.CONFIRMED)
 
     def _settle_dispute(self, host: Host, store: Storage, task_id: int, executor_lost: bool, majority: list[bytes]) -> None:
         if executor_lost:
@@ -274,9 +264,9 @@ class CheckpointProtocol:
             self.stake.unlock(host, executor, collateral)
             store.set("collateral", task_id, value=0)
             self.slashing.penalize(
-                host, executor, task_id, PENALTY_REJECTED, collateral, store.get_address("client", task_id)
+                host, executor, task_id, Penalty.REJECTED, collateral, store.get_address("client", task_id)
             )
-            self._settle_task(host, task_id, OUTCOME_EXECUTOR_LOST)
+            self._settle_task(host, task_id, Outcome.EXECUTOR_LOST)
             return
         # The client's deposit pays the council that upheld the work; the rest is burned.
         deposit = store.get("deposit", task_id)
@@ -285,7 +275,7 @@ class CheckpointProtocol:
             host.transfer(TASK, member, fee)
         self._burn(host, task_id, deposit - fee * len(majority))
         store.set("deposit", task_id, value=0)
-        self._settle_task(host, task_id, OUTCOME_CLIENT_LOST)
+        self._settle_task(host, task_id, Outcome.CLIENT_LOST)
 
     def _burn(self, host: Host, task_id: int, amount: int) -> None:
         if amount:
@@ -300,6 +290,22 @@ class CheckpointProtocol:
         store.set("deposit", task_id, value=0)
         self.stake.unlock(host, store.get_address("executor", task_id), store.get("collateral", task_id))
         store.set("collateral", task_id, value=0)
-        store.set("state", task_id, value=STATE_SETTLED)
+        store.set("state", task_id, value=TaskState.SETTLED)
         host.transfer(TASK, store.get_address("client", task_id), refund)
         self.emit(host, "TaskSettled", taskId=task_id, outcome=outcome, refund=refund, paid=store.get("paid", task_id))
+
+
+# The apps imported these names from here before the protocol's constants had one table; they
+# resolve to its enum members until every importer reads ogpu_node.types.protocol directly.
+_LEGACY = {
+    "PHASE": Phase, "STATE": TaskState, "DEADLINE": DeadlineKind, "CANCEL": CancelReason,
+    "OUTCOME": Outcome, "PENALTY": Penalty,
+}
+
+
+def __getattr__(name: str) -> object:
+    prefix, _, member = name.partition("_")
+    enum = _LEGACY.get(prefix)
+    if enum is None or member not in enum.__members__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return enum[member]

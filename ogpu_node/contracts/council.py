@@ -12,29 +12,19 @@ from collections import Counter
 from eth_abi import encode
 from eth_hash.auto import keccak
 
-from ogpu_node.contracts.checkpoints import (
-    CANCEL_INCONCLUSIVE,
-    CANCEL_TOO_FEW_CANDIDATES,
-    DEADLINE_CLOSE_COMMITS,
-    DEADLINE_CLOSE_REVEALS,
-    EQUIVALENCE_EXACT,
-    OUTCOME_CONFIRMED,
-    PENALTY_MISSED_CHECKPOINT,
-    PENALTY_MISSED_VOTE,
-    PENALTY_REJECTED,
-    PHASE_COMMITTED,
-    PHASE_COUNCIL_COMMIT,
-    PHASE_NONE,
-    PHASE_REVEAL,
-    STATE_DISPUTED,
-    STATE_RUNNING,
-    exact_result_commitment,
-    subject,
-    verdict_commitment,
-)
+from ogpu_node.contracts.checkpoints import exact_result_commitment, subject, verdict_commitment
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.stake import ROLE_PROVIDER
 from ogpu_node.contracts.storage import AddressSet, Storage
+from ogpu_node.types.protocol import (
+    CancelReason,
+    DeadlineKind,
+    Equivalence,
+    Outcome,
+    Penalty,
+    Phase,
+    Role,
+    TaskState,
+)
 
 
 class CouncilProtocol:
@@ -45,11 +35,11 @@ class CouncilProtocol:
 
     def _release_council(self, host: Host, store: Storage, task_id: int, k: int) -> None:
         """Unlock the seats of checkpoint k's current council, if one is sitting."""
-        if store.get("ck", task_id, k, "phase") not in (PHASE_COUNCIL_COMMIT, PHASE_REVEAL):
+        if store.get("ck", task_id, k, "phase") not in (Phase.COUNCIL_COMMIT, Phase.REVEAL):
             return
         for member in self._council(store, task_id, k, store.get("ck", task_id, k, "round")):
             self.stake.unlock(host, member, self.config.council_seat_stake)
-        store.set("ck", task_id, k, "phase", value=PHASE_COMMITTED)
+        store.set("ck", task_id, k, "phase", value=Phase.COMMITTED)
 
     def _require_member(self, store: Storage, host: Host, task_id: int, k: int) -> int:
         round_ = store.get("ck", task_id, k, "round")
@@ -60,11 +50,11 @@ class CouncilProtocol:
     def commitResult(self, host: Host, task_id: int, k: int, commitment: bytes) -> None:
         store = self._existing(host, task_id)
         round_ = self._require_member(store, host, task_id, k)
-        if store.get("ck", task_id, k, "phase") != PHASE_COUNCIL_COMMIT or host.timestamp >= store.get(
+        if store.get("ck", task_id, k, "phase") != Phase.COUNCIL_COMMIT or host.timestamp >= store.get(
             "ck", task_id, k, "phaseEnds"
         ):
             raise Revert("Task: the council's commit window is closed")
-        if self._term(store, task_id, "equivalence") != EQUIVALENCE_EXACT and not store.get("ck", task_id, k, "revealed"):
+        if self._term(store, task_id, "equivalence") != Equivalence.EXACT and not store.get("ck", task_id, k, "revealed"):
             raise Revert("Task: the executor has not revealed this checkpoint yet")
         if store.get("vote", task_id, k, round_, host.caller, "commitment"):
             raise Revert("Task: result already committed")
@@ -81,7 +71,7 @@ class CouncilProtocol:
         store = self._existing(host, task_id)
         round_ = self._require_member(store, host, task_id, k)
         member = host.caller
-        if store.get("ck", task_id, k, "phase") != PHASE_REVEAL or host.timestamp >= store.get(
+        if store.get("ck", task_id, k, "phase") != Phase.REVEAL or host.timestamp >= store.get(
             "ck", task_id, k, "phaseEnds"
         ):
             raise Revert("Task: the reveal window is closed")
@@ -92,7 +82,7 @@ class CouncilProtocol:
             raise Revert("Task: no result committed")
         if store.get("vote", task_id, k, round_, member, "revealed"):
             raise Revert("Task: result already revealed")
-        if self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT:
+        if self._term(store, task_id, "equivalence") == Equivalence.EXACT:
             expected = exact_result_commitment(task_id, k, member, result_hash, step_hash, salt)
             verdict = result_hash == store.get("ck", task_id, k, "hash").to_bytes(32, "big")
         else:
@@ -111,15 +101,15 @@ class CouncilProtocol:
 
     def draw_council(self, host: Host, task_id: int, k: int, round_: int) -> None:
         store = self.storage(host)
-        if store.get("state", task_id) not in (STATE_RUNNING, STATE_DISPUTED):
+        if store.get("state", task_id) not in (TaskState.RUNNING, TaskState.DISPUTED):
             return
-        if store.get("ck", task_id, k, "phase") != PHASE_COMMITTED or store.get("ck", task_id, k, "round") != round_:
+        if store.get("ck", task_id, k, "phase") != Phase.COMMITTED or store.get("ck", task_id, k, "round") != round_:
             return
         size = self._term(store, task_id, "council_size")
         seed = keccak(host.mix_hash + encode(["uint256", "uint16", "uint8"], [task_id, k, round_]))
         members = self._sample(host, store, task_id, size, seed)
         if len(members) < size:
-            self.cancel(host, task_id, CANCEL_TOO_FEW_CANDIDATES)
+            self.cancel(host, task_id, CancelReason.TOO_FEW_CANDIDATES)
             return
         council = self._council(store, task_id, k, round_)
         history = AddressSet(store, f"history/{task_id}")
@@ -129,12 +119,12 @@ class CouncilProtocol:
             history.add(member)
         ends = host.timestamp + self._term(store, task_id, "segment_window")
         step_index = int.from_bytes(keccak(seed + b"step")[:8], "big")
-        store.set("ck", task_id, k, "phase", value=PHASE_COUNCIL_COMMIT)
+        store.set("ck", task_id, k, "phase", value=Phase.COUNCIL_COMMIT)
         store.set("ck", task_id, k, "phaseEnds", value=ends)
         store.set("ck", task_id, k, "step", value=step_index)
         store.set("ck", task_id, k, "commits", value=0)
         store.set("ck", task_id, k, "reveals", value=0)
-        self.queue(host).schedule(ends, DEADLINE_CLOSE_COMMITS, subject(task_id, k, round_))
+        self.queue(host).schedule(ends, DeadlineKind.CLOSE_COMMITS, subject(task_id, k, round_))
         self.emit(
             host, "CouncilDrawn", taskId=task_id, k=k, round=round_, members=members, commitDeadline=ends,
             stepIndex=step_index,
@@ -154,7 +144,7 @@ class CouncilProtocol:
             device, memory, _, _ = self.stake.resourcesOf(host, provider)
             if memory < min_memory or (mask and not mask >> device & 1):
                 continue
-            if not self.stake.stakeOf(host, provider)[4] & ROLE_PROVIDER:
+            if not self.stake.stakeOf(host, provider)[4] & Role.PROVIDER:
                 continue
             free = self.stake.free_stake(host, provider)
             if free >= seat:
@@ -173,28 +163,28 @@ class CouncilProtocol:
 
     def close_commits(self, host: Host, task_id: int, k: int, round_: int) -> None:
         store = self.storage(host)
-        if store.get("ck", task_id, k, "phase") == PHASE_COUNCIL_COMMIT and store.get("ck", task_id, k, "round") == round_:
+        if store.get("ck", task_id, k, "phase") == Phase.COUNCIL_COMMIT and store.get("ck", task_id, k, "round") == round_:
             self._open_reveals(host, store, task_id, k, round_)
 
     def _open_reveals(self, host: Host, store: Storage, task_id: int, k: int, round_: int) -> None:
         ends = host.timestamp + self.config.reveal_window
-        store.set("ck", task_id, k, "phase", value=PHASE_REVEAL)
+        store.set("ck", task_id, k, "phase", value=Phase.REVEAL)
         store.set("ck", task_id, k, "phaseEnds", value=ends)
-        self.queue(host).schedule(ends, DEADLINE_CLOSE_REVEALS, subject(task_id, k, round_))
+        self.queue(host).schedule(ends, DeadlineKind.CLOSE_REVEALS, subject(task_id, k, round_))
         self.emit(host, "RevealPhase", taskId=task_id, k=k, round=round_, revealDeadline=ends)
 
     def close_reveals(self, host: Host, task_id: int, k: int, round_: int) -> None:
         store = self.storage(host)
-        if store.get("ck", task_id, k, "phase") != PHASE_REVEAL or store.get("ck", task_id, k, "round") != round_:
+        if store.get("ck", task_id, k, "phase") != Phase.REVEAL or store.get("ck", task_id, k, "round") != round_:
             return
         ends = store.get("ck", task_id, k, "phaseEnds")
         if host.timestamp < ends:  # the executor's late reveal extended the window
-            self.queue(host).schedule(ends, DEADLINE_CLOSE_REVEALS, subject(task_id, k, round_))
+            self.queue(host).schedule(ends, DeadlineKind.CLOSE_REVEALS, subject(task_id, k, round_))
             return
         self._tally(host, store, task_id, k, round_)
 
     def _tally_if_complete(self, host: Host, store: Storage, task_id: int, k: int) -> None:
-        if store.get("ck", task_id, k, "phase") != PHASE_REVEAL or not store.get("ck", task_id, k, "revealed"):
+        if store.get("ck", task_id, k, "phase") != Phase.REVEAL or not store.get("ck", task_id, k, "revealed"):
             return
         round_ = store.get("ck", task_id, k, "round")
         size = len(self._council(store, task_id, k, round_))
@@ -207,7 +197,7 @@ class CouncilProtocol:
         revealed = [m for m in council if store.get("vote", task_id, k, round_, m, "revealed")]
         if store.get("ck", task_id, k, "revealed"):
             absent = [m for m in council if m not in revealed]
-        elif self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT:
+        elif self._term(store, task_id, "equivalence") == Equivalence.EXACT:
             # Without the executor's reveal nobody could reveal; only a missing commit is the member's fault.
             absent = [m for m in council if not store.get("vote", task_id, k, round_, m, "commitment")]
         else:
@@ -215,13 +205,13 @@ class CouncilProtocol:
         self._release_council(host, store, task_id, k)
         client = store.get_address("client", task_id)
         for member in absent:
-            self.slashing.penalize(host, member, task_id, PENALTY_MISSED_VOTE, self.config.missed_vote_penalty, client)
+            self.slashing.penalize(host, member, task_id, Penalty.MISSED_VOTE, self.config.missed_vote_penalty, client)
         if not store.get("ck", task_id, k, "revealed"):
-            store.set("ck", task_id, k, "phase", value=PHASE_NONE)
-            self._executor_failed(host, store, task_id, k, PENALTY_MISSED_CHECKPOINT, beneficiaries=[])
+            store.set("ck", task_id, k, "phase", value=Phase.NONE)
+            self._executor_failed(host, store, task_id, k, Penalty.MISSED_CHECKPOINT, beneficiaries=[])
             return
         counted = revealed
-        if self._term(store, task_id, "equivalence") == EQUIVALENCE_EXACT and revealed:
+        if self._term(store, task_id, "equivalence") == Equivalence.EXACT and revealed:
             # A vote counts only with the majority's state hash at the drawn step: copying a
             # published checkpoint hash without computing does not pass.
             steps = Counter(store.get("vote", task_id, k, round_, m, "step") for m in revealed)
@@ -233,7 +223,7 @@ class CouncilProtocol:
         yes = [m for m in counted if store.get("vote", task_id, k, round_, m, "verdict")]
         no = [m for m in counted if not store.get("vote", task_id, k, round_, m, "verdict")]
         attested = [m for m in counted if store.get("vote", task_id, k, round_, m, "fetched")]
-        disputed = store.get("state", task_id) == STATE_DISPUTED
+        disputed = store.get("state", task_id) == TaskState.DISPUTED
         if 3 * len(yes) >= 2 * size and 3 * len(attested) >= 2 * size:
             if disputed:
                 self._settle_dispute(host, store, task_id, executor_lost=False, majority=yes)
@@ -243,16 +233,16 @@ class CouncilProtocol:
             if disputed:
                 self._settle_dispute(host, store, task_id, executor_lost=True, majority=no)
             else:
-                store.set("ck", task_id, k, "phase", value=PHASE_NONE)
-                self._executor_failed(host, store, task_id, k, PENALTY_REJECTED, beneficiaries=no)
+                store.set("ck", task_id, k, "phase", value=Phase.NONE)
+                self._executor_failed(host, store, task_id, k, Penalty.REJECTED, beneficiaries=no)
         else:
             self.emit(host, "CheckpointInconclusive", taskId=task_id, k=k, round=round_)
             if store.add("ck", task_id, k, "inconclusive", delta=1) >= self.config.max_inconclusive_rounds:
                 if disputed:  # no fault proven either way: settle as confirmed
-                    self._settle_task(host, task_id, OUTCOME_CONFIRMED)
+                    self._settle_task(host, task_id, Outcome.CONFIRMED)
                 else:
-                    self.cancel(host, task_id, CANCEL_INCONCLUSIVE)
+                    self.cancel(host, task_id, CancelReason.INCONCLUSIVE)
                 return
             store.set("ck", task_id, k, "round", value=round_ + 1)
-            store.set("ck", task_id, k, "phase", value=PHASE_COMMITTED)
+            store.set("ck", task_id, k, "phase", value=Phase.COMMITTED)
             self._schedule_draw(host, store, task_id, k)

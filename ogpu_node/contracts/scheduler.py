@@ -11,10 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ogpu_node.contracts.storage import Storage
-
-# Every window a contract accepts is at most ten years, so deadlines derived from a block time plus a
-# few thousand windows stay far inside the queue's 64-bit time field.
-MAX_WINDOW = 10 * 365 * 24 * 3600
+from ogpu_node.types.protocol import MAX_WINDOW  # noqa: F401  every window ≤ ten years keeps deadlines inside the 64-bit time field
 
 _SUBJECT_BITS = 120
 _KIND_BITS = 8

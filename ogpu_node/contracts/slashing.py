@@ -16,15 +16,10 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.addresses import SLASHING
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.stake import BPS, ROLE_VALIDATOR, Stake
+from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
+from ogpu_node.types.protocol import BPS, ECRECOVER_GAS, Offence, Role
 from ogpu_node.types.signing import SignedAttestation, SignedProposal
-
-ECRECOVER_GAS = 3_000  # as the ecrecover precompile
-
-OFFENCE_DOUBLE_PROPOSAL = 1
-OFFENCE_DOUBLE_VOTE = 2
-OFFENCE_SURROUND_VOTE = 3
 
 
 class Slashing(NativeContract):
@@ -66,7 +61,7 @@ class Slashing(NativeContract):
         if a.message.block_hash == b.message.block_hash:
             raise Revert("Slashing: proposals are for the same block")
         evidence = keccak(b"double-proposal" + offender + a.message.slot.to_bytes(32, "big"))
-        return self._punish(host, offender, OFFENCE_DOUBLE_PROPOSAL, evidence)
+        return self._punish(host, offender, Offence.DOUBLE_PROPOSAL, evidence)
 
     def reportDoubleVote(self, host: Host, first: bytes, second: bytes) -> int:
         a, b, offender = self._pair(host, first, second, SignedAttestation, "attestation")
@@ -75,7 +70,7 @@ class Slashing(NativeContract):
         if a.message == b.message:
             raise Revert("Slashing: attestations are identical")
         evidence = keccak(b"double-vote" + offender + a.message.target_epoch.to_bytes(32, "big"))
-        return self._punish(host, offender, OFFENCE_DOUBLE_VOTE, evidence)
+        return self._punish(host, offender, Offence.DOUBLE_VOTE, evidence)
 
     def reportSurroundVote(self, host: Host, surrounding: bytes, surrounded: bytes) -> int:
         a, b, offender = self._pair(host, surrounding, surrounded, SignedAttestation, "attestation")
@@ -85,7 +80,7 @@ class Slashing(NativeContract):
             (a.message.signing_root(self.chain_id, self.genesis_hash), b.message.signing_root(self.chain_id, self.genesis_hash))
         )
         evidence = keccak(b"surround-vote" + offender + roots[0] + roots[1])
-        return self._punish(host, offender, OFFENCE_SURROUND_VOTE, evidence)
+        return self._punish(host, offender, Offence.SURROUND_VOTE, evidence)
 
     def isPunished(self, host: Host, evidence_id: bytes) -> bool:
         return self.storage(host).get("punished", evidence_id) != 0
@@ -106,8 +101,8 @@ class Slashing(NativeContract):
         penalty = (staked + unbonding) * self.config.consensus_penalty_bps // BPS
         taken = self.stake.slash(host, offender, penalty, host.caller, self.config.reporter_share_bps)
         roles_now = self.stake.stakeOf(host, offender)[4]
-        if roles_now & ROLE_VALIDATOR:
-            self.stake.set_roles(host, offender, roles_now & ~ROLE_VALIDATOR)  # ejected
+        if roles_now & Role.VALIDATOR:
+            self.stake.set_roles(host, offender, roles_now & ~int(Role.VALIDATOR))  # ejected
         self.emit(
             host, "ConsensusOffence", offender=offender, kind=kind, evidenceId=evidence, penalty=taken,
             reporter=host.caller,

@@ -12,13 +12,7 @@ from ogpu_node.contracts.addresses import STAKE
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Host, Revert
 from ogpu_node.contracts.storage import AddressSet
-
-ROLE_VALIDATOR = 1
-ROLE_PROVIDER = 2
-ALL_ROLES = ROLE_VALIDATOR | ROLE_PROVIDER
-DEVICE_KINDS = ("cpu", "cuda", "rocm", "mps")
-MAX_ENDPOINT_BYTES = 256
-BPS = 10_000
+from ogpu_node.types.protocol import ALL_ROLES, BPS, DEVICE_KINDS, MAX_ENDPOINT_BYTES, Role
 
 
 class Stake(NativeContract):
@@ -49,9 +43,9 @@ class Stake(NativeContract):
             raise Revert("Stake.requestUnstake: amount exceeds free stake")
         remaining = staked - amount
         roles = store.get("roles", who)
-        if roles & ROLE_VALIDATOR and remaining < self.config.min_validator_stake:
+        if roles & Role.VALIDATOR and remaining < self.config.min_validator_stake:
             raise Revert("Stake.requestUnstake: stake would fall below the validator minimum; clear the role first")
-        if roles & ROLE_PROVIDER and remaining < self.config.min_provider_stake:
+        if roles & Role.PROVIDER and remaining < self.config.min_provider_stake:
             raise Revert("Stake.requestUnstake: stake would fall below the provider minimum; clear the role first")
         store.set("staked", who, value=remaining)
         store.add("total", delta=-amount)
@@ -77,14 +71,14 @@ class Stake(NativeContract):
         return amount
 
     def setRoles(self, host: Host, roles: int) -> None:
-        if roles & ~ALL_ROLES:
+        if roles & ~int(ALL_ROLES):  # int: ~ of an IntFlag keeps only its known bits
             raise Revert("Stake.setRoles: unknown role bits")
         store = self.storage(host)
         who = host.caller
         staked = store.get("staked", who)
-        if roles & ROLE_VALIDATOR and staked < self.config.min_validator_stake:
+        if roles & Role.VALIDATOR and staked < self.config.min_validator_stake:
             raise Revert("Stake.setRoles: stake below the validator minimum")
-        if roles & ROLE_PROVIDER:
+        if roles & Role.PROVIDER:
             if staked < self.config.min_provider_stake:
                 raise Revert("Stake.setRoles: stake below the provider minimum")
             if store.get("memory", who) == 0:
@@ -190,9 +184,9 @@ class Stake(NativeContract):
         remaining = staked - from_staked
         kept = roles
         if remaining < self.config.min_validator_stake:
-            kept &= ~ROLE_VALIDATOR
+            kept &= ~int(Role.VALIDATOR)
         if remaining < self.config.min_provider_stake:
-            kept &= ~ROLE_PROVIDER
+            kept &= ~int(Role.PROVIDER)
         if kept != roles:
             self.set_roles(host, who, kept)
         return taken
@@ -200,7 +194,7 @@ class Stake(NativeContract):
     def set_roles(self, host: Host, who: bytes, roles: int) -> None:
         store = self.storage(host)
         store.set("roles", who, value=roles)
-        for bit, name in ((ROLE_VALIDATOR, "validators"), (ROLE_PROVIDER, "providers")):
+        for bit, name in ((Role.VALIDATOR, "validators"), (Role.PROVIDER, "providers")):
             members = AddressSet(store, name)
             if roles & bit:
                 members.add(who)

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 from ogpu_node.contracts.addresses import TASK
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.scheduler import MAX_WINDOW
-from ogpu_node.contracts.stake import BPS
 from ogpu_node.contracts.storage import Storage
 from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
+from ogpu_node.types.protocol import (
+    BPS,
+    ECRECOVER_GAS,
+    MAX_COUNCIL,
+    MAX_WINDOW,
+    DeadlineKind,
+    Outcome,
+    ResponseMethod,
+    TaskKind,
+    TaskState,
+)
 from ogpu_node.types.signing import StreamReceipt
 
-KIND_STREAM = 1
-STATE_SETTLED = 6
-STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED, STATE_CLOSING = 7, 8, 9, 10
-DEADLINE_CLOSE_STREAM = 7
-ECRECOVER_GAS = 3_000
 STREAM_TERMS = (
     "budget", "council_size", "price_per_unit", "response_method", "response_weight", "max_response_time",
     "settle_window", "min_memory_mib", "device_mask",
@@ -35,7 +39,7 @@ class StreamProtocol:
 
     def _stream(self, host: Host, task_id: int, *states: int) -> Storage:
         store = self._existing(host, task_id)
-        if store.get("kind", task_id) != KIND_STREAM:
+        if store.get("kind", task_id) != TaskKind.STREAM:
             raise Revert("Task: not a stream task")
         if states and store.get("state", task_id) not in states:
             raise Revert("Task: stream is not in a state that allows this")
@@ -51,8 +55,8 @@ class StreamProtocol:
         terms = dict(zip(STREAM_TERMS, raw_terms, strict=True))
         if terms["budget"] == 0:
             raise Revert("Task: budget is zero")
-        if not 1 <= terms["council_size"] <= 100:
-            raise Revert("Task: councilSize must be between 1 and 100")
+        if not 1 <= terms["council_size"] <= MAX_COUNCIL:
+            raise Revert(f"Task: councilSize must be between 1 and {MAX_COUNCIL}")
         if terms["price_per_unit"] == 0:
             raise Revert("Task: pricePerUnit is zero")
         self._check_method(terms["response_method"], terms["response_weight"])
@@ -65,8 +69,8 @@ class StreamProtocol:
         task_id = store.add("count", delta=1)
         deposit = host.value - terms["budget"]
         store.set_address("client", task_id, value=host.caller)
-        store.set("kind", task_id, value=KIND_STREAM)
-        store.set("state", task_id, value=STATE_FORMING)
+        store.set("kind", task_id, value=TaskKind.STREAM)
+        store.set("state", task_id, value=TaskState.FORMING)
         store.set("prescription", task_id, value=int.from_bytes(prescription_hash, "big"))
         store.set("escrow", task_id, value=terms["budget"])
         store.set("deposit", task_id, value=deposit)
@@ -75,13 +79,13 @@ class StreamProtocol:
         self._new_version(host, store, task_id, terms["price_per_unit"], terms["response_method"], terms["response_weight"])
         self.emit(
             host, "TaskSubmitted", taskId=task_id, client=host.caller, prescriptionHash=prescription_hash,
-            kind=KIND_STREAM, maxPayment=terms["budget"], deposit=deposit, bidDeadline=0,
+            kind=TaskKind.STREAM, maxPayment=terms["budget"], deposit=deposit, bidDeadline=0,
         )
         return task_id
 
     @staticmethod
     def _check_method(method: int, weight: int) -> None:
-        if method >= 3:
+        if method >= len(ResponseMethod):
             raise Revert("Task: unknown responseMethod")
         if weight > BPS:
             raise Revert("Task: responseWeight above 10000")
@@ -96,40 +100,40 @@ class StreamProtocol:
         return version
 
     def updateTerms(self, host: Host, task_id: int, price: int, method: int, weight: int) -> int:
-        store = self._client_stream(host, task_id, STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED)
+        store = self._client_stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
         if price == 0:
             raise Revert("Task: pricePerUnit is zero")
         self._check_method(method, weight)
         return self._new_version(host, store, task_id, price, method, weight)
 
     def setRequestKey(self, host: Host, task_id: int, key: bytes) -> None:
-        store = self._client_stream(host, task_id, STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED)
+        store = self._client_stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
         store.set_address("stream", task_id, "requestKey", value=key)
         self.emit(host, "RequestKeySet", taskId=task_id, key=key)
 
     def topUp(self, host: Host, task_id: int) -> None:
-        store = self._stream(host, task_id, STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED)
+        store = self._stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
         if host.value == 0:
             raise Revert("Task: no value sent")
         escrow = store.add("escrow", task_id, delta=host.value)
         self.emit(host, "ToppedUp", taskId=task_id, amount=host.value, escrow=escrow)
 
     def reportConsensusFailure(self, host: Host, task_id: int) -> None:
-        store = self._client_stream(host, task_id, STATE_ACTIVE)
-        self._set_stream_state(host, store, task_id, STATE_INTERRUPTED)
+        store = self._client_stream(host, task_id, TaskState.ACTIVE)
+        self._set_stream_state(host, store, task_id, TaskState.INTERRUPTED)
 
     def retract(self, host: Host, task_id: int) -> None:
-        store = self._client_stream(host, task_id, STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED)
+        store = self._client_stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
         deadline = host.timestamp + store.get("stream", task_id, "settle_window")
         store.set("stream", task_id, "closeDeadline", value=deadline)
-        self._set_stream_state(host, store, task_id, STATE_CLOSING)
-        self.queue(host).schedule(deadline, DEADLINE_CLOSE_STREAM, task_id << 24)
+        self._set_stream_state(host, store, task_id, TaskState.CLOSING)
+        self.queue(host).schedule(deadline, DeadlineKind.CLOSE_STREAM, task_id << 24)
 
     def settle(
         self, host: Host, task_id: int, provider: bytes, cumulative_units: int, version: int, signature: bytes
     ) -> int:
-        store = self._stream(host, task_id, STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED, STATE_CLOSING)
-        if store.get("state", task_id) == STATE_CLOSING and host.timestamp >= store.get(
+        store = self._stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED, TaskState.CLOSING)
+        if store.get("state", task_id) == TaskState.CLOSING and host.timestamp >= store.get(
             "stream", task_id, "closeDeadline"
         ):
             raise Revert("Task: the settle window has closed")  # even if the queue has not closed it yet
@@ -177,7 +181,7 @@ class StreamProtocol:
 
     def open_for_subscription(self, host: Host, task_id: int) -> tuple[bytes, int, int]:
         """(client, minMemoryMiB, deviceMask) of a stream that accepts subscribers."""
-        store = self._stream(host, task_id, STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED)
+        store = self._stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
         return (
             store.get_address("client", task_id), store.get("stream", task_id, "min_memory_mib"),
             store.get("stream", task_id, "device_mask"),
@@ -189,12 +193,12 @@ class StreamProtocol:
         store = self.storage(host)
         count = len(self.bid.subscribers(host, task_id))
         state = store.get("state", task_id)
-        if state not in (STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED):
+        if state not in (TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED):
             return
         if count >= store.get("stream", task_id, "council_size"):
-            target = STATE_ACTIVE
+            target = TaskState.ACTIVE
         else:
-            target = STATE_FORMING if state == STATE_FORMING else STATE_INTERRUPTED
+            target = TaskState.FORMING if state == TaskState.FORMING else TaskState.INTERRUPTED
         if target != state:
             self._set_stream_state(host, store, task_id, target)
 
@@ -205,12 +209,12 @@ class StreamProtocol:
 
     def close_stream(self, host: Host, task_id: int) -> None:
         store = self.storage(host)
-        if store.get("state", task_id) != STATE_CLOSING:
+        if store.get("state", task_id) != TaskState.CLOSING:
             return
         self.bid.release_subscribers(host, task_id)
         refund = store.get("escrow", task_id) + store.get("deposit", task_id)
         store.set("escrow", task_id, value=0)
         store.set("deposit", task_id, value=0)
-        store.set("state", task_id, value=STATE_SETTLED)
+        store.set("state", task_id, value=TaskState.SETTLED)
         host.transfer(TASK, store.get_address("client", task_id), refund)
-        self.emit(host, "TaskSettled", taskId=task_id, outcome=1, refund=refund, paid=store.get("paid", task_id))
+        self.emit(host, "TaskSettled", taskId=task_id, outcome=Outcome.CONFIRMED, refund=refund, paid=store.get("paid", task_id))

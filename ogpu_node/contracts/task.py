@@ -18,39 +18,32 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.addresses import TASK
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.bid import Bid
-from ogpu_node.contracts.checkpoints import (
-    CANCEL_TOO_FEW_BIDS,
-    DEADLINE_AUTO_CONFIRM,
-    DEADLINE_CLOSE_BIDDING,
-    DEADLINE_CLOSE_COMMITS,
-    DEADLINE_CLOSE_REVEALS,
-    DEADLINE_DRAW_COUNCIL,
-    DEADLINE_EXPIRE_CHECKPOINT,
-    STATE_BIDDING,
-    STATE_CANCELLED,
-    STATE_RUNNING,
-    CheckpointProtocol,
-    split_subject,
-)
+from ogpu_node.contracts.checkpoints import CheckpointProtocol, split_subject
 from ogpu_node.contracts.council import CouncilProtocol
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.scheduler import MAX_WINDOW, Deadline, DeadlineQueue
+from ogpu_node.contracts.scheduler import Deadline, DeadlineQueue
 from ogpu_node.contracts.slashing import Slashing
-from ogpu_node.contracts.stake import BPS, Stake
+from ogpu_node.contracts.stake import Stake
 from ogpu_node.contracts.storage import Storage
-from ogpu_node.contracts.streams import DEADLINE_CLOSE_STREAM, KIND_STREAM, StreamProtocol
-
-KIND_BATCH = 0
-MAX_CHECKPOINTS = 1_000
-MAX_COUNCIL = 100
-RESPONSE_METHODS = 3  # optimistic, weighted, unanimous
+from ogpu_node.contracts.streams import StreamProtocol
+from ogpu_node.types.protocol import (
+    BPS,
+    MAX_CHECKPOINTS,
+    MAX_COUNCIL,
+    MAX_WINDOW,
+    CancelReason,
+    DeadlineKind,
+    Equivalence,
+    ResponseMethod,
+    TaskKind,
+    TaskState,
+)
 
 TERMS = (
     "max_payment", "council_size", "council_share_bps", "checkpoints", "segment_window", "bid_window",
     "first_n", "min_bids", "lateness_bps_per_second", "confirm_window", "response_method", "response_weight",
     "equivalence", "min_memory_mib", "device_mask",
 )
-EQUIVALENCE_ALLCLOSE = 1
 
 
 @dataclass(frozen=True)
@@ -91,11 +84,11 @@ class Terms:
             raise Revert("Task: minBids is zero")
         if self.first_n and self.first_n < self.min_bids:
             raise Revert("Task: firstN is below minBids")
-        if self.response_method >= RESPONSE_METHODS:
+        if self.response_method >= len(ResponseMethod):
             raise Revert("Task: unknown responseMethod")
         if self.response_weight > BPS:
             raise Revert("Task: responseWeight above 10000")
-        if self.equivalence > EQUIVALENCE_ALLCLOSE:
+        if self.equivalence >= len(Equivalence):
             raise Revert("Task: unknown equivalence")
 
 
@@ -126,9 +119,9 @@ class Task(CheckpointProtocol, CouncilProtocol, StreamProtocol, NativeContract):
     # -- external functions --
 
     def submitTask(self, host: Host, prescription_hash: bytes, kind: int, raw_terms: tuple) -> int:
-        if kind == KIND_STREAM:
+        if kind == TaskKind.STREAM:
             raise Revert("Task: stream tasks are submitted with submitStream")
-        if kind != KIND_BATCH:
+        if kind != TaskKind.BATCH:
             raise Revert("Task: unknown task kind")
         terms = Terms(*raw_terms)
         terms.validate()
@@ -143,14 +136,14 @@ class Task(CheckpointProtocol, CouncilProtocol, StreamProtocol, NativeContract):
         bid_deadline = host.timestamp + terms.bid_window
         store.set_address("client", task_id, value=host.caller)
         store.set("kind", task_id, value=kind)
-        store.set("state", task_id, value=STATE_BIDDING)
+        store.set("state", task_id, value=TaskState.BIDDING)
         store.set("prescription", task_id, value=int.from_bytes(prescription_hash, "big"))
         store.set("escrow", task_id, value=terms.max_payment)
         store.set("deposit", task_id, value=deposit)
         store.set("bidDeadline", task_id, value=bid_deadline)
         for name, value in zip(TERMS, raw_terms, strict=True):
             store.set("terms", task_id, name, value=value)
-        self.queue(host).schedule(bid_deadline, DEADLINE_CLOSE_BIDDING, task_id)
+        self.queue(host).schedule(bid_deadline, DeadlineKind.CLOSE_BIDDING, task_id)
         self.emit(
             host, "TaskSubmitted", taskId=task_id, client=host.caller, prescriptionHash=prescription_hash,
             kind=kind, maxPayment=terms.max_payment, deposit=deposit, bidDeadline=bid_deadline,
@@ -213,7 +206,7 @@ class Task(CheckpointProtocol, CouncilProtocol, StreamProtocol, NativeContract):
         store = self._existing(host, task_id)
         state = store.get("state", task_id)
         deadline = store.get("bidDeadline", task_id)
-        if state != STATE_BIDDING or host.timestamp >= deadline:
+        if state != TaskState.BIDDING or host.timestamp >= deadline:
             raise Revert("Bid: bidding is closed for this task")
         return TaskView(
             client=store.get_address("client", task_id),
@@ -226,17 +219,17 @@ class Task(CheckpointProtocol, CouncilProtocol, StreamProtocol, NativeContract):
     def close_bidding(self, host: Host, task_id: int) -> None:
         """Apply H: assign the best bid, or cancel with a full refund when bids are too few."""
         store = self.storage(host)
-        if store.get("state", task_id) != STATE_BIDDING:
+        if store.get("state", task_id) != TaskState.BIDDING:
             return  # already closed by its first N bids
         ranked = self.bid.ranked(host, task_id)
         if len(ranked) < store.get("terms", task_id, "min_bids"):
             self.bid.release(host, task_id, keep=None)
-            self.cancel(host, task_id, CANCEL_TOO_FEW_BIDS)
+            self.cancel(host, task_id, CancelReason.TOO_FEW_BIDS)
             return
         price, _, executor = ranked[0]
         self.bid.release(host, task_id, keep=executor)
         seed = keccak(host.mix_hash + task_id.to_bytes(32, "big"))
-        store.set("state", task_id, value=STATE_RUNNING)
+        store.set("state", task_id, value=TaskState.RUNNING)
         store.set_address("executor", task_id, value=executor)
         store.set("price", task_id, value=price)
         store.set("collateral", task_id, value=self.bid.collateral_for(price))
@@ -249,31 +242,31 @@ class Task(CheckpointProtocol, CouncilProtocol, StreamProtocol, NativeContract):
     def cancel(self, host: Host, task_id: int, reason: int, executor_at_fault: bool = False) -> None:
         """Refund the client escrow − Σ paid and the deposit; free every pledge still held."""
         store = self.storage(host)
-        if store.get("state", task_id) not in (STATE_BIDDING,) and not executor_at_fault:
+        if store.get("state", task_id) not in (TaskState.BIDDING,) and not executor_at_fault:
             self.stake.unlock(host, store.get_address("executor", task_id), store.get("collateral", task_id))
         store.set("collateral", task_id, value=0)
         self._release_council(host, store, task_id, store.get("accepted", task_id) + 1)
         refund = store.get("escrow", task_id) + store.get("deposit", task_id)
         store.set("escrow", task_id, value=0)
         store.set("deposit", task_id, value=0)
-        store.set("state", task_id, value=STATE_CANCELLED)
+        store.set("state", task_id, value=TaskState.CANCELLED)
         host.transfer(TASK, store.get_address("client", task_id), refund)
         self.emit(host, "TaskCancelled", taskId=task_id, reason=reason, refund=refund)
 
     def run_deadline(self, host: Host, deadline: Deadline) -> None:
-        if deadline.kind == DEADLINE_CLOSE_BIDDING:
+        if deadline.kind == DeadlineKind.CLOSE_BIDDING:
             self.close_bidding(host, deadline.subject)
             return
-        if deadline.kind == DEADLINE_CLOSE_STREAM:
+        if deadline.kind == DeadlineKind.CLOSE_STREAM:
             self.close_stream(host, deadline.subject >> 24)
             return
         task_id, k, tag = split_subject(deadline.subject)
         steps = {
-            DEADLINE_DRAW_COUNCIL: lambda: self.draw_council(host, task_id, k, tag),
-            DEADLINE_CLOSE_COMMITS: lambda: self.close_commits(host, task_id, k, tag),
-            DEADLINE_CLOSE_REVEALS: lambda: self.close_reveals(host, task_id, k, tag),
-            DEADLINE_EXPIRE_CHECKPOINT: lambda: self.expire_checkpoint(host, task_id, k, tag),
-            DEADLINE_AUTO_CONFIRM: lambda: self.auto_confirm(host, task_id),
+            DeadlineKind.DRAW_COUNCIL: lambda: self.draw_council(host, task_id, k, tag),
+            DeadlineKind.CLOSE_COMMITS: lambda: self.close_commits(host, task_id, k, tag),
+            DeadlineKind.CLOSE_REVEALS: lambda: self.close_reveals(host, task_id, k, tag),
+            DeadlineKind.EXPIRE_CHECKPOINT: lambda: self.expire_checkpoint(host, task_id, k, tag),
+            DeadlineKind.AUTO_CONFIRM: lambda: self.auto_confirm(host, task_id),
         }
         step = steps.get(deadline.kind)
         if step is None:

@@ -31,6 +31,7 @@ from ogpu_node.contracts.addresses import BID, SLASHING, STAKE, TASK
 from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.errors import ExecutionReverted
 from ogpu_node.execution.state import BlockAttributes, ExecutedBlock
+from ogpu_node.types.protocol import Role
 
 ROOT = Path(__file__).resolve().parents[3]
 OGPU = 10**18
@@ -394,7 +395,7 @@ class Harness:
             txs += [
                 self.tx(account, STAKE_ABI, "stake", value=stake),
                 self.tx(account, STAKE_ABI, "registerResources", device_kind, memory_mib, score, ""),
-                self.tx(account, STAKE_ABI, "setRoles", 2),
+                self.tx(account, STAKE_ABI, "setRoles", Role.PROVIDER),
             ]
         block = self.block(*txs)
         failed = [r.reason for r in block.txs if not r.ok]

@@ -42,18 +42,7 @@ from harness import (
     decode_logs,
 )
 from hexbytes import HexBytes
-from test_task_checkpoints import (
-    CANCEL_NO_REPLACEMENT,
-    CANCEL_TOO_FEW_BIDS,
-    OUTCOME_CLIENT_LOST,
-    OUTCOME_CONFIRMED,
-    PENALTY_MISSED_CHECKPOINT,
-    PENALTY_REJECTED,
-    WINDOW,
-    Scenario,
-    ckpt,
-    step,
-)
+from test_task_checkpoints import WINDOW, Scenario, ckpt, step
 from web3 import Web3
 from web3.datastructures import AttributeDict
 
@@ -61,6 +50,7 @@ from ogpu_node.chain import Chain
 from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.db import LMDBStore
+from ogpu_node.types.protocol import CancelReason, Outcome, Penalty, Role, TaskState
 from ogpu_node.types.signing import BlockProposal, SignedProposal, StreamReceipt
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -84,7 +74,6 @@ PRICE_E = 7 * 10**17 + 1  # the executor's bid
 PRICE_Y = 9 * 10**17 + 7  # the replacement's bid
 WRONG = keccak(b"a different result")
 VALIDATOR_STAKE = 2_000 * OGPU
-ROLE_VALIDATOR, ROLE_PROVIDER = 1, 2
 ENDPOINT = "https://provider.example:8443/v1 — ünïcode"
 STREAM_PROVIDER_STAKE = 500 * OGPU
 STREAM_PRICE = 10**12
@@ -95,7 +84,6 @@ STREAM_TERMS = {
 }
 STREAM_UNITS = 1_234
 TOP_UP = 3 * 10**17 + 5
-STATE_ACTIVE, STATE_INTERRUPTED, STATE_CLOSING = 8, 9, 10
 
 
 # -- raw logs as web3 log entries --
@@ -173,10 +161,10 @@ def stake_and_slashing(chain: Chain, a: list[Any]) -> LogRecorder:
     validator, provider, staker, reporter = a[3], a[1], a[0], a[5]
     block = h.block(
         h.tx(validator, STAKE_ABI, "stake", value=VALIDATOR_STAKE),
-        h.tx(validator, STAKE_ABI, "setRoles", ROLE_VALIDATOR),
+        h.tx(validator, STAKE_ABI, "setRoles", Role.VALIDATOR),
         h.tx(provider, STAKE_ABI, "stake", value=200 * OGPU),
         h.tx(provider, STAKE_ABI, "registerResources", 1, 16_000, 42, ENDPOINT),
-        h.tx(provider, STAKE_ABI, "setRoles", ROLE_PROVIDER),
+        h.tx(provider, STAKE_ABI, "setRoles", Role.PROVIDER),
         h.tx(staker, STAKE_ABI, "stake", value=50 * OGPU),
     )
     assert [r.reason for r in block.txs] == [None] * 6
@@ -405,7 +393,7 @@ def test_batch_values(decoded, dev_accounts):
     verdicts = [d.args["verdict"] for d in of(decoded, "ResultRevealed", reject)]
     assert verdicts == [True] * 3 + [False] * 3 + [True] * 3
     [settled] = of(decoded, "TaskSettled", reject)
-    assert settled.args["outcome"] == OUTCOME_CONFIRMED
+    assert settled.args["outcome"] == Outcome.CONFIRMED
 
     slashes = of(decoded, "StakeSlashed")
     assert len(slashes) == 3  # the rejected executor, the missed one, the double proposer
@@ -414,19 +402,19 @@ def test_batch_values(decoded, dev_accounts):
         assert args["burned"] + args["rewarded"] == args["amount"] > 0
     penalties = of(decoded, "ComputationPenalty")
     assert sorted((p.args["kind"], p.args["penalty"]) for p in penalties) == [
-        (PENALTY_REJECTED, PRICE_E), (PENALTY_MISSED_CHECKPOINT, PRICE_E)]
+        (Penalty.REJECTED, PRICE_E), (Penalty.MISSED_CHECKPOINT, PRICE_E)]
     [burned_dust] = of(decoded, "FundsBurned", reject)
     assert burned_dust.args["amount"] == PRICE_E // 10 % 3  # the reporter share's unsplittable wei
 
     [missed] = of(decoded, "CheckpointMissed")
     assert (missed.args["k"], missed.args["executor"], missed.args["penalty"]) == (1, checksum(e), PRICE_E)
     cancels = {d.args["reason"] for d in of(decoded, "TaskCancelled", "batch: missed and unbid")}
-    assert cancels == {CANCEL_NO_REPLACEMENT, CANCEL_TOO_FEW_BIDS}
+    assert cancels == {CancelReason.NO_REPLACEMENT, CancelReason.TOO_FEW_BIDS}
 
     [disputed] = of(decoded, "TaskDisputed")
     assert dict(disputed.args) == {"taskId": 1}
     [lost] = of(decoded, "TaskSettled", "batch: dispute")
-    assert lost.args["outcome"] == OUTCOME_CLIENT_LOST
+    assert lost.args["outcome"] == Outcome.CLIENT_LOST
     [burned] = of(decoded, "FundsBurned", "batch: dispute")
     assert burned.args["amount"] > 0
     [inconclusive] = of(decoded, "CheckpointInconclusive")
@@ -439,7 +427,7 @@ def test_stake_and_slashing_values(decoded, dev_accounts):
     assert dict(resources.args) == {"account": checksum(provider), "deviceKind": 1, "memoryMiB": 16_000,
                                     "throughputScore": 42, "endpoint": ENDPOINT}
     assert [(d.args["account"], d.args["roles"]) for d in of(decoded, "RolesChanged", "stake")][:2] == [
-        (checksum(validator), ROLE_VALIDATOR), (checksum(provider), ROLE_PROVIDER)]
+        (checksum(validator), Role.VALIDATOR), (checksum(provider), Role.PROVIDER)]
     [unstake] = of(decoded, "UnstakeRequested", "stake")
     [withdrawn] = of(decoded, "Withdrawn", "stake")
     assert (unstake.args["account"], unstake.args["amount"]) == (checksum(staker), 20 * OGPU)
@@ -459,7 +447,7 @@ def test_stream_values(decoded, dev_accounts):
     assert dict(settled_receipt.args) == {"taskId": 1, "provider": checksum(p0), "termsVersion": 2,
                                           "units": STREAM_UNITS, "amount": STREAM_UNITS * 2 * STREAM_PRICE}
     assert [(d.args["state"], d.args["subscribers"]) for d in of(decoded, "StreamStateChanged")] == [
-        (STATE_ACTIVE, 2), (STATE_INTERRUPTED, 1), (STATE_ACTIVE, 2), (STATE_INTERRUPTED, 2), (STATE_CLOSING, 2)]
+        (TaskState.ACTIVE, 2), (TaskState.INTERRUPTED, 1), (TaskState.ACTIVE, 2), (TaskState.INTERRUPTED, 2), (TaskState.CLOSING, 2)]
     assert [(d.args["version"], d.args["pricePerUnit"]) for d in of(decoded, "TermsUpdated")] == [
         (1, STREAM_PRICE), (2, 2 * STREAM_PRICE)]
     [request_key] = of(decoded, "RequestKeySet")

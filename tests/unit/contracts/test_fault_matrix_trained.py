@@ -15,12 +15,13 @@ import pytest
 import test_task_faults
 from eth_hash.auto import keccak
 from safetensors.numpy import save
-from test_task_checkpoints import ALLCLOSE, EXACT, PROVIDER_STAKE, one
+from test_task_checkpoints import PROVIDER_STAKE, one
 from test_task_faults import PRICE_E, PRICE_Y, assert_never_slashed, start
 
 from ogpu_node.compute import Fault, equivalence, spec_from_prescription, train_faulty, train_segment
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import Prescription, drawn_step, segment_bounds, training_seed
+from ogpu_node.types.protocol import Equivalence
 
 RTOL, ATOL = 1e-4, 1e-5
 cast, s = test_task_faults.cast, test_task_faults.s  # that file's fixtures: the cast and its chain
@@ -57,7 +58,7 @@ CASES = [
 def test_council_rejects_the_fault_slashes_and_the_honest_replacement_is_paid(s, cast, kind, fault):
     p = prescription(kind)
     data = dataset()
-    task = start(s, cast, checkpoints=2, equivalence=EXACT if kind == "exact" else ALLCLOSE)
+    task = start(s, cast, checkpoints=2, equivalence=Equivalence.EXACT if kind == "exact" else Equivalence.ALLCLOSE)
     seed = training_seed(p, s.task(task)["seed"])
     spec = spec_from_prescription(p, data, seed)
     first, last = segment_bounds(p, 1)
@@ -125,7 +126,7 @@ def test_council_rejects_the_fault_slashes_and_the_honest_replacement_is_paid(s,
 def test_a_perturbation_within_allclose_tolerance_is_accepted_and_not_slashed(s, cast):
     """allclose accepts what it should: a 1e-7 change is inside rtol/atol; the executor is paid, not slashed."""
     p = prescription("allclose")
-    task = start(s, cast, checkpoints=2, equivalence=ALLCLOSE)
+    task = start(s, cast, checkpoints=2, equivalence=Equivalence.ALLCLOSE)
     spec = spec_from_prescription(p, dataset(), training_seed(p, s.task(task)["seed"]))
     first, last = segment_bounds(p, 1)
     near = train_faulty(spec, None, last - first, Fault("perturb", magnitude=1e-7)).checkpoint

@@ -24,6 +24,7 @@ from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.types.protocol import Role
 from ogpu_node.types.signing import BlockProposal, SignedProposal
 
 GENESIS = load_genesis(DEV_GENESIS)
@@ -126,7 +127,7 @@ def op_stake(w: World, who: int, units: int) -> None:
 
 def op_provider(w: World, who: int, _: int) -> None:
     a = ACCOUNTS[who]
-    w.block([w.tx(a, "Stake", "registerResources", 0, 8_000, 10, ""), w.tx(a, "Stake", "setRoles", 2 | (who % 2))])
+    w.block([w.tx(a, "Stake", "registerResources", 0, 8_000, 10, ""), w.tx(a, "Stake", "setRoles", Role.PROVIDER | (who % 2))])
 
 
 def op_unstake(w: World, who: int, units: int) -> None:
@@ -297,7 +298,7 @@ def test_invariants_hold_after_every_block(tmp_path_factory, ops):
     # Everyone stakes and most are providers first, so tasks get bids and councils.
     world.block([world.tx(a, "Stake", "stake", value=400 * ETHER) for a in ACCOUNTS[1:]])
     world.block([tx for a in ACCOUNTS[1:8] for tx in (
-        world.tx(a, "Stake", "registerResources", 0, 8_000, 10, ""), world.tx(a, "Stake", "setRoles", 2))])
+        world.tx(a, "Stake", "registerResources", 0, 8_000, 10, ""), world.tx(a, "Stake", "setRoles", Role.PROVIDER))])
     for index, who, units in ops:
         OPERATIONS[index](world, who, units)
     world.chain.store.close()

@@ -16,23 +16,11 @@ from typing import Any
 
 import pytest
 from eth_hash.auto import keccak
-from harness import (
-    BID_ABI,
-    OGPU,
-    STAKE_ABI,
-    TASK_ABI,
-    ZERO_ADDRESS,
-    Event,
-    Harness,
-)
+from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, ZERO_ADDRESS, Event, Harness
 
+from ogpu_node.types.protocol import BPS, MAX_WINDOW, Outcome, TaskKind, TaskState
 from ogpu_node.types.signing import StreamReceipt
 
-BPS = 10_000
-KIND_STREAM = 1
-STATE_SETTLED, STATE_FORMING, STATE_ACTIVE, STATE_INTERRUPTED, STATE_CLOSING = 6, 7, 8, 9, 10
-OUTCOME_STREAM_CLOSED = 1
-MAX_WINDOW = 10 * 365 * 24 * 3600  # ten years, the longest window any contract accepts
 PROVIDER_STAKE = 500 * OGPU
 PRESCRIPTION = keccak(b"prescription of a stream task")
 PRICE = 10**12  # wei per output unit
@@ -195,12 +183,12 @@ def test_submit_stream_escrows_budget_and_keeps_the_rest_as_deposit(h, params, c
     assert h.balance(TASK_ABI.address) == value
     assert result.events == [
         ev("Task", "TermsUpdated", taskId=1, version=1, pricePerUnit=PRICE, responseMethod=1, responseWeight=6_000),
-        ev("Task", "TaskSubmitted", taskId=1, client=client.address, prescriptionHash=PRESCRIPTION, kind=KIND_STREAM,
+        ev("Task", "TaskSubmitted", taskId=1, client=client.address, prescriptionHash=PRESCRIPTION, kind=TaskKind.STREAM,
            maxPayment=BUDGET, deposit=deposit, bidDeadline=0),
     ]
     task = h.view(TASK_ABI, "getTask", 1)
     assert task == {
-        "client": client.address, "kind": KIND_STREAM, "state": STATE_FORMING, "prescriptionHash": PRESCRIPTION,
+        "client": client.address, "kind": TaskKind.STREAM, "state": TaskState.FORMING, "prescriptionHash": PRESCRIPTION,
         "escrow": BUDGET, "deposit": deposit, "executor": ZERO_ADDRESS, "price": 0, "seed": b"\x00" * 32,
         "bidDeadline": 0, "assignedAt": 0,
     }
@@ -398,21 +386,21 @@ def test_forming_active_interrupted_active(h, params, client, providers):
         return [e for e in result.events if e.contract == "Task"]
 
     assert task_events(h.ok(p0, BID_ABI, "subscribe", task_id)) == []
-    assert state_of(h, task_id) == STATE_FORMING
+    assert state_of(h, task_id) == TaskState.FORMING
     assert task_events(h.ok(p0, BID_ABI, "unsubscribe", task_id)) == []
-    assert state_of(h, task_id) == STATE_FORMING  # below c before it ever opened: still forming
+    assert state_of(h, task_id) == TaskState.FORMING  # below c before it ever opened: still forming
     h.ok(p0, BID_ABI, "subscribe", task_id)
     assert task_events(h.ok(p1, BID_ABI, "subscribe", task_id)) == []
-    assert state_of(h, task_id) == STATE_FORMING
-    assert task_events(h.ok(p2, BID_ABI, "subscribe", task_id)) == changed(STATE_ACTIVE, 3)
-    assert state_of(h, task_id) == STATE_ACTIVE
-    assert task_events(h.ok(p1, BID_ABI, "unsubscribe", task_id)) == changed(STATE_INTERRUPTED, 2)
-    assert state_of(h, task_id) == STATE_INTERRUPTED
-    assert task_events(h.ok(p3, BID_ABI, "subscribe", task_id)) == changed(STATE_ACTIVE, 3)
-    assert state_of(h, task_id) == STATE_ACTIVE
+    assert state_of(h, task_id) == TaskState.FORMING
+    assert task_events(h.ok(p2, BID_ABI, "subscribe", task_id)) == changed(TaskState.ACTIVE, 3)
+    assert state_of(h, task_id) == TaskState.ACTIVE
+    assert task_events(h.ok(p1, BID_ABI, "unsubscribe", task_id)) == changed(TaskState.INTERRUPTED, 2)
+    assert state_of(h, task_id) == TaskState.INTERRUPTED
+    assert task_events(h.ok(p3, BID_ABI, "subscribe", task_id)) == changed(TaskState.ACTIVE, 3)
+    assert state_of(h, task_id) == TaskState.ACTIVE
     assert task_events(h.ok(p1, BID_ABI, "subscribe", task_id)) == []  # four: still Active
     assert task_events(h.ok(p0, BID_ABI, "unsubscribe", task_id)) == []  # three: still Active
-    assert state_of(h, task_id) == STATE_ACTIVE
+    assert state_of(h, task_id) == TaskState.ACTIVE
     assert sorted(subscribers(h, task_id)) == sorted([p1.address, p2.address, p3.address])
     assert h.view(TASK_ABI, "getStream", task_id)["subscribers"] == 3
 
@@ -422,32 +410,32 @@ def test_report_consensus_failure(h, params, client, providers, outsider):
     task_id = new_stream(h, params, client, councilSize=2)
     assert_reverts(h.send(client, TASK_ABI, "reportConsensusFailure", task_id), BAD_STATE)  # Forming
     subscribe_all(h, [p0, p1], task_id)
-    assert state_of(h, task_id) == STATE_ACTIVE
+    assert state_of(h, task_id) == TaskState.ACTIVE
     for who in (p0, outsider):
         assert_reverts(h.send(who, TASK_ABI, "reportConsensusFailure", task_id), NOT_CLIENT)
-    assert state_of(h, task_id) == STATE_ACTIVE
+    assert state_of(h, task_id) == TaskState.ACTIVE
 
     result = h.ok(client, TASK_ABI, "reportConsensusFailure", task_id)
-    assert result.events == [ev("Task", "StreamStateChanged", taskId=task_id, state=STATE_INTERRUPTED, subscribers=2)]
-    assert state_of(h, task_id) == STATE_INTERRUPTED
+    assert result.events == [ev("Task", "StreamStateChanged", taskId=task_id, state=TaskState.INTERRUPTED, subscribers=2)]
+    assert state_of(h, task_id) == TaskState.INTERRUPTED
     assert_reverts(h.send(client, TASK_ABI, "reportConsensusFailure", task_id), BAD_STATE)  # Interrupted
     # Interrupted with c subscribers, until membership changes: a join re-forms the council.
     h.block()
-    assert state_of(h, task_id) == STATE_INTERRUPTED
+    assert state_of(h, task_id) == TaskState.INTERRUPTED
     result = h.ok(p2, BID_ABI, "subscribe", task_id)
-    assert result.events[-1] == ev("Task", "StreamStateChanged", taskId=task_id, state=STATE_ACTIVE, subscribers=3)
-    assert state_of(h, task_id) == STATE_ACTIVE
+    assert result.events[-1] == ev("Task", "StreamStateChanged", taskId=task_id, state=TaskState.ACTIVE, subscribers=3)
+    assert state_of(h, task_id) == TaskState.ACTIVE
 
     # Again, now re-formed by a departure that leaves c subscribers.
     h.ok(client, TASK_ABI, "reportConsensusFailure", task_id)
-    assert state_of(h, task_id) == STATE_INTERRUPTED
+    assert state_of(h, task_id) == TaskState.INTERRUPTED
     result = h.ok(p0, BID_ABI, "unsubscribe", task_id)
-    assert result.events[-1] == ev("Task", "StreamStateChanged", taskId=task_id, state=STATE_ACTIVE, subscribers=2)
+    assert result.events[-1] == ev("Task", "StreamStateChanged", taskId=task_id, state=TaskState.ACTIVE, subscribers=2)
     # And once more, where the departure leaves fewer than c: still Interrupted, no event.
     h.ok(client, TASK_ABI, "reportConsensusFailure", task_id)
     result = h.ok(p1, BID_ABI, "unsubscribe", task_id)
     assert [e.name for e in result.events] == ["StakeUnlocked", "Unsubscribed"]
-    assert state_of(h, task_id) == STATE_INTERRUPTED
+    assert state_of(h, task_id) == TaskState.INTERRUPTED
 
 
 # -- updateTerms --
@@ -474,7 +462,7 @@ def test_update_terms_creates_version_two(h, params, client, providers, outsider
         2, 3 * PRICE, 2, BPS,
     )
     assert escrow_of(h, task_id) == BUDGET  # no money moves
-    assert state_of(h, task_id) == STATE_FORMING
+    assert state_of(h, task_id) == TaskState.FORMING
     assert_reverts(h.send(client, TASK_ABI, "updateTerms", 99, PRICE, 0, 0), "Task: no task 99")
 
 
@@ -486,7 +474,7 @@ def active(h, params, client, providers) -> int:
     """Stream 1, Active with providers 0 and 1 subscribed."""
     task_id = new_stream(h, params, client)
     subscribe_all(h, providers[:2], task_id)
-    assert state_of(h, task_id) == STATE_ACTIVE
+    assert state_of(h, task_id) == TaskState.ACTIVE
     return task_id
 
 
@@ -666,7 +654,7 @@ def test_retract_settle_window_then_refund(h, params, client, providers, outside
         assert_reverts(h.send(who, TASK_ABI, "retract", task_id), NOT_CLIENT)
     result = h.ok(client, TASK_ABI, "retract", task_id)
     close_at = h.now + SETTLE_WINDOW
-    assert result.events == [ev("Task", "StreamStateChanged", taskId=task_id, state=STATE_CLOSING, subscribers=3)]
+    assert result.events == [ev("Task", "StreamStateChanged", taskId=task_id, state=TaskState.CLOSING, subscribers=3)]
     assert h.view(TASK_ABI, "getStream", task_id)["closeDeadline"] == close_at
     assert h.view(TASK_ABI, "pendingDeadlines") == {"count": 1, "nextDue": close_at}
 
@@ -683,13 +671,13 @@ def test_retract_settle_window_then_refund(h, params, client, providers, outside
     assert stake_of(h, p3)["locked"] == 0
     result = h.ok(p2, BID_ABI, "unsubscribe", task_id)
     assert [e.name for e in result.events] == ["StakeUnlocked", "Unsubscribed"]  # no state change while closing
-    assert state_of(h, task_id) == STATE_CLOSING
+    assert state_of(h, task_id) == TaskState.CLOSING
 
     # Inside the window, the last second included, settle still pays.
     before = h.balance(p1.address)
     assert settle(h, outsider, task_id, p1, 2_000, 1, late, at=close_at - 1).ok
     assert h.balance(p1.address) == before + 2_000 * PRICE
-    assert state_of(h, task_id) == STATE_CLOSING
+    assert state_of(h, task_id) == TaskState.CLOSING
     paid = 3_000 * PRICE
     escrow = BUDGET + 777 - paid
     assert escrow_of(h, task_id) == escrow
@@ -701,7 +689,7 @@ def test_retract_settle_window_then_refund(h, params, client, providers, outside
     refund = escrow + deposit
     assert refund == BUDGET + 777 - paid + deposit
     events = block.system_events
-    assert events[-1] == ev("Task", "TaskSettled", taskId=task_id, outcome=OUTCOME_STREAM_CLOSED, refund=refund,
+    assert events[-1] == ev("Task", "TaskSettled", taskId=task_id, outcome=Outcome.CONFIRMED, refund=refund,
                             paid=paid)
     assert sorted((e.name, e["account"]) for e in events if e.name == "StakeUnlocked") == sorted(
         ("StakeUnlocked", p.address) for p in (p0, p1)
@@ -710,7 +698,7 @@ def test_retract_settle_window_then_refund(h, params, client, providers, outside
     assert sorted(e["provider"] for e in events if e.name == "Unsubscribed") == sorted([p0.address, p1.address])
     assert h.balance(client.address) == client_before + refund
     task = h.view(TASK_ABI, "getTask", task_id)
-    assert (task["state"], task["escrow"], task["deposit"]) == (STATE_SETTLED, 0, 0)
+    assert (task["state"], task["escrow"], task["deposit"]) == (TaskState.SETTLED, 0, 0)
     assert h.balance(TASK_ABI.address) == 0
     assert subscribers(h, task_id) == []
     assert h.view(TASK_ABI, "getStream", task_id)["subscribers"] == 0
@@ -736,11 +724,11 @@ def test_retract_a_forming_stream_refunds_everything(h, params, client, provider
     before = h.balance(client.address)
     result = h.ok(client, TASK_ABI, "retract", task_id)
     block = h.block(at=h.now + 1)
-    assert block.system_events[-1] == ev("Task", "TaskSettled", taskId=task_id, outcome=OUTCOME_STREAM_CLOSED,
+    assert block.system_events[-1] == ev("Task", "TaskSettled", taskId=task_id, outcome=Outcome.CONFIRMED,
                                          refund=value, paid=0)
     assert h.balance(client.address) == before - result.fee + value
     assert stake_of(h, providers[0])["locked"] == 0
-    assert state_of(h, task_id) == STATE_SETTLED
+    assert state_of(h, task_id) == TaskState.SETTLED
 
 
 def test_settle_after_the_window_reverts_even_when_the_queue_lags(h, params, client, providers, outsider):

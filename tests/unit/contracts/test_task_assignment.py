@@ -15,29 +15,16 @@ from typing import Any
 
 import pytest
 from eth_hash.auto import keccak
-from harness import (
-    BID_ABI,
-    OGPU,
-    STAKE_ABI,
-    TASK_ABI,
-    ZERO_ADDRESS,
-    Event,
-    Harness,
-)
+from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, ZERO_ADDRESS, Event, Harness
 
 from ogpu_node.chain import Chain
 from ogpu_node.chain.chain import system_tx_hash
 from ogpu_node.config import DEV_GENESIS, parse_genesis
-from ogpu_node.contracts.task import MAX_WINDOW
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.codec import decode_block, encode_block
 from ogpu_node.execution.errors import InvalidBlock
+from ogpu_node.types.protocol import BPS, MAX_WINDOW, CancelReason, Role, TaskKind, TaskState
 
-BPS = 10_000
-KIND_BATCH, KIND_STREAM = 0, 1
-STATE_BIDDING, STATE_RUNNING, STATE_CANCELLED = 1, 2, 3
-CANCEL_TOO_FEW_BIDS = 1
-ROLE_VALIDATOR, ROLE_PROVIDER = 1, 2
 PRESCRIPTION = keccak(b"prescription of a batch task")
 MAX_PAYMENT = 10 * OGPU
 BID_WINDOW = 30
@@ -64,7 +51,7 @@ def money_invariants(h: Harness, accounts: list[Any]) -> Any:
         held = 0
         for task_id in range(1, count + 1):
             task = h.view(TASK_ABI, "getTask", task_id)
-            if task["state"] == STATE_CANCELLED:
+            if task["state"] == TaskState.CANCELLED:
                 assert task["escrow"] == task["deposit"] == 0, task_id
             held += task["escrow"] + task["deposit"]
         assert h.balance(TASK_ABI.address) == held
@@ -117,7 +104,7 @@ def collateral(params: Any, price: int) -> int:
     return price * params.collateral_bps // BPS
 
 
-def submit(h: Harness, params: Any, client: Any, value: int | None = None, kind: int = KIND_BATCH, **overrides: int):
+def submit(h: Harness, params: Any, client: Any, value: int | None = None, kind: int = TaskKind.BATCH, **overrides: int):
     """Submit a task in a block of its own; returns (result, task id or None)."""
     t = terms(**overrides)
     if value is None:
@@ -190,7 +177,7 @@ def test_submit_rejects_each_broken_term_and_keeps_nothing(h, params, client, ov
 
 @pytest.mark.parametrize(
     ("kind", "reason"),
-    [(KIND_STREAM, "Task: stream tasks are submitted with submitStream"), (2, "Task: unknown task kind"),
+    [(TaskKind.STREAM, "Task: stream tasks are submitted with submitStream"), (2, "Task: unknown task kind"),
      (255, "Task: unknown task kind")],
     ids=["stream", "kind-2", "kind-255"],
 )
@@ -227,7 +214,7 @@ def test_submit_accepts_every_term_at_its_limit(h, params, client):
         terms(responseMethod=2, firstN=3, minBids=3, bidWindow=1, segmentWindow=1, confirmWindow=1),
     ]
     value = MAX_PAYMENT + deposit_for(params, MAX_PAYMENT)
-    block = h.block(*(h.tx(client, TASK_ABI, "submitTask", PRESCRIPTION, KIND_BATCH, t, value=value) for t in accepted))
+    block = h.block(*(h.tx(client, TASK_ABI, "submitTask", PRESCRIPTION, TaskKind.BATCH, t, value=value) for t in accepted))
     assert [(r.ok, r.reason) for r in block.txs] == [(True, None)] * 3
     assert [h.view(TASK_ABI, "getTerms", i) for i in (1, 2, 3)] == [
         {**{name: 0 for name in h.view(TASK_ABI, "getTerms", 1)}, **t} for t in accepted
@@ -247,10 +234,10 @@ def test_task_submitted_carries_the_task_and_its_deadline(h, params, client):
     assert result.ok
     assert result.events == [ev(
         "Task", "TaskSubmitted", taskId=1, client=client.address, prescriptionHash=PRESCRIPTION,
-        kind=KIND_BATCH, maxPayment=MAX_PAYMENT, deposit=deposit, bidDeadline=stamp + BID_WINDOW,
+        kind=TaskKind.BATCH, maxPayment=MAX_PAYMENT, deposit=deposit, bidDeadline=stamp + BID_WINDOW,
     )]
     assert h.view(TASK_ABI, "getTask", task_id) == {
-        "client": client.address, "kind": KIND_BATCH, "state": STATE_BIDDING, "prescriptionHash": PRESCRIPTION,
+        "client": client.address, "kind": TaskKind.BATCH, "state": TaskState.BIDDING, "prescriptionHash": PRESCRIPTION,
         "escrow": MAX_PAYMENT, "deposit": deposit, "executor": ZERO_ADDRESS, "price": 0, "seed": b"\x00" * 32,
         "bidDeadline": stamp + BID_WINDOW, "assignedAt": 0,
     }
@@ -291,7 +278,7 @@ def test_bid_locks_collateral_and_records_the_offer(h, params, client, providers
         ev("Bid", "BidPlaced", taskId=task_id, provider=p.address, price=MAX_PAYMENT, collateral=c),
     ]
     assert h.view(STAKE_ABI, "stakeOf", p.address) == {
-        "staked": PROVIDER_STAKE, "locked": c, "unbonding": 0, "releaseTime": 0, "roles": ROLE_PROVIDER,
+        "staked": PROVIDER_STAKE, "locked": c, "unbonding": 0, "releaseTime": 0, "roles": Role.PROVIDER,
     }
     assert h.view(STAKE_ABI, "freeStake", p.address) == PROVIDER_STAKE - c
     assert h.view(BID_ABI, "bidsOf", task_id) == {"providers": [p.address], "prices": [MAX_PAYMENT]}
@@ -307,7 +294,7 @@ def _stake_without_provider_role(h: Harness, account: Any) -> None:
 def _validator_only(h: Harness, account: Any) -> None:
     block = h.block(
         h.tx(account, STAKE_ABI, "stake", value=2_000 * OGPU),
-        h.tx(account, STAKE_ABI, "setRoles", ROLE_VALIDATOR),
+        h.tx(account, STAKE_ABI, "setRoles", Role.VALIDATOR),
     )
     assert all(r.ok for r in block.txs)
 
@@ -441,7 +428,7 @@ def test_deadline_assigns_the_lowest_bid_in_the_next_block_without_a_transaction
     ]
     task = h.view(TASK_ABI, "getTask", task_id)
     assert (task["state"], task["executor"], task["price"], task["seed"], task["assignedAt"]) == (
-        STATE_RUNNING, p1.address, 7 * OGPU, seed_of(mix, task_id), deadline,
+        TaskState.RUNNING, p1.address, 7 * OGPU, seed_of(mix, task_id), deadline,
     )
     assert (task["escrow"], task["deposit"]) == (MAX_PAYMENT, deposit_for(params, MAX_PAYMENT))
     assert [locked(h, p) for p in providers] == [0, collateral(params, 7 * OGPU), 0, 0]
@@ -456,7 +443,7 @@ def test_nothing_happens_before_the_deadline(h, params, client, providers):
     h.block(bid(h, providers[0], task_id, OGPU))
     block = h.block(at=deadline - 1)
     assert block.system_logs == []
-    assert h.view(TASK_ABI, "getTask", task_id)["state"] == STATE_BIDDING
+    assert h.view(TASK_ABI, "getTask", task_id)["state"] == TaskState.BIDDING
     assert h.view(TASK_ABI, "pendingDeadlines") == {"count": 1, "nextDue": deadline}
 
 
@@ -483,7 +470,7 @@ def test_first_n_bids_close_bidding_in_the_bids_own_transaction(h, params, clien
     p0, p1, p2 = providers[:3]
     [first] = h.block(bid(h, p0, task_id, 9 * OGPU)).txs
     assert [e.name for e in first.events] == ["StakeLocked", "BidPlaced"]
-    assert h.view(TASK_ABI, "getTask", task_id)["state"] == STATE_BIDDING
+    assert h.view(TASK_ABI, "getTask", task_id)["state"] == TaskState.BIDDING
     block = h.block(bid(h, p1, task_id, 8 * OGPU))
     [closing] = block.txs
     c9, c8 = collateral(params, 9 * OGPU), collateral(params, 8 * OGPU)
@@ -497,7 +484,7 @@ def test_first_n_bids_close_bidding_in_the_bids_own_transaction(h, params, clien
     ]
     assert block.system_logs == []
     task = h.view(TASK_ABI, "getTask", task_id)
-    assert (task["state"], task["executor"], task["assignedAt"]) == (STATE_RUNNING, p1.address, block.header.timestamp)
+    assert (task["state"], task["executor"], task["assignedAt"]) == (TaskState.RUNNING, p1.address, block.header.timestamp)
     assert block.header.timestamp < deadline
     [after] = h.block(bid(h, p2, task_id, 7 * OGPU)).txs
     assert (after.ok, after.reason) == (False, CLOSED)
@@ -523,12 +510,12 @@ def test_too_few_bids_cancel_and_refund_in_full(h, params, client, providers, bi
     unlocks = [ev("Stake", "StakeUnlocked", account=providers[0].address, amount=collateral(params, 5 * OGPU), locked=0)]
     assert block.system_events == unlocks[:bids] + [
         ev("Bid", "BidsClosed", taskId=task_id, count=bids),
-        ev("Task", "TaskCancelled", taskId=task_id, reason=CANCEL_TOO_FEW_BIDS, refund=value),
+        ev("Task", "TaskCancelled", taskId=task_id, reason=CancelReason.TOO_FEW_BIDS, refund=value),
     ]
     assert h.balance(client.address) == client_before + value
     assert h.balance(TASK_ABI.address) == task_before - value == 0
     task = h.view(TASK_ABI, "getTask", task_id)
-    assert (task["state"], task["escrow"], task["deposit"], task["executor"]) == (STATE_CANCELLED, 0, 0, ZERO_ADDRESS)
+    assert (task["state"], task["escrow"], task["deposit"], task["executor"]) == (TaskState.CANCELLED, 0, 0, ZERO_ADDRESS)
     assert locked(h, providers[0]) == 0
 
 
@@ -547,7 +534,7 @@ def test_a_task_at_the_longest_windows_still_closes_at_its_deadline(h, params, c
     deadline = h.view(TASK_ABI, "getTask", task_id)["bidDeadline"]
     h.block(bid(h, providers[0], task_id, OGPU))
     h.block(at=deadline)
-    assert h.view(TASK_ABI, "getTask", task_id)["state"] == STATE_RUNNING
+    assert h.view(TASK_ABI, "getTask", task_id)["state"] == TaskState.RUNNING
 
 
 def test_money_invariants_hold_through_a_mixed_history(h, params, client, providers, dev_accounts):
@@ -564,7 +551,7 @@ def test_money_invariants_hold_through_a_mixed_history(h, params, client, provid
     h.block(bid(h, providers[0], assigned, 3 * OGPU))
     h.block(at=deadline)
     states = [h.view(TASK_ABI, "getTask", i)["state"] for i in (assigned, cancelled)]
-    assert states == [STATE_RUNNING, STATE_CANCELLED]
+    assert states == [TaskState.RUNNING, TaskState.CANCELLED]
     assert h.balance(TASK_ABI.address) == MAX_PAYMENT + deposit_for(params, MAX_PAYMENT)
     assert h.balance(STAKE_ABI.address) == 4 * PROVIDER_STAKE
     assert h.view(STAKE_ABI, "stakeOf", providers[2].address)["unbonding"] == 100 * OGPU
@@ -596,7 +583,7 @@ def test_due_deadlines_beyond_the_per_block_bound_spill_to_the_next_blocks(limit
     h.make_providers([provider, late], PROVIDER_STAKE)
     value = MAX_PAYMENT + deposit_for(params, MAX_PAYMENT)
     submit_block = h.block(*(
-        h.tx(client, TASK_ABI, "submitTask", PRESCRIPTION, KIND_BATCH, terms(), value=value) for _ in range(5)
+        h.tx(client, TASK_ABI, "submitTask", PRESCRIPTION, TaskKind.BATCH, terms(), value=value) for _ in range(5)
     ))
     assert all(r.ok for r in submit_block.txs)
     deadline = submit_block.header.timestamp + BID_WINDOW
@@ -617,7 +604,7 @@ def test_due_deadlines_beyond_the_per_block_bound_spill_to_the_next_blocks(limit
     assert first.system_events == assigned(first, [1, 2])
     assert [(r.ok, r.reason) for r in first.txs] == [(False, CLOSED), (False, CLOSED)]
     # The late bids failed on the deadline itself: the queue had not yet closed tasks 3 and 5.
-    assert [h.view(TASK_ABI, "getTask", i)["state"] for i in range(1, 6)] == [STATE_RUNNING] * 2 + [STATE_BIDDING] * 3
+    assert [h.view(TASK_ABI, "getTask", i)["state"] for i in range(1, 6)] == [TaskState.RUNNING] * 2 + [TaskState.BIDDING] * 3
     assert h.view(TASK_ABI, "pendingDeadlines")["nextDue"] == deadline
     assert locked(h, late) == 0
 

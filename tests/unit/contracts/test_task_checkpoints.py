@@ -20,9 +20,9 @@ from eth_hash.auto import keccak
 from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, Event, Harness, TxResult
 
 from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment, verdict_commitment
+from ogpu_node.types.protocol import BPS, CancelReason, Equivalence, Outcome, Phase, TaskState
 
 # ogpu_node/config/networks/dev.json config.ogpu
-BPS = 10_000
 COLLATERAL_BPS = 10_000
 CLIENT_DEPOSIT_BPS = 1_000
 REPORTER_SHARE_BPS = 1_000
@@ -32,13 +32,6 @@ MISSED_VOTE_PENALTY = OGPU
 MAX_INCONCLUSIVE_ROUNDS = 3
 MAX_DEADLINES_PER_BLOCK = 64
 
-PHASE_NONE, PHASE_COMMITTED, PHASE_COUNCIL_COMMIT, PHASE_REVEAL, PHASE_ACCEPTED = 0, 1, 2, 3, 4
-STATE_BIDDING, STATE_RUNNING, STATE_CANCELLED = 1, 2, 3
-STATE_AWAITING_CONFIRMATION, STATE_DISPUTED, STATE_SETTLED = 4, 5, 6
-EXACT, ALLCLOSE = 0, 1
-OUTCOME_CONFIRMED, OUTCOME_EXECUTOR_LOST, OUTCOME_CLIENT_LOST = 1, 2, 3
-CANCEL_TOO_FEW_BIDS, CANCEL_TOO_FEW_CANDIDATES, CANCEL_INCONCLUSIVE, CANCEL_NO_REPLACEMENT = 1, 2, 3, 4
-PENALTY_REJECTED, PENALTY_MISSED_CHECKPOINT, PENALTY_MISSED_VOTE = 1, 2, 3
 
 PRESCRIPTION = keccak(b"batch prescription")
 PROVIDER_STAKE = 200 * OGPU
@@ -50,7 +43,7 @@ PRICE = OGPU + 1  # not divisible by 2 or 3: the parts differ by a wei
 BASE_TERMS = {
     "maxPayment": MAX_PAYMENT, "councilSize": 3, "councilShareBps": 1_000, "checkpoints": 2,
     "segmentWindow": WINDOW, "bidWindow": 1_000, "firstN": 1, "minBids": 1, "latenessBpsPerSecond": 0,
-    "confirmWindow": 500, "responseMethod": 0, "responseWeight": 0, "equivalence": EXACT,
+    "confirmWindow": 500, "responseMethod": 0, "responseWeight": 0, "equivalence": Equivalence.EXACT,
     "minMemoryMiB": 0, "deviceMask": 0,
 }
 
@@ -331,7 +324,7 @@ def test_exact_flow_pays_parts_summing_to_the_price_and_confirm_settles(ready, c
         assert drawn["round"] == 0 and drawn["commitDeadline"] == s.h.now + WINDOW
         assert sorted(drawn["members"]) == sorted(m.address for m in members)
         assert sorted(s.checkpoint(task, k)["council"]) == sorted(m.address for m in members)
-        assert s.checkpoint(task, k)["phase"] == PHASE_COUNCIL_COMMIT
+        assert s.checkpoint(task, k)["phase"] == Phase.COUNCIL_COMMIT
         assert [s.stake(m)["locked"] for m in members] == [SEAT] * 3
         votes = {m: (h, step(k)) for m in members}
         s.commit_exact(task, k, votes)
@@ -348,15 +341,15 @@ def test_exact_flow_pays_parts_summing_to_the_price_and_confirm_settles(ready, c
         assert s.progress(task)["accepted"] == k
         assert s.progress(task)["paid"] == sum(parts[:k])
         assert s.task(task)["escrow"] == MAX_PAYMENT - sum(parts[:k])
-    assert s.task(task)["state"] == STATE_AWAITING_CONFIRMATION
+    assert s.task(task)["state"] == TaskState.AWAITING_CONFIRMATION
     assert s.stake(executor)["locked"] == PRICE  # collateral held until settlement
     settled = one(s.h.ok(client, TASK_ABI, "confirm", task).events, "TaskSettled")
     refund = MAX_PAYMENT - PRICE + DEPOSIT
-    assert settled.args == {"taskId": task, "outcome": OUTCOME_CONFIRMED, "refund": refund, "paid": PRICE}
+    assert settled.args == {"taskId": task, "outcome": Outcome.CONFIRMED, "refund": refund, "paid": PRICE}
     assert s.received(client) == refund
     assert paid_executor + 3 * paid_member == PRICE
     record = s.task(task)
-    assert (record["state"], record["escrow"], record["deposit"]) == (STATE_SETTLED, 0, 0)
+    assert (record["state"], record["escrow"], record["deposit"]) == (TaskState.SETTLED, 0, 0)
     assert s.stake(executor)["staked"] == PROVIDER_STAKE
     s.assert_no_locked_stake()
     assert s.penalties() == []
@@ -366,14 +359,14 @@ def test_allclose_flow_executor_reveals_first_and_confirm_settles(ready, client,
     """allclose: the executor reveals during the council's commit window, members commit a verdict after
     comparing, then reveal it; all parts paid, confirm settles."""
     s = ready
-    task = assigned(s, client, executor, checkpoints=2, equivalence=ALLCLOSE)
+    task = assigned(s, client, executor, checkpoints=2, equivalence=Equivalence.ALLCLOSE)
     for k in (1, 2):
         h = ckpt(k)
         s.commit(task, k, executor, h)
         s.draw(task, k)
         revealed = s.reveal_checkpoint(task, k, executor, h)
         assert one(revealed.events, "CheckpointRevealed").args == {"taskId": task, "k": k, "checkpointHash": h}
-        assert s.checkpoint(task, k)["phase"] == PHASE_COUNCIL_COMMIT
+        assert s.checkpoint(task, k)["phase"] == Phase.COUNCIL_COMMIT
         assert s.checkpoint(task, k)["checkpointHash"] == h
         votes = {m: (True, keccak(b"own result" + m.address)) for m in members}
         committed = s.commit_allclose(task, k, votes)
@@ -385,7 +378,7 @@ def test_allclose_flow_executor_reveals_first_and_confirm_settles(ready, client,
             "taskId": task, "k": k, "executorPaid": rest, "councilPaid": 3 * each, "discount": 0}
     settled = one(s.h.ok(client, TASK_ABI, "confirm", task).events, "TaskSettled")
     assert settled.args == {
-        "taskId": task, "outcome": OUTCOME_CONFIRMED, "refund": MAX_PAYMENT - PRICE + DEPOSIT, "paid": PRICE}
+        "taskId": task, "outcome": Outcome.CONFIRMED, "refund": MAX_PAYMENT - PRICE + DEPOSIT, "paid": PRICE}
     assert s.received(client) == MAX_PAYMENT - PRICE + DEPOSIT
     assert s.received(executor) + sum(s.received(m) for m in members) == PRICE
     s.assert_no_locked_stake()
@@ -401,13 +394,13 @@ def test_auto_confirm_after_the_confirm_window_with_no_transaction(ready, client
     assert s.progress(task)["confirmDeadline"] == deadline
     quiet = s.h.block(at=deadline - 1)
     assert named(quiet.system_events, "TaskSettled") == []
-    assert s.task(task)["state"] == STATE_AWAITING_CONFIRMATION
+    assert s.task(task)["state"] == TaskState.AWAITING_CONFIRMATION
     block = s.h.block(at=deadline)
     assert block.txs == []
     settled = one(block.system_events, "TaskSettled")
     assert settled.args == {
-        "taskId": task, "outcome": OUTCOME_CONFIRMED, "refund": MAX_PAYMENT - PRICE + DEPOSIT, "paid": PRICE}
-    assert s.task(task)["state"] == STATE_SETTLED
+        "taskId": task, "outcome": Outcome.CONFIRMED, "refund": MAX_PAYMENT - PRICE + DEPOSIT, "paid": PRICE}
+    assert s.task(task)["state"] == TaskState.SETTLED
     assert s.received(client) == MAX_PAYMENT - PRICE + DEPOSIT
     s.assert_no_locked_stake()
 
@@ -438,7 +431,7 @@ def test_lateness_discount_stays_in_escrow_and_is_refunded(ready, client, execut
     assert s.task(task)["escrow"] == MAX_PAYMENT - p1 - net
     settled = one(s.h.ok(client, TASK_ABI, "confirm", task).events, "TaskSettled")
     assert settled.args == {
-        "taskId": task, "outcome": OUTCOME_CONFIRMED, "refund": MAX_PAYMENT - p1 - net + DEPOSIT, "paid": p1 + net}
+        "taskId": task, "outcome": Outcome.CONFIRMED, "refund": MAX_PAYMENT - p1 - net + DEPOSIT, "paid": p1 + net}
     assert s.received(client) == MAX_PAYMENT - PRICE + discount + DEPOSIT
     assert s.received(executor) + sum(s.received(m) for m in members) == PRICE - discount
 
@@ -455,7 +448,7 @@ def test_commits_run_ahead_and_the_next_council_is_drawn_only_after_acceptance(r
     s.commit(task, 3, executor, ckpt(3))
     assert s.progress(task)["committed"] == 3
     for k in (2, 3):
-        assert s.checkpoint(task, k)["phase"] == PHASE_COMMITTED
+        assert s.checkpoint(task, k)["phase"] == Phase.COMMITTED
         assert s.checkpoint(task, k)["council"] == []
     votes = {m: (ckpt(1), step(1)) for m in members}
     s.commit_exact(task, 1, votes)
@@ -466,7 +459,7 @@ def test_commits_run_ahead_and_the_next_council_is_drawn_only_after_acceptance(r
     for k in (2, 3):
         block = s.verify_exact(task, k, executor, members, ckpt(k))  # its draw is the next block after k − 1
         assert one(block.txs[-1].events, "CheckpointAccepted")["k"] == k
-    assert s.task(task)["state"] == STATE_AWAITING_CONFIRMATION
+    assert s.task(task)["state"] == TaskState.AWAITING_CONFIRMATION
     assert s.progress(task)["paid"] == PRICE
 
 
@@ -479,12 +472,12 @@ def test_council_commit_window_closes_early_once_all_have_committed(ready, clien
     votes = {m: (ckpt(1), step(1)) for m in members}
     first = s.commit_exact(task, 1, dict(list(votes.items())[:2]))
     assert named(first.txs[-1].events, "RevealPhase") == []
-    assert s.checkpoint(task, 1)["phase"] == PHASE_COUNCIL_COMMIT
+    assert s.checkpoint(task, 1)["phase"] == Phase.COUNCIL_COMMIT
     last = s.commit_exact(task, 1, dict(list(votes.items())[2:]))
     assert one(last.txs[0].events, "RevealPhase").args == {
         "taskId": task, "k": 1, "round": 0, "revealDeadline": s.h.now + REVEAL_WINDOW}
     record = s.checkpoint(task, 1)
-    assert (record["phase"], record["phaseEnds"]) == (PHASE_REVEAL, s.h.now + REVEAL_WINDOW)
+    assert (record["phase"], record["phaseEnds"]) == (Phase.REVEAL, s.h.now + REVEAL_WINDOW)
 
 
 def test_council_never_includes_the_client_or_the_executor(s, dev_accounts):
@@ -513,7 +506,7 @@ def test_council_respects_min_memory_and_device_mask(s, dev_accounts):
     task = assigned(s, client, executor, checkpoints=1, minMemoryMiB=4_000, deviceMask=0b011)
     s.commit(task, 1, executor, ckpt(1))
     s.verify_exact(task, 1, executor, [cpu_big, cuda_big, cuda_huge], ckpt(1))
-    assert s.task(task)["state"] == STATE_AWAITING_CONFIRMATION
+    assert s.task(task)["state"] == TaskState.AWAITING_CONFIRMATION
 
 
 # -- rejections --
@@ -560,7 +553,7 @@ def test_commit_after_the_grace_window_is_past_its_deadline(ready, client, execu
     block = s.h.block()
     missed = one(block.system_events, "CheckpointMissed")
     assert (missed["k"], missed["executor"], missed["penalty"]) == (1, executor.address, PRICE)
-    assert one(block.system_events, "TaskCancelled")["reason"] == CANCEL_NO_REPLACEMENT
+    assert one(block.system_events, "TaskCancelled")["reason"] == CancelReason.NO_REPLACEMENT
     s.assert_no_locked_stake()
 
 
@@ -621,12 +614,12 @@ def test_commit_result_rejections_under_exact(ready, client, executor, members, 
                     s.exact_commitment(task, 1, members[1], h, step(1)), at=drawn["commitDeadline"])
     assert late.reason == "Task: the council's commit window is closed"
     assert one(s.h.blocks[-1].system_events, "RevealPhase")["revealDeadline"] == drawn["commitDeadline"] + REVEAL_WINDOW
-    assert s.checkpoint(task, 1)["phase"] == PHASE_REVEAL
+    assert s.checkpoint(task, 1)["phase"] == Phase.REVEAL
 
 
 def test_commit_result_under_allclose_waits_for_the_executor_reveal(ready, client, executor, members):
     s = ready
-    task = assigned(s, client, executor, equivalence=ALLCLOSE)
+    task = assigned(s, client, executor, equivalence=Equivalence.ALLCLOSE)
     h = ckpt(1)
     s.commit(task, 1, executor, h)
     s.draw(task, 1)
@@ -649,7 +642,7 @@ def test_reveal_result_rejections_under_exact(ready, client, executor, members, 
     s.commit_exact(task, 1, votes)
     assert reason(s, first, "revealResult", task, 1, True, h, step(1), salt(first), True) == closed  # commit phase
     s.h.block(at=drawn["commitDeadline"])  # `absent` never commits: the window closes on time
-    assert s.checkpoint(task, 1)["phase"] == PHASE_REVEAL
+    assert s.checkpoint(task, 1)["phase"] == Phase.REVEAL
     assert reason(s, first, "revealResult", task, 1, True, h, step(1), salt(first), True) == (
         "Task: the executor has not revealed this checkpoint yet")
     s.reveal_checkpoint(task, 1, executor, h)
@@ -664,7 +657,7 @@ def test_reveal_result_rejections_under_exact(ready, client, executor, members, 
     assert reason(s, first, "revealResult", task, 1, True, h, step(1), salt(first), True) == "Task: result already revealed"
     s.h.ok(second, TASK_ABI, "revealResult", task, 1, True, h, step(1), salt(second), True)
     ends = s.checkpoint(task, 1)["phaseEnds"]
-    assert s.checkpoint(task, 1)["phase"] == PHASE_REVEAL  # `absent` could still be revealing: no early tally
+    assert s.checkpoint(task, 1)["phase"] == Phase.REVEAL  # `absent` could still be revealing: no early tally
     late = s.h.send(absent, TASK_ABI, "revealResult", task, 1, True, h, step(1), salt(absent), True, at=ends)
     assert late.reason == closed
     assert one(s.h.blocks[-1].system_events, "CheckpointAccepted")["k"] == 1
@@ -689,7 +682,7 @@ def test_confirm_and_dispute_rejections(ready, client, executor, members, outsid
     assert [r.reason for r in block.txs] == ["Task: the confirmation window has closed"] * 2
     assert named(block.system_events, "TaskSettled") == []
     settled = one(s.h.block().system_events, "TaskSettled")  # the auto-confirm
-    assert settled["outcome"] == OUTCOME_CONFIRMED
+    assert settled["outcome"] == Outcome.CONFIRMED
     for function in ("confirm", "dispute"):
         assert reason(s, client, function, task) == not_awaiting  # settled
     assert s.received(client) == MAX_PAYMENT - PRICE + DEPOSIT
@@ -711,7 +704,7 @@ def test_a_late_executor_reveal_still_leaves_members_a_full_reveal_window(ready,
     s.reveal_checkpoint(task, 1, executor, h, at=deadline - 1)
     assert s.checkpoint(task, 1)["phaseEnds"] == deadline - 1 + REVEAL_WINDOW
     s.h.block(at=deadline)  # the original close-reveals step runs, finds the window extended
-    assert s.checkpoint(task, 1)["phase"] == PHASE_REVEAL
+    assert s.checkpoint(task, 1)["phase"] == Phase.REVEAL
     block = s.reveal_exact(task, 1, votes, at=deadline + REVEAL_WINDOW // 2)
     assert one(block.txs[-1].events, "CheckpointAccepted")["k"] == 1
     assert s.penalties() == []

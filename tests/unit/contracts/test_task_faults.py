@@ -17,33 +17,14 @@ import pytest
 from eth_hash.auto import keccak
 from harness import OGPU, STAKE_ABI, TASK_ABI
 from test_task_checkpoints import (
-    ALLCLOSE,
-    BPS,
-    CANCEL_INCONCLUSIVE,
-    CANCEL_NO_REPLACEMENT,
-    CANCEL_TOO_FEW_CANDIDATES,
     DEPOSIT,
-    EXACT,
     MAX_INCONCLUSIVE_ROUNDS,
     MAX_PAYMENT,
     MISSED_VOTE_PENALTY,
-    OUTCOME_CLIENT_LOST,
-    OUTCOME_EXECUTOR_LOST,
-    PENALTY_MISSED_CHECKPOINT,
-    PENALTY_MISSED_VOTE,
-    PENALTY_REJECTED,
-    PHASE_COMMITTED,
-    PHASE_NONE,
-    PHASE_REVEAL,
     PROVIDER_STAKE,
     REPORTER_SHARE_BPS,
     REVEAL_WINDOW,
     SEAT,
-    STATE_AWAITING_CONFIRMATION,
-    STATE_CANCELLED,
-    STATE_DISPUTED,
-    STATE_RUNNING,
-    STATE_SETTLED,
     WINDOW,
     Scenario,
     ckpt,
@@ -56,6 +37,7 @@ from test_task_checkpoints import (
 
 from ogpu_node.contracts.addresses import TASK
 from ogpu_node.contracts.checkpoints import checkpoint_commitment
+from ogpu_node.types.protocol import BPS, CancelReason, Equivalence, Outcome, Penalty, Phase, TaskState
 
 MIN_MEMORY = 4_000
 PRICE_E = 7 * 10**17 + 1  # the executor's bid (lowest)
@@ -139,7 +121,7 @@ def test_council_rejects_executor_slashed_and_lowest_non_council_bidder_resumes(
     events = block.txs[-1].events
     reward = slash_reward(PRICE_E)
     assert one(events, "ComputationPenalty").args == {
-        "offender": e.address, "taskId": task, "kind": PENALTY_REJECTED, "penalty": PRICE_E, "beneficiary": TASK}
+        "offender": e.address, "taskId": task, "kind": Penalty.REJECTED, "penalty": PRICE_E, "beneficiary": TASK}
     assert one(events, "StakeSlashed").args == {
         "account": e.address, "amount": PRICE_E, "burned": PRICE_E - reward, "rewarded": reward, "beneficiary": TASK}
     assert one(events, "CheckpointRejected").args == {"taskId": task, "k": 2, "executor": e.address, "penalty": PRICE_E}
@@ -153,12 +135,12 @@ def test_council_rejects_executor_slashed_and_lowest_non_council_bidder_resumes(
     # later commitments are void; the replacement resumes after checkpoint 1
     for k in (2, 3):
         record = s.checkpoint(task, k)
-        assert (record["phase"], record["round"], record["council"]) == (PHASE_NONE, 1, [])
+        assert (record["phase"], record["round"], record["council"]) == (Phase.NONE, 1, [])
     progress = s.progress(task)
     assert (progress["accepted"], progress["committed"], progress["runStart"], progress["runBase"],
             progress["generation"]) == (1, 1, rejected_at, 1, 1)
     record = s.task(task)
-    assert (record["executor"], record["price"], record["state"], record["seed"]) == (y.address, PRICE_Y, STATE_RUNNING, seed)
+    assert (record["executor"], record["price"], record["state"], record["seed"]) == (y.address, PRICE_Y, TaskState.RUNNING, seed)
     late = s.h.send(e, TASK_ABI, "commitCheckpoint", task, 2, checkpoint_commitment(task, 2, e.address, ckpt(2)))
     assert late.reason == "Task: caller is not the executor"
     skip = s.h.send(y, TASK_ABI, "commitCheckpoint", task, 3, checkpoint_commitment(task, 3, y.address, ckpt(3)))
@@ -194,9 +176,9 @@ def test_council_rejects_with_no_eligible_bidder_left_cancels_with_refund(s, cas
     assert one(events, "CheckpointRejected")["penalty"] == PRICE_E
     assert named(events, "ExecutorReplaced") == []
     assert one(events, "TaskCancelled").args == {
-        "taskId": task, "reason": CANCEL_NO_REPLACEMENT, "refund": MAX_PAYMENT + DEPOSIT}
+        "taskId": task, "reason": CancelReason.NO_REPLACEMENT, "refund": MAX_PAYMENT + DEPOSIT}
     record = s.task(task)
-    assert (record["state"], record["escrow"], record["deposit"]) == (STATE_CANCELLED, 0, 0)
+    assert (record["state"], record["escrow"], record["deposit"]) == (TaskState.CANCELLED, 0, 0)
     assert s.received(cast.client) == MAX_PAYMENT + DEPOSIT
     assert [s.received(m) for m in members] == [slash_reward(PRICE_E) // 3] * 3
     assert s.stake(e)["staked"] == PROVIDER_STAKE - PRICE_E
@@ -222,7 +204,7 @@ def test_missed_checkpoint_is_slashed_and_replaced_by_the_system_call(s, cast):
     reward = slash_reward(PRICE_E)
     assert one(events, "CheckpointMissed").args == {"taskId": task, "k": 2, "executor": e.address, "penalty": PRICE_E}
     assert one(events, "ComputationPenalty").args == {
-        "offender": e.address, "taskId": task, "kind": PENALTY_MISSED_CHECKPOINT, "penalty": PRICE_E,
+        "offender": e.address, "taskId": task, "kind": Penalty.MISSED_CHECKPOINT, "penalty": PRICE_E,
         "beneficiary": cast.client.address}
     assert one(events, "ExecutorReplaced").args == {
         "taskId": task, "previous": e.address, "executor": y.address, "price": PRICE_Y, "resumeFrom": 1}
@@ -231,7 +213,7 @@ def test_missed_checkpoint_is_slashed_and_replaced_by_the_system_call(s, cast):
     progress = s.progress(task)
     assert (progress["runStart"], progress["runBase"], progress["generation"]) == (expiry, 1, 1)
     block = honest_checkpoint(s, task, 2, y, members)
-    assert s.task(task)["state"] == STATE_AWAITING_CONFIRMATION
+    assert s.task(task)["state"] == TaskState.AWAITING_CONFIRMATION
     paid = part(PRICE_E, 1, 2) + part(PRICE_Y, 2, 2)
     settled = one(s.h.ok(cast.client, TASK_ABI, "confirm", task).events, "TaskSettled")
     assert (settled["refund"], settled["paid"]) == (MAX_PAYMENT - paid + DEPOSIT, paid)
@@ -254,7 +236,7 @@ def test_executor_that_never_reveals_is_treated_as_missed(s, cast):
     assert one(events, "CheckpointMissed").args == {"taskId": task, "k": 1, "executor": e.address, "penalty": PRICE_E}
     penalty = [p for p in named(events, "ComputationPenalty") if p["offender"] == e.address]
     assert [(p["kind"], p["penalty"], p["beneficiary"]) for p in penalty] == [
-        (PENALTY_MISSED_CHECKPOINT, PRICE_E, cast.client.address)]
+        (Penalty.MISSED_CHECKPOINT, PRICE_E, cast.client.address)]
     assert one(events, "ExecutorReplaced")["executor"] == y.address
     assert [s.stake(m)["locked"] for m in members] == [0] * 3  # seats released
     assert s.checkpoint(task, 1)["round"] == 1
@@ -263,13 +245,13 @@ def test_executor_that_never_reveals_is_treated_as_missed(s, cast):
     s.assert_no_locked_stake()
 
 
-@pytest.mark.parametrize("equivalence", [EXACT, ALLCLOSE], ids=["exact", "allclose"])
+@pytest.mark.parametrize("equivalence", [Equivalence.EXACT, Equivalence.ALLCLOSE], ids=["exact", "allclose"])
 def test_members_are_not_penalized_when_the_executor_never_reveals(s, cast, equivalence):
     e, members = cast.executor, cast.members
     task = start(s, cast, checkpoints=1, equivalence=equivalence)
     s.commit(task, 1, e, ckpt(1))
     s.draw(task, 1)
-    if equivalence == EXACT:
+    if equivalence == Equivalence.EXACT:
         s.commit_exact(task, 1, {m: (ckpt(1), step(1)) for m in members})
     else:
         reasons = [s.h.send(m, TASK_ABI, "commitResult", task, 1, keccak(m.address)).reason for m in members]
@@ -283,11 +265,11 @@ def test_members_are_not_penalized_when_the_executor_never_reveals(s, cast, equi
 
 def test_allclose_reveal_after_the_council_commit_window_is_refused(s, cast):
     e, members = cast.executor, cast.members
-    task = start(s, cast, checkpoints=1, equivalence=ALLCLOSE)
+    task = start(s, cast, checkpoints=1, equivalence=Equivalence.ALLCLOSE)
     s.commit(task, 1, e, ckpt(1))
     drawn = s.draw(task, 1)
     s.h.block(at=drawn["commitDeadline"])  # nobody could commit: the executor had not revealed
-    assert s.checkpoint(task, 1)["phase"] == PHASE_REVEAL
+    assert s.checkpoint(task, 1)["phase"] == Phase.REVEAL
     late = s.h.send(e, TASK_ABI, "revealCheckpoint", task, 1, ckpt(1))
     assert late.reason == "Task: checkpoint is not open for the executor's reveal"
     events = s.h.block(at=s.checkpoint(task, 1)["phaseEnds"]).system_events
@@ -312,10 +294,10 @@ def test_member_that_does_not_vote_is_penalized_and_earns_nothing(s, cast, fault
         s.commit_exact(task, 1, votes)
     s.reveal_checkpoint(task, 1, e, ckpt(1))
     s.reveal_exact(task, 1, {m: votes[m] for m in voters})
-    assert s.checkpoint(task, 1)["phase"] == PHASE_REVEAL  # still open for `absent`
+    assert s.checkpoint(task, 1)["phase"] == Phase.REVEAL  # still open for `absent`
     events = s.h.block(at=s.checkpoint(task, 1)["phaseEnds"]).system_events
     assert one(events, "ComputationPenalty").args == {
-        "offender": absent.address, "taskId": task, "kind": PENALTY_MISSED_VOTE, "penalty": MISSED_VOTE_PENALTY,
+        "offender": absent.address, "taskId": task, "kind": Penalty.MISSED_VOTE, "penalty": MISSED_VOTE_PENALTY,
         "beneficiary": cast.client.address}
     each, rest = shares(PRICE_E, SHARE_BPS, 2)
     assert one(events, "CheckpointAccepted").args == {
@@ -429,15 +411,15 @@ def test_inconclusive_rounds_redraw_then_cancel_with_refund(s, cast):
         events = s.h.block(at=s.checkpoint(task, 2)["phaseEnds"]).system_events
         assert one(events, "CheckpointInconclusive").args == {"taskId": task, "k": 2, "round": round_}
         penalty = one(events, "ComputationPenalty")
-        assert (penalty["offender"], penalty["kind"], penalty["penalty"]) == (absent.address, PENALTY_MISSED_VOTE, OGPU)
+        assert (penalty["offender"], penalty["kind"], penalty["penalty"]) == (absent.address, Penalty.MISSED_VOTE, OGPU)
         assert [s.stake(m)["locked"] for m in members] == [0] * 3
         if round_ < MAX_INCONCLUSIVE_ROUNDS - 1:
             assert named(events, "TaskCancelled") == []
             record = s.checkpoint(task, 2)
-            assert (record["phase"], record["round"]) == (PHASE_COMMITTED, round_ + 1)
+            assert (record["phase"], record["round"]) == (Phase.COMMITTED, round_ + 1)
     refund = MAX_PAYMENT - part(PRICE_E, 1, 2) + DEPOSIT
-    assert one(events, "TaskCancelled").args == {"taskId": task, "reason": CANCEL_INCONCLUSIVE, "refund": refund}
-    assert s.task(task)["state"] == STATE_CANCELLED
+    assert one(events, "TaskCancelled").args == {"taskId": task, "reason": CancelReason.INCONCLUSIVE, "refund": refund}
+    assert s.task(task)["state"] == TaskState.CANCELLED
     assert s.received(cast.client) - client_before == refund + MAX_INCONCLUSIVE_ROUNDS * slash_reward(OGPU)
     assert s.stake(absent)["staked"] == PROVIDER_STAKE - MAX_INCONCLUSIVE_ROUNDS * OGPU
     assert s.received(yes) == s.received(no) == s.received(absent) == shares(part(PRICE_E, 1, 2), SHARE_BPS, 3)[0]
@@ -530,9 +512,9 @@ def test_too_few_qualifying_candidates_cancels(s, cast, dev_accounts, cause):
     events = s.h.block().system_events
     assert named(events, "CouncilDrawn") == []
     refund = MAX_PAYMENT - paid + DEPOSIT
-    assert one(events, "TaskCancelled").args == {"taskId": task, "reason": CANCEL_TOO_FEW_CANDIDATES, "refund": refund}
+    assert one(events, "TaskCancelled").args == {"taskId": task, "reason": CancelReason.TOO_FEW_CANDIDATES, "refund": refund}
     assert s.received(cast.client) == refund
-    assert s.task(task)["state"] == STATE_CANCELLED
+    assert s.task(task)["state"] == TaskState.CANCELLED
     s.assert_no_locked_stake()
     assert s.penalties() == []
     assert_never_slashed(s, e)
@@ -544,7 +526,7 @@ def test_too_few_qualifying_candidates_cancels(s, cast, dev_accounts, cause):
 def finished(s: Scenario, cast: Cast) -> int:
     task = start(s, cast, checkpoints=1)
     honest_checkpoint(s, task, 1, cast.executor, cast.members)
-    assert s.task(task)["state"] == STATE_AWAITING_CONFIRMATION
+    assert s.task(task)["state"] == TaskState.AWAITING_CONFIRMATION
     return task
 
 
@@ -553,7 +535,7 @@ def test_dispute_where_the_council_rejects_slashes_the_executor(s, cast):
     task = finished(s, cast)
     disputed = s.h.ok(cast.client, TASK_ABI, "dispute", task)
     assert one(disputed.events, "TaskDisputed").args == {"taskId": task}
-    assert s.task(task)["state"] == STATE_DISPUTED
+    assert s.task(task)["state"] == TaskState.DISPUTED
     drawn = s.draw(task, 1)
     assert drawn["round"] == 1
     paid_before = [s.received(m) for m in members]
@@ -563,16 +545,16 @@ def test_dispute_where_the_council_rejects_slashes_the_executor(s, cast):
     events = block.txs[-1].events
     reward = slash_reward(PRICE_E)
     assert one(events, "ComputationPenalty").args == {
-        "offender": e.address, "taskId": task, "kind": PENALTY_REJECTED, "penalty": PRICE_E,
+        "offender": e.address, "taskId": task, "kind": Penalty.REJECTED, "penalty": PRICE_E,
         "beneficiary": cast.client.address}
     refund = MAX_PAYMENT - PRICE_E + DEPOSIT
     assert one(events, "TaskSettled").args == {
-        "taskId": task, "outcome": OUTCOME_EXECUTOR_LOST, "refund": refund, "paid": PRICE_E}
+        "taskId": task, "outcome": Outcome.EXECUTOR_LOST, "refund": refund, "paid": PRICE_E}
     assert s.received(cast.client) == refund + reward
     assert [s.received(m) for m in members] == paid_before
     assert s.stake(e)["staked"] == PROVIDER_STAKE - PRICE_E
     record = s.task(task)
-    assert (record["state"], record["escrow"], record["deposit"]) == (STATE_SETTLED, 0, 0)
+    assert (record["state"], record["escrow"], record["deposit"]) == (TaskState.SETTLED, 0, 0)
     assert named(s.h.block(at=s.progress(task)["confirmDeadline"]).system_events, "TaskSettled") == []
     s.assert_no_locked_stake()
 
@@ -590,12 +572,12 @@ def test_dispute_where_the_council_accepts_pays_the_council_from_the_deposit_and
     fee = DEPOSIT * REPORTER_SHARE_BPS // BPS // 3
     refund = MAX_PAYMENT - PRICE_E
     assert one(block.txs[-1].events, "TaskSettled").args == {
-        "taskId": task, "outcome": OUTCOME_CLIENT_LOST, "refund": refund, "paid": PRICE_E}
+        "taskId": task, "outcome": Outcome.CLIENT_LOST, "refund": refund, "paid": PRICE_E}
     assert [s.received(m) - before for m, before in zip(members, paid_before, strict=True)] == [fee] * 3
     assert s.received(cast.client) == refund  # the deposit is forfeited: fee to the council, the rest burned
     assert s.received(e) == executor_before
     record = s.task(task)
-    assert (record["state"], record["escrow"], record["deposit"]) == (STATE_SETTLED, 0, 0)
+    assert (record["state"], record["escrow"], record["deposit"]) == (TaskState.SETTLED, 0, 0)
     assert s.h.balance(TASK) == 0
     s.assert_no_locked_stake()
     assert s.penalties() == []

@@ -30,10 +30,10 @@ from torch import nn
 from ogpu_node.compute.errors import InvalidCheckpoint, InvalidModelSpec, InvalidTrainSpec
 from ogpu_node.compute.models import build_model, canonical_hparams
 from ogpu_node.compute.optim import OptimizerSpec, lr_at, make_optimizer
+from ogpu_node.compute.tensorfile import META_KEY, TensorFileError, check_header, ogpu_metadata
 from ogpu_node.types.merkle import merkle_root
 
 FORMAT = "ogpu-checkpoint/1"
-META_KEY = "ogpu"
 RECENT_LOSSES = 16  # losses kept in a checkpoint's metadata
 
 
@@ -108,26 +108,23 @@ def save(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) 
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:
-    """The checkpoint's JSON metadata, read from the header without touching the tensors."""
-    if len(data) < 8:
-        raise InvalidCheckpoint("truncated checkpoint")
-    n = int.from_bytes(data[:8], "little")
+    """The checkpoint's JSON metadata, read from the (bounded) header without touching the tensors."""
     try:
-        header = json.loads(data[8 : 8 + n])
-        meta = json.loads(header["__metadata__"][META_KEY])
-    except (ValueError, KeyError, TypeError) as e:
-        raise InvalidCheckpoint(f"no ogpu metadata in checkpoint header: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InvalidCheckpoint(
-            f"unsupported checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}"
-        )
+        meta = ogpu_metadata(data)
+    except TensorFileError as e:
+        raise InvalidCheckpoint(f"bad checkpoint header: {e}") from None
+    if not meta:
+        raise InvalidCheckpoint(f"no {META_KEY} metadata in checkpoint header")
+    if meta.get("format") != FORMAT:
+        raise InvalidCheckpoint(f"unsupported checkpoint format {meta.get('format')!r}")
     return meta
 
 
 def read_tensors(data: bytes) -> dict[str, torch.Tensor]:
     try:
+        check_header(data)
         return st_load(data)
-    except (SafetensorError, ValueError) as e:
+    except (SafetensorError, ValueError) as e:  # TensorFileError is a ValueError
         raise InvalidCheckpoint(f"bad safetensors payload: {e}") from None
 
 

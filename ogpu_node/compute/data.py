@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
 from ogpu_node.compute.errors import InvalidTrainSpec
+from ogpu_node.compute.tensorfile import check_header
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,8 +69,9 @@ Dataset = TensorDataset | TextDataset
 
 def dataset_from_safetensors(data: bytes) -> TensorDataset:
     try:
+        check_header(data)
         tensors = st_load(data)
-    except (SafetensorError, ValueError) as e:
+    except (SafetensorError, ValueError) as e:  # TensorFileError is a ValueError
         raise InvalidTrainSpec(f"dataset: not a safetensors file: {e}") from None
     missing = {"features", "labels"} - set(tensors)
     if missing:

@@ -22,8 +22,7 @@ import torch
 from ogpu_node.compute import checkpoint
 from ogpu_node.compute.errors import InvalidTrainSpec
 from ogpu_node.compute.trainer import SegmentResult, TrainSpec, derive_seed, run_segment
-
-FAULTS = ("perturb", "skip-steps", "reorder-data", "copy-weights")
+from ogpu_node.types.protocol import FAULT_KINDS
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,8 @@ class Fault:
     other_seed: int | None = None  # copy-weights only (None: the claimed seed + 1)
 
     def __post_init__(self) -> None:
-        if self.kind not in FAULTS:
-            raise ValueError(f"fault: {self.kind!r} is not one of {', '.join(FAULTS)}")
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"fault: {self.kind!r} is not one of {', '.join(FAULT_KINDS)}")
 
     @classmethod
     def parse(cls, text: str) -> Fault:
@@ -49,8 +48,8 @@ class Fault:
                 return cls(kind, other_seed=int(arg))
         except ValueError:
             raise ValueError(f"fault: bad argument {arg!r} for {kind}") from None
-        raise ValueError(f"fault: {kind!r} takes no argument" if kind in FAULTS else
-                         f"fault: {kind!r} is not one of {', '.join(FAULTS)}")
+        raise ValueError(f"fault: {kind!r} takes no argument" if kind in FAULT_KINDS else
+                         f"fault: {kind!r} is not one of {', '.join(FAULT_KINDS)}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

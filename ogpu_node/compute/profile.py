@@ -3,24 +3,25 @@ reproducible across runs and machines (DESIGN.md §6).
 
 torch reads `ATEN_CPU_CAPABILITY`, `MKL_CBWR` and `ONEDNN_MAX_CPU_ISA` once, when it loads, so a
 profile cannot be applied to a process that already imported torch. Training under a profile runs
-in a worker process (multiprocessing "spawn", worker.py), whose environment is the profile's from
-the moment it execs; the worker checks the environment and the CPU capability torch reports before
-it trains. Results come back as bytes and JSON, never pickled tensors.
+in a worker process (worker.py) started with `worker_env(...)` as its environment, given to the
+process at exec: the parent's `os.environ` is only read, never changed, so threads reading it
+meanwhile (HTTP clients iterate it for proxies) never see a profile half applied. The worker checks
+the environment and the CPU capability torch reports before it trains.
+
+A leaf module: it imports neither torch nor the trainer, so a worker can read it before torch loads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ogpu_node.compute.errors import ProfileUnavailable, UnknownProfile
+from ogpu_node.types.protocol import DEFAULT_PROFILE
 
-if TYPE_CHECKING:
-    from ogpu_node.compute.trainer import SegmentResult, TrainSpec
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # the thread pools torch sizes at load
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class NumericProfile:
 
 
 PROFILES: dict[str, NumericProfile] = {
-    "cpu-avx2-1t": NumericProfile(
-        name="cpu-avx2-1t",
+    DEFAULT_PROFILE: NumericProfile(
+        name=DEFAULT_PROFILE,
         threads=1,
         cpu_capability="AVX2",
         env=(
@@ -45,6 +46,9 @@ PROFILES: dict[str, NumericProfile] = {
         ),
     ),
 }
+
+# Every variable a profile sets: what a worker reports back about its environment.
+NUMERIC_VARS = tuple(sorted({k for p in PROFILES.values() for k, _ in p.env} | set(THREAD_VARS)))
 
 
 def get_profile(name: str) -> NumericProfile:
@@ -61,9 +65,22 @@ def profile_env(name: str) -> dict[str, str]:
     return dict(get_profile(name).env)
 
 
+def worker_env(profile: str | None, threads: int = 1, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a worker process: `base` (default: a copy of this process's
+    environment, only read) with `profile`'s variables, or with `threads` threads when None."""
+    env = dict(os.environ if base is None else base)
+    if profile is not None:
+        env.update(profile_env(profile))
+    else:
+        env.update({k: str(threads) for k in THREAD_VARS})
+    return env
+
+
 def apply_profile(name: str) -> None:
-    """Inside a worker started with `profile_env(name)`: pin threads, check torch honours it."""
+    """Inside a worker started with `worker_env(name)`: pin threads, check torch honours it."""
     profile = get_profile(name)
+    if "torch" in sys.modules:  # it read its environment already: too late to set a profile
+        raise ProfileUnavailable(f"{name}: torch was imported before the profile was applied")
     wrong = sorted(k for k, v in profile.env if os.environ.get(k) != v)
     if wrong:
         raise ProfileUnavailable(f"{name}: {wrong[0]} not set before torch was imported")
@@ -75,38 +92,3 @@ def apply_profile(name: str) -> None:
         raise ProfileUnavailable(
             f"{name}: torch runs with CPU capability {capability}, not {profile.cpu_capability}"
         )
-
-
-_ENV_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def train_segment_in_profile(
-    profile: str,
-    spec: TrainSpec,
-    start: bytes | None,
-    steps: int,
-    hash_steps: Iterable[int] = (),
-    timeout: float | None = None,
-) -> SegmentResult:
-    """`train_segment` in a fresh spawned process under `profile`; blocks until it finishes.
-    (A provider keeps a `worker.Worker` instead, to pay the process start once.)"""
-    from ogpu_node.compute.trainer import SegmentResult
-    from ogpu_node.compute.worker import Worker
-
-    with Worker(profile) as worker:
-        run = worker.train(spec, start, steps, hash_steps, timeout=timeout)
-    return SegmentResult(run.checkpoint, run.losses, run.state_hashes)

@@ -33,6 +33,20 @@ def _check_header(prefix: bytes, size: int) -> None:
         raise TensorFileError("truncated or oversized safetensors header")
 
 
+def check_header(data: bytes) -> None:
+    """Raise TensorFileError unless `data` starts with a header of at most MAX_HEADER bytes that
+    fits in it: what to call before handing untrusted bytes to a safetensors loader."""
+    _check_header(data[:8], len(data))
+
+
+def _string_map(meta: object) -> dict[str, str]:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise TensorFileError("safetensors __metadata__ is not a map of strings")
+    return dict(meta)
+
+
 def read_metadata(source: Path | bytes) -> dict[str, str]:
     """The `__metadata__` map of a safetensors file or buffer (`{}` when absent)."""
     if isinstance(source, bytes):
@@ -40,12 +54,11 @@ def read_metadata(source: Path | bytes) -> dict[str, str]:
         n = int.from_bytes(source[:8], "little")
         try:
             header = json.loads(source[8 : 8 + n])
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise TensorFileError(f"bad safetensors header: {exc}") from None
-        meta = header.get("__metadata__") if isinstance(header, dict) else None
-        if meta is not None and not isinstance(meta, dict):
-            raise TensorFileError("safetensors __metadata__ is not an object")
-        return dict(meta or {})
+        if not isinstance(header, dict):
+            raise TensorFileError("safetensors header is not an object")
+        return _string_map(header.get("__metadata__"))
     path = Path(source)
     with open(path, "rb") as f:
         _check_header(f.read(8), path.stat().st_size)

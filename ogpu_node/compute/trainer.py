@@ -30,7 +30,10 @@ from ogpu_node.compute.data import Dataset, TensorDataset, TextDataset
 from ogpu_node.compute.errors import InvalidCheckpoint, InvalidTrainSpec
 from ogpu_node.compute.models import MLPConfig, build_model, canonical_hparams, config_from_hparams
 from ogpu_node.compute.optim import OptimizerSpec, lr_at, make_optimizer
+from ogpu_node.compute.tensorfile import TensorFileError, check_header, read_metadata
 from ogpu_node.crypto import keccak
+
+SPEC_KEY = "spec"  # an encoded spec's metadata entry: canonical JSON of everything but the tensors
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,8 +150,9 @@ def initial_checkpoint(spec: TrainSpec, weights: bytes) -> bytes:
     the data cursor 0, so training from it is like training from any checkpoint.
     """
     try:
+        check_header(weights)
         tensors = st_load(weights)
-    except (SafetensorError, ValueError) as e:
+    except (SafetensorError, ValueError) as e:  # TensorFileError is a ValueError
         raise InvalidTrainSpec(f"initial_weights: not a safetensors file: {e}") from None
     with deterministic():
         model, optimizer, state = initial_state(spec)
@@ -246,14 +250,17 @@ def encode_spec(spec: TrainSpec) -> bytes:
         "block_size": ds.block_size if isinstance(ds, TextDataset) else None,
     }
     return st_save(
-        {k: v.contiguous() for k, v in ds.tensors().items()}, metadata={"spec": canonical_json(meta)}
+        {k: v.contiguous() for k, v in ds.tensors().items()}, metadata={SPEC_KEY: canonical_json(meta)}
     )
 
 
 def decode_spec(data: bytes) -> TrainSpec:
-    n = int.from_bytes(data[:8], "little")
-    meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["spec"])
-    tensors = st_load(data)
+    """The spec `encode_spec` wrote (InvalidTrainSpec for anything else)."""
+    try:
+        meta = json.loads(read_metadata(data)[SPEC_KEY])
+        tensors = st_load(data)
+    except (TensorFileError, KeyError, json.JSONDecodeError, SafetensorError) as e:
+        raise InvalidTrainSpec(f"not an encoded training spec: {e}") from None
     if meta["dataset"] == "text":
         dataset: Dataset = TextDataset(tensors["text"], meta["block_size"])
     else:

@@ -1,10 +1,12 @@
-"""A persistent training worker: one spawned process under one numeric profile, many jobs.
+"""A persistent training worker: one process under one numeric profile, many jobs.
 
 torch reads its numeric environment once, when it loads (profile.py), so a profile needs its own
 process; starting one and importing torch costs seconds, so the process is kept and fed jobs.
-Messages over the pipe are a JSON header followed by raw byte payloads (specs, checkpoints as
-safetensors), never pickled tensors. A request is `{"op": …, "payloads": n}` + n payloads; a reply is
-`{"ok": true, …}` + one payload, or `{"ok": false, "error": …, "type": …}`.
+The process is a fresh interpreter running serve.py, its environment handed to it at exec
+(`subprocess.Popen(env=…)`): this process's `os.environ` is never written, so other threads may
+read it at any time. Messages over the socket are a JSON header followed by raw byte payloads
+(specs, checkpoints as safetensors), never pickled tensors. A request is `{"op": …, "payloads": n}`
++ n payloads; a reply is `{"ok": true, …}` + one payload, or `{"ok": false, "error": …, "type": …}`.
 
 The worker keeps the last SPEC_CACHE decoded specs, keyed by the keccak of their encoded bytes: the
 parent mirrors that cache and sends a spec (with its dataset) only when the worker lacks it, so the
@@ -13,29 +15,45 @@ segments of one task do not resend the dataset.
 
 from __future__ import annotations
 
+import atexit
 import json
-import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 import threading
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import ogpu_node
 from ogpu_node.compute.errors import ProfileUnavailable, WorkerFailed
-from ogpu_node.compute.profile import _ENV_LOCK, _environ, apply_profile, get_profile, profile_env
+from ogpu_node.compute.profile import get_profile, worker_env
+from ogpu_node.compute.serve import BOOT
 from ogpu_node.crypto import keccak
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from ogpu_node.compute.faults import Fault
-    from ogpu_node.compute.trainer import TrainSpec
+    from ogpu_node.compute.trainer import SegmentResult, TrainSpec
 
 SPEC_CACHE = 4  # decoded specs (datasets) a worker keeps
 START_TIMEOUT = 300.0  # seconds for a fresh process to import torch and check its profile
-REFERENCE_MLP = {"in_dim": 256, "out_dim": 10, "hidden": [256, 256]}  # measure_throughput's model
-REFERENCE_BATCH = 64
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ogpu_node.__file__)))  # the worker imports from here
+
+_LIVE: set[subprocess.Popen] = set()  # started workers not yet reaped: ended when this process exits
+
+
+@atexit.register
+def _end_live() -> None:
+    """Workers do not outlive the node (as multiprocessing's daemon processes would not)."""
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 class SegmentRun(NamedTuple):
@@ -46,96 +64,12 @@ class SegmentRun(NamedTuple):
     wall_s: float  # wall time of the training itself, in the worker
 
 
-# --- the worker process ----------------------------------------------------------------------------
+class WorkerInfo(NamedTuple):
+    """What a worker process trains under, as it sees itself."""
 
-
-def _error(e: BaseException) -> bytes:
-    return json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "type": type(e).__name__}).encode()
-
-
-def _train(header: dict[str, Any], payloads: list[bytes], specs: dict[str, TrainSpec]) -> tuple[dict, bytes]:
-    from ogpu_node.compute.faults import Fault, train_faulty
-    from ogpu_node.compute.trainer import decode_spec, train_segment
-
-    for key in header["evict"]:
-        specs.pop(key, None)
-    if header["has_spec"]:
-        specs[header["spec"]] = decode_spec(payloads.pop(0))
-    spec = specs[header["spec"]]
-    start = payloads.pop(0) if header["has_start"] else None
-    cpu, wall = time.process_time(), time.perf_counter()
-    if header["fault"] is None:
-        result = train_segment(spec, start, header["steps"], header["hash_steps"])
-    else:
-        result = train_faulty(spec, start, header["steps"], Fault.from_json(header["fault"]))
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    hashes = {str(s): h.hex() for s, h in result.state_hashes.items()}
-    reply = {"losses": result.losses, "state_hashes": hashes, "cpu_s": cpu, "wall_s": wall}
-    return reply, result.checkpoint
-
-
-def _throughput(seconds: float) -> float:
-    """FLOP/s training REFERENCE_MLP with Adam, FLOPs counted as 6 × params × samples per step."""
-    import torch
-
-    from ogpu_node.compute.models import build_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model("mlp", REFERENCE_MLP)
-        optimizer = torch.optim.Adam(model.parameters(), foreach=False)
-        x = torch.randn(REFERENCE_BATCH, REFERENCE_MLP["in_dim"])
-        y = torch.randint(0, REFERENCE_MLP["out_dim"], (REFERENCE_BATCH,))
-        params = sum(p.numel() for p in model.parameters())
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            model.loss(x, y).backward()
-            optimizer.step()
-
-        step()  # warm-up: first-call allocations are not throughput
-        n, begin = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - begin) < seconds or n == 0:
-            step()
-            n += 1
-    return 6 * params * REFERENCE_BATCH * n / elapsed
-
-
-def _serve(profile: str | None, threads: int, conn) -> None:
-    try:
-        if profile is not None:
-            apply_profile(profile)
-        else:
-            import torch
-
-            torch.set_num_threads(threads)
-        import ogpu_node.compute.trainer  # noqa: F401 - pay the imports before reporting ready
-    except Exception as e:
-        conn.send_bytes(_error(e))
-        conn.close()
-        return
-    conn.send_bytes(json.dumps({"ok": True}).encode())  # ready: a reply like any other
-    conn.send_bytes(b"")
-    specs: dict[str, TrainSpec] = {}
-    while True:
-        try:
-            header = json.loads(conn.recv_bytes())
-            payloads = [conn.recv_bytes() for _ in range(header["payloads"])]
-        except EOFError:  # the parent closed the pipe: shut down
-            return
-        try:
-            if header["op"] == "train":
-                reply, blob = _train(header, payloads, specs)
-            else:
-                reply, blob = {"flops_per_s": _throughput(header["seconds"])}, b""
-        except Exception as e:  # reported to the parent as one line; the worker lives on
-            conn.send_bytes(_error(e))
-            continue
-        conn.send_bytes(json.dumps({"ok": True, **reply}).encode())
-        conn.send_bytes(blob)
-
-
-# --- the parent's handle ---------------------------------------------------------------------------
+    env: dict[str, str | None]  # profile.NUMERIC_VARS in its environment (None: unset)
+    cpu_capability: str  # torch.backends.cpu.get_cpu_capability()
+    threads: int  # torch.get_num_threads()
 
 
 class Worker:
@@ -150,8 +84,8 @@ class Worker:
             raise ValueError(f"threads: expected a positive integer, got {threads!r}")
         self.profile, self.threads = profile, threads
         self._lock = threading.Lock()
-        self._proc: multiprocessing.process.BaseProcess | None = None
-        self._conn: Any = None
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
         self._cached: OrderedDict[str, None] = OrderedDict()  # mirrors the worker's spec cache
         self._keys: weakref.WeakKeyDictionary[TrainSpec, str] = weakref.WeakKeyDictionary()
 
@@ -173,7 +107,7 @@ class Worker:
         """Stop the process; a job in flight in another thread is aborted (it raises WorkerFailed)."""
         if not self._lock.acquire(blocking=False):
             proc = self._proc
-            if proc is not None and proc.is_alive():
+            if proc is not None and proc.poll() is None:
                 proc.kill()
             self._lock.acquire()
         try:
@@ -229,24 +163,35 @@ class Worker:
             reply, _ = self._call({"op": "measure", "seconds": seconds, "payloads": 0}, [], None)
         return float(reply["flops_per_s"])
 
+    def describe(self) -> WorkerInfo:
+        """The worker's numeric environment and the CPU capability and threads torch runs with."""
+        with self._lock:
+            self._ensure()
+            reply, _ = self._call({"op": "describe", "payloads": 0}, [], None)
+        return WorkerInfo(reply["env"], reply["cpu_capability"], reply["threads"])
+
     # --- under self._lock ---
 
     def _ensure(self) -> None:
         if self._proc is not None:
-            if self._proc.is_alive():
+            if self._proc.poll() is None:
                 return
             code = self._discard()
             raise WorkerFailed(f"training worker died (exit code {code})")
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(self.profile, self.threads, child), daemon=True)
-        env = profile_env(self.profile) if self.profile is not None else {
-            "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
-        # The child execs with this process's environment: set it only for that instant.
-        with _ENV_LOCK, _environ(env):
-            proc.start()
-        child.close()  # so that the child's death reads as EOF here
-        self._proc, self._conn = proc, parent
+        ours, theirs = socket.socketpair()
+        try:
+            args = [sys.executable, "-c", BOOT, PACKAGE_ROOT, str(theirs.fileno()), self.profile or "",
+                    str(self.threads)]
+            # The environment goes to the child at exec; ours is only read (profile.worker_env).
+            proc = subprocess.Popen(args, env=worker_env(self.profile, self.threads),
+                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except OSError as e:
+            ours.close()
+            raise WorkerFailed(f"cannot start a training worker: {e}") from None
+        finally:
+            theirs.close()  # so that the child's death reads as EOF here
+        _LIVE.add(proc)
+        self._proc, self._conn = proc, Connection(ours.detach())
         self._cached.clear()
         try:
             self._reply(START_TIMEOUT)
@@ -280,7 +225,7 @@ class Worker:
             raise WorkerFailed(f"training worker died (exit code {code})") from None
 
     def _discard(self, kill: bool = False) -> int | None:
-        """Close the pipe and end the process (gracefully unless `kill`); its exit code."""
+        """Close the socket and end the process (gracefully unless `kill`); its exit code."""
         proc, conn = self._proc, self._conn
         self._proc, self._conn = None, None
         self._cached.clear()
@@ -288,10 +233,29 @@ class Worker:
             conn.close()  # an idle worker reads EOF and exits
         if proc is None:
             return None
-        if kill and proc.is_alive():
+        if kill and proc.poll() is None:
             proc.kill()
-        proc.join(5)
-        if proc.is_alive():
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.join()
-        return proc.exitcode
+            proc.wait()
+        _LIVE.discard(proc)
+        return proc.returncode
+
+
+def train_segment_in_profile(
+    profile: str,
+    spec: TrainSpec,
+    start: bytes | None,
+    steps: int,
+    hash_steps: Iterable[int] = (),
+    timeout: float | None = None,
+) -> SegmentResult:
+    """`train_segment` in a fresh worker process under `profile`; blocks until it finishes.
+    (A provider keeps a `Worker` instead, to pay the process start once.)"""
+    from ogpu_node.compute.trainer import SegmentResult
+
+    with Worker(profile) as worker:
+        run = worker.train(spec, start, steps, hash_steps, timeout=timeout)
+    return SegmentResult(run.checkpoint, run.losses, run.state_hashes)

@@ -19,6 +19,7 @@ from ogpu_node.compute import (
     train_segment,
 )
 from ogpu_node.compute.checkpoint import read_metadata
+from ogpu_node.compute.tensorfile import MAX_HEADER, ogpu_metadata
 
 
 def test_round_trip_gives_identical_bytes_and_state():
@@ -45,6 +46,17 @@ def test_garbage_is_not_a_checkpoint():
         load(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
     with pytest.raises(InvalidCheckpoint, match="metadata"):
         load(st_save({"x": torch.zeros(1)}))
+
+
+def test_metadata_is_read_through_tensorfile_and_headers_are_bounded():
+    ckpt = train_segment(mlp_spec(), None, 2).checkpoint
+    assert read_metadata(ckpt) == ogpu_metadata(ckpt)
+    oversized = (MAX_HEADER + 1).to_bytes(8, "little") + ckpt[8:]
+    for bad in (oversized, ckpt[:7], st_save({"x": torch.zeros(1)}, metadata={"ogpu": "[1]"})):
+        with pytest.raises(InvalidCheckpoint):
+            read_metadata(bad)
+        with pytest.raises(InvalidCheckpoint):
+            load(bad)
 
 
 def test_weights_that_do_not_fit_the_family_are_rejected():

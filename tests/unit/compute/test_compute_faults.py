@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from unit.compute.compute_tasks import mlp_spec, text_spec
 
-from ogpu_node.compute import FAULTS, Fault, InvalidTrainSpec, load, train_faulty, train_segment
+from ogpu_node.compute import Fault, InvalidTrainSpec, load, train_faulty, train_segment
 from ogpu_node.compute.checkpoint import read_metadata
 from ogpu_node.compute.equivalence import allclose, exact
+from ogpu_node.types.protocol import FAULT_KINDS
 
 TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}  # examples/char-transformer-allclose.json
 
@@ -53,7 +54,7 @@ def test_perturb_magnitude_decides_whether_allclose_catches_it(honest):
 def test_faults_work_for_the_transformer_with_dropout():
     spec = text_spec(dropout=0.1)
     honest = train_segment(spec, None, 4).checkpoint
-    for kind in FAULTS:
+    for kind in FAULT_KINDS:
         faulty = train_faulty(spec, None, 4, Fault(kind)).checkpoint
         _claims_the_honest_state(faulty, honest)
         assert not exact(faulty, honest), kind
@@ -61,7 +62,7 @@ def test_faults_work_for_the_transformer_with_dropout():
 
 def test_faulty_training_is_reproducible():
     spec = mlp_spec()
-    for kind in FAULTS:
+    for kind in FAULT_KINDS:
         assert train_faulty(spec, None, 3, Fault(kind)).checkpoint == train_faulty(spec, None, 3, Fault(kind)).checkpoint
 
 

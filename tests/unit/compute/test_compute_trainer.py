@@ -14,7 +14,7 @@ from ogpu_node.compute import (
     load,
     train_segment,
 )
-from ogpu_node.compute.trainer import batch_indices
+from ogpu_node.compute.trainer import batch_indices, decode_spec, encode_spec
 
 
 def _mean(xs):
@@ -117,3 +117,15 @@ def test_dataset_samples_must_fit_the_model_input():
         TrainSpec("cnn", {"n_classes": 2}, spec.optimizer, image, 2, 7)
     flat = TensorDataset(torch.zeros(4, 2, 4), torch.zeros(4, dtype=torch.long))
     TrainSpec("mlp", spec.hparams, spec.optimizer, flat, 2, 7)  # 2×4 flattens to in_dim 8
+
+
+def test_a_spec_round_trips_as_bytes_and_garbage_is_refused():
+    spec = mlp_spec(seed=11)
+    data = encode_spec(spec)
+    back = decode_spec(data)
+    assert (back.family, back.hparams, back.optimizer, back.batch_size, back.seed) == (
+        spec.family, {"hidden": [32], "in_dim": 8, "out_dim": 2}, spec.optimizer, spec.batch_size, 11)
+    assert encode_spec(back) == data
+    for bad in (b"", data[:20], train_segment(spec, None, 1).checkpoint):  # a checkpoint is not a spec
+        with pytest.raises(InvalidTrainSpec, match="not an encoded training spec"):
+            decode_spec(bad)

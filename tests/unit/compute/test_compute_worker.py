@@ -89,6 +89,20 @@ def test_measure_throughput_is_positive(worker):
     assert worker.measure_throughput(0.2) > 0
 
 
+def test_a_worker_without_profile_runs_with_its_thread_count(worker):
+    info = worker.describe()
+    assert info.threads == 1
+    assert info.env["OMP_NUM_THREADS"] == "1" and info.env["MKL_NUM_THREADS"] == "1"
+    assert info.cpu_capability  # whatever this machine offers
+
+
+def test_an_unknown_op_is_an_error_and_the_worker_lives_on(worker):
+    pid = worker.pid
+    with worker._lock, pytest.raises(WorkerFailed, match="unknown op"):
+        worker._call({"op": "dance", "payloads": 0}, [], 30)
+    assert worker.pid == pid and worker.describe().threads == 1
+
+
 def test_concurrent_callers_take_turns(worker):
     spec = mlp_spec()
     expected = worker.train(spec, None, 5).checkpoint

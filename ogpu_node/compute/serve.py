@@ -1,0 +1,151 @@
+"""The training worker process: the side of worker.py's pipe that trains.
+
+`Worker` runs `python -c BOOT <package root> <fd> <profile> <threads>` with the profile's
+environment given at exec (`profile.worker_env`), so nothing here, nor in the modules it imports
+before `apply_profile`, may import torch: the bootstrap reaches this module through the lazy
+`ogpu_node.compute` package, the leaf `profile` module and the torch-free `errors`. torch loads in
+`apply_profile`, after the environment has been checked.
+
+Protocol (see worker.py): a request is a JSON header `{"op": …, "payloads": n}` + n byte payloads;
+a reply is `{"ok": true, …}` + one payload, or `{"ok": false, "error": …, "type": …}`. The first
+reply, sent unasked, says whether the profile holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from ogpu_node.compute.profile import NUMERIC_VARS, apply_profile
+
+if TYPE_CHECKING:
+    from ogpu_node.compute.trainer import TrainSpec
+
+# What Worker runs with `python -c`: find this package where the parent found it, then serve.
+BOOT = (
+    "import sys\n"
+    "if sys.argv[1] not in sys.path: sys.path.insert(0, sys.argv[1])\n"
+    "from ogpu_node.compute.serve import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+REFERENCE_MLP = {"in_dim": 256, "out_dim": 10, "hidden": [256, 256]}  # measure_throughput's model
+REFERENCE_BATCH = 64
+
+
+def _error(e: BaseException) -> bytes:
+    return json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "type": type(e).__name__}).encode()
+
+
+def _train(header: dict[str, Any], payloads: list[bytes], specs: dict[str, TrainSpec]) -> tuple[dict, bytes]:
+    from ogpu_node.compute.faults import Fault, train_faulty
+    from ogpu_node.compute.trainer import decode_spec, train_segment
+
+    for key in header["evict"]:
+        specs.pop(key, None)
+    if header["has_spec"]:
+        specs[header["spec"]] = decode_spec(payloads.pop(0))
+    spec = specs[header["spec"]]
+    start = payloads.pop(0) if header["has_start"] else None
+    cpu, wall = time.process_time(), time.perf_counter()
+    if header["fault"] is None:
+        result = train_segment(spec, start, header["steps"], header["hash_steps"])
+    else:
+        result = train_faulty(spec, start, header["steps"], Fault.from_json(header["fault"]))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    hashes = {str(s): h.hex() for s, h in result.state_hashes.items()}
+    reply = {"losses": result.losses, "state_hashes": hashes, "cpu_s": cpu, "wall_s": wall}
+    return reply, result.checkpoint
+
+
+def _throughput(seconds: float) -> float:
+    """FLOP/s training REFERENCE_MLP with Adam, FLOPs counted as 6 × params × samples per step."""
+    import torch
+
+    from ogpu_node.compute.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("mlp", REFERENCE_MLP)
+        optimizer = torch.optim.Adam(model.parameters(), foreach=False)
+        x = torch.randn(REFERENCE_BATCH, REFERENCE_MLP["in_dim"])
+        y = torch.randint(0, REFERENCE_MLP["out_dim"], (REFERENCE_BATCH,))
+        params = sum(p.numel() for p in model.parameters())
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(x, y).backward()
+            optimizer.step()
+
+        step()  # warm-up: first-call allocations are not throughput
+        n, begin = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - begin) < seconds or n == 0:
+            step()
+            n += 1
+    return 6 * params * REFERENCE_BATCH * n / elapsed
+
+
+def _describe() -> dict[str, Any]:
+    """What this process trains under: its numeric variables and what torch made of them."""
+    import torch
+
+    return {
+        "env": {k: os.environ.get(k) for k in NUMERIC_VARS},
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def serve(profile: str | None, threads: int, conn: Connection) -> None:
+    """Check the profile, report ready, then answer requests until the parent closes the pipe."""
+    try:
+        if profile is not None:
+            apply_profile(profile)
+        else:
+            import torch
+
+            torch.set_num_threads(threads)
+        import ogpu_node.compute.trainer  # noqa: F401 - pay the imports before reporting ready
+    except Exception as e:
+        conn.send_bytes(_error(e))
+        return
+    conn.send_bytes(json.dumps({"ok": True}).encode())  # ready: a reply like any other
+    conn.send_bytes(b"")
+    specs: dict[str, TrainSpec] = {}
+    while True:
+        try:
+            header = json.loads(conn.recv_bytes())
+            payloads = [conn.recv_bytes() for _ in range(header["payloads"])]
+        except EOFError:  # the parent closed the pipe: shut down
+            return
+        try:
+            if header["op"] == "train":
+                reply, blob = _train(header, payloads, specs)
+            elif header["op"] == "describe":
+                reply, blob = _describe(), b""
+            elif header["op"] == "measure":
+                reply, blob = {"flops_per_s": _throughput(header["seconds"])}, b""
+            else:
+                raise ValueError(f"unknown op {header['op']!r}")
+        except Exception as e:  # reported to the parent as one line; the worker lives on
+            conn.send_bytes(_error(e))
+            continue
+        conn.send_bytes(json.dumps({"ok": True, **reply}).encode())
+        conn.send_bytes(blob)
+
+
+def main(argv: list[str]) -> int:
+    """`<fd> <profile or ""> <threads>`: serve on the inherited socket `fd`."""
+    fd, profile, threads = int(argv[0]), argv[1] or None, int(argv[2])
+    conn = Connection(fd)
+    try:
+        serve(profile, threads, conn)
+    except (BrokenPipeError, ConnectionResetError):  # the parent went away mid-reply
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
+        return 130
+    finally:
+        conn.close()
+    return 0

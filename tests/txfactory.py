@@ -3,7 +3,7 @@
     from txfactory import sign_tx              # tests (tests/ is on pytest's pythonpath)
     from tests.txfactory import sign_tx        # benchmarks (`python -m benchmarks.run_all` from the root)
 
-    tx = sign_tx(account, nonce=0, to=receiver, value=1)              # EIP-1559 (type 2), chain id 1337
+    tx = sign_tx(account, 0, to=receiver, value=1)                    # EIP-1559 (type 2), chain id 1337, nonce 0
     tx.raw, tx.hash, tx.sender                                        # bytes, 32-byte hash, 20-byte address
     tx.raw_hex, tx.hash_hex                                           # "0x..." for JSON-RPC
     tx.decoded                                                        # py-evm Prague transaction (for Chain)
@@ -107,8 +107,8 @@ def _access_list(entries: AccessList) -> list[tuple[bytes, list[int]]]:
 
 def sign_tx(
     key: bytes | HasPrivateKey,
-    *,
     nonce: int,
+    *,
     to: Address | None = None,
     value: int = 0,
     data: bytes = b"",

@@ -1,13 +1,13 @@
 """`persist`: the provider's retry rule for protocol steps (until the chain's deadline, or until the
-chain shows the step done)."""
+chain shows the step done), on trio's autojump clock: the backoff's sleeps take no real time."""
 
 from __future__ import annotations
 
 import pytest
+import trio
 
-from ogpu_node.apps.client import ClientError
-from ogpu_node.apps.provider import jobs
-from ogpu_node.apps.provider.jobs import persist
+from ogpu_node.apps.client import ClientError, NodeUnreachable, NotMined, Reverted
+from ogpu_node.apps.provider.retry import MAX_RETRY_DELAY_S, persist
 
 
 class FakeChain:
@@ -16,58 +16,79 @@ class FakeChain:
     def __init__(self, now: int = 100) -> None:
         self.now = now
 
-    def timestamp(self) -> int:
+    async def timestamp(self) -> int:
         self.now += 1
         return self.now
 
 
-@pytest.fixture(autouse=True)
-def no_sleep(monkeypatch):
-    monkeypatch.setattr(jobs.time, "sleep", lambda _s: None)
+def flaky(failures: int, error: ClientError | None = None):
+    calls: list[float] = []
 
-
-def flaky(failures: int, error: str = "cannot reach the node at http://x"):
-    calls = []
-
-    def attempt():
-        calls.append(1)
+    async def attempt() -> str:
+        calls.append(trio.current_time())
         if len(calls) <= failures:
-            raise ClientError(error)
+            raise error or NodeUnreachable("cannot reach the node at http://x")
         return "receipt"
 
     return attempt, calls
 
 
-def test_retries_a_transient_failure_until_it_succeeds():
+def at(value: int):
+    async def deadline() -> int:
+        return value
+
+    return deadline
+
+
+async def test_retries_a_transient_failure_until_it_succeeds(autojump_clock):
     attempt, calls = flaky(3)
-    assert persist(FakeChain(), "commit", attempt, deadline=lambda: 1_000) == "receipt"
+    assert await persist("commit", attempt, now=FakeChain().timestamp, deadline=at(1_000)) == "receipt"
     assert len(calls) == 4
+    assert [round(b - a) for a, b in zip(calls, calls[1:], strict=False)] == [1, 2, 4]  # backoff
 
 
-def test_gives_up_once_the_chain_passes_the_deadline():
+async def test_the_backoff_stops_growing(autojump_clock):
+    attempt, calls = flaky(6)
+    await persist("commit", attempt, now=FakeChain().timestamp, deadline=at(1_000))
+    assert max(b - a for a, b in zip(calls, calls[1:], strict=False)) == pytest.approx(MAX_RETRY_DELAY_S)
+
+
+async def test_gives_up_once_the_chain_passes_the_deadline(autojump_clock):
     attempt, calls = flaky(100)
     with pytest.raises(ClientError, match="cannot reach"):
-        persist(FakeChain(now=100), "commit", attempt, deadline=lambda: 105)
+        await persist("commit", attempt, now=FakeChain(now=100).timestamp, deadline=at(105))
     assert 1 < len(calls) < 10
 
 
-def test_a_step_the_chain_already_shows_is_done():
-    attempt, calls = flaky(100, "commitCheckpoint: not mined within 60s")
-    assert persist(FakeChain(), "commit", attempt, deadline=lambda: 1_000, done=lambda: len(calls) >= 2) is None
+async def test_a_step_the_chain_already_shows_is_done(autojump_clock):
+    attempt, calls = flaky(100, NotMined("commitCheckpoint: not mined within 60s"))
+
+    async def done() -> bool:
+        return len(calls) >= 2
+
+    assert await persist("commit", attempt, now=FakeChain().timestamp, deadline=at(1_000), done=done) is None
     assert len(calls) == 2
 
 
-def test_a_revert_saying_already_is_done():
-    attempt, calls = flaky(100, "revealCheckpoint: reverted: Task: checkpoint already revealed")
-    assert persist(FakeChain(), "reveal", attempt, deadline=lambda: 1_000) is None
-    assert len(calls) == 1
+async def test_a_revert_is_done_only_when_the_chain_shows_the_step(autojump_clock):
+    """The revert's text is not read: "already revealed" with nothing on chain is retried to the deadline."""
+    attempt, calls = flaky(100, Reverted("revealCheckpoint", "Task: checkpoint already revealed"))
+
+    async def not_done() -> bool:
+        return False
+
+    with pytest.raises(Reverted):
+        await persist("reveal", attempt, now=FakeChain(now=100).timestamp, deadline=at(105), done=not_done)
+    assert 1 < len(calls) < 10
 
 
-def test_an_unreachable_node_does_not_count_as_past_the_deadline():
-    class Down(FakeChain):
-        def timestamp(self) -> int:
-            raise ClientError("cannot reach the node")
+async def test_an_unreachable_node_does_not_count_as_past_the_deadline(autojump_clock):
+    async def down() -> int:
+        raise NodeUnreachable("cannot reach the node")
+
+    async def done() -> bool:
+        raise NodeUnreachable("cannot reach the node")
 
     attempt, calls = flaky(5)
-    assert persist(Down(), "commit", attempt, deadline=lambda: 0) == "receipt"
+    assert await persist("commit", attempt, now=down, deadline=at(0), done=done) == "receipt"
     assert len(calls) == 6

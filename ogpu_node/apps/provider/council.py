@@ -1,0 +1,194 @@
+"""One council seat (docs/tasks.md, "Council duty"): re-run segment k from ckpt_{k-1} in the
+council worker, then commit and reveal. Under `exact` the commitment binds H(result) and the state
+hash at the drawn step, and the member waits for the executor's reveal only to attest that it could
+fetch the blob; under `allclose` it waits for the executor's reveal, compares, commits the verdict
+and reveals it when the reveal phase opens. The vote is written to the datadir before it is
+committed, so a restarted provider reveals what it committed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from ogpu_node.apps.client import ClientError
+from ogpu_node.apps.provider.chain import ChainClient
+from ogpu_node.apps.provider.concurrency import blocking
+from ogpu_node.apps.provider.context import TaskContext
+from ogpu_node.apps.provider.executor import account_bytes, chain_now
+from ogpu_node.apps.provider.retry import persist
+from ogpu_node.apps.provider.store import ProviderFiles, Vote
+from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment, verdict_commitment
+from ogpu_node.types.merkle import merkle_root
+from ogpu_node.types.prescription import drawn_step, segment_bounds
+from ogpu_node.types.protocol import Phase, TaskState
+from ogpu_node.types.records import CheckpointRecord, TaskRecord
+
+if TYPE_CHECKING:
+    from ogpu_node.compute import Worker
+
+log = logging.getLogger("ogpu.provider")
+POLL_S = 0.3
+WAIT_LIMIT_S = 24 * 3600
+
+
+class Abandoned(Exception):
+    """The seat no longer matters: its round is over or the task ended."""
+
+
+def revealed_hash(task_id: int, k: int, checkpoint: CheckpointRecord, task: TaskRecord) -> bytes | None:
+    """The executor's revealed H(ckpt_k), accepted only if it opens the current commitment (a
+    replaced executor's stale reveal does not)."""
+    digest = bytes(checkpoint.checkpoint_hash)
+    if digest == bytes(32):
+        return None
+    executor = bytes.fromhex(str(task.executor).removeprefix("0x"))
+    return digest if checkpoint_commitment(task_id, k, executor, digest) == bytes(checkpoint.commitment) else None
+
+
+def allclose_verdict(ctx: TaskContext, mine: bytes, theirs: bytes) -> bool:
+    from ogpu_node.compute import InvalidCheckpoint, equivalence
+
+    e = ctx.prescription.e
+    assert e.rtol is not None and e.atol is not None
+    try:
+        return equivalence.allclose(mine, theirs, e.rtol, e.atol)
+    except InvalidCheckpoint:
+        return False
+
+
+class CouncilSeat:
+    """Seat (task, k, round); ``on_chain(step)`` says whether the chain's logs show our ``commit`` or
+    ``reveal`` already (a receipt that came late)."""
+
+    def __init__(self, chain: ChainClient, files: ProviderFiles, ctx: TaskContext, worker: Worker,
+                 limiter: trio.CapacityLimiter, k: int, round_: int, step_index: int,
+                 on_chain: Callable[[str], bool]) -> None:
+        self.chain, self.files, self.ctx, self.worker, self.limiter = chain, files, ctx, worker, limiter
+        self.task_id, self.k, self.round, self.step_index = ctx.task_id, k, round_, step_index
+        self.on_chain = on_chain
+        self.outcome: str | None = None
+
+    async def run(self) -> str:
+        task_id, k = self.task_id, self.k
+        try:
+            await self._vote()
+        except Abandoned as exc:
+            self.outcome = f"abandoned: {exc}"
+            log.info("task %d: council duty on checkpoint %d round %d ends: %s", task_id, k, self.round, exc)
+        except Exception as exc:  # noqa: BLE001 — this seat fails alone, with its reason
+            self.outcome = f"failed: {exc}"
+            log.error("task %d: council duty on checkpoint %d round %d failed: %s", task_id, k, self.round, exc)
+        return self.outcome or ""
+
+    async def _vote(self) -> None:
+        task_id, k, fns, me = self.task_id, self.k, self.chain.task.functions, account_bytes(self.chain)
+        saved = await blocking(self.files.load_vote, task_id, k, self.round)
+        result: bytes | None = None
+        if saved is None:
+            result, step_hash = await self._recompute()
+            vote = Vote(merkle_root(result), step_hash, os.urandom(32))
+        else:
+            vote = saved
+            log.info("task %d: council resumes its vote on checkpoint %d round %d", task_id, k, self.round)
+        if self.ctx.exact:
+            await blocking(self.files.save_vote, task_id, k, self.round, vote)
+            commitment = exact_result_commitment(task_id, k, me, vote.result, vote.step, vote.salt)
+            await self._send("commit", f"commitResult {k}", fns.commitResult(task_id, k, commitment))
+            theirs = await self._wait_phase(Phase.REVEAL, need_reveal=True)
+            assert theirs is not None
+            fetched = await self._fetch(theirs) is not None
+            verdict = vote.result == theirs
+        else:
+            theirs = await self._wait_phase(Phase.COUNCIL_COMMIT, need_reveal=True)
+            assert theirs is not None
+            published = await self._fetch(theirs)
+            fetched = published is not None
+            if result is None:  # resumed: the re-run itself was not kept
+                result, _ = await self._recompute()
+            verdict = published is not None and await blocking(allclose_verdict, self.ctx, result, published)
+            vote = Vote(vote.result, bytes(32), vote.salt)
+            await blocking(self.files.save_vote, task_id, k, self.round, vote)
+            commitment = verdict_commitment(task_id, k, me, verdict, vote.result, vote.salt)
+            await self._send("commit", f"commitResult {k}", fns.commitResult(task_id, k, commitment))
+            await self._wait_phase(Phase.REVEAL, need_reveal=False)
+        await self._send("reveal", f"revealResult {k}",
+                         fns.revealResult(task_id, k, verdict, vote.result, vote.step, vote.salt, fetched))
+        self.outcome = "yes" if verdict else "no"
+        log.info("task %d: council voted %s on checkpoint %d round %d", task_id, self.outcome, k, self.round)
+
+    async def _current(self) -> tuple[CheckpointRecord, TaskRecord]:
+        """This round's checkpoint record and the task; Abandoned once the round or the task is over."""
+        checkpoint = await blocking(self.chain.checkpoint, self.task_id, self.k)
+        if checkpoint.round != self.round or checkpoint.phase > Phase.REVEAL:
+            raise Abandoned(f"round {self.round} of checkpoint {self.k} is over")
+        task = await blocking(self.chain.task_record, self.task_id)
+        if task.state in (TaskState.CANCELLED, TaskState.SETTLED):
+            raise Abandoned(f"task {self.task_id} has ended")
+        return checkpoint, task
+
+    async def _phase_end(self) -> int:
+        return (await blocking(self.chain.checkpoint, self.task_id, self.k)).phase_ends
+
+    async def _wait_phase(self, phase: Phase, need_reveal: bool) -> bytes | None:
+        """Wait until checkpoint k is in ``phase`` (and revealed, if asked); the revealed hash."""
+        with trio.move_on_after(WAIT_LIMIT_S):
+            while True:
+                try:
+                    checkpoint, task = await self._current()
+                    if checkpoint.phase == phase:
+                        digest = revealed_hash(self.task_id, self.k, checkpoint, task)
+                        if digest is not None or not need_reveal:
+                            return digest
+                except ClientError:
+                    pass  # the node did not answer: ask again
+                await trio.sleep(POLL_S)
+        raise ClientError(f"timed out after {WAIT_LIMIT_S}s waiting for phase {phase.label} of checkpoint {self.k}")
+
+    async def _recompute(self) -> tuple[bytes, bytes]:
+        """Re-run segment k from the executor's revealed ckpt_{k-1}: (result, state hash at the drawn step)."""
+        task_id, k, p = self.task_id, self.k, self.ctx.prescription
+        start = self.ctx.initial
+        if k > 1:
+            previous = bytes((await blocking(self.chain.checkpoint, task_id, k - 1)).checkpoint_hash)
+            start = await persist(f"task {task_id}: fetch checkpoint {k - 1}",
+                                  lambda: blocking(self.chain.get_blob, previous),
+                                  now=lambda: chain_now(self.chain), deadline=self._phase_end)
+        await self._current()
+        first, last = segment_bounds(p, k)
+        step = drawn_step(p, k, self.step_index)
+        # One council worker: seats re-run one after another (on a 2-core machine a second would
+        # only slow the executor's training).
+        run = await blocking(self.worker.train, self.ctx.spec, start, last - first, hash_steps=[step],
+                             limiter=self.limiter)
+        log.info("task %d: council re-ran checkpoint %d round %d in %.1fs (cpu %.1fs): 0x%s", task_id, k,
+                 self.round, run.wall_s, run.cpu_s, merkle_root(run.checkpoint).hex())
+        return run.checkpoint, run.state_hashes[step]
+
+    async def _send(self, step: str, what: str, call: object) -> None:
+        label = f"task {self.task_id}: {what}"
+
+        async def done() -> bool:
+            return self.on_chain(step)
+
+        await persist(label, lambda: blocking(self.chain.send, label, call), now=lambda: chain_now(self.chain),
+                      deadline=self._phase_end, done=done)
+
+    async def _fetch(self, digest: bytes) -> bytes | None:
+        """The executor's published checkpoint, retried until a few seconds before the phase ends."""
+        async def deadline() -> int:
+            return await self._phase_end() - 5
+
+        try:
+            return await persist(f"task {self.task_id}: fetch checkpoint {self.k}",
+                                 lambda: blocking(self.chain.get_blob, digest), now=lambda: chain_now(self.chain),
+                                 deadline=deadline)
+        except ClientError as exc:
+            log.warning("task %d: cannot fetch the executor's checkpoint %d: %s", self.task_id, self.k, exc)
+            return None
+
+
+__all__ = ["Abandoned", "CouncilSeat", "allclose_verdict", "revealed_hash"]

@@ -16,7 +16,7 @@
     sign_tx(key, nonce=0, to=addr, gas_price=GWEI, access_list=[(addr, [0])])  # EIP-2930 (type 1)
     sign_tx(key, nonce=0, to=addr, access_list=[(addr, [0, 1])])      # EIP-1559 with an access list
 
-`key` is a 32-byte private key or anything with a `private_key` attribute (a dev account's
+`data` is bytes or a 0x-hex string (web3's `encode_abi`). `key` is a 32-byte private key or anything with a `private_key` attribute (a dev account's
 `Keypair`, an eth-account `LocalAccount`); `to` is 20 bytes, a hex address (checksummed or not) or
 None for a contract creation. The type follows from the fee fields: `gas_price` makes a legacy
 transaction (type 1 with an access list), otherwise `tip`/`max_fee` make an EIP-1559 one.
@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from eth.vm.forks.prague import PragueVM
 from eth_keys import keys
-from eth_utils import keccak, to_canonical_address
+from eth_utils import keccak, to_bytes, to_canonical_address
 
 CHAIN_ID = 1337  # the dev chain (ogpu_node/config/networks/dev.json)
 GWEI = 10**9
@@ -101,6 +101,11 @@ def _address(to: Address | None) -> bytes:
     return to_canonical_address(to)
 
 
+def _data(data: bytes | str) -> bytes:
+    """Calldata as bytes; a hex string (what web3's `encode_abi` returns) is decoded."""
+    return to_bytes(hexstr=data) if isinstance(data, str) else bytes(data)
+
+
 def _access_list(entries: AccessList) -> list[tuple[bytes, list[int]]]:
     return [(_address(address), list(slots)) for address, slots in entries]
 
@@ -111,7 +116,7 @@ def sign_tx(
     *,
     to: Address | None = None,
     value: int = 0,
-    data: bytes = b"",
+    data: bytes | str = b"",
     gas: int = TRANSFER_GAS,
     tip: int = TIP,
     max_fee: int = MAX_FEE,
@@ -124,7 +129,7 @@ def sign_tx(
     `chain_id=None` is only for a legacy transaction (unprotected, pre-EIP-155 signature).
     """
     private_key = _private_key(key)
-    common = {"nonce": nonce, "gas": gas, "to": _address(to), "value": value, "data": bytes(data)}
+    common = {"nonce": nonce, "gas": gas, "to": _address(to), "value": value, "data": _data(data)}
     if gas_price is None:
         if chain_id is None:
             raise ValueError("an EIP-1559 transaction always carries a chain id")

@@ -1,8 +1,7 @@
 """The chain core without a network: build, import, reject, index."""
 
 import pytest
-from eth.vm.forks.prague import PragueVM
-from eth_keys import keys
+from txfactory import sign_tx
 
 from ogpu_node.chain import Chain
 from ogpu_node.config import DEV_GENESIS, load_genesis
@@ -12,16 +11,11 @@ from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.execution.state import BlockAttributes
 
 GENESIS = load_genesis(DEV_GENESIS)
-BUILDER = PragueVM.get_transaction_builder()
 
 
-def transfer(key, nonce, to, value=1, tip=10**9, max_fee=10**10, gas=21000):
-    unsigned = BUILDER.new_unsigned_dynamic_fee_transaction(
-        chain_id=1337, nonce=nonce, max_priority_fee_per_gas=tip, max_fee_per_gas=max_fee,
-        gas=gas, to=to, value=value, data=b"", access_list=[],
-    )
-    signed = unsigned.as_signed_transaction(keys.PrivateKey(key), chain_id=1337)
-    return BUILDER.decode(signed.encode())  # py-evm returns a London-typed object otherwise
+def transfer(key, nonce, to, value=1):
+    """A signed EIP-1559 transfer (1 gwei tip, 10 gwei fee cap) as a block holds it."""
+    return sign_tx(key, nonce, to=to, value=value).decoded
 
 
 def attrs(chain, coinbase=b"\x00" * 20):
@@ -92,11 +86,7 @@ def test_block_with_invalid_transaction_is_rejected(chain, other_chain, dev_acco
 
 
 def test_block_size_is_the_length_of_its_rlp(chain, dev_accounts):
-    legacy_key = dev_accounts[2].private_key
-    unsigned = BUILDER.create_unsigned_transaction(
-        nonce=0, gas_price=10**10, gas=21000, to=dev_accounts[1].address, value=1, data=b""
-    )
-    legacy = BUILDER.decode(unsigned.as_signed_transaction(keys.PrivateKey(legacy_key), chain_id=1337).encode())
+    legacy = sign_tx(dev_accounts[2], 0, to=dev_accounts[1].address, value=1, gas_price=10**10).decoded
     txs = [transfer(dev_accounts[0].private_key, n, dev_accounts[1].address) for n in range(3)] + [legacy]
     executed = chain.build_block(attrs(chain), txs)
     stored = chain.block_by_hash(executed.header.hash)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import rlp
-from eth.vm.forks.prague import PragueVM
-from eth_keys import keys
 from eth_utils import to_checksum_address
+from txfactory import sign_tx
 
 from ogpu_node.crypto import Keypair
 from ogpu_node.execution.state import BlockAttributes
 from ogpu_node.txpool import PoolConfig, TxPool, TxRejected
 from ogpu_node.txpool.pool import TX_MAX_SIZE
 
-BUILDER = PragueVM.get_transaction_builder()
 GWEI = 10**9
 ETHER = 10**18
 DEV_BALANCE = 10_000 * ETHER
@@ -21,21 +21,9 @@ BASE_FEE_1 = 875_000_000  # the base fee after the empty dev genesis (1 gwei - 1
 RECEIVER = b"\x11" * 20
 
 
-def signed(key: bytes, nonce: int, *, tip: int = GWEI, max_fee: int = 10 * GWEI, gas: int = 21_000,
-           to: bytes = RECEIVER, value: int = 1, data: bytes = b"", chain_id: int = 1337) -> bytes:
-    """Raw EIP-1559 transaction (decoded from bytes: py-evm's signer returns a London-typed object)."""
-    unsigned = BUILDER.new_unsigned_dynamic_fee_transaction(
-        chain_id=chain_id, nonce=nonce, max_priority_fee_per_gas=tip, max_fee_per_gas=max_fee,
-        gas=gas, to=to, value=value, data=data, access_list=[],
-    )
-    return unsigned.as_signed_transaction(keys.PrivateKey(key), chain_id=chain_id).encode()
-
-
-def signed_legacy(key: bytes, nonce: int, *, gas_price: int = 10 * GWEI, gas: int = 21_000) -> bytes:
-    unsigned = BUILDER.create_unsigned_transaction(
-        nonce=nonce, gas_price=gas_price, gas=gas, to=RECEIVER, value=1, data=b""
-    )
-    return unsigned.as_signed_transaction(keys.PrivateKey(key), chain_id=1337).encode()
+def signed(key: bytes, nonce: int, **fields: Any) -> bytes:
+    """This file's transaction: a transfer of 1 wei to RECEIVER unless the test says otherwise."""
+    return sign_tx(key, nonce, **{"to": RECEIVER, "value": 1, **fields}).raw
 
 
 def next_base_fee(header) -> int:
@@ -134,7 +122,7 @@ def test_gas_below_intrinsic_is_too_low(pool, keys_):
 
 
 def test_legacy_gas_below_intrinsic_is_too_low_not_a_bad_signature(pool, keys_):
-    assert rejection(pool, signed_legacy(keys_[0], 0, gas=20_000)) == (
+    assert rejection(pool, signed(keys_[0], 0, gas=20_000, gas_price=10 * GWEI)) == (
         "intrinsic gas too low: gas 20000, minimum needed 21000"
     )
 

@@ -44,6 +44,7 @@ from ogpu_node.crypto import keccak
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.codec import decode_block, decode_transaction, encode_block
 from ogpu_node.execution.state import BlockAttributes
+from tests.txfactory import sign_tx
 
 CHAIN_ID = 1337
 GAS_PRICE_CAP = 100 * 10**9
@@ -82,16 +83,6 @@ def make_genesis(senders: list[bytes]) -> GenesisConfig:
     })
 
 
-def _signed_transfer(key: bytes, nonce: int, to: bytes) -> bytes:
-    builder = PragueVM.get_transaction_builder()
-    unsigned = builder.new_unsigned_dynamic_fee_transaction(
-        chain_id=CHAIN_ID, nonce=nonce, max_priority_fee_per_gas=TIP, max_fee_per_gas=GAS_PRICE_CAP,
-        gas=21_000, to=to, value=10**12, data=b"", access_list=[],
-    )
-    # Encode and decode again: as_signed_transaction returns a London-typed tx under Prague (DESIGN §2).
-    return unsigned.as_signed_transaction(_KEYS.PrivateKey(key), chain_id=CHAIN_ID).encode()
-
-
 def build_workload(blocks: int, txs_per_block: int, senders: int) -> Workload:
     """Build the blocks with our builder and return them RLP-encoded (untimed setup)."""
     keys = _sender_keys(senders)
@@ -108,7 +99,9 @@ def build_workload(blocks: int, txs_per_block: int, senders: int) -> Workload:
             for _ in range(txs_per_block):
                 which = sent % senders
                 to = keccak(b"ogpu-bench-recipient" + sent.to_bytes(8, "big"))[:20]
-                txs.append(decode_transaction(_signed_transfer(keys[which], nonces[which], to)))
+                raw = sign_tx(keys[which], nonces[which], to=to, value=10**12, tip=TIP, max_fee=GAS_PRICE_CAP,
+                              chain_id=CHAIN_ID).raw
+                txs.append(decode_transaction(raw))
                 nonces[which] += 1
                 sent += 1
             attrs = BlockAttributes(

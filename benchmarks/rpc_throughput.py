@@ -37,10 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from eth_account import Account
-
 from benchmarks import Result, env_int
 from ogpu_node.crypto import derive_dev_accounts
+from tests.txfactory import sign_tx
 
 CHAIN_ID = 1337
 MAX_FEE = 100 * 10**9  # both start at a 1 gwei base fee (anvil's default and ogpu_node/config/networks/dev.json)
@@ -77,15 +76,8 @@ def sign_workload(count: int, senders: int) -> Workload:
     for k in range(count):
         which, nonce = k % senders, k // senders
         to = (0xB0B << 140 | k).to_bytes(20, "big")
-        signed = Account.sign_transaction(
-            {
-                "type": 2, "chainId": CHAIN_ID, "nonce": nonce, "to": to, "value": 1, "gas": 21_000,
-                "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP, "data": b"",
-            },
-            accounts[which].private_key,
-        )
-        tx_hash = "0x" + bytes(signed.hash).hex()
-        raw = "0x" + bytes(signed.raw_transaction).hex()
+        signed = sign_tx(accounts[which], nonce, to=to, value=1, tip=TIP, max_fee=MAX_FEE, chain_id=CHAIN_ID)
+        tx_hash, raw = signed.hash_hex, signed.raw_hex
         bodies.append(json.dumps(
             {"jsonrpc": "2.0", "id": k, "method": "eth_sendRawTransaction", "params": [raw]}
         ).encode())

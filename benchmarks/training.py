@@ -20,8 +20,8 @@ Sizes: BENCH_TRAIN_STEPS (default 8000: segments of seconds, as tasks have), BEN
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,13 +36,14 @@ from benchmarks.rpc_throughput import Process, free_port
 from ogpu_node.apps.client import Client
 from ogpu_node.apps.provider import Provider, ProviderConfig
 from ogpu_node.compute import Worker, spec_from_prescription
-from ogpu_node.compute.profile import profile_env
+from ogpu_node.compute.profile import worker_env
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import Prescription, drawn_step, segment_bounds, training_seed
+from ogpu_node.types.protocol import DEFAULT_PROFILE
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = "cpu-avx2-1t"
+PROFILE = DEFAULT_PROFILE
 COUNCIL_SIZE = 3  # the council whose whole cost the note reports
 
 
@@ -64,41 +65,36 @@ def _doc(data: Path, steps: int, checkpoints: int, hidden: int) -> dict:
     }
 
 
-def _plain(hidden: int, steps: int, data: str, conn) -> None:  # a spawned process under the profile
-    import torch
-    from safetensors.torch import load_file
+# The baseline: the same MLP and steps in plain PyTorch, in a fresh interpreter whose environment is the
+# profile's from exec (as the provider's workers get theirs), so this process's os.environ is never written.
+_PLAIN = """
+import sys, time
+import torch
+from safetensors.torch import load_file
 
-    torch.set_num_threads(1)
-    tensors = load_file(data)
-    x, y = tensors["features"], tensors["labels"]
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
-                                torch.nn.ReLU(), torch.nn.Linear(hidden, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=0.001)
-    started = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (64,))
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    conn.send(time.perf_counter() - started)
+hidden, steps, data = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+torch.set_num_threads(1)
+tensors = load_file(data)
+x, y = tensors["features"], tensors["labels"]
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(32, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                            torch.nn.ReLU(), torch.nn.Linear(hidden, 4))
+opt = torch.optim.Adam(model.parameters(), lr=0.001)
+started = time.perf_counter()
+for _ in range(steps):
+    idx = torch.randint(0, len(y), (64,))
+    loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print(time.perf_counter() - started)
+"""
 
 
 def plain_pytorch_seconds(hidden: int, steps: int, data: Path) -> float:
-    ctx = multiprocessing.get_context("spawn")
-    reader, writer = ctx.Pipe(duplex=False)
-    saved = dict(os.environ)
-    os.environ.update(profile_env(PROFILE))
-    try:
-        proc = ctx.Process(target=_plain, args=(hidden, steps, str(data), writer))
-        proc.start()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    seconds = reader.recv()
-    proc.join()
-    return seconds
+    done = subprocess.run([sys.executable, "-c", _PLAIN, str(hidden), str(steps), str(data)],
+                          env=worker_env(PROFILE), capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
 
 
 def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float, object, bytes]:

@@ -1,10 +1,13 @@
-"""``ogpu-node provider run``: the provider app over JSON-RPC (docs/tasks.md, "Provider")."""
+"""``ogpu-node provider run``: the provider app over JSON-RPC (docs/tasks.md, "Provider").
+
+The app is a trio service; SIGINT and SIGTERM cancel it (its work ends, its worker processes close)."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -15,10 +18,9 @@ from ogpu_node.cli.common import (
     resolve_datadir,
     rpc_url_option,
 )
+from ogpu_node.types.protocol import FAULT_KINDS
 
 __all__ = ["provider"]
-
-FAULT_KINDS = ("perturb", "skip-steps", "reorder-data", "copy-weights")  # compute.faults.FAULTS (a test checks)
 
 
 @click.group("provider")
@@ -47,6 +49,20 @@ def run(rpc_url: str, keystore: Path | None, from_address: str | None, password_
         cost_per_second: int, margin: float, fault: str | None, fault_magnitude: float) -> None:
     """Register as a provider at RPC_URL's chain, bid on batch tasks, train them and serve on councils."""
     key = private_key_from_options(keystore, password_file, from_address, private_key)
+    asked: list[int] = []  # signals received before the app existed: it never starts
+    apps: list[Any] = []  # the Provider, once built
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        asked.append(signum)
+        for app in apps:
+            app.stop()  # signal-safe: it only schedules the cancellation on the trio loop
+
+    # Installed first (building the app loads the compute layer, which takes a while) and before
+    # trio.run, so trio keeps them instead of raising KeyboardInterrupt.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    import trio
+
     from ogpu_node.apps.client import ClientError
     from ogpu_node.apps.provider import Provider, ProviderConfig
     from ogpu_node.compute import Fault
@@ -56,16 +72,10 @@ def run(rpc_url: str, keystore: Path | None, from_address: str | None, password_
         memory_mib=memory_mib, cost_per_second=cost_per_second, margin=margin,
         fault=None if fault is None else Fault(fault, magnitude=fault_magnitude),
     )
-    app = Provider(config)
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        app.stopped.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    apps.append(Provider(config))
+    if asked:
+        return
     try:
-        app.run()
+        trio.run(apps[0].run)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from None
-    finally:
-        app.close()

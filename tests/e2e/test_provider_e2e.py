@@ -27,18 +27,17 @@ from e2e.cli_run import CLI, ENV, ROOT, cli
 from safetensors.numpy import save_file
 from web3 import Web3
 
-from ogpu_node.apps.client import STAKE_ADDRESS, STATE_NAMES, TASK_ADDRESS, contract_abi
 from ogpu_node.apps.provider.chain import ChainClient, Event
 from ogpu_node.compute import spec_from_prescription, train_segment_in_profile
 from ogpu_node.config import DEV_GENESIS
 from ogpu_node.crypto import Keypair, derive_dev_accounts
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import Prescription, training_seed
+from ogpu_node.types.protocol import BPS, TaskState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 GENESIS = json.loads((DEV_GENESIS).read_text())["config"]["ogpu"]
-BPS = 10_000
 MIN_PROVIDER_STAKE = int(GENESIS["minProviderStake"], 16)
 TASK_ID = re.compile(r"^Task ID: (\d+)$", re.M)
 K = 3
@@ -172,9 +171,14 @@ def submit(tmp_path, node, accounts, data, prescription_path) -> int:
     return int(TASK_ID.search(result.stdout).group(1))
 
 
+def chain_views(url: str) -> ChainClient:
+    """The chain as the provider app reads it: typed records, events decoded (system-call logs too)."""
+    return ChainClient(url, derive_dev_accounts(1)[0].private_key)
+
+
 def task_events(url: str, task_id: int) -> list[Event]:
-    """Task's events of one task, decoded as the provider app decodes them (system-call logs too)."""
-    chain = ChainClient(url, derive_dev_accounts(1)[0].private_key)
+    """Task's events of one task, decoded as the provider app decodes them."""
+    chain = chain_views(url)
     return [e for e in chain.task_events(0, chain.head()) if e.args.get("taskId") == task_id]
 
 
@@ -191,14 +195,14 @@ class Run:
     client: str
     before: dict[str, int]
     task_id: int
+    chain: ChainClient
 
     @property
     def addresses(self) -> list[str]:
         return [provider.address for provider in self.providers]
 
     def state(self) -> str:
-        task = self.w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
-        return STATE_NAMES[task.functions.getTask(self.task_id).call()[2]]
+        return TaskState(self.chain.task_record(self.task_id).state).label
 
     def wait_until_decided(self, providers: list[ProviderProcess] | None = None) -> list:
         """Wait for the task to await confirmation or be cancelled; its events."""
@@ -220,12 +224,12 @@ def launch(network, tmp_path: Path, cheap_extra: tuple[str, ...] = (), **changes
     client = Web3.to_checksum_address(accounts[5].address)
     before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*(pr.address for pr in providers), client]}
     task_id = submit(tmp_path, node, accounts, data, prescription_path)
-    return Run(w3, node, p, data, first_block, providers, client, before, task_id)
+    return Run(w3, node, p, data, first_block, providers, client, before, task_id, chain_views(node.http_url))
 
 
 def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
     run = launch(network, tmp_path)
-    node, w3, accounts = network[0], run.w3, network[2]
+    node, accounts = network[0], network[2]
     events = run.wait_until_decided()
     assert run.state() == "AwaitingConfirmation", [(e.name, e.args) for e in events]
     task_id = run.task_id
@@ -244,10 +248,10 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
     assert run.state() == "Settled"
 
     # The result is what an independent local training with the chain's seed gives.
-    task = w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
-    _client, _kind, _state, _phash, _escrow, _deposit, executor, price, seed, _bd, _at = task.functions.getTask(task_id).call()
+    record = run.chain.task_record(task_id)
+    executor, price, seed = record.executor, record.price, record.seed
     assert executor == run.providers[0].address
-    final_hash = bytes(task.functions.getCheckpoint(task_id, K).call()[3])
+    final_hash = bytes(run.chain.checkpoint(task_id, K).checkpoint_hash)
     p = run.p
     local = train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, run.data.read_bytes(), training_seed(p, bytes(seed))),
                                      None, p.I.steps)
@@ -267,16 +271,15 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
             expected[m] += share
         expected[executor] += part - 3 * share
     expected[run.client] -= price
-    stake = w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
     for a in run.addresses:
-        assert stake.functions.stakeOf(a).call()[0] == MIN_PROVIDER_STAKE  # nobody was slashed
+        assert run.chain.stake_of(a).staked == MIN_PROVIDER_STAKE  # nobody was slashed
         expected[a] -= MIN_PROVIDER_STAKE
     assert run.balance_changes() == expected
 
 
 def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network, tmp_path):
     run = launch(network, tmp_path, cheap_extra=("--fault", "perturb"))
-    w3, p, providers, addresses, client = run.w3, run.p, run.providers, run.addresses, run.client
+    p, providers, addresses, client = run.p, run.providers, run.addresses, run.client
     events = run.wait_until_decided()
     names = [e.name for e in events]
     assert run.state() == "Cancelled", names
@@ -295,11 +298,10 @@ def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network,
     # members who voted no; honest members lose nothing.
     collateral = price * int(GENESIS["collateralBps"]) // BPS
     reward = collateral * int(GENESIS["reporterShareBps"]) // BPS
-    stake = w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
-    assert stake.functions.stakeOf(cheat).call()[0] == MIN_PROVIDER_STAKE - collateral
+    assert run.chain.stake_of(cheat).staked == MIN_PROVIDER_STAKE - collateral
     expected = {a: -MIN_PROVIDER_STAKE for a in addresses}
     for member in addresses[1:]:
-        assert stake.functions.stakeOf(member).call()[0] == MIN_PROVIDER_STAKE
+        assert run.chain.stake_of(member).staked == MIN_PROVIDER_STAKE
         expected[member] += reward // 3
     expected[client] = 0
     assert run.balance_changes() == expected
@@ -311,7 +313,7 @@ def test_a_killed_executor_restarts_and_finishes_the_task_unslashed(network, tmp
     recovers from the chain and its files (committed checkpoints, the reveal owed) and every
     checkpoint is accepted: nobody is slashed or penalized."""
     run = launch(network, tmp_path)
-    start, w3, providers = network[3], run.w3, run.providers
+    start, providers = network[3], run.providers
     executor = providers[0]
     wait_for("checkpoint 1 committed", lambda: "committed checkpoint 1" in executor.log(), 300, providers)
     executor.process.kill()
@@ -323,9 +325,8 @@ def test_a_killed_executor_restarts_and_finishes_the_task_unslashed(network, tmp
     assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
     assert "CheckpointMissed" not in names and "ExecutorReplaced" not in names
     assert "resuming as executor" in restarted.log()
-    stake = w3.eth.contract(address=STAKE_ADDRESS, abi=contract_abi("Stake"))
     for provider in providers:
-        assert stake.functions.stakeOf(provider.address).call()[0] == MIN_PROVIDER_STAKE
+        assert run.chain.stake_of(provider.address).staked == MIN_PROVIDER_STAKE
 
 
 def test_allclose_task_without_a_numeric_profile_is_verified_and_accepted(network, tmp_path):
@@ -349,8 +350,7 @@ def test_allclose_task_without_a_numeric_profile_is_verified_and_accepted(networ
     result = cli("task", "result", str(run.task_id), "--out", tmp_path / "model.safetensors", "--checkpoint", out,
                  "--rpc-url", run.node.http_url)
     assert result.returncode == 0, result.stderr
-    task = run.w3.eth.contract(address=TASK_ADDRESS, abi=contract_abi("Task"))
-    seed = bytes(task.functions.getTask(run.task_id).call()[8])
+    seed = bytes(run.chain.task_record(run.task_id).seed)
     p = run.p
     local = train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, run.data.read_bytes(), training_seed(p, seed)),
                                      None, p.I.steps)

@@ -1,37 +1,69 @@
-"""The provider app: one staked provider serving batch tasks through one node (DESIGN.md §6).
+"""The provider app as a trio service: one staked provider serving batch tasks through one node (DESIGN.md §6).
 
-On start it measures its resources (device, memory, training throughput in its numeric-profile
-worker), stakes if needed, registers them and takes the provider role. Then it follows Task's events
-block by block: it considers each new batch task (fetches the prescription and D, checks feasibility
-and profitability, bids), trains the tasks it wins (`ExecutorJob`, in a worker process, so the loop
-keeps watching and voting), and serves on the councils it is drawn for (`CouncilDuty`, in a second
-worker). Every decision is logged with the task id.
+`Provider.run` registers (measures its resources in its council worker, stakes, registers them,
+takes the provider role), recovers what it owes from the chain and its datadir, then follows Task's
+events block by block. Every event and every report of its own work goes through one memory
+channel into the decision core (`core.ProviderCore`), and each action the core returns becomes a
+task of the service's one nursery: a bid, an executor job (training in its own worker process, so
+it never waits for a block), a commit, a reveal, a council seat. Blocking JSON-RPC calls and worker
+jobs run in threads (`concurrency.blocking`); work that no longer matters is cancelled through its
+scope, and worker processes are closed when their job or the service ends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import threading
 import time
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from ogpu_node.apps.client import ClientError
+from ogpu_node.apps.provider import executor
 from ogpu_node.apps.provider.chain import PROTOCOL_GAS, ChainClient, Event
-from ogpu_node.apps.provider.jobs import CouncilDuty, ExecutorJob, TaskContext, persist
-from ogpu_node.apps.provider.strategy import BidStrategy, Job, Resources
-from ogpu_node.contracts.checkpoints import PHASE_COUNCIL_COMMIT, PHASE_REVEAL, STATE_DISPUTED, STATE_RUNNING
-from ogpu_node.types.prescription import InvalidPrescription, segment_bounds, training_seed
+from ogpu_node.apps.provider.concurrency import Scopes, blocking, close_shielded
+from ogpu_node.apps.provider.context import TaskDocuments, job_of
+from ogpu_node.apps.provider.core import ProviderCore, my_votes
+from ogpu_node.apps.provider.council import CouncilSeat
+from ogpu_node.apps.provider.executor import JobRecord, chain_now
+from ogpu_node.apps.provider.messages import (
+    Action,
+    Assessed,
+    BidFailed,
+    Commit,
+    CommitFailed,
+    Committed,
+    Consider,
+    EndSeats,
+    ExecutorOwed,
+    ExecutorStarted,
+    ForgetTask,
+    Observation,
+    PlaceBid,
+    Reveal,
+    Revealed,
+    RevealFailed,
+    SeatEnded,
+    SeatOwed,
+    ServeSeat,
+    StartExecutor,
+    StopExecutor,
+    StopTraining,
+)
+from ogpu_node.apps.provider.retry import persist
+from ogpu_node.apps.provider.store import ProviderFiles
+from ogpu_node.apps.provider.strategy import BidStrategy, Resources
+from ogpu_node.types.prescription import InvalidPrescription
+from ogpu_node.types.protocol import DEFAULT_PROFILE, Phase, TaskKind, TaskState
 
 log = logging.getLogger("ogpu.provider")
-KIND_BATCH = 0
-PROFILE = "cpu-avx2-1t"  # the numeric profile a CPU provider trains and verifies under
-MAX_DATASET_BYTES = 1 << 30
 RECOVER_TASKS = 1_000  # how far back a restarted provider looks for work it owes
 LOG_WINDOW = 10_000  # blocks per eth_getLogs call (the node caps a range)
+INBOX = 1_024  # events and reports waiting for the decision core
 
 
 @dataclass
@@ -56,297 +88,281 @@ class Provider:
         self.chain = ChainClient(config.rpc_url, config.private_key)
         self.me = self.chain.address.lower()
         self.strategy = BidStrategy(config.cost_per_second, config.margin)
-        self.council_worker = Worker(PROFILE)
-        self._worker_cls = Worker
-        self._spare: Worker | None = None  # a started executor worker: assignment need not wait for torch
-        self.resources: Resources | None = None
-        self.contexts: dict[int, TaskContext] = {}
-        self.fetched: dict[int, tuple[Any, bytes, bytes | None]] = {}  # prescription, data, weights
-        self.bids: dict[int, int] = {}  # task id -> our price
-        self.jobs: dict[int, ExecutorJob] = {}
-        self._downloads = threading.BoundedSemaphore(2)
-        self.seats: set[tuple[int, int, int]] = set()  # (task, k, round) being served
-        self.ended: set[int] = set()  # cancelled or settled: start no work for them
+        self.files = ProviderFiles(config.datadir)
+        self.documents = TaskDocuments(self.chain)
         self.max_jobs = max(1, (os.cpu_count() or 1) - 1)  # executor jobs at once, beside council work
-        self._lock = threading.Lock()
-        self.stopped = threading.Event()
+        self.council_worker = Worker(DEFAULT_PROFILE)
+        self.council_turns = trio.CapacityLimiter(1)  # seats re-run one after another in it
+        self._worker_cls = Worker
+        self._spare: Any = None  # a started executor worker: an assignment need not wait for torch
+        self.resources: Resources | None = None
+        self.core: ProviderCore | None = None
+        self.jobs: dict[int, JobRecord] = {}  # executor jobs, for logs and benchmarks
+        self.scopes = Scopes()
         self.last_block = -1
+        self._inbox: trio.MemorySendChannel[Event | Observation] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop_asked = False
 
-    # -- start-up --
+    # -- the service --
 
-    def measure(self) -> Resources:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled (or `stop()`); registration errors are raised."""
+        send, receive = trio.open_memory_channel[Event | Observation](INBOX)
+        self._inbox, self._token = send, trio.lowlevel.current_trio_token()
+        try:
+            with trio.CancelScope() as self._scope:
+                if self._stop_asked:
+                    self._scope.cancel()
+                await self.register()
+                self.core = ProviderCore(self.me, self.strategy, self.resources, self.max_jobs)  # type: ignore[arg-type]
+                self.last_block = await blocking(self.chain.head)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._decide, receive)
+                    self._spawn(("spare",), "spare worker", self._prepare_spare)
+                    await self._recover()
+                    log.info("watching tasks from block %d", self.last_block + 1)
+                    task_status.started()
+                    await self._follow()
+        finally:
+            spare, self._spare = self._spare, None
+            for worker in (self.council_worker, spare):
+                if worker is not None:
+                    await close_shielded(worker)
+
+    def stop(self) -> None:
+        """End `run` from any thread or a signal handler: its work is cancelled, its workers closed."""
+        self._stop_asked = True
+        if self._token is not None and self._scope is not None:
+            self._token.run_sync_soon(self._scope.cancel)
+
+    async def register(self) -> None:
+        """Measure, stake up to the provider minimum, register resources, take the provider role."""
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
         if self.config.memory_mib is not None:
             memory = min(memory, self.config.memory_mib)
-        flops = self.council_worker.measure_throughput(1.0)
-        return Resources(device="cpu", memory_mib=int(memory), flops_per_s=flops, profiles=(PROFILE,))
-
-    def register(self) -> None:
-        """Measure, stake up to the provider minimum, register resources, take the provider role."""
-        self.resources = res = self.measure()
+        flops = await blocking(self.council_worker.measure_throughput, 1.0)
+        self.resources = res = Resources(device="cpu", memory_mib=int(memory), flops_per_s=flops,
+                                         profiles=(DEFAULT_PROFILE,))
         log.info("resources: %s, %d MiB, %.2f GFLOP/s training throughput (profile %s)", res.device,
-                 res.memory_mib, res.flops_per_s / 1e9, PROFILE)
-        added = self.chain.client.register_provider(res.device, res.memory_mib, int(res.flops_per_s / 1e6),  # MFLOP/s
-                                                    self.config.endpoint, self.config.stake, min_gas=PROTOCOL_GAS)
+                 res.memory_mib, res.flops_per_s / 1e9, DEFAULT_PROFILE)
+        added = await blocking(self.chain.client.register_provider, res.device, res.memory_mib,
+                               int(res.flops_per_s / 1e6), self.config.endpoint, self.config.stake,  # MFLOP/s
+                               min_gas=PROTOCOL_GAS)
         if added:
             log.info("staked %d wei", added)
         log.info("registered as provider %s", self.chain.address)
-        self._prepare_spare()
 
-    # -- main loop --
-
-    def run(self) -> None:
-        self.register()
-        self.last_block = self.chain.head()
-        self.recover()
-        log.info("watching tasks from block %d", self.last_block + 1)
-        while not self.stopped.is_set():
+    async def _follow(self) -> None:
+        """Task's events up to the head, a bounded window at a time, each window's events once."""
+        assert self._inbox is not None
+        while True:
             try:
-                self.follow(self.chain.head())
+                head = await blocking(self.chain.head)
+                while self.last_block < head:
+                    last = min(head, self.last_block + LOG_WINDOW)
+                    for event in await blocking(self.chain.task_events, self.last_block + 1, last):
+                        await self._inbox.send(event)
+                    self.last_block = last
             except ClientError as exc:
                 log.warning("node: %s", exc)
-            self.stopped.wait(self.config.poll_s)
-        self.close()
+            await trio.sleep(self.config.poll_s)
 
-    def recover(self) -> None:
-        """Pick up the work owed when this provider stopped, from the chain's record of the last
-        RECOVER_TASKS tasks: executor jobs of running tasks (committed checkpoints reloaded from the
-        datadir, or retrained: same state and seed, same bytes), the reveal due now, and seats on
-        councils sitting now (votes committed before the stop are reloaded from the datadir)."""
-        fns = self.chain.task.functions
-        count = self.chain.call("taskCount", fns.taskCount())
-        for task_id in range(max(1, count - RECOVER_TASKS + 1), count + 1):
-            _client, kind, state, _ph, _esc, _dep, executor, *_ = self.chain.call("getTask", fns.getTask(task_id))
-            if kind != KIND_BATCH or state not in (STATE_RUNNING, STATE_DISPUTED):
-                continue
-            accepted, committed, *_ = self.chain.call("getProgress", fns.getProgress(task_id))
-            if executor.lower() == self.me and state == STATE_RUNNING:
-                log.info("task %d: resuming as executor (%d accepted, %d committed)", task_id, accepted, committed)
-                self._spawn(f"execute-{task_id}", self.execute, task_id, accepted, time.monotonic(), committed)
-            checkpoints = self.chain.call("getTerms", fns.getTerms(task_id))[3]
-            k = checkpoints if state == STATE_DISPUTED else accepted + 1
-            if k > checkpoints:
-                continue
-            phase, round_, _c, _h, _ends, council, step_index = self.chain.call("getCheckpoint", fns.getCheckpoint(task_id, k))
-            if phase in (PHASE_COUNCIL_COMMIT, PHASE_REVEAL) and self.me in (m.lower() for m in council):
-                log.info("task %d: resuming a council seat on checkpoint %d (round %d)", task_id, k, round_)
-                self._spawn(f"council-{task_id}", self.serve, task_id, k, round_, step_index)
+    async def _decide(self, receive: trio.MemoryReceiveChannel[Event | Observation]) -> None:
+        assert self.core is not None
+        async for item in receive:
+            for action in self.core.receive(item):
+                self._perform(action)
 
-    def follow(self, head: int) -> None:
-        """Handle Task's events up to ``head``, a bounded window at a time; each window's events once."""
-        while self.last_block < head and not self.stopped.is_set():
-            last = min(head, self.last_block + LOG_WINDOW)
-            for event in self.chain.task_events(self.last_block + 1, last):
+    async def _report(self, item: Observation) -> None:
+        assert self._inbox is not None
+        await self._inbox.send(item)
+
+    def _spawn(self, key: Hashable, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the nursery, cancellable with everything open under ``key``."""
+        async def guarded() -> None:
+            with self.scopes.open(key):
                 try:
-                    self.handle(event)
-                except Exception:  # one bad event must not stop a provider that owes commits and votes
-                    log.exception("event %s at block %d", event.name, event.block)
-            self.last_block = last
+                    await fn(*args)
+                except (ClientError, InvalidPrescription, OSError) as exc:
+                    log.warning("%s: %s", what, exc)
+                except Exception:
+                    log.exception("%s failed", what)
 
-    def close(self) -> None:
-        self.stopped.set()
-        for job in list(self.jobs.values()):
-            job.stop()
-        self.council_worker.close()
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.close()
+        assert self._nursery is not None
+        self._nursery.start_soon(guarded)
 
-    def _prepare_spare(self) -> None:
-        def start() -> None:
-            worker = self._worker_cls(PROFILE)
-            try:
-                worker.measure_throughput(0.5)  # warm: a fresh process's first segment costs ~2 s more
-            except Exception as exc:  # a task assigned meanwhile starts its own worker
-                worker.close()
-                if not self.stopped.is_set():
-                    log.warning("spare training worker: %s", exc)
-                return
-            with self._lock:
-                if self._spare is None and not self.stopped.is_set():
-                    self._spare, worker = worker, None
-            if worker is not None:
-                worker.close()
+    def _perform(self, action: Action) -> None:
+        task_id = action.task_id
+        name = f"task {task_id}"
+        if isinstance(action, Consider):
+            self._spawn(("task", task_id), name, self._consider, action)
+        elif isinstance(action, PlaceBid):
+            self._spawn(("task", task_id), name, self._bid, action)
+        elif isinstance(action, StartExecutor):
+            self.jobs[task_id] = JobRecord()
+            self._spawn(("exec", task_id), name, self._execute, action)
+        elif isinstance(action, StopTraining):
+            self.scopes.cancel(("train", task_id))
+        elif isinstance(action, StopExecutor):
+            self.jobs.pop(task_id, None)
+            self.scopes.cancel(("exec", task_id))
+            log.info("task %d: executor job ends (%s)", task_id, action.why)
+        elif isinstance(action, Commit):
+            self._spawn(("exec", task_id), name, self._commit, action)
+        elif isinstance(action, Reveal):
+            self._spawn(("exec", task_id), name, self._reveal, action)
+        elif isinstance(action, ServeSeat):
+            self._spawn(("seat", task_id), name, self._serve, action)
+        elif isinstance(action, EndSeats):
+            self.scopes.cancel(("seat", task_id))
+        elif isinstance(action, ForgetTask):
+            self.documents.forget(task_id)
+            self._spawn(("files", task_id), name, blocking, self.files.forget, task_id)
+        else:
+            raise TypeError(f"unknown action {action!r}")
 
-        threading.Thread(target=start, name="spare-worker", daemon=True).start()
+    # -- the actions --
+
+    async def _consider(self, action: Consider) -> None:
+        ctx = await self.documents.context(action.task_id, action.prescription_hash)
+        await self._report(Assessed(action.task_id, await blocking(job_of, ctx)))
+
+    async def _bid(self, action: PlaceBid) -> None:
+        what = f"task {action.task_id}: placeBid"
+        try:
+            await blocking(self.chain.send, what, self.chain.bid.functions.placeBid(action.task_id, action.price))
+        except ClientError as exc:
+            log.warning("%s: %s", what, exc)
+            await self._report(BidFailed(action.task_id))
+            return
+        log.info("task %d: bid %d wei (%s)", action.task_id, action.price, action.reason)
+
+    async def _execute(self, action: StartExecutor) -> None:
+        task_id, record = action.task_id, self.jobs.get(action.task_id) or JobRecord()
+        ctx = await self.documents.context(task_id)
+        start = None
+        if action.resume_from:
+            resumed = await blocking(self.chain.checkpoint, task_id, action.resume_from)
+            start = await blocking(self.chain.get_blob, bytes(resumed.checkpoint_hash))
+        worker = self._executor_worker(ctx.prescription.I.numeric_profile or DEFAULT_PROFILE)
+        try:
+            fault = self.config.fault
+            log.info("task %d: executing from checkpoint %d%s", task_id, action.resume_from,
+                     f" (fault injection: {fault})" if fault else "")
+            await self._report(ExecutorStarted(task_id, ctx.exact))
+            assert self._inbox is not None
+            with self.scopes.open(("train", task_id)):
+                await executor.train(self.chain, self.files, ctx, worker, self._inbox, record,
+                                     resume_from=action.resume_from, committed=action.committed, start=start,
+                                     fault=fault)
+        finally:
+            await close_shielded(worker)  # also ends a job in flight when the task was abandoned
+
+    async def _commit(self, action: Commit) -> None:
+        task_id, k = action.task_id, action.k
+        record = self.jobs.get(task_id)
+        try:
+            await executor.commit(self.chain, task_id, k, action.digest)
+        except ClientError as exc:
+            if record is not None:
+                record.error = str(exc)
+            log.error("task %d: commit of checkpoint %d failed: %s", task_id, k, exc)
+            await self._report(CommitFailed(task_id, k))
+            return
+        if record is not None:
+            record.committed_at[k] = time.monotonic()
+        log.info("task %d: committed checkpoint %d", task_id, k)
+        await self._report(Committed(task_id, k))
+
+    async def _reveal(self, action: Reveal) -> None:
+        task_id, k = action.task_id, action.k
+        try:
+            await executor.reveal(self.chain, self.files, task_id, k, action.digest)
+        except (ClientError, OSError) as exc:
+            log.error("task %d: reveal of checkpoint %d failed: %s", task_id, k, exc)
+            await self._report(RevealFailed(task_id, k))
+            return
+        log.info("task %d: revealed checkpoint %d (0x%s)", task_id, k, action.digest.hex())
+        await self._report(Revealed(task_id, k))
+
+    async def _serve(self, action: ServeSeat) -> None:
+        task_id, k, round_ = action.task_id, action.k, action.round
+
+        async def phase_end() -> int:
+            return (await blocking(self.chain.checkpoint, task_id, k)).phase_ends
+
+        try:
+            ctx = await persist(f"task {task_id}: fetch its prescription and data",
+                                lambda: self.documents.context(task_id), now=lambda: chain_now(self.chain),
+                                deadline=phase_end)
+            assert ctx is not None and self.core is not None
+            core = self.core
+            await CouncilSeat(self.chain, self.files, ctx, self.council_worker, self.council_turns, k, round_,
+                              action.step_index, lambda step: core.vote_on_chain((task_id, k, round_), step)).run()
+        except (ClientError, InvalidPrescription, OSError) as exc:
+            log.warning("task %d: council seat on checkpoint %d round %d: %s", task_id, k, round_, exc)
+        await self._report(SeatEnded(task_id, k, round_))
+
+    # -- workers --
+
+    async def _prepare_spare(self) -> None:
+        worker = self._worker_cls(DEFAULT_PROFILE)
+        try:
+            await blocking(worker.measure_throughput, 0.5)  # warm: a fresh process's first segment costs ~2 s more
+        except BaseException as exc:  # cancelled, or failed: a task assigned meanwhile starts its own worker
+            await close_shielded(worker)
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("spare training worker: %s", exc)
+            return
+        if self._spare is None:
+            self._spare = worker
+        else:
+            await close_shielded(worker)
 
     def _executor_worker(self, profile: str) -> Any:
-        with self._lock:
-            spare = self._spare if self._spare is not None and self._spare.profile == profile else None
-            if spare is not None:
-                self._spare = None
-        if spare is None:  # still starting, or another profile: this task waits for its own
+        spare = self._spare
+        if spare is None or spare.profile != profile:  # still starting, or another profile: start its own
             return self._worker_cls(profile)
-        self._prepare_spare()
+        self._spare = None
+        self._spawn(("spare",), "spare worker", self._prepare_spare)
         return spare
 
-    def handle(self, ev: Event) -> None:
-        a = ev.args
-        task_id = a.get("taskId")
-        name = ev.name
-        if name == "TaskSubmitted":
-            if a["kind"] == KIND_BATCH and a["client"].lower() != self.me:
-                self._spawn(f"consider-{task_id}", self.consider, task_id, bytes(a["prescriptionHash"]))
-        elif name == "TaskAssigned":
-            executor = a["executor"].lower()
-            if self.bids.pop(task_id, None) is not None:
-                self.strategy.record(executor == self.me)
-                log.info("task %d: %s the auction (win rate %.0f%%, margin now %.0f%%)", task_id,
-                         "won" if executor == self.me else "lost", 100 * (self.strategy.win_rate or 0),
-                         100 * self.strategy.margin)
-            if executor == self.me:
-                self._spawn(f"execute-{task_id}", self.execute, task_id, 0, time.monotonic())
-        elif name == "ExecutorReplaced":
-            if a["previous"].lower() == self.me:
-                self._stop_job(task_id, "replaced")
-            if a["executor"].lower() == self.me:
-                self._spawn(f"execute-{task_id}", self.execute, task_id, a["resumeFrom"], time.monotonic())
-        elif name == "CouncilDrawn":
-            job = self.jobs.get(task_id)
-            if job is not None and not job.ctx.exact:
-                job.reveal(a["k"])  # allclose: the executor publishes first
-            if self.me in (m.lower() for m in a["members"]):
-                log.info("task %d: drawn for the council of checkpoint %d (round %d)", task_id, a["k"], a["round"])
-                self._spawn(f"council-{task_id}", self.serve, task_id, a["k"], a["round"], a["stepIndex"])
-        elif name == "RevealPhase":
-            job = self.jobs.get(task_id)
-            if job is not None and job.ctx.exact:
-                job.reveal(a["k"])
-        elif name in ("CheckpointAccepted", "CheckpointRejected", "CheckpointMissed", "CheckpointInconclusive"):
-            detail = {k: v for k, v in a.items() if k not in ("taskId", "k")}
-            log.info("task %d: checkpoint %d %s %s", task_id, a["k"], name.removeprefix("Checkpoint").lower(), detail)
-        elif name in ("TaskCancelled", "TaskSettled"):
-            with self._lock:
-                self.ended.add(task_id)
-                self.contexts.pop(task_id, None)  # its dataset may be large
-                self.fetched.pop(task_id, None)
-            self.bids.pop(task_id, None)
-            self._stop_job(task_id, name.removeprefix("Task").lower())
-            self._forget_files(task_id)
+    # -- restart --
 
-    def _forget_files(self, task_id: int) -> None:
-        """A task that ended needs none of our files: its checkpoints live on as blobs."""
-        shutil.rmtree(self.config.datadir / "tasks" / str(task_id), ignore_errors=True)
-        for vote in (self.config.datadir / "votes").glob(f"{task_id}-*.json"):
-            vote.unlink(missing_ok=True)
-
-    def _spawn(self, name: str, target: Any, *args: Any) -> None:
-        def guarded() -> None:
-            try:
-                target(*args)
-            except (ClientError, InvalidPrescription, OSError) as exc:
-                log.warning("task %d: %s", args[0], exc)
-            except Exception:
-                log.exception("task %d: %s failed", args[0], name)
-
-        threading.Thread(target=guarded, name=name, daemon=True).start()
-
-    def _stop_job(self, task_id: int, why: str) -> None:
-        with self._lock:
-            job = self.jobs.pop(task_id, None)
-        if job is not None:
-            log.info("task %d: executor job ends (%s)", task_id, why)
-            threading.Thread(target=job.stop, daemon=True).start()
-
-    # -- tasks --
-
-    def context(self, task_id: int, prescription_hash: bytes | None = None) -> TaskContext:
-        """The task's prescription, data and training spec. The documents are fetched once (for the
-        bid); the spec is final, and cached, once the chain has fixed the assignment seed."""
-        from ogpu_node.compute import initial_checkpoint, spec_from_prescription
-        from ogpu_node.compute.prescription import validate
-
-        with self._lock:
-            if task_id in self.contexts:
-                return self.contexts[task_id]
-            fetched = self.fetched.get(task_id)
-        task = self.chain.call("getTask", self.chain.task.functions.getTask(task_id))
-        phash, seed = bytes(task[3]), bytes(task[8])
-        if prescription_hash is not None and phash != prescription_hash:
-            raise ClientError("the chain's prescription hash changed")
-        if fetched is None:
-            p = validate(self.chain.get_blob(phash, max_bytes=1 << 20))
-            if p.D is None:
-                raise InvalidPrescription("prescription.D", "required")
-            weights = None if p.M.initial_weights is None else self.chain.get_blob(
-                p.M.initial_weights, max_bytes=MAX_DATASET_BYTES)
-            fetched = (p, self.chain.get_blob(p.D.blob, max_bytes=MAX_DATASET_BYTES), weights)
-            with self._lock:
-                self.fetched[task_id] = fetched
-        p, dataset, weights = fetched
-        if seed == bytes(32):  # still bidding: a spec for estimates only
-            return TaskContext(task_id, p, spec_from_prescription(p, dataset, 0), None)
-        spec = spec_from_prescription(p, dataset, training_seed(p, seed))
-        ctx = TaskContext(task_id, p, spec, None if weights is None else initial_checkpoint(spec, weights))
-        with self._lock:
-            self.contexts[task_id] = ctx
-        return ctx
-
-    def consider(self, task_id: int, prescription_hash: bytes) -> None:
-        from ogpu_node.compute import estimate
-
-        with self._downloads:  # a burst of submissions must not fetch every dataset at once
-            ctx = self.context(task_id, prescription_hash)
-        assert ctx is not None and self.resources is not None
-        p = ctx.prescription
-        est = estimate(p, len(ctx.spec.dataset))
-        assert p.I.steps is not None and p.I.checkpoints is not None and p.I.segment_window_s is not None
-        longest = max(b - a for a, b in (segment_bounds(p, k) for k in range(1, p.I.checkpoints + 1)))
-        job = Job(devices=p.I.hardware.devices, numeric_profile=p.I.numeric_profile, memory_mib=est.memory_mib,
-                  total_flops=est.total_flops, segment_flops=est.flops_per_step * longest,
-                  segment_window_s=p.I.segment_window_s, max_payment=p.I.max_payment)
-        busy = len(self.jobs) + len(self.bids)
-        if busy >= self.max_jobs:
-            log.info("task %d: not bidding: busy (%d running or pending of %d)", task_id, busy, self.max_jobs)
-            return
-        price, reason = self.strategy.decide(job, self.resources)
-        if price is None:
-            log.info("task %d: not bidding: %s", task_id, reason)
-            return
-        self.chain.send(f"task {task_id}: placeBid", self.chain.bid.functions.placeBid(task_id, price))
-        self.bids[task_id] = price
-        log.info("task %d: bid %d wei (%s)", task_id, price, reason)
-
-    def execute(self, task_id: int, resume_from: int, assigned_at: float, committed: int = 0) -> None:
-        ctx = self.context(task_id)
-        start = None
-        if resume_from:
-            start = self.chain.get_blob(bytes(self.chain.call(
-                "getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, resume_from))[3]))
-        profile = ctx.prescription.I.numeric_profile or PROFILE
-        job = ExecutorJob(self.chain, ctx, self._executor_worker(profile), self.config.datadir / "tasks" / str(task_id),
-                          resume_from=resume_from, start=start, fault=self.config.fault, assigned_at=assigned_at,
-                          committed=committed)
-        with self._lock:
-            if task_id in self.ended or self.stopped.is_set():  # it ended while we fetched its data
-                job.worker.close()
-                return
-            self.jobs[task_id] = job
-        log.info("task %d: executing from checkpoint %d%s", task_id, resume_from,
-                 f" (fault injection: {self.config.fault})" if self.config.fault else "")
-        job.start()
-        k = resume_from + 1
-        if committed >= k:  # after a restart: the council may already wait for our reveal
-            phase = self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, k))[0]
-            if phase == (PHASE_REVEAL if ctx.exact else PHASE_COUNCIL_COMMIT):
-                job.reveal(k)
-
-    def serve(self, task_id: int, k: int, round_: int, step_index: int) -> None:
-        ctx = persist(self.chain, f"task {task_id}: fetch its prescription and data", lambda: self.context(task_id),
-                      deadline=lambda: self.chain.call("getCheckpoint", self.chain.task.functions.getCheckpoint(task_id, k))[4])
-        seat = (task_id, k, round_)
-        with self._lock:
-            if seat in self.seats:
-                return
-            self.seats.add(seat)
-        try:
-            # One council worker: seats run one after another (on a 2-core machine a second would
-            # only slow the executor's training); a duty abandons itself when its round or task is over.
-            CouncilDuty(self.chain, ctx, self.council_worker, k, round_, step_index, self.config.datadir / "votes").run()
-        finally:
-            with self._lock:
-                self.seats.discard(seat)
+    async def _recover(self) -> None:
+        """What this provider owed when it stopped, from the chain's record of the last
+        RECOVER_TASKS tasks: executor jobs of running tasks (committed checkpoints reloaded from the
+        datadir, or retrained: same state and seed, same bytes) with the reveal due now, and seats on
+        councils sitting now (votes committed before the stop are reloaded from the datadir)."""
+        count = await blocking(self.chain.task_count)
+        seats = []
+        for task_id in range(max(1, count - RECOVER_TASKS + 1), count + 1):
+            task = await blocking(self.chain.task_record, task_id)
+            if task.kind != TaskKind.BATCH or task.state not in (TaskState.RUNNING, TaskState.DISPUTED):
+                continue
+            progress = await blocking(self.chain.progress, task_id)
+            if str(task.executor).lower() == self.me and task.state == TaskState.RUNNING:
+                k = progress.accepted + 1
+                phase = (await blocking(self.chain.checkpoint, task_id, k)).phase if progress.committed >= k else 0
+                await self._report(ExecutorOwed(task_id, progress.accepted, progress.committed, Phase(phase)))
+            checkpoints = (await blocking(self.chain.terms, task_id)).checkpoints
+            k = checkpoints if task.state == TaskState.DISPUTED else progress.accepted + 1
+            if k > checkpoints:
+                continue
+            ck = await blocking(self.chain.checkpoint, task_id, k)
+            if ck.phase in (Phase.COUNCIL_COMMIT, Phase.REVEAL) and self.me in (str(m).lower() for m in ck.council):
+                seats.append((task_id, k, ck.round, ck.step_index))
+        if seats:  # which of our votes the chain shows already (a commit sent just before the stop)
+            events = await blocking(self.chain.task_events, max(0, self.last_block - LOG_WINDOW + 1), self.last_block)
+            for task_id, k, round_, step_index in seats:
+                log.info("task %d: resuming a council seat on checkpoint %d (round %d)", task_id, k, round_)
+                committed, revealed = my_votes(events, task_id, k, self.me)
+                await self._report(SeatOwed(task_id, k, round_, step_index, committed, revealed))
 
 
-__all__ = ["PROFILE", "Provider", "ProviderConfig"]
+__all__ = ["Provider", "ProviderConfig"]

@@ -24,36 +24,13 @@ import trio
 
 from ogpu_node.apps.client import ClientError
 from ogpu_node.apps.provider import executor
+from ogpu_node.apps.provider import messages as m
 from ogpu_node.apps.provider.chain import PROTOCOL_GAS, ChainClient, Event
 from ogpu_node.apps.provider.concurrency import Scopes, blocking, close_shielded
 from ogpu_node.apps.provider.context import TaskDocuments, job_of
 from ogpu_node.apps.provider.core import ProviderCore, my_votes
 from ogpu_node.apps.provider.council import CouncilSeat
 from ogpu_node.apps.provider.executor import JobRecord, chain_now
-from ogpu_node.apps.provider.messages import (
-    Action,
-    Assessed,
-    BidFailed,
-    Commit,
-    CommitFailed,
-    Committed,
-    Consider,
-    EndSeats,
-    ExecutorOwed,
-    ExecutorStarted,
-    ForgetTask,
-    Observation,
-    PlaceBid,
-    Reveal,
-    Revealed,
-    RevealFailed,
-    SeatEnded,
-    SeatOwed,
-    ServeSeat,
-    StartExecutor,
-    StopExecutor,
-    StopTraining,
-)
 from ogpu_node.apps.provider.retry import persist
 from ogpu_node.apps.provider.store import ProviderFiles
 from ogpu_node.apps.provider.strategy import BidStrategy, Resources
@@ -100,7 +77,7 @@ class Provider:
         self.jobs: dict[int, JobRecord] = {}  # executor jobs, for logs and benchmarks
         self.scopes = Scopes()
         self.last_block = -1
-        self._inbox: trio.MemorySendChannel[Event | Observation] | None = None
+        self._inbox: trio.MemorySendChannel[Event | m.Observation] | None = None
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -110,7 +87,7 @@ class Provider:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled (or `stop()`); registration errors are raised."""
-        send, receive = trio.open_memory_channel[Event | Observation](INBOX)
+        send, receive = trio.open_memory_channel[Event | m.Observation](INBOX)
         self._inbox, self._token = send, trio.lowlevel.current_trio_token()
         try:
             with trio.CancelScope() as self._scope:
@@ -171,13 +148,13 @@ class Provider:
                 log.warning("node: %s", exc)
             await trio.sleep(self.config.poll_s)
 
-    async def _decide(self, receive: trio.MemoryReceiveChannel[Event | Observation]) -> None:
+    async def _decide(self, receive: trio.MemoryReceiveChannel[Event | m.Observation]) -> None:
         assert self.core is not None
         async for item in receive:
             for action in self.core.receive(item):
                 self._perform(action)
 
-    async def _report(self, item: Observation) -> None:
+    async def _report(self, item: m.Observation) -> None:
         assert self._inbox is not None
         await self._inbox.send(item)
 
@@ -195,31 +172,31 @@ class Provider:
         assert self._nursery is not None
         self._nursery.start_soon(guarded)
 
-    def _perform(self, action: Action) -> None:
+    def _perform(self, action: m.Action) -> None:
         task_id = action.task_id
         name = f"task {task_id}"
-        if isinstance(action, Consider):
+        if isinstance(action, m.Consider):
             self._spawn(("task", task_id), name, self._consider, action)
-        elif isinstance(action, PlaceBid):
+        elif isinstance(action, m.PlaceBid):
             self._spawn(("task", task_id), name, self._bid, action)
-        elif isinstance(action, StartExecutor):
+        elif isinstance(action, m.StartExecutor):
             self.jobs[task_id] = JobRecord()
             self._spawn(("exec", task_id), name, self._execute, action)
-        elif isinstance(action, StopTraining):
+        elif isinstance(action, m.StopTraining):
             self.scopes.cancel(("train", task_id))
-        elif isinstance(action, StopExecutor):
+        elif isinstance(action, m.StopExecutor):
             self.jobs.pop(task_id, None)
             self.scopes.cancel(("exec", task_id))
             log.info("task %d: executor job ends (%s)", task_id, action.why)
-        elif isinstance(action, Commit):
+        elif isinstance(action, m.Commit):
             self._spawn(("exec", task_id), name, self._commit, action)
-        elif isinstance(action, Reveal):
+        elif isinstance(action, m.Reveal):
             self._spawn(("exec", task_id), name, self._reveal, action)
-        elif isinstance(action, ServeSeat):
+        elif isinstance(action, m.ServeSeat):
             self._spawn(("seat", task_id), name, self._serve, action)
-        elif isinstance(action, EndSeats):
+        elif isinstance(action, m.EndSeats):
             self.scopes.cancel(("seat", task_id))
-        elif isinstance(action, ForgetTask):
+        elif isinstance(action, m.ForgetTask):
             self.documents.forget(task_id)
             self._spawn(("files", task_id), name, blocking, self.files.forget, task_id)
         else:
@@ -227,21 +204,21 @@ class Provider:
 
     # -- the actions --
 
-    async def _consider(self, action: Consider) -> None:
+    async def _consider(self, action: m.Consider) -> None:
         ctx = await self.documents.context(action.task_id, action.prescription_hash)
-        await self._report(Assessed(action.task_id, await blocking(job_of, ctx)))
+        await self._report(m.Assessed(action.task_id, await blocking(job_of, ctx)))
 
-    async def _bid(self, action: PlaceBid) -> None:
+    async def _bid(self, action: m.PlaceBid) -> None:
         what = f"task {action.task_id}: placeBid"
         try:
             await blocking(self.chain.send, what, self.chain.bid.functions.placeBid(action.task_id, action.price))
         except ClientError as exc:
             log.warning("%s: %s", what, exc)
-            await self._report(BidFailed(action.task_id))
+            await self._report(m.BidFailed(action.task_id))
             return
         log.info("task %d: bid %d wei (%s)", action.task_id, action.price, action.reason)
 
-    async def _execute(self, action: StartExecutor) -> None:
+    async def _execute(self, action: m.StartExecutor) -> None:
         task_id, record = action.task_id, self.jobs.get(action.task_id) or JobRecord()
         ctx = await self.documents.context(task_id)
         start = None
@@ -253,7 +230,7 @@ class Provider:
             fault = self.config.fault
             log.info("task %d: executing from checkpoint %d%s", task_id, action.resume_from,
                      f" (fault injection: {fault})" if fault else "")
-            await self._report(ExecutorStarted(task_id, ctx.exact))
+            await self._report(m.ExecutorStarted(task_id, ctx.exact))
             assert self._inbox is not None
             with self.scopes.open(("train", task_id)):
                 await executor.train(self.chain, self.files, ctx, worker, self._inbox, record,
@@ -262,7 +239,7 @@ class Provider:
         finally:
             await close_shielded(worker)  # also ends a job in flight when the task was abandoned
 
-    async def _commit(self, action: Commit) -> None:
+    async def _commit(self, action: m.Commit) -> None:
         task_id, k = action.task_id, action.k
         record = self.jobs.get(task_id)
         try:
@@ -271,25 +248,25 @@ class Provider:
             if record is not None:
                 record.error = str(exc)
             log.error("task %d: commit of checkpoint %d failed: %s", task_id, k, exc)
-            await self._report(CommitFailed(task_id, k))
+            await self._report(m.CommitFailed(task_id, k))
             return
         if record is not None:
             record.committed_at[k] = time.monotonic()
         log.info("task %d: committed checkpoint %d", task_id, k)
-        await self._report(Committed(task_id, k))
+        await self._report(m.Committed(task_id, k))
 
-    async def _reveal(self, action: Reveal) -> None:
+    async def _reveal(self, action: m.Reveal) -> None:
         task_id, k = action.task_id, action.k
         try:
             await executor.reveal(self.chain, self.files, task_id, k, action.digest)
         except (ClientError, OSError) as exc:
             log.error("task %d: reveal of checkpoint %d failed: %s", task_id, k, exc)
-            await self._report(RevealFailed(task_id, k))
+            await self._report(m.RevealFailed(task_id, k))
             return
         log.info("task %d: revealed checkpoint %d (0x%s)", task_id, k, action.digest.hex())
-        await self._report(Revealed(task_id, k))
+        await self._report(m.Revealed(task_id, k))
 
-    async def _serve(self, action: ServeSeat) -> None:
+    async def _serve(self, action: m.ServeSeat) -> None:
         task_id, k, round_ = action.task_id, action.k, action.round
 
         async def phase_end() -> int:
@@ -305,7 +282,7 @@ class Provider:
                               action.step_index, lambda step: core.vote_on_chain((task_id, k, round_), step)).run()
         except (ClientError, InvalidPrescription, OSError) as exc:
             log.warning("task %d: council seat on checkpoint %d round %d: %s", task_id, k, round_, exc)
-        await self._report(SeatEnded(task_id, k, round_))
+        await self._report(m.SeatEnded(task_id, k, round_))
 
     # -- workers --
 
@@ -349,20 +326,20 @@ class Provider:
             if str(task.executor).lower() == self.me and task.state == TaskState.RUNNING:
                 k = progress.accepted + 1
                 phase = (await blocking(self.chain.checkpoint, task_id, k)).phase if progress.committed >= k else 0
-                await self._report(ExecutorOwed(task_id, progress.accepted, progress.committed, Phase(phase)))
+                await self._report(m.ExecutorOwed(task_id, progress.accepted, progress.committed, Phase(phase)))
             checkpoints = (await blocking(self.chain.terms, task_id)).checkpoints
             k = checkpoints if task.state == TaskState.DISPUTED else progress.accepted + 1
             if k > checkpoints:
                 continue
             ck = await blocking(self.chain.checkpoint, task_id, k)
-            if ck.phase in (Phase.COUNCIL_COMMIT, Phase.REVEAL) and self.me in (str(m).lower() for m in ck.council):
+            if ck.phase in (Phase.COUNCIL_COMMIT, Phase.REVEAL) and self.me in (str(member).lower() for member in ck.council):
                 seats.append((task_id, k, ck.round, ck.step_index))
         if seats:  # which of our votes the chain shows already (a commit sent just before the stop)
             events = await blocking(self.chain.task_events, max(0, self.last_block - LOG_WINDOW + 1), self.last_block)
             for task_id, k, round_, step_index in seats:
                 log.info("task %d: resuming a council seat on checkpoint %d (round %d)", task_id, k, round_)
                 committed, revealed = my_votes(events, task_id, k, self.me)
-                await self._report(SeatOwed(task_id, k, round_, step_index, committed, revealed))
+                await self._report(m.SeatOwed(task_id, k, round_, step_index, committed, revealed))
 
 
 __all__ = ["Provider", "ProviderConfig"]

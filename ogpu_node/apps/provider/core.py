@@ -14,33 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ogpu_node.apps.provider import messages as m
 from ogpu_node.apps.provider.chain import Event
-from ogpu_node.apps.provider.messages import (
-    Action,
-    Assessed,
-    BidFailed,
-    CheckpointTrained,
-    Commit,
-    CommitFailed,
-    Committed,
-    Consider,
-    EndSeats,
-    ExecutorOwed,
-    ExecutorStarted,
-    ForgetTask,
-    Observation,
-    PlaceBid,
-    Reveal,
-    Revealed,
-    RevealFailed,
-    SeatEnded,
-    SeatOwed,
-    ServeSeat,
-    StartExecutor,
-    StopExecutor,
-    StopTraining,
-    TrainingEnded,
-)
 from ogpu_node.apps.provider.strategy import BidStrategy, Resources
 from ogpu_node.types.protocol import Phase, TaskKind
 
@@ -85,7 +60,7 @@ class ProviderCore:
         self.executing: dict[int, Execution] = {}
         self.seats: dict[Seat, SeatVotes] = {}
         self.ended: set[int] = set()  # cancelled or settled: no more work for them
-        self._chain: dict[str, Callable[[dict[str, Any]], list[Action]]] = {
+        self._chain: dict[str, Callable[[dict[str, Any]], list[m.Action]]] = {
             "TaskSubmitted": self._submitted, "TaskAssigned": self._assigned,
             "ExecutorReplaced": self._replaced, "CouncilDrawn": self._drawn, "RevealPhase": self._reveal_phase,
             "ResultCommitted": self._vote_seen, "ResultRevealed": self._vote_seen,
@@ -94,7 +69,7 @@ class ProviderCore:
 
     # -- entry points --
 
-    def receive(self, item: Event | Observation) -> list[Action]:
+    def receive(self, item: Event | m.Observation) -> list[m.Action]:
         """The actions ``item`` calls for; a malformed item is logged and skipped."""
         try:
             return self.handle(item)
@@ -105,7 +80,7 @@ class ProviderCore:
                 log.exception("observation %r", item)
             return []
 
-    def handle(self, item: Event | Observation) -> list[Action]:
+    def handle(self, item: Event | m.Observation) -> list[m.Action]:
         if isinstance(item, Event):
             handler = self._chain.get(item.name)
             return [] if handler is None else handler(item.args | {"_name": item.name})
@@ -125,13 +100,13 @@ class ProviderCore:
     def _mine(self, address: str) -> bool:
         return address.lower() == self.me
 
-    def _submitted(self, a: dict[str, Any]) -> list[Action]:
+    def _submitted(self, a: dict[str, Any]) -> list[m.Action]:
         task_id = a["taskId"]
         if a["kind"] != TaskKind.BATCH or self._mine(a["client"]) or task_id in self.ended:
             return []
-        return [Consider(task_id, bytes(a["prescriptionHash"]))]
+        return [m.Consider(task_id, bytes(a["prescriptionHash"]))]
 
-    def _assigned(self, a: dict[str, Any]) -> list[Action]:
+    def _assigned(self, a: dict[str, Any]) -> list[m.Action]:
         task_id, won = a["taskId"], self._mine(a["executor"])
         if self.bids.pop(task_id, None) is not None:
             self.strategy.record(won)
@@ -139,30 +114,30 @@ class ProviderCore:
                      "won" if won else "lost", 100 * (self.strategy.win_rate or 0), 100 * self.strategy.margin)
         return self._start(task_id, 0) if won else []
 
-    def _replaced(self, a: dict[str, Any]) -> list[Action]:
+    def _replaced(self, a: dict[str, Any]) -> list[m.Action]:
         task_id = a["taskId"]
-        out: list[Action] = []
+        out: list[m.Action] = []
         if self._mine(a["previous"]) and self.executing.pop(task_id, None) is not None:
-            out.append(StopExecutor(task_id, "replaced"))
+            out.append(m.StopExecutor(task_id, "replaced"))
         if self._mine(a["executor"]):
             out += self._start(task_id, a["resumeFrom"])
         return out
 
-    def _drawn(self, a: dict[str, Any]) -> list[Action]:
+    def _drawn(self, a: dict[str, Any]) -> list[m.Action]:
         task_id, k, round_ = a["taskId"], a["k"], a["round"]
         out = self._trigger(task_id, k, DRAWN)
-        if any(self._mine(m) for m in a["members"]) and task_id not in self.ended:
+        if any(self._mine(member) for member in a["members"]) and task_id not in self.ended:
             seat = (task_id, k, round_)
             if seat not in self.seats:
                 self.seats[seat] = SeatVotes()
                 log.info("task %d: drawn for the council of checkpoint %d (round %d)", task_id, k, round_)
-                out.append(ServeSeat(task_id, k, round_, a["stepIndex"]))
+                out.append(m.ServeSeat(task_id, k, round_, a["stepIndex"]))
         return out
 
-    def _reveal_phase(self, a: dict[str, Any]) -> list[Action]:
+    def _reveal_phase(self, a: dict[str, Any]) -> list[m.Action]:
         return self._trigger(a["taskId"], a["k"], REVEAL_PHASE)
 
-    def _vote_seen(self, a: dict[str, Any]) -> list[Action]:
+    def _vote_seen(self, a: dict[str, Any]) -> list[m.Action]:
         if self._mine(a["member"]):
             for (task_id, k, _round), votes in self.seats.items():  # one round of k sits at a time
                 if (task_id, k) == (a["taskId"], a["k"]):
@@ -172,66 +147,66 @@ class ProviderCore:
                         votes.revealed = True
         return []
 
-    def _verdict(self, a: dict[str, Any]) -> list[Action]:
+    def _verdict(self, a: dict[str, Any]) -> list[m.Action]:
         detail = {key: v for key, v in a.items() if key not in ("taskId", "k", "_name")}
         log.info("task %d: checkpoint %d %s %s", a["taskId"], a["k"],
                  a["_name"].removeprefix("Checkpoint").lower(), detail)
         return []
 
-    def _ended(self, a: dict[str, Any]) -> list[Action]:
+    def _ended(self, a: dict[str, Any]) -> list[m.Action]:
         task_id = a["taskId"]
         self.ended.add(task_id)
         self.bids.pop(task_id, None)
         for seat in [s for s in self.seats if s[0] == task_id]:
             del self.seats[seat]
-        out: list[Action] = []
+        out: list[m.Action] = []
         if self.executing.pop(task_id, None) is not None:
-            out.append(StopExecutor(task_id, a["_name"].removeprefix("Task").lower()))
-        return [*out, EndSeats(task_id), ForgetTask(task_id)]
+            out.append(m.StopExecutor(task_id, a["_name"].removeprefix("Task").lower()))
+        return [*out, m.EndSeats(task_id), m.ForgetTask(task_id)]
 
     # -- observations --
 
-    def _observe(self, item: Observation) -> list[Action]:
+    def _observe(self, item: m.Observation) -> list[m.Action]:
         task_id = item.task_id
-        if isinstance(item, Assessed):
+        if isinstance(item, m.Assessed):
             return self._assessed(item)
-        if isinstance(item, BidFailed):
+        if isinstance(item, m.BidFailed):
             self.bids.pop(task_id, None)
             return []
-        if isinstance(item, ExecutorOwed):
+        if isinstance(item, m.ExecutorOwed):
             return self._owed(item)
-        if isinstance(item, SeatOwed):
+        if isinstance(item, m.SeatOwed):
             seat = (task_id, item.k, item.round)
             if task_id in self.ended or seat in self.seats:
                 return []
             self.seats[seat] = SeatVotes(item.committed, item.revealed)
-            return [ServeSeat(task_id, item.k, item.round, item.step_index, resuming=True)]
-        if isinstance(item, SeatEnded):
+            return [m.ServeSeat(task_id, item.k, item.round, item.step_index, resuming=True)]
+        if isinstance(item, m.SeatEnded):
             self.seats.pop((task_id, item.k, item.round), None)
             return []
         ex = self.executing.get(task_id)
         if ex is None:  # replaced or ended meanwhile: its job's reports no longer matter
             return []
-        if isinstance(item, ExecutorStarted):
+        if isinstance(item, m.ExecutorStarted):
             ex.exact = item.exact
             return self._reveals_due(task_id, ex)
-        if isinstance(item, CheckpointTrained):
+        if isinstance(item, m.CheckpointTrained):
             return self._trained(task_id, ex, item.k, item.digest)
-        if isinstance(item, Committed):
+        if isinstance(item, m.Committed):
             ex.committing = None
             ex.committed[item.k] = next((d for k, d in ex.pending if k == item.k), b"")
             ex.pending = [(k, d) for k, d in ex.pending if k != item.k]
             return [*self._reveals_due(task_id, ex), *self._next_commit(task_id, ex)]
-        if isinstance(item, CommitFailed):
+        if isinstance(item, m.CommitFailed):
             ex.committing, ex.pending, ex.training_stopped = None, [], True
-            return [StopTraining(task_id)]
-        if isinstance(item, RevealFailed):
+            return [m.StopTraining(task_id)]
+        if isinstance(item, m.RevealFailed):
             ex.revealing.discard(item.k)  # a later trigger (a fresh council) tries again
-        if isinstance(item, (Revealed, RevealFailed, TrainingEnded)):
+        if isinstance(item, (m.Revealed, m.RevealFailed, m.TrainingEnded)):
             return []
         raise TypeError(f"unknown observation {item!r}")
 
-    def _assessed(self, item: Assessed) -> list[Action]:
+    def _assessed(self, item: m.Assessed) -> list[m.Action]:
         task_id = item.task_id
         if task_id in self.ended:
             return []
@@ -243,9 +218,9 @@ class ProviderCore:
             log.info("task %d: not bidding: %s", task_id, reason)
             return []
         self.bids[task_id] = price  # holds a job slot until the auction is decided
-        return [PlaceBid(task_id, price, reason)]
+        return [m.PlaceBid(task_id, price, reason)]
 
-    def _owed(self, item: ExecutorOwed) -> list[Action]:
+    def _owed(self, item: m.ExecutorOwed) -> list[m.Action]:
         task_id, k = item.task_id, item.accepted + 1
         log.info("task %d: resuming as executor (%d accepted, %d committed)", task_id, item.accepted, item.committed)
         out = self._start(task_id, item.accepted, item.committed, resuming=True)
@@ -259,13 +234,13 @@ class ProviderCore:
 
     # -- the executor's commits and reveals --
 
-    def _start(self, task_id: int, resume_from: int, committed: int = 0, resuming: bool = False) -> list[Action]:
+    def _start(self, task_id: int, resume_from: int, committed: int = 0, resuming: bool = False) -> list[m.Action]:
         if task_id in self.ended or task_id in self.executing:
             return []
         self.executing[task_id] = Execution(committed_before=committed)
-        return [StartExecutor(task_id, resume_from, committed, resuming)]
+        return [m.StartExecutor(task_id, resume_from, committed, resuming)]
 
-    def _trained(self, task_id: int, ex: Execution, k: int, digest: bytes) -> list[Action]:
+    def _trained(self, task_id: int, ex: Execution, k: int, digest: bytes) -> list[m.Action]:
         if k <= ex.committed_before:  # committed before a restart: the chain holds it already
             ex.committed[k] = digest
             return self._reveals_due(task_id, ex)
@@ -274,29 +249,29 @@ class ProviderCore:
         ex.pending.append((k, digest))
         return self._next_commit(task_id, ex)
 
-    def _next_commit(self, task_id: int, ex: Execution) -> list[Action]:
+    def _next_commit(self, task_id: int, ex: Execution) -> list[m.Action]:
         if ex.committing is not None or not ex.pending or ex.training_stopped:
             return []
         k, digest = ex.pending[0]
         ex.committing = k
-        return [Commit(task_id, k, digest)]
+        return [m.Commit(task_id, k, digest)]
 
-    def _trigger(self, task_id: int, k: int, kind: str) -> list[Action]:
+    def _trigger(self, task_id: int, k: int, kind: str) -> list[m.Action]:
         ex = self.executing.get(task_id)
         if ex is None:
             return []
         ex.triggers.add((k, kind))
         return self._reveals_due(task_id, ex)
 
-    def _reveals_due(self, task_id: int, ex: Execution) -> list[Action]:
+    def _reveals_due(self, task_id: int, ex: Execution) -> list[m.Action]:
         if ex.exact is None:
             return []
         opens = REVEAL_PHASE if ex.exact else DRAWN  # exact: the council has committed; allclose: it is drawn
-        out: list[Action] = []
+        out: list[m.Action] = []
         for k, digest in sorted(ex.committed.items()):
             if (k, opens) in ex.triggers and k not in ex.revealing:
                 ex.revealing.add(k)  # once per checkpoint: a fresh council re-checks the same reveal
-                out.append(Reveal(task_id, k, digest))
+                out.append(m.Reveal(task_id, k, digest))
         return out
 
 

@@ -93,8 +93,7 @@ class Provider:
             with trio.CancelScope() as self._scope:
                 if self._stop_asked:
                     self._scope.cancel()
-                await self.register()
-                self.core = ProviderCore(self.me, self.strategy, self.resources, self.max_jobs)  # type: ignore[arg-type]
+                self.core = ProviderCore(self.me, self.strategy, await self.register(), self.max_jobs)
                 self.last_block = await blocking(self.chain.head)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -116,7 +115,7 @@ class Provider:
         if self._token is not None and self._scope is not None:
             self._token.run_sync_soon(self._scope.cancel)
 
-    async def register(self) -> None:
+    async def register(self) -> Resources:
         """Measure, stake up to the provider minimum, register resources, take the provider role."""
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
         if self.config.memory_mib is not None:
@@ -132,6 +131,7 @@ class Provider:
         if added:
             log.info("staked %d wei", added)
         log.info("registered as provider %s", self.chain.address)
+        return res
 
     async def _follow(self) -> None:
         """Task's events up to the head, a bounded window at a time, each window's events once."""

@@ -14,24 +14,25 @@ import argparse
 import tempfile
 import time
 
-from eth.vm.forks.prague import PragueVM
 from eth_abi import decode, encode
 from eth_hash.auto import keccak
-from eth_keys import keys
 
 from benchmarks import Result
 from ogpu_node.chain import Chain
 from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.contracts.abi import load_abi
-from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment
+from ogpu_node.contracts.addresses import BID, SLASHING, STAKE, TASK
+from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.types.protocol import Role, TaskKind, TaskState
+from ogpu_node.types.records import VIEW_RECORDS, decode_record
+from tests.txfactory import sign_tx
 
 NAMES = ("Stake", "Task", "Bid", "Slashing")
-ADDRESS = {name: bytes.fromhex(f"00000000000000000000000000000000000010{i:02d}") for i, name in enumerate(NAMES)}
-BUILDER = PragueVM.get_transaction_builder()
+ADDRESS = dict(zip(NAMES, (STAKE, TASK, BID, SLASHING), strict=True))
 ETHER = 10**18
 CHECKPOINTS = 4
 
@@ -49,20 +50,18 @@ class Bench:
     def tx(self, who, to: bytes, data: bytes = b"", value: int = 0, gas: int = 3_000_000):
         nonce = self.nonces.get(who.address, 0)
         self.nonces[who.address] = nonce + 1
-        unsigned = BUILDER.new_unsigned_dynamic_fee_transaction(
-            chain_id=1337, nonce=nonce, max_priority_fee_per_gas=0, max_fee_per_gas=10**11, gas=gas,
-            to=to, value=value, data=data, access_list=[],
-        )
-        return BUILDER.decode(unsigned.as_signed_transaction(keys.PrivateKey(who.private_key), chain_id=1337).encode())
+        return sign_tx(who, nonce, to=to, value=value, data=data, gas=gas, tip=0, max_fee=10**11).decoded
 
     def call_tx(self, who, contract: str, fn: str, *args, value: int = 0):
         f = load_abi(contract).function(fn)
         return self.tx(who, ADDRESS[contract], f.selector + encode(list(f.inputs), list(args)), value)
 
     def view(self, contract: str, fn: str, *args):
+        """The view's result as its record (types.records) by field name."""
         f = load_abi(contract).function(fn)
         data = f.selector + encode(list(f.inputs), list(args))
-        return decode(list(f.outputs), call(self.chain.execution, self.chain.head, CallRequest(to=ADDRESS[contract], data=data)))
+        out = decode(list(f.outputs), call(self.chain.execution, self.chain.head, CallRequest(to=ADDRESS[contract], data=data)))
+        return decode_record(VIEW_RECORDS[(contract, fn)], out)
 
     def block(self, txs=(), dt: int = 1) -> None:
         head = self.chain.head
@@ -87,27 +86,27 @@ def lifecycle() -> Bench:
     b.block([tx for p in providers for tx in (
         b.call_tx(p, "Stake", "stake", value=500 * ETHER),
         b.call_tx(p, "Stake", "registerResources", 0, 8_000, 10, ""),
-        b.call_tx(p, "Stake", "setRoles", 2),
+        b.call_tx(p, "Stake", "setRoles", Role.PROVIDER),
     )])
     b.measured = True
     terms = (ETHER, 3, 1_000, CHECKPOINTS, 60, 30, 0, 1, 0, 600, 0, 0, 0, 0, 0)
-    b.block([b.call_tx(client, "Task", "submitTask", b"\x11" * 32, 0, terms, value=ETHER * 11 // 10)])
+    b.block([b.call_tx(client, "Task", "submitTask", b"\x11" * 32, TaskKind.BATCH, terms, value=ETHER * 11 // 10)])
     b.block([b.call_tx(p, "Bid", "placeBid", 1, ETHER * 9 // 10 - i * 10**16) for i, p in enumerate(providers)])
     b.block([], dt=31)  # the bid window passes: the system call assigns
-    executor_address = bytes.fromhex(b.view("Task", "getTask", 1)[6][2:])
+    executor_address = bytes.fromhex(b.view("Task", "getTask", 1).executor[2:])
     executor = next(p for p in providers if p.address == executor_address)
     step, salt = keccak(b"step"), b"\x05" * 32
     for k in range(1, CHECKPOINTS + 1):
         checkpoint = keccak(b"checkpoint %d" % k)
         b.block([b.call_tx(executor, "Task", "commitCheckpoint", 1, k, checkpoint_commitment(1, k, executor.address, checkpoint))])
         b.block([])  # the system call draws the council
-        council = {bytes.fromhex(a[2:]) for a in b.view("Task", "getCheckpoint", 1, k)[5]}
+        council = {bytes.fromhex(a[2:]) for a in b.view("Task", "getCheckpoint", 1, k).council}
         members = [p for p in providers if p.address in council]
         b.block([b.call_tx(m, "Task", "commitResult", 1, k, exact_result_commitment(1, k, m.address, checkpoint, step, salt)) for m in members])
         b.block([b.call_tx(executor, "Task", "revealCheckpoint", 1, k, checkpoint)])
         b.block([b.call_tx(m, "Task", "revealResult", 1, k, True, checkpoint, step, salt, True) for m in members])
     b.block([b.call_tx(client, "Task", "confirm", 1)])
-    if b.view("Task", "getTask", 1)[2] != 6:
+    if b.view("Task", "getTask", 1).state != TaskState.SETTLED:
         raise RuntimeError("the lifecycle did not settle")
     return b
 

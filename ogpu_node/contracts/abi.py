@@ -4,13 +4,15 @@ place it is declared."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
 from eth_abi import decode, encode
 from eth_hash.auto import keccak
+
+from ogpu_node.types.records import as_tuple
 
 ABI_DIR = files("ogpu_node.contracts") / "abis"  # a Traversable: it works from a wheel too
 _ERROR_SELECTOR = keccak(b"Error(string)")[:4]
@@ -118,7 +120,11 @@ def decode_args(fn: Function, calldata: bytes) -> tuple[Any, ...]:
 
 
 def encode_result(fn: Function, result: Any) -> bytes:
+    """A function's return data; a view's record (types.records) is written field by field, as the
+    outputs when there are several, or as the one tuple output (getTerms' struct)."""
     if not fn.outputs:
         return b""
+    if is_dataclass(result) and not isinstance(result, type):
+        result = as_tuple(result)
     values = result if len(fn.outputs) > 1 else (result,)
     return encode(list(fn.outputs), list(values))

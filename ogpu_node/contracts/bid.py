@@ -11,9 +11,11 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.addresses import BID
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Host, Revert
+from ogpu_node.contracts.layout import BidEntry, BidSequence
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.contracts.storage import AddressSet
 from ogpu_node.types.protocol import BPS, Role
+from ogpu_node.types.records import BidsRecord
 
 
 class Bid(NativeContract):
@@ -37,7 +39,7 @@ class Bid(NativeContract):
         provider = host.caller
         if provider == task.client:
             raise Revert("Bid: a client cannot bid on its own task")
-        if not self.stake.stakeOf(host, provider)[4] & Role.PROVIDER:
+        if not self.stake.stakeOf(host, provider).roles & Role.PROVIDER:
             raise Revert("Bid: caller is not a staked provider")
         if price == 0:
             raise Revert("Bid: price is zero")
@@ -45,19 +47,22 @@ class Bid(NativeContract):
             raise Revert("Bid: price above the task's maximum payment")
         store = self.storage(host)
         bidders = self._bidders(host, task_id)
+        entry = BidEntry(store, task_id, provider)
         if provider in bidders:
-            old_price = store.get("price", task_id, provider)
-            if price >= old_price:
+            if price >= entry.price:
                 raise Revert("Bid: a new bid must lower the price")
-            self.stake.unlock(host, provider, store.get("collateral", task_id, provider))
+            self.stake.unlock(host, provider, entry.collateral)
         else:
             bidders.add(provider)
         collateral = self.collateral_for(price)
         self.stake.lock(host, provider, collateral)
-        store.set("price", task_id, provider, value=price)
-        store.set("collateral", task_id, provider, value=collateral)
+        entry.price = price
+        entry.collateral = collateral
         # Ties go to the earliest bid: a re-bid is a new offer and takes a new place.
-        store.set("order", task_id, provider, value=store.add("sequence", delta=1))
+        counter = BidSequence(store)
+        sequence = counter.sequence + 1
+        counter.sequence = sequence
+        entry.order = sequence
         self.emit(host, "BidPlaced", taskId=task_id, provider=provider, price=price, collateral=collateral)
         if task.first_n and len(bidders) >= task.first_n:
             self.task.close_bidding(host, task_id)
@@ -67,10 +72,10 @@ class Bid(NativeContract):
         provider = host.caller
         if provider == client:
             raise Revert("Bid: a client cannot subscribe to its own task")
-        if not self.stake.stakeOf(host, provider)[4] & Role.PROVIDER:
+        if not self.stake.stakeOf(host, provider).roles & Role.PROVIDER:
             raise Revert("Bid: caller is not a staked provider")
-        device, memory, _, _ = self.stake.resourcesOf(host, provider)
-        if memory < min_memory or (mask and not mask >> device & 1):
+        resources = self.stake.resourcesOf(host, provider)
+        if resources.memory_mib < min_memory or (mask and not mask >> resources.device_kind & 1):
             raise Revert("Bid: provider resources do not meet the task's terms")
         subscribers = self.subscribers(host, task_id)
         if provider in subscribers:
@@ -103,20 +108,18 @@ class Bid(NativeContract):
             subscribers.remove(provider)
             self.emit(host, "Unsubscribed", taskId=task_id, provider=provider)
 
-    def bidsOf(self, host: Host, task_id: int) -> tuple[list[bytes], list[int]]:
+    def bidsOf(self, host: Host, task_id: int) -> BidsRecord:
         store = self.storage(host)
         providers = list(self._bidders(host, task_id))
-        return providers, [store.get("price", task_id, p) for p in providers]
+        return BidsRecord(providers, [BidEntry(store, task_id, p).price for p in providers])
 
     # -- internal interface for Task --
 
     def ranked(self, host: Host, task_id: int) -> list[tuple[int, int, bytes]]:
         """(price, order, provider) of every live bid, best first."""
         store = self.storage(host)
-        return sorted(
-            (store.get("price", task_id, p), store.get("order", task_id, p), p)
-            for p in self._bidders(host, task_id)
-        )
+        bids = ((BidEntry(store, task_id, p), p) for p in self._bidders(host, task_id))
+        return sorted((entry.price, entry.order, p) for entry, p in bids)
 
     def release(self, host: Host, task_id: int, keep: bytes | None) -> None:
         """Close the task's bidding: unlock every bid's collateral but `keep`'s (the executor's)."""
@@ -125,5 +128,5 @@ class Bid(NativeContract):
         for provider in list(self._bidders(host, task_id)):
             count += 1
             if provider != keep:
-                self.stake.unlock(host, provider, store.get("collateral", task_id, provider))
+                self.stake.unlock(host, provider, BidEntry(store, task_id, provider).collateral)
         self.emit(host, "BidsClosed", taskId=task_id, count=count)

@@ -1,4 +1,4 @@
-"""Councils of a batch task's checkpoints (DESIGN.md §6, steps 2-4), as a part of Task.
+"""Councils of a batch task's checkpoints (DESIGN.md §6, steps 2-4), as step functions over a TaskContext.
 
 The next block's system call draws c providers by free stake from the RANDAO mix; members commit and
 reveal within their windows; the tally counts votes (under `exact`, only those with the majority's
@@ -12,9 +12,10 @@ from collections import Counter
 from eth_abi import encode
 from eth_hash.auto import keccak
 
-from ogpu_node.contracts.checkpoints import exact_result_commitment, subject, verdict_commitment
-from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.storage import AddressSet, Storage
+from ogpu_node.contracts import settlement
+from ogpu_node.contracts.commitments import exact_result_commitment, verdict_commitment
+from ogpu_node.contracts.context import TaskContext, release_council, schedule_draw, subject
+from ogpu_node.contracts.host import Revert
 from ogpu_node.types.protocol import (
     CancelReason,
     DeadlineKind,
@@ -26,223 +27,248 @@ from ogpu_node.types.protocol import (
     TaskState,
 )
 
+# -- members' transactions --
 
-class CouncilProtocol:
-    """Mixed into Task beside CheckpointProtocol; uses its storage, queue, stake and slashing."""
 
-    def _council(self, store: Storage, task_id: int, k: int, round_: int) -> AddressSet:
-        return AddressSet(store, f"council/{task_id}/{k}/{round_}")
+def require_member(ctx: TaskContext, task_id: int, k: int) -> int:
+    """The current round of checkpoint k, if the caller sits on its council."""
+    round_ = ctx.checkpoint(task_id, k).round
+    if ctx.host.caller not in ctx.council(task_id, k, round_):
+        raise Revert("Task: caller is not on this checkpoint's council")
+    return round_
 
-    def _release_council(self, host: Host, store: Storage, task_id: int, k: int) -> None:
-        """Unlock the seats of checkpoint k's current council, if one is sitting."""
-        if store.get("ck", task_id, k, "phase") not in (Phase.COUNCIL_COMMIT, Phase.REVEAL):
-            return
-        for member in self._council(store, task_id, k, store.get("ck", task_id, k, "round")):
-            self.stake.unlock(host, member, self.config.council_seat_stake)
-        store.set("ck", task_id, k, "phase", value=Phase.COMMITTED)
 
-    def _require_member(self, store: Storage, host: Host, task_id: int, k: int) -> int:
-        round_ = store.get("ck", task_id, k, "round")
-        if host.caller not in self._council(store, task_id, k, round_):
-            raise Revert("Task: caller is not on this checkpoint's council")
-        return round_
+def commit_result(ctx: TaskContext, task_id: int, k: int, commitment: bytes) -> None:
+    """A member commits its result (exact) or verdict (allclose) within the commit window."""
+    ctx.existing(task_id)
+    round_ = require_member(ctx, task_id, k)
+    checkpoint = ctx.checkpoint(task_id, k)
+    if checkpoint.phase != Phase.COUNCIL_COMMIT or ctx.host.timestamp >= checkpoint.phase_ends:
+        raise Revert("Task: the council's commit window is closed")
+    if ctx.terms(task_id).equivalence != Equivalence.EXACT and not checkpoint.revealed:
+        raise Revert("Task: the executor has not revealed this checkpoint yet")
+    vote = ctx.vote(task_id, k, round_, ctx.host.caller)
+    if vote.commitment != bytes(32):
+        raise Revert("Task: result already committed")
+    vote.commitment = commitment
+    count = checkpoint.commits + 1
+    checkpoint.commits = count
+    ctx.emit("ResultCommitted", taskId=task_id, k=k, member=ctx.host.caller)
+    if count == len(ctx.council(task_id, k, round_)):
+        open_reveals(ctx, task_id, k, round_)  # all in: the window closes early
 
-    def commitResult(self, host: Host, task_id: int, k: int, commitment: bytes) -> None:
-        store = self._existing(host, task_id)
-        round_ = self._require_member(store, host, task_id, k)
-        if store.get("ck", task_id, k, "phase") != Phase.COUNCIL_COMMIT or host.timestamp >= store.get(
-            "ck", task_id, k, "phaseEnds"
-        ):
-            raise Revert("Task: the council's commit window is closed")
-        if self._term(store, task_id, "equivalence") != Equivalence.EXACT and not store.get("ck", task_id, k, "revealed"):
-            raise Revert("Task: the executor has not revealed this checkpoint yet")
-        if store.get("vote", task_id, k, round_, host.caller, "commitment"):
-            raise Revert("Task: result already committed")
-        store.set("vote", task_id, k, round_, host.caller, "commitment", value=int.from_bytes(commitment, "big"))
-        count = store.add("ck", task_id, k, "commits", delta=1)
-        self.emit(host, "ResultCommitted", taskId=task_id, k=k, member=host.caller)
-        if count == len(self._council(store, task_id, k, round_)):
-            self._open_reveals(host, store, task_id, k, round_)  # all in: the window closes early
 
-    def revealResult(
-        self, host: Host, task_id: int, k: int, verdict: bool, result_hash: bytes, step_hash: bytes,
-        salt: bytes, fetched: bool,
-    ) -> None:
-        store = self._existing(host, task_id)
-        round_ = self._require_member(store, host, task_id, k)
-        member = host.caller
-        if store.get("ck", task_id, k, "phase") != Phase.REVEAL or host.timestamp >= store.get(
-            "ck", task_id, k, "phaseEnds"
-        ):
-            raise Revert("Task: the reveal window is closed")
-        if not store.get("ck", task_id, k, "revealed"):
-            raise Revert("Task: the executor has not revealed this checkpoint yet")
-        committed = store.get("vote", task_id, k, round_, member, "commitment")
-        if not committed:
-            raise Revert("Task: no result committed")
-        if store.get("vote", task_id, k, round_, member, "revealed"):
-            raise Revert("Task: result already revealed")
-        if self._term(store, task_id, "equivalence") == Equivalence.EXACT:
-            expected = exact_result_commitment(task_id, k, member, result_hash, step_hash, salt)
-            verdict = result_hash == store.get("ck", task_id, k, "hash").to_bytes(32, "big")
+def reveal_result(
+    ctx: TaskContext, task_id: int, k: int, verdict: bool, result_hash: bytes, step_hash: bytes, salt: bytes,
+    fetched: bool,
+) -> None:
+    """A member opens its commitment; under `exact` its verdict is whether its result matches the
+    executor's revealed checkpoint hash."""
+    ctx.existing(task_id)
+    round_ = require_member(ctx, task_id, k)
+    member = ctx.host.caller
+    checkpoint = ctx.checkpoint(task_id, k)
+    if checkpoint.phase != Phase.REVEAL or ctx.host.timestamp >= checkpoint.phase_ends:
+        raise Revert("Task: the reveal window is closed")
+    if not checkpoint.revealed:
+        raise Revert("Task: the executor has not revealed this checkpoint yet")
+    vote = ctx.vote(task_id, k, round_, member)
+    committed = vote.commitment
+    if committed == bytes(32):
+        raise Revert("Task: no result committed")
+    if vote.revealed:
+        raise Revert("Task: result already revealed")
+    if ctx.terms(task_id).equivalence == Equivalence.EXACT:
+        expected = exact_result_commitment(task_id, k, member, result_hash, step_hash, salt)
+        verdict = result_hash == checkpoint.checkpoint_hash
+    else:
+        expected = verdict_commitment(task_id, k, member, verdict, result_hash, salt)
+    if expected != committed:
+        raise Revert("Task: reveal does not match the commitment")
+    vote.revealed = True
+    vote.verdict = verdict
+    vote.step_hash = step_hash
+    vote.fetched = fetched
+    reveals = checkpoint.reveals + 1
+    checkpoint.reveals = reveals
+    ctx.emit("ResultRevealed", taskId=task_id, k=k, member=member, verdict=verdict)
+    if reveals == checkpoint.commits:
+        tally_if_complete(ctx, task_id, k)
+
+
+# -- time-triggered steps --
+
+
+def draw_council(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
+    """Deadline: draw checkpoint k's council for `round_` and lock each member's seat stake."""
+    host = ctx.host
+    if ctx.task(task_id).state not in (TaskState.RUNNING, TaskState.DISPUTED):
+        return
+    checkpoint = ctx.checkpoint(task_id, k)
+    if checkpoint.phase != Phase.COMMITTED or checkpoint.round != round_:
+        return
+    terms = ctx.terms(task_id)
+    size = terms.council_size
+    seed = keccak(host.mix_hash + encode(["uint256", "uint16", "uint8"], [task_id, k, round_]))
+    members = sample(ctx, task_id, size, seed)
+    if len(members) < size:
+        settlement.cancel(ctx, task_id, CancelReason.TOO_FEW_CANDIDATES)
+        return
+    council = ctx.council(task_id, k, round_)
+    history = ctx.history(task_id)
+    for member in members:
+        ctx.stake.lock(host, member, ctx.params.council_seat_stake)
+        council.add(member)
+        history.add(member)
+    ends = host.timestamp + terms.segment_window
+    step_index = int.from_bytes(keccak(seed + b"step")[:8], "big")
+    checkpoint.phase = Phase.COUNCIL_COMMIT
+    checkpoint.phase_ends = ends
+    checkpoint.step_index = step_index
+    checkpoint.commits = 0
+    checkpoint.reveals = 0
+    ctx.schedule(ends, DeadlineKind.CLOSE_COMMITS, subject(task_id, k, round_))
+    ctx.emit(
+        "CouncilDrawn", taskId=task_id, k=k, round=round_, members=members, commitDeadline=ends,
+        stepIndex=step_index,
+    )
+
+
+def sample(ctx: TaskContext, task_id: int, size: int, seed: bytes) -> list[bytes]:
+    """`size` distinct qualifying providers, drawn with probability proportional to free stake."""
+    host, stake = ctx.host, ctx.stake
+    task, terms = ctx.task(task_id), ctx.terms(task_id)
+    client = task.client
+    executor = task.executor
+    min_memory = terms.min_memory_mib
+    mask = terms.device_mask
+    seat = ctx.params.council_seat_stake
+    candidates: list[tuple[bytes, int]] = []
+    for provider in stake.providers(host):
+        if provider in (client, executor):
+            continue
+        resources = stake.resourcesOf(host, provider)
+        if resources.memory_mib < min_memory or (mask and not mask >> resources.device_kind & 1):
+            continue
+        if not stake.stakeOf(host, provider).roles & Role.PROVIDER:
+            continue
+        free = stake.free_stake(host, provider)
+        if free >= seat:
+            candidates.append((provider, free))
+    chosen: list[bytes] = []
+    for i in range(min(size, len(candidates))):
+        total = sum(weight for _, weight in candidates)
+        point = int.from_bytes(keccak(seed + i.to_bytes(32, "big")), "big") % total
+        for index, (provider, weight) in enumerate(candidates):
+            if point < weight:
+                chosen.append(provider)
+                del candidates[index]
+                break
+            point -= weight
+    return chosen
+
+
+def close_commits(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
+    """Deadline: the commit window of `round_` ended."""
+    checkpoint = ctx.checkpoint(task_id, k)
+    if checkpoint.phase == Phase.COUNCIL_COMMIT and checkpoint.round == round_:
+        open_reveals(ctx, task_id, k, round_)
+
+
+def open_reveals(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
+    ends = ctx.host.timestamp + ctx.params.reveal_window
+    checkpoint = ctx.checkpoint(task_id, k)
+    checkpoint.phase = Phase.REVEAL
+    checkpoint.phase_ends = ends
+    ctx.schedule(ends, DeadlineKind.CLOSE_REVEALS, subject(task_id, k, round_))
+    ctx.emit("RevealPhase", taskId=task_id, k=k, round=round_, revealDeadline=ends)
+
+
+def close_reveals(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
+    """Deadline: the reveal window of `round_` ended (unless the executor's late reveal extended it)."""
+    checkpoint = ctx.checkpoint(task_id, k)
+    if checkpoint.phase != Phase.REVEAL or checkpoint.round != round_:
+        return
+    ends = checkpoint.phase_ends
+    if ctx.host.timestamp < ends:  # the executor's late reveal extended the window
+        ctx.schedule(ends, DeadlineKind.CLOSE_REVEALS, subject(task_id, k, round_))
+        return
+    tally(ctx, task_id, k, round_)
+
+
+# -- the tally --
+
+
+def tally_if_complete(ctx: TaskContext, task_id: int, k: int) -> None:
+    """Tally as soon as the executor and every member have revealed."""
+    checkpoint = ctx.checkpoint(task_id, k)
+    if checkpoint.phase != Phase.REVEAL or not checkpoint.revealed:
+        return
+    round_ = checkpoint.round
+    size = len(ctx.council(task_id, k, round_))
+    if checkpoint.reveals == size:
+        tally(ctx, task_id, k, round_)
+
+
+def tally(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
+    """Count the round's votes: ≥ 2/3 of the council yes (and attesting a fetch) accepts, ≥ 2/3 no
+    rejects, anything else calls a fresh council, up to `max_inconclusive_rounds`. Members who did
+    not reveal what they could have are penalised."""
+    council = list(ctx.council(task_id, k, round_))
+    size = len(council)
+    checkpoint, task = ctx.checkpoint(task_id, k), ctx.task(task_id)
+    votes = {member: ctx.vote(task_id, k, round_, member) for member in council}
+    revealed = [m for m in council if votes[m].revealed]
+    if checkpoint.revealed:
+        absent = [m for m in council if m not in revealed]
+    elif ctx.terms(task_id).equivalence == Equivalence.EXACT:
+        # Without the executor's reveal nobody could reveal; only a missing commit is the member's fault.
+        absent = [m for m in council if votes[m].commitment == bytes(32)]
+    else:
+        absent = []  # under allclose nobody could even commit
+    release_council(ctx, task_id, k)
+    client = task.client
+    for member in absent:
+        ctx.slashing.penalize(ctx.host, member, task_id, Penalty.MISSED_VOTE, ctx.params.missed_vote_penalty, client)
+    if not checkpoint.revealed:
+        checkpoint.phase = Phase.NONE
+        settlement.executor_failed(ctx, task_id, k, Penalty.MISSED_CHECKPOINT, beneficiaries=[])
+        return
+    counted = revealed
+    if ctx.terms(task_id).equivalence == Equivalence.EXACT and revealed:
+        # A vote counts only with the majority's state hash at the drawn step: copying a
+        # published checkpoint hash without computing does not pass.
+        steps = Counter(votes[m].step_hash for m in revealed)
+        (top, top_count), *rest = steps.most_common()
+        if rest and rest[0][1] == top_count:
+            counted = []
         else:
-            expected = verdict_commitment(task_id, k, member, verdict, result_hash, salt)
-        if expected != committed.to_bytes(32, "big"):
-            raise Revert("Task: reveal does not match the commitment")
-        vote = ("vote", task_id, k, round_, member)
-        store.set(*vote, "revealed", value=1)
-        store.set(*vote, "verdict", value=int(verdict))
-        store.set(*vote, "step", value=int.from_bytes(step_hash, "big"))
-        store.set(*vote, "fetched", value=int(fetched))
-        reveals = store.add("ck", task_id, k, "reveals", delta=1)
-        self.emit(host, "ResultRevealed", taskId=task_id, k=k, member=member, verdict=verdict)
-        if reveals == store.get("ck", task_id, k, "commits"):
-            self._tally_if_complete(host, store, task_id, k)
-
-    def draw_council(self, host: Host, task_id: int, k: int, round_: int) -> None:
-        store = self.storage(host)
-        if store.get("state", task_id) not in (TaskState.RUNNING, TaskState.DISPUTED):
-            return
-        if store.get("ck", task_id, k, "phase") != Phase.COMMITTED or store.get("ck", task_id, k, "round") != round_:
-            return
-        size = self._term(store, task_id, "council_size")
-        seed = keccak(host.mix_hash + encode(["uint256", "uint16", "uint8"], [task_id, k, round_]))
-        members = self._sample(host, store, task_id, size, seed)
-        if len(members) < size:
-            self.cancel(host, task_id, CancelReason.TOO_FEW_CANDIDATES)
-            return
-        council = self._council(store, task_id, k, round_)
-        history = AddressSet(store, f"history/{task_id}")
-        for member in members:
-            self.stake.lock(host, member, self.config.council_seat_stake)
-            council.add(member)
-            history.add(member)
-        ends = host.timestamp + self._term(store, task_id, "segment_window")
-        step_index = int.from_bytes(keccak(seed + b"step")[:8], "big")
-        store.set("ck", task_id, k, "phase", value=Phase.COUNCIL_COMMIT)
-        store.set("ck", task_id, k, "phaseEnds", value=ends)
-        store.set("ck", task_id, k, "step", value=step_index)
-        store.set("ck", task_id, k, "commits", value=0)
-        store.set("ck", task_id, k, "reveals", value=0)
-        self.queue(host).schedule(ends, DeadlineKind.CLOSE_COMMITS, subject(task_id, k, round_))
-        self.emit(
-            host, "CouncilDrawn", taskId=task_id, k=k, round=round_, members=members, commitDeadline=ends,
-            stepIndex=step_index,
-        )
-
-    def _sample(self, host: Host, store: Storage, task_id: int, size: int, seed: bytes) -> list[bytes]:
-        """`size` distinct qualifying providers, drawn with probability proportional to free stake."""
-        client = store.get_address("client", task_id)
-        executor = store.get_address("executor", task_id)
-        min_memory = self._term(store, task_id, "min_memory_mib")
-        mask = self._term(store, task_id, "device_mask")
-        seat = self.config.council_seat_stake
-        candidates: list[tuple[bytes, int]] = []
-        for provider in self.stake.providers(host):
-            if provider in (client, executor):
-                continue
-            device, memory, _, _ = self.stake.resourcesOf(host, provider)
-            if memory < min_memory or (mask and not mask >> device & 1):
-                continue
-            if not self.stake.stakeOf(host, provider)[4] & Role.PROVIDER:
-                continue
-            free = self.stake.free_stake(host, provider)
-            if free >= seat:
-                candidates.append((provider, free))
-        chosen: list[bytes] = []
-        for i in range(min(size, len(candidates))):
-            total = sum(weight for _, weight in candidates)
-            point = int.from_bytes(keccak(seed + i.to_bytes(32, "big")), "big") % total
-            for index, (provider, weight) in enumerate(candidates):
-                if point < weight:
-                    chosen.append(provider)
-                    del candidates[index]
-                    break
-                point -= weight
-        return chosen
-
-    def close_commits(self, host: Host, task_id: int, k: int, round_: int) -> None:
-        store = self.storage(host)
-        if store.get("ck", task_id, k, "phase") == Phase.COUNCIL_COMMIT and store.get("ck", task_id, k, "round") == round_:
-            self._open_reveals(host, store, task_id, k, round_)
-
-    def _open_reveals(self, host: Host, store: Storage, task_id: int, k: int, round_: int) -> None:
-        ends = host.timestamp + self.config.reveal_window
-        store.set("ck", task_id, k, "phase", value=Phase.REVEAL)
-        store.set("ck", task_id, k, "phaseEnds", value=ends)
-        self.queue(host).schedule(ends, DeadlineKind.CLOSE_REVEALS, subject(task_id, k, round_))
-        self.emit(host, "RevealPhase", taskId=task_id, k=k, round=round_, revealDeadline=ends)
-
-    def close_reveals(self, host: Host, task_id: int, k: int, round_: int) -> None:
-        store = self.storage(host)
-        if store.get("ck", task_id, k, "phase") != Phase.REVEAL or store.get("ck", task_id, k, "round") != round_:
-            return
-        ends = store.get("ck", task_id, k, "phaseEnds")
-        if host.timestamp < ends:  # the executor's late reveal extended the window
-            self.queue(host).schedule(ends, DeadlineKind.CLOSE_REVEALS, subject(task_id, k, round_))
-            return
-        self._tally(host, store, task_id, k, round_)
-
-    def _tally_if_complete(self, host: Host, store: Storage, task_id: int, k: int) -> None:
-        if store.get("ck", task_id, k, "phase") != Phase.REVEAL or not store.get("ck", task_id, k, "revealed"):
-            return
-        round_ = store.get("ck", task_id, k, "round")
-        size = len(self._council(store, task_id, k, round_))
-        if store.get("ck", task_id, k, "reveals") == size:
-            self._tally(host, store, task_id, k, round_)
-
-    def _tally(self, host: Host, store: Storage, task_id: int, k: int, round_: int) -> None:
-        council = list(self._council(store, task_id, k, round_))
-        size = len(council)
-        revealed = [m for m in council if store.get("vote", task_id, k, round_, m, "revealed")]
-        if store.get("ck", task_id, k, "revealed"):
-            absent = [m for m in council if m not in revealed]
-        elif self._term(store, task_id, "equivalence") == Equivalence.EXACT:
-            # Without the executor's reveal nobody could reveal; only a missing commit is the member's fault.
-            absent = [m for m in council if not store.get("vote", task_id, k, round_, m, "commitment")]
+            counted = [m for m in revealed if votes[m].step_hash == top]
+    yes = [m for m in counted if votes[m].verdict]
+    no = [m for m in counted if not votes[m].verdict]
+    attested = [m for m in counted if votes[m].fetched]
+    disputed = task.state == TaskState.DISPUTED
+    if 3 * len(yes) >= 2 * size and 3 * len(attested) >= 2 * size:
+        if disputed:
+            settlement.settle_dispute(ctx, task_id, executor_lost=False, majority=yes)
         else:
-            absent = []  # under allclose nobody could even commit
-        self._release_council(host, store, task_id, k)
-        client = store.get_address("client", task_id)
-        for member in absent:
-            self.slashing.penalize(host, member, task_id, Penalty.MISSED_VOTE, self.config.missed_vote_penalty, client)
-        if not store.get("ck", task_id, k, "revealed"):
-            store.set("ck", task_id, k, "phase", value=Phase.NONE)
-            self._executor_failed(host, store, task_id, k, Penalty.MISSED_CHECKPOINT, beneficiaries=[])
-            return
-        counted = revealed
-        if self._term(store, task_id, "equivalence") == Equivalence.EXACT and revealed:
-            # A vote counts only with the majority's state hash at the drawn step: copying a
-            # published checkpoint hash without computing does not pass.
-            steps = Counter(store.get("vote", task_id, k, round_, m, "step") for m in revealed)
-            (top, top_count), *rest = steps.most_common()
-            if rest and rest[0][1] == top_count:
-                counted = []
-            else:
-                counted = [m for m in revealed if store.get("vote", task_id, k, round_, m, "step") == top]
-        yes = [m for m in counted if store.get("vote", task_id, k, round_, m, "verdict")]
-        no = [m for m in counted if not store.get("vote", task_id, k, round_, m, "verdict")]
-        attested = [m for m in counted if store.get("vote", task_id, k, round_, m, "fetched")]
-        disputed = store.get("state", task_id) == TaskState.DISPUTED
-        if 3 * len(yes) >= 2 * size and 3 * len(attested) >= 2 * size:
-            if disputed:
-                self._settle_dispute(host, store, task_id, executor_lost=False, majority=yes)
-            else:
-                self._accept(host, store, task_id, k, yes)
-        elif 3 * len(no) >= 2 * size:
-            if disputed:
-                self._settle_dispute(host, store, task_id, executor_lost=True, majority=no)
-            else:
-                store.set("ck", task_id, k, "phase", value=Phase.NONE)
-                self._executor_failed(host, store, task_id, k, Penalty.REJECTED, beneficiaries=no)
+            settlement.accept(ctx, task_id, k, yes)
+    elif 3 * len(no) >= 2 * size:
+        if disputed:
+            settlement.settle_dispute(ctx, task_id, executor_lost=True, majority=no)
         else:
-            self.emit(host, "CheckpointInconclusive", taskId=task_id, k=k, round=round_)
-            if store.add("ck", task_id, k, "inconclusive", delta=1) >= self.config.max_inconclusive_rounds:
-                if disputed:  # no fault proven either way: settle as confirmed
-                    self._settle_task(host, task_id, Outcome.CONFIRMED)
-                else:
-                    self.cancel(host, task_id, CancelReason.INCONCLUSIVE)
-                return
-            store.set("ck", task_id, k, "round", value=round_ + 1)
-            store.set("ck", task_id, k, "phase", value=Phase.COMMITTED)
-            self._schedule_draw(host, store, task_id, k)
+            checkpoint.phase = Phase.NONE
+            settlement.executor_failed(ctx, task_id, k, Penalty.REJECTED, beneficiaries=no)
+    else:
+        ctx.emit("CheckpointInconclusive", taskId=task_id, k=k, round=round_)
+        inconclusive = checkpoint.inconclusive + 1
+        checkpoint.inconclusive = inconclusive
+        if inconclusive >= ctx.params.max_inconclusive_rounds:
+            if disputed:  # no fault proven either way: settle as confirmed
+                settlement.settle(ctx, task_id, Outcome.CONFIRMED)
+            else:
+                settlement.cancel(ctx, task_id, CancelReason.INCONCLUSIVE)
+            return
+        checkpoint.round = round_ + 1
+        checkpoint.phase = Phase.COMMITTED
+        schedule_draw(ctx, task_id, k)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ogpu_node.contracts.layout import QueueHeader
 from ogpu_node.contracts.storage import Storage
 from ogpu_node.types.protocol import MAX_WINDOW  # noqa: F401  every window ≤ ten years keeps deadlines inside the 64-bit time field
 
@@ -44,9 +45,10 @@ class Deadline:
 class DeadlineQueue:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self.header = QueueHeader(storage)
 
     def __len__(self) -> int:
-        return self.storage.get("queue", "size")
+        return self.header.size
 
     def _at(self, index: int) -> int:
         return self.storage.get("queue", index)
@@ -55,10 +57,11 @@ class DeadlineQueue:
         self.storage.set("queue", index, value=word)
 
     def schedule(self, due: int, kind: int, subject: int) -> None:
-        sequence = self.storage.add("queue", "sequence", delta=1)
+        sequence = self.header.sequence + 1
+        self.header.sequence = sequence
         word = Deadline(due, sequence, kind, subject).pack()
         index = len(self)
-        self.storage.set("queue", "size", value=index + 1)
+        self.header.size = index + 1
         while index > 0:  # sift up
             parent = (index - 1) // 2
             parent_word = self._at(parent)
@@ -77,7 +80,7 @@ class DeadlineQueue:
         last = self._at(size - 1)
         self._put(size - 1, 0)
         size -= 1
-        self.storage.set("queue", "size", value=size)
+        self.header.size = size
         if size:
             index = 0
             while True:  # sift down

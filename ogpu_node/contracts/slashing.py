@@ -16,9 +16,11 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.addresses import SLASHING
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Host, Revert
+from ogpu_node.contracts.layout import EvidenceEntry
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
 from ogpu_node.types.protocol import BPS, ECRECOVER_GAS, Offence, Role
+from ogpu_node.types.records import SlashingParamsRecord
 from ogpu_node.types.signing import SignedAttestation, SignedProposal
 
 
@@ -83,24 +85,24 @@ class Slashing(NativeContract):
         return self._punish(host, offender, Offence.SURROUND_VOTE, evidence)
 
     def isPunished(self, host: Host, evidence_id: bytes) -> bool:
-        return self.storage(host).get("punished", evidence_id) != 0
+        return EvidenceEntry(self.storage(host), evidence_id).punished
 
-    def params(self, host: Host) -> tuple[int, int]:
-        return self.config.reporter_share_bps, self.config.consensus_penalty_bps
+    def params(self, host: Host) -> SlashingParamsRecord:
+        return SlashingParamsRecord(self.config.reporter_share_bps, self.config.consensus_penalty_bps)
 
     # -- penalties --
 
     def _punish(self, host: Host, offender: bytes, kind: int, evidence: bytes) -> int:
-        store = self.storage(host)
-        if store.get("punished", evidence):
+        entry = EvidenceEntry(self.storage(host), evidence)
+        if entry.punished:
             raise Revert("Slashing: offence already punished")
-        staked, _, unbonding, _, roles = self.stake.stakeOf(host, offender)
-        if staked + unbonding == 0:
+        stake = self.stake.stakeOf(host, offender)
+        if stake.staked + stake.unbonding == 0:
             raise Revert("Slashing: offender has no stake")
-        store.set("punished", evidence, value=1)
-        penalty = (staked + unbonding) * self.config.consensus_penalty_bps // BPS
+        entry.punished = True
+        penalty = (stake.staked + stake.unbonding) * self.config.consensus_penalty_bps // BPS
         taken = self.stake.slash(host, offender, penalty, host.caller, self.config.reporter_share_bps)
-        roles_now = self.stake.stakeOf(host, offender)[4]
+        roles_now = self.stake.stakeOf(host, offender).roles
         if roles_now & Role.VALIDATOR:
             self.stake.set_roles(host, offender, roles_now & ~int(Role.VALIDATOR))  # ejected
         self.emit(

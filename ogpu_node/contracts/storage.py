@@ -1,16 +1,21 @@
-"""Typed access to a native contract's EVM storage: named slots, mappings, strings, address sets.
+"""Typed access to a native contract's EVM storage: slots, strings, address sets and stored records.
 
-A slot is keccak(name ‖ keys), like a Solidity mapping, so each field of each record has its own slot
-and the layout needs no declaration beyond the names used here.
+A slot is keccak(name ‖ keys), like a Solidity mapping, so each field of each record has its own slot.
+Records (`StoredRecord`, declared in layout.py) name their fields once; contracts read and write them
+by attribute, never by a field name in a string.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import Any, ClassVar, TypeVar
 
 from eth_hash.auto import keccak
 
 from ogpu_node.contracts.host import Host
+
+R = TypeVar("R")
 
 
 def _key(part: bytes | int | str) -> bytes:
@@ -39,12 +44,6 @@ class Storage:
         if value < 0 or value >= 1 << 256:
             raise OverflowError(f"{name}: {value} does not fit in a storage word")
         self.host.sstore(self.address, slot_of(name, *keys), value)
-
-    def add(self, name: str, *keys: bytes | int | str, delta: int) -> int:
-        """Checked add (delta may be negative): over- and underflow raise instead of wrapping."""
-        value = self.get(name, *keys) + delta
-        self.set(name, *keys, value=value)
-        return value
 
     def get_address(self, name: str, *keys: bytes | int | str) -> bytes:
         return self.get(name, *keys).to_bytes(20, "big")
@@ -107,3 +106,131 @@ class AddressSet:
         self.storage.set(self.name, "index", address, value=0)
         self.storage.set(self.name, "count", value=count - 1)
         return True
+
+
+# -- records: each stored record declared once, read and written field by field --
+
+Key = bytes | int | str
+
+
+class Slot:
+    """One word of a stored record, read with one SLOAD and written with one SSTORE.
+
+    Declared as a class attribute of a `StoredRecord`; `name` is the storage name the slot is derived
+    from (the attribute's name unless given), so renaming an attribute keeps the chain's layout.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.attribute = attribute
+        if self.name is None:
+            self.name = attribute
+
+    def __get__(self, record: StoredRecord | None, owner: type) -> Any:
+        if record is None:
+            return self
+        return self.decode(record._store.get(*record._path(self.name)))
+
+    def __set__(self, record: StoredRecord, value: Any) -> None:
+        record._store.set(*record._path(self.name), value=self.encode(value))
+
+    def decode(self, word: int) -> Any:
+        return word
+
+    def encode(self, value: Any) -> int:
+        return int(value)
+
+
+class Uint(Slot):
+    """An unsigned integer; writing a negative value or one above 2²⁵⁶ − 1 raises OverflowError."""
+
+
+class Flag(Slot):
+    def decode(self, word: int) -> bool:
+        return word != 0
+
+
+class Address(Slot):
+    def decode(self, word: int) -> bytes:
+        return word.to_bytes(20, "big")
+
+    def encode(self, value: bytes) -> int:
+        return int.from_bytes(value, "big")
+
+
+class Bytes32(Slot):
+    def decode(self, word: int) -> bytes:
+        return word.to_bytes(32, "big")
+
+    def encode(self, value: bytes) -> int:
+        return int.from_bytes(value, "big")
+
+
+class Text(Slot):
+    """A UTF-8 string of any length: a length word and as many data words (Storage.get_bytes)."""
+
+    def __get__(self, record: StoredRecord | None, owner: type) -> Any:
+        if record is None:
+            return self
+        return record._store.get_bytes(*record._path(self.name)).decode(errors="replace")
+
+    def __set__(self, record: StoredRecord, value: str) -> None:
+        record._store.set_bytes(*record._path(self.name), value=value.encode())
+
+
+class StoredRecord:
+    """A record in a contract's storage at `keys` (a task id, an account, …), one slot per field.
+
+    Two layouts, as the contracts have always stored them: by default each field is its own mapping,
+    slot keccak(field ‖ keys); a record declared with `prefix=` keeps its fields under one mapping,
+    slot keccak(prefix ‖ keys ‖ keccak(field)). Fields are `Slot` class attributes; reading or writing
+    any other attribute raises AttributeError, so a misspelled field never reads 0. A record declared
+    with `fields_of=` a dataclass gets one `Uint` per field of it, named as the dataclass's field.
+    """
+
+    __slots__ = ("_store", "_keys")
+    PREFIX: ClassVar[str | None] = None
+    SLOTS: ClassVar[tuple[Slot, ...]] = ()
+
+    def __init_subclass__(cls, prefix: str | None = None, fields_of: type | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if prefix is not None:
+            cls.PREFIX = prefix
+        if fields_of is not None:
+            for f in dataclasses.fields(fields_of):
+                if f.name in cls.__dict__:
+                    raise TypeError(f"{cls.__name__}.{f.name} is declared twice")
+                slot = Uint(f.name)
+                setattr(cls, f.name, slot)
+                slot.__set_name__(cls, f.name)
+        slots = tuple(v for base in reversed(cls.__mro__) for v in vars(base).values() if isinstance(v, Slot))
+        names = [slot.name for slot in slots]
+        duplicate = {name for name in names if names.count(name) > 1}
+        if duplicate:
+            raise TypeError(f"{cls.__name__}: storage names used twice: {sorted(duplicate)}")
+        cls.SLOTS = slots
+
+    def __init__(self, store: Storage, *keys: Key) -> None:
+        object.__setattr__(self, "_store", store)
+        object.__setattr__(self, "_keys", keys)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not isinstance(getattr(type(self), name, None), Slot):
+            raise AttributeError(f"{type(self).__name__} has no stored field {name!r}")
+        object.__setattr__(self, name, value)
+
+    def _path(self, name: str) -> tuple[Key, ...]:
+        if self.PREFIX is None:
+            return (name, *self._keys)
+        return (self.PREFIX, *self._keys, name)
+
+    def load(self, record_class: type[R]) -> R:
+        """`record_class` (a dataclass) built from the fields of this record it names, read in its order."""
+        return record_class(**{f.name: getattr(self, f.name) for f in dataclasses.fields(record_class)})
+
+    def write(self, record: Any) -> None:
+        """Write every field of the dataclass `record` into the field of the same name, in its order."""
+        for f in dataclasses.fields(record):
+            setattr(self, f.name, getattr(record, f.name))

@@ -1,4 +1,4 @@
-"""The stream task lifecycle (DESIGN.md §6, "Stream task"), as a part of Task.
+"""The stream task lifecycle (DESIGN.md §6, "Stream task"), as step functions over a TaskContext.
 
 Providers subscribe through Bid with locked stake; with at least c subscribers the stream is Active,
 below c (or after a reported consensus failure, until membership changes) it is Interrupted. The
@@ -11,9 +11,12 @@ remaining escrow and the deposit go back to the client.
 
 from __future__ import annotations
 
-from ogpu_node.contracts.addresses import TASK
-from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.storage import Storage
+from dataclasses import fields
+
+from ogpu_node.contracts.context import TaskContext
+from ogpu_node.contracts.host import Revert
+from ogpu_node.contracts.layout import SettledUnits, StreamEntry, StreamTerms, StreamVersion
+from ogpu_node.contracts.submission import minimum_deposit
 from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
 from ogpu_node.types.protocol import (
     BPS,
@@ -26,195 +29,234 @@ from ogpu_node.types.protocol import (
     TaskKind,
     TaskState,
 )
+from ogpu_node.types.records import StreamRecord
 from ogpu_node.types.signing import StreamReceipt
 
-STREAM_TERMS = (
-    "budget", "council_size", "price_per_unit", "response_method", "response_weight", "max_response_time",
-    "settle_window", "min_memory_mib", "device_mask",
-)
+STREAM_TERMS = tuple(f.name for f in fields(StreamTerms))  # submitStream's terms tuple, in ABI order
+OPEN = (TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)  # a stream that takes subscribers and terms
 
 
-class StreamProtocol:
-    """Mixed into Task; uses its storage, queue, stake, bid and chain identity."""
+def stream_entry(ctx: TaskContext, task_id: int) -> StreamEntry:
+    return StreamEntry(ctx.store, task_id)
 
-    def _stream(self, host: Host, task_id: int, *states: int) -> Storage:
-        store = self._existing(host, task_id)
-        if store.get("kind", task_id) != TaskKind.STREAM:
-            raise Revert("Task: not a stream task")
-        if states and store.get("state", task_id) not in states:
-            raise Revert("Task: stream is not in a state that allows this")
-        return store
 
-    def _client_stream(self, host: Host, task_id: int, *states: int) -> Storage:
-        store = self._stream(host, task_id, *states)
-        if host.caller != store.get_address("client", task_id):
-            raise Revert("Task: caller is not the client")
-        return store
+def existing_stream(ctx: TaskContext, task_id: int, *states: TaskState) -> None:
+    """Revert unless `task_id` is a stream task in one of `states` (any state if none given)."""
+    task = ctx.existing(task_id)
+    if task.kind != TaskKind.STREAM:
+        raise Revert("Task: not a stream task")
+    if states and task.state not in states:
+        raise Revert("Task: stream is not in a state that allows this")
 
-    def submitStream(self, host: Host, prescription_hash: bytes, raw_terms: tuple) -> int:
-        terms = dict(zip(STREAM_TERMS, raw_terms, strict=True))
-        if terms["budget"] == 0:
-            raise Revert("Task: budget is zero")
-        if not 1 <= terms["council_size"] <= MAX_COUNCIL:
-            raise Revert(f"Task: councilSize must be between 1 and {MAX_COUNCIL}")
-        if terms["price_per_unit"] == 0:
-            raise Revert("Task: pricePerUnit is zero")
-        self._check_method(terms["response_method"], terms["response_weight"])
-        if not 0 < terms["settle_window"] <= MAX_WINDOW:
-            raise Revert(f"Task: settleWindow must be between 1 and {MAX_WINDOW} seconds")
-        minimum_deposit = self.minimumDeposit(host, terms["budget"])
-        if host.value < terms["budget"] + minimum_deposit:
-            raise Revert(f"Task: value must cover the budget plus a safety deposit of at least {minimum_deposit} wei")
-        store = self.storage(host)
-        task_id = store.add("count", delta=1)
-        deposit = host.value - terms["budget"]
-        store.set_address("client", task_id, value=host.caller)
-        store.set("kind", task_id, value=TaskKind.STREAM)
-        store.set("state", task_id, value=TaskState.FORMING)
-        store.set("prescription", task_id, value=int.from_bytes(prescription_hash, "big"))
-        store.set("escrow", task_id, value=terms["budget"])
-        store.set("deposit", task_id, value=deposit)
-        for name, value in terms.items():
-            store.set("stream", task_id, name, value=value)
-        self._new_version(host, store, task_id, terms["price_per_unit"], terms["response_method"], terms["response_weight"])
-        self.emit(
-            host, "TaskSubmitted", taskId=task_id, client=host.caller, prescriptionHash=prescription_hash,
-            kind=TaskKind.STREAM, maxPayment=terms["budget"], deposit=deposit, bidDeadline=0,
-        )
-        return task_id
 
-    @staticmethod
-    def _check_method(method: int, weight: int) -> None:
-        if method >= len(ResponseMethod):
-            raise Revert("Task: unknown responseMethod")
-        if weight > BPS:
-            raise Revert("Task: responseWeight above 10000")
+def client_stream(ctx: TaskContext, task_id: int, *states: TaskState) -> None:
+    """As `existing_stream`, and the caller must be the stream's client."""
+    existing_stream(ctx, task_id, *states)
+    if ctx.host.caller != ctx.task(task_id).client:
+        raise Revert("Task: caller is not the client")
 
-    def _new_version(self, host: Host, store: Storage, task_id: int, price: int, method: int, weight: int) -> int:
-        version = store.add("stream", task_id, "version", delta=1)
-        store.set("streamTerms", task_id, version, "price", value=price)
-        store.set("streamTerms", task_id, version, "method", value=method)
-        store.set("streamTerms", task_id, version, "weight", value=weight)
-        self.emit(host, "TermsUpdated", taskId=task_id, version=version, pricePerUnit=price, responseMethod=method,
-                  responseWeight=weight)
-        return version
 
-    def updateTerms(self, host: Host, task_id: int, price: int, method: int, weight: int) -> int:
-        store = self._client_stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
-        if price == 0:
-            raise Revert("Task: pricePerUnit is zero")
-        self._check_method(method, weight)
-        return self._new_version(host, store, task_id, price, method, weight)
+def check_method(method: int, weight: int) -> None:
+    if method >= len(ResponseMethod):
+        raise Revert("Task: unknown responseMethod")
+    if weight > BPS:
+        raise Revert("Task: responseWeight above 10000")
 
-    def setRequestKey(self, host: Host, task_id: int, key: bytes) -> None:
-        store = self._client_stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
-        store.set_address("stream", task_id, "requestKey", value=key)
-        self.emit(host, "RequestKeySet", taskId=task_id, key=key)
 
-    def topUp(self, host: Host, task_id: int) -> None:
-        store = self._stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
-        if host.value == 0:
-            raise Revert("Task: no value sent")
-        escrow = store.add("escrow", task_id, delta=host.value)
-        self.emit(host, "ToppedUp", taskId=task_id, amount=host.value, escrow=escrow)
+# -- the client --
 
-    def reportConsensusFailure(self, host: Host, task_id: int) -> None:
-        store = self._client_stream(host, task_id, TaskState.ACTIVE)
-        self._set_stream_state(host, store, task_id, TaskState.INTERRUPTED)
 
-    def retract(self, host: Host, task_id: int) -> None:
-        store = self._client_stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
-        deadline = host.timestamp + store.get("stream", task_id, "settle_window")
-        store.set("stream", task_id, "closeDeadline", value=deadline)
-        self._set_stream_state(host, store, task_id, TaskState.CLOSING)
-        self.queue(host).schedule(deadline, DeadlineKind.CLOSE_STREAM, task_id << 24)
+def submit_stream(ctx: TaskContext, prescription_hash: bytes, raw_terms: tuple) -> int:
+    """A client opens a stream: escrow the budget plus the deposit; it forms as providers subscribe."""
+    host = ctx.host
+    terms = StreamTerms(*raw_terms)
+    if terms.budget == 0:
+        raise Revert("Task: budget is zero")
+    if not 1 <= terms.council_size <= MAX_COUNCIL:
+        raise Revert(f"Task: councilSize must be between 1 and {MAX_COUNCIL}")
+    if terms.price_per_unit == 0:
+        raise Revert("Task: pricePerUnit is zero")
+    check_method(terms.response_method, terms.response_weight)
+    if not 0 < terms.settle_window <= MAX_WINDOW:
+        raise Revert(f"Task: settleWindow must be between 1 and {MAX_WINDOW} seconds")
+    deposit_floor = minimum_deposit(ctx, terms.budget)
+    if host.value < terms.budget + deposit_floor:
+        raise Revert(f"Task: value must cover the budget plus a safety deposit of at least {deposit_floor} wei")
+    counter = ctx.counter()
+    task_id = counter.count + 1
+    counter.count = task_id
+    deposit = host.value - terms.budget
+    task = ctx.task(task_id)
+    task.client = host.caller
+    task.kind = TaskKind.STREAM
+    task.state = TaskState.FORMING
+    task.prescription_hash = prescription_hash
+    task.escrow = terms.budget
+    task.deposit = deposit
+    stream_entry(ctx, task_id).write(terms)
+    new_version(ctx, task_id, terms.price_per_unit, terms.response_method, terms.response_weight)
+    ctx.emit(
+        "TaskSubmitted", taskId=task_id, client=host.caller, prescriptionHash=prescription_hash,
+        kind=TaskKind.STREAM, maxPayment=terms.budget, deposit=deposit, bidDeadline=0,
+    )
+    return task_id
 
-    def settle(
-        self, host: Host, task_id: int, provider: bytes, cumulative_units: int, version: int, signature: bytes
-    ) -> int:
-        store = self._stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED, TaskState.CLOSING)
-        if store.get("state", task_id) == TaskState.CLOSING and host.timestamp >= store.get(
-            "stream", task_id, "closeDeadline"
-        ):
-            raise Revert("Task: the settle window has closed")  # even if the queue has not closed it yet
-        if not 1 <= version <= store.get("stream", task_id, "version"):
-            raise Revert("Task: unknown terms version")
-        receipt = StreamReceipt(task_id, provider, cumulative_units, version)
-        host.charge(ECRECOVER_GAS)
-        try:
-            signer = recover_signer(receipt.signing_root(self.slashing.chain_id, self.slashing.genesis_hash), signature)
-        except InvalidSignature as exc:
-            raise Revert(f"Task: bad receipt signature: {exc}") from None
-        key = store.get_address("stream", task_id, "requestKey")
-        if signer != store.get_address("client", task_id) and (key == b"\x00" * 20 or signer != key):
-            raise Revert("Task: receipt is not signed by the client or its request key")
-        settled = store.get("settled", task_id, provider, version)
-        if cumulative_units <= settled:
-            raise Revert("Task: receipt adds no units over what was settled")
-        units = cumulative_units - settled
-        amount = units * store.get("streamTerms", task_id, version, "price")
-        escrow = store.get("escrow", task_id)
-        if amount > escrow:
-            raise Revert("Task: stream budget exhausted; the client must top up")
-        store.set("settled", task_id, provider, version, value=cumulative_units)
-        store.set("escrow", task_id, value=escrow - amount)
-        store.add("paid", task_id, delta=amount)
-        host.transfer(TASK, provider, amount)
-        self.emit(host, "ReceiptSettled", taskId=task_id, provider=provider, termsVersion=version, units=units,
-                  amount=amount)
-        return amount
 
-    def getStream(self, host: Host, task_id: int) -> tuple:
-        store = self._stream(host, task_id)
-        version = store.get("stream", task_id, "version")
-        return (
-            version, store.get("streamTerms", task_id, version, "price"),
-            store.get("streamTerms", task_id, version, "method"), store.get("streamTerms", task_id, version, "weight"),
-            len(self.bid.subscribers(host, task_id)), store.get_address("stream", task_id, "requestKey"),
-            store.get("stream", task_id, "closeDeadline"),
-        )
+def new_version(ctx: TaskContext, task_id: int, price: int, method: int, weight: int) -> int:
+    stream = stream_entry(ctx, task_id)
+    version = stream.version + 1
+    stream.version = version
+    terms = StreamVersion(ctx.store, task_id, version)
+    terms.price = price
+    terms.method = method
+    terms.weight = weight
+    ctx.emit("TermsUpdated", taskId=task_id, version=version, pricePerUnit=price, responseMethod=method,
+             responseWeight=weight)
+    return version
 
-    def settledUnits(self, host: Host, task_id: int, provider: bytes, version: int) -> int:
-        return self._stream(host, task_id).get("settled", task_id, provider, version)
 
-    # -- internal, for Bid and the system call --
+def update_terms(ctx: TaskContext, task_id: int, price: int, method: int, weight: int) -> int:
+    """The client sets a new price and response method: a new terms version for later receipts."""
+    client_stream(ctx, task_id, *OPEN)
+    if price == 0:
+        raise Revert("Task: pricePerUnit is zero")
+    check_method(method, weight)
+    return new_version(ctx, task_id, price, method, weight)
 
-    def open_for_subscription(self, host: Host, task_id: int) -> tuple[bytes, int, int]:
-        """(client, minMemoryMiB, deviceMask) of a stream that accepts subscribers."""
-        store = self._stream(host, task_id, TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)
-        return (
-            store.get_address("client", task_id), store.get("stream", task_id, "min_memory_mib"),
-            store.get("stream", task_id, "device_mask"),
-        )
 
-    def membership_changed(self, host: Host, task_id: int) -> None:
-        """After a subscribe or unsubscribe: Active with ≥ c subscribers (a re-formed council also
-        ends an interruption), otherwise Interrupted (or still Forming)."""
-        store = self.storage(host)
-        count = len(self.bid.subscribers(host, task_id))
-        state = store.get("state", task_id)
-        if state not in (TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED):
-            return
-        if count >= store.get("stream", task_id, "council_size"):
-            target = TaskState.ACTIVE
-        else:
-            target = TaskState.FORMING if state == TaskState.FORMING else TaskState.INTERRUPTED
-        if target != state:
-            self._set_stream_state(host, store, task_id, target)
+def set_request_key(ctx: TaskContext, task_id: int, key: bytes) -> None:
+    """The client names a key that may sign receipts on its behalf."""
+    client_stream(ctx, task_id, *OPEN)
+    stream_entry(ctx, task_id).request_key = key
+    ctx.emit("RequestKeySet", taskId=task_id, key=key)
 
-    def _set_stream_state(self, host: Host, store: Storage, task_id: int, state: int) -> None:
-        store.set("state", task_id, value=state)
-        self.emit(host, "StreamStateChanged", taskId=task_id, state=state,
-                  subscribers=len(self.bid.subscribers(host, task_id)))
 
-    def close_stream(self, host: Host, task_id: int) -> None:
-        store = self.storage(host)
-        if store.get("state", task_id) != TaskState.CLOSING:
-            return
-        self.bid.release_subscribers(host, task_id)
-        refund = store.get("escrow", task_id) + store.get("deposit", task_id)
-        store.set("escrow", task_id, value=0)
-        store.set("deposit", task_id, value=0)
-        store.set("state", task_id, value=TaskState.SETTLED)
-        host.transfer(TASK, store.get_address("client", task_id), refund)
-        self.emit(host, "TaskSettled", taskId=task_id, outcome=Outcome.CONFIRMED, refund=refund, paid=store.get("paid", task_id))
+def top_up(ctx: TaskContext, task_id: int) -> None:
+    """Anyone adds to a stream's escrow."""
+    existing_stream(ctx, task_id, *OPEN)
+    if ctx.host.value == 0:
+        raise Revert("Task: no value sent")
+    task = ctx.task(task_id)
+    escrow = task.escrow + ctx.host.value
+    task.escrow = escrow
+    ctx.emit("ToppedUp", taskId=task_id, amount=ctx.host.value, escrow=escrow)
+
+
+def report_consensus_failure(ctx: TaskContext, task_id: int) -> None:
+    """The client reports that the council failed to answer: Interrupted until membership changes."""
+    client_stream(ctx, task_id, TaskState.ACTIVE)
+    set_state(ctx, task_id, TaskState.INTERRUPTED)
+
+
+def retract(ctx: TaskContext, task_id: int) -> None:
+    """The client closes the stream: providers have one settle window left for their receipts."""
+    client_stream(ctx, task_id, *OPEN)
+    stream = stream_entry(ctx, task_id)
+    deadline = ctx.host.timestamp + stream.settle_window
+    stream.close_deadline = deadline
+    set_state(ctx, task_id, TaskState.CLOSING)
+    ctx.schedule(deadline, DeadlineKind.CLOSE_STREAM, task_id << 24)
+
+
+# -- providers' receipts --
+
+
+def settle(
+    ctx: TaskContext, task_id: int, provider: bytes, cumulative_units: int, version: int, signature: bytes
+) -> int:
+    """Pay `provider` for the units a signed receipt adds over what was settled under `version`."""
+    host = ctx.host
+    existing_stream(ctx, task_id, *OPEN, TaskState.CLOSING)
+    task, stream = ctx.task(task_id), stream_entry(ctx, task_id)
+    if task.state == TaskState.CLOSING and host.timestamp >= stream.close_deadline:
+        raise Revert("Task: the settle window has closed")  # even if the queue has not closed it yet
+    if not 1 <= version <= stream.version:
+        raise Revert("Task: unknown terms version")
+    receipt = StreamReceipt(task_id, provider, cumulative_units, version)
+    host.charge(ECRECOVER_GAS)
+    try:
+        signer = recover_signer(receipt.signing_root(ctx.slashing.chain_id, ctx.slashing.genesis_hash), signature)
+    except InvalidSignature as exc:
+        raise Revert(f"Task: bad receipt signature: {exc}") from None
+    key = stream.request_key
+    if signer != task.client and (key == b"\x00" * 20 or signer != key):
+        raise Revert("Task: receipt is not signed by the client or its request key")
+    settled = SettledUnits(ctx.store, task_id, provider, version)
+    already = settled.units
+    if cumulative_units <= already:
+        raise Revert("Task: receipt adds no units over what was settled")
+    units = cumulative_units - already
+    amount = units * StreamVersion(ctx.store, task_id, version).price
+    escrow = task.escrow
+    if amount > escrow:
+        raise Revert("Task: stream budget exhausted; the client must top up")
+    settled.units = cumulative_units
+    task.escrow = escrow - amount
+    ctx.progress(task_id).paid += amount
+    ctx.pay(provider, amount)
+    ctx.emit("ReceiptSettled", taskId=task_id, provider=provider, termsVersion=version, units=units, amount=amount)
+    return amount
+
+
+# -- views --
+
+
+def stream_record(ctx: TaskContext, task_id: int) -> StreamRecord:
+    existing_stream(ctx, task_id)
+    stream = stream_entry(ctx, task_id)
+    version = stream.version
+    terms = StreamVersion(ctx.store, task_id, version)
+    return StreamRecord(
+        terms_version=version, price_per_unit=terms.price, response_method=terms.method,
+        response_weight=terms.weight, subscribers=len(ctx.bid.subscribers(ctx.host, task_id)),
+        request_key=stream.request_key, close_deadline=stream.close_deadline,
+    )
+
+
+def settled_units(ctx: TaskContext, task_id: int, provider: bytes, version: int) -> int:
+    existing_stream(ctx, task_id)
+    return SettledUnits(ctx.store, task_id, provider, version).units
+
+
+# -- membership, for Bid, and closing, for the system call --
+
+
+def open_for_subscription(ctx: TaskContext, task_id: int) -> tuple[bytes, int, int]:
+    """(client, minMemoryMiB, deviceMask) of a stream that accepts subscribers."""
+    existing_stream(ctx, task_id, *OPEN)
+    stream = stream_entry(ctx, task_id)
+    return ctx.task(task_id).client, stream.min_memory_mib, stream.device_mask
+
+
+def membership_changed(ctx: TaskContext, task_id: int) -> None:
+    """After a subscribe or unsubscribe: Active with ≥ c subscribers (a re-formed council also
+    ends an interruption), otherwise Interrupted (or still Forming)."""
+    count = len(ctx.bid.subscribers(ctx.host, task_id))
+    state = ctx.task(task_id).state
+    if state not in OPEN:
+        return
+    if count >= stream_entry(ctx, task_id).council_size:
+        target = TaskState.ACTIVE
+    else:
+        target = TaskState.FORMING if state == TaskState.FORMING else TaskState.INTERRUPTED
+    if target != state:
+        set_state(ctx, task_id, target)
+
+
+def set_state(ctx: TaskContext, task_id: int, state: TaskState) -> None:
+    ctx.task(task_id).state = state
+    ctx.emit("StreamStateChanged", taskId=task_id, state=state, subscribers=len(ctx.bid.subscribers(ctx.host, task_id)))
+
+
+def close_stream(ctx: TaskContext, task_id: int) -> None:
+    """Deadline: the settle window after `retract` ended: free the subscribers, refund the client."""
+    task = ctx.task(task_id)
+    if task.state != TaskState.CLOSING:
+        return
+    ctx.bid.release_subscribers(ctx.host, task_id)
+    refund = task.escrow + task.deposit
+    task.escrow = 0
+    task.deposit = 0
+    task.state = TaskState.SETTLED
+    ctx.pay(task.client, refund)
+    ctx.emit("TaskSettled", taskId=task_id, outcome=Outcome.CONFIRMED, refund=refund, paid=ctx.progress(task_id).paid)

@@ -1,7 +1,7 @@
 """An in-process harness for native-contract tests: real blocks on a real `Chain`, no node process.
 
-Transactions are signed by dev accounts and sealed into blocks whose timestamp and mix hash the test
-chooses; views run as `eth_call` does; calldata, return values, revert reasons and events are encoded
+Transactions are signed by dev accounts (through tests/txfactory.py) and sealed into blocks whose
+timestamp and mix hash the test chooses; views run as `eth_call` does; calldata, return values, revert reasons and events are encoded
 and decoded from the ABI JSON in `contracts/` (the one source of the interface, read here on its own,
 not through `ogpu_node.contracts.abi`).
 
@@ -24,7 +24,7 @@ from typing import Any
 from eth.vm.spoof import SpoofTransaction
 from eth_abi import decode, encode
 from eth_hash.auto import keccak
-from eth_keys import keys
+from txfactory import sign_tx
 
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.contracts.addresses import BID, SLASHING, STAKE, TASK
@@ -197,6 +197,7 @@ class TxResult:
     base_fee: int
     output: bytes
     reason: str | None  # the Error(string) reason when it reverted
+    header: Any  # of the block that holds it
 
     @property
     def ok(self) -> bool:
@@ -204,8 +205,10 @@ class TxResult:
 
     @property
     def fee(self) -> int:
-        """What the sender paid: the harness sends with tip 0, so gas × base fee (all burned)."""
-        return self.gas_used * self.base_fee
+        """What the sender paid: gas × min(max fee, base fee + tip); with the default tip 0 that is
+        gas × base fee, all burned."""
+        price = min(self.tx.max_fee_per_gas, self.base_fee + self.tx.max_priority_fee_per_gas)
+        return self.gas_used * price
 
     @property
     def logs(self) -> list[tuple[bytes, list[bytes], bytes]]:
@@ -253,13 +256,14 @@ class Harness:
     """Drives one `Chain`: `block(...)` seals the given transactions at a chosen time.
 
     Blocks default to one second after the head and a mix hash of keccak("mix" ‖ number), distinct per
-    block; senders pay tip 0, so a transaction's cost is exactly `TxResult.fee`. Callbacks in
-    `after_block` run after every block (invariant checks).
+    block; senders pay tip 0 unless `max_priority_fee_per_gas` says otherwise, and a transaction's cost
+    is exactly `TxResult.fee`. Callbacks in `after_block` run after every block (invariant checks).
     """
 
     chain: Any
     coinbase: bytes = ZERO_ADDRESS
     max_fee_per_gas: int = 10 * GWEI
+    max_priority_fee_per_gas: int = 0
     after_block: list[Callable[[BlockResult], None]] = field(default_factory=list)
     blocks: list[BlockResult] = field(default_factory=list)
     _unsealed: dict[bytes, int] = field(default_factory=dict)
@@ -302,18 +306,15 @@ class Harness:
     def nonce_of(self, address: bytes) -> int:
         return self.chain.account(self.chain.head, address)[0] + self._unsealed.get(address, 0)
 
-    def raw_tx(self, account: Any, to: bytes, data: bytes = b"", value: int = 0, gas: int = 2_000_000) -> Any:
-        """A signed EIP-1559 transaction with the account's next nonce (counting unsealed ones)."""
-        builder = self.chain.execution.vm_class.get_transaction_builder()
+    def raw_tx(self, account: Any, to: bytes | None, data: bytes = b"", value: int = 0, gas: int = 2_000_000) -> Any:
+        """A signed EIP-1559 transaction with the account's next nonce (counting unsealed ones); `to`
+        None or empty creates a contract."""
         nonce = self.nonce_of(account.address)
         self._unsealed[account.address] = self._unsealed.get(account.address, 0) + 1
-        unsigned = builder.new_unsigned_dynamic_fee_transaction(
-            chain_id=self.chain.chain_id, nonce=nonce, max_priority_fee_per_gas=0,
-            max_fee_per_gas=self.max_fee_per_gas, gas=gas, to=to, value=value, data=data, access_list=[],
-        )
-        signed = unsigned.as_signed_transaction(keys.PrivateKey(account.private_key), chain_id=self.chain.chain_id)
-        # py-evm returns a London-typed object under Prague (DESIGN.md §2): decode the raw bytes instead.
-        return builder.decode(signed.encode())
+        return sign_tx(
+            account, nonce, to=to or None, value=value, data=data, gas=gas, tip=self.max_priority_fee_per_gas,
+            max_fee=self.max_fee_per_gas, chain_id=self.chain.chain_id,
+        ).decoded
 
     def tx(self, account: Any, contract: ContractAbi, function: str, *args: Any, value: int = 0,
            gas: int = 2_000_000) -> Any:
@@ -346,6 +347,7 @@ class Harness:
             reason = revert_reason(outcome.output) if outcome.is_error else None
             results.append(TxResult(
                 tx, receipt, receipt.gas_used - previous, executed.header.base_fee_per_gas, outcome.output, reason,
+                executed.header,
             ))
             previous = receipt.gas_used
         result = BlockResult(executed, results)
@@ -368,16 +370,19 @@ class Harness:
 
     # -- reads --
 
+    def call(self, to: bytes, data: bytes, sender: bytes = ZERO_ADDRESS, value: int = 0) -> bytes:
+        """Raw return data of a call on the head's state, as eth_call; raises ExecutionReverted."""
+        request = CallRequest(sender=sender, to=to, value=value, data=data)
+        return call(self.chain.execution, self.chain.head, request)
+
     def view(self, contract: ContractAbi, function: str, *args: Any, sender: bytes = ZERO_ADDRESS) -> Any:
-        data = contract.encode_call(function, *args)
-        out = call(self.chain.execution, self.chain.head, CallRequest(sender=sender, to=contract.address, data=data))
+        out = self.call(contract.address, contract.encode_call(function, *args), sender)
         return contract.decode_output(function, out)
 
     def view_reverts(self, contract: ContractAbi, function: str, *args: Any, sender: bytes = ZERO_ADDRESS) -> str:
         """The reason a call (run on the head's state, as eth_call) reverts with."""
-        data = contract.encode_call(function, *args)
         try:
-            call(self.chain.execution, self.chain.head, CallRequest(sender=sender, to=contract.address, data=data))
+            self.call(contract.address, contract.encode_call(function, *args), sender)
         except ExecutionReverted as exc:
             return exc.reason
         raise AssertionError(f"{contract.name}.{function} did not revert")

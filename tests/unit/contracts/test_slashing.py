@@ -1,66 +1,33 @@
-"""Slashing of consensus offences, on a chain built by the node's own code."""
+"""Slashing of consensus offences, on a chain built by the node's own code, driven by the contract
+harness (harness.py)."""
 
 
 import pytest
-from eth.vm.forks.prague import PragueVM
-from eth_abi import decode, encode
 from eth_hash.auto import keccak
-from eth_keys import keys
+from harness import SLASHING_ABI, STAKE_ABI, Harness
 
 from ogpu_node.contracts.abi import ABI_DIR
-from ogpu_node.contracts.addresses import SLASHING, STAKE
-from ogpu_node.execution.calls import CallRequest, call
-from ogpu_node.execution.errors import ExecutionReverted
-from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.contracts.addresses import STAKE
+from ogpu_node.types.protocol import BPS, Offence, Role
 from ogpu_node.types.signing import Attestation, BlockProposal, SignedAttestation, SignedProposal
 
-BUILDER = PragueVM.get_transaction_builder()
 ETHER = 10**18
 STAKED = 2_000 * ETHER
 
 
-def selector(signature: str) -> bytes:
-    return keccak(signature.encode())[:4]
-
-
-class Harness:
-    def __init__(self, chain):
-        self.chain = chain
-        self.nonces: dict[bytes, int] = {}
-
-    def send(self, account, to, data=b"", value=0, gas=1_000_000):
-        nonce = self.nonces.get(account.address, 0)
-        self.nonces[account.address] = nonce + 1
-        unsigned = BUILDER.new_unsigned_dynamic_fee_transaction(
-            chain_id=1337, nonce=nonce, max_priority_fee_per_gas=0, max_fee_per_gas=10**10, gas=gas,
-            to=to, value=value, data=data, access_list=[],
-        )
-        tx = BUILDER.decode(unsigned.as_signed_transaction(keys.PrivateKey(account.private_key), chain_id=1337).encode())
-        head = self.chain.head
-        executed = self.chain.build_block(
-            BlockAttributes(timestamp=head.timestamp + 2, coinbase=b"\x00" * 20, mix_hash=b"\x01" * 32), [tx]
-        )
-        [receipt] = executed.receipts
-        return receipt
-
-    def view(self, to, signature, types, args=()):
-        out = call(self.chain.execution, self.chain.head, CallRequest(to=to, data=selector(signature) + encode(types, list(args))))
-        return out
+class SlashingHarness(Harness):
+    """harness.Harness with the reads these tests make: a stake record as a tuple."""
 
     def stake_of(self, who):
-        out = self.view(STAKE, "stakeOf(address)", ["address"], [who])
-        return decode(["uint256", "uint256", "uint256", "uint64", "uint8"], out)
-
-    def balance(self, who):
-        return self.chain.account(self.chain.head, who)[1]
+        return tuple(self.view(STAKE_ABI, "stakeOf", who).values())
 
 
 @pytest.fixture
 def harness(chain, dev_accounts):
-    h = Harness(chain)
+    h = SlashingHarness(chain)
     validator = dev_accounts[3]
-    assert h.send(validator, STAKE, selector("stake()"), value=STAKED).state_root == b"\x01"
-    assert h.send(validator, STAKE, selector("setRoles(uint8)") + encode(["uint8"], [1])).state_root == b"\x01"
+    assert h.send(validator, STAKE_ABI, "stake", value=STAKED).receipt.state_root == b"\x01"
+    assert h.send(validator, STAKE_ABI, "setRoles", Role.VALIDATOR).receipt.state_root == b"\x01"
     return h
 
 
@@ -78,14 +45,11 @@ def attestation(chain, account, source, target, head=b"\x0a" * 32):
 
 
 def report(h, reporter, function, first, second):
-    return h.send(reporter, SLASHING, selector(f"{function}(bytes,bytes)") + encode(["bytes", "bytes"], [first, second]))
+    return h.send(reporter, SLASHING_ABI, function, first, second).receipt
 
 
 def revert_reason(h, reporter, function, first, second):
-    data = selector(f"{function}(bytes,bytes)") + encode(["bytes", "bytes"], [first, second])
-    with pytest.raises(ExecutionReverted) as info:
-        call(h.chain.execution, h.chain.head, CallRequest(sender=reporter.address, to=SLASHING, data=data))
-    return info.value.reason
+    return h.view_reverts(SLASHING_ABI, function, first, second, sender=reporter.address)
 
 
 def test_double_proposal_slashes_pays_reporter_burns_rest_and_ejects(harness, chain, dev_accounts):
@@ -95,19 +59,19 @@ def test_double_proposal_slashes_pays_reporter_burns_rest_and_ejects(harness, ch
     stake_balance, reporter_balance = harness.balance(STAKE), harness.balance(reporter.address)
     receipt = report(harness, reporter, "reportDoubleProposal", first, second)
     assert receipt.state_root == b"\x01"
-    penalty = STAKED * 1_000 // 10_000
-    reward = penalty * 1_000 // 10_000
+    penalty = STAKED * 1_000 // BPS
+    reward = penalty * 1_000 // BPS
     assert harness.stake_of(validator.address) == (STAKED - penalty, 0, 0, 0, 0)  # validator role gone
     assert harness.balance(STAKE) == stake_balance - penalty
     fee = receipt.gas_used * chain.head.base_fee_per_gas  # one tx in the block, tip 0
     assert harness.balance(reporter.address) == reporter_balance + reward - fee
-    validators = decode(["address[]"], harness.view(STAKE, "validators()", [], []))[0]
-    assert validators == ()
+    validators = harness.view(STAKE_ABI, "validators")
+    assert validators == []
     evidence = keccak(b"double-proposal" + validator.address + (7).to_bytes(32, "big"))
-    assert decode(["bool"], harness.view(SLASHING, "isPunished(bytes32)", ["bytes32"], [evidence])) == (True,)
-    topics = [list(log.topics) for log in receipt.logs if log.address == SLASHING]
+    assert harness.view(SLASHING_ABI, "isPunished", evidence) is True
+    topics = [list(log.topics) for log in receipt.logs if log.address == SLASHING_ABI.address]
     assert topics == [[int.from_bytes(keccak(b"ConsensusOffence(address,uint8,bytes32,uint256,address)"), "big"),
-                       int.from_bytes(validator.address, "big"), 1]]
+                       int.from_bytes(validator.address, "big"), Offence.DOUBLE_PROPOSAL]]
 
 
 def test_same_offence_is_not_punished_twice(harness, chain, dev_accounts):

@@ -1,9 +1,9 @@
 """Stake, the native contract at 0x…1000 (DESIGN.md §3), on an in-process chain with real blocks.
 
 Every external transition and rejection is driven by signed transactions in blocks built with
-`Chain.build_block`; revert reasons are read with eth_call (`ogpu_node.execution.calls.call`) on the
-same state. Calldata is encoded and logs decoded with eth_abi from `contracts/Stake.json`, not with the
-node's own ABI code. After every block the test checks Stake's invariant: its balance = Σ staked +
+`Chain.build_block` through the contract harness (harness.py); revert reasons are read with eth_call
+on the same state. Calldata is encoded and logs decoded with eth_abi from `abis/Stake.json` (the
+harness's own ABI code), not with the node's. After every block the test checks Stake's invariant: its balance = Σ staked +
 Σ unbonding over every account that ever called it, and totalStaked() = Σ staked.
 
 The internal API that other native contracts use (`lock`, `unlock`, `slash`) is driven through a small
@@ -12,34 +12,26 @@ The internal API that other native contracts use (`lock`, `unlock`, `slash`) is 
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from eth.vm.forks.prague import PragueVM
 from eth_abi import decode, encode
-from eth_keys import keys
-from eth_utils import keccak, to_canonical_address
+from eth_utils import keccak
+from harness import STAKE_ABI, Harness, TxResult, topic_bytes
+from txfactory import MAX_FEE, TIP
 
-from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.contracts.addresses import STAKE
 from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.contracts.storage import slot_of
-from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.errors import ExecutionReverted
-from ogpu_node.execution.state import BlockAttributes
 
 OGPU = 10**18
 MIN_VALIDATOR = 1_000 * OGPU  # ogpu_node/config/networks/dev.json config.ogpu
 MIN_PROVIDER = 100 * OGPU
 UNBONDING_DELAY = 3_600
-CHAIN_ID = 1337
-TIP, MAX_FEE = 10**9, 10**10
 COINBASE = b"\xc0" * 20  # not a test account: tips never land on a balance the tests check
-BUILDER = PragueVM.get_transaction_builder()
 
 # The gas model of DESIGN.md §3: a fixed base per function, EIP-2929/2200 storage, LOG costs.
 BASE = 2_000
@@ -68,95 +60,79 @@ def tx_gas(data: bytes, execution: int, refund: int = 0) -> int:
     return max(spent - min(refund, spent // 5), floor)
 
 
-# -- the ABI, straight from the JSON --
-
-RAW_ABI = json.loads((ABI_DIR / "Stake.json").read_text())
-FUNCTIONS = {e["name"]: e for e in RAW_ABI if e["type"] == "function"}
-EVENTS = {
-    keccak(text=f"{e['name']}({','.join(p['type'] for p in e['inputs'])})"): e
-    for e in RAW_ABI
-    if e["type"] == "event"
-}
-
-
-def _types(params: list[dict[str, Any]]) -> list[str]:
-    return [p["type"] for p in params]
+# -- driving the chain: the one contract harness (harness.py), Stake's invariant after every block --
 
 
 def selector(name: str) -> bytes:
-    return keccak(text=f"{name}({','.join(_types(FUNCTIONS[name]['inputs']))})")[:4]
+    return STAKE_ABI.selector(name)
 
 
 def calldata(name: str, *args: Any) -> bytes:
-    return selector(name) + encode(_types(FUNCTIONS[name]["inputs"]), list(args))
-
-
-def _plain(value: Any) -> Any:
-    """Addresses as 20 bytes, lists and tuples recursively (eth_abi gives checksummed strings)."""
-    if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
-        return to_canonical_address(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+    return STAKE_ABI.encode_call(name, *args)
 
 
 def decode_log(address: bytes, topics: list[int] | tuple, data: bytes) -> tuple[str, dict[str, Any]]:
     assert address == STAKE
-    raw_topics = [t if isinstance(t, bytes) else t.to_bytes(32, "big") for t in topics]
-    event = EVENTS[raw_topics[0]]
-    indexed = [p for p in event["inputs"] if p["indexed"]]
-    plain = [p for p in event["inputs"] if not p["indexed"]]
-    assert len(raw_topics) == 1 + len(indexed)
-    values = {p["name"]: decode([p["type"]], t)[0] for p, t in zip(indexed, raw_topics[1:], strict=True)}
-    values.update(zip([p["name"] for p in plain], decode(_types(plain), data), strict=True))
-    return event["name"], _plain(values)
-
-
-# -- driving the chain --
+    event = STAKE_ABI.decode_log([topic_bytes(t) for t in topics], data)
+    return event.name, event.args
 
 
 @dataclass
 class Sent:
-    tx: Any
-    receipt: Any
-    header: Any
-    gas_used: int
+    """One transaction's result (harness.TxResult) with Stake's events as (name, arguments)."""
+
+    result: TxResult
+
+    @property
+    def tx(self) -> Any:
+        return self.result.tx
+
+    @property
+    def receipt(self) -> Any:
+        return self.result.receipt
+
+    @property
+    def header(self) -> Any:
+        return self.result.header
+
+    @property
+    def gas_used(self) -> int:
+        return self.result.gas_used
 
     @property
     def status(self) -> int:
-        return 1 if self.receipt.state_root == b"\x01" else 0
+        return 1 if self.result.ok else 0
 
     @property
     def fee(self) -> int:
-        return self.gas_used * min(MAX_FEE, self.header.base_fee_per_gas + TIP)
+        return self.result.fee  # gas × min(MAX_FEE, base fee + TIP)
 
     @property
     def events(self) -> list[tuple[str, dict[str, Any]]]:
         return [decode_log(log.address, log.topics, log.data) for log in self.receipt.logs]
 
 
-class Harness:
+class StakeDriver:
+    """Stake alone through `harness.Harness`: calls by function name, views as tuples, a tip paid to a
+    coinbase no test account owns, blocks 12 s apart, and Stake's invariant checked after every block."""
+
     def __init__(self, chain: Any) -> None:
         self.chain = chain
-        self.nonces: dict[bytes, int] = defaultdict(int)
+        self.harness = Harness(chain, coinbase=COINBASE, max_fee_per_gas=MAX_FEE, max_priority_fee_per_gas=TIP)
         self.callers: set[bytes] = set()  # every account that ever sent a transaction to Stake
         self.forced = 0  # ether forced into Stake without a call (SELFDESTRUCT): nobody's stake
 
     # reads at the head
 
     def balance(self, address: bytes) -> int:
-        return self.chain.account(self.chain.head, address)[1]
+        return self.harness.balance(address)
 
     def raw_call(self, data: bytes, sender: bytes = b"\x00" * 20, value: int = 0) -> bytes:
-        request = CallRequest(sender=sender, to=STAKE, value=value, data=data)
-        return call(self.chain.execution, self.chain.head, request)
+        return self.harness.call(STAKE, data, sender, value)
 
     def view(self, name: str, *args: Any) -> Any:
-        types = _types(FUNCTIONS[name]["outputs"])
-        out = [list(v) if t.endswith("[]") else v for t, v in zip(types, decode(types, self.raw_call(calldata(name, *args))), strict=True)]
-        return _plain(out[0] if len(out) == 1 else tuple(out))
+        out = self.harness.view(STAKE_ABI, name, *args)
+        return tuple(out.values()) if isinstance(out, dict) else out
 
     def reason(self, account: Any, data: bytes, value: int = 0) -> str:
         """The revert reason eth_call gives for this call from `account` at the head."""
@@ -168,28 +144,14 @@ class Harness:
     # writes
 
     def tx(self, account: Any, data: bytes, value: int = 0, gas: int = 500_000, to: bytes = STAKE) -> Any:
-        nonce = self.nonces[account.address]
-        self.nonces[account.address] += 1
         if to == STAKE:
             self.callers.add(account.address)
-        unsigned = BUILDER.new_unsigned_dynamic_fee_transaction(
-            chain_id=CHAIN_ID, nonce=nonce, max_priority_fee_per_gas=TIP, max_fee_per_gas=MAX_FEE,
-            gas=gas, to=to, value=value, data=data, access_list=[],
-        )
-        signed = unsigned.as_signed_transaction(keys.PrivateKey(account.private_key), chain_id=CHAIN_ID)
-        return BUILDER.decode(signed.encode())
+        return self.harness.raw_tx(account, to, data, value, gas)
 
     def block(self, txs: list[Any], dt: int = 12) -> list[Sent]:
-        head = self.chain.head
-        attrs = BlockAttributes(timestamp=head.timestamp + dt, coinbase=COINBASE, mix_hash=b"\x07" * 32)
-        executed = self.chain.build_block(attrs, txs)
-        assert executed.excluded == ()
-        sent, previous = [], 0
-        for tx, receipt in zip(txs, executed.receipts, strict=True):
-            sent.append(Sent(tx, receipt, executed.header, receipt.gas_used - previous))
-            previous = receipt.gas_used
+        block = self.harness.block(*txs, dt=dt, mix_hash=b"\x07" * 32)
         self.check_invariant()
-        return sent
+        return [Sent(result) for result in block.txs]
 
     def send(self, account: Any, name: str, *args: Any, value: int = 0, dt: int = 12) -> Sent:
         (result,) = self.block([self.tx(account, calldata(name, *args), value)], dt)
@@ -220,8 +182,8 @@ class Harness:
 
 
 @pytest.fixture
-def h(chain) -> Harness:
-    return Harness(chain)
+def h(chain) -> StakeDriver:
+    return StakeDriver(chain)
 
 
 # -- stake --
@@ -661,7 +623,7 @@ class StateHost:
 
 
 @pytest.fixture
-def staked(h, dev_accounts) -> tuple[Harness, StateHost, Stake]:
+def staked(h, dev_accounts) -> tuple[StakeDriver, StateHost, Stake]:
     """Accounts 1..3 staked through real blocks; a host over the state after the head.
 
     1: 1500 oGPU, validator + provider, 300 of it unbonding (1200 staked)
@@ -680,14 +642,14 @@ def staked(h, dev_accounts) -> tuple[Harness, StateHost, Stake]:
 
 
 def _record(host: StateHost, stake: Stake, who: bytes) -> tuple[int, int, int, int]:
-    staked_, locked, unbonding, _release, roles = stake.stakeOf(host, who)
-    return staked_, locked, unbonding, roles
+    record = stake.stakeOf(host, who)
+    return record.staked, record.locked, record.unbonding, record.roles
 
 
 def _check_invariant(host: StateHost, stake: Stake, accounts: list[bytes]) -> None:
     records = [stake.stakeOf(host, who) for who in accounts]
-    assert host.balance(STAKE) == sum(r[0] + r[2] for r in records)
-    assert stake.totalStaked(host) == sum(r[0] for r in records)
+    assert host.balance(STAKE) == sum(r.staked + r.unbonding for r in records)
+    assert stake.totalStaked(host) == sum(r.staked for r in records)
 
 
 def test_lock_pledges_only_free_stake_and_locked_stake_cannot_be_unstaked(staked, dev_accounts):

@@ -1,0 +1,28 @@
+"""The commitments of the checkpoint protocol: what the executor and council members commit to before
+they reveal. Apps compute the same hashes to commit; Task recomputes them to check a reveal."""
+
+from __future__ import annotations
+
+from eth_abi import encode
+from eth_hash.auto import keccak
+
+
+def checkpoint_commitment(task_id: int, k: int, executor: bytes, checkpoint_hash: bytes) -> bytes:
+    """The executor's commitment to checkpoint k's hash (bound to the executor: no one can copy it)."""
+    return keccak(encode(["uint256", "uint16", "address", "bytes32"], [task_id, k, executor, checkpoint_hash]))
+
+
+def exact_result_commitment(
+    task_id: int, k: int, member: bytes, result_hash: bytes, step_hash: bytes, salt: bytes
+) -> bytes:
+    """An `exact` council member's commitment to its own result and the state hash at the drawn step."""
+    return keccak(
+        encode(["uint256", "uint16", "address", "bytes32", "bytes32", "bytes32"], [task_id, k, member, result_hash, step_hash, salt])
+    )
+
+
+def verdict_commitment(task_id: int, k: int, member: bytes, verdict: bool, result_hash: bytes, salt: bytes) -> bytes:
+    """An `allclose` council member's commitment to its verdict on the executor's revealed checkpoint."""
+    return keccak(
+        encode(["uint256", "uint16", "address", "bool", "bytes32", "bytes32"], [task_id, k, member, verdict, result_hash, salt])
+    )

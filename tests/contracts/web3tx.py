@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from eth_abi import encode
-from eth_account import Account
 from eth_utils import keccak
+from txfactory import sign_tx
 from web3 import Web3
 
-CHAIN_ID = 1337
-TIP, MAX_FEE = 10**9, 10 * 10**9
 RECEIPT_TIMEOUT_S = 30
 ERROR_SELECTOR = keccak(text="Error(string)")[:4]
 
@@ -25,14 +23,10 @@ def checksum(address: bytes) -> str:
 
 
 def send(w3: Web3, key: Any, gas: int = 1_000_000, **fields: Any) -> Any:
-    """Sign an EIP-1559 transaction locally, send it raw and wait (polling, with a deadline) for it."""
-    tx = {
-        "type": 2, "chainId": CHAIN_ID, "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP, "value": 0,
-        "data": b"", "gas": gas, "nonce": w3.eth.get_transaction_count(checksum(key.address), "pending"),
-        **fields,
-    }
-    raw = bytes(Account.sign_transaction(tx, key.private_key).raw_transaction)
-    tx_hash = w3.eth.send_raw_transaction(raw)
+    """Sign an EIP-1559 transaction locally (`txfactory.sign_tx` fields: to, value, data, fees) with the
+    sender's pending nonce, send it raw and wait (polling, with a deadline) for its receipt."""
+    nonce = w3.eth.get_transaction_count(checksum(key.address), "pending")
+    tx_hash = w3.eth.send_raw_transaction(sign_tx(key, nonce, gas=gas, **fields).raw)
     return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S, poll_latency=0.02)
 
 

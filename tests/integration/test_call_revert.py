@@ -12,16 +12,14 @@ from typing import Any
 
 import pytest
 import vyper
-from eth_abi import encode
-from eth_account import Account
+from contracts.web3tx import error_data as revert_data
+from contracts.web3tx import send
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 CONTRACT = Path(__file__).resolve().parents[1] / "unit" / "contracts_revert" / "Reverter.vy"
-CHAIN_ID = 1337
 GWEI = 10**9
 OGPU = 10**18
-ERROR_SELECTOR = bytes.fromhex("08c379a0")
 PANIC_SELECTOR = bytes.fromhex("4e487b71")
 EMPTY = Web3.to_checksum_address("0x" + "ab" * 20)  # never has code or balance
 
@@ -46,7 +44,7 @@ def result(url: str, method: str, *params: Any) -> Any:
 
 
 def error_data(reason: str) -> str:
-    return "0x" + (ERROR_SELECTOR + encode(["string"], [reason])).hex()
+    return "0x" + revert_data(reason).hex()
 
 
 class Deployed:
@@ -67,17 +65,7 @@ class Deployed:
         return self.contract.encode_abi(function, list(args))
 
     def transact(self, *, to: str | None = None, data: bytes | str = b"", gas: int, key: int = 0) -> Any:
-        account = self.accounts[key]
-        fields = {
-            "type": 2, "chainId": CHAIN_ID, "maxFeePerGas": 10 * GWEI, "maxPriorityFeePerGas": GWEI,
-            "nonce": self.w3.eth.get_transaction_count(Web3.to_checksum_address(account.address), "pending"),
-            "gas": gas, "value": 0, "data": data,
-        }
-        if to is not None:
-            fields["to"] = to
-        raw = Account.sign_transaction(fields, account.private_key).raw_transaction
-        tx_hash = self.w3.eth.send_raw_transaction(raw)
-        return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30, poll_latency=0.02)
+        return send(self.w3, self.accounts[key], gas=gas, to=to, data=data)
 
     def call(self, function: str, *args: Any, block: Any = "latest", **extra: Any) -> dict[str, Any]:
         return rpc(self.url, "eth_call", {"from": self.sender, "to": self.address,

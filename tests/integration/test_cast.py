@@ -26,14 +26,15 @@ import pytest
 from eth_abi import decode, encode
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
+from txfactory import CHAIN_ID
+
+from ogpu_node.contracts import addresses
+from ogpu_node.types.protocol import CancelReason
 
 ROOT = Path(__file__).resolve().parents[2]
 CAST = ROOT / ".tools" / "node_modules" / ".bin" / "cast"
 CAST_TIMEOUT_S = 60
-STAKE = "0x0000000000000000000000000000000000001000"
-TASK = "0x0000000000000000000000000000000000001001"
-BID = "0x0000000000000000000000000000000000001002"
-CHAIN_ID = 1337
+STAKE, TASK, BID = ("0x" + a.hex() for a in (addresses.STAKE, addresses.TASK, addresses.BID))
 OGPU = 10**18
 STAKE_OF = "stakeOf(address)(uint256,uint256,uint256,uint64,uint8)"
 STAKED_SIG = "Staked(address indexed account, uint256 amount, uint256 total)"
@@ -46,7 +47,6 @@ SUBMIT_TASK = (
     "submitTask(bytes32,uint8,(uint256,uint16,uint16,uint16,uint64,uint64,uint16,uint16,uint32,uint64,"
     "uint8,uint16,uint8,uint64,uint8))"
 )
-CANCEL_TOO_FEW_BIDS = 1
 
 
 def _environment(workdir: Path) -> dict[str, str]:
@@ -290,7 +290,7 @@ def test_system_call_log_through_cast(cast, dev_accounts):
     number = int(cancelled["blockNumber"], 16)
     synthetic = "0x" + keccak(b"ogpu-system" + number.to_bytes(32, "big")).hex()
     assert cancelled["transactionHash"] == synthetic
-    assert decode(["uint8", "uint256"], bytes.fromhex(cancelled["data"][2:])) == (CANCEL_TOO_FEW_BIDS, 11 * OGPU // 10)
+    assert decode(["uint8", "uint256"], bytes.fromhex(cancelled["data"][2:])) == (CancelReason.TOO_FEW_BIDS, 11 * OGPU // 10)
     tx_count = int(json.loads(cast.ok("rpc", "eth_getBlockTransactionCountByNumber", hex(number))), 16)
     assert int(cancelled["transactionIndex"], 16) == tx_count  # after the block's real transactions
     # first in the block's log order: BidsClosed (count 0), then TaskCancelled

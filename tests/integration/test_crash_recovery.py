@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from eth_account import Account
+from txfactory import sign_tx
 
 from ogpu_node.config import DEV_GENESIS, load_genesis
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAIN_ID = 1337
 GENESIS_SUPPLY = 10 * 10_000 * 10**18
 SENDERS = (1, 2, 3, 4)  # dev account indexes streaming transfers
 PROBE = 9  # dev account sending the one transaction that shows a restarted node still mines
@@ -82,12 +81,8 @@ def sign_transfers(dev_accounts, nonces: dict[int, int], per_sender: int) -> lis
     for k in range(per_sender):
         for n, i in enumerate(SENDERS):
             to = dev_accounts[(i + 1 + k + n) % 10]
-            tx = {
-                "type": 2, "chainId": CHAIN_ID, "nonce": nonces[i] + k, "to": to.address,
-                "value": 1_000 + k, "gas": 21_000, "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP,
-            }
-            s = Account.sign_transaction(tx, dev_accounts[i].private_key)
-            signed.append(("0x" + bytes(s.raw_transaction).hex(), "0x" + bytes(s.hash).hex()))
+            tx = sign_tx(dev_accounts[i], nonces[i] + k, to=to.address, value=1_000 + k, tip=TIP, max_fee=MAX_FEE)
+            signed.append((tx.raw_hex, tx.hash_hex))
     return signed
 
 
@@ -224,13 +219,9 @@ def probe_mines(rpc: Rpc, dev_accounts, head: int) -> tuple[str, str]:
     """A new transaction on the restarted node is mined in the next block, on top of the recovered head."""
     probe = dev_accounts[PROBE]
     nonce = int(rpc.call("eth_getTransactionCount", hexaddr(probe), "latest"), 16)
-    tx = {
-        "type": 2, "chainId": CHAIN_ID, "nonce": nonce, "to": dev_accounts[0].address, "value": 7,
-        "gas": 21_000, "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP,
-    }
-    signed = Account.sign_transaction(tx, probe.private_key)
-    tx_hash = "0x" + bytes(signed.hash).hex()
-    assert rpc.call("eth_sendRawTransaction", "0x" + bytes(signed.raw_transaction).hex()) == tx_hash
+    signed = sign_tx(probe, nonce, to=dev_accounts[0].address, value=7, tip=TIP, max_fee=MAX_FEE)
+    tx_hash = signed.hash_hex
+    assert rpc.call("eth_sendRawTransaction", signed.raw_hex) == tx_hash
     receipt = wait_receipt(rpc, tx_hash)
     assert receipt["status"] == "0x1"
     assert receipt["blockNumber"] == hex(head + 1)

@@ -16,14 +16,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import rlp
-from eth.vm.forks.prague import PragueVM
-from eth_keys import keys
 from eth_utils import to_checksum_address
+from txfactory import GWEI, sign_tx
 
 from tests.conftest import start_node
 
-BUILDER = PragueVM.get_transaction_builder()
-GWEI = 10**9
 ADDRESS = "0x" + "11" * 20
 MAX_BODY = 5 * 1024 * 1024  # ServerLimits.max_body_bytes
 MAX_BATCH = 1000
@@ -244,13 +241,9 @@ def test_body_over_the_size_cap_is_413_and_the_node_keeps_serving(shared_node, c
 # -- transaction pool rejections through eth_sendRawTransaction --
 
 
-def raw_tx(key: bytes, nonce: int, *, tip: int = GWEI, max_fee: int = 10 * GWEI, gas: int = 21_000,
-           value: int = 1, data: bytes = b"", chain_id: int = 1337) -> str:
-    unsigned = BUILDER.new_unsigned_dynamic_fee_transaction(
-        chain_id=chain_id, nonce=nonce, max_priority_fee_per_gas=tip, max_fee_per_gas=max_fee,
-        gas=gas, to=bytes.fromhex(ADDRESS[2:]), value=value, data=data, access_list=[],
-    )
-    return "0x" + unsigned.as_signed_transaction(keys.PrivateKey(key), chain_id=chain_id).encode().hex()
+def raw_tx(key: bytes, nonce: int, **fields: Any) -> str:
+    """This file's transaction, 0x-hex: a transfer of 1 wei to ADDRESS unless the test says otherwise."""
+    return sign_tx(key, nonce, **{"to": ADDRESS, "value": 1, **fields}).raw_hex
 
 
 def send_error(client: Client, raw: str) -> str:

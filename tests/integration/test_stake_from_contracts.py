@@ -16,21 +16,23 @@ from typing import Any
 
 import pytest
 from contracts.compile import compile_contract
-from contracts.web3tx import CHAIN_ID, checksum, deploy, error_data, send
+from contracts.web3tx import checksum, deploy, error_data, send
 from eth_abi import decode, encode
+from txfactory import CHAIN_ID
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from ogpu_node.config import DEV_GENESIS
+from ogpu_node.contracts import addresses
 from ogpu_node.contracts.abi import ABI_DIR
+from ogpu_node.types.protocol import BPS, Role
 from ogpu_node.types.signing import BlockProposal, SignedProposal
 
 ROOT = Path(__file__).resolve().parents[2]
 STAKE_ABI = json.loads((ABI_DIR / "Stake.json").read_text())
 SLASHING_ABI = json.loads((ABI_DIR / "Slashing.json").read_text())
-STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
-SLASHING = Web3.to_checksum_address("0x0000000000000000000000000000000000001003")
+STAKE, SLASHING = checksum(addresses.STAKE), checksum(addresses.SLASHING)
 OGPU = 10**18
 MIN_VALIDATOR = 1_000 * OGPU
 DELEGATE_REFUSED = "Stake: only CALL and STATICCALL may reach a native contract"
@@ -65,6 +67,7 @@ def call_user(w3: Web3, key: Any, user: Any, function: str, *args: Any, value: i
     return send(w3, key, gas=gas, to=user.address, value=value, data=bytes.fromhex(user.encode_abi(function, args=list(args))[2:]))
 
 
+# Roles go into ABI arguments as `Role.X.value`: web3's encoder rebuilds an int subclass from a map, which IntFlag refuses.
 def stake_call(stake: Any, function: str, *args: Any) -> bytes:
     return bytes.fromhex(stake.encode_abi(function, args=list(args))[2:])
 
@@ -97,11 +100,11 @@ def test_contract_stakes_through_the_interface_and_reads_its_stake_by_staticcall
     assert response["error"]["message"] == "execution reverted"
     assert w3.provider.make_request("eth_call", [request, "latest"])["result"] == "0x"
 
-    roles = call_user(w3, key, user, "set_roles", 1)
+    roles = call_user(w3, key, user, "set_roles", Role.VALIDATOR.value)
     (changed,) = stake.events.RolesChanged().process_receipt(roles)
-    assert dict(changed["args"]) == {"account": user.address, "roles": 1}
+    assert dict(changed["args"]) == {"account": user.address, "roles": Role.VALIDATOR}
     assert stake.functions.validators().call() == [user.address]
-    assert tuple(user.functions.my_stake().call()) == (MIN_VALIDATOR, 0, 0, 0, 1)
+    assert tuple(user.functions.my_stake().call()) == (MIN_VALIDATOR, 0, 0, 0, Role.VALIDATOR)
 
 
 def test_delegatecall_to_stake_is_refused_and_changes_nothing(w3, stake, user, dev_accounts):
@@ -115,7 +118,7 @@ def test_delegatecall_to_stake_is_refused_and_changes_nothing(w3, stake, user, d
     before = (stake_record(stake, eoa), stake_record(stake, user.address), w3.eth.get_balance(STAKE))
     assert before == ((MIN_VALIDATOR, 0, 0, 0, 0), (MIN_VALIDATOR, 0, 0, 0, 0), 2 * MIN_VALIDATOR)
 
-    for data, value in ((stake_call(stake, "setRoles", 1), 0), (stake_call(stake, "stake"), 5 * OGPU)):
+    for data, value in ((stake_call(stake, "setRoles", Role.VALIDATOR.value), 0), (stake_call(stake, "stake"), 5 * OGPU)):
         assert user.functions.delegate(data).call({"from": eoa, "value": value}) == [False, error_data(DELEGATE_REFUSED)]
         receipt = call_user(w3, key, user, "delegate", data, value=value)
         assert receipt["status"] == 1
@@ -128,10 +131,10 @@ def test_delegatecall_to_stake_is_refused_and_changes_nothing(w3, stake, user, d
 
     # With revert_on_failure the outer call reverts with Stake's reason.
     with pytest.raises(ContractLogicError) as failure:
-        user.functions.delegate_or_revert(stake_call(stake, "setRoles", 1)).call({"from": eoa})
+        user.functions.delegate_or_revert(stake_call(stake, "setRoles", Role.VALIDATOR.value)).call({"from": eoa})
     assert failure.value.message == f"execution reverted: {DELEGATE_REFUSED}"
     assert failure.value.data == "0x" + error_data(DELEGATE_REFUSED).hex()
-    reverted = call_user(w3, key, user, "delegate_or_revert", stake_call(stake, "setRoles", 1), gas=200_000)
+    reverted = call_user(w3, key, user, "delegate_or_revert", stake_call(stake, "setRoles", Role.VALIDATOR.value), gas=200_000)
     assert reverted["status"] == 0 and reverted["logs"] == []
     assert (stake_record(stake, eoa), stake_record(stake, user.address), w3.eth.get_balance(STAKE)) == before
 
@@ -144,8 +147,8 @@ def test_staticcall_to_a_state_changing_function_is_refused(w3, stake, user, dev
     call_user(w3, key, user, "stake", value=MIN_VALIDATOR)
     before = stake_record(stake, user.address)
     refused = error_data("Stake.setRoles: state change in a static call")
-    assert user.functions.static(stake_call(stake, "setRoles", 1)).call({"from": eoa}) == [False, refused]
-    receipt = call_user(w3, key, user, "static", stake_call(stake, "setRoles", 1))
+    assert user.functions.static(stake_call(stake, "setRoles", Role.VALIDATOR.value)).call({"from": eoa}) == [False, refused]
+    receipt = call_user(w3, key, user, "static", stake_call(stake, "setRoles", Role.VALIDATOR.value))
     (forwarded,) = user.events.Forwarded().process_receipt(receipt)
     assert (forwarded["args"]["success"], forwarded["args"]["response"]) == (False, refused)
     assert [entry["address"] for entry in receipt["logs"]] == [user.address]
@@ -157,7 +160,7 @@ def test_staticcall_to_a_state_changing_function_is_refused(w3, stake, user, dev
     assert decode(["uint256", "uint256", "uint256", "uint64", "uint8"], response) == before
 
     with pytest.raises(ContractLogicError) as failure:
-        user.functions.static_or_revert(stake_call(stake, "setRoles", 1)).call({"from": eoa})
+        user.functions.static_or_revert(stake_call(stake, "setRoles", Role.VALIDATOR.value)).call({"from": eoa})
     assert failure.value.message == "execution reverted: Stake.setRoles: state change in a static call"
     assert stake_record(stake, user.address) == before == (MIN_VALIDATOR, 0, 0, 0, 0)
     assert stake.functions.validators().call() == []
@@ -257,7 +260,7 @@ def test_web3_decodes_every_stake_event_from_real_receipts(w3_no_delay, dev_acco
         "account": me, "deviceKind": 1, "memoryMiB": 81_920, "throughputScore": 12,
         "endpoint": "https://gpu.example:8443",
     }
-    assert only("RolesChanged", tx("setRoles", 2)) == {"account": me, "roles": 2}
+    assert only("RolesChanged", tx("setRoles", Role.PROVIDER.value)) == {"account": me, "roles": Role.PROVIDER}
     assert stake.functions.providers().call() == [me]
     assert only("RolesChanged", tx("setRoles", 0)) == {"account": me, "roles": 0}
     request = tx("requestUnstake", 100 * OGPU)
@@ -285,7 +288,7 @@ def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, de
     ogpu = json.loads((DEV_GENESIS).read_text())["config"]["ogpu"]
     penalty_bps, share_bps = ogpu["consensusPenaltyBps"], ogpu["reporterShareBps"]
     send(w3, validator, to=STAKE, value=2 * MIN_VALIDATOR, data=stake_call(stake, "stake"))
-    send(w3, validator, to=STAKE, data=stake_call(stake, "setRoles", 1))
+    send(w3, validator, to=STAKE, data=stake_call(stake, "setRoles", Role.VALIDATOR.value))
     assert stake.functions.validators().call() == [v]
 
     genesis_hash = bytes(w3.eth.get_block(0)["hash"])
@@ -301,8 +304,8 @@ def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, de
     reporter_before, stake_before = w3.eth.get_balance(r), w3.eth.get_balance(STAKE)
     receipt = send(w3, reporter, to=SLASHING, data=data)
     assert receipt["status"] == 1
-    taken = 2 * MIN_VALIDATOR * penalty_bps // 10_000
-    rewarded = taken * share_bps // 10_000
+    taken = 2 * MIN_VALIDATOR * penalty_bps // BPS
+    rewarded = taken * share_bps // BPS
     # The receipt also holds RolesChanged and Slashing's ConsensusOffence: each decoder skips the others.
     (slashed,) = stake.events.StakeSlashed().process_receipt(receipt, errors=DISCARD)
     assert slashed["address"] == STAKE
@@ -339,7 +342,7 @@ def test_reverting_stake_calls_raise_contract_logic_error_with_the_reason(w3, st
             function.estimate_gas({"from": me, **extra})
         assert failure.value.message == f"execution reverted: {reason}"
     response = w3.provider.make_request(
-        "eth_call", [{"from": me, "to": STAKE, "data": "0x" + stake_call(stake, "setRoles", 1).hex()}, "latest"]
+        "eth_call", [{"from": me, "to": STAKE, "data": "0x" + stake_call(stake, "setRoles", Role.VALIDATOR.value).hex()}, "latest"]
     )
     assert response["error"] == {
         "code": 3, "message": "execution reverted: Stake.setRoles: stake below the validator minimum",

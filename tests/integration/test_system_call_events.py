@@ -17,26 +17,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
 from eth_utils import keccak
+from txfactory import sign_tx
 from web3 import Web3
 from web3.logs import DISCARD
 from websockets.sync.client import connect
 
+from ogpu_node.contracts import addresses
 from ogpu_node.contracts.abi import ABI_DIR
+from ogpu_node.types.protocol import Role, TaskState
+from ogpu_node.types.records import StakeRecord, TaskRecord, decode_record
 
 ROOT = Path(__file__).resolve().parents[2]
-TASK = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
-STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
-BID = Web3.to_checksum_address("0x0000000000000000000000000000000000001002")
-CHAIN_ID = 1337
-GWEI = 10**9
+STAKE, TASK, BID = (Web3.to_checksum_address(a) for a in (addresses.STAKE, addresses.TASK, addresses.BID))
 OGPU = 10**18
+GAS = 1_000_000
 ASSIGNMENT_TIMEOUT_S = 30
 RECEIPT_TIMEOUT_S = 30
 TASK_ASSIGNED = "0x" + keccak(text="TaskAssigned(uint256,address,uint256,bytes32)").hex()
-STATE_RUNNING = 2
-ROLE_PROVIDER = 2
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy for 127.0.0.1
 
 
@@ -52,14 +50,6 @@ def rpc(url: str, method: str, *params: Any) -> Any:
         reply = json.loads(response.read())
     assert "error" not in reply, reply
     return reply["result"]
-
-
-def signed(w3: Web3, key: Any, nonce: int, to: str, data: bytes, value: int = 0) -> bytes:
-    tx = {
-        "type": 2, "chainId": CHAIN_ID, "nonce": nonce, "maxFeePerGas": 10 * GWEI, "maxPriorityFeePerGas": GWEI,
-        "gas": 1_000_000, "to": to, "value": value, "data": data,
-    }
-    return bytes(Account.sign_transaction(tx, key.private_key).raw_transaction)
 
 
 def send_all(w3: Web3, raws: list[bytes]) -> list[Any]:
@@ -93,12 +83,13 @@ def test_task_assigned_by_the_system_call_reaches_logs_filters_subscriptions_and
     # A staked provider with resources and the provider role, in one block.
     nonce = w3.eth.get_transaction_count(provider_address, "pending")
     setup = send_all(w3, [
-        signed(w3, provider, nonce, STAKE, stake.encode_abi("stake"), value=200 * OGPU),
-        signed(w3, provider, nonce + 1, STAKE, stake.encode_abi("registerResources", args=[0, 8_000, 10, ""])),
-        signed(w3, provider, nonce + 2, STAKE, stake.encode_abi("setRoles", args=[ROLE_PROVIDER])),
+        sign_tx(provider, nonce, to=STAKE, gas=GAS, data=stake.encode_abi("stake"), value=200 * OGPU).raw,
+        sign_tx(provider, nonce + 1, to=STAKE, gas=GAS,
+                data=stake.encode_abi("registerResources", args=[0, 8_000, 10, ""])).raw,
+        sign_tx(provider, nonce + 2, to=STAKE, gas=GAS, data=stake.encode_abi("setRoles", args=[Role.PROVIDER.value])).raw,
     ])
     assert [r["status"] for r in setup] == [1, 1, 1]
-    assert stake.functions.stakeOf(provider_address).call()[4] == ROLE_PROVIDER
+    assert decode_record(StakeRecord, stake.functions.stakeOf(provider_address).call()).roles == Role.PROVIDER
 
     # Every listener is in place before the task exists, so before its deadline.
     criteria = {"address": TASK, "topics": [TASK_ASSIGNED]}
@@ -118,10 +109,10 @@ def test_task_assigned_by_the_system_call_reaches_logs_filters_subscriptions_and
         submit_data = task.encode_abi("submitTask", args=[keccak(text="prescription"), 0, terms])
         price = max_payment // 2
         submitted, placed = send_all(w3, [
-            signed(w3, client, w3.eth.get_transaction_count(client_address, "pending"), TASK, submit_data,
-                   value=2 * max_payment),
-            signed(w3, provider, w3.eth.get_transaction_count(provider_address, "pending"), BID,
-                   bid.encode_abi("placeBid", args=[task_id, price])),
+            sign_tx(client, w3.eth.get_transaction_count(client_address, "pending"), to=TASK, gas=GAS,
+                    data=submit_data, value=2 * max_payment).raw,
+            sign_tx(provider, w3.eth.get_transaction_count(provider_address, "pending"), to=BID, gas=GAS,
+                    data=bid.encode_abi("placeBid", args=[task_id, price])).raw,
         ])
         assert (submitted["status"], placed["status"]) == (1, 1)
         [submitted_event] = task.events.TaskSubmitted().process_receipt(submitted, errors=DISCARD)
@@ -174,5 +165,5 @@ def test_task_assigned_by_the_system_call_reaches_logs_filters_subscriptions_and
     assert decoded["blockNumber"] == number
     [from_get_logs] = w3.eth.get_logs({"blockHash": block["hash"], **criteria})
     assert dict(task.events.TaskAssigned().process_log(from_get_logs)["args"]) == dict(decoded["args"])
-    state = task.functions.getTask(task_id).call()
-    assert (state[2], state[6], state[7], state[8]) == (STATE_RUNNING, provider_address, price, seed)
+    record = decode_record(TaskRecord, task.functions.getTask(task_id).call())
+    assert (record.state, record.executor, record.price, record.seed) == (TaskState.RUNNING, provider_address, price, seed)

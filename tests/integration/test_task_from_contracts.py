@@ -26,23 +26,22 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from ogpu_node.config import DEV_GENESIS
+from ogpu_node.contracts import addresses
 from ogpu_node.contracts.abi import ABI_DIR
+from ogpu_node.types.protocol import BPS, Role, TaskKind, TaskState
+from ogpu_node.types.records import StakeRecord, TaskRecord, decode_record
 
 ROOT = Path(__file__).resolve().parents[2]
 SOLCJS = ROOT / ".tools" / "node_modules" / ".bin" / "solcjs"
 ABI = {name: json.loads((ABI_DIR / f"{name}.json").read_text()) for name in ("Stake", "Task", "Bid")}
-STAKE = Web3.to_checksum_address("0x0000000000000000000000000000000000001000")
-TASK = Web3.to_checksum_address("0x0000000000000000000000000000000000001001")
-BID = Web3.to_checksum_address("0x0000000000000000000000000000000000001002")
+STAKE, TASK, BID = (checksum(address) for address in (addresses.STAKE, addresses.TASK, addresses.BID))
 OGPU = 10**18
-ROLE_PROVIDER = 2
-STATE_BIDDING = 1
 GENESIS_OGPU = json.loads((DEV_GENESIS).read_text())["config"]["ogpu"]
 CLIENT_DEPOSIT_BPS = GENESIS_OGPU["clientDepositBps"]  # 1000 in dev: 10 %
 COLLATERAL_BPS = GENESIS_OGPU["collateralBps"]
 
 MAX_PAYMENT = 10 * OGPU
-DEPOSIT = MAX_PAYMENT * CLIENT_DEPOSIT_BPS // 10_000
+DEPOSIT = MAX_PAYMENT * CLIENT_DEPOSIT_BPS // BPS
 PRESCRIPTION = keccak(text="prescription: resnet-50 fine-tune")
 BID_WINDOW = 3_600  # far past the test's end: bidding stays open
 # maxPayment, councilSize, councilShareBps, checkpoints, segmentWindow, bidWindow, firstN, minBids,
@@ -52,6 +51,14 @@ BID_ABOVE_MAXIMUM = "Bid: price above the task's maximum payment"
 
 
 
+
+
+def task_record(task: Any, task_id: int) -> TaskRecord:
+    return decode_record(TaskRecord, task.functions.getTask(task_id).call())
+
+
+def stake_record(stake: Any, who: str) -> StakeRecord:
+    return decode_record(StakeRecord, stake.functions.stakeOf(who).call())
 
 
 def transact(w3: Web3, key: Any, contract: Any, function: str, *args: Any, value: int = 0, gas: int = 1_000_000) -> Any:
@@ -139,8 +146,10 @@ def test_vyper_contract_submits_a_batch_task_and_is_its_client(w3, contracts, de
     assert dict(own["args"]) == {"taskId": task_id, "value": MAX_PAYMENT + DEPOSIT}
     assert [entry["address"] for entry in receipt["logs"]] == [TASK, client.address]
 
-    record = task.functions.getTask(task_id).call()
-    assert record[:6] == [client.address, 0, STATE_BIDDING, PRESCRIPTION, MAX_PAYMENT, DEPOSIT]
+    record = task_record(task, task_id)
+    assert (record.client, record.kind, record.state, record.prescription_hash, record.escrow, record.deposit) == (
+        client.address, TaskKind.BATCH, TaskState.BIDDING, PRESCRIPTION, MAX_PAYMENT, DEPOSIT,
+    )
     assert tuple(task.functions.getTerms(task_id).call()) == TERMS
     assert w3.eth.get_balance(TASK) == task_balance + MAX_PAYMENT + DEPOSIT
     assert w3.eth.get_balance(client.address) == 0
@@ -173,19 +182,19 @@ def test_solidity_provider_stakes_registers_and_bids_on_the_contract_clients_tas
         "endpoint": "https://agent.example:8443",
     }
     (roles,) = stake.events.RolesChanged().process_receipt(receipts[2])
-    assert dict(roles["args"]) == {"account": agent.address, "roles": ROLE_PROVIDER}
+    assert dict(roles["args"]) == {"account": agent.address, "roles": Role.PROVIDER}
     assert agent.address in stake.functions.providers().call()
     assert w3.eth.get_balance(agent.address) == 0
 
     # (3) Task's eleven-value getTask, decoded by Solidity, as web3 decodes it directly.
-    record = task.functions.getTask(task_id).call()
-    assert agent.functions.clientOf(task_id).call() == client.address == record[0]
+    record = task_record(task, task_id)
+    assert agent.functions.clientOf(task_id).call() == client.address == record.client
     assert agent.functions.taskSummary(task_id).call() == [
-        client.address, STATE_BIDDING, MAX_PAYMENT, DEPOSIT, record[9],
+        client.address, TaskState.BIDDING, MAX_PAYMENT, DEPOSIT, record.bid_deadline,
     ]
 
     price = 7 * OGPU
-    collateral = price * COLLATERAL_BPS // 10_000
+    collateral = price * COLLATERAL_BPS // BPS
     receipt = transact(w3, owner, agent, "bid", task_id, price)
     assert receipt["status"] == 1
     (placed,) = bid.events.BidPlaced().process_receipt(receipt, errors=DISCARD)
@@ -195,9 +204,11 @@ def test_solidity_provider_stakes_registers_and_bids_on_the_contract_clients_tas
     assert dict(mine["args"]) == {"taskId": task_id, "price": price, "client": client.address}
     assert bid.functions.bidsOf(task_id).call() == [[agent.address], [price]]
     assert agent.functions.bids().call() == 1
-    assert agent.functions.myStake().call() == [200 * OGPU, collateral, ROLE_PROVIDER]
-    assert tuple(stake.functions.stakeOf(agent.address).call()) == (200 * OGPU, collateral, 0, 0, ROLE_PROVIDER)
-    assert task.functions.getTask(task_id).call()[2] == STATE_BIDDING  # no firstN: still open
+    assert agent.functions.myStake().call() == [200 * OGPU, collateral, Role.PROVIDER]
+    assert stake_record(stake, agent.address) == StakeRecord(
+        staked=200 * OGPU, locked=collateral, unbonding=0, release_time=0, roles=Role.PROVIDER,
+    )
+    assert task_record(task, task_id).state == TaskState.BIDDING  # no firstN: still open
 
 
 def test_a_bid_revert_bubbles_up_through_the_solidity_contract_with_its_reason(
@@ -223,7 +234,9 @@ def test_a_bid_revert_bubbles_up_through_the_solidity_contract_with_its_reason(
     assert receipt["status"] == 0 and receipt["logs"] == []
     assert bid.functions.bidsOf(task_id).call() == [[], []]
     assert agent.functions.bids().call() == 0
-    assert tuple(stake.functions.stakeOf(agent.address).call()) == (200 * OGPU, 0, 0, 0, ROLE_PROVIDER)
+    assert stake_record(stake, agent.address) == StakeRecord(
+        staked=200 * OGPU, locked=0, unbonding=0, release_time=0, roles=Role.PROVIDER,
+    )
 
     # A bid at exactly maxPayment is allowed.
     assert transact(w3, owner, agent, "bid", task_id, MAX_PAYMENT)["status"] == 1

@@ -12,17 +12,13 @@ from typing import Any
 import pytest
 from contracts.compile import compile_contract
 from eth_abi import encode
-from eth_account import Account
 from eth_utils import keccak
+from txfactory import CHAIN_ID, GWEI, MAX_FEE, TIP, sign_tx
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound
 from web3.utils import get_create_address
 
-CHAIN_ID = 1337
-GWEI = 10**9
 OGPU = 10**18
-TIP = 1 * GWEI
-MAX_FEE = 10 * GWEI
 STORED = keccak(text="Stored(address,uint256)")
 CLEARED = keccak(text="Cleared(address)")
 RECEIPT_TIMEOUT_S = 30
@@ -37,18 +33,6 @@ def checksum(address: bytes) -> str:
 
 def topic_of(address: bytes) -> bytes:
     return address.rjust(32, b"\x00")
-
-
-def signed(key: Any, **fields: Any) -> Any:
-    """A locally signed transaction: EIP-1559 unless `gasPrice` is given (then legacy, EIP-155)."""
-    tx = {"chainId": CHAIN_ID, "value": 0, "data": b"", **fields}
-    if "gasPrice" not in tx:
-        tx = {"type": 2, "maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": TIP, **tx}
-    return Account.sign_transaction(tx, key.private_key)
-
-
-def sign(key: Any, **fields: Any) -> bytes:
-    return bytes(signed(key, **fields).raw_transaction)
 
 
 def send(w3: Web3, raw: bytes) -> Any:
@@ -82,7 +66,7 @@ class Store:
         nonce = next_nonce(w3, deployer)
         gas = w3.eth.estimate_gas({"from": checksum(deployer.address), "data": init_code})
         self.deploy_gas_limit = gas
-        self.receipt = send(w3, sign(deployer, nonce=nonce, gas=gas, data=init_code))
+        self.receipt = send(w3, sign_tx(deployer, nonce, gas=gas, data=init_code).raw)
         self.deployer = deployer
         self.deploy_nonce = nonce
         self.address = self.receipt["contractAddress"]
@@ -91,7 +75,7 @@ class Store:
     def tx(self, key: Any, function: str, *args: Any, gas: int = 200_000, nonce: int | None = None, **fee: Any) -> bytes:
         data = self.contract.encode_abi(function, args=list(args))
         nonce = next_nonce(self.w3, key) if nonce is None else nonce
-        return sign(key, nonce=nonce, to=self.address, gas=gas, data=data, **fee)
+        return sign_tx(key, nonce, to=self.address, gas=gas, data=data, **fee).raw
 
     def call(self, key: Any, function: str, *args: Any) -> Any:
         return send(self.w3, self.tx(key, function, *args))
@@ -259,8 +243,8 @@ def test_transfers_of_both_fee_types_move_exact_balances(w3, dev_accounts):
     LS, LR = checksum(legacy_sender.address), checksum(legacy_receiver.address)
     value = 3 * OGPU // 2
 
-    signature = signed(sender, nonce=0, to=R, value=value, gas=21_000)
-    raw = bytes(signature.raw_transaction)
+    signature = sign_tx(sender, 0, to=R, value=value, gas=21_000)
+    raw = signature.raw
     receipt = send(w3, raw)
     n = receipt["blockNumber"]
     block = w3.eth.get_block(n)
@@ -291,8 +275,8 @@ def test_transfers_of_both_fee_types_move_exact_balances(w3, dev_accounts):
 
     legacy_price = 2 * GWEI
     value2 = OGPU // 4
-    signature2 = signed(legacy_sender, nonce=0, to=LR, value=value2, gas=21_000, gasPrice=legacy_price)
-    receipt2 = send(w3, bytes(signature2.raw_transaction))
+    signature2 = sign_tx(legacy_sender, 0, to=LR, value=value2, gas=21_000, gas_price=legacy_price)
+    receipt2 = send(w3, signature2.raw)
     n2 = receipt2["blockNumber"]
     assert receipt2["status"] == 1
     assert receipt2["type"] == 0
@@ -396,5 +380,5 @@ def test_unknown_transaction_hash_has_no_receipt_and_no_transaction(w3):
 
 def test_block_receipts_accept_a_plain_block_hash(w3, dev_accounts):
     """Rule: eth_getBlockReceipts takes a block number, tag, EIP-1898 object or a plain block hash."""
-    receipt = send(w3, sign(dev_accounts[1], nonce=0, to=checksum(dev_accounts[2].address), value=1, gas=21_000))
+    receipt = send(w3, sign_tx(dev_accounts[1], 0, to=dev_accounts[2].address, value=1).raw)
     assert w3.eth.get_block_receipts(receipt["blockHash"]) == [receipt]

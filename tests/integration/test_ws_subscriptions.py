@@ -16,14 +16,12 @@ from typing import Any
 
 import pytest
 from contracts.compile import compile_contract
+from contracts.web3tx import send
 from eth_abi import encode
-from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 from websockets.sync.client import ClientConnection, connect
 
-CHAIN_ID = 1337
-GWEI = 10**9
 RECV_TIMEOUT_S = 15
 STORED = keccak(text="Stored(address,uint256)")
 SEND_TIMEOUT_S = 5.0  # ogpu_node.rpc.filters.SEND_TIMEOUT_S
@@ -42,17 +40,6 @@ def hex_topic(address: bytes) -> str:
     return "0x" + address.rjust(32, b"\x00").hex()
 
 
-def send(w3: Web3, key: Any, **fields: Any) -> Any:
-    """Sign an EIP-1559 transaction locally, send it over HTTP and wait for its receipt."""
-    nonce = w3.eth.get_transaction_count(checksum(key.address), "pending")
-    tx = {
-        "type": 2, "chainId": CHAIN_ID, "nonce": nonce, "maxFeePerGas": 10 * GWEI,
-        "maxPriorityFeePerGas": GWEI, "gas": 300_000, "value": 0, "data": b"", **fields,
-    }
-    tx_hash = w3.eth.send_raw_transaction(Account.sign_transaction(tx, key.private_key).raw_transaction)
-    return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30, poll_latency=0.02)
-
-
 def deploy_store(w3: Web3, key: Any) -> Any:
     compiled = compile_contract("Store")
     receipt = send(w3, key, data=compiled.bytecode + encode(["uint256"], [0]), gas=1_000_000)
@@ -61,7 +48,7 @@ def deploy_store(w3: Web3, key: Any) -> Any:
 
 
 def call(w3: Web3, key: Any, contract: Any, function: str, *args: Any) -> Any:
-    receipt = send(w3, key, to=contract.address, data=contract.encode_abi(function, args=list(args)))
+    receipt = send(w3, key, gas=300_000, to=contract.address, data=contract.encode_abi(function, args=list(args)))
     assert receipt["status"] == 1
     return receipt
 

@@ -16,9 +16,9 @@
     sign_tx(key, nonce=0, to=addr, gas_price=GWEI, access_list=[(addr, [0])])  # EIP-2930 (type 1)
     sign_tx(key, nonce=0, to=addr, access_list=[(addr, [0, 1])])      # EIP-1559 with an access list
 
-`data` is bytes or a 0x-hex string (web3's `encode_abi`). `key` is a 32-byte private key or anything with a `private_key` attribute (a dev account's
-`Keypair`, an eth-account `LocalAccount`); `to` is 20 bytes, a hex address (checksummed or not) or
-None for a contract creation. The type follows from the fee fields: `gas_price` makes a legacy
+`key` is a 32-byte private key or anything with a `private_key` attribute (a dev account's
+`Keypair`); `to` is 20 bytes, a hex address (checksummed or not) or None for a contract creation;
+`data` is bytes or a 0x-hex string (what web3's `encode_abi` returns). The type follows from the fee fields: `gas_price` makes a legacy
 transaction (type 1 with an access list), otherwise `tip`/`max_fee` make an EIP-1559 one.
 
 Signing is eth-keys' deterministic RFC 6979 (the same signature eth-account makes), through py-evm's

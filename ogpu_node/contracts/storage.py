@@ -221,6 +221,11 @@ class StoredRecord:
             raise AttributeError(f"{type(self).__name__} has no stored field {name!r}")
         object.__setattr__(self, name, value)
 
+    @property
+    def key(self) -> Key:
+        """The record's first key (a task's id, an account)."""
+        return self._keys[0]
+
     def _path(self, name: str) -> tuple[Key, ...]:
         if self.PREFIX is None:
             return (name, *self._keys)

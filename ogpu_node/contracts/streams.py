@@ -16,7 +16,7 @@ from dataclasses import fields
 from ogpu_node.contracts.context import TaskContext
 from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.layout import SettledUnits, StreamEntry, StreamTerms, StreamVersion
-from ogpu_node.contracts.submission import minimum_deposit
+from ogpu_node.contracts.submission import minimum_deposit, open_task
 from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
 from ogpu_node.types.protocol import (
     BPS,
@@ -82,17 +82,8 @@ def submit_stream(ctx: TaskContext, prescription_hash: bytes, raw_terms: tuple) 
     deposit_floor = minimum_deposit(ctx, terms.budget)
     if host.value < terms.budget + deposit_floor:
         raise Revert(f"Task: value must cover the budget plus a safety deposit of at least {deposit_floor} wei")
-    counter = ctx.counter()
-    task_id = counter.count + 1
-    counter.count = task_id
+    task_id = open_task(ctx, TaskKind.STREAM, TaskState.FORMING, prescription_hash, terms.budget).key
     deposit = host.value - terms.budget
-    task = ctx.task(task_id)
-    task.client = host.caller
-    task.kind = TaskKind.STREAM
-    task.state = TaskState.FORMING
-    task.prescription_hash = prescription_hash
-    task.escrow = terms.budget
-    task.deposit = deposit
     stream_entry(ctx, task_id).write(terms)
     new_version(ctx, task_id, terms.price_per_unit, terms.response_method, terms.response_weight)
     ctx.emit(

@@ -15,6 +15,7 @@ from eth_hash.auto import keccak
 from ogpu_node.contracts import settlement
 from ogpu_node.contracts.context import TaskContext, schedule_expiry
 from ogpu_node.contracts.host import Revert
+from ogpu_node.contracts.layout import TaskEntry
 from ogpu_node.types.protocol import (
     BPS,
     MAX_CHECKPOINTS,
@@ -80,6 +81,22 @@ def minimum_deposit(ctx: TaskContext, amount: int) -> int:
     return amount * ctx.params.client_deposit_bps // BPS
 
 
+def open_task(ctx: TaskContext, kind: TaskKind, state: TaskState, prescription_hash: bytes, escrow: int) -> TaskEntry:
+    """A new task of the caller's, holding `escrow` and the rest of the call's value as its deposit."""
+    host = ctx.host
+    counter = ctx.counter()
+    task_id = counter.count + 1
+    counter.count = task_id
+    task = ctx.task(task_id)
+    task.client = host.caller
+    task.kind = kind
+    task.state = state
+    task.prescription_hash = prescription_hash
+    task.escrow = escrow
+    task.deposit = host.value - escrow
+    return task
+
+
 def submit_task(ctx: TaskContext, prescription_hash: bytes, kind: int, raw_terms: tuple) -> int:
     """A client submits a batch task: escrow maxPayment plus the deposit, open bidding."""
     host = ctx.host
@@ -92,18 +109,10 @@ def submit_task(ctx: TaskContext, prescription_hash: bytes, kind: int, raw_terms
     deposit_floor = minimum_deposit(ctx, terms.max_payment)
     if host.value < terms.max_payment + deposit_floor:
         raise Revert(f"Task: value must cover maxPayment plus a safety deposit of at least {deposit_floor} wei")
-    counter = ctx.counter()
-    task_id = counter.count + 1
-    counter.count = task_id
+    task = open_task(ctx, TaskKind.BATCH, TaskState.BIDDING, prescription_hash, terms.max_payment)
+    task_id = task.key
     deposit = host.value - terms.max_payment
     bid_deadline = host.timestamp + terms.bid_window
-    task = ctx.task(task_id)
-    task.client = host.caller
-    task.kind = kind
-    task.state = TaskState.BIDDING
-    task.prescription_hash = prescription_hash
-    task.escrow = terms.max_payment
-    task.deposit = deposit
     task.bid_deadline = bid_deadline
     ctx.terms(task_id).write(terms)
     ctx.schedule(bid_deadline, DeadlineKind.CLOSE_BIDDING, task_id)

@@ -1,0 +1,72 @@
+"""The stored records of contracts/layout.py: fields at the slots the contracts always used, and a
+misspelled field raises instead of reading 0."""
+
+from __future__ import annotations
+
+import pytest
+
+from ogpu_node.contracts.layout import CheckpointEntry, TaskEntry, TermsEntry
+from ogpu_node.contracts.storage import Storage, StoredRecord, Uint, slot_of
+from ogpu_node.types.records import TermsRecord
+
+ADDRESS = b"\x00" * 18 + b"\x10\x01"
+
+
+class DictHost:
+    """Storage only, counting reads."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, int] = {}
+        self.reads = 0
+
+    def sload(self, address: bytes, slot: int) -> int:
+        self.reads += 1
+        return self.slots.get(slot, 0)
+
+    def sstore(self, address: bytes, slot: int, value: int) -> None:
+        self.slots[slot] = value
+
+
+def test_fields_sit_at_their_storage_names_slots_one_read_each():
+    host = DictHost()
+    store = Storage(host, ADDRESS)  # type: ignore[arg-type]
+    task = TaskEntry(store, 7)
+    task.bid_deadline = 99
+    task.client = b"\x01" * 20
+    assert host.slots[slot_of("bidDeadline", 7)] == 99
+    assert host.slots[slot_of("client", 7)] == int.from_bytes(b"\x01" * 20, "big")
+    checkpoint = CheckpointEntry(store, 7, 3)
+    checkpoint.phase_ends = 5
+    checkpoint.revealed = True
+    assert host.slots[slot_of("ck", 7, 3, "phaseEnds")] == 5
+    assert host.slots[slot_of("ck", 7, 3, "revealed")] == 1
+    TermsEntry(store, 7).segment_window = 60
+    assert host.slots[slot_of("terms", 7, "segment_window")] == 60
+    host.reads = 0
+    assert (task.bid_deadline, checkpoint.revealed, task.client) == (99, True, b"\x01" * 20)
+    assert host.reads == 3
+    host.reads = 0
+    assert TermsEntry(store, 7).load(TermsRecord).segment_window == 60
+    assert host.reads == len(TermsEntry.SLOTS) == 15
+
+
+def test_a_misspelled_field_raises():
+    store = Storage(DictHost(), ADDRESS)  # type: ignore[arg-type]
+    task = TaskEntry(store, 1)
+    with pytest.raises(AttributeError):
+        task.bid_dedline  # noqa: B018
+    with pytest.raises(AttributeError):
+        task.bid_dedline = 5
+
+
+def test_a_storage_name_declared_twice_fails_at_import():
+    with pytest.raises(TypeError):
+        class Twice(StoredRecord):
+            a = Uint("x")
+            b = Uint("x")
+
+
+def test_a_negative_value_is_not_stored():
+    store = Storage(DictHost(), ADDRESS)  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        TaskEntry(store, 1).escrow = -1

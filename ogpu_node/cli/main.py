@@ -56,6 +56,31 @@ cli.add_command(task)
 cli.add_command(provider)
 
 
+class Duration(click.ParamType):
+    """A duration as geth takes one: 5s, 500ms, 1m, or plain seconds; returns seconds."""
+
+    name = "duration"
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip()
+        for unit in ("ms", "s", "m", "h"):  # "ms" before "s" and "m"
+            if text.endswith(unit):
+                number, scale = text[: -len(unit)], self._UNITS[unit]
+                break
+        else:
+            number, scale = text, 1.0
+        try:
+            seconds = float(number) * scale
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (e.g. 5s, 500ms)", param, ctx)
+        if not seconds >= 0 or seconds == float("inf"):
+            self.fail(f"{value!r} is not a duration (e.g. 5s, 500ms)", param, ctx)
+        return seconds
+
+
 def _load_genesis(path: Path) -> GenesisConfig:
     try:
         return load_genesis(path)
@@ -125,6 +150,18 @@ def _print_dev_banner(node, accounts) -> None:  # type: ignore[no-untyped-def]
 @click.option("--no-ws", is_flag=True, help="Do not serve WebSocket.")
 @click.option("--blob.max-bytes", "blob_max_bytes", type=click.IntRange(min=1), default=1 << 30, show_default=True,
               help="Largest blob (dataset, model, checkpoint) the node stores.")
+@click.option("--rpc.gascap", "rpc_gascap", type=click.IntRange(min=0), default=50_000_000, show_default=True,
+              help="Gas cap of eth_call/eth_estimateGas; caller gas above it is capped (0 = no cap).")
+@click.option("--rpc.evmtimeout", "rpc_evmtimeout", type=Duration(), default="5s", show_default=True,
+              help="Timeout of eth_call/eth_estimateGas, e.g. 5s, 500ms (0 = none).")
+@click.option("--rpc.allow-unprotected-txs", "rpc_allow_unprotected_txs", is_flag=True,
+              help="Accept legacy transactions without a chain id (not replay-protected) over RPC.")
+@click.option("--http.corsdomain", "http_corsdomain", default="", show_default=True,
+              help="Comma-separated browser origins allowed to read HTTP replies ('*': any; default none).")
+@click.option("--http.vhosts", "http_vhosts", default="localhost", show_default=True,
+              help="Comma-separated Host names served ('*': any); IP addresses are always served.")
+@click.option("--ws.origins", "ws_origins", default="", show_default=True,
+              help="Comma-separated browser origins allowed to open a WebSocket ('*': any; default localhost).")
 def run(
     datadir: Path | None,
     genesis_file: Path | None,
@@ -135,9 +172,17 @@ def run(
     ws_port: int,
     no_ws: bool,
     blob_max_bytes: int,
+    rpc_gascap: int,
+    rpc_evmtimeout: float,
+    rpc_allow_unprotected_txs: bool,
+    http_corsdomain: str,
+    http_vhosts: str,
+    ws_origins: str,
 ) -> None:
     """Run a node."""
     from ogpu_node.node import Node, NodeConfig
+    from ogpu_node.rpc.access import HttpAccess
+    from ogpu_node.rpc.calls import CallLimits
 
     if not dev:
         raise click.ClickException("only --dev is available in this version: proof of stake comes next")
@@ -157,6 +202,11 @@ def run(
         ws_port=None if no_ws else ws_port,
         durable=not dev,
         blob_max_bytes=blob_max_bytes,
+        calls=CallLimits(gas_cap=rpc_gascap, evm_timeout_s=rpc_evmtimeout),
+        allow_unprotected_txs=rpc_allow_unprotected_txs,
+        access=HttpAccess(
+            cors_domains=_csv(http_corsdomain), vhosts=_csv(http_vhosts), ws_origins=_csv(ws_origins)
+        ),
     )
 
     async def main() -> None:
@@ -181,6 +231,10 @@ def run(
     finally:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _first_cause(exc: BaseException) -> BaseException:

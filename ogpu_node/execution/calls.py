@@ -7,6 +7,7 @@ reverted afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from eth.abc import BlockHeaderAPI, ComputationAPI, StateAPI
@@ -16,6 +17,7 @@ from eth_utils import ValidationError, to_checksum_address
 
 from ogpu_node.execution.codec import floor_data_gas
 from ogpu_node.execution.errors import CallFailed, ExecutionReverted
+from ogpu_node.execution.interrupt import interruptible
 from ogpu_node.execution.state import Execution
 from ogpu_node.execution.vm import OgpuVM
 
@@ -36,6 +38,10 @@ _PANIC_REASONS = {
     0x41: "out of memory",
     0x51: "uninitialized function",
 }
+
+
+class InvalidOverride(CallFailed):
+    """A state override that no account can hold (the RPC layer answers invalid params)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,9 @@ def _call_state(execution: Execution, header: BlockHeaderAPI, request: CallReque
 
 def _apply_overrides(state: StateAPI, overrides: dict[bytes, AccountOverride]) -> None:
     for address, override in overrides.items():
+        if override.nonce is not None and override.nonce >= 1 << 64:
+            # py-evm's uint64 check would raise deep inside the state; geth refuses it as a bad param.
+            raise InvalidOverride(f"invalid nonce override {override.nonce}: exceeds 64 bits")
         if override.balance is not None:
             state.set_balance(address, override.balance)
         if override.nonce is not None:
@@ -164,8 +173,28 @@ def _check_gas(tx: SpoofTransaction, data: bytes) -> None:
         )
 
 
-def _gas_cap(header: BlockHeaderAPI, request: CallRequest) -> int:
-    return header.gas_limit if request.gas is None else request.gas
+def _gas_cap(header: BlockHeaderAPI, request: CallRequest, gas_cap: int | None) -> int:
+    """The gas the call may use: the caller's, else the block's limit; never above `gas_cap` (geth's
+    --rpc.gascap: caller gas above it is capped, not refused)."""
+    gas = header.gas_limit if request.gas is None else request.gas
+    return gas if gas_cap is None else min(gas, gas_cap)
+
+
+Check = Callable[[], None]
+
+
+def _prepare(
+    execution: Execution,
+    header: BlockHeaderAPI,
+    request: CallRequest,
+    overrides: dict[bytes, AccountOverride] | None,
+    check: Check | None,
+) -> StateAPI:
+    state = _call_state(execution, header, request)
+    _apply_overrides(state, overrides or {})
+    if check is not None:
+        interruptible(state, check)
+    return state
 
 
 def call(
@@ -173,11 +202,14 @@ def call(
     header: BlockHeaderAPI,
     request: CallRequest,
     overrides: dict[bytes, AccountOverride] | None = None,
+    *,
+    gas_cap: int | None = None,
+    check: Check | None = None,
 ) -> bytes:
-    """Return data of the call, or raise ExecutionReverted / CallFailed."""
-    state = _call_state(execution, header, request)
-    _apply_overrides(state, overrides or {})
-    tx = _transaction(state, request, _gas_cap(header, request), execution.chain_id)
+    """Return data of the call, or raise ExecutionReverted / CallFailed. `check` is called as gas is
+    consumed and may raise ExecutionInterrupted to stop the execution (interrupt.py)."""
+    state = _prepare(execution, header, request, overrides, check)
+    tx = _transaction(state, request, _gas_cap(header, request, gas_cap), execution.chain_id)
     _check_gas(tx, request.data)
     computation = _run(state, tx)
     if computation.is_error:
@@ -213,11 +245,14 @@ def estimate_gas(
     header: BlockHeaderAPI,
     request: CallRequest,
     overrides: dict[bytes, AccountOverride] | None = None,
+    *,
+    gas_cap: int | None = None,
+    check: Check | None = None,
 ) -> int:
-    """Smallest gas limit with which the call succeeds (geth's binary search)."""
-    state = _call_state(execution, header, request)
-    _apply_overrides(state, overrides or {})
-    cap = _gas_cap(header, request)
+    """Smallest gas limit with which the call succeeds (geth's binary search); `gas_cap` and `check`
+    as for `call`, with one check for the whole search."""
+    state = _prepare(execution, header, request, overrides, check)
+    cap = _gas_cap(header, request, gas_cap)
     fee = request.gas_price or request.max_fee_per_gas
     if fee:
         # geth: with a fee, the sender's balance bounds the gas it could buy.

@@ -16,6 +16,8 @@ from ogpu_node.config import GenesisConfig
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.rpc.access import HttpAccess
+from ogpu_node.rpc.calls import CallLimits
 from ogpu_node.rpc.eth import EthApi
 from ogpu_node.rpc.filters import FilterApi
 from ogpu_node.rpc.jsonrpc import JsonRpcProcessor
@@ -40,6 +42,9 @@ class NodeConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     durable: bool = True  # fsync every block; --dev turns it off, as a dev chain favours speed
     blob_max_bytes: int = DEFAULT_MAX_BYTES  # per-blob cap of the blob store (HTTP 413 above it)
+    calls: CallLimits = field(default_factory=CallLimits)  # --rpc.gascap, --rpc.evmtimeout
+    allow_unprotected_txs: bool = False  # --rpc.allow-unprotected-txs
+    access: HttpAccess = field(default_factory=HttpAccess)  # --http.vhosts, --http.corsdomain, --ws.origins
 
 
 def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
@@ -60,7 +65,10 @@ class Node:
             raise
         self.pool = TxPool(config.genesis.chain_id, self._read_account, self._head_view, config.pool)
         self._tx_arrived = trio.Event()
-        self.eth = EthApi(self.chain, self.pool, self._on_transaction)
+        self.eth = EthApi(
+            self.chain, self.pool, self._on_transaction,
+            call_limits=config.calls, allow_unprotected_txs=config.allow_unprotected_txs,
+        )
         self.filters = FilterApi(self.chain)
         self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods()})
         self.http_port: int | None = None
@@ -90,7 +98,7 @@ class Node:
             await self.filters.publish_pending([tx_hash])
 
     async def _handle(self, body: bytes, session: Any) -> bytes | None:
-        return self.rpc.handle(body, session)
+        return await self.rpc.handle(body, session)
 
     # -- block production --
 
@@ -154,12 +162,16 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 http = HttpServer(
-                    self._handle, config.http_addr, config.http_port, config.limits, blob_routes=self.blobs
+                    self._handle, config.http_addr, config.http_port, config.limits,
+                    blob_routes=self.blobs, access=config.access,
                 )
                 self.http_port = await nursery.start(http.run)
                 if config.ws_port is not None:
-                    ws = WebSocketServer(self._handle, config.http_addr, config.ws_port, config.limits)
+                    ws = WebSocketServer(
+                        self._handle, config.http_addr, config.ws_port, config.limits, access=config.access
+                    )
                     self.ws_port = await nursery.start(ws.run)
+                await nursery.start(self.filters.run)
                 if config.block_time > 0:
                     nursery.start_soon(self._produce_on_interval)
                 else:

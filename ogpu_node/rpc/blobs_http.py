@@ -32,12 +32,11 @@ PREFIX = b"/blobs"
 _IO = 1024 * 1024  # bytes per worker-thread call when writing or reading a blob file
 _METHODS = b"GET, HEAD, PUT, OPTIONS"
 _PREFLIGHT_HEADERS = [
-    CORS,
     (b"access-control-allow-methods", _METHODS),
     (b"access-control-allow-headers", b"Content-Type"),
     (b"access-control-max-age", b"600"),
-    (b"content-length", b"0"),
 ]
+Headers = list[tuple[bytes, bytes]]
 
 
 class BlobRoutes:
@@ -53,17 +52,24 @@ class BlobRoutes:
         return target.startswith(PREFIX)
 
     async def serve(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, idle: trio.CancelScope
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        request: h11.Request,
+        idle: trio.CancelScope,
+        cors: Headers | None = None,
     ) -> None:
-        """Serve one request; the response is fully written when this returns."""
+        """Serve one request; the response is fully written when this returns. `cors`: the CORS
+        headers the server's policy gives this request (access.py); None: `*`, for a bare server."""
         try:
-            await self._route(stream, conn, request, idle)
+            await self._route(stream, conn, request, idle, [CORS] if cors is None else cors)
         except OSError:  # disk full, permissions: this request fails, the server goes on
             log.exception("blob request failed")
             raise BadRequest(500, "Internal Server Error", b'{"error":"blob storage failed"}') from None
 
     async def _route(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, idle: trio.CancelScope
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, idle: trio.CancelScope,
+        cors: Headers,
     ) -> None:
         path = request.target.split(b"?", 1)[0].rstrip(b"/")
         method = request.method
@@ -73,25 +79,26 @@ class BlobRoutes:
             try:
                 blob_hash = parse_hash(path[len(PREFIX) + 1 :])
             except ValueError as exc:
-                await self._drain_or_close(stream, conn, request, 400, {"error": str(exc)})
+                await self._drain_or_close(stream, conn, request, 400, {"error": str(exc)}, cors)
                 return
         else:
-            await self._drain_or_close(stream, conn, request, 404, {"error": "not found"})
+            await self._drain_or_close(stream, conn, request, 404, {"error": "not found"}, cors)
             return
         if method == b"PUT":
-            await self._put(stream, conn, request, blob_hash, idle)
+            await self._put(stream, conn, request, blob_hash, idle, cors)
             return
         if method not in (b"GET", b"HEAD", b"OPTIONS"):
-            await self._drain_or_close(stream, conn, request, 405, {"error": "method not allowed"})
+            await self._drain_or_close(stream, conn, request, 405, {"error": "method not allowed"}, cors)
             return
         await read_body(stream, conn, request, self._max_body)  # normally empty
-        if method == b"OPTIONS":
-            out = conn.send(h11.Response(status_code=204, headers=_PREFLIGHT_HEADERS, reason=b"No Content"))
+        if method == b"OPTIONS":  # a preflight from an origin the policy does not list gets no CORS headers
+            headers = [*cors, *(_PREFLIGHT_HEADERS if cors else ()), (b"content-length", b"0")]
+            out = conn.send(h11.Response(status_code=204, headers=headers, reason=b"No Content"))
             await stream.send_all(out + conn.send(h11.EndOfMessage()))
         elif blob_hash is None:
-            await send_json(stream, conn, 405, {"error": "method not allowed"}, [(b"allow", b"PUT")])
+            await send_json(stream, conn, 405, {"error": "method not allowed"}, [(b"allow", b"PUT"), *cors])
         else:
-            await self._get(stream, conn, blob_hash, method == b"HEAD", idle)
+            await self._get(stream, conn, blob_hash, method == b"HEAD", idle, cors)
 
     async def _put(
         self,
@@ -100,6 +107,7 @@ class BlobRoutes:
         request: h11.Request,
         blob_hash: bytes | None,
         idle: trio.CancelScope,
+        cors: Headers,
     ) -> None:
         store = self._store
         for name, value in request.headers:
@@ -133,21 +141,22 @@ class BlobRoutes:
                 "actual": "0x" + exc.actual.hex(),
                 "size": exc.size,
             }
-            await send_json(stream, conn, 400, body)
+            await send_json(stream, conn, 400, body, cors)
             return
         finally:
             writer.abort()  # a no-op once committed; drops the temporary file otherwise
         log.debug("stored blob 0x%s size=%d created=%s", stored.hex(), size, created)
-        location = [(b"location", b"/blobs/0x" + stored.hex().encode())]
+        location = [(b"location", b"/blobs/0x" + stored.hex().encode()), *cors]
         await send_json(stream, conn, 201 if created else 200, {"hash": "0x" + stored.hex(), "size": size}, location)
 
     async def _get(
-        self, stream: trio.SocketStream, conn: h11.Connection, blob_hash: bytes, head: bool, idle: trio.CancelScope
+        self, stream: trio.SocketStream, conn: h11.Connection, blob_hash: bytes, head: bool, idle: trio.CancelScope,
+        cors: Headers,
     ) -> None:
         try:
             file = await trio.to_thread.run_sync(self._store.open, blob_hash)
         except BlobNotFound as exc:
-            await send_json(stream, conn, 404, {"error": str(exc)}, head=head)
+            await send_json(stream, conn, 404, {"error": str(exc)}, cors, head=head)
             return
         try:
             size = await trio.to_thread.run_sync(lambda: os.fstat(file.fileno()).st_size)
@@ -156,7 +165,7 @@ class BlobRoutes:
                 (b"content-length", str(size).encode()),
                 (b"etag", b'"0x' + blob_hash.hex().encode() + b'"'),
                 (b"cache-control", b"public, max-age=31536000, immutable"),  # content-addressed
-                CORS,
+                *cors,
             ]
             await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
             if not head:
@@ -179,13 +188,14 @@ class BlobRoutes:
         request: h11.Request,
         status: int,
         body: dict[str, Any],
+        cors: Headers,
     ) -> None:
         """Answer an error; read a small body first to keep the connection, else close after replying."""
         try:
             await read_body(stream, conn, request, self._max_body)
         except BadRequest:
             raise BadRequest(status, REASONS[status].decode(), json.dumps(body).encode()) from None
-        await send_json(stream, conn, status, body, head=request.method == b"HEAD")
+        await send_json(stream, conn, status, body, cors, head=request.method == b"HEAD")
 
 
 def _too_large(max_bytes: int) -> bytes:

@@ -9,10 +9,11 @@ from eth_hash.auto import keccak
 
 from ogpu_node import CLIENT_VERSION
 from ogpu_node.chain import Chain, StoredBlock
-from ogpu_node.execution.calls import AccountOverride, CallRequest, call, estimate_gas
+from ogpu_node.execution.calls import AccountOverride, CallRequest, InvalidOverride, call, estimate_gas
 from ogpu_node.execution.errors import CallFailed, ExecutionReverted
 from ogpu_node.execution.views import transaction_view
 from ogpu_node.rpc import params as p
+from ogpu_node.rpc.calls import CallLimits, CallRunner
 from ogpu_node.rpc.jsonrpc import EXECUTION_REVERTED, SERVER_ERROR, InvalidParams, RpcError
 from ogpu_node.txpool import TxPool, TxRejected
 
@@ -59,11 +60,22 @@ def _overrides(value: Any) -> dict[bytes, AccountOverride]:
 
 
 class EthApi:
-    def __init__(self, chain: Chain, pool: TxPool, on_transaction: Callable[[bytes], None], peer_count: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        chain: Chain,
+        pool: TxPool,
+        on_transaction: Callable[[bytes], None],
+        peer_count: Callable[[], int] = lambda: 0,
+        *,
+        call_limits: CallLimits = CallLimits(),
+        allow_unprotected_txs: bool = False,
+    ) -> None:
         self.chain = chain
         self.pool = pool
         self.on_transaction = on_transaction
         self.peer_count = peer_count
+        self.calls = CallRunner(call_limits)
+        self.allow_unprotected_txs = allow_unprotected_txs  # geth's --rpc.allow-unprotected-txs
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         names = [n for n in dir(self) if n.startswith(("eth_", "net_", "web3_"))]
@@ -244,29 +256,32 @@ class EthApi:
 
     # -- execution --
 
-    def eth_call(self, ctx: Any, tx: Any, block: Any = "latest", overrides: Any = None, *_: Any) -> str:
-        request, header = _call_request(tx), self._header(block)
-        try:
-            return "0x" + call(self.chain.execution, header, request, _overrides(overrides)).hex()
-        except ExecutionReverted as exc:
-            raise _reverted(exc) from None
-        except CallFailed as exc:
-            raise RpcError(SERVER_ERROR, str(exc)) from None
+    # Both run in a worker thread under --rpc.gascap and --rpc.evmtimeout (rpc/calls.py); parameters
+    # are checked here first, so a malformed request never takes a thread.
 
-    def eth_estimateGas(self, ctx: Any, tx: Any, block: Any = "latest", overrides: Any = None) -> str:
-        request, header = _call_request(tx), self._header(block)
+    async def eth_call(self, ctx: Any, tx: Any, block: Any = "latest", overrides: Any = None, *_: Any) -> str:
+        request, header, state = _call_request(tx), self._header(block), _overrides(overrides)
+        return "0x" + (await self._execute(call, header, request, state)).hex()
+
+    async def eth_estimateGas(self, ctx: Any, tx: Any, block: Any = "latest", overrides: Any = None) -> str:
+        request, header, state = _call_request(tx), self._header(block), _overrides(overrides)
+        return hex(await self._execute(estimate_gas, header, request, state))
+
+    async def _execute(self, fn: Callable[..., Any], header: Any, request: CallRequest, overrides: Any) -> Any:
         try:
-            return hex(estimate_gas(self.chain.execution, header, request, _overrides(overrides)))
+            return await self.calls.run(fn, self.chain.execution, header, request, overrides)
         except ExecutionReverted as exc:
             raise _reverted(exc) from None
-        except CallFailed as exc:
+        except InvalidOverride as exc:
+            raise InvalidParams(str(exc)) from None
+        except CallFailed as exc:  # includes ExecutionInterrupted: geth's "execution aborted (timeout = 5s)"
             raise RpcError(SERVER_ERROR, str(exc)) from None
 
     # -- transactions --
 
     def eth_sendRawTransaction(self, ctx: Any, raw: Any) -> str:
         try:
-            tx_hash = self.pool.add_raw(p.data(raw, "transaction"))
+            tx_hash = self.pool.add_raw(p.data(raw, "transaction"), protected_only=not self.allow_unprotected_txs)
         except TxRejected as exc:
             raise RpcError(SERVER_ERROR, str(exc)) from None
         self.on_transaction(tx_hash)

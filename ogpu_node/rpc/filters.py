@@ -11,43 +11,82 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from eth_bloom import BloomFilter
 
 from ogpu_node.chain import Chain, LogFilter, StoredBlock
 from ogpu_node.rpc import params as p
 from ogpu_node.rpc.jsonrpc import SERVER_ERROR, InvalidParams, RpcError
+from ogpu_node.rpc.notify import Notifier
 
 MAX_LOG_RESULTS = 10_000
 MAX_LOG_RANGE = 100_000
+# geth's maxAddresses and maxSubTopics: a query's OR-lists, for getLogs, filters and subscriptions.
+MAX_ADDRESSES = 1_000
+MAX_SUB_TOPICS = 1_000
 FILTER_TIMEOUT_S = 300.0  # geth drops a filter not polled for 5 minutes
-SEND_TIMEOUT_S = 5.0
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 4096
+MAX_FILTERS = 10_000  # node-wide; at the limit the filter polled least recently is removed
 
 _log = logging.getLogger("ogpu.rpc")
 
 
 def _log_filter(criteria: dict[str, Any]) -> LogFilter:
+    """The matcher of a filter object. Its OR-lists are frozensets, so matching a log is O(1) per
+    position whatever the list's length (a tuple made 100k addresses x 60k logs quadratic)."""
     raw_address = criteria.get("address")
     if raw_address is None:
-        addresses: tuple[bytes, ...] = ()
+        addresses: frozenset[bytes] = frozenset()
     elif isinstance(raw_address, list):
-        addresses = tuple(p.address(a) for a in raw_address)
+        if len(raw_address) > MAX_ADDRESSES:
+            raise InvalidParams(f"exceed max addresses (limit {MAX_ADDRESSES})")
+        addresses = frozenset(p.address(a) for a in raw_address)
     else:
-        addresses = (p.address(raw_address),)
+        addresses = frozenset((p.address(raw_address),))
     raw_topics = criteria.get("topics") or []
     if not isinstance(raw_topics, list) or len(raw_topics) > 4:
         raise InvalidParams("invalid topics: expected a list of at most 4 positions")
-    topics: list[tuple[bytes, ...] | None] = []
+    topics: list[frozenset[bytes] | None] = []
     for position in raw_topics:
         if position is None or position == []:
             topics.append(None)
         elif isinstance(position, list):
+            if len(position) > MAX_SUB_TOPICS:
+                raise InvalidParams(f"exceed max topics (limit {MAX_SUB_TOPICS} per position)")
             # As geth: a null anywhere in an OR-list makes the whole position a wildcard.
             if any(t is None for t in position):
                 topics.append(None)
             else:
-                topics.append(tuple(p.hash32(t, "topic") for t in position))
+                topics.append(frozenset(p.hash32(t, "topic") for t in position))
         else:
-            topics.append((p.hash32(position, "topic"),))
-    return LogFilter(addresses, tuple(topics))
+            topics.append(frozenset((p.hash32(position, "topic"),)))
+    return LogFilter(addresses, tuple(topics))  # type: ignore[arg-type]  # frozensets: see above
+
+
+def _bloom_bits(value: bytes) -> int:
+    return int(BloomFilter.from_iterable((value,)))
+
+
+class _BloomCheck:
+    """A query's bloom pre-check with each value's three bits computed once per query rather than
+    hashed again for every block of the range (up to MAX_ADDRESSES keccaks per block otherwise)."""
+
+    def __init__(self, criteria: LogFilter) -> None:
+        self.addresses = [_bloom_bits(a) for a in criteria.addresses]
+        self.topics = [[_bloom_bits(t) for t in wanted] for wanted in criteria.topics if wanted is not None]
+
+    def may_match(self, bloom: int) -> bool:
+        if self.addresses and not any(bloom & bits == bits for bits in self.addresses):
+            return False
+        return all(any(bloom & bits == bits for bits in wanted) for wanted in self.topics)
+
+
+
+def _extend_capped(out: list[dict[str, Any]], criteria: LogFilter, block: StoredBlock) -> None:
+    """Append the block's matching logs, failing as soon as the result would pass MAX_LOG_RESULTS."""
+    for entry in criteria.logs_of(block):
+        if len(out) >= MAX_LOG_RESULTS:
+            raise RpcError(-32005, f"query returned more than {MAX_LOG_RESULTS} results")
+        out.append(entry)
 
 
 @dataclass
@@ -71,9 +110,15 @@ class _Subscription:
 class FilterApi:
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
-        self._filters: dict[str, _Filter] = {}
+        self._filters: dict[str, _Filter] = {}  # least recently polled first
         self._subscriptions: dict[str, _Subscription] = {}
+        self._per_session: dict[Any, int] = {}  # subscriptions per WebSocket session
+        self._notifier = Notifier(self._drop)
         self._ids = itertools.count(1)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the tasks that write each WebSocket connection's notifications (notify.py)."""
+        await self._notifier.run(task_status=task_status)
 
     def methods(self) -> dict[str, Any]:
         names = (
@@ -102,13 +147,12 @@ class FilterApi:
         if last - first > MAX_LOG_RANGE:
             raise RpcError(-32005, f"block range too large (limit {MAX_LOG_RANGE})")
         out: list[dict[str, Any]] = []
+        bloom = _BloomCheck(criteria)
         for number in range(first, last + 1):
             header = self.chain.header_by_number(number)
-            if header is None or not criteria.may_match_bloom(self.chain.bloom_of(header)):
+            if header is None or not bloom.may_match(self.chain.bloom_of(header)):
                 continue
-            out.extend(criteria.logs_of(self.chain.block_by_hash(header.hash)))
-            if len(out) > MAX_LOG_RESULTS:
-                raise RpcError(-32005, f"query returned more than {MAX_LOG_RESULTS} results")
+            _extend_capped(out, criteria, self.chain.block_by_hash(header.hash))
         return out
 
     # -- one-shot --
@@ -122,7 +166,9 @@ class FilterApi:
             block = self.chain.block_by_hash(p.hash32(criteria["blockHash"], "blockHash"))
             if block is None:
                 raise RpcError(SERVER_ERROR, "unknown block")
-            return p.to_json(list(log_filter.logs_of(block)))
+            out: list[dict[str, Any]] = []
+            _extend_capped(out, log_filter, block)  # one block can hold more logs than the cap
+            return p.to_json(out)
         head = self.chain.head.block_number
         first = self._block_number(criteria.get("fromBlock"), head)
         last = self._block_number(criteria.get("toBlock"), head)
@@ -136,6 +182,13 @@ class FilterApi:
         for filter_id in [i for i, f in self._filters.items() if now - f.last_poll > FILTER_TIMEOUT_S]:
             del self._filters[filter_id]
 
+    def _install(self, flt: _Filter) -> str:
+        if len(self._filters) >= MAX_FILTERS:  # bounded memory: the one polled least recently goes
+            del self._filters[next(iter(self._filters))]
+        filter_id = self._new_id()
+        self._filters[filter_id] = flt
+        return filter_id
+
     def eth_newFilter(self, ctx: Any, criteria: Any) -> str:
         criteria = p.obj(criteria, "filter")
         head = self.chain.head.block_number
@@ -143,23 +196,17 @@ class FilterApi:
         to_block = criteria.get("toBlock")
         flt = _Filter("logs", _log_filter(criteria), from_block=first, next_block=head + 1)
         flt.to_block = None if to_block in (None, "latest", "pending") else self._block_number(to_block, head)
-        filter_id = self._new_id()
-        self._filters[filter_id] = flt
-        return filter_id
+        return self._install(flt)
 
     def eth_newBlockFilter(self, ctx: Any) -> str:
-        filter_id = self._new_id()
-        self._filters[filter_id] = _Filter("blocks", next_block=self.chain.head.block_number + 1)
-        return filter_id
+        return self._install(_Filter("blocks", next_block=self.chain.head.block_number + 1))
 
     def eth_newPendingTransactionFilter(self, ctx: Any, *_: Any) -> str:
-        filter_id = self._new_id()
-        self._filters[filter_id] = _Filter("pending")
-        return filter_id
+        return self._install(_Filter("pending"))
 
     def on_pending_transaction(self, tx_hash: bytes) -> None:
         for flt in self._filters.values():
-            if flt.kind == "pending":
+            if flt.kind == "pending" and len(flt.pending) < MAX_LOG_RESULTS:  # a filter nobody polls
                 flt.pending.append(tx_hash)
 
     def _get(self, filter_id: Any) -> _Filter:
@@ -167,6 +214,7 @@ class FilterApi:
         if flt is None:
             raise RpcError(SERVER_ERROR, "filter not found")
         flt.last_poll = time.monotonic()
+        self._filters[filter_id] = self._filters.pop(filter_id)  # now the most recently polled
         return flt
 
     def eth_getFilterChanges(self, ctx: Any, filter_id: Any) -> Any:
@@ -205,9 +253,14 @@ class FilterApi:
             log_filter = LogFilter()
         else:
             raise InvalidParams(f"no such subscription: {kind!r}")
+        count = self._per_session.get(session, 0)
+        if count >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+            raise RpcError(SERVER_ERROR, f"too many subscriptions (limit {MAX_SUBSCRIPTIONS_PER_CONNECTION} per connection)")
+        if session not in self._per_session:  # once per session, however often it resubscribes
+            session.on_close(lambda: self._forget(session))
+        self._per_session[session] = count + 1
         sub_id = self._new_id()
         self._subscriptions[sub_id] = _Subscription(session, kind, log_filter)
-        session.on_close(lambda: self._subscriptions.pop(sub_id, None))
         return sub_id
 
     def eth_unsubscribe(self, session: Any, sub_id: Any) -> bool:
@@ -215,7 +268,17 @@ class FilterApi:
         if sub is None or sub.session is not session:
             return False
         del self._subscriptions[sub_id]
+        self._per_session[session] -= 1
         return True
+
+    def _forget(self, session: Any) -> int:
+        """Drop a session's subscriptions and its notification queue; returns how many it had."""
+        dropped = [i for i, sub in self._subscriptions.items() if sub.session is session]
+        for sub_id in dropped:
+            del self._subscriptions[sub_id]
+        self._per_session.pop(session, None)
+        self._notifier.forget(session)
+        return len(dropped)
 
     def _notifications(self, block: StoredBlock) -> list[tuple[Any, bytes]]:
         out = []
@@ -235,7 +298,7 @@ class FilterApi:
         return out
 
     async def publish_block(self, block: StoredBlock) -> None:
-        await self._send_all(self._notifications(block))
+        await self._notifier.send_all(self._notifications(block), block=True)
 
     async def publish_pending(self, tx_hashes: list[bytes]) -> None:
         messages = []
@@ -245,36 +308,10 @@ class FilterApi:
             for tx_hash in tx_hashes:
                 message = {"jsonrpc": "2.0", "method": "eth_subscription", "params": {"subscription": sub_id, "result": "0x" + tx_hash.hex()}}
                 messages.append((sub.session, json.dumps(message, separators=(",", ":")).encode()))
-        await self._send_all(messages)
+        await self._notifier.send_all(messages, block=False)
 
-    async def _send_all(self, messages: list[tuple[Any, bytes]]) -> None:
-        """Deliver each session's messages in order, all sessions at once.
-
-        The caller (block production) waits for this, so a client that stops reading must cost at
-        most SEND_TIMEOUT_S once: sessions are served concurrently, and one that does not take its
-        messages in time (or whose connection failed) loses all its subscriptions. Its stream may
-        hold a cut-off frame by then, so nothing more is pushed to it.
-        """
-        by_session: dict[int, tuple[Any, list[bytes]]] = {}
-        for session, payload in messages:
-            by_session.setdefault(id(session), (session, []))[1].append(payload)
-        if not by_session:
-            return
-        async with trio.open_nursery() as nursery:
-            for session, payloads in by_session.values():
-                nursery.start_soon(self._deliver, session, payloads)
-
-    async def _deliver(self, session: Any, payloads: list[bytes]) -> None:
-        failure = f"did not read its notifications within {SEND_TIMEOUT_S:.0f} s"
-        with trio.move_on_after(SEND_TIMEOUT_S):
-            try:
-                for payload in payloads:
-                    await session.send(payload)
-                return
-            except Exception as exc:  # a closed connection; never let one session break the others
-                failure = f"failed: {exc!r}"
-        dropped = [i for i, sub in self._subscriptions.items() if sub.session is session]
-        for sub_id in dropped:
-            del self._subscriptions[sub_id]
+    def _drop(self, session: Any, failure: str) -> None:
+        """The notifier gave up on a session: cancel its subscriptions."""
+        dropped = self._forget(session)
         if dropped:  # a connection that closed normally has already lost its subscriptions
-            _log.warning("cancelled %d subscription(s) of a WebSocket client that %s", len(dropped), failure)
+            _log.warning("cancelled %d subscription(s) of a WebSocket client that %s", dropped, failure)

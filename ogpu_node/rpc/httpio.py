@@ -13,17 +13,19 @@ import trio
 
 CHUNK = 64 * 1024
 CORS = (b"access-control-allow-origin", b"*")
-JSON_HEADERS = [(b"content-type", b"application/json"), CORS]
+JSON_ONLY = [(b"content-type", b"application/json")]
+JSON_HEADERS = [*JSON_ONLY, CORS]  # for a server without a browser policy (access.py)
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 TOO_LARGE_BODY = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request body too large"}}'
 
 
 def raw_response(status: int, reason: str, body: bytes) -> bytes:
     """A complete `Connection: close` response, written without h11 because these are sent when
-    the h11 state machine is unusable (malformed request) or was never started (503)."""
+    the h11 state machine is unusable (malformed request) or was never started (503). No CORS
+    header: a web page has no business reading these refusals."""
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\naccess-control-allow-origin: *\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -83,13 +85,14 @@ async def send_json(
     extra: list[tuple[bytes, bytes]] | None = None,
     head: bool = False,
 ) -> None:
+    """A JSON response; `extra` carries the request's CORS headers, if any, and the route's own."""
     data = json.dumps(body).encode()
     if head:  # same headers as GET would give, no body
-        hdrs = [*JSON_HEADERS, *(extra or []), (b"content-length", str(len(data)).encode())]
+        hdrs = [*JSON_ONLY, *(extra or []), (b"content-length", str(len(data)).encode())]
         out = conn.send(h11.Response(status_code=status, headers=hdrs, reason=REASONS[status]))
         await stream.send_all(out + conn.send(h11.EndOfMessage()))
         return
-    await stream.send_all(response(conn, status, [*JSON_HEADERS, *(extra or [])], data))
+    await stream.send_all(response(conn, status, [*JSON_ONLY, *(extra or [])], data))
 
 
 def keep_alive(idle: trio.CancelScope, idle_s: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,14 +54,15 @@ def _error(request_id: Any, error: RpcError) -> dict[str, Any]:
 
 
 class JsonRpcProcessor:
-    """Dispatches requests to `methods[name](context, *params)`; a method returns a JSON-able value."""
+    """Dispatches requests to `methods[name](context, *params)`; a method returns a JSON-able value,
+    or is `async` when it must wait (work run off the event loop): only those cost an await."""
 
     def __init__(self, methods: Mapping[str, Method], *, max_batch: int = 1000) -> None:
         self.methods = methods
         self.max_batch = max_batch
         self._arity: dict[tuple[Method, int], bool] = {}
 
-    def handle(self, body: bytes | str, context: Any) -> bytes | None:
+    async def handle(self, body: bytes | str, context: Any) -> bytes | None:
         if isinstance(body, str):
             body = body.encode("utf-8", "surrogatepass")
         if nesting_exceeds(body, MAX_NESTING):
@@ -76,21 +78,32 @@ class JsonRpcProcessor:
                 return self._dump(
                     _error(None, RpcError(INVALID_REQUEST, f"batch too large (limit {self.max_batch})"))
                 )
-            responses = [r for r in (self._one(item, context) for item in request) if r is not None]
+            responses = []
+            for item in request:
+                reply = self._one(item, context)
+                if isinstance(reply, _Pending):
+                    reply = await reply.finish()
+                if reply is not None:
+                    responses.append(reply)
             return self._dump(responses) if responses else None
         response = self._one(request, context)
+        if isinstance(response, _Pending):
+            response = await response.finish()
         return None if response is None else self._dump(response)
 
     @staticmethod
     def _dump(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
 
-    def _one(self, request: Any, context: Any) -> dict[str, Any] | None:
+    def _one(self, request: Any, context: Any) -> dict[str, Any] | _Pending | None:
         if not isinstance(request, dict):
             return _error(None, RpcError(INVALID_REQUEST, "invalid request"))
         request_id = request.get("id")
         is_notification = "id" not in request
         if not isinstance(request_id, (str, int, float, type(None))) or isinstance(request_id, bool):
+            return _error(None, RpcError(INVALID_REQUEST, "invalid request id"))
+        if type(request_id) is float and not math.isfinite(request_id):
+            # NaN, Infinity or 1e400: echoing it would make the reply invalid JSON.
             return _error(None, RpcError(INVALID_REQUEST, "invalid request id"))
         method_name = request.get("method")
         if request.get("jsonrpc") != "2.0" or not isinstance(method_name, str):
@@ -107,16 +120,15 @@ class JsonRpcProcessor:
         if not self._accepts(method, context, params):
             error = RpcError(INVALID_PARAMS, f"wrong number of arguments for {method_name}")
             return None if is_notification else _error(request_id, error)
+        pending = _Pending(request_id, is_notification, method_name)
         try:
             result = method(context, *params)
-        except RpcError as exc:
-            return None if is_notification else _error(request_id, exc)
-        except Exception:
-            log.exception("internal error in %s", method_name)
-            return None if is_notification else _error(request_id, RpcError(INTERNAL_ERROR, "internal error"))
-        if is_notification:
-            return None
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+        except Exception as exc:
+            return pending.failed(exc)
+        if inspect.iscoroutine(result):
+            pending.result = result
+            return pending
+        return pending.succeeded(result)
 
     def _accepts(self, method: Method, context: Any, params: list[Any]) -> bool:
         """Whether the method takes these arguments, decided from its signature before the call (so a
@@ -129,6 +141,35 @@ class JsonRpcProcessor:
             if len(params) <= _MAX_CACHED_ARITY:  # a bound on the cache whatever requests come
                 self._arity[key] = accepted
         return accepted
+
+
+class _Pending:
+    """A call's reply: made at once for a plain method, after `finish` awaits an async one's result."""
+
+    __slots__ = ("request_id", "is_notification", "method_name", "result")
+
+    def __init__(self, request_id: Any, is_notification: bool, method_name: str) -> None:
+        self.request_id = request_id
+        self.is_notification = is_notification
+        self.method_name = method_name
+        self.result: Any = None
+
+    def succeeded(self, result: Any) -> dict[str, Any] | None:
+        return None if self.is_notification else {"jsonrpc": "2.0", "id": self.request_id, "result": result}
+
+    def failed(self, exc: Exception) -> dict[str, Any] | None:
+        """Called inside the `except` block, so that an unexpected error is logged with its traceback."""
+        if not isinstance(exc, RpcError):
+            log.exception("internal error in %s", self.method_name)
+            exc = RpcError(INTERNAL_ERROR, "internal error")
+        return None if self.is_notification else _error(self.request_id, exc)
+
+    async def finish(self) -> dict[str, Any] | None:
+        try:
+            result = await self.result
+        except Exception as exc:
+            return self.failed(exc)
+        return self.succeeded(result)
 
 
 def _binds(method: Method, context: Any, params: list[Any]) -> bool:

@@ -21,11 +21,13 @@ import trio
 import trio_websocket as tws
 
 from ogpu_node.blobs import BlobStore
+from ogpu_node.rpc.access import OPEN, AccessPolicy, HttpAccess, ws_origin_allowed
+from ogpu_node.rpc.admission import Admission
 from ogpu_node.rpc.blobs_http import BlobRoutes
 from ogpu_node.rpc.httpio import (
     CHUNK,
-    CORS,
     JSON_HEADERS,
+    JSON_ONLY,
     BadRequest,
     keep_alive,
     next_event,
@@ -39,14 +41,17 @@ log = logging.getLogger("ogpu.rpc")
 _LINGER_S = 1.0  # how long to drain an abandoned request before closing (see _close_lingering)
 _WS_HANDSHAKE_S = 10.0  # bound on the opening and the closing handshake of a WebSocket
 _PREFLIGHT_HEADERS = [
-    CORS,
     (b"access-control-allow-methods", b"POST, GET, OPTIONS"),
     (b"access-control-allow-headers", b"Content-Type"),
     (b"access-control-max-age", b"600"),
-    (b"content-length", b"0"),
 ]
 _HEALTH_BODY = b'{"status":"ok"}'
 _INTERNAL_BODY = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}'
+# geth's words; a JSON-RPC error body so that JSON clients can show it.
+_NOT_JSON_BODY = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
+    b'"message":"invalid content type, only application/json is supported"}}'
+)
 
 
 class Session(Protocol):
@@ -152,16 +157,20 @@ class HttpServer:
         port: int,
         limits: ServerLimits = ServerLimits(),
         blob_routes: BlobStore | None = None,
+        access: HttpAccess | None = None,
     ) -> None:
+        """`access`: the browser policy (vhosts, CORS, JSON content type); the node always passes one,
+        None serves any host and origin (transport tests of a bare server)."""
         self._handler = handler
         self._host = host
         self.port = port
         self._limits = limits
+        self._policy = None if access is None else AccessPolicy(access)
         # None: /blobs/ is not served (404)
         self._blobs = None if blob_routes is None else BlobRoutes(
             blob_routes, limits.max_body_bytes, limits.idle_timeout_s
         )
-        self._active = 0
+        self._admission = Admission(limits.max_connections)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         await _serve_tcp(self, task_status)
@@ -169,13 +178,14 @@ class HttpServer:
     async def _connection(self, stream: trio.SocketStream) -> None:
         # Latency matters more than packet count for small JSON replies (trio sets this already).
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        if self._active >= self._limits.max_connections:
+        admission = self._admission
+        if not admission.admit():  # every slot has a request in progress
             await _close_lingering(stream, raw_response(503, "Service Unavailable", b'{"error":"busy"}'))
             return
-        self._active += 1
         session = _HttpSession()
+        idle = trio.CancelScope(deadline=trio.current_time() + self._limits.idle_timeout_s)
         try:
-            with trio.CancelScope(deadline=trio.current_time() + self._limits.idle_timeout_s) as idle:
+            with idle:
                 await self._serve(stream, h11.Connection(h11.SERVER), session, idle)
         except h11.RemoteProtocolError as exc:
             log.debug("malformed HTTP request: %s", exc)  # client error: no traceback
@@ -185,7 +195,7 @@ class HttpServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError) as exc:
             log.debug("HTTP connection dropped: %r", exc)
         finally:
-            self._active -= 1
+            admission.release(idle)
             session._fire_close()
             await trio.aclose_forcefully(stream)
 
@@ -198,51 +208,80 @@ class HttpServer:
         # 30 s write timeout in the same way).
         idle_s = self._limits.idle_timeout_s
         max_body = self._limits.max_body_bytes
+        policy = self._policy
+        admission = self._admission
         while True:
             keep_alive(idle, idle_s)
+            admission.idle(idle)  # until a request head has come, this connection may make room
             event = await next_event(stream, conn)
+            admission.busy(idle)
             if isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request)
+            verdict = OPEN if policy is None else policy.check(event)
+            if verdict.status is not None:
+                raise BadRequest(verdict.status, "Forbidden", b'{"error":"%s"}' % verdict.reason.encode())
+            cors = verdict.cors
             if self._blobs is not None and self._blobs.matches(event.target):
-                await self._blobs.serve(stream, conn, event, idle)
+                await self._blobs.serve(stream, conn, event, idle, cors)
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
                 continue
             body = await read_body(stream, conn, event, max_body)
             method = event.method
+            headers = _json_headers(cors)
             if method == b"POST":
-                try:
-                    reply = await self._handler(body, session)
-                    status, headers = 200, JSON_HEADERS
-                except Exception:
-                    log.exception("RPC handler failed")
-                    reply, status, headers = _INTERNAL_BODY, 500, JSON_HEADERS
-                out = response(conn, status, headers, reply or b"")
+                if not verdict.json_body:  # a browser sends text/plain cross-origin without a preflight
+                    out = response(conn, 415, headers, _NOT_JSON_BODY)
+                else:
+                    try:
+                        reply = await self._handler(body, session)
+                        status = 200
+                    except Exception:
+                        log.exception("RPC handler failed")
+                        reply, status = _INTERNAL_BODY, 500
+                    out = response(conn, status, headers, reply or b"")
             elif method == b"GET":
-                out = response(conn, 200, JSON_HEADERS, _HEALTH_BODY)
-            elif method == b"OPTIONS":
-                out = conn.send(
-                    h11.Response(status_code=204, headers=_PREFLIGHT_HEADERS, reason=b"No Content")
-                )
+                out = response(conn, 200, headers, _HEALTH_BODY)
+            elif method == b"OPTIONS":  # an unlisted origin's preflight gets no CORS headers: it fails
+                preflight = [*cors, *(_PREFLIGHT_HEADERS if cors else ()), (b"content-length", b"0")]
+                out = conn.send(h11.Response(status_code=204, headers=preflight, reason=b"No Content"))
                 out += conn.send(h11.EndOfMessage())
             else:  # a HEAD response must not carry a body (h11 would refuse it)
                 body = b"" if method == b"HEAD" else b'{"error":"method not allowed"}'
-                out = response(conn, 405, [*JSON_HEADERS, (b"allow", b"POST, GET, OPTIONS")], body)
+                out = response(conn, 405, [*headers, (b"allow", b"POST, GET, OPTIONS")], body)
             await stream.send_all(out)
             if conn.our_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
 
 
+def _json_headers(cors: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Reply headers without building a list per request in the two common cases."""
+    if not cors:
+        return JSON_ONLY
+    if cors is OPEN.cors:
+        return JSON_HEADERS
+    return [*JSON_ONLY, *cors]
+
+
 class WebSocketServer:
-    def __init__(self, handler: Handler, host: str, port: int, limits: ServerLimits = ServerLimits()) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        host: str,
+        port: int,
+        limits: ServerLimits = ServerLimits(),
+        access: HttpAccess | None = None,
+    ) -> None:
+        """`access`: its `ws_origins` decide which browser pages may connect; None: any."""
         self._handler = handler
         self._host = host
         self.port = port
         self._limits = limits
-        self._active = 0
+        self._access = access
+        self._admission = Admission(limits.max_connections)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         # Our own accept loop rather than serve_websocket, so that the connection limit is applied
@@ -250,41 +289,55 @@ class WebSocketServer:
         await _serve_tcp(self, task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        if self._active >= self._limits.max_connections:
+        admission = self._admission
+        if not admission.admit():
             await _close_lingering(stream, raw_response(503, "Service Unavailable", b'{"error":"busy"}'))
             return
-        self._active += 1
+        evict = trio.CancelScope()  # cancelled when this connection, idle, must make room (admission.py)
         try:
-            async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
-                ws = None
-                with trio.move_on_after(_WS_HANDSHAKE_S):
-                    try:
-                        request = await tws.wrap_server_stream(
-                            nursery, stream, max_message_size=self._limits.max_ws_message_bytes
-                        )
-                        ws = await request.accept()
-                    except tws.ConnectionClosed:
-                        pass
-                if ws is None:
-                    nursery.cancel_scope.cancel()
-                    return
-                try:
-                    await self._messages(ws)
-                finally:
-                    # Let the reader task finish the closing handshake, within a bound.
-                    nursery.cancel_scope.deadline = trio.current_time() + _WS_HANDSHAKE_S
-                    await ws.aclose()
+            with evict:
+                await self._serve(stream, evict)
         finally:
-            self._active -= 1
+            admission.release(evict)
             await trio.aclose_forcefully(stream)
 
-    async def _messages(self, ws: tws.WebSocketConnection) -> None:
+    async def _serve(self, stream: trio.SocketStream, evict: trio.CancelScope) -> None:
+        admission = self._admission
+        async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
+            ws = None
+            admission.idle(evict)  # a handshake that has not come yet
+            with trio.move_on_after(_WS_HANDSHAKE_S):
+                try:
+                    request = await tws.wrap_server_stream(
+                        nursery, stream, max_message_size=self._limits.max_ws_message_bytes
+                    )
+                    if self._access is not None and not ws_origin_allowed(self._access, request.headers):
+                        # A web page (or a DNS-rebound one) the node's user happens to visit.
+                        await request.reject(403, body=b"origin not allowed")
+                    else:
+                        ws = await request.accept()
+                except tws.ConnectionClosed:
+                    pass
+            if ws is None:
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await self._messages(ws, evict)
+            finally:
+                # Let the reader task finish the closing handshake, within a bound.
+                nursery.cancel_scope.deadline = trio.current_time() + _WS_HANDSHAKE_S
+                await ws.aclose()
+
+    async def _messages(self, ws: tws.WebSocketConnection, evict: trio.CancelScope) -> None:
+        admission = self._admission
         session = _WsSession(ws)
         try:
             # One message at a time, so replies keep the order of requests on this connection.
             while True:
+                admission.idle(evict)  # silent (subscribed or not) until its next message
                 try:
                     message = await ws.get_message()
+                    admission.busy(evict)
                 except tws.ConnectionClosed as exc:
                     # Includes 1009 (message too big), which trio-websocket sends itself.
                     log.debug("websocket closed: %s", exc.reason)

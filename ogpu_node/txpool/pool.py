@@ -35,6 +35,7 @@ from ogpu_node.execution.errors import InvalidTransaction
 from ogpu_node.execution.views import effective_tip
 
 TX_MAX_SIZE = 128 * 1024  # geth's txMaxSize: 4 slots of 32 KiB
+MAX_NONCE = (1 << 64) - 1  # EIP-2681: a nonce is below 2^64 - 1, so it can always be incremented
 _HEAD_STATE_CACHE = 16_384  # accounts whose head state is kept between blocks
 
 
@@ -125,8 +126,10 @@ class TxPool:
 
     # -- admission --
 
-    def add_raw(self, raw: bytes) -> bytes:
-        """Validate and admit an encoded transaction; returns its hash or raises TxRejected."""
+    def add_raw(self, raw: bytes, *, protected_only: bool = False) -> bytes:
+        """Validate and admit an encoded transaction; returns its hash or raises TxRejected.
+        `protected_only`: refuse a legacy transaction signed without a chain id, which could be
+        replayed on any chain (geth refuses them over RPC unless --rpc.allow-unprotected-txs)."""
         if len(raw) > TX_MAX_SIZE:
             raise TxRejected(f"oversized data: transaction size {len(raw)}, limit {TX_MAX_SIZE}")
         try:
@@ -137,6 +140,8 @@ class TxPool:
             if raw[0] >= 0xC0:
                 raise TxRejected("rlp: invalid transaction encoding") from None
             raise TxRejected("transaction type not supported") from None
+        if protected_only and tx.chain_id is None:
+            raise TxRejected("only replay-protected (EIP-155) transactions allowed over RPC")
         return self.add(tx)
 
     def add(self, tx: Any) -> bytes:
@@ -177,6 +182,8 @@ class TxPool:
                 raise TxRejected(f"max initcode size exceeded: code size {len(tx.data)}, limit {MAX_INITCODE_SIZE}")
         if kind == SET_CODE_TRANSACTION_TYPE and not tx.authorization_list:
             raise TxRejected("EIP-7702 transaction with empty auth list")
+        if tx.nonce >= MAX_NONCE:  # before py-evm's field checks, which would call it a bad signature
+            raise TxRejected(f"nonce has max value: nonce {tx.nonce}")
         base_fee, gas_limit = self._head_view()
         if tx.gas > gas_limit:
             raise TxRejected("exceeds block gas limit")

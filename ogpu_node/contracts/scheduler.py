@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from ogpu_node.contracts.layout import QueueHeader
 from ogpu_node.contracts.storage import Storage
-from ogpu_node.types.protocol import MAX_WINDOW  # noqa: F401  every window ≤ ten years keeps deadlines inside the 64-bit time field
 
 _SUBJECT_BITS = 120
 _KIND_BITS = 8

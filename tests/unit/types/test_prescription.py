@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from ogpu_node.contracts import scheduler, stake, task
 from ogpu_node.contracts.streams import STREAM_TERMS
 from ogpu_node.contracts.task import TERMS, Terms
 from ogpu_node.types import prescription as pm
@@ -139,12 +138,6 @@ def test_to_stream_terms():
     }
     with pytest.raises(InvalidPrescription, match=r"^prescription.kind: "):
         to_terms(p)
-
-
-def test_limits_mirror_the_chain():
-    assert pm.MAX_COUNCIL == task.MAX_COUNCIL and pm.MAX_CHECKPOINTS == task.MAX_CHECKPOINTS
-    assert pm.MAX_WINDOW == scheduler.MAX_WINDOW and pm.BPS == stake.BPS
-    assert pm.DEVICE_KINDS == stake.DEVICE_KINDS
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from ogpu_node.apps.provider.context import TaskContext
 from ogpu_node.apps.provider.executor import account_bytes, chain_now
 from ogpu_node.apps.provider.retry import persist
 from ogpu_node.apps.provider.store import ProviderFiles, Vote
-from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment, verdict_commitment
+from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment, verdict_commitment
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import drawn_step, segment_bounds
 from ogpu_node.types.protocol import Phase, TaskState

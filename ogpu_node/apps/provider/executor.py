@@ -22,7 +22,7 @@ from ogpu_node.apps.provider.context import TaskContext
 from ogpu_node.apps.provider.messages import CheckpointTrained, TrainingEnded
 from ogpu_node.apps.provider.retry import persist
 from ogpu_node.apps.provider.store import ProviderFiles
-from ogpu_node.contracts.checkpoints import checkpoint_commitment
+from ogpu_node.contracts.commitments import checkpoint_commitment
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import segment_bounds
 

@@ -10,7 +10,7 @@
    instruction set). Reported as steps/s, so ours/baseline = plain time ÷ executor time (target ≥
    1/1.3, i.e. the executor at most 1.3× plain PyTorch).
 2. Council CPU per checkpoint: one member's re-run of each segment from the previous checkpoint with
-   the state hash at a drawn step (what `CouncilDuty` runs), in its worker, against the executor's
+   the state hash at a drawn step (what a council seat runs, apps/provider/council.py), in its worker, against the executor's
    CPU for the same segment. Reported as executor CPU ÷ member CPU (target ≥ 1/1.1); the whole
    council's CPU (c members) is in the note.
 
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import trio
 from safetensors.numpy import save_file
 
 from benchmarks import Result, env_int
@@ -109,7 +110,7 @@ def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float
         Client(url, accounts[2].private_key).register_provider("cpu", 1 << 20, 1)  # idle: never bids
         provider = Provider(ProviderConfig(rpc_url=url, private_key=accounts[1].private_key,
                                            datadir=work / "provider", cost_per_second=10**9))
-        thread = threading.Thread(target=provider.run, daemon=True)
+        thread = threading.Thread(target=trio.run, args=(provider.run,), daemon=True)
         thread.start()
         while provider.last_block < 0 or provider._spare is None:  # registered, spare worker warm
             time.sleep(0.1)
@@ -120,7 +121,7 @@ def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float
         while time.monotonic() < deadline:
             job = provider.jobs.get(task_id)
             if job is not None and len(job.committed_at) == p.I.checkpoints:
-                seed = bytes(client.task.functions.getTask(task_id).call()[8])
+                seed = client.views.task(task_id).seed
                 marks = ", ".join(f"{k}: {t - job.started_at:.2f}s" for k, t in sorted(job.committed_at.items()))
                 print(f"commit receipts after assignment: {marks}", flush=True)
                 return max(job.committed_at.values()) - job.started_at, job, seed
@@ -130,7 +131,7 @@ def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float
         raise RuntimeError("the executor did not finish")
     finally:
         if provider is not None:
-            provider.stopped.set()
+            provider.stop()
         node.stop()
 
 
@@ -149,7 +150,7 @@ def main(argv: list[str]) -> Result:
         print(f"executor on a dev node: assignment to last commit {ours:.2f}s "
               f"(training in the worker {sum(r.wall_s for r in job.segments):.2f}s)", flush=True)
 
-        # One council member's re-run of each segment, as CouncilDuty runs it.
+        # One council member's re-run of each segment, as a council seat (apps/provider/council.py) runs it.
         spec = spec_from_prescription(p, data.read_bytes(), training_seed(p, seed))
         member_cpu, state = [], None
         with Worker(PROFILE) as worker:

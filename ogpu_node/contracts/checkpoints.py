@@ -11,23 +11,17 @@ expires: the executor is penalised and replaced.
 from __future__ import annotations
 
 from ogpu_node.contracts import council, settlement
-from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment, verdict_commitment
+from ogpu_node.contracts.commitments import checkpoint_commitment
 from ogpu_node.contracts.context import TaskContext, due, schedule_draw, schedule_expiry
 from ogpu_node.contracts.host import Revert
 from ogpu_node.types.protocol import (
-    CancelReason,
-    DeadlineKind,
     Equivalence,
-    Outcome,
     Penalty,
     Phase,
     TaskState,
 )
 
-__all__ = [
-    "checkpoint_commitment", "commit_checkpoint", "exact_result_commitment", "expire_checkpoint",
-    "reveal_checkpoint", "verdict_commitment",
-]
+__all__ = ["commit_checkpoint", "expire_checkpoint", "reveal_checkpoint"]
 
 
 def commit_checkpoint(ctx: TaskContext, task_id: int, k: int, commitment: bytes) -> None:
@@ -91,19 +85,3 @@ def expire_checkpoint(ctx: TaskContext, task_id: int, k: int, generation: int) -
         return
     if progress.committed < k:
         settlement.executor_failed(ctx, task_id, k, Penalty.MISSED_CHECKPOINT, beneficiaries=[])
-
-
-# The apps imported these names from here before the protocol's constants had one table; they
-# resolve to its enum members until every importer reads ogpu_node.types.protocol directly.
-_LEGACY = {
-    "PHASE": Phase, "STATE": TaskState, "DEADLINE": DeadlineKind, "CANCEL": CancelReason,
-    "OUTCOME": Outcome, "PENALTY": Penalty,
-}
-
-
-def __getattr__(name: str) -> object:
-    prefix, _, member = name.partition("_")
-    enum = _LEGACY.get(prefix)
-    if enum is None or member not in enum.__members__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return enum[member]

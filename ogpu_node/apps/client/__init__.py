@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ogpu_node.apps.client.app import CheckpointStatus, Client, TaskStatus, label
 from ogpu_node.apps.client.blobs import BlobClient, file_blob_hash
 from ogpu_node.apps.client.errors import (
@@ -50,16 +48,6 @@ from ogpu_node.apps.client.rpc import (
     contract_abi,
 )
 from ogpu_node.apps.client.views import ChainViews, decode_view
-from ogpu_node.types.protocol import TaskState
-
-
-def __getattr__(name: str) -> Any:
-    # Kept for importers written before types/protocol (apps/__init__.py, tests/e2e/test_provider_e2e.py):
-    # the number → label table, derived from TaskState rather than copied. New code: TaskState(n).label.
-    if name == "STATE_NAMES":
-        return {state.value: state.label for state in TaskState}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "BID_ADDRESS", "SLASHING_ADDRESS", "STAKE_ADDRESS", "TASK_ADDRESS", "BadCheckpoint", "BlobClient",

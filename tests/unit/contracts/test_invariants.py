@@ -18,7 +18,7 @@ from txfactory import sign_tx
 from ogpu_node.chain import Chain
 from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.contracts.abi import load_abi
-from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment
+from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment
 from ogpu_node.crypto import derive_dev_accounts
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.calls import CallRequest, call
@@ -199,7 +199,7 @@ def op_council(w: World, pattern: int, units: int) -> None:
             if exact:
                 commitment = exact_result_commitment(task_id, k, member.address, result, b"\x01" * 32, b"\x02" * 32)
             else:
-                from ogpu_node.contracts.checkpoints import verdict_commitment
+                from ogpu_node.contracts.commitments import verdict_commitment
                 commitment = verdict_commitment(task_id, k, member.address, choice < 2, result, b"\x02" * 32)
             txs.append(w.tx(member, "Task", "commitResult", task_id, k, commitment))
         w.block(txs)

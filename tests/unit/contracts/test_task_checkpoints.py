@@ -19,7 +19,7 @@ import pytest
 from eth_hash.auto import keccak
 from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, Event, Harness, TxResult
 
-from ogpu_node.contracts.checkpoints import checkpoint_commitment, exact_result_commitment, verdict_commitment
+from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment, verdict_commitment
 from ogpu_node.types.protocol import BPS, CancelReason, Equivalence, Outcome, Phase, TaskState
 
 # ogpu_node/config/networks/dev.json config.ogpu

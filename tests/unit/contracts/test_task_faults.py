@@ -36,7 +36,7 @@ from test_task_checkpoints import (
 )
 
 from ogpu_node.contracts.addresses import TASK
-from ogpu_node.contracts.checkpoints import checkpoint_commitment
+from ogpu_node.contracts.commitments import checkpoint_commitment
 from ogpu_node.types.protocol import BPS, CancelReason, Equivalence, Outcome, Penalty, Phase, TaskState
 
 MIN_MEMORY = 4_000

@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000  # geth: transaction rejections and other request failures
+TIMEOUT = -32002  # geth: a batch's requests left when its time is up
 EXECUTION_REVERTED = 3
 
 # JSON nesting deeper than this is refused before parsing (types/jsontext.py says why). Real requests
@@ -57,9 +59,13 @@ class JsonRpcProcessor:
     """Dispatches requests to `methods[name](context, *params)`; a method returns a JSON-able value,
     or is `async` when it must wait (work run off the event loop): only those cost an await."""
 
-    def __init__(self, methods: Mapping[str, Method], *, max_batch: int = 1000) -> None:
+    def __init__(self, methods: Mapping[str, Method], *, max_batch: int = 1000, batch_timeout_s: float = 30.0) -> None:
+        """`batch_timeout_s`: a batch's requests not started by then are answered `request timed out`
+        (geth bounds a batch by its HTTP write timeout, 30 s): a batch of slow calls, each within
+        --rpc.evmtimeout, cannot hold its connection and a worker thread for hours."""
         self.methods = methods
         self.max_batch = max_batch
+        self.batch_timeout_s = batch_timeout_s
         self._arity: dict[tuple[Method, int], bool] = {}
 
     async def handle(self, body: bytes | str, context: Any) -> bytes | None:
@@ -79,8 +85,12 @@ class JsonRpcProcessor:
                     _error(None, RpcError(INVALID_REQUEST, f"batch too large (limit {self.max_batch})"))
                 )
             responses = []
+            deadline = time.monotonic() + self.batch_timeout_s
             for item in request:
-                reply = self._one(item, context)
+                if time.monotonic() > deadline:
+                    reply = _timed_out(item)
+                else:
+                    reply = self._one(item, context)
                 if isinstance(reply, _Pending):
                     reply = await reply.finish()
                 if reply is not None:
@@ -141,6 +151,17 @@ class JsonRpcProcessor:
             if len(params) <= _MAX_CACHED_ARITY:  # a bound on the cache whatever requests come
                 self._arity[key] = accepted
         return accepted
+
+
+def _timed_out(request: Any) -> dict[str, Any] | None:
+    if not isinstance(request, dict) or "id" not in request:
+        return None
+    request_id = request["id"]
+    if not isinstance(request_id, (str, int, float)) or isinstance(request_id, bool) or (
+        isinstance(request_id, float) and not math.isfinite(request_id)
+    ):
+        request_id = None  # as _one: an id that is not a valid one is not echoed
+    return _error(request_id, RpcError(TIMEOUT, "request timed out"))
 
 
 class _Pending:

@@ -212,9 +212,10 @@ class HttpServer:
         admission = self._admission
         while True:
             keep_alive(idle, idle_s)
-            admission.idle(idle)  # until a request head has come, this connection may make room
+            # Until a whole request has come (head and body: a slow body is no request yet), this
+            # connection may be closed to make room (admission.py).
+            admission.idle(idle)
             event = await next_event(stream, conn)
-            admission.busy(idle)
             if isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request)
@@ -223,12 +224,14 @@ class HttpServer:
                 raise BadRequest(verdict.status, "Forbidden", b'{"error":"%s"}' % verdict.reason.encode())
             cors = verdict.cors
             if self._blobs is not None and self._blobs.matches(event.target):
+                admission.busy(idle)  # an upload streams for as long as it needs
                 await self._blobs.serve(stream, conn, event, idle, cors)
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
                 continue
             body = await read_body(stream, conn, event, max_body)
+            admission.busy(idle)
             method = event.method
             headers = _json_headers(cors)
             if method == b"POST":

@@ -92,3 +92,21 @@ async def test_non_finite_ids_are_never_echoed(chain):
         reply = await rpc.handle(body, None)
         parsed = json.loads(reply, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
         assert parsed == {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "invalid request id"}}
+
+
+async def test_a_batch_is_bounded_as_a_whole():
+    """Rule: requests of a batch not started within batch_timeout_s are answered -32002 (geth), so a
+    batch of slow calls cannot hold its connection for the sum of their timeouts."""
+
+    async def slow(ctx):
+        await trio.sleep(0.6)
+        return "done"
+
+    rpc = JsonRpcProcessor({"slow": slow}, batch_timeout_s=1.0)
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "slow"} for i in range(3)] + [{"jsonrpc": "2.0", "method": "slow"}]
+    replies = json.loads(await rpc.handle(json.dumps(batch).encode(), None))
+    assert replies == [
+        {"jsonrpc": "2.0", "id": 0, "result": "done"},
+        {"jsonrpc": "2.0", "id": 1, "result": "done"},
+        {"jsonrpc": "2.0", "id": 2, "error": {"code": -32002, "message": "request timed out"}},
+    ]  # the notification past the deadline gets no reply, as any notification

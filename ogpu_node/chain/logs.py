@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from eth_bloom import BloomFilter
@@ -13,8 +14,8 @@ from eth_bloom import BloomFilter
 class LogFilter:
     """Addresses: any of them (empty = all). Topics: per position, any of a set (None = wildcard)."""
 
-    addresses: tuple[bytes, ...] = ()
-    topics: tuple[tuple[bytes, ...] | None, ...] = ()
+    addresses: Set[bytes] = frozenset()
+    topics: tuple[Set[bytes] | None, ...] = ()
 
     def matches(self, entry: dict[str, Any]) -> bool:
         if self.addresses and entry["address"] not in self.addresses:
@@ -27,14 +28,18 @@ class LogFilter:
                 return False
         return True
 
-    def may_match_bloom(self, bloom_value: int) -> bool:
-        bloom = BloomFilter(bloom_value)
-        if self.addresses and not any(address in bloom for address in self.addresses):
+    @cached_property
+    def _bloom_bits(self) -> tuple[list[int], list[list[int]]]:
+        # Each value's three bloom bits, hashed once per filter rather than once per block scanned
+        # (a query may name up to the RPC's limit of addresses and topics).
+        return ([_bits(a) for a in self.addresses],
+                [[_bits(t) for t in wanted] for wanted in self.topics if wanted is not None])
+
+    def may_match_bloom(self, bloom: int) -> bool:
+        addresses, topics = self._bloom_bits
+        if addresses and not any(bloom & bits == bits for bits in addresses):
             return False
-        for wanted in self.topics:
-            if wanted is not None and not any(topic in bloom for topic in wanted):
-                return False
-        return True
+        return all(any(bloom & bits == bits for bits in wanted) for wanted in topics)
 
     def logs_of(self, block: Any) -> Iterator[dict[str, Any]]:
         """Matching logs of a StoredBlock, in block order."""
@@ -43,6 +48,10 @@ class LogFilter:
         for entry in block.logs_json():
             if self.matches(entry):
                 yield entry
+
+
+def _bits(value: bytes) -> int:
+    return int(BloomFilter.from_iterable((value,)))
 
 
 def collect_logs(blocks: Sequence[Any], log_filter: LogFilter, limit: int) -> list[dict[str, Any]]:

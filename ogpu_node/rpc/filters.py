@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from eth_bloom import BloomFilter
 
 from ogpu_node.chain import Chain, LogFilter, StoredBlock
 from ogpu_node.rpc import params as p
@@ -59,25 +58,7 @@ def _log_filter(criteria: dict[str, Any]) -> LogFilter:
                 topics.append(frozenset(p.hash32(t, "topic") for t in position))
         else:
             topics.append(frozenset((p.hash32(position, "topic"),)))
-    return LogFilter(addresses, tuple(topics))  # type: ignore[arg-type]  # frozensets: see above
-
-
-def _bloom_bits(value: bytes) -> int:
-    return int(BloomFilter.from_iterable((value,)))
-
-
-class _BloomCheck:
-    """A query's bloom pre-check with each value's three bits computed once per query rather than
-    hashed again for every block of the range (up to MAX_ADDRESSES keccaks per block otherwise)."""
-
-    def __init__(self, criteria: LogFilter) -> None:
-        self.addresses = [_bloom_bits(a) for a in criteria.addresses]
-        self.topics = [[_bloom_bits(t) for t in wanted] for wanted in criteria.topics if wanted is not None]
-
-    def may_match(self, bloom: int) -> bool:
-        if self.addresses and not any(bloom & bits == bits for bits in self.addresses):
-            return False
-        return all(any(bloom & bits == bits for bits in wanted) for wanted in self.topics)
+    return LogFilter(addresses, tuple(topics))
 
 
 
@@ -147,10 +128,9 @@ class FilterApi:
         if last - first > MAX_LOG_RANGE:
             raise RpcError(-32005, f"block range too large (limit {MAX_LOG_RANGE})")
         out: list[dict[str, Any]] = []
-        bloom = _BloomCheck(criteria)
         for number in range(first, last + 1):
             header = self.chain.header_by_number(number)
-            if header is None or not bloom.may_match(self.chain.bloom_of(header)):
+            if header is None or not criteria.may_match_bloom(self.chain.bloom_of(header)):
                 continue
             _extend_capped(out, criteria, self.chain.block_by_hash(header.hash))
         return out

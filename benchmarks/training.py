@@ -7,7 +7,7 @@
    numeric-profile worker, canonical checkpoints, hashing, files and transactions.
    Baseline: the same model, data, batch size and number of steps as a plain PyTorch loop (Adam, no
    determinism switches, no checkpoints) in a fresh process under the same profile (1 thread, same
-   instruction set). Reported as steps/s, so ours/baseline = plain time ÷ executor time (target ≥
+   instruction set), run once just before and once just after ours, their mean taken. Reported as steps/s, so ours/baseline = plain time ÷ executor time (target ≥
    1/1.3, i.e. the executor at most 1.3× plain PyTorch).
 2. Council CPU per checkpoint: one member's re-run of each segment from the previous checkpoint with
    the state hash at a drawn step (what a council seat runs, apps/provider/council.py), in its worker, against the executor's
@@ -144,9 +144,14 @@ def main(argv: list[str]) -> Result:
         data = work / "data.safetensors"
         _dataset(data, 32)
         p = Prescription.from_json(json.dumps(_doc(data, steps, checkpoints, hidden)))
-        plain = plain_pytorch_seconds(hidden, steps, data)
-        print(f"plain PyTorch: {steps} steps in {plain:.2f}s (1 thread, profile {PROFILE})", flush=True)
+        # This machine's speed drifts by tens of percent over minutes (other tenants): the baseline is
+        # measured just before and just after our run, and their mean taken, so drift cancels.
+        before = plain_pytorch_seconds(hidden, steps, data)
         ours, job, seed = executor_on_dev_node(work, p, data)
+        after = plain_pytorch_seconds(hidden, steps, data)
+        plain = (before + after) / 2
+        print(f"plain PyTorch: {steps} steps in {before:.2f}s before, {after:.2f}s after our run "
+              f"(1 thread, profile {PROFILE})", flush=True)
         print(f"executor on a dev node: assignment to last commit {ours:.2f}s "
               f"(training in the worker {sum(r.wall_s for r in job.segments):.2f}s)", flush=True)
 

@@ -2,10 +2,12 @@
 
 from ogpu_node.blobs.store import (
     DEFAULT_MAX_BYTES,
+    DEFAULT_MIN_FREE_BYTES,
     BlobError,
     BlobHashMismatch,
     BlobNotFound,
     BlobStore,
+    BlobStoreFull,
     BlobTooLarge,
     BlobWriter,
     parse_hash,
@@ -15,11 +17,13 @@ from ogpu_node.types.merkle import CHUNK_SIZE, EMPTY_ROOT, MerkleHasher, merkle_
 __all__ = [
     "CHUNK_SIZE",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MIN_FREE_BYTES",
     "EMPTY_ROOT",
     "BlobError",
     "BlobHashMismatch",
     "BlobNotFound",
     "BlobStore",
+    "BlobStoreFull",
     "BlobTooLarge",
     "BlobWriter",
     "MerkleHasher",

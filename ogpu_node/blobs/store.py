@@ -12,6 +12,7 @@ Synchronous and free of any event loop: the RPC layer runs these calls in worker
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +22,9 @@ from ogpu_node.files import fsync_dir
 from ogpu_node.types.merkle import HASH_SIZE, MerkleHasher
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB per blob
+# Free space the store always leaves on its filesystem: the chain's database shares it, and a block
+# that cannot be written must never be the first thing to find the disk full.
+DEFAULT_MIN_FREE_BYTES = 256 << 20
 _TMP = "tmp"
 
 
@@ -41,6 +45,13 @@ class BlobTooLarge(BlobError):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(f"blob larger than the limit of {max_bytes} bytes")
         self.max_bytes = max_bytes
+
+
+class BlobStoreFull(BlobError):
+    def __init__(self, free: int, min_free: int) -> None:
+        super().__init__(f"not enough free disk for blobs: {free} bytes free, the node keeps {min_free}")
+        self.free = free
+        self.min_free = min_free
 
 
 class BlobHashMismatch(BlobError):
@@ -93,6 +104,11 @@ class BlobWriter:
             self.abort()
             raise BlobTooLarge(self._store.max_bytes)
         try:
+            self._store.check_free(len(data))
+        except BlobStoreFull:
+            self.abort()
+            raise
+        try:
             self._file.write(data)
         except BaseException:
             self.abort()
@@ -139,16 +155,26 @@ class BlobWriter:
 
 
 class BlobStore:
-    def __init__(self, path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES,
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
+        if min_free_bytes < 0:
+            raise ValueError("min_free_bytes must not be negative")
         self.root = Path(path)
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
         tmp = self.root / _TMP
         tmp.mkdir(parents=True, exist_ok=True)
         # Leftovers of uploads cut short by a crash; the store is owned by one node process.
         for stale in tmp.iterdir():
             stale.unlink(missing_ok=True)
+
+    def check_free(self, incoming: int = 0) -> None:
+        """Raise BlobStoreFull unless writing ``incoming`` more bytes leaves the free-space floor."""
+        free = shutil.disk_usage(self.root).free
+        if free - incoming < self.min_free_bytes:
+            raise BlobStoreFull(free, self.min_free_bytes)
 
     def path_of(self, blob_hash: bytes) -> Path:
         _check_hash(blob_hash)
@@ -156,10 +182,12 @@ class BlobStore:
         return self.root / hex_hash[:2] / hex_hash
 
     def writer(self, expected_hash: bytes | None = None) -> BlobWriter:
+        self.check_free()
         return BlobWriter(self, expected_hash)
 
     def put_stream(self, stream: Iterable[bytes], expected_hash: bytes | None = None) -> tuple[bytes, int]:
-        """Store the concatenation of `stream`; (hash, size). Raises BlobHashMismatch, BlobTooLarge."""
+        """Store the concatenation of `stream`; (hash, size). Raises BlobHashMismatch, BlobTooLarge,
+        BlobStoreFull."""
         with self.writer(expected_hash) as writer:
             for piece in stream:
                 writer.write(piece)

@@ -150,6 +150,8 @@ def _print_dev_banner(node, accounts) -> None:  # type: ignore[no-untyped-def]
 @click.option("--no-ws", is_flag=True, help="Do not serve WebSocket.")
 @click.option("--blob.max-bytes", "blob_max_bytes", type=click.IntRange(min=1), default=1 << 30, show_default=True,
               help="Largest blob (dataset, model, checkpoint) the node stores.")
+@click.option("--blob.min-free", "blob_min_free", type=click.IntRange(min=0), default=256 << 20, show_default=True,
+              help="Bytes of free disk the node keeps: uploads that would go below it are refused (507).")
 @click.option("--rpc.gascap", "rpc_gascap", type=click.IntRange(min=0), default=50_000_000, show_default=True,
               help="Gas cap of eth_call/eth_estimateGas; caller gas above it is capped (0 = no cap).")
 @click.option("--rpc.evmtimeout", "rpc_evmtimeout", type=Duration(), default="5s", show_default=True,
@@ -172,6 +174,7 @@ def run(
     ws_port: int,
     no_ws: bool,
     blob_max_bytes: int,
+    blob_min_free: int,
     rpc_gascap: int,
     rpc_evmtimeout: float,
     rpc_allow_unprotected_txs: bool,
@@ -202,6 +205,7 @@ def run(
         ws_port=None if no_ws else ws_port,
         durable=not dev,
         blob_max_bytes=blob_max_bytes,
+        blob_min_free=blob_min_free,
         calls=CallLimits(gas_cap=rpc_gascap, evm_timeout_s=rpc_evmtimeout),
         allow_unprotected_txs=rpc_allow_unprotected_txs,
         access=HttpAccess(

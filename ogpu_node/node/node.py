@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from ogpu_node.blobs import DEFAULT_MAX_BYTES, BlobStore
+from ogpu_node.blobs import DEFAULT_MAX_BYTES, DEFAULT_MIN_FREE_BYTES, BlobStore
 from ogpu_node.chain import Chain
 from ogpu_node.config import GenesisConfig
 from ogpu_node.crypto import Keypair, keccak
@@ -42,6 +42,7 @@ class NodeConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     durable: bool = True  # fsync every block; --dev turns it off, as a dev chain favours speed
     blob_max_bytes: int = DEFAULT_MAX_BYTES  # per-blob cap of the blob store (HTTP 413 above it)
+    blob_min_free: int = DEFAULT_MIN_FREE_BYTES  # free disk uploads always leave (HTTP 507 below it)
     calls: CallLimits = field(default_factory=CallLimits)  # --rpc.gascap, --rpc.evmtimeout
     allow_unprotected_txs: bool = False  # --rpc.allow-unprotected-txs
     access: HttpAccess = field(default_factory=HttpAccess)  # --http.vhosts, --http.corsdomain, --ws.origins
@@ -56,7 +57,7 @@ def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.blobs = BlobStore(config.datadir / "blobs", config.blob_max_bytes)
+        self.blobs = BlobStore(config.datadir / "blobs", config.blob_max_bytes, config.blob_min_free)
         self.store = LMDBStore(config.datadir / "chaindata", durable=config.durable)
         try:
             self.chain = Chain(self.store, config.genesis)

@@ -15,7 +15,7 @@ from typing import Any
 import h11
 import trio
 
-from ogpu_node.blobs import BlobHashMismatch, BlobNotFound, BlobStore, BlobTooLarge, parse_hash
+from ogpu_node.blobs import BlobHashMismatch, BlobNotFound, BlobStore, BlobStoreFull, BlobTooLarge, parse_hash
 from ogpu_node.rpc.httpio import (
     CORS,
     REASONS,
@@ -114,7 +114,10 @@ class BlobRoutes:
             if name == b"content-length" and int(value) > store.max_bytes:
                 # Refuse on the declared length, before reading (or sending 100 Continue for) any of it.
                 raise BadRequest(413, "Payload Too Large", _too_large(store.max_bytes))
-        writer = await trio.to_thread.run_sync(store.writer, blob_hash)
+        try:
+            writer = await trio.to_thread.run_sync(store.writer, blob_hash)
+        except BlobStoreFull as exc:
+            raise BadRequest(507, "Insufficient Storage", _disk_full(exc)) from None
         try:
             pending = bytearray()
             while True:
@@ -134,6 +137,8 @@ class BlobRoutes:
             stored, size, created = await trio.to_thread.run_sync(writer.commit)
         except BlobTooLarge:
             raise BadRequest(413, "Payload Too Large", _too_large(store.max_bytes)) from None
+        except BlobStoreFull as exc:
+            raise BadRequest(507, "Insufficient Storage", _disk_full(exc)) from None
         except BlobHashMismatch as exc:
             body = {
                 "error": "hash mismatch",
@@ -196,6 +201,10 @@ class BlobRoutes:
         except BadRequest:
             raise BadRequest(status, REASONS[status].decode(), json.dumps(body).encode()) from None
         await send_json(stream, conn, status, body, cors, head=request.method == b"HEAD")
+
+
+def _disk_full(exc: BlobStoreFull) -> bytes:
+    return json.dumps({"error": str(exc), "free": exc.free, "min_free": exc.min_free}).encode()
 
 
 def _too_large(max_bytes: int) -> bytes:

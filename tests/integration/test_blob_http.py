@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
 import time
 from urllib.parse import urlparse
@@ -168,3 +169,32 @@ async def test_storage_failure_is_500_and_server_goes_on(tmp_path, monkeypatch):
 
         await trio.to_thread.run_sync(client)
         nursery.cancel_scope.cancel()
+
+
+async def test_uploads_below_the_free_disk_floor_are_refused_reads_go_on(tmp_path):
+    """Rule: an upload that would leave less free disk than --blob.min-free gets 507 and stores nothing;
+    stored blobs and RPC are still served; uploads resume once there is room again."""
+    store = BlobStore(tmp_path / "blobs", min_free_bytes=0)
+    kept, _ = store.put(b"kept")
+
+    async def handler(body, session):
+        return b'{"ok":true}'
+
+    server = HttpServer(handler, "127.0.0.1", 0, blob_routes=store)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.run)
+        url = f"http://127.0.0.1:{port}"
+
+        def client() -> None:
+            store.min_free_bytes = shutil.disk_usage(tmp_path).free + (1 << 40)  # the disk is "full"
+            status, _, body = request(connect(url), "PUT", "/blobs", b"abc")
+            assert status == 507 and json.loads(body)["min_free"] == store.min_free_bytes
+            assert request(connect(url), "GET", f"/blobs/0x{kept.hex()}")[2] == b"kept"
+            assert request(connect(url), "POST", "/", b"{}")[2] == b'{"ok":true}'
+            store.min_free_bytes = 0  # space returns
+            assert request(connect(url), "PUT", "/blobs", b"abc")[0] == 201
+
+        await trio.to_thread.run_sync(client)
+        nursery.cancel_scope.cancel()
+    assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == sorted(
+        [kept.hex(), merkle_root(b"abc").hex()])

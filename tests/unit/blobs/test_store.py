@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 
 import pytest
@@ -12,6 +13,7 @@ from ogpu_node.blobs import (
     BlobHashMismatch,
     BlobNotFound,
     BlobStore,
+    BlobStoreFull,
     BlobTooLarge,
     MerkleHasher,
     merkle_root,
@@ -206,3 +208,17 @@ def test_parse_hash():
     for bad in ("", "0x", "0x" + "ab" * 31, "0x" + "zz" * 32, "ab" * 33):
         with pytest.raises(ValueError):
             parse_hash(bad)
+
+
+def test_a_write_that_would_cross_the_free_disk_floor_is_refused_and_leaves_nothing(tmp_path):
+    store = BlobStore(tmp_path / "blobs", min_free_bytes=0)
+    writer = store.writer()
+    writer.write(b"first part")
+    store.min_free_bytes = shutil.disk_usage(tmp_path).free + (1 << 40)
+    with pytest.raises(BlobStoreFull, match=r"^not enough free disk for blobs: \d+ bytes free, the node keeps \d+$"):
+        writer.write(b"second part")
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    with pytest.raises(BlobStoreFull):
+        store.put(b"anything")
+    store.min_free_bytes = 0
+    assert store.put(b"anything")[1] == 8

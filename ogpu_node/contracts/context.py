@@ -42,6 +42,12 @@ def split_subject(value: int) -> tuple[int, int, int]:
     return value >> 24, (value >> 8) & 0xFFFF, value & 0xFF
 
 
+def deadline_task_id(kind: int, value: int) -> int:
+    """The task a deadline belongs to: a bid window's subject is the bare task id, every other
+    deadline's is `subject(task_id, k, tag)`."""
+    return value if kind == DeadlineKind.CLOSE_BIDDING else split_subject(value)[0]
+
+
 @dataclass(frozen=True)
 class TaskContext:
     """One call into Task (a transaction's or the start-of-block system call's)."""

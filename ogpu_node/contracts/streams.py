@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from ogpu_node.contracts.context import TaskContext
+from ogpu_node.contracts.context import TaskContext, subject
 from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.layout import SettledUnits, StreamEntry, StreamTerms, StreamVersion
 from ogpu_node.contracts.submission import minimum_deposit, open_task
@@ -146,7 +146,7 @@ def retract(ctx: TaskContext, task_id: int) -> None:
     deadline = ctx.host.timestamp + stream.settle_window
     stream.close_deadline = deadline
     set_state(ctx, task_id, TaskState.CLOSING)
-    ctx.schedule(deadline, DeadlineKind.CLOSE_STREAM, task_id << 24)
+    ctx.schedule(deadline, DeadlineKind.CLOSE_STREAM, subject(task_id))
 
 
 # -- providers' receipts --

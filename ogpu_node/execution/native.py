@@ -23,6 +23,7 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.abi import encode_error
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.bid import Bid
+from ogpu_node.contracts.context import deadline_task_id
 from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.slashing import Slashing
 from ogpu_node.contracts.stake import Stake
@@ -215,15 +216,10 @@ def run_block_start(state: Any) -> list[SystemLog]:
             del logs[mark:]
             if not isinstance(exc, Revert | OverflowError):
                 log.exception("block %d: deadline step %s of task %d failed; entry dropped", host.block_number,
-                              _kind_name(deadline.kind), _task_of(deadline))
+                              _kind_name(deadline.kind), deadline_task_id(deadline.kind, deadline.subject))
         else:
             state.commit(snapshot)
     return logs
-
-
-def _task_of(deadline: Any) -> int:
-    # Task packs (task id, k, tag) into a subject, except a bid window's, which is the bare task id.
-    return deadline.subject if deadline.kind == DeadlineKind.CLOSE_BIDDING else deadline.subject >> 24
 
 
 def _kind_name(kind: int) -> str:

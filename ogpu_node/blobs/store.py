@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -115,8 +115,10 @@ class BlobWriter:
             raise
         self._hasher.update(data)
 
-    def commit(self) -> tuple[bytes, int, bool]:
-        """Verify, fsync and move into place: (hash, size, created). Idempotent for a stored blob."""
+    def commit(self, on_verified: Callable[[bytes, int], None] | None = None) -> tuple[bytes, int, bool]:
+        """Verify, fsync and move into place: (hash, size, created). Idempotent for a stored blob.
+        ``on_verified(hash, size)`` runs before a new blob becomes visible; if it raises, nothing is
+        stored."""
         if self._file is None:
             raise BlobError("writer is closed")
         try:
@@ -128,6 +130,8 @@ class BlobWriter:
             if final.exists():
                 self.abort()
                 return blob_hash, size, False
+            if on_verified is not None:
+                on_verified(blob_hash, size)
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()

@@ -152,6 +152,14 @@ def _print_dev_banner(node, accounts) -> None:  # type: ignore[no-untyped-def]
               help="Largest blob (dataset, model, checkpoint) the node stores.")
 @click.option("--blob.min-free", "blob_min_free", type=click.IntRange(min=0), default=256 << 20, show_default=True,
               help="Bytes of free disk the node keeps: uploads that would go below it are refused (507).")
+@click.option("--blob.min-balance", "blob_min_balance", type=click.IntRange(min=0), default=10**18, show_default=True,
+              help="Wei an unstaked account holds to upload blobs (a staked one always may).")
+@click.option("--blob.quota", "blob_quota", type=click.IntRange(min=0), default=4 << 30, show_default=True,
+              help="Bytes of an account's uploads no task references yet (more: 429).")
+@click.option("--blob.pending-max", "blob_pending_max", type=click.IntRange(min=0), default=16 << 30,
+              show_default=True, help="Bytes of uploads no task references yet, all accounts together (more: 507).")
+@click.option("--blob.ttl", "blob_ttl", type=Duration(), default="24h", show_default=True,
+              help="How long an upload no task references is kept, e.g. 24h, 30m.")
 @click.option("--rpc.gascap", "rpc_gascap", type=click.IntRange(min=0), default=50_000_000, show_default=True,
               help="Gas cap of eth_call/eth_estimateGas; caller gas above it is capped (0 = no cap).")
 @click.option("--rpc.evmtimeout", "rpc_evmtimeout", type=Duration(), default="5s", show_default=True,
@@ -175,6 +183,10 @@ def run(
     no_ws: bool,
     blob_max_bytes: int,
     blob_min_free: int,
+    blob_min_balance: int,
+    blob_quota: int,
+    blob_pending_max: int,
+    blob_ttl: float,
     rpc_gascap: int,
     rpc_evmtimeout: float,
     rpc_allow_unprotected_txs: bool,
@@ -183,6 +195,7 @@ def run(
     ws_origins: str,
 ) -> None:
     """Run a node."""
+    from ogpu_node.blobs import UploadLimits
     from ogpu_node.node import Node, NodeConfig
     from ogpu_node.rpc.access import HttpAccess
     from ogpu_node.rpc.calls import CallLimits
@@ -206,6 +219,8 @@ def run(
         durable=not dev,
         blob_max_bytes=blob_max_bytes,
         blob_min_free=blob_min_free,
+        blob_uploads=UploadLimits(min_balance=blob_min_balance, quota=blob_quota, pending_max=blob_pending_max,
+                                  ttl_s=blob_ttl),
         calls=CallLimits(gas_cap=rpc_gascap, evm_timeout_s=rpc_evmtimeout),
         allow_unprotected_txs=rpc_allow_unprotected_txs,
         access=HttpAccess(

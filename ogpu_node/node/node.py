@@ -10,13 +10,24 @@ from typing import Any
 
 import trio
 
-from ogpu_node.blobs import DEFAULT_MAX_BYTES, DEFAULT_MIN_FREE_BYTES, BlobStore
+from ogpu_node.blobs import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MIN_FREE_BYTES,
+    BlobKeeper,
+    BlobLedger,
+    BlobStore,
+    LedgerFull,
+    UploadGate,
+    UploadLimits,
+    chain_standing,
+)
 from ogpu_node.chain import Chain
 from ogpu_node.config import GenesisConfig
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.state import BlockAttributes
 from ogpu_node.rpc.access import HttpAccess
+from ogpu_node.rpc.blobs_http import BlobRoutes
 from ogpu_node.rpc.calls import CallLimits
 from ogpu_node.rpc.eth import EthApi
 from ogpu_node.rpc.filters import FilterApi
@@ -43,6 +54,7 @@ class NodeConfig:
     durable: bool = True  # fsync every block; --dev turns it off, as a dev chain favours speed
     blob_max_bytes: int = DEFAULT_MAX_BYTES  # per-blob cap of the blob store (HTTP 413 above it)
     blob_min_free: int = DEFAULT_MIN_FREE_BYTES  # free disk uploads always leave (HTTP 507 below it)
+    blob_uploads: UploadLimits = field(default_factory=UploadLimits)  # who may upload, how much, how long
     calls: CallLimits = field(default_factory=CallLimits)  # --rpc.gascap, --rpc.evmtimeout
     allow_unprotected_txs: bool = False  # --rpc.allow-unprotected-txs
     access: HttpAccess = field(default_factory=HttpAccess)  # --http.vhosts, --http.corsdomain, --ws.origins
@@ -61,9 +73,14 @@ class Node:
         self.store = LMDBStore(config.datadir / "chaindata", durable=config.durable)
         try:
             self.chain = Chain(self.store, config.genesis)
+            self.blob_ledger = BlobLedger(config.datadir / "blobs" / "ledger")
         except BaseException:
             self.store.close()
             raise
+        self.blob_gate = UploadGate(
+            self.blobs, self.blob_ledger, config.genesis.chain_id, chain_standing(self.chain), config.blob_uploads
+        )
+        self.blob_keeper = BlobKeeper(self.chain, self.blobs, self.blob_ledger, config.blob_uploads.ttl_s)
         self.pool = TxPool(config.genesis.chain_id, self._read_account, self._head_view, config.pool)
         self._tx_arrived = trio.Event()
         self.eth = EthApi(
@@ -151,6 +168,22 @@ class Node:
             next_at += interval
             await self.seal_block()
 
+    async def _keep_blobs(self) -> None:
+        """Record the blobs new blocks reference (freeing their uploaders' quotas) soon after each
+        block, and expire pending blobs; the scan and file deletions run in a worker thread."""
+        sweep_every = min(60.0, max(0.1, self.config.blob_uploads.ttl_s / 2))
+        next_sweep = trio.current_time()
+        while True:
+            try:
+                if trio.current_time() >= next_sweep:
+                    next_sweep = trio.current_time() + sweep_every
+                    await trio.to_thread.run_sync(self.blob_keeper.sweep, time.time())
+                elif self.blob_ledger.scanned != self.chain.head.block_number:
+                    await trio.to_thread.run_sync(self.blob_keeper.catch_up)
+            except (LedgerFull, OSError) as exc:  # a full disk: nothing was recorded, the next round retries
+                log.warning("blob bookkeeping postponed: %s", exc)
+            await trio.sleep(min(1.0, sweep_every))
+
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(30)
@@ -164,7 +197,8 @@ class Node:
             async with trio.open_nursery() as nursery:
                 http = HttpServer(
                     self._handle, config.http_addr, config.http_port, config.limits,
-                    blob_routes=self.blobs, access=config.access,
+                    blobs=BlobRoutes(self.blob_gate, config.limits.max_body_bytes, config.limits.idle_timeout_s),
+                    access=config.access,
                 )
                 self.http_port = await nursery.start(http.run)
                 if config.ws_port is not None:
@@ -178,10 +212,12 @@ class Node:
                 else:
                     nursery.start_soon(self._produce_on_demand)
                 nursery.start_soon(self._housekeeping)
+                nursery.start_soon(self._keep_blobs)
                 nursery.start_soon(self._announce_pending)
                 log.info("node started head=%d", self.chain.head.block_number)
                 task_status.started(self)
         finally:
+            self.blob_ledger.close()
             self.store.close()
 
 

@@ -1,7 +1,7 @@
 """The blob routes beside the RPC (`/blobs`, `/blobs/<hash>`; docs/rpc.md "Blobs").
 
-PUT stores a blob (its hash checked when the URL names one), GET and HEAD serve one, OPTIONS answers a
-browser's preflight. Bodies move between the socket and the `BlobStore` in bounded slices, file I/O
+PUT stores a blob, signed by an uploader the rules admit (`blobs/uploads.py`), its hash checked; GET and
+HEAD serve one to anyone, OPTIONS answers a browser's preflight. Bodies move between the socket and the `BlobStore` in bounded slices, file I/O
 and hashing in worker threads, and a long transfer keeps its connection from timing out as idle.
 """
 
@@ -15,7 +15,15 @@ from typing import Any
 import h11
 import trio
 
-from ogpu_node.blobs import BlobHashMismatch, BlobNotFound, BlobStore, BlobStoreFull, BlobTooLarge, parse_hash
+from ogpu_node.blobs import (
+    BlobHashMismatch,
+    BlobNotFound,
+    BlobStoreFull,
+    BlobTooLarge,
+    UploadGate,
+    UploadRefused,
+    parse_hash,
+)
 from ogpu_node.rpc.httpio import (
     CORS,
     REASONS,
@@ -42,8 +50,9 @@ Headers = list[tuple[bytes, bytes]]
 class BlobRoutes:
     """Serves the requests under /blobs of one HTTP server."""
 
-    def __init__(self, store: BlobStore, max_body_bytes: int, idle_timeout_s: float) -> None:
-        self._store = store
+    def __init__(self, gate: UploadGate, max_body_bytes: int, idle_timeout_s: float) -> None:
+        self._gate = gate
+        self._store = gate.store
         self._max_body = max_body_bytes  # bound on bodies other than a PUT's blob
         self._idle_s = idle_timeout_s
 
@@ -110,10 +119,29 @@ class BlobRoutes:
         cors: Headers,
     ) -> None:
         store = self._store
-        for name, value in request.headers:
-            if name == b"content-length" and int(value) > store.max_bytes:
-                # Refuse on the declared length, before reading (or sending 100 Continue for) any of it.
-                raise BadRequest(413, "Payload Too Large", _too_large(store.max_bytes))
+        if blob_hash is None:
+            raise BadRequest(400, "Bad Request", b'{"error":"an upload names its blob: PUT /blobs/0x<hash>"}')
+        headers = dict(request.headers)  # h11 lower-cases names and refuses two differing lengths
+        if b"content-length" not in headers:  # the signature covers the size: it is declared up front
+            raise BadRequest(411, "Length Required", b'{"error":"an upload declares its size (Content-Length)"}')
+        size = int(headers[b"content-length"])
+        if size > store.max_bytes:
+            # Refuse on the declared length, before reading (or sending 100 Continue for) any of it.
+            raise BadRequest(413, "Payload Too Large", _too_large(store.max_bytes))
+        try:
+            ticket = await trio.to_thread.run_sync(self._gate.admit, blob_hash, size, headers.get(b"authorization"))
+        except UploadRefused as exc:
+            raise BadRequest(exc.status, REASONS[exc.status].decode(), _refused(exc)) from None
+        try:
+            await self._receive(stream, conn, blob_hash, ticket, idle, cors)
+        finally:
+            self._gate.release(ticket)
+
+    async def _receive(
+        self, stream: trio.SocketStream, conn: h11.Connection, blob_hash: bytes, ticket: Any,
+        idle: trio.CancelScope, cors: Headers,
+    ) -> None:
+        store = self._store
         try:
             writer = await trio.to_thread.run_sync(store.writer, blob_hash)
         except BlobStoreFull as exc:
@@ -134,7 +162,9 @@ class BlobRoutes:
                     raise h11.RemoteProtocolError(f"unexpected event {type(event).__name__}")
             if pending:
                 await trio.to_thread.run_sync(writer.write, bytes(pending))
-            stored, size, created = await trio.to_thread.run_sync(writer.commit)
+            stored, size, created = await trio.to_thread.run_sync(self._gate.commit, writer, ticket)
+        except UploadRefused as exc:
+            raise BadRequest(exc.status, REASONS[exc.status].decode(), _refused(exc)) from None
         except BlobTooLarge:
             raise BadRequest(413, "Payload Too Large", _too_large(store.max_bytes)) from None
         except BlobStoreFull as exc:
@@ -150,6 +180,8 @@ class BlobRoutes:
             return
         finally:
             writer.abort()  # a no-op once committed; drops the temporary file otherwise
+        if created:
+            await trio.to_thread.run_sync(self._gate.stored, stored)
         log.debug("stored blob 0x%s size=%d created=%s", stored.hex(), size, created)
         location = [(b"location", b"/blobs/0x" + stored.hex().encode()), *cors]
         await send_json(stream, conn, 201 if created else 200, {"hash": "0x" + stored.hex(), "size": size}, location)
@@ -205,6 +237,10 @@ class BlobRoutes:
 
 def _disk_full(exc: BlobStoreFull) -> bytes:
     return json.dumps({"error": str(exc), "free": exc.free, "min_free": exc.min_free}).encode()
+
+
+def _refused(exc: UploadRefused) -> bytes:
+    return json.dumps({"error": str(exc), **exc.details}).encode()
 
 
 def _too_large(max_bytes: int) -> bytes:

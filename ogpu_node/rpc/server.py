@@ -20,7 +20,6 @@ import h11
 import trio
 import trio_websocket as tws
 
-from ogpu_node.blobs import BlobStore
 from ogpu_node.rpc.access import OPEN, AccessPolicy, HttpAccess, ws_origin_allowed
 from ogpu_node.rpc.admission import Admission
 from ogpu_node.rpc.blobs_http import BlobRoutes
@@ -156,7 +155,7 @@ class HttpServer:
         host: str,
         port: int,
         limits: ServerLimits = ServerLimits(),
-        blob_routes: BlobStore | None = None,
+        blobs: BlobRoutes | None = None,
         access: HttpAccess | None = None,
     ) -> None:
         """`access`: the browser policy (vhosts, CORS, JSON content type); the node always passes one,
@@ -166,10 +165,7 @@ class HttpServer:
         self.port = port
         self._limits = limits
         self._policy = None if access is None else AccessPolicy(access)
-        # None: /blobs/ is not served (404)
-        self._blobs = None if blob_routes is None else BlobRoutes(
-            blob_routes, limits.max_body_bytes, limits.idle_timeout_s
-        )
+        self._blobs = blobs  # None: /blobs/ is not served (404)
         self._admission = Admission(limits.max_connections)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

@@ -195,7 +195,7 @@ def test_download_blob_refuses_missing_altered_and_truncated_blobs(node_factory,
     from ogpu_node.types.merkle import CHUNK_SIZE
 
     node = node_factory()
-    client = Client(node.http_url)
+    client = Client(node.http_url, derive_dev_accounts(2)[1].private_key)
     data = np.random.default_rng(1).bytes(2 * CHUNK_SIZE + 100)  # three chunks
     blob_hash, _ = client.upload_bytes("data", data)
     out = tmp_path / "out" / "blob.bin"

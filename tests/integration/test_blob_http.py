@@ -1,5 +1,5 @@
 """Blobs over HTTP beside the JSON-RPC (PUT/GET/HEAD /blobs/<hash>): a real node process, plus an
-in-process server for the size cap (the node's cap is 1 GiB)."""
+in-process server for the size cap (the node's cap is 1 GiB). Uploads are signed (tests/blobput.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import json
 import shutil
 import socket
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import trio
 
-from ogpu_node.blobs import CHUNK_SIZE, BlobStore, merkle_root
+from ogpu_node.blobs import CHUNK_SIZE, BlobLedger, BlobStore, UploadGate, merkle_root
+from ogpu_node.crypto.blob_auth import sign_upload
+from ogpu_node.rpc.blobs_http import BlobRoutes
 from ogpu_node.rpc.server import HttpServer
+from tests.blobput import DEV_CHAIN_ID, FUNDED, blob_path, upload_headers
 
 DATA = bytes((i * 7 + 3) % 256 for i in range(3 * CHUNK_SIZE + 1234))  # four chunks, the last short
 DATA_HASH = "0x" + merkle_root(DATA).hex()
@@ -31,6 +35,10 @@ def request(conn, method, path, body=None, headers=None, chunked=False):
     return response.status, dict(response.getheaders()), response.read()
 
 
+def put(conn, data: bytes, **headers: str):
+    return request(conn, "PUT", blob_path(data), data, upload_headers(data, **headers))
+
+
 def pieces(data: bytes, size: int = 100_000):
     for i in range(0, len(data), size):
         yield data[i : i + size]
@@ -43,6 +51,13 @@ def rpc(conn, method, params=()):
     return json.loads(reply)["result"]
 
 
+def bare_server(store: BlobStore, tmp_path, handler) -> HttpServer:
+    """An HTTP server with blob routes over ``store``, every uploader funded (the rules are tested in
+    test_blob_uploads.py)."""
+    gate = UploadGate(store, BlobLedger(tmp_path / "ledger"), DEV_CHAIN_ID, lambda address: (10**18, 0))
+    return HttpServer(handler, "127.0.0.1", 0, blobs=BlobRoutes(gate, 5 << 20, 120.0))
+
+
 @pytest.mark.slow
 def test_blob_round_trip_and_rpc_on_one_connection(dev_node):
     conn = connect(dev_node.http_url)
@@ -53,11 +68,16 @@ def test_blob_round_trip_and_rpc_on_one_connection(dev_node):
     status, headers, body = request(conn, "HEAD", f"/blobs/{DATA_HASH}")
     assert (status, body) == (404, b"")
 
-    # PUT with the hash, streamed chunked: created, then idempotent
-    status, headers, body = request(conn, "PUT", f"/blobs/{DATA_HASH}", pieces(DATA), chunked=True)
+    # a signed PUT declares its length: chunked is refused before any of it is read
+    status, _, body = request(conn, "PUT", f"/blobs/{DATA_HASH}", pieces(DATA), upload_headers(DATA), chunked=True)
+    assert status == 411 and "Content-Length" in json.loads(body)["error"]
+    conn = connect(dev_node.http_url)
+    # created, then idempotent
+    status, headers, body = put(conn, DATA)
     assert status == 201, body
     assert json.loads(body) == {"hash": DATA_HASH, "size": len(DATA)}
-    status, _, body = request(conn, "PUT", f"/blobs/{DATA_HASH}", DATA)  # Content-Length
+    assert headers["location"] == f"/blobs/{DATA_HASH}"
+    status, _, body = put(conn, DATA)
     assert status == 200 and json.loads(body)["hash"] == DATA_HASH
 
     # GET streams it back with its length; HEAD gives the size only
@@ -68,17 +88,13 @@ def test_blob_round_trip_and_rpc_on_one_connection(dev_node):
     status, headers, body = request(conn, "HEAD", f"/blobs/{DATA_HASH.upper().replace('0X', '0x')}")
     assert (status, body, int(headers["content-length"])) == (200, b"", len(DATA))
 
-    # PUT without a hash: the node names the blob
-    other = DATA[::-1]
-    status, headers, body = request(conn, "PUT", "/blobs", other)
-    assert status == 201
-    reply = json.loads(body)
-    assert reply == {"hash": "0x" + merkle_root(other).hex(), "size": len(other)}
-    assert headers["location"] == "/blobs/" + reply["hash"]
-    assert request(conn, "GET", f"/blobs/{reply['hash']}")[2] == other
-
     # the JSON-RPC still answers on this same keep-alive connection
     assert rpc(conn, "eth_blockNumber") == "0x0"
+
+    # PUT without a hash: refused, as the signature names the blob
+    other = DATA[::-1]
+    status, _, body = request(conn, "PUT", "/blobs", other, upload_headers(other))
+    assert status == 400 and "PUT /blobs/0x<hash>" in json.loads(body)["error"]
     conn.close()
 
 
@@ -86,7 +102,8 @@ def test_blob_round_trip_and_rpc_on_one_connection(dev_node):
 def test_bad_uploads_rejected(dev_node):
     conn = connect(dev_node.http_url)
     for bad_body in (DATA[:-1], DATA[:-1] + b"\x00"):  # truncated, altered
-        status, _, body = request(conn, "PUT", f"/blobs/{DATA_HASH}", bad_body)
+        signed = {"Authorization": sign_upload(FUNDED, DEV_CHAIN_ID, merkle_root(DATA), len(bad_body))}
+        status, _, body = request(conn, "PUT", f"/blobs/{DATA_HASH}", bad_body, signed)
         assert status == 400
         error = json.loads(body)
         assert error["error"] == "hash mismatch"
@@ -103,20 +120,24 @@ def test_bad_uploads_rejected(dev_node):
     # a client that declares the length and then disconnects halfway stores nothing
     parsed = urlparse(dev_node.http_url)
     with socket.create_connection((parsed.hostname, parsed.port)) as sock:
+        auth = upload_headers(DATA)["Authorization"]
         sock.sendall(
-            f"PUT /blobs/{DATA_HASH} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(DATA)}\r\n\r\n".encode()
+            f"PUT /blobs/{DATA_HASH} HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n"
+            f"content-length: {len(DATA)}\r\n\r\n".encode()
             + DATA[: len(DATA) // 2]
         )
     conn = connect(dev_node.http_url)
     assert request(conn, "HEAD", f"/blobs/{DATA_HASH}")[0] == 404
     blobs_dir = dev_node.datadir / "blobs"
-    leftovers = [p for p in blobs_dir.rglob("*") if p.is_file()]
+
+    def leftovers() -> list:
+        return [p for p in blobs_dir.rglob("*") if p.is_file() and "ledger" not in p.parts]
+
     for _ in range(50):  # the server notices the disconnect asynchronously
-        if not leftovers:
+        if not leftovers():
             break
         time.sleep(0.05)
-        leftovers = [p for p in blobs_dir.rglob("*") if p.is_file()]
-    assert leftovers == []
+    assert leftovers() == []
 
 
 async def test_size_cap_in_process(tmp_path):
@@ -125,26 +146,23 @@ async def test_size_cap_in_process(tmp_path):
     async def handler(body, session):
         return b'{"jsonrpc":"2.0","id":1,"result":"ok"}'
 
-    server = HttpServer(handler, "127.0.0.1", 0, blob_routes=store)
+    server = bare_server(store, tmp_path, handler)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.run)
 
         def client() -> None:
             url = f"http://127.0.0.1:{port}"
             conn = connect(url)
-            assert request(conn, "PUT", "/blobs", b"x" * 1000)[0] == 201  # the cap itself fits
-            status, _, body = request(conn, "PUT", "/blobs", b"x" * 1001)  # declared length
+            assert put(conn, b"x" * 1000)[0] == 201  # the cap itself fits
+            status, _, body = put(conn, b"x" * 1001)  # declared length
             assert status == 413 and json.loads(body)["max_bytes"] == 1000
-            conn = connect(url)
-            status, _, body = request(conn, "PUT", "/blobs", pieces(b"y" * 5000, 300), chunked=True)
-            assert status == 413
             conn = connect(url)
             assert request(conn, "POST", "/", b"{}")[2] == b'{"jsonrpc":"2.0","id":1,"result":"ok"}'
             assert request(conn, "GET", "/")[0] == 200  # health check unchanged
 
         await trio.to_thread.run_sync(client)
         nursery.cancel_scope.cancel()
-    assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == [merkle_root(b"x" * 1000).hex()]
+    assert stored_files(store) == [merkle_root(b"x" * 1000).hex()]
 
 
 async def test_storage_failure_is_500_and_server_goes_on(tmp_path, monkeypatch):
@@ -158,12 +176,12 @@ async def test_storage_failure_is_500_and_server_goes_on(tmp_path, monkeypatch):
     async def handler(body, session):
         return b'{"ok":true}'
 
-    server = HttpServer(handler, "127.0.0.1", 0, blob_routes=store)
+    server = bare_server(store, tmp_path, handler)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.run)
 
         def client() -> None:
-            status, _, body = request(connect(f"http://127.0.0.1:{port}"), "PUT", "/blobs", b"abc")
+            status, _, body = put(connect(f"http://127.0.0.1:{port}"), b"abc")
             assert status == 500 and json.loads(body) == {"error": "blob storage failed"}
             assert request(connect(f"http://127.0.0.1:{port}"), "POST", "/", b"{}")[2] == b'{"ok":true}'
 
@@ -180,21 +198,92 @@ async def test_uploads_below_the_free_disk_floor_are_refused_reads_go_on(tmp_pat
     async def handler(body, session):
         return b'{"ok":true}'
 
-    server = HttpServer(handler, "127.0.0.1", 0, blob_routes=store)
+    server = bare_server(store, tmp_path, handler)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.run)
         url = f"http://127.0.0.1:{port}"
 
         def client() -> None:
             store.min_free_bytes = shutil.disk_usage(tmp_path).free + (1 << 40)  # the disk is "full"
-            status, _, body = request(connect(url), "PUT", "/blobs", b"abc")
+            status, _, body = put(connect(url), b"abc")
             assert status == 507 and json.loads(body)["min_free"] == store.min_free_bytes
             assert request(connect(url), "GET", f"/blobs/0x{kept.hex()}")[2] == b"kept"
             assert request(connect(url), "POST", "/", b"{}")[2] == b'{"ok":true}'
             store.min_free_bytes = 0  # space returns
-            assert request(connect(url), "PUT", "/blobs", b"abc")[0] == 201
+            assert put(connect(url), b"abc")[0] == 201
 
         await trio.to_thread.run_sync(client)
         nursery.cancel_scope.cancel()
-    assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == sorted(
-        [kept.hex(), merkle_root(b"abc").hex()])
+    assert stored_files(store) == sorted([kept.hex(), merkle_root(b"abc").hex()])
+
+
+def stored_files(store: BlobStore) -> list[str]:
+    return sorted(p.name for p in store.root.rglob("*") if p.is_file() and "ledger" not in p.parts)
+
+
+def wait_until(what: str, predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_uploads_are_signed_charged_and_freed_when_a_task_references_them(node_factory):
+    """Rule: an anonymous or unfunded upload is refused; a funded account's pending bytes count against
+    its quota until a block references them: the prescription of a submitted task, and the dataset that
+    prescription names."""
+    from ogpu_node.apps.client import Client, UploadRefused
+    from ogpu_node.types.prescription import Prescription, prescription_hash, to_terms
+    from ogpu_node.types.protocol import TaskKind
+    from tests.blobput import UNFUNDED
+
+    node = node_factory("--blob.quota", str(16 * 4096))
+    conn = connect(node.http_url)
+    status, _, body = request(conn, "PUT", blob_path(b"anon"), b"anon", {"Content-Type": "application/octet-stream"})
+    assert status == 401 and "must be signed" in json.loads(body)["error"]
+    status, _, body = put(connect(node.http_url), b"poor", key=UNFUNDED)
+    assert status == 403 and json.loads(body) == {
+        "error": f"account 0x{UNFUNDED.address.hex()} may not upload blobs: it has no stake and holds 0 wei, "
+                 f"less than the {10**18} wei uploads need",
+        "account": "0x" + UNFUNDED.address.hex(), "balance": 0, "min_balance": 10**18}
+    assert request(connect(node.http_url), "HEAD", blob_path(b"poor"))[0] == 404
+
+    client = Client(node.http_url, FUNDED.private_key)
+    dataset = bytes(range(256)) * 160  # 40,960 bytes: 10 units of the 16
+    doc = json.loads((Path(__file__).parents[2] / "examples" / "mlp-exact.json").read_text())
+    doc["D"]["blob"] = "0x" + client.upload_bytes("dataset", dataset)[0].hex()
+    p = Prescription.from_json(doc)
+    client.upload_bytes("prescription", p.canonical_json())  # 1 unit
+    extra = b"e" * 6 * 4096
+    with pytest.raises(UploadRefused, match=r"refused \(429\): upload quota of .* exceeded: 45056 bytes"):
+        client.upload_bytes("extra", extra)
+
+    call = client.task.functions.submitTask(prescription_hash(p), int(TaskKind.BATCH), to_terms(p))
+    client.send("submitTask", call, value=p.I.max_payment + client.minimum_deposit(p))
+
+    def extra_fits() -> bool:
+        try:
+            client.upload_bytes("extra", extra)
+        except UploadRefused:
+            return False
+        return True
+
+    wait_until("the referenced blobs to leave the quota", extra_fits)
+    assert client.fetch_blob(merkle_root(dataset)) == dataset
+
+
+@pytest.mark.slow
+def test_blobs_no_task_references_expire(node_factory):
+    from ogpu_node.apps.client import Client
+
+    node = node_factory("--blob.ttl", "1s", "--blob.quota", "4096")
+    client = Client(node.http_url, FUNDED.private_key)
+    first, _ = client.upload_bytes("first", b"first")
+    assert request(connect(node.http_url), "HEAD", f"/blobs/0x{first.hex()}")[0] == 200
+    wait_until("the blob to expire",
+               lambda: request(connect(node.http_url), "HEAD", f"/blobs/0x{first.hex()}")[0] == 404)
+    client.upload_bytes("second", b"second")  # the expired blob's quota is free again
+    assert "expired 1 blobs no task referenced within 1 s" in node.log()

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from txfactory import sign_tx
 
+from tests.blobput import blob_path, upload_headers
 from tests.conftest import start_node
 
 LOOP = "0x5b600056"  # JUMPDEST PUSH1 0 JUMP: loops until out of gas
@@ -138,7 +139,7 @@ def test_browser_pages_and_rebinding_are_refused_by_default(node):
     for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example"):
         status, headers, _ = post(url, CHAIN_ID, {"Host": host})
         assert status == 403 and "access-control-allow-origin" not in headers
-        status, _, _ = post(url, BLOB, {"Host": host, "Content-Type": "application/octet-stream"}, "PUT", "/blobs")
+        status, _, _ = post(url, BLOB, upload_headers(BLOB, Host=host), "PUT", blob_path(BLOB))
         assert status == 403
     for host in ("localhost", f"localhost:{port}", "127.0.0.1", f"127.0.0.1:{port}", f"[::1]:{port}"):
         assert post(url, CHAIN_ID, {"Host": host})[::2] == (200, CHAIN_ID_REPLY)
@@ -153,10 +154,9 @@ def test_browser_pages_and_rebinding_are_refused_by_default(node):
     status, headers, _ = post(url, b"", {**page, "Access-Control-Request-Method": "PUT"}, "OPTIONS", "/blobs")
     assert status == 204 and "access-control-allow-origin" not in headers
     # the client app's upload and download (ogpu_node/apps/client/blobs.py)
-    status, headers, data = post(url, BLOB, {"Content-Type": "application/octet-stream"}, "PUT", "/blobs")
+    status, headers, data = post(url, BLOB, upload_headers(BLOB), "PUT", blob_path(BLOB))
     assert status == 201 and "access-control-allow-origin" not in headers
-    blob_path = "/blobs/" + json.loads(data)["hash"]
-    assert post(url, b"", {"Content-Type": None}, "GET", blob_path)[::2] == (200, BLOB)
+    assert post(url, b"", {"Content-Type": None}, "GET", blob_path(BLOB))[::2] == (200, BLOB)
 
 
 def test_websocket_refuses_other_origins(node):

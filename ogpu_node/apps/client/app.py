@@ -93,7 +93,7 @@ class Client:
     def __init__(self, rpc_url: str, private_key: bytes | None = None, *, timeout: float = 30.0) -> None:
         self.rpc = Rpc(rpc_url, private_key, timeout=timeout)
         self.views = ChainViews(self.rpc)
-        self.blobs = BlobClient(self.rpc.rpc_url, timeout)
+        self.blobs = BlobClient(self.rpc.rpc_url, timeout, self.rpc.sign_blob_upload)
         self.rpc_url, self.timeout = self.rpc.rpc_url, timeout
         self.w3, self.account = self.rpc.w3, self.rpc.account
         self.task, self.bid, self.stake = self.rpc.task, self.rpc.bid, self.rpc.stake

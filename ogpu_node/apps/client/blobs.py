@@ -1,5 +1,6 @@
 """Blobs over the node's HTTP endpoint (docs/rpc.md "Blobs"): streamed, hash-checked uploads and
-downloads. A blob's name is its Merkle root, so every byte received is checked against it."""
+downloads. A blob's name is its Merkle root, so every byte received is checked against it. Uploads are
+signed over (chain id, hash, size) by the client's key: the node charges them to that account."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ogpu_node.apps.client.errors import (
     BlobNotFound,
     BlobRejected,
     ClientError,
+    KeyRequired,
     NodeError,
     UploadRefused,
     translate,
@@ -23,6 +25,7 @@ from ogpu_node.files import atomic_file
 from ogpu_node.types.merkle import CHUNK_SIZE, MerkleHasher, merkle_root
 
 Progress = Callable[[int], None]  # called with the bytes sent or received so far
+SignUpload = Callable[[bytes, int], str]  # (blob hash, size) -> the Authorization header value
 
 
 def file_blob_hash(path: Path) -> bytes:
@@ -53,9 +56,11 @@ class _CountingReader:
 class BlobClient:
     """The blob endpoint of the node at ``rpc_url``."""
 
-    def __init__(self, rpc_url: str, timeout: float) -> None:
+    def __init__(self, rpc_url: str, timeout: float, sign: SignUpload | None = None) -> None:
+        """``sign``: signs uploads (`Rpc.sign_blob_upload`); without it only downloads work."""
         self.rpc_url = rpc_url
         self.timeout = timeout
+        self._sign = sign
 
     def _guard(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         return translate(what, self.rpc_url, fn, *args)
@@ -71,21 +76,31 @@ class BlobClient:
         except OSError as exc:
             raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
 
+        authorization = self._authorize(expected, size)
+
         def put() -> requests.Response:
             with open(path, "rb") as body:  # a file object: requests streams it with Content-Length
-                return self._put(expected, body if progress is None else _CountingReader(body, size, progress))
+                reader = body if progress is None else _CountingReader(body, size, progress)
+                return self._put(expected, authorization, reader)
 
         return self._check_upload(path.name, expected, size, self._guard(f"upload of {path.name}", put))
 
     def upload_bytes(self, name: str, data: bytes) -> tuple[bytes, int]:
         """Upload ``data`` as a blob (``name`` is for messages only)."""
         expected = merkle_root(data)
-        response = self._guard(f"upload of {name}", self._put, expected, data)
+        authorization = self._authorize(expected, len(data))
+        response = self._guard(f"upload of {name}", self._put, expected, authorization, data)
         return self._check_upload(name, expected, len(data), response)
 
-    def _put(self, expected: bytes, body: Any) -> requests.Response:
+    def _authorize(self, blob_hash: bytes, size: int) -> str:
+        if self._sign is None:
+            raise KeyRequired("a key is needed to upload blobs (the node charges uploads to a funded account)")
+        return self._sign(blob_hash, size)
+
+    def _put(self, expected: bytes, authorization: str, body: Any) -> requests.Response:
+        headers = {"Content-Type": "application/octet-stream", "Authorization": authorization}
         return requests.put(f"{self.rpc_url}/blobs/0x{expected.hex()}", data=body, timeout=self.timeout,
-                            headers={"Content-Type": "application/octet-stream"})
+                            headers=headers)
 
     @staticmethod
     def _check_upload(name: str, expected: bytes, size: int, response: requests.Response) -> tuple[bytes, int]:
@@ -170,4 +185,4 @@ class BlobClient:
         return self._guard(f"download of checkpoint 0x{blob_hash.hex()}", fetch)
 
 
-__all__ = ["BlobClient", "Progress", "file_blob_hash"]
+__all__ = ["BlobClient", "Progress", "SignUpload", "file_blob_hash"]

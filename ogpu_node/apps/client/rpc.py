@@ -15,6 +15,8 @@ from web3 import Web3
 from ogpu_node.apps.client.errors import RECEIPT_TIMEOUT_S, KeyRequired, TransactionFailed, translate
 from ogpu_node.contracts import addresses
 from ogpu_node.contracts.abi import ABI_DIR
+from ogpu_node.crypto import Keypair
+from ogpu_node.crypto.blob_auth import sign_upload
 
 T = TypeVar("T")
 
@@ -58,6 +60,17 @@ class Rpc:
             raise KeyRequired("a key is needed to send transactions")
         return self.account.address
 
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = self.guard("eth_chainId", lambda: self.w3.eth.chain_id)
+        return self._chain_id
+
+    def sign_blob_upload(self, blob_hash: bytes, size: int) -> str:
+        """The `Authorization` header that admits this blob's upload, signed by the client's key."""
+        if self.account is None:
+            raise KeyRequired("a key is needed to upload blobs (the node charges uploads to a funded account)")
+        return sign_upload(Keypair.from_private_key(bytes(self.account.key)), self.chain_id(), blob_hash, size)
+
     def head(self) -> int:
         return self.guard("eth_blockNumber", lambda: self.w3.eth.block_number)
 
@@ -74,14 +87,12 @@ class Rpc:
         assert account is not None
 
         def submit() -> bytes:
-            if self._chain_id is None:
-                self._chain_id = self.w3.eth.chain_id
             params = {"from": sender, "value": value}
             # Headroom over the estimate: transactions landing in the same block (another bid on the
             # same task) can make this one touch fresh storage and cost more than estimated alone.
             gas = call.estimate_gas(params)
             tx = call.build_transaction({
-                **params, "gas": max(min_gas, gas * 5 // 4 + 20_000), "chainId": self._chain_id,
+                **params, "gas": max(min_gas, gas * 5 // 4 + 20_000), "chainId": self.chain_id(),
                 "nonce": self.w3.eth.get_transaction_count(sender, "pending"),
             })
             return self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)

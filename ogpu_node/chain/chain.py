@@ -260,7 +260,11 @@ class Chain:
         self._write_block(executed.block, executed.receipts, executed.senders, executed.system_logs)
 
     def build_block(self, attrs: BlockAttributes, transactions: Sequence[Any]) -> ExecutedBlock:
-        """Execute `transactions` on the head (leaving out those that do not fit) and commit the block."""
+        """Execute `transactions` on the head (leaving out those that do not fit) and commit the block.
+
+        On a full disk this raises StoreFull and the chain stays as it was: nothing is committed, the
+        head moves only after the commit, caches hold committed blocks only, and py-evm's state
+        caches live in the VM of this one call. A retry once space is back builds the block anew."""
         with self.store.write_session():
             executed = self.execution.execute(self.head, attrs, transactions, building=True)
             self._commit(executed)
@@ -268,7 +272,8 @@ class Chain:
         return executed
 
     def import_block(self, block: Any) -> ExecutedBlock:
-        """Import a block built elsewhere on top of the head; InvalidBlock leaves the store unchanged."""
+        """Import a block built elsewhere on top of the head; InvalidBlock, or StoreFull on a full disk,
+        leaves the store and the head unchanged."""
         if block.header.parent_hash != self.head.hash:
             raise InvalidBlock(f"block {block.header.block_number} does not extend the head")
         with self.store.write_session():

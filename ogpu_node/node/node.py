@@ -24,7 +24,7 @@ from ogpu_node.blobs import (
 from ogpu_node.chain import Chain
 from ogpu_node.config import GenesisConfig
 from ogpu_node.crypto import Keypair, keccak
-from ogpu_node.db import LMDBStore
+from ogpu_node.db import LMDBStore, StoreFull
 from ogpu_node.execution.state import BlockAttributes
 from ogpu_node.rpc.access import HttpAccess
 from ogpu_node.rpc.blobs_http import BlobRoutes
@@ -38,6 +38,8 @@ from ogpu_node.txpool import PoolConfig, TxPool
 log = logging.getLogger("ogpu.node")
 
 _RANDAO_DOMAIN = b"ogpu/dev-randao"
+_DISK_RETRY_S = 1.0  # while the chain database is out of disk space, one sealing attempt per second
+DISK_FULL_REFUSAL = "node is out of disk space; transactions are not accepted until space is freed"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
 
 
 class Node:
+    # The failure of the last sealing attempt while the chain database is out of disk space, else None.
+    _store_full: StoreFull | None = None
+
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.blobs = BlobStore(config.datadir / "blobs", config.blob_max_bytes, config.blob_min_free)
@@ -86,6 +91,7 @@ class Node:
         self.eth = EthApi(
             self.chain, self.pool, self._on_transaction,
             call_limits=config.calls, allow_unprotected_txs=config.allow_unprotected_txs,
+            refuse_writes=self._refuse_writes,
         )
         self.filters = FilterApi(self.chain)
         self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods()})
@@ -120,6 +126,15 @@ class Node:
 
     # -- block production --
 
+    @property
+    def disk_full(self) -> bool:
+        """True while blocks cannot be committed for lack of disk space: transactions wait in the pool,
+        new ones are refused, reads go on; it clears itself when the next block commits."""
+        return self._store_full is not None
+
+    def _refuse_writes(self) -> str | None:
+        return DISK_FULL_REFUSAL if self.disk_full else None
+
     def _attributes(self) -> BlockAttributes:
         head = self.chain.head
         number = head.block_number + 1
@@ -129,13 +144,28 @@ class Node:
             mix_hash=dev_mix_hash(self.config.signer, head.mix_hash, number),
         )
 
-    async def seal_block(self) -> Any:
-        """Build a block from the pool's pending transactions, commit it and tell subscribers."""
+    async def seal_block(self) -> Any | None:
+        """Build a block from the pool's pending transactions, commit it and tell subscribers.
+
+        None when the disk is full: nothing was committed, the transactions stay in the pool and
+        `disk_full` is set until a later call commits."""
         txs = self.pool.pending_in_order()
         attrs = self._attributes()
         # Execution runs in a worker thread so RPC keeps admitting transactions meanwhile; the write
         # transaction belongs to that thread, so RPC reads here still see only committed blocks.
-        executed = await trio.to_thread.run_sync(self.chain.build_block, attrs, txs)
+        try:
+            executed = await trio.to_thread.run_sync(self.chain.build_block, attrs, txs)
+        except StoreFull as exc:
+            if self._store_full is None:  # once per outage: the retries stay quiet
+                log.warning(
+                    "disk full: block %d not sealed, %d txs wait; retrying every %.0f s (%s)",
+                    self.chain.head.block_number + 1, len(txs), _DISK_RETRY_S, exc.strerror,
+                )
+            self._store_full = exc
+            return None
+        if self._store_full is not None:
+            self._store_full = None
+            log.warning("disk space is back: block %d sealed", executed.header.block_number)
         dropped = [tx for tx, reason in executed.excluded if _never_includable(tx, reason)]
         touched = set(executed.senders) | {tx.sender for tx, _ in executed.excluded}
         self.pool.on_new_head(touched, dropped)
@@ -156,7 +186,9 @@ class Node:
             self._tx_arrived = trio.Event()
             while self.pool.has_pending():
                 before = self.chain.head.hash
-                await self.seal_block()
+                if await self.seal_block() is None:  # a full disk: the transactions wait for space
+                    await trio.sleep(_DISK_RETRY_S)
+                    continue
                 if self.chain.head.hash == before:
                     break
 
@@ -165,8 +197,10 @@ class Node:
         next_at = trio.current_time() + interval
         while True:
             await trio.sleep_until(next_at)
-            next_at += interval
-            await self.seal_block()
+            if await self.seal_block() is None:  # a full disk: try again soon, without a catch-up burst
+                next_at = trio.current_time() + min(interval, _DISK_RETRY_S)
+            else:
+                next_at += interval
 
     async def _keep_blobs(self) -> None:
         """Record the blobs new blocks reference (freeing their uploaders' quotas) soon after each

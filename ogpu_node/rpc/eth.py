@@ -69,6 +69,7 @@ class EthApi:
         *,
         call_limits: CallLimits = CallLimits(),
         allow_unprotected_txs: bool = False,
+        refuse_writes: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.chain = chain
         self.pool = pool
@@ -76,6 +77,7 @@ class EthApi:
         self.peer_count = peer_count
         self.calls = CallRunner(call_limits)
         self.allow_unprotected_txs = allow_unprotected_txs  # geth's --rpc.allow-unprotected-txs
+        self.refuse_writes = refuse_writes  # why the node takes no transactions now (a full disk), or None
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         names = [n for n in dir(self) if n.startswith(("eth_", "net_", "web3_"))]
@@ -280,6 +282,9 @@ class EthApi:
     # -- transactions --
 
     def eth_sendRawTransaction(self, ctx: Any, raw: Any) -> str:
+        refusal = self.refuse_writes()
+        if refusal is not None:
+            raise RpcError(SERVER_ERROR, refusal)
         try:
             tx_hash = self.pool.add_raw(p.data(raw, "transaction"), protected_only=not self.allow_unprotected_txs)
         except TxRejected as exc:

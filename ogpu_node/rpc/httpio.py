@@ -17,6 +17,7 @@ JSON_ONLY = [(b"content-type", b"application/json")]
 JSON_HEADERS = [*JSON_ONLY, CORS]  # for a server without a browser policy (access.py)
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 TOO_LARGE_BODY = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"request body too large"}}'
+LINGER_S = 1.0  # how long close_lingering may take
 
 
 def raw_response(status: int, reason: str, body: bytes) -> bytes:
@@ -28,6 +29,25 @@ def raw_response(status: int, reason: str, body: bytes) -> bytes:
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+BUSY = raw_response(503, "Service Unavailable", b'{"error":"busy"}')
+TIMED_OUT = raw_response(408, "Request Timeout", b'{"error":"request not received in time"}')
+
+
+async def close_lingering(stream: trio.SocketStream, data: bytes) -> None:
+    """Send a final response and close. Closing a socket with unread input makes the kernel send
+    RST, which can destroy the response before the client reads it; so half-close and drain. All within
+    a bound: a client that never reads could otherwise block the send."""
+    with trio.move_on_after(LINGER_S):
+        try:
+            await stream.send_all(data)
+            await stream.send_eof()
+            while await stream.receive_some(CHUNK):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    await trio.aclose_forcefully(stream)
 
 
 class BadRequest(Exception):
@@ -47,17 +67,62 @@ def response(conn: h11.Connection, status: int, headers: list[tuple[bytes, bytes
     return out + conn.send(h11.EndOfMessage())
 
 
-async def next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
+class ReadClock:
+    """Bounds how long one request may take to arrive, from its first byte (geth's ReadHeaderTimeout and
+    ReadTimeout): its head, and the body `read_body` reads, must come within `read_s`, else the
+    connection's scope is cancelled (the server then answers 408 and closes).
+
+    It moves the connection's one idle scope rather than opening a scope per request, the keep-alive hot
+    path: a request that arrives whole in one read never touches the deadline; only one that needs
+    another read arms it, and `done` (the whole request has come) puts the idle deadline back."""
+
+    __slots__ = ("_scope", "_read_s", "_idle_s", "armed")
+
+    def __init__(self, scope: trio.CancelScope, read_s: float, idle_s: float) -> None:
+        self._scope = scope
+        self._read_s = read_s
+        self._idle_s = idle_s
+        self.armed = False  # part of a request has come and the rest has not
+
+    def arm(self) -> None:
+        if not self.armed:
+            self.armed = True
+            deadline = trio.current_time() + self._read_s
+            if deadline < self._scope.deadline:
+                self._scope.deadline = deadline
+
+    def done(self) -> None:
+        if self.armed:
+            self.armed = False
+            self._scope.deadline = trio.current_time() + self._idle_s
+
+
+async def next_event(
+    stream: trio.SocketStream, conn: h11.Connection, clock: ReadClock | None = None, begun: bool = False
+) -> Any:
+    """The next h11 event, reading as needed. With `clock`, a request that has begun to come and needs
+    more reads is bounded by it; `begun`: part of it is known to be here already (a body's head)."""
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
+        # Part of a request is here: its head, bytes read by this call, or the start of a pipelined
+        # head left from the previous read (checked last: it copies the buffer, once per request).
+        if clock is not None and (begun or conn.trailing_data[0]):
+            clock.arm()
         if conn.they_are_waiting_for_100_continue:  # curl sends Expect for bodies > 1 KiB
             await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         conn.receive_data(await stream.receive_some(CHUNK))
+        begun = True
 
 
-async def read_body(stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, max_body: int) -> bytes:
+async def read_body(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    request: h11.Request,
+    max_body: int,
+    clock: ReadClock | None = None,
+) -> bytes:
     for name, value in request.headers:
         # Reject on the declared length before reading (and buffering) any of the body.
         if name == b"content-length" and int(value) > max_body:
@@ -65,7 +130,7 @@ async def read_body(stream: trio.SocketStream, conn: h11.Connection, request: h1
     chunks: list[bytes] = []
     size = 0
     while True:
-        event = await next_event(stream, conn)
+        event = await next_event(stream, conn, clock, begun=True)
         if isinstance(event, h11.Data):
             size += len(event.data)
             if size > max_body:  # chunked bodies declare no length up front

@@ -24,10 +24,13 @@ from ogpu_node.rpc.access import OPEN, AccessPolicy, HttpAccess, ws_origin_allow
 from ogpu_node.rpc.admission import Admission
 from ogpu_node.rpc.blobs_http import BlobRoutes
 from ogpu_node.rpc.httpio import (
-    CHUNK,
+    BUSY,
     JSON_HEADERS,
     JSON_ONLY,
+    TIMED_OUT,
     BadRequest,
+    ReadClock,
+    close_lingering,
     keep_alive,
     next_event,
     raw_response,
@@ -37,8 +40,6 @@ from ogpu_node.rpc.httpio import (
 
 log = logging.getLogger("ogpu.rpc")
 
-_LINGER_S = 1.0  # how long to drain an abandoned request before closing (see _close_lingering)
-_WS_HANDSHAKE_S = 10.0  # bound on the opening and the closing handshake of a WebSocket
 _PREFLIGHT_HEADERS = [
     (b"access-control-allow-methods", b"POST, GET, OPTIONS"),
     (b"access-control-allow-headers", b"Content-Type"),
@@ -73,6 +74,10 @@ class ServerLimits:
     max_connections: int = 512
     # HTTP only (WS clients idle legitimately while subscribed); see HttpServer._serve for precision.
     idle_timeout_s: float = 120.0
+    # From a request's first byte, its head and RPC body must come within this, else 408 and close (geth's
+    # ReadHeaderTimeout and ReadTimeout, 30 s; shorter would cut a 5 MiB body on a link under 175 KB/s).
+    read_timeout_s: float = 30.0
+    ws_handshake_timeout_s: float = 10.0  # a WebSocket's opening (from the connection's start) and closing
 
 
 class SessionClosed(ConnectionError):
@@ -125,20 +130,6 @@ class _WsSession(_BaseSession):
             raise SessionClosed("websocket connection closed") from exc
 
 
-async def _close_lingering(stream: trio.SocketStream, data: bytes) -> None:
-    """Send a final response and close. Closing a socket with unread input makes the kernel send
-    RST, which can destroy the response before the client reads it; so half-close and drain."""
-    try:
-        await stream.send_all(data)
-        await stream.send_eof()
-        with trio.move_on_after(_LINGER_S):
-            while await stream.receive_some(CHUNK):
-                pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
-    await trio.aclose_forcefully(stream)
-
-
 async def _serve_tcp(server: Any, task_status: Any) -> None:
     """Bind `server._host:server.port` (0 = ephemeral, then read back) and serve its connections."""
     listeners = await trio.open_tcp_listeners(server.port, host=server._host)
@@ -176,18 +167,23 @@ class HttpServer:
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         admission = self._admission
         if not admission.admit():  # every slot has a request in progress
-            await _close_lingering(stream, raw_response(503, "Service Unavailable", b'{"error":"busy"}'))
+            await close_lingering(stream, BUSY)
             return
         session = _HttpSession()
-        idle = trio.CancelScope(deadline=trio.current_time() + self._limits.idle_timeout_s)
+        limits = self._limits
+        idle = trio.CancelScope(deadline=trio.current_time() + limits.idle_timeout_s)
+        clock = ReadClock(idle, limits.read_timeout_s, limits.idle_timeout_s)
         try:
             with idle:
-                await self._serve(stream, h11.Connection(h11.SERVER), session, idle)
+                await self._serve(stream, h11.Connection(h11.SERVER), session, idle, clock)
+            if idle.cancelled_caught and clock.armed:  # a request half come, no response begun yet
+                log.debug("request not received within %gs: 408", limits.read_timeout_s)
+                await close_lingering(stream, TIMED_OUT)
         except h11.RemoteProtocolError as exc:
             log.debug("malformed HTTP request: %s", exc)  # client error: no traceback
-            await _close_lingering(stream, raw_response(400, "Bad Request", b'{"error":"bad request"}'))
+            await close_lingering(stream, raw_response(400, "Bad Request", b'{"error":"bad request"}'))
         except BadRequest as exc:
-            await _close_lingering(stream, exc.response)
+            await close_lingering(stream, exc.response)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError) as exc:
             log.debug("HTTP connection dropped: %r", exc)
         finally:
@@ -196,12 +192,18 @@ class HttpServer:
             await trio.aclose_forcefully(stream)
 
     async def _serve(
-        self, stream: trio.SocketStream, conn: h11.Connection, session: _HttpSession, idle: trio.CancelScope
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        session: _HttpSession,
+        idle: trio.CancelScope,
+        clock: ReadClock,
     ) -> None:
         # One cancel scope per connection instead of a scope (or nursery) per request: this loop is
         # the hot path of sequential keep-alive clients. keep_alive moves the deadline only once half
         # of it is used up, so one request may run at least idle_s/2 (geth bounds a request by its
-        # 30 s write timeout in the same way).
+        # 30 s write timeout in the same way). The read timeout moves the same scope's deadline, and
+        # only for a request that does not arrive in one read (httpio.ReadClock).
         idle_s = self._limits.idle_timeout_s
         max_body = self._limits.max_body_bytes
         policy = self._policy
@@ -211,7 +213,7 @@ class HttpServer:
             # Until a whole request has come (head and body: a slow body is no request yet), this
             # connection may be closed to make room (admission.py).
             admission.idle(idle)
-            event = await next_event(stream, conn)
+            event = await next_event(stream, conn, clock)
             if isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request)
@@ -220,13 +222,15 @@ class HttpServer:
                 raise BadRequest(verdict.status, "Forbidden", b'{"error":"%s"}' % verdict.reason.encode())
             cors = verdict.cors
             if self._blobs is not None and self._blobs.matches(event.target):
+                clock.done()  # the head has come; a blob's body is the route's to bound
                 admission.busy(idle)  # an upload streams for as long as it needs
                 await self._blobs.serve(stream, conn, event, idle, cors)
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
                 continue
-            body = await read_body(stream, conn, event, max_body)
+            body = await read_body(stream, conn, event, max_body, clock)
+            clock.done()
             admission.busy(idle)
             method = event.method
             headers = _json_headers(cors)
@@ -290,7 +294,7 @@ class WebSocketServer:
     async def _connection(self, stream: trio.SocketStream) -> None:
         admission = self._admission
         if not admission.admit():
-            await _close_lingering(stream, raw_response(503, "Service Unavailable", b'{"error":"busy"}'))
+            await close_lingering(stream, BUSY)
             return
         evict = trio.CancelScope()  # cancelled when this connection, idle, must make room (admission.py)
         try:
@@ -302,10 +306,12 @@ class WebSocketServer:
 
     async def _serve(self, stream: trio.SocketStream, evict: trio.CancelScope) -> None:
         admission = self._admission
+        handshake_s = self._limits.ws_handshake_timeout_s
         async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
-            ws = None
+            ws = request = None
             admission.idle(evict)  # a handshake that has not come yet
-            with trio.move_on_after(_WS_HANDSHAKE_S):
+            # From the connection's start, so a handshake trickled a byte at a time is bounded too.
+            with trio.move_on_after(handshake_s) as handshake:
                 try:
                     request = await tws.wrap_server_stream(
                         nursery, stream, max_message_size=self._limits.max_ws_message_bytes
@@ -318,14 +324,17 @@ class WebSocketServer:
                 except tws.ConnectionClosed:
                     pass
             if ws is None:
-                nursery.cancel_scope.cancel()
-                return
-            try:
-                await self._messages(ws, evict)
-            finally:
-                # Let the reader task finish the closing handshake, within a bound.
-                nursery.cancel_scope.deadline = trio.current_time() + _WS_HANDSHAKE_S
-                await ws.aclose()
+                nursery.cancel_scope.cancel()  # the reader task, which leaves the socket open
+            else:
+                try:
+                    await self._messages(ws, evict)
+                finally:
+                    # Let the reader task finish the closing handshake, within a bound.
+                    nursery.cancel_scope.deadline = trio.current_time() + handshake_s
+                    await ws.aclose()
+        if handshake.cancelled_caught and request is None:  # its head did not come in time: nothing said yet
+            log.debug("websocket handshake not received within %gs: 408", handshake_s)
+            await close_lingering(stream, TIMED_OUT)
 
     async def _messages(self, ws: tws.WebSocketConnection, evict: trio.CancelScope) -> None:
         admission = self._admission

@@ -17,6 +17,18 @@ DOMAIN_ATTESTATION = b"ogpu/attestation/v1"
 DOMAIN_RANDAO = b"ogpu/randao/v1"
 
 
+def _word(value: int) -> bytes:
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{value} is not a uint64")
+    return value.to_bytes(32, "big")
+
+
+def _bytes32(value: bytes) -> bytes:
+    if len(value) != 32:
+        raise ValueError("a bytes32 field is 32 bytes")
+    return value
+
+
 def signing_root(domain: bytes, chain_id: int, genesis_hash: bytes, fields: bytes) -> bytes:
     return keccak(keccak(domain) + chain_id.to_bytes(32, "big") + genesis_hash + fields)
 
@@ -28,8 +40,8 @@ class BlockProposal:
     slot: int
     block_hash: bytes
 
-    def fields(self) -> bytes:
-        return encode(["uint64", "bytes32"], [self.slot, self.block_hash])
+    def fields(self) -> bytes:  # abi.encode(uint64, bytes32): static words, packed by hand as it is hot
+        return _word(self.slot) + _bytes32(self.block_hash)
 
     def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
         return signing_root(DOMAIN_BLOCK_PROPOSAL, chain_id, genesis_hash, self.fields())
@@ -46,11 +58,9 @@ class Attestation:
     target_epoch: int
     target_root: bytes
 
-    def fields(self) -> bytes:
-        return encode(
-            ["uint64", "bytes32", "uint64", "bytes32", "uint64", "bytes32"],
-            [self.slot, self.head, self.source_epoch, self.source_root, self.target_epoch, self.target_root],
-        )
+    def fields(self) -> bytes:  # abi.encode(uint64, bytes32, uint64, bytes32, uint64, bytes32), by hand (hot)
+        return (_word(self.slot) + _bytes32(self.head) + _word(self.source_epoch) + _bytes32(self.source_root)
+                + _word(self.target_epoch) + _bytes32(self.target_root))
 
     def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
         return signing_root(DOMAIN_ATTESTATION, chain_id, genesis_hash, self.fields())

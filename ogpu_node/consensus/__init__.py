@@ -1,0 +1,36 @@
+"""Proof of stake (Gasper-lite), deterministic and sans-IO (docs/consensus.md).
+
+- `params`: the parameters and the slot clock;
+- `randao`: reveals from a validator's hash chain, the mix;
+- `validators`: validator sets, proposer and attestation-slot duties;
+- `state`: a branch's consensus state, block validity, Casper FFG;
+- `forkchoice`: the block tree and LMD-GHOST;
+- `core`: one node's consensus: inputs in, head, finality and duties out.
+"""
+
+from ogpu_node.consensus.core import ConsensusCore, Proposal, ValidatorKey
+from ogpu_node.consensus.forkchoice import ForkChoice, UnknownParent
+from ogpu_node.consensus.params import ConsensusParams
+from ogpu_node.consensus.randao import HashChain
+from ogpu_node.consensus.state import (
+    BlockInput,
+    BranchState,
+    Checkpoint,
+    ConsensusBody,
+    InvalidConsensus,
+    Rules,
+    apply_block,
+    genesis_state,
+)
+from ogpu_node.consensus.validators import (
+    Validator,
+    ValidatorSet,
+    compute_attestation_slots,
+    compute_proposer,
+)
+
+__all__ = [
+    "BlockInput", "BranchState", "Checkpoint", "ConsensusBody", "ConsensusCore", "ConsensusParams", "ForkChoice",
+    "HashChain", "InvalidConsensus", "Proposal", "Rules", "UnknownParent", "Validator", "ValidatorKey",
+    "ValidatorSet", "apply_block", "compute_attestation_slots", "compute_proposer", "genesis_state",
+]

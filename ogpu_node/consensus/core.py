@@ -1,0 +1,191 @@
+"""One node's consensus, sans-IO: blocks, attestations and slots in; head, finality and duties out.
+
+The node (or a simulation) owns the clock and the network: it calls `on_block` and `on_attestation`
+with what arrives, asks `propose(slot)` at a slot's start and `attest(slot)` a third into it, builds
+the execution block a proposal describes, and gossips what comes out. Nothing here reads a clock,
+sleeps or sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ogpu_node.consensus.forkchoice import ForkChoice, UnknownParent
+from ogpu_node.consensus.randao import HashChain, next_mix
+from ogpu_node.consensus.state import (
+    MAX_ATTESTATIONS,
+    BlockInput,
+    BranchState,
+    Checkpoint,
+    ConsensusBody,
+    InvalidConsensus,
+    Rules,
+    advance_to_epoch,
+    check_attestation,
+    proposer_of,
+)
+from ogpu_node.crypto import Keypair
+from ogpu_node.types.signing import Attestation, BlockProposal, SignedAttestation
+
+MAX_ORPHANS = 1024  # blocks waiting for their parent; beyond it the oldest are forgotten
+MAX_PENDING_ATTESTATIONS = 4096
+
+
+@dataclass(frozen=True)
+class ValidatorKey:
+    keypair: Keypair
+    randao: HashChain
+
+    @property
+    def address(self) -> bytes:
+        return self.keypair.address
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The header fields and body of a block to build on ``parent_root``; its extra_data is
+    ``body.root``."""
+
+    parent_root: bytes
+    slot: int
+    timestamp: int
+    coinbase: bytes
+    mix_hash: bytes
+    body: ConsensusBody
+
+
+class ConsensusCore:
+    def __init__(self, rules: Rules, anchor: BranchState, key: ValidatorKey | None = None) -> None:
+        self.rules = rules
+        self.key = key
+        self.fork_choice = ForkChoice(rules, anchor)
+        self._orphans: dict[bytes, BlockInput] = {}  # by root, in arrival order
+        self._pool: dict[tuple[bytes, int], SignedAttestation] = {}  # (validator, target epoch)
+        self._pending: list[SignedAttestation] = []  # heads not known yet
+
+    # -- views --
+
+    def head(self) -> bytes:
+        return self.fork_choice.head()
+
+    @property
+    def finalized(self) -> Checkpoint:
+        return self.fork_choice.finalized
+
+    @property
+    def justified(self) -> Checkpoint:
+        return self.fork_choice.justified
+
+    def state(self, root: bytes) -> BranchState:
+        return self.fork_choice.states[root]
+
+    def _head_state_at(self, slot: int) -> BranchState:
+        head = self.fork_choice.states[self.head()]
+        return advance_to_epoch(self.rules, head, self.rules.params.epoch_of(slot), b"", -1)
+
+    def proposer_at(self, slot: int) -> bytes:
+        """The proposer of ``slot`` on the current head's branch."""
+        return proposer_of(self._head_state_at(slot), slot)
+
+    # -- inputs --
+
+    def on_block(self, block: BlockInput) -> list[bytes]:
+        """Import ``block`` and any kept block that was waiting for it; the roots imported. A block
+        whose parent is unknown is kept (UnknownParent is raised so the caller can fetch the parent);
+        an invalid one raises InvalidConsensus and changes nothing."""
+        try:
+            self.fork_choice.on_block(block)
+        except UnknownParent:
+            self._orphans.pop(block.root, None)
+            self._orphans[block.root] = block
+            while len(self._orphans) > MAX_ORPHANS:
+                del self._orphans[next(iter(self._orphans))]
+            raise
+        imported = [block.root]
+        progress = True
+        while progress:
+            progress = False
+            for root, orphan in list(self._orphans.items()):
+                if orphan.parent_root in self.fork_choice.states:
+                    del self._orphans[root]
+                    try:
+                        self.fork_choice.on_block(orphan)
+                    except InvalidConsensus:
+                        continue
+                    imported.append(root)
+                    progress = True
+        self._retry_pending()
+        return imported
+
+    def on_attestation(self, signed: SignedAttestation) -> None:
+        """Count an attestation for fork choice and keep it for inclusion; InvalidConsensus if invalid.
+        One whose head block is unknown is kept until the block comes."""
+        try:
+            signer = self.fork_choice.on_attestation(signed)
+        except UnknownParent:
+            if len(self._pending) < MAX_PENDING_ATTESTATIONS:
+                self._pending.append(signed)
+            return
+        self._pool.setdefault((signer, signed.message.target_epoch), signed)
+
+    def _retry_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for signed in pending:
+            try:
+                self.on_attestation(signed)
+            except InvalidConsensus:
+                pass
+
+    # -- duties --
+
+    def propose(self, slot: int) -> Proposal | None:
+        """What to build at ``slot`` if this node's key proposes it on its head; None otherwise."""
+        if self.key is None:
+            return None
+        params = self.rules.params
+        parent = self.fork_choice.states[self.head()]
+        if slot <= parent.slot:
+            return None
+        epoch = params.epoch_of(slot)
+        state = advance_to_epoch(self.rules, parent, epoch, b"", -1)
+        if proposer_of(state, slot) != self.key.address:
+            return None
+        reveal = self.key.randao.reveal(epoch)
+        self._pool = {k: v for k, v in self._pool.items() if k[1] + 1 >= epoch}  # older: never includable
+        current, previous = set(state.current_attesters), set(state.previous_attesters)
+        chosen: list[SignedAttestation] = []
+        for signed in sorted(self._pool.values(), key=lambda s: (s.message.slot, s.signature)):
+            a = signed.message
+            if not a.slot < slot <= a.slot + params.slots_per_epoch:
+                continue
+            try:
+                signer, duties = check_attestation(self.rules, state, signed, (current, previous))
+            except InvalidConsensus:
+                continue
+            (current if duties is state.current else previous).add(signer)
+            chosen.append(signed)
+            if len(chosen) == MAX_ATTESTATIONS:
+                break
+        return Proposal(parent.root, slot, params.timestamp(slot), self.key.address, next_mix(state.mix, reveal),
+                        ConsensusBody(slot, reveal, tuple(chosen)))
+
+    def sign_proposal(self, slot: int, block_root: bytes) -> bytes:
+        assert self.key is not None
+        message = BlockProposal(slot, block_root).signing_root(self.rules.chain_id, self.rules.genesis_hash)
+        return self.key.keypair.sign_hash(message)
+
+    def attest(self, slot: int) -> SignedAttestation | None:
+        """This node's attestation if ``slot`` is its attestation slot, voting for its head."""
+        if self.key is None:
+            return None
+        head = self.head()
+        state = self._head_state_at(slot)
+        if state.current.attestation_slot(self.key.address, self.rules.params) != slot:
+            return None
+        source = state.current_justified
+        attestation = Attestation(slot, head, source.epoch, source.root, state.current.epoch,
+                                  state.current.target_root)
+        signature = self.key.keypair.sign_hash(attestation.signing_root(self.rules.chain_id, self.rules.genesis_hash))
+        signed = SignedAttestation(attestation, signature)
+        self.on_attestation(signed)
+        return signed

@@ -207,6 +207,7 @@ class Node:
         block, and expire pending blobs; the scan and file deletions run in a worker thread."""
         sweep_every = min(60.0, max(0.1, self.config.blob_uploads.ttl_s / 2))
         next_sweep = trio.current_time()
+        postponed = False
         while True:
             try:
                 if trio.current_time() >= next_sweep:
@@ -215,7 +216,13 @@ class Node:
                 elif self.blob_ledger.scanned != self.chain.head.block_number:
                     await trio.to_thread.run_sync(self.blob_keeper.catch_up)
             except (LedgerFull, OSError) as exc:  # a full disk: nothing was recorded, the next round retries
-                log.warning("blob bookkeeping postponed: %s", exc)
+                if not postponed:  # once per outage, not every second
+                    log.warning("blob bookkeeping postponed until the disk has room: %s", exc)
+                postponed = True
+            else:
+                if postponed:
+                    log.info("blob bookkeeping resumed")
+                postponed = False
             await trio.sleep(min(1.0, sweep_every))
 
     async def _housekeeping(self) -> None:

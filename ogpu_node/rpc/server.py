@@ -176,7 +176,8 @@ class HttpServer:
         try:
             with idle:
                 await self._serve(stream, h11.Connection(h11.SERVER), session, idle, clock)
-            if idle.cancelled_caught and clock.armed:  # a request half come, no response begun yet
+            # Half a request by its deadline: nothing said yet, so 408 (one evicted before it: just closed).
+            if idle.cancelled_caught and clock.armed and trio.current_time() >= idle.deadline:
                 log.debug("request not received within %gs: 408", limits.read_timeout_s)
                 await close_lingering(stream, TIMED_OUT)
         except h11.RemoteProtocolError as exc:
@@ -202,8 +203,7 @@ class HttpServer:
         # One cancel scope per connection instead of a scope (or nursery) per request: this loop is
         # the hot path of sequential keep-alive clients. keep_alive moves the deadline only once half
         # of it is used up, so one request may run at least idle_s/2 (geth bounds a request by its
-        # 30 s write timeout in the same way). The read timeout moves the same scope's deadline, and
-        # only for a request that does not arrive in one read (httpio.ReadClock).
+        # 30 s write timeout in the same way). ReadClock moves it for a request that takes several reads.
         idle_s = self._limits.idle_timeout_s
         max_body = self._limits.max_body_bytes
         policy = self._policy

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import click
@@ -17,7 +16,8 @@ from ogpu_node.cli.common import (
     transfer_progress,
 )
 from ogpu_node.cli.task_view import ether, status_view, wait_display, write_loss_plot
-from ogpu_node.types.prescription import InvalidPrescription
+from ogpu_node.types.jsontext import JsonBoundsError, loads_bounded
+from ogpu_node.types.prescription import MAX_NESTING, MAX_PRESCRIPTION_BYTES, InvalidPrescription
 from ogpu_node.types.protocol import TaskKind
 
 __all__ = ["task"]
@@ -45,11 +45,11 @@ def submit(prescription: Path, data_file: Path, model_file: Path | None, deposit
     from ogpu_node.compute.prescription import validate  # torch: load it only for this command
 
     try:
-        doc = json.loads(prescription.read_text(encoding="utf-8"))
+        doc = loads_bounded(prescription.read_bytes(), max_bytes=MAX_PRESCRIPTION_BYTES, max_nesting=MAX_NESTING)
     except OSError as exc:
         raise click.ClickException(f"cannot read {prescription}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise click.ClickException(f"{prescription} is not JSON: {exc}") from None
+    except JsonBoundsError as exc:  # bounded before parsing: a deep file would overflow the C stack
+        raise click.ClickException(f"{prescription} is not a prescription: {exc}") from None
     if not isinstance(doc, dict):
         raise click.ClickException("prescription: expected a JSON object")
     doc = copy.deepcopy(doc)

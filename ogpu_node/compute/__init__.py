@@ -33,7 +33,13 @@ if TYPE_CHECKING:
     from ogpu_node.compute.optim import OptimizerSpec
     from ogpu_node.compute.prescription import spec_from_prescription
     from ogpu_node.compute.profile import PROFILES, profile_env
-    from ogpu_node.compute.trainer import SegmentResult, TrainSpec, initial_checkpoint, train_segment
+    from ogpu_node.compute.trainer import (
+        SegmentResult,
+        TrainSpec,
+        check_initial_weights,
+        initial_checkpoint,
+        train_segment,
+    )
     from ogpu_node.compute.worker import SegmentRun, Worker, WorkerInfo, train_segment_in_profile
 
 # exported name -> the submodule that defines it
@@ -49,7 +55,8 @@ _HOME = {
     "OptimizerSpec": "optim",
     "spec_from_prescription": "prescription",
     **dict.fromkeys(("PROFILES", "profile_env"), "profile"),
-    **dict.fromkeys(("SegmentResult", "TrainSpec", "initial_checkpoint", "train_segment"), "trainer"),
+    **dict.fromkeys(("SegmentResult", "TrainSpec", "check_initial_weights", "initial_checkpoint", "train_segment"),
+                   "trainer"),
     **dict.fromkeys(("SegmentRun", "Worker", "WorkerInfo", "train_segment_in_profile"), "worker"),
 }
 
@@ -75,6 +82,7 @@ __all__ = [  # literal, so that linters see the TYPE_CHECKING imports used; equa
     "WorkerFailed",
     "WorkerInfo",
     "build_model",
+    "check_initial_weights",
     "checkpoint_hash",
     "config_from_hparams",
     "dataset_from_safetensors",

@@ -120,6 +120,15 @@ def read_metadata(data: bytes) -> dict[str, Any]:
     return meta
 
 
+def _natural(meta: dict[str, Any], key: str) -> int:
+    """A non-negative integer field of the metadata (a checkpoint may come from someone else: no
+    floats, strings or booleans coerced)."""
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidCheckpoint(f"bad checkpoint metadata: {key} must be a non-negative integer, got {value!r:.40}")
+    return value
+
+
 def read_tensors(data: bytes) -> dict[str, torch.Tensor]:
     try:
         check_header(data)
@@ -136,9 +145,9 @@ def load(data: bytes) -> tuple[nn.Module, torch.optim.Optimizer, TrainState]:
             family=meta["family"],
             hparams=meta["hparams"],
             optimizer=OptimizerSpec.from_json(meta["optimizer"]),
-            seed=int(meta["seed"]),
-            step=int(meta["step"]),
-            data_cursor=int(meta["data_cursor"]),
+            seed=_natural(meta, "seed"),
+            step=_natural(meta, "step"),
+            data_cursor=_natural(meta, "data_cursor"),
             recent_losses=tuple(_loss_from_json(x) for x in meta["recent_losses"]),
         )
         if len(state.recent_losses) > RECENT_LOSSES:

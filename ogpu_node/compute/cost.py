@@ -80,7 +80,7 @@ def estimate(p: Prescription, n_samples: int) -> Estimate:
         cfg = config_from_hparams(p.M.family, p.M.hparams)
         with torch.device("meta"):
             model = build_model(p.M.family, p.M.hparams)
-    except InvalidModelSpec as e:
+    except (InvalidModelSpec, RuntimeError, OverflowError) as e:
         raise InvalidTrainSpec(f"prescription.M.hparams: {e}") from None
     params = sum(t.numel() for t in model.parameters())
     batch = p.I.batch_size
@@ -91,5 +91,9 @@ def estimate(p: Prescription, n_samples: int) -> Estimate:
     optimizer = p.I.optimizer or {}
     slots = 2 if optimizer.get("name", "adam") == "adam" else (1 if optimizer.get("momentum") else 0)
     state = (2 + slots) * params * FLOAT  # weights, gradients, optimizer slots
-    memory = state + _activation_bytes(model, cfg, batch, shape) + max(n_samples, 0) * sample_bytes
+    try:
+        activations = _activation_bytes(model, cfg, batch, shape)
+    except (RuntimeError, OverflowError) as e:  # a batch whose activations overflow torch's int64 sizes
+        raise InvalidTrainSpec(f"prescription: too large to estimate ({e})") from None
+    memory = state + activations + max(n_samples, 0) * sample_bytes
     return Estimate(params, flops_per_step, flops_per_step * p.I.steps, memory / MIB)

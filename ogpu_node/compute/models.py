@@ -19,6 +19,13 @@ from torch import nn
 
 from ogpu_node.compute.errors import InvalidModelSpec
 
+# Hyperparameters come from someone else's prescription. A few bytes of JSON must not ask for a
+# model whose mere construction takes hours or all memory, even on the meta device (each layer is
+# Python objects), nor for sizes whose products overflow torch's int64 storage arithmetic: lists and
+# `n_layer` are capped at MAX_LAYERS, every other integer at MAX_SIZE. Real models stay far below.
+MAX_LAYERS = 128
+MAX_SIZE = 1 << 20
+
 # --- configs -------------------------------------------------------------------------------------
 
 
@@ -181,34 +188,38 @@ def _check_field(family: str, field: dataclasses.Field, value: Any) -> Any:
     kind = str(field.type)
     if kind.startswith("tuple"):
         if not isinstance(value, list | tuple) or not value:
-            raise InvalidModelSpec(f"{where}: expected a non-empty list of positive integers, got {value!r}")
+            raise InvalidModelSpec(f"{where}: expected a non-empty list of positive integers, got {value!r:.60}")
+        if len(value) > MAX_LAYERS:
+            raise InvalidModelSpec(f"{where}: at most {MAX_LAYERS} entries, got {len(value)}")
         return tuple(_positive_int(where, v) for v in value)
     if kind == "int":
-        return _positive_int(where, value)
+        return _positive_int(where, value, MAX_LAYERS if field.name == "n_layer" else MAX_SIZE)
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-            raise InvalidModelSpec(f"{where}: expected a number in [0, 1), got {value!r}")
+            raise InvalidModelSpec(f"{where}: expected a number in [0, 1), got {value!r:.60}")
         return float(value)
     raise AssertionError(f"unhandled field type {kind}")  # pragma: no cover
 
 
-def _positive_int(where: str, value: Any) -> int:
+def _positive_int(where: str, value: Any, most: int = MAX_SIZE) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidModelSpec(f"{where}: expected a positive integer, got {value!r}")
+        raise InvalidModelSpec(f"{where}: expected a positive integer, got {value!r:.60}")
+    if value > most:
+        raise InvalidModelSpec(f"{where}: at most {most}")
     return value
 
 
 def config_from_hparams(family: str, hparams: dict[str, Any]) -> Any:
     """The family's config dataclass from a JSON object; raises InvalidModelSpec naming the field."""
     if family not in FAMILIES:
-        raise InvalidModelSpec(f"unknown model family {family!r} (known: {', '.join(sorted(FAMILIES))})")
+        raise InvalidModelSpec(f"unknown model family {family!r:.60} (known: {', '.join(sorted(FAMILIES))})")
     if not isinstance(hparams, dict):
         raise InvalidModelSpec(f"{family}: hyperparameters must be a JSON object")
     config_cls = FAMILIES[family][0]
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(hparams) - set(fields))
     if unknown:
-        raise InvalidModelSpec(f"{family}.{unknown[0]}: unknown hyperparameter")
+        raise InvalidModelSpec(f"{family}.{unknown[0]:.60}: unknown hyperparameter")
     values = {}
     for name, field in fields.items():
         if name in hparams:

@@ -33,13 +33,15 @@ def check_semantics(p: Prescription) -> None:
     """Raise InvalidPrescription for what the compute layer cannot honour."""
     if p.M.family not in FAMILIES:
         raise InvalidPrescription(
-            "prescription.M.family", f"unknown model family {p.M.family!r} (known: {', '.join(sorted(FAMILIES))})"
+            "prescription.M.family", f"unknown model family {p.M.family!r:.60} (known: {', '.join(sorted(FAMILIES))})"
         )
     try:
         with torch.device("meta"):
             build_model(p.M.family, p.M.hparams)
     except InvalidModelSpec as exc:
         raise InvalidPrescription("prescription.M.hparams", str(exc)) from None
+    except (RuntimeError, OverflowError) as exc:  # sizes within bounds whose product overflows int64
+        raise InvalidPrescription("prescription.M.hparams", f"too large a model ({exc})") from None
     if p.D is not None and p.D.format == "text" and p.M.family not in TEXT_FAMILIES:
         raise InvalidPrescription(
             "prescription.D.format", f"text data trains {', '.join(TEXT_FAMILIES)} only, not {p.M.family}"

@@ -11,7 +11,6 @@ training N steps, saving, loading and training N more gives the same bytes as 2N
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,8 +29,9 @@ from ogpu_node.compute.data import Dataset, TensorDataset, TextDataset
 from ogpu_node.compute.errors import InvalidCheckpoint, InvalidTrainSpec
 from ogpu_node.compute.models import MLPConfig, build_model, canonical_hparams, config_from_hparams
 from ogpu_node.compute.optim import OptimizerSpec, lr_at, make_optimizer
-from ogpu_node.compute.tensorfile import TensorFileError, check_header, read_metadata
+from ogpu_node.compute.tensorfile import MAX_HEADER, TensorFileError, read_header, read_metadata
 from ogpu_node.crypto import keccak
+from ogpu_node.types.jsontext import JsonBoundsError, loads_bounded
 
 SPEC_KEY = "spec"  # an encoded spec's metadata entry: canonical JSON of everything but the tensors
 
@@ -142,32 +142,51 @@ def _resume(spec: TrainSpec, data: bytes) -> tuple[nn.Module, torch.optim.Optimi
     return model, optimizer, state
 
 
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def check_initial_weights(spec: TrainSpec, weights: bytes) -> None:
+    """Raise InvalidTrainSpec unless `weights` (M.initial_weights, someone else's file) is a sound
+    safetensors file holding exactly the tensors of `spec`'s model, by name, shape and dtype.
+
+    Read from the header alone against the model built on the meta device: nothing is allocated,
+    so a provider checks this before it bids (`initial_checkpoint` checks the same when it loads)."""
+    try:
+        declared = read_header(weights)
+    except TensorFileError as e:
+        raise InvalidTrainSpec(f"initial_weights: not a safetensors file: {e}") from None
+    with torch.device("meta"):
+        expected = build_model(spec.family, spec.hparams).state_dict()
+    missing, unexpected = sorted(expected.keys() - declared.keys()), sorted(declared.keys() - expected.keys())
+    if missing or unexpected:
+        what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
+        raise InvalidTrainSpec(f"initial_weights: {what} for {spec.family}")
+    for name, t in expected.items():
+        got = declared[name]
+        if got.shape != tuple(t.shape) or got.dtype != _SAFETENSORS_DTYPES.get(t.dtype):
+            dtype = next((str(d) for d, label in _SAFETENSORS_DTYPES.items() if label == got.dtype), got.dtype)
+            raise InvalidTrainSpec(
+                f"initial_weights: {name} is {dtype} {got.shape}, {spec.family} needs {t.dtype} {tuple(t.shape)}"
+            )
+
+
 def initial_checkpoint(spec: TrainSpec, weights: bytes) -> bytes:
     """The step-0 checkpoint of `spec` with the client's initial weights (a prescription's
     M.initial_weights: a safetensors file of the model's state_dict) in place of the seeded init.
 
-    Every tensor must match the model's by name, shape and dtype; the optimizer state is fresh and
-    the data cursor 0, so training from it is like training from any checkpoint.
+    Every tensor must match the model's by name, shape and dtype (`check_initial_weights`); the
+    optimizer state is fresh and the data cursor 0, so training from it is like training from any
+    checkpoint.
     """
+    check_initial_weights(spec, weights)
     try:
-        check_header(weights)
         tensors = st_load(weights)
-    except (SafetensorError, ValueError) as e:  # TensorFileError is a ValueError
+    except SafetensorError as e:
         raise InvalidTrainSpec(f"initial_weights: not a safetensors file: {e}") from None
     with deterministic():
         model, optimizer, state = initial_state(spec)
-        expected = model.state_dict()
-        missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
-        if missing or unexpected:
-            what = f"missing tensor {missing[0]!r}" if missing else f"unexpected tensor {unexpected[0]!r}"
-            raise InvalidTrainSpec(f"initial_weights: {what} for {spec.family}")
-        for name, t in expected.items():
-            got = tensors[name]
-            if got.shape != t.shape or got.dtype != t.dtype:
-                raise InvalidTrainSpec(
-                    f"initial_weights: {name} is {got.dtype} {tuple(got.shape)}, "
-                    f"{spec.family} needs {t.dtype} {tuple(t.shape)}"
-                )
         model.load_state_dict(tensors, strict=True)
         return checkpoint.save(model, optimizer, state)
 
@@ -257,9 +276,9 @@ def encode_spec(spec: TrainSpec) -> bytes:
 def decode_spec(data: bytes) -> TrainSpec:
     """The spec `encode_spec` wrote (InvalidTrainSpec for anything else)."""
     try:
-        meta = json.loads(read_metadata(data)[SPEC_KEY])
+        meta = loads_bounded(read_metadata(data)[SPEC_KEY], max_bytes=MAX_HEADER)
         tensors = st_load(data)
-    except (TensorFileError, KeyError, json.JSONDecodeError, SafetensorError) as e:
+    except (TensorFileError, KeyError, JsonBoundsError, SafetensorError) as e:
         raise InvalidTrainSpec(f"not an encoded training spec: {e}") from None
     if meta["dataset"] == "text":
         dataset: Dataset = TextDataset(tensors["text"], meta["block_size"])

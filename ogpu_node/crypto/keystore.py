@@ -41,6 +41,10 @@ LIGHT_SCRYPT_N = 1 << 12
 
 # A keystore file is well under 1 KiB; anything much larger is not one.
 _MAX_KEYFILE_SIZE = 64 * 1024
+# It holds four JSON objects (the file, crypto, cipherparams, kdfparams). Capping the brackets caps
+# the nesting before json.loads sees the text: py-evm raises the recursion limit to 10^5, and a
+# file of 32k nested brackets would overflow the C stack instead of raising (types/jsontext.py).
+_MAX_KEYFILE_BRACKETS = 64
 
 
 class KeystoreError(ValueError):
@@ -93,7 +97,10 @@ def _read_keyfile(path: Path) -> tuple[bytes, dict[str, Any]] | None:
     try:
         if not path.is_file() or path.stat().st_size > _MAX_KEYFILE_SIZE:
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        if len(raw) > _MAX_KEYFILE_SIZE or raw.count(b"[") + raw.count(b"{") > _MAX_KEYFILE_BRACKETS:
+            return None
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     if not isinstance(data, dict):

@@ -13,8 +13,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from safetensors.numpy import save
-
 from ogpu_node.apps.client.errors import BadCheckpoint
 from ogpu_node.files import atomic_write
 
@@ -46,16 +44,26 @@ def mean_recent_loss(meta: dict[str, Any]) -> float | None:
     losses = meta.get("recent_losses")
     if not isinstance(losses, list):
         return None
-    finite = [float(x) for x in losses
-              if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
+    finite = [x for x in map(_as_float, losses) if x is not None and math.isfinite(x)]
     return sum(finite) / len(finite) if finite else None
+
+
+def _as_float(x: object) -> float | None:
+    """A JSON number as a float; None for anything else, and for an integer too large for a float
+    (a header is someone else's document: `float(10**400)` raises)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    try:
+        return float(x)
+    except OverflowError:
+        return None
 
 
 def extract_weights(checkpoint: Path, out_path: Path, checkpoint_hash: bytes) -> int:
     """Write the checkpoint file's `model/<name>` tensors as `<name>` into a safetensors file at ``out_path``
     (atomically), with metadata naming the checkpoint (`ogpu_checkpoint`) and, when the checkpoint says,
     its model `family` and `hparams`; return the number of tensors."""
-    from ogpu_node.compute.tensorfile import TensorFileError, load_arrays, ogpu_metadata
+    from ogpu_node.compute.tensorfile import TensorFileError, encode_arrays, load_arrays, ogpu_metadata
 
     name = f"checkpoint 0x{checkpoint_hash.hex()}"
     try:
@@ -70,5 +78,5 @@ def extract_weights(checkpoint: Path, out_path: Path, checkpoint_hash: bytes) ->
     if "family" in meta:
         info["family"] = str(meta["family"])
         info["hparams"] = json.dumps(meta.get("hparams"), sort_keys=True, separators=(",", ":"))
-    atomic_write(Path(out_path), save(weights, metadata=info))
+    atomic_write(Path(out_path), encode_arrays(weights, metadata=info))
     return len(weights)

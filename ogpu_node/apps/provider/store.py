@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ogpu_node.files import atomic_write
+from ogpu_node.types.jsontext import loads_bounded
+
+MAX_VOTE_BYTES = 4096  # a vote file is three hex hashes, about 220 bytes
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,13 @@ class ProviderFiles:
         atomic_write(self.vote_path(task_id, k, round_), json.dumps(doc).encode())
 
     def load_vote(self, task_id: int, k: int, round_: int) -> Vote | None:
+        """The vote saved for this seat; None when there is none or the file is not one (a damaged
+        file is read no further than MAX_VOTE_BYTES and parsed only within types/jsontext's bounds)."""
         try:
-            doc = json.loads(self.vote_path(task_id, k, round_).read_bytes())
+            with open(self.vote_path(task_id, k, round_), "rb") as f:
+                doc = loads_bounded(f.read(MAX_VOTE_BYTES + 1), max_bytes=MAX_VOTE_BYTES)
             return Vote(bytes.fromhex(doc["result"]), bytes.fromhex(doc["step"]), bytes.fromhex(doc["salt"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):  # JsonBoundsError is a ValueError
             return None
 
     def forget(self, task_id: int) -> None:

@@ -52,13 +52,14 @@ MAX_NESTING = 64  # JSON levels, counting the document itself; a real one nests 
 
 _BLOB_RE = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _WEI_RE = re.compile(r"^[0-9]+$")
+_WEI_DIGITS = len(str(MAX_UINT256))
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise InvalidPrescription("prescription", f"duplicate key {k!r}")
+            raise InvalidPrescription("prescription", f"duplicate key {k!r:.60}")
         out[k] = v
     return out
 
@@ -69,7 +70,7 @@ def _obj(value: Any, path: str, allowed: tuple[str, ...], hints: dict[str, str] 
     for key in sorted(value, key=str):
         if key not in allowed:
             hint = (hints or {}).get(key, "unknown key")
-            raise InvalidPrescription(f"{path}.{key}", hint)
+            raise InvalidPrescription(f"{path}.{str(key):.60}", hint)  # someone else's key: shown short
     return value
 
 
@@ -81,7 +82,7 @@ def _required(obj: dict[str, Any], path: str, key: str) -> Any:
 
 def _int(value: Any, path: str, lo: int, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidPrescription(path, f"must be an integer, got {value!r}")
+        raise InvalidPrescription(path, f"must be an integer, got {value!r:.60}")
     if value < lo:
         raise InvalidPrescription(path, f"must be at least {lo}")
     if hi is not None and value > hi:
@@ -91,17 +92,19 @@ def _int(value: Any, path: str, lo: int, hi: int | None = None) -> int:
 
 def _wei(value: Any, path: str, lo: int = 1) -> int:
     if isinstance(value, str):
+        if len(value) > _WEI_DIGITS:  # before int(): Python refuses to convert over 4300 digits
+            raise InvalidPrescription(path, f"must be at most {MAX_UINT256}")
         if not _WEI_RE.match(value):
-            raise InvalidPrescription(path, f"must be wei as a decimal string or an integer, got {value!r}")
+            raise InvalidPrescription(path, f"must be wei as a decimal string or an integer, got {value!r:.60}")
         value = int(value)
     elif isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidPrescription(path, f"must be wei as a decimal string or an integer, got {value!r}")
+        raise InvalidPrescription(path, f"must be wei as a decimal string or an integer, got {value!r:.60}")
     return _int(value, path, lo, MAX_UINT256)
 
 
 def _number(value: Any, path: str, lo: float, hi: float | None = None, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidPrescription(path, f"must be a finite number, got {value!r}")
+        raise InvalidPrescription(path, f"must be a finite number, got {value!r:.60}")
     if value < lo or (lo_open and value == lo):
         raise InvalidPrescription(path, f"must be {'above' if lo_open else 'at least'} {lo}")
     if hi is not None and value > hi:
@@ -111,7 +114,7 @@ def _number(value: Any, path: str, lo: float, hi: float | None = None, lo_open: 
 
 def _choice(value: Any, path: str, choices: tuple[str, ...]) -> str:
     if value not in choices or not isinstance(value, str):
-        raise InvalidPrescription(path, f"must be one of {', '.join(choices)}, got {value!r}")
+        raise InvalidPrescription(path, f"must be one of {', '.join(choices)}, got {value!r:.60}")
     return value
 
 
@@ -130,7 +133,7 @@ def _json_value(value: Any, path: str, depth: int) -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise InvalidPrescription(path, f"keys must be strings, got {k!r}")
+                raise InvalidPrescription(path, f"keys must be strings, got {k!r:.60}")
             out[k] = _json_value(v, f"{path}.{k}", depth + 1)
         return out
     if isinstance(value, list | tuple):
@@ -205,7 +208,7 @@ def _instructions(value: Any, kind: str) -> Instructions:
         raise InvalidPrescription(f"{p}.numeric_profile", "must be a non-empty string")
     common["numeric_profile"] = profile
     if kind == "batch":
-        steps = _int(_required(i, p, "steps"), f"{p}.steps", 1)
+        steps = _int(_required(i, p, "steps"), f"{p}.steps", 1, 2**64 - 1)  # bounded: estimates multiply it
         checkpoints = _int(_required(i, p, "checkpoints"), f"{p}.checkpoints", 1, MAX_CHECKPOINTS)
         if checkpoints > steps:
             raise InvalidPrescription(f"{p}.checkpoints", f"{checkpoints} checkpoints exceed the {steps} steps")
@@ -213,7 +216,7 @@ def _instructions(value: Any, kind: str) -> Instructions:
         return Instructions(
             **common, steps=steps, checkpoints=checkpoints,
             segment_window_s=_window(i, p, "segment_window_s"),
-            batch_size=_int(_required(i, p, "batch_size"), f"{p}.batch_size", 1),
+            batch_size=_int(_required(i, p, "batch_size"), f"{p}.batch_size", 1, 2**32 - 1),
             optimizer=_optimizer(_required(i, p, "optimizer")),
             seed=None if seed is None else _int(seed, f"{p}.seed", 0, 2**64 - 1),
             confirm_window_s=_window(i, p, "confirm_window_s"),

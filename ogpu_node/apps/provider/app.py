@@ -27,7 +27,7 @@ from ogpu_node.apps.provider import executor
 from ogpu_node.apps.provider import messages as m
 from ogpu_node.apps.provider.chain import PROTOCOL_GAS, ChainClient, Event
 from ogpu_node.apps.provider.concurrency import Scopes, blocking, close_shielded
-from ogpu_node.apps.provider.context import TaskDocuments, job_of
+from ogpu_node.apps.provider.context import DOCUMENT_ERRORS, TaskDocuments, job_of
 from ogpu_node.apps.provider.core import ProviderCore, my_votes
 from ogpu_node.apps.provider.council import CouncilSeat
 from ogpu_node.apps.provider.executor import JobRecord, chain_now
@@ -205,8 +205,13 @@ class Provider:
     # -- the actions --
 
     async def _consider(self, action: m.Consider) -> None:
-        ctx = await self.documents.context(action.task_id, action.prescription_hash)
-        await self._report(m.Assessed(action.task_id, await blocking(job_of, ctx)))
+        try:
+            ctx = await self.documents.context(action.task_id, action.prescription_hash)
+            job = await blocking(job_of, ctx)
+        except DOCUMENT_ERRORS as exc:  # someone else's document: one line, and on to the next task
+            log.warning("task %d: not bidding: %s", action.task_id, exc)
+            return
+        await self._report(m.Assessed(action.task_id, job))
 
     async def _bid(self, action: m.PlaceBid) -> None:
         what = f"task {action.task_id}: placeBid"
@@ -220,11 +225,17 @@ class Provider:
 
     async def _execute(self, action: m.StartExecutor) -> None:
         task_id, record = action.task_id, self.jobs.get(action.task_id) or JobRecord()
-        ctx = await self.documents.context(task_id)
-        start = None
-        if action.resume_from:
-            resumed = await blocking(self.chain.checkpoint, task_id, action.resume_from)
-            start = await blocking(self.chain.get_blob, bytes(resumed.checkpoint_hash))
+        try:
+            ctx = await self.documents.context(task_id)
+            start = None
+            if action.resume_from:
+                resumed = await blocking(self.chain.checkpoint, task_id, action.resume_from)
+                start = await blocking(self.chain.get_blob, bytes(resumed.checkpoint_hash))
+        except DOCUMENT_ERRORS as exc:  # the job ends here, and its slot is free for other tasks
+            record.error = str(exc)
+            log.error("task %d: executor stopped: %s", task_id, exc)
+            await self._report(m.TrainingEnded(task_id, str(exc)))
+            return
         worker = self._executor_worker(ctx.prescription.I.numeric_profile or DEFAULT_PROFILE)
         try:
             fault = self.config.fault
@@ -280,8 +291,10 @@ class Provider:
             core = self.core
             await CouncilSeat(self.chain, self.files, ctx, self.council_worker, self.council_turns, k, round_,
                               action.step_index, lambda step: core.vote_on_chain((task_id, k, round_), step)).run()
-        except (ClientError, InvalidPrescription, OSError) as exc:
+        except (*DOCUMENT_ERRORS, OSError) as exc:  # no vote without documents: the protocol counts a missed vote
             log.warning("task %d: council seat on checkpoint %d round %d: %s", task_id, k, round_, exc)
+        except Exception:
+            log.exception("task %d: council seat on checkpoint %d round %d failed", task_id, k, round_)
         await self._report(m.SeatEnded(task_id, k, round_))
 
     # -- workers --

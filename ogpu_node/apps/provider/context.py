@@ -13,16 +13,26 @@ from ogpu_node.apps.client import ClientError
 from ogpu_node.apps.provider.chain import ChainClient
 from ogpu_node.apps.provider.concurrency import blocking
 from ogpu_node.apps.provider.strategy import Job
-from ogpu_node.types.prescription import InvalidPrescription, Prescription, segment_bounds, training_seed
+from ogpu_node.compute.errors import ComputeError
+from ogpu_node.types.prescription import (
+    MAX_PRESCRIPTION_BYTES,
+    InvalidPrescription,
+    Prescription,
+    segment_bounds,
+    training_seed,
+)
 
 if TYPE_CHECKING:
     from ogpu_node.compute import TrainSpec
 
-MAX_PRESCRIPTION_BYTES = 1 << 20
 MAX_DATASET_BYTES = 1 << 30
 DOWNLOADS = 2  # document downloads at once
 
 Documents = tuple[Prescription, bytes, bytes | None]  # prescription, dataset, initial weights
+# What a bad task document raises while it is fetched and read: a blob missing, too large or not
+# matching its hash (the client's typed errors), a prescription that does not parse or check, data
+# or weights that do not fit its model. The task is skipped with the reason; the provider goes on.
+DOCUMENT_ERRORS = (ClientError, InvalidPrescription, ComputeError)
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,16 @@ def fetch_documents(chain: ChainClient, prescription_hash: bytes) -> Documents:
 
 def build_context(task_id: int, docs: Documents, seed: bytes) -> TaskContext:
     """The training spec from the chain's assignment seed; while bidding (no seed yet) a spec for
-    estimates only."""
-    from ogpu_node.compute import initial_checkpoint, spec_from_prescription
+    estimates only, with the initial weights checked against the model from their header alone (a
+    task whose weights cannot load is not bid on)."""
+    from ogpu_node.compute import check_initial_weights, initial_checkpoint, spec_from_prescription
 
     p, dataset, weights = docs
     if seed == bytes(32):
-        return TaskContext(task_id, p, spec_from_prescription(p, dataset, 0), None)
+        spec = spec_from_prescription(p, dataset, 0)
+        if weights is not None:
+            check_initial_weights(spec, weights)
+        return TaskContext(task_id, p, spec, None)
     spec = spec_from_prescription(p, dataset, training_seed(p, seed))
     return TaskContext(task_id, p, spec, None if weights is None else initial_checkpoint(spec, weights))
 
@@ -114,4 +128,5 @@ class TaskDocuments:
         self._contexts.pop(task_id, None)
 
 
-__all__ = ["MAX_DATASET_BYTES", "TaskContext", "TaskDocuments", "build_context", "fetch_documents", "job_of"]
+__all__ = ["DOCUMENT_ERRORS", "MAX_DATASET_BYTES", "TaskContext", "TaskDocuments", "build_context", "fetch_documents",
+           "job_of"]

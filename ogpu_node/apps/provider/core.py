@@ -38,6 +38,7 @@ class Execution:
     committing: int | None = None  # the commit in flight: one at a time, in order
     committed: dict[int, bytes] = field(default_factory=dict)
     training_stopped: bool = False
+    failed: bool = False  # its job ended with an error (documents, worker): it holds no job slot
     triggers: set[tuple[int, str]] = field(default_factory=set)  # (k, DRAWN | REVEAL_PHASE) seen
     revealing: set[int] = field(default_factory=set)  # reveals sent or in flight
 
@@ -93,7 +94,10 @@ class ProviderCore:
 
     @property
     def busy(self) -> int:
-        return len(self.executing) + len(self.bids)
+        """Job slots taken: executions whose job has not failed, and bids not yet decided. A failed
+        job still owes the reveals it committed, but no core: a task whose documents or data broke
+        its job must not keep this provider from bidding until the chain replaces it."""
+        return sum(not ex.failed for ex in self.executing.values()) + len(self.bids)
 
     # -- chain events --
 
@@ -202,6 +206,8 @@ class ProviderCore:
             return [m.StopTraining(task_id)]
         if isinstance(item, m.RevealFailed):
             ex.revealing.discard(item.k)  # a later trigger (a fresh council) tries again
+        if isinstance(item, m.TrainingEnded) and item.error is not None:
+            ex.failed = True
         if isinstance(item, (m.Revealed, m.RevealFailed, m.TrainingEnded)):
             return []
         raise TypeError(f"unknown observation {item!r}")

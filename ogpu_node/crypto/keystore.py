@@ -47,8 +47,32 @@ _MAX_KEYFILE_SIZE = 64 * 1024
 _MAX_KEYFILE_BRACKETS = 64
 
 
+# Bounds on a key file's KDF cost, checked before decrypting: a file could ask for terabytes of
+# scrypt memory or years of PBKDF2. geth writes N = 2^18, r = 8, p = 1 (256 MiB); we allow 4x that.
+_MAX_SCRYPT_MEMORY = 1 << 30
+_MAX_PBKDF2_ROUNDS = 10_000_000
+
+
 class KeystoreError(ValueError):
     """A keystore operation failed; ``str(error)`` is one line fit to show a user."""
+
+
+def _check_kdf_cost(path: Path, data: dict[str, Any]) -> None:
+    crypto = data.get("crypto") or data.get("Crypto") or {}
+    params = crypto.get("kdfparams") if isinstance(crypto, dict) else None
+    if not isinstance(params, dict):
+        return  # eth-account reports what is missing
+    def number(name: str) -> int:
+        value = params.get(name, 1)
+        return value if isinstance(value, int) and value > 0 else 1
+    if crypto.get("kdf") == "scrypt":
+        memory = 128 * number("n") * number("r") * number("p")
+        if memory > _MAX_SCRYPT_MEMORY:
+            raise KeystoreError(f"keystore: {path} asks scrypt for {memory} bytes of memory, more than "
+                                f"the {_MAX_SCRYPT_MEMORY} allowed")
+    elif crypto.get("kdf") == "pbkdf2" and number("c") > _MAX_PBKDF2_ROUNDS:
+        raise KeystoreError(f"keystore: {path} asks for {number('c')} PBKDF2 rounds, more than "
+                            f"the {_MAX_PBKDF2_ROUNDS} allowed")
 
 
 def _checksum(address: bytes) -> str:
@@ -188,6 +212,7 @@ def load_private_key(path_or_keystore: Path, address: bytes | None, password: st
     file_address, data = parsed
     if address is not None and file_address != address:
         raise KeystoreError(f"keystore: {path} holds {_checksum(file_address)}, not {_checksum(address)}")
+    _check_kdf_cost(path, data)
     try:
         key = bytes(Account.decrypt(data, password))
     except ValueError as e:

@@ -9,7 +9,7 @@ from eth_hash.auto import keccak
 
 from ogpu_node import CLIENT_VERSION
 from ogpu_node.chain import Chain, StoredBlock
-from ogpu_node.execution.calls import AccountOverride, CallRequest, InvalidOverride, call, estimate_gas
+from ogpu_node.execution.calls import CallRequest, InvalidOverride, call, estimate_gas
 from ogpu_node.execution.errors import CallFailed, ExecutionReverted
 from ogpu_node.execution.views import transaction_view
 from ogpu_node.rpc import params as p
@@ -19,44 +19,6 @@ from ogpu_node.txpool import TxPool, TxRejected
 
 DEFAULT_TIP = 1_000_000_000  # suggested priority fee, as anvil and geth --dev
 MAX_FEE_HISTORY = 1024
-
-
-def _call_request(tx: Any) -> CallRequest:
-    tx = p.obj(tx, "transaction")
-    input_hex = tx.get("input", tx.get("data"))
-    return CallRequest(
-        sender=p.address(tx["from"], "from") if tx.get("from") else b"\x00" * 20,
-        to=p.address(tx["to"], "to") if tx.get("to") else None,
-        gas=p.optional(p.quantity, tx.get("gas"), "gas"),
-        gas_price=p.optional(p.quantity, tx.get("gasPrice"), "gasPrice"),
-        max_fee_per_gas=p.optional(p.quantity, tx.get("maxFeePerGas"), "maxFeePerGas"),
-        max_priority_fee_per_gas=p.optional(p.quantity, tx.get("maxPriorityFeePerGas"), "maxPriorityFeePerGas"),
-        value=p.quantity(tx.get("value", "0x0"), "value"),
-        data=p.data(input_hex, "input") if input_hex else b"",
-        access_list=p.access_list(tx.get("accessList")),
-    )
-
-
-def _overrides(value: Any) -> dict[bytes, AccountOverride]:
-    if value is None:
-        return {}
-    out = {}
-    for addr, override in p.obj(value, "state overrides").items():
-        override = p.obj(override, f"override of {addr}")
-        if "state" in override and "stateDiff" in override:
-            raise InvalidParams(f"account {addr} has both 'state' and 'stateDiff'")
-
-        def slots(mapping: Any) -> dict[int, int]:
-            return {p.quantity(k, "slot"): p.quantity(v, "slot value") for k, v in p.obj(mapping, "state").items()}
-
-        out[p.address(addr)] = AccountOverride(
-            balance=p.optional(p.quantity, override.get("balance"), "balance"),
-            nonce=p.optional(p.quantity, override.get("nonce"), "nonce"),
-            code=p.optional(p.data, override.get("code"), "code"),
-            state=slots(override["state"]) if "state" in override else None,
-            state_diff=slots(override.get("stateDiff", {})),
-        )
-    return out
 
 
 class EthApi:
@@ -85,8 +47,9 @@ class EthApi:
 
     # -- block resolution --
 
-    def _header(self, block: Any) -> Any:
-        kind, *rest = p.block_id(block)
+    def _header(self, block_id: tuple[str, Any]) -> Any:
+        """The header a parsed block parameter (`p.block_id`) names; -32000 when there is none."""
+        kind, *rest = block_id
         chain = self.chain
         if kind == "tag":
             header = chain.header_by_number(0) if rest[0] == "earliest" else chain.head
@@ -99,6 +62,13 @@ class EthApi:
         if header is None:
             raise RpcError(SERVER_ERROR, "header not found")
         return header
+
+    def _stored(self, block_id: tuple[str, Any]) -> StoredBlock | None:
+        """The block a parsed block parameter names, or None: methods answer null for a missing block."""
+        try:
+            return self.chain.block_by_hash(self._header(block_id).hash)
+        except RpcError:
+            return None
 
     def _block_json(self, block: StoredBlock | None, full: bool) -> Any:
         if block is None:
@@ -166,54 +136,51 @@ class EthApi:
         return []
 
     def eth_getBlockByNumber(self, ctx: Any, block: Any, full: Any = False) -> Any:
-        full = p.boolean(full, "full transactions flag")
-        if p.block_id(block) == ("tag", "pending"):
+        block_id, full = p.block_id(block), p.boolean(full, "full transactions flag")
+        if block_id == ("tag", "pending"):
             return self._pending_block_json(full)
-        try:
-            header = self._header(block)
-        except RpcError:
-            return None
-        return self._block_json(self.chain.block_by_hash(header.hash), full)
+        return self._block_json(self._stored(block_id), full)
 
     def eth_getBlockByHash(self, ctx: Any, block_hash: Any, full: Any = False) -> Any:
         return self._block_json(self.chain.block_by_hash(p.hash32(block_hash)), p.boolean(full, "full"))
 
     def eth_getBlockTransactionCountByNumber(self, ctx: Any, block: Any) -> Any:
-        if p.block_id(block) == ("tag", "pending"):
+        block_id = p.block_id(block)
+        if block_id == ("tag", "pending"):
             return hex(self.pool.counts()[0])
-        try:
-            stored = self.chain.block_by_hash(self._header(block).hash)
-        except RpcError:
-            return None
-        return hex(stored.transaction_count)
+        stored = self._stored(block_id)
+        return None if stored is None else hex(stored.transaction_count)
 
     def eth_getBlockTransactionCountByHash(self, ctx: Any, block_hash: Any) -> Any:
         stored = self.chain.block_by_hash(p.hash32(block_hash))
         return None if stored is None else hex(stored.transaction_count)
 
-    def eth_getUncleCountByBlockNumber(self, ctx: Any, block: Any) -> str:
-        return "0x0"
+    def eth_getUncleCountByBlockNumber(self, ctx: Any, block: Any) -> str | None:
+        return None if self._stored(p.block_id(block)) is None else "0x0"  # no uncles under PoS
 
-    def eth_getUncleCountByBlockHash(self, ctx: Any, block_hash: Any) -> str:
-        return "0x0"
+    def eth_getUncleCountByBlockHash(self, ctx: Any, block_hash: Any) -> str | None:
+        return None if self.chain.block_by_hash(p.hash32(block_hash)) is None else "0x0"
 
     # -- state --
 
     def eth_getBalance(self, ctx: Any, addr: Any, block: Any = "latest") -> str:
-        return hex(self.chain.account(self._header(block), p.address(addr))[1])
+        address, block_id = p.address(addr), p.block_id(block)
+        return hex(self.chain.account(self._header(block_id), address)[1])
 
     def eth_getCode(self, ctx: Any, addr: Any, block: Any = "latest") -> str:
-        return "0x" + self.chain.account(self._header(block), p.address(addr))[2].hex()
+        address, block_id = p.address(addr), p.block_id(block)
+        return "0x" + self.chain.account(self._header(block_id), address)[2].hex()
 
     def eth_getStorageAt(self, ctx: Any, addr: Any, slot: Any, block: Any = "latest") -> str:
-        value = self.chain.storage_at(self._header(block), p.address(addr), p.quantity(slot, "storage slot"))
+        address, index, block_id = p.address(addr), p.quantity(slot, "storage slot"), p.block_id(block)
+        value = self.chain.storage_at(self._header(block_id), address, index)
         return "0x" + value.to_bytes(32, "big").hex()
 
     def eth_getTransactionCount(self, ctx: Any, addr: Any, block: Any = "latest") -> str:
-        sender = p.address(addr)
-        if p.block_id(block) == ("tag", "pending"):
+        sender, block_id = p.address(addr), p.block_id(block)
+        if block_id == ("tag", "pending"):
             return hex(self.pool.next_nonce(sender))
-        return hex(self.chain.account(self._header(block), sender)[0])
+        return hex(self.chain.account(self._header(block_id), sender)[0])
 
     # -- fees --
 
@@ -228,12 +195,8 @@ class EthApi:
 
     def eth_feeHistory(self, ctx: Any, count: Any, newest: Any, percentiles: Any = None) -> Any:
         count = min(p.quantity(count, "block count"), MAX_FEE_HISTORY)
-        newest_header = self._header(newest)
-        percentiles = percentiles or []
-        if not isinstance(percentiles, list) or any(
-            not isinstance(x, (int, float)) or not 0 <= x <= 100 for x in percentiles
-        ) or percentiles != sorted(percentiles):
-            raise InvalidParams("invalid reward percentiles: expected an ascending list within [0, 100]")
+        block_id, percentiles = p.block_id(newest), p.reward_percentiles(percentiles)
+        newest_header = self._header(block_id)
         if count == 0:
             return {"oldestBlock": "0x0", "baseFeePerGas": [], "gasUsedRatio": [], "reward": []}
         last = newest_header.block_number
@@ -262,12 +225,12 @@ class EthApi:
     # are checked here first, so a malformed request never takes a thread.
 
     async def eth_call(self, ctx: Any, tx: Any, block: Any = "latest", overrides: Any = None, *_: Any) -> str:
-        request, header, state = _call_request(tx), self._header(block), _overrides(overrides)
-        return "0x" + (await self._execute(call, header, request, state)).hex()
+        request, block_id, state = p.call_request(tx), p.block_id(block), p.state_overrides(overrides)
+        return "0x" + (await self._execute(call, self._header(block_id), request, state)).hex()
 
     async def eth_estimateGas(self, ctx: Any, tx: Any, block: Any = "latest", overrides: Any = None) -> str:
-        request, header, state = _call_request(tx), self._header(block), _overrides(overrides)
-        return hex(await self._execute(estimate_gas, header, request, state))
+        request, block_id, state = p.call_request(tx), p.block_id(block), p.state_overrides(overrides)
+        return hex(await self._execute(estimate_gas, self._header(block_id), request, state))
 
     async def _execute(self, fn: Callable[..., Any], header: Any, request: CallRequest, overrides: Any) -> Any:
         try:
@@ -311,11 +274,8 @@ class EthApi:
         return self._tx_at(self.chain.block_by_hash(p.hash32(block_hash)), p.quantity(index, "index"))
 
     def eth_getTransactionByBlockNumberAndIndex(self, ctx: Any, block: Any, index: Any) -> Any:
-        try:
-            stored = self.chain.block_by_hash(self._header(block).hash)
-        except RpcError:
-            return None
-        return self._tx_at(stored, p.quantity(index, "index"))
+        block_id, position = p.block_id(block), p.quantity(index, "index")
+        return self._tx_at(self._stored(block_id), position)
 
     @staticmethod
     def _tx_at(block: StoredBlock | None, index: int) -> Any:
@@ -327,11 +287,8 @@ class EthApi:
         return p.to_json(self.chain.receipt_json(p.hash32(tx_hash)))
 
     def eth_getBlockReceipts(self, ctx: Any, block: Any) -> Any:
-        try:
-            stored = self.chain.block_by_hash(self._header(block).hash)
-        except RpcError:
-            return None
-        return p.to_json(stored.receipts_json)
+        stored = self._stored(p.block_id(block))
+        return None if stored is None else p.to_json(stored.receipts_json)
 
 
 def _base_fee_after(header: Any) -> int:

@@ -1,10 +1,14 @@
-"""Parsing of JSON-RPC parameters (each failure is -32602 naming the value) and hex encoding of results."""
+"""Parsing of JSON-RPC parameters (each failure is -32602 naming the value) and hex encoding of results.
+
+A method parses all its parameters before it looks anything up, so a malformed one is -32602 whatever
+the others name (not `header not found` because the block is unknown)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+from ogpu_node.execution.calls import AccountOverride, CallRequest
 from ogpu_node.rpc.jsonrpc import InvalidParams
 
 BLOCK_TAGS = ("latest", "earliest", "pending", "safe", "finalized")
@@ -102,6 +106,22 @@ def boolean(value: Any, name: str) -> bool:
     return value
 
 
+MAX_REWARD_PERCENTILES = 100  # geth's maxQueryLimit: each costs a pass over every block's receipts
+
+
+def reward_percentiles(value: Any) -> list[float]:
+    """eth_feeHistory's percentiles: an ascending list of at most 100 numbers within [0, 100]."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or any(
+        isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 100 for x in value
+    ) or value != sorted(value):
+        raise InvalidParams("invalid reward percentiles: expected an ascending list within [0, 100]")
+    if len(value) > MAX_REWARD_PERCENTILES:
+        raise InvalidParams(f"invalid reward percentile: over the query limit {MAX_REWARD_PERCENTILES}")
+    return value
+
+
 def access_list(value: Any, name: str = "accessList") -> tuple[tuple[bytes, tuple[int, ...]], ...]:
     """An EIP-2930 access list: [{"address": 20 bytes, "storageKeys": [32-byte hashes]}] -> ((address, keys), ...)."""
     if value is None:
@@ -117,3 +137,43 @@ def access_list(value: Any, name: str = "accessList") -> tuple[tuple[bytes, tupl
         slots = tuple(int.from_bytes(hash32(key, "storage key"), "big") for key in keys)
         entries.append((address(entry.get("address"), f"{name} address"), slots))
     return tuple(entries)
+
+
+def call_request(value: Any) -> CallRequest:
+    """The transaction object of eth_call and eth_estimateGas."""
+    tx = obj(value, "transaction")
+    input_hex = tx.get("input", tx.get("data"))
+    return CallRequest(
+        sender=address(tx["from"], "from") if tx.get("from") else b"\x00" * 20,
+        to=address(tx["to"], "to") if tx.get("to") else None,
+        gas=optional(quantity, tx.get("gas"), "gas"),
+        gas_price=optional(quantity, tx.get("gasPrice"), "gasPrice"),
+        max_fee_per_gas=optional(quantity, tx.get("maxFeePerGas"), "maxFeePerGas"),
+        max_priority_fee_per_gas=optional(quantity, tx.get("maxPriorityFeePerGas"), "maxPriorityFeePerGas"),
+        value=optional(quantity, tx.get("value"), "value") or 0,
+        data=data(input_hex, "input") if input_hex else b"",
+        access_list=access_list(tx.get("accessList")),
+    )
+
+
+def state_overrides(value: Any) -> dict[bytes, AccountOverride]:
+    """geth's state override set: {address: {balance, nonce, code, state | stateDiff}}."""
+    if value is None:
+        return {}
+    out = {}
+    for addr, override in obj(value, "state overrides").items():
+        override = obj(override, f"override of {addr}")
+        if "state" in override and "stateDiff" in override:
+            raise InvalidParams(f"account {addr} has both 'state' and 'stateDiff'")
+        out[address(addr)] = AccountOverride(
+            balance=optional(quantity, override.get("balance"), "balance"),
+            nonce=optional(quantity, override.get("nonce"), "nonce"),
+            code=optional(data, override.get("code"), "code"),
+            state=_slots(override["state"]) if "state" in override else None,
+            state_diff=_slots(override.get("stateDiff", {})),
+        )
+    return out
+
+
+def _slots(mapping: Any) -> dict[int, int]:
+    return {quantity(k, "slot"): quantity(v, "slot value") for k, v in obj(mapping, "state").items()}

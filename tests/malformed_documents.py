@@ -22,7 +22,7 @@ from safetensors.numpy import save
 from ogpu_node.compute.tensorfile import MAX_HEADER, META_KEY
 
 IN_DIM, CLASSES, SAMPLES = 16, 3, 64
-NESTED = 100_000  # brackets: past the C stack under py-evm's recursion limit (types/jsontext.py)
+NESTED = 100_000  # brackets: past the C stack under py-evm's recursion limit (ogpu_node/jsontext.py)
 
 GOOD: dict[str, Any] = {
     "kind": "batch",

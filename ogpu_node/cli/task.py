@@ -16,7 +16,7 @@ from ogpu_node.cli.common import (
     transfer_progress,
 )
 from ogpu_node.cli.task_view import ether, status_view, wait_display, write_loss_plot
-from ogpu_node.types.jsontext import JsonBoundsError, loads_bounded
+from ogpu_node.jsontext import JsonBoundsError, loads_bounded
 from ogpu_node.types.prescription import MAX_NESTING, MAX_PRESCRIPTION_BYTES, InvalidPrescription
 from ogpu_node.types.protocol import TaskKind
 

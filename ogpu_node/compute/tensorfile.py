@@ -3,7 +3,7 @@
 The apps (client, provider) use this to read a checkpoint's metadata, to check a header against a
 model and to extract weights, and the trainer to read a spec's metadata; tensors go through the
 `safetensors` library on numpy, so importing this module never loads torch. A header is bounded
-before it is parsed — at most MAX_HEADER bytes, nesting at most MAX_NESTING levels (types/jsontext.py
+before it is parsed — at most MAX_HEADER bytes, nesting at most MAX_NESTING levels (ogpu_node/jsontext.py
 says why the depth matters) — so a hostile file cannot make us read, decode or recurse through
 gigabytes, and `read_header` checks what it declares (dtypes, shapes, offsets) against the bytes there.
 """
@@ -21,7 +21,7 @@ from safetensors.numpy import load as np_load
 from safetensors.numpy import save as np_save
 from safetensors.numpy import save_file
 
-from ogpu_node.types.jsontext import MAX_NESTING, JsonBoundsError, loads_bounded
+from ogpu_node.jsontext import MAX_NESTING, JsonBoundsError, loads_bounded
 
 MAX_HEADER = 16 * 1024 * 1024  # bytes of JSON header we accept before parsing it
 META_KEY = "ogpu"  # the checkpoint's own metadata lives under this key of `__metadata__`

@@ -31,7 +31,7 @@ from ogpu_node.compute.models import MLPConfig, build_model, canonical_hparams, 
 from ogpu_node.compute.optim import OptimizerSpec, lr_at, make_optimizer
 from ogpu_node.compute.tensorfile import MAX_HEADER, TensorFileError, read_header, read_metadata
 from ogpu_node.crypto import keccak
-from ogpu_node.types.jsontext import JsonBoundsError, loads_bounded
+from ogpu_node.jsontext import JsonBoundsError, loads_bounded
 
 SPEC_KEY = "spec"  # an encoded spec's metadata entry: canonical JSON of everything but the tensors
 

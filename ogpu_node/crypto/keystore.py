@@ -43,7 +43,7 @@ LIGHT_SCRYPT_N = 1 << 12
 _MAX_KEYFILE_SIZE = 64 * 1024
 # It holds four JSON objects (the file, crypto, cipherparams, kdfparams). Capping the brackets caps
 # the nesting before json.loads sees the text: py-evm raises the recursion limit to 10^5, and a
-# file of 32k nested brackets would overflow the C stack instead of raising (types/jsontext.py).
+# file of 32k nested brackets would overflow the C stack instead of raising (ogpu_node/jsontext.py).
 _MAX_KEYFILE_BRACKETS = 64
 
 

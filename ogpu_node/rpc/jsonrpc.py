@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ogpu_node.types.jsontext import nesting_exceeds
+from ogpu_node.jsontext import nesting_exceeds
 
 log = logging.getLogger("ogpu.rpc")
 
@@ -23,7 +23,7 @@ SERVER_ERROR = -32000  # geth: transaction rejections and other request failures
 TIMEOUT = -32002  # geth: a batch's requests left when its time is up
 EXECUTION_REVERTED = 3
 
-# JSON nesting deeper than this is refused before parsing (types/jsontext.py says why). Real requests
+# JSON nesting deeper than this is refused before parsing (ogpu_node/jsontext.py says why). Real requests
 # nest a handful of levels.
 MAX_NESTING = 512
 _MAX_CACHED_ARITY = 16

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ogpu_node.files import atomic_write
-from ogpu_node.types.jsontext import loads_bounded
+from ogpu_node.jsontext import loads_bounded
 
 MAX_VOTE_BYTES = 4096  # a vote file is three hex hashes, about 220 bytes
 
@@ -54,7 +54,7 @@ class ProviderFiles:
 
     def load_vote(self, task_id: int, k: int, round_: int) -> Vote | None:
         """The vote saved for this seat; None when there is none or the file is not one (a damaged
-        file is read no further than MAX_VOTE_BYTES and parsed only within types/jsontext's bounds)."""
+        file is read no further than MAX_VOTE_BYTES and parsed only within jsontext's bounds)."""
         try:
             with open(self.vote_path(task_id, k, round_), "rb") as f:
                 doc = loads_bounded(f.read(MAX_VOTE_BYTES + 1), max_bytes=MAX_VOTE_BYTES)

@@ -1,7 +1,7 @@
 """Parsing and structural checks of a prescription: JSON in, a `Prescription` out or one
 `InvalidPrescription` naming the offending field (`prescription.I.council_size: must be at least 1`).
 
-Text is bounded before it is parsed (size, and bracket nesting by a cheap scan: see types/jsontext.py
+Text is bounded before it is parsed (size, and bracket nesting by a cheap scan: see ogpu_node/jsontext.py
 for why json.loads cannot be trusted with deep input), and free-form values (`M.hparams`,
 `I.optimizer`) are bounded in depth when they are copied, so a parsed document can always be encoded
 again (`canonical_json`).
@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from ogpu_node.types.jsontext import nesting_exceeds
+from ogpu_node.jsontext import nesting_exceeds
 from ogpu_node.types.prescription.schema import (
     BATCH_I,
     COMMON_I,

@@ -1,4 +1,4 @@
-"""types/jsontext.loads_bounded: size, then nesting, then json.loads — each refusal one clear line.
+"""jsontext.loads_bounded: size, then nesting, then json.loads — each refusal one clear line.
 
 The process running these tests has imported py-evm (conftest imports the chain), so its recursion
 limit is 10^5: a nesting bound that failed here would kill the run, not fail a test.
@@ -11,7 +11,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from ogpu_node.types.jsontext import MAX_NESTING, JsonBoundsError, loads_bounded
+from ogpu_node.jsontext import MAX_NESTING, JsonBoundsError, loads_bounded
 from tests.malformed_documents import nested_prescription
 
 DEEP = b"[" * 100_000 + b"]" * 100_000

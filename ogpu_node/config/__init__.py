@@ -1,5 +1,6 @@
 """Genesis and chain parameters."""
 
+from ogpu_node.config.consensus import ConsensusConfig, GenesisValidator
 from ogpu_node.config.genesis import (
     DEV_GENESIS,
     GenesisAccount,
@@ -10,4 +11,4 @@ from ogpu_node.config.genesis import (
     parse_genesis,
 )
 
-__all__ = ["DEV_GENESIS", "GenesisAccount", "GenesisConfig", "GenesisError", "ProtocolParams", "load_genesis", "parse_genesis"]
+__all__ = ["ConsensusConfig", "DEV_GENESIS", "GenesisAccount", "GenesisValidator", "GenesisConfig", "GenesisError", "ProtocolParams", "load_genesis", "parse_genesis"]

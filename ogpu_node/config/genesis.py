@@ -1,4 +1,5 @@
-"""Geth-style genesis files: `config`, `alloc`, `gasLimit`, `baseFeePerGas`, `timestamp`, `extraData`.
+"""Geth-style genesis files: `config`, `alloc`, `gasLimit`, `baseFeePerGas`, `timestamp`, `extraData`,
+and for a proof-of-stake chain `consensus` (config/consensus.py).
 
 Numbers may be JSON integers or 0x-hex strings, as geth accepts. Every error names the field.
 """
@@ -12,13 +13,12 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from ogpu_node.config.consensus import ConsensusConfig, parse_consensus
+from ogpu_node.config.errors import GenesisError
+
 DEFAULT_GAS_LIMIT = 30_000_000
 DEFAULT_BASE_FEE = 1_000_000_000  # 1 gwei, as geth --dev
 MAX_EXTRA_DATA = 32
-
-
-class GenesisError(ValueError):
-    """The genesis document is malformed; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class GenesisConfig:
     coinbase: bytes = b"\x00" * 20
     mix_hash: bytes = b"\x00" * 32
     protocol: ProtocolParams = field(default_factory=ProtocolParams)
+    consensus: ConsensusConfig | None = None  # None: no proof of stake (a --dev chain)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -166,16 +167,21 @@ def parse_genesis(doc: Any) -> GenesisConfig:
     gas_limit = _int(doc.get("gasLimit", DEFAULT_GAS_LIMIT), "gasLimit")
     if gas_limit < 5000:
         raise GenesisError("genesis: gasLimit must be at least 5000")
+    timestamp = _int(doc.get("timestamp", 0), "timestamp")
+    protocol = ProtocolParams.from_json(config.get("ogpu"))
+    consensus = parse_consensus(doc.get("consensus"), number=_int, hex_bytes=_bytes, genesis_timestamp=timestamp,
+                                min_stake=protocol.min_validator_stake)
     return GenesisConfig(
         chain_id=chain_id,
         alloc=alloc,
         gas_limit=gas_limit,
         base_fee=_int(doc.get("baseFeePerGas", DEFAULT_BASE_FEE), "baseFeePerGas"),
-        timestamp=_int(doc.get("timestamp", 0), "timestamp"),
+        timestamp=timestamp,
         extra_data=extra,
         coinbase=_address(doc.get("coinbase", "0x" + "00" * 20), "coinbase"),
         mix_hash=_bytes(doc.get("mixHash", "0x" + "00" * 32), "mixHash", 32),
-        protocol=ProtocolParams.from_json(config.get("ogpu")),
+        protocol=protocol,
+        consensus=consensus,
         raw=doc,
     )
 

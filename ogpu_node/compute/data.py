@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
 from ogpu_node.compute.errors import InvalidTrainSpec
-from ogpu_node.compute.tensorfile import check_header
+from ogpu_node.compute.tensorfile import read_header
+
+# Features become float32 and labels int64 when decoded: a 1 GiB blob of uint8 could take 4-8 GiB.
+# The decoded size is known from the header alone, so a dataset past this is refused before decoding.
+MAX_DECODED_DATASET_BYTES = 2 << 30
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +74,15 @@ Dataset = TensorDataset | TextDataset
 
 def dataset_from_safetensors(data: bytes) -> TensorDataset:
     try:
-        check_header(data)
+        header = read_header(data)
+    except ValueError as e:  # TensorFileError
+        raise InvalidTrainSpec(f"dataset: not a safetensors file: {e}") from None
+    decoded = sum(math.prod(info.shape) * (8 if name == "labels" else 4) for name, info in header.items()
+                  if name in ("features", "labels"))
+    if decoded > MAX_DECODED_DATASET_BYTES:
+        raise InvalidTrainSpec(f"dataset: {decoded} bytes once decoded (features as float32, labels as "
+                               f"int64), more than the {MAX_DECODED_DATASET_BYTES} a provider decodes")
+    try:
         tensors = st_load(data)
     except (SafetensorError, ValueError) as e:  # TensorFileError is a ValueError
         raise InvalidTrainSpec(f"dataset: not a safetensors file: {e}") from None

@@ -224,3 +224,18 @@ def test_sizes_within_bounds_whose_products_overflow_are_invalid_prescriptions()
                                             {"block_size": MAX_SIZE}), "I.batch_size", 2**32 - 1))
     with pytest.raises(InvalidTrainSpec, match="too large to estimate"):
         estimate(wide, 10)
+
+
+def test_a_dataset_too_large_once_decoded_is_refused_before_decoding(monkeypatch):
+    """uint8 features become float32 and labels int64: the decoded size is read from the header and
+    checked before any tensor is decoded."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    from ogpu_node.compute import data as data_module
+
+    small = save({"features": np.zeros((100, 4), np.uint8), "labels": np.zeros(100, np.uint8)})
+    assert len(data_module.dataset_from_safetensors(small)) == 100
+    monkeypatch.setattr(data_module, "MAX_DECODED_DATASET_BYTES", 100 * 4 * 4 + 100 * 8 - 1)
+    with pytest.raises(InvalidTrainSpec, match=r"dataset: 2400 bytes once decoded .* more than the 2399"):
+        data_module.dataset_from_safetensors(small)

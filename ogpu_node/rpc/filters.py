@@ -87,8 +87,11 @@ class _Filter:
     @property
     def values(self) -> int:
         """What it counts against MAX_FILTER_VALUES (at least 1, so that every filter counts)."""
-        criteria = self.criteria
-        return 1 + len(criteria.addresses) + sum(len(wanted) for wanted in criteria.topics if wanted is not None)
+        return _values_of(self.criteria)
+
+
+def _values_of(criteria: LogFilter) -> int:
+    return 1 + len(criteria.addresses) + sum(len(wanted) for wanted in criteria.topics if wanted is not None)
 
 
 @dataclass
@@ -108,7 +111,7 @@ class FilterApi:
         self._pending_hashes: deque[bytes] = deque(maxlen=MAX_LOG_RESULTS)
         self._arrivals = 0  # pending hashes ever announced
         self._subscriptions: dict[str, _Subscription] = {}
-        self._per_session: dict[Any, int] = {}  # subscriptions per WebSocket session
+        self._per_session: dict[Any, tuple[int, int]] = {}  # per WebSocket session: subscriptions, values held
         self._notifier = Notifier(self._drop)
         self._ids = itertools.count(1)
 
@@ -261,12 +264,16 @@ class FilterApi:
             log_filter = LogFilter()
         else:
             raise InvalidParams(f"no such subscription: {kind!r}")
-        count = self._per_session.get(session, 0)
+        count, held = self._per_session.get(session, (0, 0))
         if count >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
             raise RpcError(SERVER_ERROR, f"too many subscriptions (limit {MAX_SUBSCRIPTIONS_PER_CONNECTION} per connection)")
+        values = _values_of(log_filter)
+        if held + values > MAX_FILTER_VALUES:
+            raise RpcError(SERVER_ERROR, f"subscriptions of this connection would hold more than {MAX_FILTER_VALUES} "
+                                         "addresses and topics")
         if session not in self._per_session:  # once per session, however often it resubscribes
             session.on_close(lambda: self._forget(session))
-        self._per_session[session] = count + 1
+        self._per_session[session] = (count + 1, held + values)
         sub_id = self._new_id()
         self._subscriptions[sub_id] = _Subscription(session, kind, log_filter)
         return sub_id
@@ -276,7 +283,8 @@ class FilterApi:
         if sub is None or sub.session is not session:
             return False
         del self._subscriptions[sub_id]
-        self._per_session[session] -= 1
+        count, held = self._per_session[session]
+        self._per_session[session] = (count - 1, held - _values_of(sub.criteria))
         return True
 
     def _forget(self, session: Any) -> int:

@@ -93,6 +93,27 @@ def test_subscriptions_per_connection_are_bounded(chain, monkeypatch):
     assert api.eth_subscribe(session, "newHeads") and api.eth_subscribe(session, "newHeads")
 
 
+def test_the_addresses_and_topics_one_connection_subscribes_to_are_bounded(chain):
+    """Rule: a connection's logs subscriptions hold at most MAX_FILTER_VALUES addresses and topics
+    together (4096 subscriptions of 1,000 addresses each would be 4M per connection); unsubscribing
+    gives them back."""
+    api, session = FilterApi(chain), Session()
+    wide = {"address": ["0x" + f"{i:040x}" for i in range(filters.MAX_ADDRESSES)]}
+    held = []
+    while True:
+        try:
+            held.append(api.eth_subscribe(session, "logs", wide))
+        except RpcError as exc:
+            assert exc.message == ("subscriptions of this connection would hold more than "
+                                   f"{filters.MAX_FILTER_VALUES} addresses and topics")
+            break
+    assert len(held) == filters.MAX_FILTER_VALUES // (filters.MAX_ADDRESSES + 1)
+    assert api.eth_subscribe(session, "newHeads")  # small subscriptions still fit
+    assert api.eth_unsubscribe(session, held[0])
+    assert api.eth_subscribe(session, "logs", wide)
+    assert api.eth_subscribe(Session(), "logs", wide)  # per connection
+
+
 def test_filters_are_bounded_and_the_least_recently_polled_goes(chain, monkeypatch):
     """Rule: at MAX_FILTERS a new filter removes the one polled least recently (memory stays bounded)."""
     monkeypatch.setattr(filters, "MAX_FILTERS", 3)

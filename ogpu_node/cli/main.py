@@ -20,6 +20,7 @@ from ogpu_node.cli.account import account
 from ogpu_node.cli.common import datadir_option, resolve_datadir
 from ogpu_node.cli.provider import provider
 from ogpu_node.cli.task import task
+from ogpu_node.cli.validator import validator, validator_private_key
 from ogpu_node.config import DEV_GENESIS, GenesisConfig, GenesisError, load_genesis
 from ogpu_node.crypto import DEV_MNEMONIC, derive_dev_accounts
 from ogpu_node.db import DatabaseLocked
@@ -54,6 +55,7 @@ def cli(log_level: str) -> None:
 cli.add_command(account)
 cli.add_command(task)
 cli.add_command(provider)
+cli.add_command(validator)
 
 
 class Duration(click.ParamType):
@@ -142,6 +144,11 @@ def _print_dev_banner(node, accounts) -> None:  # type: ignore[no-untyped-def]
 @datadir_option
 @click.option("--genesis", "genesis_file", type=click.Path(path_type=Path), help="Genesis file (default: the datadir's).")
 @click.option("--dev", is_flag=True, help="Single-validator dev chain with funded test accounts, as anvil.")
+@click.option("--keystore", type=click.Path(path_type=Path), default=None,
+              help="Proof of stake: validate with this keystore's key (a directory or key file); "
+                   "without it the node is a full node.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File whose first line is the keystore password (prompted for if not given).")
 @click.option("--block-time", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Seconds between blocks; 0 seals a block as soon as transactions arrive.")
 @click.option("--http.addr", "http_addr", default="127.0.0.1", show_default=True)
@@ -176,6 +183,8 @@ def run(
     datadir: Path | None,
     genesis_file: Path | None,
     dev: bool,
+    keystore: Path | None,
+    password_file: Path | None,
     block_time: float,
     http_addr: str,
     http_port: int,
@@ -200,18 +209,28 @@ def run(
     from ogpu_node.rpc.access import HttpAccess
     from ogpu_node.rpc.calls import CallLimits
 
-    if not dev:
-        raise click.ClickException("only --dev is available in this version: proof of stake comes next")
     temp_dir = None
-    if datadir is None:
-        temp_dir = Path(tempfile.mkdtemp(prefix="ogpu-dev-"))
-        datadir = temp_dir
-    genesis = _load_genesis(genesis_file or DEV_GENESIS)
-    accounts = derive_dev_accounts(10)
+    validator_key = None
+    if dev:
+        if keystore is not None:
+            raise click.ClickException("--keystore validates a proof-of-stake chain; --dev signs with its own test key")
+        if datadir is None:
+            temp_dir = Path(tempfile.mkdtemp(prefix="ogpu-dev-"))
+            datadir = temp_dir
+        genesis = _load_genesis(genesis_file or DEV_GENESIS)
+        if genesis.consensus is not None:
+            raise click.ClickException("this genesis has a consensus section (proof of stake): run it without --dev")
+        accounts = derive_dev_accounts(10)
+    else:
+        datadir = resolve_datadir(datadir)
+        genesis = _proof_of_stake_genesis(datadir, genesis_file, block_time)
+        accounts = []
+        if keystore is not None:
+            validator_key = _validator_key(datadir, genesis, keystore, password_file)
     config = NodeConfig(
         datadir=datadir,
         genesis=genesis,
-        signer=accounts[0],
+        signer=accounts[0] if dev else None,
         block_time=block_time,
         http_addr=http_addr,
         http_port=http_port,
@@ -226,12 +245,16 @@ def run(
         access=HttpAccess(
             cors_domains=_csv(http_corsdomain), vhosts=_csv(http_vhosts), ws_origins=_csv(ws_origins)
         ),
+        validator=validator_key,
     )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             node = await nursery.start(Node(config).run)
-            _print_dev_banner(node, accounts)
+            if dev:
+                _print_dev_banner(node, accounts)
+            else:
+                _print_banner(node)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     log.info("shutting down")
@@ -250,6 +273,48 @@ def run(
     finally:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _proof_of_stake_genesis(datadir: Path, genesis_file: Path | None, block_time: float) -> GenesisConfig:
+    """The genesis of a node run without --dev: --genesis, or the datadir's copy that `init` wrote; it
+    must have a consensus section, and match the datadir's copy (the genesis hash does not cover it)."""
+    copy = datadir / _GENESIS_COPY
+    if genesis_file is None and not copy.is_file():
+        raise click.ClickException(f"no genesis: give --genesis, run `ogpu-node init --datadir {datadir} GENESIS` "
+                                   "first, or use --dev")
+    genesis = _load_genesis(genesis_file or copy)
+    if genesis.consensus is None:
+        raise click.ClickException("this genesis has no consensus section: a node without --dev runs proof of stake "
+                                   "(docs/consensus.md); use --dev for a single-signer dev chain")
+    if block_time:
+        raise click.ClickException("--block-time is for --dev: a proof-of-stake chain makes a block each slotTime")
+    if genesis_file is not None and copy.is_file() and _load_genesis(copy).consensus != genesis.consensus:
+        raise click.ClickException(f"the consensus section of {genesis_file} differs from the datadir's genesis ({copy})")
+    return genesis
+
+
+def _validator_key(datadir: Path, genesis: GenesisConfig, keystore: Path, password_file: Path | None):  # type: ignore[no-untyped-def]
+    """The keystore's validator key with its RANDAO hash chain (built once, then read from the datadir)."""
+    from ogpu_node.crypto import Keypair
+    from ogpu_node.node.validator_key import load_validator_key
+
+    assert genesis.consensus is not None
+    keypair = Keypair.from_private_key(validator_private_key(keystore, password_file, None))
+    if keypair.address not in {v.address for v in genesis.consensus.validators}:
+        raise click.ClickException(f"{to_checksum_address(keypair.address)} is not a validator of this genesis "
+                                   "(consensus.validators)")
+    return load_validator_key(datadir, keypair, genesis.consensus.randao_length)
+
+
+def _print_banner(node) -> None:  # type: ignore[no-untyped-def]
+    key = node.config.validator
+    role = f"validator {to_checksum_address(key.address)}" if key is not None else "full node (no --keystore)"
+    lines = [f"Chain ID:          {node.chain.chain_id}", f"Datadir:           {node.config.datadir}",
+             f"Role:              {role}", "", f"Listening on http://{node.config.http_addr}:{node.http_port}"]
+    if node.ws_port is not None:
+        lines.append(f"WebSocket on  ws://{node.config.http_addr}:{node.ws_port}")
+    click.echo("\n".join(lines))
+    sys.stdout.flush()
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -23,15 +23,19 @@ from ogpu_node.blobs import (
 )
 from ogpu_node.chain import Chain
 from ogpu_node.config import GenesisConfig
+from ogpu_node.consensus import ValidatorKey
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore, StoreFull
 from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.node.pos import ProofOfStake
+from ogpu_node.node.validator import ValidatorService
 from ogpu_node.rpc.access import HttpAccess
 from ogpu_node.rpc.blobs_http import BlobRoutes
 from ogpu_node.rpc.calls import CallLimits
 from ogpu_node.rpc.eth import EthApi
 from ogpu_node.rpc.filters import FilterApi
 from ogpu_node.rpc.jsonrpc import JsonRpcProcessor
+from ogpu_node.rpc.ogpu import OgpuConsensusApi
 from ogpu_node.rpc.server import HttpServer, ServerLimits, WebSocketServer
 from ogpu_node.txpool import PoolConfig, TxPool
 
@@ -46,7 +50,7 @@ DISK_FULL_REFUSAL = "node is out of disk space; transactions are not accepted un
 class NodeConfig:
     datadir: Path
     genesis: GenesisConfig
-    signer: Keypair  # --dev: the single validator that seals every block
+    signer: Keypair | None  # --dev: the single validator that seals every block; None on proof of stake
     block_time: float = 0.0  # 0: seal as soon as transactions arrive
     http_addr: str = "127.0.0.1"
     http_port: int = 8545
@@ -60,6 +64,7 @@ class NodeConfig:
     calls: CallLimits = field(default_factory=CallLimits)  # --rpc.gascap, --rpc.evmtimeout
     allow_unprotected_txs: bool = False  # --rpc.allow-unprotected-txs
     access: HttpAccess = field(default_factory=HttpAccess)  # --http.vhosts, --http.corsdomain, --ws.origins
+    validator: ValidatorKey | None = None  # proof of stake: --keystore's key; None: a full node
 
 
 def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
@@ -78,6 +83,9 @@ class Node:
         self.store = LMDBStore(config.datadir / "chaindata", durable=config.durable)
         try:
             self.chain = Chain(self.store, config.genesis)
+            # A proof-of-stake genesis: blocks come from the validator service (node/validator.py).
+            self.pos = None if config.genesis.consensus is None else \
+                ProofOfStake(self.chain, config.genesis.consensus, config.validator)
             self.blob_ledger = BlobLedger(config.datadir / "blobs" / "ledger")
         except BaseException:
             self.store.close()
@@ -92,9 +100,11 @@ class Node:
             self.chain, self.pool, self._on_transaction,
             call_limits=config.calls, allow_unprotected_txs=config.allow_unprotected_txs,
             refuse_writes=self._refuse_writes,
+            checkpoint_root=self._checkpoint_root,
         )
         self.filters = FilterApi(self.chain)
-        self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods()})
+        ogpu = {} if self.pos is None else OgpuConsensusApi(self.pos.core).methods()
+        self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods(), **ogpu})
         self.http_port: int | None = None
         self.ws_port: int | None = None
         # Hashes for newPendingTransactions subscribers; bounded, a burst beyond it is not announced.
@@ -135,6 +145,12 @@ class Node:
     def _refuse_writes(self) -> str | None:
         return DISK_FULL_REFUSAL if self.disk_full else None
 
+    def _checkpoint_root(self, tag: str) -> bytes | None:
+        if self.pos is None:
+            return None
+        core = self.pos.core
+        return (core.finalized if tag == "finalized" else core.justified).root
+
     def _attributes(self) -> BlockAttributes:
         head = self.chain.head
         number = head.block_number + 1
@@ -144,17 +160,19 @@ class Node:
             mix_hash=dev_mix_hash(self.config.signer, head.mix_hash, number),
         )
 
-    async def seal_block(self) -> Any | None:
-        """Build a block from the pool's pending transactions, commit it and tell subscribers.
+    async def seal_block(self, attrs: BlockAttributes | None = None, build: Any = None) -> Any | None:
+        """Build a block from the pool's pending transactions, commit it and tell subscribers. A
+        validator passes its proposal's ``attrs`` and a ``build`` that stores the consensus record
+        with the block (ProofOfStake.builder); --dev uses its own attributes and Chain.build_block.
 
         None when the disk is full: nothing was committed, the transactions stay in the pool and
         `disk_full` is set until a later call commits."""
         txs = self.pool.pending_in_order()
-        attrs = self._attributes()
+        attrs = attrs or self._attributes()
         # Execution runs in a worker thread so RPC keeps admitting transactions meanwhile; the write
         # transaction belongs to that thread, so RPC reads here still see only committed blocks.
         try:
-            executed = await trio.to_thread.run_sync(self.chain.build_block, attrs, txs)
+            executed = await trio.to_thread.run_sync(build or self.chain.build_block, attrs, txs)
         except StoreFull as exc:
             if self._store_full is None:  # once per outage: the retries stay quiet
                 log.warning(
@@ -248,7 +266,10 @@ class Node:
                     )
                     self.ws_port = await nursery.start(ws.run)
                 await nursery.start(self.filters.run)
-                if config.block_time > 0:
+                if self.pos is not None:
+                    if config.validator is not None:
+                        await nursery.start(ValidatorService(self.pos, self.seal_block).run)
+                elif config.block_time > 0:
                     nursery.start_soon(self._produce_on_interval)
                 else:
                     nursery.start_soon(self._produce_on_demand)

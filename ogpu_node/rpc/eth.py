@@ -32,6 +32,7 @@ class EthApi:
         call_limits: CallLimits = CallLimits(),
         allow_unprotected_txs: bool = False,
         refuse_writes: Callable[[], str | None] = lambda: None,
+        checkpoint_root: Callable[[str], bytes | None] = lambda tag: None,
     ) -> None:
         self.chain = chain
         self.pool = pool
@@ -40,6 +41,9 @@ class EthApi:
         self.calls = CallRunner(call_limits)
         self.allow_unprotected_txs = allow_unprotected_txs  # geth's --rpc.allow-unprotected-txs
         self.refuse_writes = refuse_writes  # why the node takes no transactions now (a full disk), or None
+        # The block "safe" or "finalized" names: proof of stake's justified and finalized checkpoints;
+        # None in --dev, where a block is final once sealed and both tags name the head.
+        self.checkpoint_root = checkpoint_root
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         names = [n for n in dir(self) if n.startswith(("eth_", "net_", "web3_"))]
@@ -52,7 +56,11 @@ class EthApi:
         kind, *rest = block_id
         chain = self.chain
         if kind == "tag":
-            header = chain.header_by_number(0) if rest[0] == "earliest" else chain.head
+            root = self.checkpoint_root(rest[0]) if rest[0] in ("safe", "finalized") else None
+            if root is not None:
+                header = chain.header_by_hash(root)
+            else:
+                header = chain.header_by_number(0) if rest[0] == "earliest" else chain.head
         elif kind == "number":
             header = chain.header_by_number(rest[0])
         else:

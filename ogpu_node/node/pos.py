@@ -1,0 +1,121 @@
+"""A proof-of-stake node's consensus: the genesis section as consensus parameters, each block's
+consensus record beside it in the chain's store, and the ConsensusCore rebuilt from those records
+on start (docs/consensus.md, "Running a validator").
+
+For now every epoch's validator set is the genesis validators; reading Stake with activation and
+exit queues comes with a later slice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import rlp
+
+from ogpu_node.chain import Chain, ChainError
+from ogpu_node.config import ConsensusConfig
+from ogpu_node.consensus import (
+    BlockInput,
+    ConsensusBody,
+    ConsensusCore,
+    ConsensusParams,
+    Proposal,
+    Rules,
+    Validator,
+    ValidatorKey,
+    ValidatorSet,
+    apply_block,
+    genesis_state,
+)
+from ogpu_node.execution.state import BlockAttributes, ExecutedBlock
+
+log = logging.getLogger("ogpu.consensus")
+
+_RECORD = b"ogpu:pos:"  # + block hash -> rlp([consensus body, proposal signature])
+
+
+def consensus_params(config: ConsensusConfig) -> ConsensusParams:
+    return ConsensusParams(config.genesis_time, config.slot_time, config.slots_per_epoch, config.randao_length)
+
+
+def genesis_validators(config: ConsensusConfig) -> ValidatorSet:
+    return ValidatorSet.of([Validator(v.address, v.stake, v.randao_tip) for v in config.validators])
+
+
+def block_input(header: Any, body: ConsensusBody, signature: bytes) -> BlockInput:
+    return BlockInput(header.hash, header.parent_hash, header.timestamp, header.coinbase, header.mix_hash,
+                      header.extra_data, body, signature)
+
+
+class ProofOfStake:
+    """The consensus core over one Chain: what the validator service, the RPC and the (future) network
+    share. Its state changes on the trio thread only; block building reads immutable states."""
+
+    def __init__(self, chain: Chain, config: ConsensusConfig, key: ValidatorKey | None = None) -> None:
+        self.chain = chain
+        self.params = consensus_params(config)
+        validators = genesis_validators(config)
+        if key is not None and key.randao.tip != validators.by_address.get(key.address, Validator(b"", 0, b"")).randao_tip:
+            raise ChainError(_not_a_validator(key, validators))
+        self.rules = Rules(self.params, chain.chain_id, chain.genesis_hash, lambda root, epoch: validators)
+        genesis = chain.header_by_number(0)
+        self.core = ConsensusCore(self.rules, genesis_state(self.rules, genesis.hash, genesis.mix_hash), key)
+        self._replay()
+
+    @property
+    def key(self) -> ValidatorKey | None:
+        return self.core.key
+
+    def _replay(self) -> None:
+        """Feed the core every stored block from genesis to the head, so a restarted node has the
+        fork-choice and finality state it had."""
+        head = self.chain.head.block_number
+        for number in range(1, head + 1):
+            header = self.chain.header_by_number(number)
+            record = self.chain.store.get(_RECORD + header.hash)
+            if record is None:
+                raise ChainError(f"block {number} has no consensus record: this datadir was not made by a "
+                                 "proof-of-stake node of this genesis")
+            body, signature = rlp.decode(record)
+            self.core.on_block(block_input(header, ConsensusBody.decode(body), signature))
+        if head:
+            finalized = self.core.finalized
+            log.info("consensus replayed blocks=%d head=0x%s finalized_epoch=%d",
+                     head, self.core.head().hex(), finalized.epoch)
+
+    def builder(self, proposal: Proposal, built: list[BlockInput]) -> Callable[[BlockAttributes, Sequence[Any]], ExecutedBlock]:
+        """A block builder for Node.seal_block (it runs in a worker thread): builds the proposal's block,
+        signs it, checks it against the parent's consensus state and stores its consensus record, all
+        in the block's own write transaction, so a crash leaves both or neither. The block's
+        BlockInput is appended to ``built`` for the core (fed on the trio thread)."""
+        parent = self.core.state(proposal.parent_root)  # immutable: safe to read from the worker
+        chain, store, core, rules = self.chain, self.chain.store, self.core, self.rules
+
+        def build(attrs: BlockAttributes, transactions: Sequence[Any]) -> ExecutedBlock:
+            if chain.head.hash != proposal.parent_root:
+                raise ChainError("the chain's head is not the proposal's parent")
+            before = chain.head
+            try:
+                with store.write_session():
+                    executed = chain.build_block(attrs, transactions)
+                    header = executed.header
+                    block = block_input(header, proposal.body, core.sign_proposal(proposal.slot, header.hash))
+                    apply_block(rules, parent, block)  # never commit a block consensus would refuse
+                    store[_RECORD + header.hash] = rlp.encode([proposal.body.encode(), block.signature])
+            except BaseException:
+                chain.head = before  # build_block moved it inside our session, which did not commit
+                raise
+            built.append(block)
+            return executed
+
+        return build
+
+
+def _not_a_validator(key: ValidatorKey, validators: ValidatorSet) -> str:
+    listed = validators.by_address.get(key.address)
+    if listed is None:
+        return f"0x{key.address.hex()} is not a validator of this genesis"
+    return (f"the RANDAO tip of 0x{key.address.hex()} (0x{key.randao.tip.hex()}) is not the genesis's "
+            f"(0x{listed.randao_tip.hex()}): run `ogpu-node validator randao-tip` with the genesis's randaoLength")

@@ -1,0 +1,98 @@
+"""The validator service: at each slot's start it proposes if its key is the slot's proposer, and a
+third into the slot it attests if the slot is its attestation slot (docs/consensus.md, "Running a
+validator"). The consensus decisions are the core's; this module owns only the clock and the I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ogpu_node.chain import ChainError
+from ogpu_node.consensus import BlockInput, InvalidConsensus
+from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.node.pos import ProofOfStake
+
+log = logging.getLogger("ogpu.validator")
+
+# Node.seal_block(attrs, build): builds, commits and publishes one block; None on a full disk.
+Sealer = Callable[..., Awaitable[Any]]
+
+
+class ValidatorService:
+    def __init__(self, pos: ProofOfStake, seal: Sealer, wall_clock: Callable[[], float] = time.time) -> None:
+        if pos.key is None:
+            raise ValueError("a validator service needs a validator key")
+        self.pos = pos
+        self.seal = seal
+        self.wall_clock = wall_clock  # unix time; tests pass one driven by trio's mock clock
+        self._finalized = pos.core.finalized
+
+    async def _sleep_until(self, unix_time: float) -> None:
+        await trio.sleep(max(0.0, unix_time - self.wall_clock()))
+
+    def _first_slot(self) -> int:
+        """The next slot to act in: the one under way if its start is now, else the next (slot 0 is
+        genesis)."""
+        params = self.pos.params
+        now = self.wall_clock()
+        slot = params.slot_at(now)
+        return max(1, slot if now <= params.timestamp(slot) else slot + 1)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        params = self.pos.params
+        key = self.pos.key
+        assert key is not None
+        log.info("validating as 0x%s from slot %d", key.address.hex(), self._first_slot())
+        task_status.started()
+        slot = self._first_slot()
+        while True:
+            start = params.timestamp(slot)
+            await self._sleep_until(start)
+            await self.propose(slot)
+            await self._sleep_until(start + params.slot_time / 3)
+            self.attest(slot)
+            # A slot that went by while this one's block was built is skipped, not made up.
+            slot = max(slot + 1, params.slot_at(self.wall_clock()) + 1)
+
+    async def propose(self, slot: int) -> BlockInput | None:
+        """Build, commit and import this slot's block if this validator proposes it; the block or None."""
+        pos = self.pos
+        proposal = pos.core.propose(slot)
+        if proposal is None:
+            return None
+        if proposal.parent_root != pos.chain.head.hash:
+            # Reorganizing the chain to the core's head comes with the network slice.
+            log.warning("slot %d: fork choice's head 0x%s is not the chain's head; not proposing",
+                        slot, proposal.parent_root.hex())
+            return None
+        attrs = BlockAttributes(proposal.timestamp, proposal.coinbase, proposal.mix_hash,
+                                extra_data=proposal.body.root)
+        built: list[BlockInput] = []
+        try:
+            stored = await self.seal(attrs, pos.builder(proposal, built))
+        except (InvalidConsensus, ChainError) as exc:  # a bug, not an input: nothing was committed
+            log.error("slot %d: block not proposed: %s", slot, exc)
+            return None
+        if stored is None:  # a full disk: seal_block logged it; the transactions wait
+            return None
+        block = built[0]
+        pos.core.on_block(block)
+        log.info("proposed slot=%d number=%d attestations=%d", slot, stored.number, len(proposal.body.attestations))
+        self._note_finality()
+        return block
+
+    def attest(self, slot: int) -> None:
+        signed = self.pos.core.attest(slot)  # kept in the core's pool for the next block
+        if signed is not None:
+            log.debug("attested slot=%d head=0x%s", slot, signed.message.head.hex())
+
+    def _note_finality(self) -> None:
+        finalized = self.pos.core.finalized
+        if finalized != self._finalized:
+            self._finalized = finalized
+            log.info("finalized epoch=%d root=0x%s", finalized.epoch, finalized.root.hex())

@@ -1,29 +1,34 @@
-"""Canonical chain over one LMDB store.
+"""The block tree of one LMDB store and its canonical chain.
 
-A block is written in one write session: its state nodes (by execution), header, body with senders,
-receipts, the transaction index, the canonical number, then the head pointer; LMDB commits it at once.
-Readers see committed blocks only.
+Every valid block is stored by hash (header, body with senders, receipts, system-call logs) with the
+state it leaves, whether or not it is canonical: py-evm's state trie nodes are content-addressed, so a
+block executes on any known parent's state. The canonical chain is three indexes written together
+with the head pointer: number → hash, transaction hash → (block, index), and the head itself. A block
+import writes one block and, if it becomes the head, those indexes, in one LMDB write transaction; a
+head switch (`set_head`) rewrites the indexes of every abandoned and adopted block and the head in one
+write transaction too, so a crash leaves the old head or the new one, never a mix. Readers see
+committed data only.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import rlp
-from eth_bloom import BloomFilter
-from eth_hash.auto import keccak
 
+from ogpu_node.chain.blocks import SYSTEM_ADDRESS, StoredBlock, system_tx_hash
+from ogpu_node.chain.head import ChainError, FinalizedRevert, HeadChange, branches
 from ogpu_node.config import GenesisConfig
 from ogpu_node.db import LMDBStore
-from ogpu_node.execution.codec import decode_receipt, decode_transaction, encode_transaction
+from ogpu_node.execution.codec import encode_transaction
 from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.execution.state import BlockAttributes, ExecutedBlock, Execution
-from ogpu_node.execution.views import header_view, receipt_view, transaction_view
+
+__all__ = ["SYSTEM_ADDRESS", "Chain", "ChainError", "FinalizedRevert", "HeadChange", "StoredBlock", "system_tx_hash"]
 
 log = logging.getLogger("ogpu.chain")
 
@@ -32,175 +37,11 @@ _BODY = b"ogpu:body:"
 _RECEIPTS = b"ogpu:rcpt:"
 _TX_INDEX = b"ogpu:txi:"
 _SYSTEM_LOGS = b"ogpu:sys:"
-SYSTEM_ADDRESS = bytes.fromhex("fffffffffffffffffffffffffffffffffffffffe")
-
-
-def system_tx_hash(number: int) -> bytes:
-    """The synthetic transaction hash the start-of-block system call's logs are served under."""
-    return keccak(b"ogpu-system" + number.to_bytes(32, "big"))
-
-
-class ChainError(Exception):
-    """The datadir or a request does not fit this chain (wrong genesis, unknown block)."""
-
-
-@dataclass
-class StoredBlock:
-    """A committed block, decoded lazily: RPC reads often need only the header."""
-
-    header: Any
-    _body: bytes
-    _receipts: bytes
-    _system_logs: bytes | None = None
-
-    @property
-    def hash(self) -> bytes:
-        return self.header.hash
-
-    @property
-    def number(self) -> int:
-        return self.header.block_number
-
-    @cached_property
-    def _decoded_body(self) -> tuple[list[bytes], list[bytes]]:
-        encoded_txs, senders = rlp.decode(self._body)
-        return encoded_txs, senders
-
-    @property
-    def transaction_count(self) -> int:
-        return len(self._decoded_body[0])
-
-    @cached_property
-    def size(self) -> int:
-        """Length of the block's RLP ([header, transactions, uncles, withdrawals]), from stored bytes."""
-
-        def list_length(payload: int) -> int:
-            return payload + (1 if payload < 56 else 1 + (payload.bit_length() + 7) // 8)
-
-        def item_length(raw: bytes) -> int:  # a typed transaction is wrapped as a byte string
-            return len(raw) if raw[0] >= 0xC0 else len(rlp.encode(raw))
-
-        txs = list_length(sum(item_length(raw) for raw in self._decoded_body[0]))
-        return list_length(len(rlp.encode(self.header)) + txs + 1 + 1)
-
-    @cached_property
-    def transaction_hashes(self) -> list[bytes]:
-        # The encoding stored is the one hashed (RLP for legacy, type ‖ payload for typed).
-        return [keccak(raw) for raw in self._decoded_body[0]]
-
-    def transaction(self, index: int) -> Any:
-        cache = self.__dict__.setdefault("_transaction_cache", {})
-        if index not in cache:
-            cache[index] = decode_transaction(self._decoded_body[0][index])
-        return cache[index]
-
-    @cached_property
-    def transactions(self) -> list[Any]:
-        return [self.transaction(index) for index in range(self.transaction_count)]
-
-    @property
-    def senders(self) -> list[bytes]:
-        return self._decoded_body[1]
-
-    @cached_property
-    def receipts(self) -> list[Any]:
-        return [decode_receipt(raw) for raw in rlp.decode(self._receipts)]
-
-    @cached_property
-    def system_logs(self) -> list[tuple[bytes, list[bytes], bytes]]:
-        if self._system_logs is None:
-            return []
-        return [(address, list(topics), data) for address, topics, data in rlp.decode(self._system_logs)]
-
-    @property
-    def system_tx_hash(self) -> bytes:
-        return system_tx_hash(self.number)
-
-    @cached_property
-    def _system_bloom(self) -> int:
-        bloom = BloomFilter()
-        for address, topics, _ in self.system_logs:
-            bloom.add(address)
-            for topic in topics:
-                bloom.add(topic)
-        return int(bloom)
-
-    @cached_property
-    def bloom(self) -> int:
-        """The header's bloom, plus the system call's logs (which no receipt root covers)."""
-        return self.header.bloom | self._system_bloom
-
-    @cached_property
-    def system_receipt_json(self) -> dict[str, Any] | None:
-        """A receipt for the system call: status 1, no gas, its logs first in the block."""
-        if not self.system_logs:
-            return None
-        index = self.transaction_count  # after the real transactions, as Bor's state-sync receipts
-        logs = [
-            {
-                "address": address, "topics": topics, "data": data, "blockHash": self.hash,
-                "blockNumber": self.number, "transactionHash": self.system_tx_hash,
-                "transactionIndex": index, "logIndex": i, "removed": False,
-            }
-            for i, (address, topics, data) in enumerate(self.system_logs)
-        ]
-        return {
-            "transactionHash": self.system_tx_hash, "type": 0, "from": SYSTEM_ADDRESS, "to": None,
-            "status": 1, "cumulativeGasUsed": 0, "gasUsed": 0, "effectiveGasPrice": 0,
-            "contractAddress": None, "logsBloom": self._system_bloom.to_bytes(256, "big"), "logs": logs,
-            "blockHash": self.hash, "blockNumber": self.number, "transactionIndex": index,
-        }
-
-    def logs_json(self) -> list[dict[str, Any]]:
-        """Every log of the block in order: the system call's, then each transaction's."""
-        system = self.system_receipt_json
-        out = list(system["logs"]) if system else []
-        for receipt in self.receipts_json:
-            out.extend(receipt["logs"])
-        return out
-
-    def header_json(self) -> dict[str, Any]:
-        return header_view(self.header)
-
-    def transaction_json(self, index: int) -> dict[str, Any]:
-        view = transaction_view(self.transaction(index), self.senders[index])
-        view.update(blockHash=self.hash, blockNumber=self.number, transactionIndex=index)
-        if view["type"] == 2 or view["type"] == 4:
-            tx = self.transaction(index)
-            view["gasPrice"] = min(tx.max_fee_per_gas, self.header.base_fee_per_gas + tx.max_priority_fee_per_gas)
-        return view
-
-    @cached_property
-    def _first_log_index(self) -> list[int]:
-        """Block-wide index of each transaction's first log (the system call's logs come first)."""
-        out, next_index = [], len(self.system_logs)
-        for receipt in self.receipts:
-            out.append(next_index)
-            next_index += len(receipt.logs)
-        return out
-
-    def receipt_json(self, index: int) -> dict[str, Any]:
-        """One transaction's receipt, decoding only that transaction (RPC polls them one by one)."""
-        receipts = self.receipts
-        previous = receipts[index - 1].gas_used if index else 0
-        log_index = self._first_log_index[index]
-        tx = self.transaction(index)
-        view = receipt_view(receipts[index], tx, self.senders[index], previous, self.header.base_fee_per_gas)
-        view.update(blockHash=self.hash, blockNumber=self.number, transactionIndex=index)
-        for offset, entry in enumerate(view["logs"]):
-            entry.update(
-                blockHash=self.hash, blockNumber=self.number, transactionHash=tx.hash,
-                transactionIndex=index, logIndex=log_index + offset, removed=False,
-            )
-        return view
-
-    @cached_property
-    def receipts_json(self) -> list[dict[str, Any]]:
-        return [self.receipt_json(index) for index in range(self.transaction_count)]
 
 
 class Chain:
-    """The canonical chain of one datadir. Deterministic and synchronous: services call it."""
+    """The block tree and canonical chain of one datadir. Deterministic and synchronous: services call
+    it, block production and head switches from worker threads (writes are serialized here)."""
 
     def __init__(self, store: LMDBStore, genesis: GenesisConfig, cache_blocks: int = 256) -> None:
         self.store = store
@@ -209,12 +50,19 @@ class Chain:
         self.execution = Execution(store, genesis)
         self._cache: OrderedDict[bytes, StoredBlock] = OrderedDict()
         self._cache_size = cache_blocks
+        # One writer at a time, so that a block is built on the head it read and `head` follows commits.
+        self._writing = threading.Lock()
+        # Blocks at or below this number never leave the canonical chain (the node sets it from its
+        # finalized checkpoint; genesis is always final).
+        self.finalized_number = 0
         stored = store.get(_GENESIS_KEY)
         expected = self.execution.genesis_block
         if stored is None:
             with store.write_session():
                 self.execution.write_genesis_state()
-                self._write_block(expected, (), ())
+                self._store_block(expected, (), ())
+                self._index(expected.header, [], False)
+                self.execution.write_head(expected.hash)
                 # The chain id is not in the genesis hash, yet it changes every signature: keep both.
                 store[_GENESIS_KEY] = rlp.encode([expected.hash, genesis.chain_id])
             log.info("wrote genesis block %s", expected.hash.hex())
@@ -233,54 +81,131 @@ class Chain:
         self.genesis_hash = expected.hash
         self.head = self.execution.header_by_hash(self.execution.head_hash())
 
-    # -- writes --
+    # -- writes (inside one write session each) --
 
-    def _write_block(
+    def _store_block(
         self, block: Any, receipts: Sequence[Any], senders: Sequence[bytes], system_logs: Sequence[Any] = ()
     ) -> None:
+        """Keep a block by hash, canonical or not."""
         header = block.header
-        execution = self.execution
-        execution.write_header(header)
+        self.execution.write_header(header)
         self.store[_BODY + header.hash] = rlp.encode(
             [[encode_transaction(tx) for tx in block.transactions], list(senders)]
         )
         self.store[_RECEIPTS + header.hash] = rlp.encode([r.encode() for r in receipts])
-        number = rlp.encode(header.block_number)
-        for index, tx in enumerate(block.transactions):
-            self.store[_TX_INDEX + tx.hash] = rlp.encode([header.hash, number, index])
         if system_logs:
             self.store[_SYSTEM_LOGS + header.hash] = rlp.encode([list(entry) for entry in system_logs])
-            self.store[_TX_INDEX + system_tx_hash(header.block_number)] = rlp.encode(
-                [header.hash, number, len(block.transactions)]
-            )
-        execution.write_canonical(header.block_number, header.hash)
-        execution.write_head(header.hash)
 
-    def _commit(self, executed: ExecutedBlock) -> None:
-        self._write_block(executed.block, executed.receipts, executed.senders, executed.system_logs)
+    def _index(self, header: Any, tx_hashes: Iterable[bytes], has_system_logs: bool) -> None:
+        """Make a block the canonical one at its number: number → hash and its transactions' lookups."""
+        number = rlp.encode(header.block_number)
+        index = -1
+        for index, tx_hash in enumerate(tx_hashes):
+            self.store[_TX_INDEX + tx_hash] = rlp.encode([header.hash, number, index])
+        if has_system_logs:
+            self.store[_TX_INDEX + system_tx_hash(header.hash)] = rlp.encode([header.hash, number, index + 1])
+        self.execution.write_canonical(header.block_number, header.hash)
+
+    def _unindex(self, block: StoredBlock) -> None:
+        """Remove an abandoned block's transaction lookups (its number's entry is overwritten or cut)."""
+        for tx_hash in block.transaction_hashes:
+            self.store.delete(_TX_INDEX + tx_hash)
+        if block.system_logs:
+            self.store.delete(_TX_INDEX + block.system_tx_hash)
+
+    def _extend(self, executed: ExecutedBlock) -> None:
+        """Store a block whose parent is the head and make it the head."""
+        self._store_block(executed.block, executed.receipts, executed.senders, executed.system_logs)
+        self._index(executed.header, [tx.hash for tx in executed.block.transactions], bool(executed.system_logs))
+        self.execution.write_head(executed.header.hash)
+
+    def _switch(self, new_head: Any) -> HeadChange:
+        """Rewrite the canonical indexes and the head for `new_head`'s branch (in the caller's session)."""
+        old_head = self.head
+        ancestor, left, joined = branches(old_head, new_head, self.execution.header_by_hash)
+        if left and left[0].block_number <= self.finalized_number:
+            raise FinalizedRevert(
+                f"switching the head to block {new_head.block_number} (0x{new_head.hash.hex()}) would revert "
+                f"block {left[0].block_number}, at or below finalized block {self.finalized_number}"
+            )
+        abandoned = tuple(self._load_block(header.hash) for header in left)
+        adopted = tuple(self._load_block(header.hash) for header in joined)
+        for block in abandoned:
+            self._unindex(block)
+        for block in adopted:
+            self._index(block.header, block.transaction_hashes, bool(block.system_logs))
+        for number in range(new_head.block_number + 1, old_head.block_number + 1):
+            self.execution.write_canonical(number, None)  # the new branch is shorter
+        self.execution.write_head(new_head.hash)
+        return HeadChange(old_head, new_head, ancestor, abandoned, adopted)
 
     def build_block(self, attrs: BlockAttributes, transactions: Sequence[Any]) -> ExecutedBlock:
-        """Execute `transactions` on the head (leaving out those that do not fit) and commit the block.
+        """Execute `transactions` on the head (leaving out those that do not fit) and commit the block
+        as the new head.
 
         On a full disk this raises StoreFull and the chain stays as it was: nothing is committed, the
         head moves only after the commit, caches hold committed blocks only, and py-evm's state
         caches live in the VM of this one call. A retry once space is back builds the block anew."""
-        with self.store.write_session():
-            executed = self.execution.execute(self.head, attrs, transactions, building=True)
-            self._commit(executed)
-        self.head = executed.header
+        with self._writing:
+            with self.store.write_session():
+                executed = self.execution.execute(self.head, attrs, transactions, building=True)
+                self._extend(executed)
+            self.head = executed.header
         return executed
 
-    def import_block(self, block: Any) -> ExecutedBlock:
-        """Import a block built elsewhere on top of the head; InvalidBlock, or StoreFull on a full disk,
-        leaves the store and the head unchanged."""
-        if block.header.parent_hash != self.head.hash:
-            raise InvalidBlock(f"block {block.header.block_number} does not extend the head")
-        with self.store.write_session():
-            executed = self.execution.import_block(self.head, block)
-            self._commit(executed)
-        self.head = executed.header
+    def import_block(self, block: Any, *, as_head: bool = False) -> ExecutedBlock:
+        """Execute a block built elsewhere on its parent's state (any known block) and store it.
+
+        The head stays where it is unless `as_head`: then the block becomes the head in the same write
+        transaction, as `set_head` would make it (use `set_head` to learn what a switch changed).
+        InvalidBlock (an unknown parent, a block that does not reproduce its header), FinalizedRevert,
+        or StoreFull on a full disk, leave the store and the head unchanged."""
+        header = block.header
+        with self._writing:
+            parent = self.execution.header_by_hash(header.parent_hash)
+            if parent is None:
+                raise InvalidBlock(
+                    f"block {header.block_number}: unknown parent 0x{header.parent_hash.hex()}"
+                )
+            with self.store.write_session():
+                executed = self.execution.import_block(parent, block)
+                if as_head and parent.hash == self.head.hash:
+                    self._extend(executed)
+                else:
+                    self._store_block(executed.block, executed.receipts, executed.senders, executed.system_logs)
+                    if as_head:
+                        self._switch(executed.header)
+            if as_head:
+                self.head = executed.header
         return executed
+
+    def set_head(self, block_hash: bytes) -> HeadChange:
+        """Make the known block `block_hash` the head: its branch becomes the canonical chain.
+
+        One write transaction rewrites the number index, the transaction lookups of every abandoned and
+        adopted block, and the head pointer. Returns what changed, for the services (pool, filters,
+        subscriptions). ChainError for an unknown block; FinalizedRevert, changing nothing, for a
+        switch that would take a block at or below `finalized_number` off the canonical chain."""
+        with self._writing:
+            new_head = self.execution.header_by_hash(block_hash)
+            if new_head is None:
+                raise ChainError(f"unknown block 0x{block_hash.hex()}")
+            if new_head.hash == self.head.hash:
+                return HeadChange(self.head, self.head, self.head, (), ())
+            with self.store.write_session():
+                change = self._switch(new_head)
+            self.head = new_head
+        if change.abandoned:
+            log.info(
+                "reorganized head number=%d hash=0x%s ancestor=%d dropped=%d added=%d",
+                new_head.block_number, new_head.hash.hex(), change.ancestor.block_number,
+                len(change.abandoned), len(change.adopted),
+            )
+        return change
+
+    def has_block(self, block_hash: bytes) -> bool:
+        """Whether the block was imported (canonical or not): blocks extend it and heads switch to it."""
+        return self.store.get(_BODY + block_hash) is not None
 
     # -- reads (committed data only) --
 
@@ -296,16 +221,23 @@ class Chain:
     def is_canonical(self, header: Any) -> bool:
         return self.execution.canonical_hash(header.block_number) == header.hash
 
-    def block_by_hash(self, block_hash: bytes) -> StoredBlock | None:
-        cached = self._cache.get(block_hash)
-        if cached is not None:
-            self._cache.move_to_end(block_hash)
-            return cached
+    def _load_block(self, block_hash: bytes) -> StoredBlock | None:
+        """A stored block, read past the cache (the writer thread must not reorder it under readers)."""
         header = self.execution.header_by_hash(block_hash)
         body = self.store.get(_BODY + block_hash)
         if header is None or body is None:
             return None
-        block = StoredBlock(header, body, self.store[_RECEIPTS + block_hash], self.store.get(_SYSTEM_LOGS + block_hash))
+        return StoredBlock(header, body, self.store[_RECEIPTS + block_hash], self.store.get(_SYSTEM_LOGS + block_hash))
+
+    def block_by_hash(self, block_hash: bytes) -> StoredBlock | None:
+        """A block by hash, canonical or not (eth_getBlockByHash serves side blocks, as geth does)."""
+        cached = self._cache.get(block_hash)
+        if cached is not None:
+            self._cache.move_to_end(block_hash)
+            return cached
+        block = self._load_block(block_hash)
+        if block is None:
+            return None
         self._cache[block_hash] = block
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

@@ -288,7 +288,7 @@ def test_system_call_log_through_cast(cast, dev_accounts):
             break
     [cancelled] = logs
     number = int(cancelled["blockNumber"], 16)
-    synthetic = "0x" + keccak(b"ogpu-system" + number.to_bytes(32, "big")).hex()
+    synthetic = "0x" + keccak(b"ogpu-system" + bytes.fromhex(cancelled["blockHash"][2:])).hex()
     assert cancelled["transactionHash"] == synthetic
     assert decode(["uint8", "uint256"], bytes.fromhex(cancelled["data"][2:])) == (CancelReason.TOO_FEW_BIDS, 11 * OGPU // 10)
     tx_count = int(json.loads(cast.ok("rpc", "eth_getBlockTransactionCountByNumber", hex(number))), 16)

@@ -4,7 +4,7 @@ A real `ogpu-node run --dev --block-time 1`: a client submits a batch task with 
 minBids 1, one staked provider bids, and then nobody sends anything. The first block at or after the
 bid deadline assigns the task in its system call; its TaskAssigned log must be served by
 eth_getLogs, by a filter and by a WebSocket subscription made before the deadline, under the
-synthetic transaction hash keccak("ogpu-system" ‖ uint256 blockNumber), whose receipt returns it,
+synthetic transaction hash keccak("ogpu-system" ‖ block hash), whose receipt returns it,
 and web3.py must decode it with the ABI of contracts/Task.json.
 
 The test waits on the WebSocket notification itself (a receive with a deadline), never on a sleep.
@@ -69,7 +69,7 @@ def batch_terms(task: Any, **values: int) -> tuple:
 def test_task_assigned_by_the_system_call_reaches_logs_filters_subscriptions_and_receipts(node_factory, dev_accounts):
     """Rule: an assignment made by the start-of-block system call, in a block with no transaction,
     is served like any log: eth_getLogs, a filter and a `logs` subscription made before the deadline
-    all return it, under transactionHash keccak("ogpu-system" ‖ uint256 blockNumber), whose
+    all return it, under transactionHash keccak("ogpu-system" ‖ block hash), whose
     eth_getTransactionReceipt has status 1 and exactly the block's system logs; web3 decodes it."""
     node = node_factory("--block-time", "1")
     url = node.http_url
@@ -125,8 +125,8 @@ def test_task_assigned_by_the_system_call_reaches_logs_filters_subscriptions_and
     log = message["params"]["result"]
 
     number = int(log["blockNumber"], 16)
-    synthetic = "0x" + keccak(b"ogpu-system" + number.to_bytes(32, "big")).hex()
     block = rpc(url, "eth_getBlockByNumber", hex(number), False)
+    synthetic = "0x" + keccak(b"ogpu-system" + bytes.fromhex(block["hash"][2:])).hex()
     parent = rpc(url, "eth_getBlockByNumber", hex(number - 1), False)
     # The first block at or after the deadline made the assignment, with no transaction in it.
     assert block["transactions"] == []

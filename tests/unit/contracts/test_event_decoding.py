@@ -5,8 +5,8 @@ tasks), together emit every event declared in contracts/Stake.json, Task.json, B
 Slashing.json at least once. Every log of every sealed block is turned into the entry web3 gets from
 eth_getLogs: an AttributeDict with the checksummed address, HexBytes topics and data, block number and
 hash, transaction hash and index, log index and `removed`, in the node's order (docs/protocol.md: the
-start-of-block system call's logs first, under the synthetic hash keccak("ogpu-system" ‖ uint256
-number), with transactionIndex = the block's transaction count; then each receipt's). Each entry is
+start-of-block system call's logs first, under the synthetic hash keccak("ogpu-system" ‖ block
+hash), with transactionIndex = the block's transaction count; then each receipt's). Each entry is
 decoded with `Web3().eth.contract(abi=<the JSON>).events.<Name>().process_log(entry)`, the event picked
 by web3's own topic for it. web3's decoder is strict (the padding of addresses, bools and small uints,
 the offsets of dynamic data), so a log the node encodes wrongly fails here even where the harness's
@@ -89,8 +89,8 @@ TOP_UP = 3 * 10**17 + 5
 # -- raw logs as web3 log entries --
 
 
-def system_tx_hash(number: int) -> bytes:
-    return keccak(b"ogpu-system" + number.to_bytes(32, "big"))
+def system_tx_hash(block_hash: bytes) -> bytes:
+    return keccak(b"ogpu-system" + bytes(block_hash))
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class LogRecorder:
     def record(self, block: BlockResult) -> None:
         number = block.number
         block_hash = HexBytes(block.header.hash)
-        sources = [(log, system_tx_hash(number), len(block.txs)) for log in block.system_logs]
+        sources = [(log, system_tx_hash(block_hash), len(block.txs)) for log in block.system_logs]
         for index, result in enumerate(block.txs):
             sources += [(log, result.tx.hash, index) for log in result.logs]
         for log_index, ((address, topics, data), tx_hash, tx_index) in enumerate(sources):
@@ -325,7 +325,7 @@ def test_every_declared_event_is_emitted_and_decoded(decoded):
     assert {d.name for d in decoded} == {name for _, name in DECLARED}
     counts = Counter(d.name for d in decoded)
     assert min(counts.values()) >= 1
-    assert any(d.entry["transactionHash"] == HexBytes(system_tx_hash(d.entry["blockNumber"])) for d in decoded)
+    assert any(d.entry["transactionHash"] == HexBytes(system_tx_hash(d.entry["blockHash"])) for d in decoded)
 
 
 def normalized(param: dict[str, Any], value: Any) -> Any:
@@ -363,7 +363,7 @@ def test_entries_follow_the_node_log_order(decoded):
     for entries in blocks.values():
         assert [d.entry["logIndex"] for d in entries] == list(range(len(entries)))
         indexes = [d.entry["transactionIndex"] for d in entries]
-        system = [d for d in entries if d.entry["transactionHash"] == HexBytes(system_tx_hash(d.entry["blockNumber"]))]
+        system = [d for d in entries if d.entry["transactionHash"] == HexBytes(system_tx_hash(d.entry["blockHash"]))]
         assert entries[: len(system)] == system
         assert indexes[len(system):] == sorted(indexes[len(system):])
 
@@ -461,7 +461,7 @@ def test_stream_values(decoded, dev_accounts):
     [closed] = of(decoded, "TaskSettled", "stream")
     paid = STREAM_UNITS * 2 * STREAM_PRICE
     assert (closed.args["paid"], closed.args["refund"]) == (paid, STREAM_BUDGET + TOP_UP - paid + STREAM_BUDGET // 10)
-    assert closed.entry["transactionHash"] == HexBytes(system_tx_hash(closed.entry["blockNumber"]))
+    assert closed.entry["transactionHash"] == HexBytes(system_tx_hash(closed.entry["blockHash"]))
     assert closed.args["taskId"] == 1
     [submitted] = of(decoded, "TaskSubmitted", "stream")
     assert (submitted.args["client"], submitted.args["kind"], submitted.args["bidDeadline"]) == (checksum(client), 1, 0)

@@ -41,7 +41,7 @@ _SYSTEM_LOGS = b"ogpu:sys:"
 
 class Chain:
     """The block tree and canonical chain of one datadir. Deterministic and synchronous: services call
-    it, block production and head switches from worker threads (writes are serialized here)."""
+    it, block production and head switches from worker threads (LMDB runs one writer at a time)."""
 
     def __init__(self, store: LMDBStore, genesis: GenesisConfig, cache_blocks: int = 256) -> None:
         self.store = store
@@ -50,8 +50,9 @@ class Chain:
         self.execution = Execution(store, genesis)
         self._cache: OrderedDict[bytes, StoredBlock] = OrderedDict()
         self._cache_size = cache_blocks
-        # One writer at a time, so that a block is built on the head it read and `head` follows commits.
-        self._writing = threading.Lock()
+        # Writers are serialized by LMDB's one write transaction and read the head inside it; this lock
+        # only orders the updates of `head` after their commits.
+        self._head_lock = threading.Lock()
         # Blocks at or below this number never leave the canonical chain (the node sets it from its
         # finalized checkpoint; genesis is always final).
         self.finalized_number = 0
@@ -119,9 +120,17 @@ class Chain:
         self._index(executed.header, [tx.hash for tx in executed.block.transactions], bool(executed.system_logs))
         self.execution.write_head(executed.header.hash)
 
-    def _switch(self, new_head: Any) -> HeadChange:
+    def _stored_head(self) -> Any:
+        """The head pointer's header as this thread sees the store (its write transaction, if any)."""
+        return self.execution.header_by_hash(self.execution.head_hash())
+
+    def _refresh_head(self) -> None:
+        """After a commit: `head` follows the store (two writers may finish in either order)."""
+        with self._head_lock:
+            self.head = self._stored_head()
+
+    def _switch(self, old_head: Any, new_head: Any) -> HeadChange:
         """Rewrite the canonical indexes and the head for `new_head`'s branch (in the caller's session)."""
-        old_head = self.head
         ancestor, left, joined = branches(old_head, new_head, self.execution.header_by_hash)
         if left and left[0].block_number <= self.finalized_number:
             raise FinalizedRevert(
@@ -146,11 +155,10 @@ class Chain:
         On a full disk this raises StoreFull and the chain stays as it was: nothing is committed, the
         head moves only after the commit, caches hold committed blocks only, and py-evm's state
         caches live in the VM of this one call. A retry once space is back builds the block anew."""
-        with self._writing:
-            with self.store.write_session():
-                executed = self.execution.execute(self.head, attrs, transactions, building=True)
-                self._extend(executed)
-            self.head = executed.header
+        with self.store.write_session():
+            executed = self.execution.execute(self._stored_head(), attrs, transactions, building=True)
+            self._extend(executed)
+        self._refresh_head()
         return executed
 
     def import_block(self, block: Any, *, as_head: bool = False) -> ExecutedBlock:
@@ -161,22 +169,20 @@ class Chain:
         InvalidBlock (an unknown parent, a block that does not reproduce its header), FinalizedRevert,
         or StoreFull on a full disk, leave the store and the head unchanged."""
         header = block.header
-        with self._writing:
-            parent = self.execution.header_by_hash(header.parent_hash)
-            if parent is None:
-                raise InvalidBlock(
-                    f"block {header.block_number}: unknown parent 0x{header.parent_hash.hex()}"
-                )
-            with self.store.write_session():
-                executed = self.execution.import_block(parent, block)
-                if as_head and parent.hash == self.head.hash:
-                    self._extend(executed)
-                else:
-                    self._store_block(executed.block, executed.receipts, executed.senders, executed.system_logs)
-                    if as_head:
-                        self._switch(executed.header)
-            if as_head:
-                self.head = executed.header
+        parent = self.execution.header_by_hash(header.parent_hash)
+        if parent is None:
+            raise InvalidBlock(f"block {header.block_number}: unknown parent 0x{header.parent_hash.hex()}")
+        with self.store.write_session():
+            executed = self.execution.import_block(parent, block)
+            head = self._stored_head()
+            if as_head and parent.hash == head.hash:
+                self._extend(executed)
+            else:
+                self._store_block(executed.block, executed.receipts, executed.senders, executed.system_logs)
+                if as_head:
+                    self._switch(head, executed.header)
+        if as_head:
+            self._refresh_head()
         return executed
 
     def set_head(self, block_hash: bytes) -> HeadChange:
@@ -186,15 +192,15 @@ class Chain:
         adopted block, and the head pointer. Returns what changed, for the services (pool, filters,
         subscriptions). ChainError for an unknown block; FinalizedRevert, changing nothing, for a
         switch that would take a block at or below `finalized_number` off the canonical chain."""
-        with self._writing:
-            new_head = self.execution.header_by_hash(block_hash)
-            if new_head is None:
-                raise ChainError(f"unknown block 0x{block_hash.hex()}")
-            if new_head.hash == self.head.hash:
-                return HeadChange(self.head, self.head, self.head, (), ())
-            with self.store.write_session():
-                change = self._switch(new_head)
-            self.head = new_head
+        new_head = self.execution.header_by_hash(block_hash)
+        if new_head is None:
+            raise ChainError(f"unknown block 0x{block_hash.hex()}")
+        with self.store.write_session():
+            old_head = self._stored_head()
+            if new_head.hash == old_head.hash:
+                return HeadChange(old_head, old_head, old_head, (), ())
+            change = self._switch(old_head, new_head)
+        self._refresh_head()
         if change.abandoned:
             log.info(
                 "reorganized head number=%d hash=0x%s ancestor=%d dropped=%d added=%d",

@@ -144,11 +144,13 @@ class TxPool:
             raise TxRejected("only replay-protected (EIP-155) transactions allowed over RPC")
         return self.add(tx)
 
-    def add(self, tx: Any) -> bytes:
-        """Validate and admit a decoded transaction; returns its hash or raises TxRejected."""
+    def add(self, tx: Any, *, returning: bool = False) -> bytes:
+        """Validate and admit a decoded transaction; returns its hash or raises TxRejected.
+        `returning`: it comes back from a block a head switch abandoned; as geth, it may then wait
+        below the base fee (pending once the fee falls) instead of being refused."""
         if tx.hash in self._by_hash:
             raise TxRejected("already known")
-        sender = self._validate(tx)
+        sender = self._validate(tx, returning)
         base_fee, _ = self._head_view()
         account = self._fresh_account(sender)
         self._validate_against_state(tx, sender, account)
@@ -165,7 +167,7 @@ class TxPool:
         self._arrived[tx.hash] = next(self._arrival)
         return tx.hash
 
-    def _validate(self, tx: Any) -> bytes:
+    def _validate(self, tx: Any, returning: bool = False) -> bytes:
         """geth's ValidateTransaction: checks that need no state. Returns the recovered sender."""
         size = len(tx.encode())
         if size > TX_MAX_SIZE:
@@ -208,7 +210,7 @@ class TxPool:
             raise TxRejected("invalid sender") from None
         if tip < self.config.min_tip:
             raise TxRejected(f"transaction underpriced: gas tip cap {tip}, minimum needed {self.config.min_tip}")
-        if max_fee < base_fee:
+        if max_fee < base_fee and not returning:
             raise TxRejected(
                 f"max fee per gas less than block base fee: address {to_checksum_address(sender)}, "
                 f"maxFeePerGas: {max_fee}, baseFee: {base_fee}"
@@ -333,3 +335,18 @@ class TxPool:
         for sender in senders:
             if sender in self._accounts:
                 self._fresh_account(sender)
+
+    def on_reorg(self, returned: Iterable[Any], senders: Iterable[bytes]) -> list[bytes]:
+        """Call after a head switch: forget the old head's state, re-read the `senders` of every
+        abandoned and adopted block (dropping what the new branch included), and take back the
+        `returned` transactions (abandoned blocks' ones the new branch lacks), in chain order so each
+        sender's come in nonce order. One the new state refuses (its nonce used by another
+        transaction, funds gone) is dropped, as geth drops it. Returns the hashes taken back."""
+        self.on_new_head(senders)
+        taken: list[bytes] = []
+        for tx in returned:
+            try:
+                taken.append(self.add(tx, returning=True))
+            except TxRejected:
+                continue
+        return taken

@@ -41,13 +41,14 @@ class LogFilter:
             return False
         return all(any(bloom & bits == bits for bits in wanted) for wanted in topics)
 
-    def logs_of(self, block: Any) -> Iterator[dict[str, Any]]:
-        """Matching logs of a StoredBlock, in block order."""
+    def logs_of(self, block: Any, removed: bool = False) -> Iterator[dict[str, Any]]:
+        """Matching logs of a StoredBlock, in block order; `removed`: as copies marked `removed: true`,
+        for a block a head switch abandoned."""
         if not self.may_match_bloom(block.bloom):
             return
         for entry in block.logs_json():
             if self.matches(entry):
-                yield entry
+                yield {**entry, "removed": True} if removed else entry
 
 
 def _bits(value: bytes) -> int:

@@ -21,7 +21,7 @@ from ogpu_node.blobs import (
     UploadLimits,
     chain_standing,
 )
-from ogpu_node.chain import Chain
+from ogpu_node.chain import Chain, HeadChange
 from ogpu_node.config import GenesisConfig
 from ogpu_node.consensus import ValidatorKey
 from ogpu_node.crypto import Keypair, keccak
@@ -96,6 +96,9 @@ class Node:
         self.blob_keeper = BlobKeeper(self.chain, self.blobs, self.blob_ledger, config.blob_uploads.ttl_s)
         self.pool = TxPool(config.genesis.chain_id, self._read_account, self._head_view, config.pool)
         self._tx_arrived = trio.Event()
+        # Held while the head moves (a block sealed, a head switch): a block is built on the head its
+        # attributes were made for, and subscribers hear of changes in the order they happened.
+        self._head_lock = trio.Lock()
         self.eth = EthApi(
             self.chain, self.pool, self._on_transaction,
             call_limits=config.calls, allow_unprotected_txs=config.allow_unprotected_txs,
@@ -167,6 +170,10 @@ class Node:
 
         None when the disk is full: nothing was committed, the transactions stay in the pool and
         `disk_full` is set until a later call commits."""
+        async with self._head_lock:
+            return await self._seal_block(attrs, build)
+
+    async def _seal_block(self, attrs: BlockAttributes | None, build: Any) -> Any | None:
         txs = self.pool.pending_in_order()
         attrs = attrs or self._attributes()
         # Execution runs in a worker thread so RPC keeps admitting transactions meanwhile; the write
@@ -197,6 +204,34 @@ class Node:
         stored = self.chain.block_by_hash(header.hash)
         await self.filters.publish_block(stored)
         return stored
+
+    async def adopt_head(self, block_hash: bytes) -> HeadChange:
+        """Make the stored block `block_hash` the head (fork choice chose it) and let the services
+        follow, as geth does on a reorganization: the switch runs in a worker thread (Chain.set_head,
+        one write transaction); the abandoned blocks' transactions that the new branch lacks return to
+        the pool and will be mined again; polling filters and `logs` subscriptions get the abandoned
+        blocks' logs with `removed: true`, then the adopted blocks' logs; `newHeads` gets every adopted
+        header. A switch that would revert a finalized block raises FinalizedRevert, an unknown block
+        ChainError; neither changes anything."""
+        async with self._head_lock:
+            finalized_root = self._checkpoint_root("finalized")
+            finalized = None if finalized_root is None else self.chain.header_by_hash(finalized_root)
+            if finalized is not None:
+                self.chain.finalized_number = max(self.chain.finalized_number, finalized.block_number)
+            change = await trio.to_thread.run_sync(self.chain.set_head, block_hash)
+            if change.new_head.hash == change.old_head.hash:
+                return change
+            returned = self.pool.on_reorg(change.returned_transactions, change.senders)
+            self.filters.on_reorg(change)
+            await self.filters.publish_reorg(change)
+        for tx_hash in returned:
+            self._on_transaction(tx_hash)
+        log.info(
+            "head switched number=%d hash=0x%s abandoned=%d adopted=%d returned_txs=%d",
+            change.new_head.block_number, change.new_head.hash.hex(), len(change.abandoned),
+            len(change.adopted), len(returned),
+        )
+        return change
 
     async def _produce_on_demand(self) -> None:
         while True:

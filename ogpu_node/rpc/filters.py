@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from ogpu_node.chain import Chain, LogFilter, StoredBlock
+from ogpu_node.chain import Chain, HeadChange, LogFilter, StoredBlock
 from ogpu_node.rpc import params as p
 from ogpu_node.rpc.jsonrpc import SERVER_ERROR, InvalidParams, RpcError
 from ogpu_node.rpc.notify import Notifier
@@ -29,6 +29,9 @@ MAX_FILTERS = 10_000  # node-wide; at the limit the filter polled least recently
 # Node-wide, the addresses and topics all filters hold (each ~400 bytes once polled: the value and its
 # bloom bits). Without it 10,000 filters of 1,000 addresses and 4 x 1,000 topics could hold ~19 GB.
 MAX_FILTER_VALUES = 50_000
+# Abandoned blocks a log filter remembers between polls, to report their logs as removed; a filter
+# left unpolled across deeper reorganizations reports only the latest ones.
+MAX_REMOVED_BLOCKS = 1_024
 
 _log = logging.getLogger("ogpu.rpc")
 
@@ -83,11 +86,16 @@ class _Filter:
     next_block: int = 0
     last_poll: float = field(default_factory=time.monotonic)
     next_pending: int = 0  # "pending": the arrival number of the first hash it has not returned
+    # "logs": abandoned blocks whose logs it returned; the next poll returns them with removed: true.
+    removed: deque[bytes] = field(default_factory=lambda: deque(maxlen=MAX_REMOVED_BLOCKS))
 
     @property
     def values(self) -> int:
         """What it counts against MAX_FILTER_VALUES (at least 1, so that every filter counts)."""
         return _values_of(self.criteria)
+
+    def covers(self, number: int) -> bool:
+        return self.from_block <= number and (self.to_block is None or number <= self.to_block)
 
 
 def _values_of(criteria: LogFilter) -> int:
@@ -238,7 +246,24 @@ class FilterApi:
         if flt.kind == "blocks":
             return p.to_json([self.chain.header_by_number(n).hash for n in range(first, head + 1)])
         last = head if flt.to_block is None else min(head, flt.to_block)
-        return p.to_json(self._range_logs(flt.criteria, max(first, flt.from_block), last))
+        removed: list[dict[str, Any]] = []
+        while flt.removed:  # at most MAX_REMOVED_BLOCKS blocks: not capped like a range
+            block = self.chain.block_by_hash(flt.removed.popleft())
+            removed.extend(flt.criteria.logs_of(block, removed=True))
+        return p.to_json(removed + self._range_logs(flt.criteria, max(first, flt.from_block), last))
+
+    def on_reorg(self, change: HeadChange) -> None:
+        """After a head switch, as geth: a block filter's next poll returns the adopted blocks' hashes;
+        a log filter's returns the logs it had returned from abandoned blocks, now `removed: true`
+        (oldest block first), then the adopted blocks' logs."""
+        if not change.abandoned:
+            return
+        fork = change.ancestor.block_number + 1
+        for flt in self._filters.values():
+            if flt.kind == "logs":
+                flt.removed.extend(b.hash for b in change.abandoned if b.number < flt.next_block and flt.covers(b.number))
+            if flt.kind != "pending":
+                flt.next_block = min(flt.next_block, fork)
 
     def eth_getFilterLogs(self, ctx: Any, filter_id: Any) -> Any:
         flt = self._get(filter_id)
@@ -296,16 +321,19 @@ class FilterApi:
         self._notifier.forget(session)
         return len(dropped)
 
-    def _notifications(self, block: StoredBlock) -> list[tuple[Any, bytes]]:
+    def _notifications(self, abandoned: tuple[StoredBlock, ...], adopted: tuple[StoredBlock, ...]) -> list[tuple[Any, bytes]]:
+        """Per subscription: the abandoned blocks' logs as `removed: true`, then the adopted blocks'
+        logs; each adopted block's header for newHeads (on a reorganization, every one: as geth)."""
         out = []
-        head_json = None
+        heads = None
         for sub_id, sub in list(self._subscriptions.items()):
             if sub.kind == "newHeads":
-                if head_json is None:
-                    head_json = p.to_json(block.header_json())
-                results = [head_json]
+                if heads is None:
+                    heads = [p.to_json(block.header_json()) for block in adopted]
+                results = heads
             elif sub.kind == "logs":
-                results = [p.to_json(entry) for entry in sub.criteria.logs_of(block)]
+                results = [p.to_json(e) for block in abandoned for e in sub.criteria.logs_of(block, removed=True)]
+                results += [p.to_json(e) for block in adopted for e in sub.criteria.logs_of(block)]
             else:
                 continue
             for result in results:
@@ -314,7 +342,12 @@ class FilterApi:
         return out
 
     async def publish_block(self, block: StoredBlock) -> None:
-        await self._notifier.send_all(self._notifications(block), block=True)
+        await self._notifier.send_all(self._notifications((), (block,)), block=True)
+
+    async def publish_reorg(self, change: HeadChange) -> None:
+        """Tell subscribers about a head switch in one batch per connection (a reorganization is one
+        step for a client's queue, however many blocks it moves)."""
+        await self._notifier.send_all(self._notifications(change.abandoned, change.adopted), block=True)
 
     async def publish_pending(self, tx_hashes: list[bytes]) -> None:
         messages = []

@@ -100,6 +100,9 @@ def init(datadir: Path | None, genesis_file: Path) -> None:
 
     datadir = resolve_datadir(datadir)
     genesis = _load_genesis(genesis_file)
+    copy = datadir / _GENESIS_COPY
+    if copy.is_file() and _load_genesis(copy).consensus != genesis.consensus:  # the genesis hash does not cover it
+        raise click.ClickException(f"the datadir holds a chain of another consensus section ({copy})")
     datadir.mkdir(parents=True, exist_ok=True)
     try:
         store = LMDBStore(datadir / "chaindata")

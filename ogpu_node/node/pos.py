@@ -21,6 +21,7 @@ from ogpu_node.consensus import (
     ConsensusBody,
     ConsensusCore,
     ConsensusParams,
+    InvalidConsensus,
     Proposal,
     Rules,
     Validator,
@@ -79,7 +80,10 @@ class ProofOfStake:
                 raise ChainError(f"block {number} has no consensus record: this datadir was not made by a "
                                  "proof-of-stake node of this genesis")
             body, signature = rlp.decode(record)
-            self.core.on_block(block_input(header, ConsensusBody.decode(body), signature))
+            try:
+                self.core.on_block(block_input(header, ConsensusBody.decode(body), signature))
+            except InvalidConsensus as exc:  # another consensus section than the one this chain was made with
+                raise ChainError(f"block {number} does not replay under this genesis's consensus section: {exc}") from None
         if head:
             finalized = self.core.finalized
             log.info("consensus replayed blocks=%d head=0x%s finalized_epoch=%d",

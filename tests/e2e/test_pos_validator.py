@@ -181,3 +181,13 @@ def test_run_dev_refuses_a_proof_of_stake_genesis(tmp_path):
     genesis = _genesis(tmp_path / "genesis.json", address, tip, int(time.time()))
     result = cli("run", "--dev", "--genesis", genesis, "--http.port", "0", "--no-ws")
     assert_one_line_error(result, "consensus section", "without --dev")
+
+
+def test_init_refuses_a_datadir_of_another_consensus_section(tmp_path):
+    _, _, address, tip = _validator(tmp_path)
+    datadir = tmp_path / "data"
+    first = _genesis(tmp_path / "genesis.json", address, tip, 1_800_000_000)
+    assert cli("init", "--datadir", datadir, first).returncode == 0
+    second = _genesis(tmp_path / "later.json", address, tip, 1_800_000_060)  # same genesis hash, other clock
+    assert_one_line_error(cli("init", "--datadir", datadir, second), "another consensus section")
+    assert json.loads((datadir / "genesis.json").read_text())["consensus"]["genesisTime"] == 1_800_000_000

@@ -3,6 +3,7 @@ core, trio's mock clock standing in for the wall clock (docs/consensus.md, "Runn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -163,3 +164,15 @@ async def test_ogpu_methods_answer_from_the_core_and_refuse_bad_params(chain, tm
         assert (await call("ogpu_duties", bad))["code"] == -32602
     assert (await call("ogpu_duties"))["code"] == -32602
     assert (await call("ogpu_finality", 1))["code"] == -32602
+
+
+async def test_blocks_that_do_not_replay_under_another_consensus_section_are_a_clear_error(
+        chain, tmp_path, autojump_clock):
+    service = _service(chain, tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await trio.sleep(2.5)
+        nursery.cancel_scope.cancel()
+    other = dataclasses.replace(chain.genesis.consensus, genesis_time=GENESIS_TIME + 7)
+    with pytest.raises(ChainError, match="block 1 does not replay under this genesis's consensus section"):
+        ProofOfStake(chain, other, None)

@@ -104,13 +104,17 @@ class ProofOfStake:
             try:
                 with store.write_session():
                     executed = chain.build_block(attrs, transactions)
+                    # build_block moved the head inside our session, which has not committed yet: RPC
+                    # readers keep the committed head until it has.
+                    chain.head = before
                     header = executed.header
                     block = block_input(header, proposal.body, core.sign_proposal(proposal.slot, header.hash))
                     apply_block(rules, parent, block)  # never commit a block consensus would refuse
                     store[_RECORD + header.hash] = rlp.encode([proposal.body.encode(), block.signature])
             except BaseException:
-                chain.head = before  # build_block moved it inside our session, which did not commit
+                chain.head = before
                 raise
+            chain.head = header  # committed (the node's head lock keeps other writers out meanwhile)
             built.append(block)
             return executed
 

@@ -79,13 +79,29 @@ class ConsensusCore:
     def state(self, root: bytes) -> BranchState:
         return self.fork_choice.states[root]
 
-    def _head_state_at(self, slot: int) -> BranchState:
+    def epoch_state(self, epoch: int) -> BranchState:
+        """The head's state carried to ``epoch`` (at least the head's own): that epoch's validators,
+        seed and justified checkpoints as the head's branch sees them."""
         head = self.fork_choice.states[self.head()]
-        return advance_to_epoch(self.rules, head, self.rules.params.epoch_of(slot), b"", -1)
+        return advance_to_epoch(self.rules, head, max(epoch, head.epoch), b"", -1)
+
+    def _head_state_at(self, slot: int) -> BranchState:
+        return self.epoch_state(self.rules.params.epoch_of(slot))
 
     def proposer_at(self, slot: int) -> bytes:
         """The proposer of ``slot`` on the current head's branch."""
         return proposer_of(self._head_state_at(slot), slot)
+
+    def duties(self, address: bytes, epoch: int) -> tuple[list[int], int | None]:
+        """``address``'s proposer slots and attestation slot in ``epoch`` on the head's branch (no
+        duties when it is not a validator of that epoch)."""
+        state = self.epoch_state(epoch)
+        if address not in state.current.validators:
+            return [], None
+        params = self.rules.params
+        slots = range(max(1, params.start_slot(state.epoch)), params.start_slot(state.epoch + 1))
+        return ([s for s in slots if proposer_of(state, s) == address],
+                state.current.attestation_slot(address, params))
 
     # -- inputs --
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ogpu_node.crypto import keccak
 
-_CHECKPOINT_EVERY = 1024
+CHECKPOINT_EVERY = 1024
 
 
 def hash_times(value: bytes, times: int) -> bytes:
@@ -39,15 +39,37 @@ class HashChain:
         self._kept: dict[int, bytes] = {}  # depth (hashes applied to the secret) -> value
         value = secret
         for depth in range(length + 1):
-            if depth % _CHECKPOINT_EVERY == 0:
+            if depth % CHECKPOINT_EVERY == 0:
                 self._kept[depth] = value
             if depth < length:
                 value = keccak(value)
         self.tip = value
 
+    @classmethod
+    def from_checkpoints(cls, length: int, checkpoints: list[bytes], tip: bytes) -> HashChain:
+        """The chain from its `checkpoints()` (as a node keeps them on disk), without the N hashes of a
+        fresh build; ValueError unless they are a chain of ``length`` ending at ``tip``."""
+        depths = range(0, length + 1, CHECKPOINT_EVERY)
+        if len(checkpoints) != len(depths) or any(len(c) != 32 for c in checkpoints):
+            raise ValueError(f"a chain of length {length} keeps {len(depths)} checkpoints of 32 bytes")
+        if hash_times(checkpoints[-1], length - depths[-1]) != tip:
+            raise ValueError("the checkpoints do not end at the tip")
+        chain = cls.__new__(cls)
+        chain.length, chain.tip = length, tip
+        chain._kept = dict(zip(depths, checkpoints, strict=True))
+        return chain
+
+    def checkpoints(self) -> list[bytes]:
+        """Every 1024th value from the secret (the first), in order: enough to rebuild the chain."""
+        return [self._kept[depth] for depth in sorted(self._kept)]
+
+    @property
+    def secret(self) -> bytes:
+        return self._kept[0]
+
     def reveal(self, epoch: int) -> bytes:
         if not 0 <= epoch < self.length:
             raise ValueError(f"the RANDAO hash chain has no reveal for epoch {epoch} (length {self.length})")
         depth = self.length - 1 - epoch
-        base = depth - depth % _CHECKPOINT_EVERY
+        base = depth - depth % CHECKPOINT_EVERY
         return hash_times(self._kept[base], depth - base)

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from ogpu_node.consensus import HashChain, ValidatorKey
-from ogpu_node.consensus.randao import hash_times
+from ogpu_node.consensus.randao import CHECKPOINT_EVERY
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.files import atomic_write
 
@@ -23,7 +23,7 @@ log = logging.getLogger("ogpu.validator")
 
 _SECRET_DOMAIN = b"ogpu/randao-secret"
 _CACHE_MAGIC = b"ogpu-randao-v1\n"
-_KEPT_EVERY = 1024  # HashChain keeps every 1024th value; the file holds the same ones
+
 
 
 def randao_secret(private_key: bytes) -> bytes:
@@ -34,45 +34,32 @@ def randao_chain(private_key: bytes, length: int) -> HashChain:
     return HashChain(randao_secret(private_key), length)
 
 
-class _KeptHashChain(HashChain):
-    """A HashChain read back from its checkpoints, without the N hashes of HashChain's constructor.
-
-    It fills the attributes HashChain's constructor fills (the core has no constructor from
-    checkpoints yet; see the issue 11 report)."""
-
-    def __init__(self, length: int, kept: dict[int, bytes], tip: bytes) -> None:  # noqa: D107
-        self.length = length
-        self._kept = kept
-        self.tip = tip
-
-
 def _cache_path(datadir: Path, address: bytes) -> Path:
     return datadir / "validator" / f"randao-{address.hex()}.bin"
 
 
 def _encode(chain: HashChain) -> bytes:
-    kept = chain._kept  # noqa: SLF001 -- the checkpoints HashChain keeps; no public accessor yet
-    depths = sorted(kept)
-    assert depths == list(range(0, chain.length + 1, _KEPT_EVERY)), "HashChain's checkpoint spacing changed"
-    return _CACHE_MAGIC + chain.length.to_bytes(8, "big") + chain.tip + b"".join(kept[d] for d in depths)
+    return _CACHE_MAGIC + chain.length.to_bytes(8, "big") + chain.tip + b"".join(chain.checkpoints())
 
 
 def _decode(data: bytes, secret: bytes, length: int) -> HashChain | None:
     """The chain the file holds, or None when it is not this secret's chain of this length."""
     header = len(_CACHE_MAGIC) + 8 + 32
-    count = length // _KEPT_EVERY + 1
+    count = length // CHECKPOINT_EVERY + 1
     if len(data) != header + 32 * count or not data.startswith(_CACHE_MAGIC):
         return None
     if int.from_bytes(data[len(_CACHE_MAGIC):len(_CACHE_MAGIC) + 8], "big") != length:
         return None
     tip = data[header - 32:header]
-    kept = {i * _KEPT_EVERY: data[header + 32 * i:header + 32 * (i + 1)] for i in range(count)}
-    last = (count - 1) * _KEPT_EVERY
+    checkpoints = [data[header + 32 * i:header + 32 * (i + 1)] for i in range(count)]
     # The first value is the secret and the last one hashes to the tip: the file is this chain's.
     # (A value corrupted in between gives a wrong reveal, which the node's own block check refuses.)
-    if kept[0] != secret or hash_times(kept[last], length - last) != tip:
+    if checkpoints[0] != secret:
         return None
-    return _KeptHashChain(length, kept, tip)
+    try:
+        return HashChain.from_checkpoints(length, checkpoints, tip)
+    except ValueError:
+        return None
 
 
 def load_validator_key(datadir: Path, keypair: Keypair, length: int) -> ValidatorKey:

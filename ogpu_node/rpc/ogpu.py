@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ogpu_node.consensus import BranchState, Checkpoint, ConsensusCore
-from ogpu_node.consensus.state import advance_to_epoch, proposer_of
 from ogpu_node.rpc import params as p
 
 
@@ -31,10 +30,7 @@ class OgpuConsensusApi:
 
     def _current(self) -> BranchState:
         """The head's state carried to the clock's epoch (the epoch whose duties are under way)."""
-        core = self.core
-        head = core.state(core.head())
-        epoch = max(head.epoch, core.rules.params.epoch_of(self._slot()))
-        return advance_to_epoch(core.rules, head, epoch, b"", -1)
+        return self.core.epoch_state(self.core.rules.params.epoch_of(self._slot()))
 
     def ogpu_validators(self, ctx: Any) -> list[dict[str, Any]]:
         """The validators of the current epoch, ordered by address; stake in wei (hex quantity)."""
@@ -50,13 +46,10 @@ class OgpuConsensusApi:
         """``address``'s duties in the current epoch: the slots it proposes (on the current head's
         branch) and its attestation slot (null when it is not a validator of the epoch)."""
         validator = p.address(address)
-        state = self._current()
-        params = self.core.rules.params
-        epoch = state.current.epoch
-        slots = range(params.start_slot(epoch), params.start_slot(epoch + 1))
-        active = validator in state.current.validators
+        epoch = self._current().epoch
+        proposer_slots, attestation_slot = self.core.duties(validator, epoch)
         return {
             "epoch": hex(epoch),
-            "proposerSlots": [hex(s) for s in slots if active and s > 0 and proposer_of(state, s) == validator],
-            "attestationSlot": hex(state.current.attestation_slot(validator, params)) if active else None,
+            "proposerSlots": [hex(s) for s in proposer_slots],
+            "attestationSlot": None if attestation_slot is None else hex(attestation_slot),
         }

@@ -158,3 +158,16 @@ def test_malformed_bodies_and_conflicts_with_finality_are_refused():
             ConsensusBody.decode(data)
     body = ConsensusBody(5, b"\1" * 32)
     assert ConsensusBody.decode(body.encode()) == body
+
+
+def test_a_hash_chain_rebuilt_from_its_checkpoints_gives_the_same_reveals():
+    from ogpu_node.consensus import HashChain
+
+    chain = HashChain(keccak(b"secret"), 3000)
+    again = HashChain.from_checkpoints(3000, chain.checkpoints(), chain.tip)
+    assert [again.reveal(e) for e in (0, 1, 1500, 2999)] == [chain.reveal(e) for e in (0, 1, 1500, 2999)]
+    assert again.secret == keccak(b"secret")
+    with pytest.raises(ValueError, match="do not end at the tip"):
+        HashChain.from_checkpoints(3000, chain.checkpoints(), keccak(b"another tip"))
+    with pytest.raises(ValueError, match="keeps 3 checkpoints"):
+        HashChain.from_checkpoints(3000, chain.checkpoints()[:2], chain.tip)

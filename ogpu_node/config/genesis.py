@@ -6,7 +6,6 @@ Numbers may be JSON integers or 0x-hex strings, as geth accepts. Every error nam
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -15,6 +14,7 @@ from typing import Any
 
 from ogpu_node.config.consensus import ConsensusConfig, parse_consensus
 from ogpu_node.config.errors import GenesisError
+from ogpu_node.jsontext import JsonBoundsError, loads_bounded
 
 DEFAULT_GAS_LIMIT = 30_000_000
 DEFAULT_BASE_FEE = 1_000_000_000  # 1 gwei, as geth --dev
@@ -186,6 +186,7 @@ def parse_genesis(doc: Any) -> GenesisConfig:
     )
 
 
+MAX_GENESIS_BYTES = 256 << 20  # a large alloc is a few MB; nesting is bounded as for every JSON from outside
 DEV_GENESIS: Traversable = files("ogpu_node.config") / "networks" / "dev.json"  # package data: works from a wheel
 
 
@@ -195,7 +196,7 @@ def load_genesis(path: str | Path | Traversable) -> GenesisConfig:
     except OSError as exc:
         raise GenesisError(f"genesis: cannot read {path}: {exc.strerror}") from None
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GenesisError(f"genesis: {path} is not valid JSON: {exc}") from None
+        doc = loads_bounded(text, max_bytes=MAX_GENESIS_BYTES)
+    except JsonBoundsError as exc:  # not JSON, too large, or nested too deep
+        raise GenesisError(f"genesis: {path}: {exc}") from None
     return parse_genesis(doc)

@@ -110,7 +110,7 @@ def _doc_with_bad_balance(path: Path) -> Path:
 @pytest.mark.parametrize(
     "make, fragments",
     [
-        (_bad_json, ("genesis.json is not valid JSON",)),
+        (_bad_json, ("genesis.json: not valid JSON",)),
         (_doc_without_chain_id, ("config.chainId is required",)),
         (_doc_with_long_extra_data, ("extraData must be at most 32 bytes",)),
         (_doc_with_bad_alloc_address, ("alloc[0x1234]", "20 bytes")),

@@ -42,6 +42,10 @@ def test_unreadable_and_invalid_json_files_are_clear_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(GenesisError, match="not valid JSON"):
         load_genesis(bad)
+    deep = tmp_path / "deep.json"  # json.loads would overflow the C stack under py-evm's recursion limit
+    deep.write_text('{"alloc": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(GenesisError, match="deep.json: nests deeper than 64 levels"):
+        load_genesis(deep)
     good = tmp_path / "good.json"
     good.write_text(json.dumps(_doc()))
     assert load_genesis(good).chain_id == 7

@@ -125,7 +125,11 @@ class Chain:
         return self.execution.header_by_hash(self.execution.head_hash())
 
     def _refresh_head(self) -> None:
-        """After a commit: `head` follows the store (two writers may finish in either order)."""
+        """After a commit: `head` follows the store (two writers may finish in either order). Inside
+        a caller's outer write session nothing is committed yet: `head` stays, readers keep the
+        committed one, and that caller sets it once its session commits."""
+        if self.store.in_write_session:
+            return
         with self._head_lock:
             self.head = self._stored_head()
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from eth_utils import to_checksum_address
 from ogpu_node.chain import Chain
 from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.db import LMDBStore
+from tests.rpccall import rpc
 
 TEN_THOUSAND_OGPU = 10_000 * 10**18
 INIT_LINE = re.compile(r"^Successfully wrote genesis state  database=chaindata  hash=(0x[0-9a-f]{64})$")
@@ -175,12 +175,7 @@ class Running:
         return self.stderr_path.read_text(errors="replace")
 
     def rpc(self, method: str, *params: object) -> object:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            reply = json.loads(response.read())
-        assert "error" not in reply, reply
-        return reply["result"]
+        return rpc(self.url, method, *params)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         self.process.send_signal(sig)

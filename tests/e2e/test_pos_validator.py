@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from e2e.cli_run import CLI, ENV, ROOT, assert_one_line_error, cli
 from txfactory import sign_tx
 
 from ogpu_node.crypto.keystore import LIGHT_SCRYPT_N, create_account, load_private_key
+from tests.rpccall import rpc
 
 CHAIN_ID = 4_242
 SLOT_TIME = 1
@@ -45,12 +45,7 @@ class Node:
         pytest.fail(f"node printed no URL within 90 s: {self.err_path.read_text()}")
 
     def rpc(self, method: str, *params: object) -> object:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            reply = json.loads(response.read())
-        assert "error" not in reply, reply
-        return reply["result"]
+        return rpc(self.url, method, *params)
 
     def finalized_number(self) -> int:
         return int(self.rpc("eth_getBlockByNumber", "finalized", False)["number"], 16)

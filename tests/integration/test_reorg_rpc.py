@@ -10,7 +10,6 @@ without T, is built on a second chain of the same genesis and imported as side b
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 import pytest
@@ -27,21 +26,12 @@ from ogpu_node.db import LMDBStore
 from ogpu_node.execution.codec import decode_block, encode_block
 from ogpu_node.execution.state import BlockAttributes
 from ogpu_node.node import Node, NodeConfig
+from tests.rpccall import rpc
 
 pytestmark = pytest.mark.timeout(120)
 
 STAKE_HEX = "0x" + STAKE.hex()
 STAKED = "0x" + keccak(text="Staked(address,uint256,uint256)").hex()
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy for 127.0.0.1
-
-
-def rpc(url: str, method: str, *params: Any) -> Any:
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with _DIRECT.open(request, timeout=30) as response:
-        reply = json.loads(response.read())
-    assert "error" not in reply, reply
-    return reply["result"]
 
 
 class Subscriptions:

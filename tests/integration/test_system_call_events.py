@@ -13,7 +13,6 @@ The test waits on the WebSocket notification itself (a receive with a deadline),
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from ogpu_node.contracts import addresses
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.types.protocol import Role, TaskState
 from ogpu_node.types.records import StakeRecord, TaskRecord, decode_record
+from tests.rpccall import rpc
 
 ROOT = Path(__file__).resolve().parents[2]
 STAKE, TASK, BID = (Web3.to_checksum_address(a) for a in (addresses.STAKE, addresses.TASK, addresses.BID))
@@ -35,21 +35,10 @@ GAS = 1_000_000
 ASSIGNMENT_TIMEOUT_S = 30
 RECEIPT_TIMEOUT_S = 30
 TASK_ASSIGNED = "0x" + keccak(text="TaskAssigned(uint256,address,uint256,bytes32)").hex()
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy for 127.0.0.1
 
 
 def abi(name: str) -> list[dict[str, Any]]:
     return json.loads((ABI_DIR / f"{name}.json").read_text())
-
-
-def rpc(url: str, method: str, *params: Any) -> Any:
-    """One JSON-RPC call; returns `result` as the node's raw JSON (so logs compare field by field)."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with _DIRECT.open(request, timeout=30) as response:
-        reply = json.loads(response.read())
-    assert "error" not in reply, reply
-    return reply["result"]
 
 
 def send_all(w3: Web3, raws: list[bytes]) -> list[Any]:

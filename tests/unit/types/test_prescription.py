@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from ogpu_node.types.prescription import (
     to_terms,
 )
 from ogpu_node.types.records import TermsRecord, as_tuple
+from tests.malformed_documents import edit
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BLOB = "0x" + "ab" * 32
@@ -53,19 +53,6 @@ STREAM = {
     "f": {"kind": "per-unit", "council_share_bps": 0},
     "e": {"kind": "possible", "top_k": 40, "top_p": 0.9, "margin": 0.001},
 }
-
-
-def edit(doc, path, value=..., delete=False):
-    doc = copy.deepcopy(doc)
-    *parents, last = path.split(".")
-    target = doc
-    for key in parents:
-        target = target[key]
-    if delete:
-        del target[last]
-    else:
-        target[last] = value
-    return doc
 
 
 def error(doc) -> InvalidPrescription:

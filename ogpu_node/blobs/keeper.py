@@ -4,7 +4,9 @@ A block references a blob when its logs name it: `TaskSubmitted.prescriptionHash
 dataset and initial weights the prescription names) and `CheckpointRevealed.checkpointHash`. The
 keeper records the references of every block in order, remembering the last one done, so a restart
 catches up and no referenced blob is ever taken for pending. Expiry runs only once the references are
-caught up with the head, so a blob a block has just referenced is never deleted.
+caught up with the head, so a blob a block has just referenced is never deleted. After a
+reorganization the keeper scans again from where the branches fork (references are idempotent); a
+reference from an abandoned block stays, so a blob may be kept longer, never lost early.
 """
 
 from __future__ import annotations
@@ -73,20 +75,42 @@ class BlobKeeper:
         self.ledger = ledger
         self.ttl_s = ttl_s
 
-    def catch_up(self) -> int:
-        """Record the references of every block up to the head; the number of blocks scanned."""
-        head = self.chain.head.block_number
+    def _fork_point(self) -> int:
+        """The last scanned block that is still canonical: after a reorganization, where the branches
+        fork; -1 to scan from genesis."""
         scanned = self.ledger.scanned
-        number = -1 if scanned is None else scanned
+        if scanned is None:
+            return -1
+        number, block_hash = scanned
+        while number >= 0:
+            canonical = self.chain.block_by_number(number)
+            if canonical is not None and canonical.hash == block_hash:
+                return number
+            abandoned = self.chain.block_by_hash(block_hash)
+            if abandoned is None:
+                return -1
+            number, block_hash = number - 1, abandoned.header.parent_hash
+        return -1
+
+    def caught_up(self) -> bool:
+        head = self.chain.head
+        return self.ledger.scanned == (head.block_number, head.hash)
+
+    def catch_up(self) -> int:
+        """Record the references of every canonical block up to the head; the number of blocks scanned."""
+        head = self.chain.head.block_number
+        number = self._fork_point()
         done = 0
         while number < head:
             last = min(head, number + _SCAN_BATCH)
-            refs = []
+            refs, last_hash = [], b""
             for n in range(number + 1, last + 1):
                 block = self.chain.block_by_number(n)
-                if block is not None:
-                    refs.extend(block_references(block))
-            follow_prescriptions(self.store, self.ledger, self.ledger.reference(refs, scanned=last))
+                if block is None:  # the head moved back meanwhile: the next round starts again
+                    return done
+                refs.extend(block_references(block))
+                last_hash = block.hash
+            follow_prescriptions(self.store, self.ledger, self.ledger.reference(refs, scanned=(last, last_hash)))
             done += last - number
             number = last
         return done

@@ -8,7 +8,7 @@ the blob files, so a crash loses neither side:
 
   `p` ‖ hash -> uploader (20) ‖ charge (8) ‖ uploaded at, unix seconds (8)   pending blobs
   `r` ‖ hash -> kind (1: `p` a prescription, `-` any other blob)             referenced blobs
-  `scanned`  -> the last block number whose references are recorded (8)
+  `scanned`  -> the last block whose references are recorded: number (8) ‖ hash (32)
 
 Totals per account live in memory (rebuilt at start from the `p` entries) with the bytes of uploads
 in flight reserved on top, so concurrent uploads cannot overshoot a quota together. Thread-safe:
@@ -147,7 +147,7 @@ class BlobLedger:
             reservation.released = True  # the charge now belongs to the pending entry
         return True
 
-    def reference(self, refs: Iterable[tuple[bytes, bytes]], scanned: int | None = None) -> list[bytes]:
+    def reference(self, refs: Iterable[tuple[bytes, bytes]], scanned: tuple[int, bytes] | None = None) -> list[bytes]:
         """Mark blobs referenced by the chain, (hash, kind) each, freeing their pending charges, and
         (in the same transaction) record block ``scanned`` as done. Returns the prescriptions newly
         referenced (the dataset and weights they name are next)."""
@@ -165,7 +165,7 @@ class BlobLedger:
                 if value is not None:
                     freed.append((value[:20], int.from_bytes(value[20:28], "big")))
             if scanned is not None:
-                txn.put(_SCANNED, scanned.to_bytes(8, "big"))
+                txn.put(_SCANNED, scanned[0].to_bytes(8, "big") + scanned[1])
 
         self._write(mark)
         with self._lock:
@@ -206,8 +206,8 @@ class BlobLedger:
         return True
 
     @property
-    def scanned(self) -> int | None:
-        """The last block whose references are recorded; None before the first."""
+    def scanned(self) -> tuple[int, bytes] | None:
+        """The last block whose references are recorded, (number, hash); None before the first."""
         with self._env.begin() as txn:
             value = txn.get(_SCANNED)
-        return None if value is None else int.from_bytes(value, "big")
+        return None if value is None else (int.from_bytes(value[:8], "big"), value[8:])

@@ -266,7 +266,7 @@ class Node:
                 if trio.current_time() >= next_sweep:
                     next_sweep = trio.current_time() + sweep_every
                     await trio.to_thread.run_sync(self.blob_keeper.sweep, time.time())
-                elif self.blob_ledger.scanned != self.chain.head.block_number:
+                elif not self.blob_keeper.caught_up():
                     await trio.to_thread.run_sync(self.blob_keeper.catch_up)
             except (LedgerFull, OSError) as exc:  # a full disk: nothing was recorded, the next round retries
                 if not postponed:  # once per outage, not every second

@@ -116,14 +116,14 @@ def test_references_free_quota_and_survive_restarts(gate, tmp_path):
     assert refusal(upload, g, weights).status == 429
     # a block references the prescription before it reaches this node; its upload costs nothing and
     # references the dataset it names
-    assert g.ledger.reference([(merkle_root(prescription), PRESCRIPTION)], scanned=7) == [merkle_root(prescription)]
+    assert g.ledger.reference([(merkle_root(prescription), PRESCRIPTION)], scanned=(7, b"\7" * 32)) == [merkle_root(prescription)]
     assert upload(g, prescription)
     assert g.ledger.kind(merkle_root(dataset)) == OTHER
     assert g.ledger.pending_of(FUNDED.address) == 0
     assert upload(g, weights)
     g.ledger.close()
     reopened = BlobLedger(tmp_path / "blobs" / "ledger")
-    assert reopened.scanned == 7
+    assert reopened.scanned == (7, b"\7" * 32)
     assert reopened.pending_of(FUNDED.address) == KIB4 == reopened.pending_total
     assert [p.blob_hash for p in reopened.expired(uploaded_before=2**40)] == [merkle_root(weights)]
 
@@ -138,4 +138,4 @@ def test_expiry_deletes_only_blobs_no_block_referenced(gate, chain):
     assert keeper.sweep(now=uploaded + 61) == [merkle_root(b"dropped")]
     assert g.store.has(merkle_root(b"kept")) and not g.store.has(merkle_root(b"dropped"))
     assert g.ledger.pending_total == 0
-    assert g.ledger.scanned == chain.head.block_number  # the sweep caught up with the chain first
+    assert g.ledger.scanned == (chain.head.block_number, chain.head.hash)  # the sweep caught up first

@@ -18,9 +18,10 @@ uploads commit in worker threads while the node records references.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 
@@ -31,6 +32,7 @@ _SCANNED = b"scanned"
 PRESCRIPTION = b"p"
 OTHER = b"-"
 _MAP_SIZE = 1 << 34  # address space only
+T = TypeVar("T")
 
 
 def charge_of(size: int) -> int:
@@ -48,6 +50,11 @@ class Pending:
     uploader: bytes
     charge: int
     uploaded_at: int
+
+
+def _pending(blob_hash: bytes, value: bytes) -> Pending:
+    """A `p` entry's value: uploader (20) ‖ charge (8) ‖ uploaded at (8)."""
+    return Pending(blob_hash, value[:20], int.from_bytes(value[20:28], "big"), int.from_bytes(value[28:36], "big"))
 
 
 @dataclass
@@ -109,10 +116,11 @@ class BlobLedger:
 
     # -- records --
 
-    def _write(self, action: object) -> None:
+    def _write(self, action: Callable[[lmdb.Transaction], T]) -> T:
+        """``action`` in one write transaction; its result."""
         try:
             with self._env.begin(write=True) as txn:
-                action(txn)  # type: ignore[operator]
+                return action(txn)
         except lmdb.Error as exc:  # ENOSPC and map-full alike: refuse, the store stays as it was
             raise LedgerFull(f"the blob ledger cannot be written: {exc}") from None
 
@@ -121,22 +129,18 @@ class BlobLedger:
         with self._env.begin() as txn:
             return txn.get(_REFERENCED + blob_hash)
 
-    def is_pending(self, blob_hash: bytes) -> bool:
-        with self._env.begin() as txn:
-            return txn.get(_PENDING + blob_hash) is not None
-
     def add_pending(self, reservation: Reservation, blob_hash: bytes, now: int) -> bool:
         """Record a new upload as pending, keeping its reservation as its charge; False (the
         reservation released) when the blob is referenced or already pending, as it costs no more."""
-        def add(txn: lmdb.Transaction) -> None:
-            if txn.get(_REFERENCED + blob_hash) is None and txn.get(_PENDING + blob_hash) is None:
-                value = reservation.account + reservation.charge.to_bytes(8, "big") + now.to_bytes(8, "big")
-                txn.put(_PENDING + blob_hash, value)
-                added.append(True)
+        def add(txn: lmdb.Transaction) -> bool:
+            if txn.get(_REFERENCED + blob_hash) is not None or txn.get(_PENDING + blob_hash) is not None:
+                return False
+            value = reservation.account + reservation.charge.to_bytes(8, "big") + now.to_bytes(8, "big")
+            txn.put(_PENDING + blob_hash, value)
+            return True
 
-        added: list[bool] = []
         try:
-            self._write(add)
+            added = self._write(add)
         except LedgerFull:
             self.release(reservation)
             raise
@@ -151,7 +155,7 @@ class BlobLedger:
         """Mark blobs referenced by the chain, (hash, kind) each, freeing their pending charges, and
         (in the same transaction) record block ``scanned`` as done. Returns the prescriptions newly
         referenced (the dataset and weights they name are next)."""
-        freed: list[tuple[bytes, int]] = []
+        freed: list[Pending] = []
         prescriptions: list[bytes] = []
 
         def mark(txn: lmdb.Transaction) -> None:
@@ -163,14 +167,14 @@ class BlobLedger:
                     prescriptions.append(blob_hash)
                 value = txn.pop(_PENDING + blob_hash)
                 if value is not None:
-                    freed.append((value[:20], int.from_bytes(value[20:28], "big")))
+                    freed.append(_pending(blob_hash, value))
             if scanned is not None:
                 txn.put(_SCANNED, scanned[0].to_bytes(8, "big") + scanned[1])
 
         self._write(mark)
         with self._lock:
-            for account, charge in freed:
-                self._add(account, -charge)
+            for entry in freed:
+                self._add(entry.uploader, -entry.charge)
         return prescriptions
 
     def _each_pending(self) -> Iterator[Pending]:
@@ -181,8 +185,7 @@ class BlobLedger:
             for key, value in cursor:
                 if not key.startswith(_PENDING) or len(key) != 33:
                     return
-                yield Pending(key[1:], value[:20], int.from_bytes(value[20:28], "big"),
-                              int.from_bytes(value[28:36], "big"))
+                yield _pending(key[1:], value)
 
     def expired(self, uploaded_before: float, limit: int = 10_000) -> list[Pending]:
         """Up to ``limit`` pending blobs uploaded before ``uploaded_before`` (unix seconds)."""
@@ -197,12 +200,12 @@ class BlobLedger:
     def expire(self, blob_hash: bytes) -> bool:
         """Forget a pending blob (its file is deleted by the caller, after); False if it is not pending
         any more (a block referenced it meanwhile)."""
-        gone: list[bytes] = []
-        self._write(lambda txn: gone.extend(filter(None, [txn.pop(_PENDING + blob_hash)])))
-        if not gone:
+        value = self._write(lambda txn: txn.pop(_PENDING + blob_hash))
+        if value is None:
             return False
+        entry = _pending(blob_hash, value)
         with self._lock:
-            self._add(gone[0][:20], -int.from_bytes(gone[0][20:28], "big"))
+            self._add(entry.uploader, -entry.charge)
         return True
 
     @property

@@ -21,7 +21,7 @@ from ogpu_node.consensus.state import (
     InvalidConsensus,
     Rules,
     advance_to_epoch,
-    check_attestation,
+    include_attestation,
     proposer_of,
 )
 from ogpu_node.crypto import Keypair
@@ -171,14 +171,10 @@ class ConsensusCore:
         current, previous = set(state.current_attesters), set(state.previous_attesters)
         chosen: list[SignedAttestation] = []
         for signed in sorted(self._pool.values(), key=lambda s: (s.message.slot, s.signature)):
-            a = signed.message
-            if not a.slot < slot <= a.slot + params.slots_per_epoch:
-                continue
             try:
-                signer, duties = check_attestation(self.rules, state, signed, (current, previous))
-            except InvalidConsensus:
+                include_attestation(self.rules, state, slot, signed, (current, previous))
+            except InvalidConsensus:  # not includable here: outside its window, another branch, a duplicate
                 continue
-            (current if duties is state.current else previous).add(signer)
             chosen.append(signed)
             if len(chosen) == MAX_ATTESTATIONS:
                 break

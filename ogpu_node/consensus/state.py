@@ -238,6 +238,18 @@ def check_attestation(rules: Rules, state: BranchState, signed: SignedAttestatio
     return signer, duties
 
 
+def include_attestation(rules: Rules, state: BranchState, block_slot: int, signed: SignedAttestation,
+                        included: tuple[set[bytes], set[bytes]]) -> None:
+    """Check ``signed`` for a block at ``block_slot`` on ``state`` (its inclusion window, then
+    `check_attestation` against the (current, previous) epoch's attesters ``included`` so far) and add
+    its attester there; InvalidConsensus naming the rule otherwise."""
+    a = signed.message
+    if not a.slot < block_slot <= a.slot + rules.params.slots_per_epoch:
+        raise InvalidConsensus(f"attestation of slot {a.slot} is outside its inclusion window at slot {block_slot}")
+    signer, duties = check_attestation(rules, state, signed, included)
+    (included[0] if duties is state.current else included[1]).add(signer)
+
+
 # -- blocks --
 
 def proposer_of(state: BranchState, slot: int) -> bytes:
@@ -279,11 +291,7 @@ def apply_block(rules: Rules, parent: BranchState, block: BlockInput) -> BranchS
         raise InvalidConsensus("header mix_hash is not H(parent mix ‖ reveal)")
     current, previous = set(state.current_attesters), set(state.previous_attesters)
     for signed in body.attestations:
-        a = signed.message
-        if not a.slot < body.slot <= a.slot + params.slots_per_epoch:
-            raise InvalidConsensus(f"attestation of slot {a.slot} is outside its inclusion window at slot {body.slot}")
-        signer, duties = check_attestation(rules, state, signed, (current, previous))
-        (current if duties is state.current else previous).add(signer)
+        include_attestation(rules, state, body.slot, signed, (current, previous))
     reveals = dict(state.reveals)
     reveals[proposer] = (epoch, body.randao_reveal)
     return replace(state, root=block.root, slot=body.slot, mix=mix, reveals=_frozen(reveals),

@@ -45,6 +45,12 @@ def genesis_validators(config: ConsensusConfig) -> ValidatorSet:
     return ValidatorSet.of([Validator(v.address, v.stake, v.randao_tip) for v in config.validators])
 
 
+def chain_rules(chain: Chain, config: ConsensusConfig) -> Rules:
+    """The consensus rules of ``chain``: its parameters, signing domain and each epoch's validators."""
+    validators = genesis_validators(config)
+    return Rules(consensus_params(config), chain.chain_id, chain.genesis_hash, lambda root, epoch: validators)
+
+
 def block_input(header: Any, body: ConsensusBody, signature: bytes) -> BlockInput:
     return BlockInput(header.hash, header.parent_hash, header.timestamp, header.coinbase, header.mix_hash,
                       header.extra_data, body, signature)
@@ -60,7 +66,7 @@ class ProofOfStake:
         validators = genesis_validators(config)
         if key is not None and key.randao.tip != validators.by_address.get(key.address, Validator(b"", 0, b"")).randao_tip:
             raise ChainError(_not_a_validator(key, validators))
-        self.rules = Rules(self.params, chain.chain_id, chain.genesis_hash, lambda root, epoch: validators)
+        self.rules = chain_rules(chain, config)
         genesis = chain.header_by_number(0)
         self.core = ConsensusCore(self.rules, genesis_state(self.rules, genesis.hash, genesis.mix_hash), key)
         self._replay()

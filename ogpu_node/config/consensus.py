@@ -17,6 +17,7 @@ MAX_SLOT_TIME = 3600  # seconds: a slot longer than an hour is a mistake, not a 
 MAX_SLOTS_PER_EPOCH = 1024
 MAX_RANDAO_LENGTH = 1 << 26  # epochs; a validator hashes this many times once to build its chain
 MAX_VALIDATORS = 10_000
+MAX_CHURN_LIMIT = 1024  # activations (and exits) per epoch
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,22 @@ class ConsensusConfig:
     slots_per_epoch: int
     randao_length: int
     validators: tuple[GenesisValidator, ...]
+    churn_limit: int = 4  # validators activated, and validators exited, per epoch boundary at most
+
+    def epoch_at(self, timestamp: int) -> int:
+        """The epoch of a block with ``timestamp`` (0 before genesis)."""
+        return max(0, timestamp - self.genesis_time) // self.slot_time // self.slots_per_epoch
+
+    def epoch_start(self, epoch: int) -> int:
+        """The timestamp of ``epoch``'s first slot."""
+        return self.genesis_time + epoch * self.slots_per_epoch * self.slot_time
+
+    def encode(self) -> list[int]:
+        """The parameters the genesis block commits to (the validators are in its state)."""
+        return [self.genesis_time, self.slot_time, self.slots_per_epoch, self.randao_length, self.churn_limit]
 
 
-_FIELDS = {"genesisTime", "slotTime", "slotsPerEpoch", "randaoLength", "validators"}
+_FIELDS = {"genesisTime", "slotTime", "slotsPerEpoch", "randaoLength", "churnLimit", "validators"}
 _VALIDATOR_FIELDS = {"address", "stake", "randaoTip"}
 
 
@@ -73,6 +87,8 @@ def parse_consensus(
                                "consensus.slotsPerEpoch", 1, MAX_SLOTS_PER_EPOCH)
     randao_length = _bounded(number(doc.get("randaoLength", 1 << 20), "consensus.randaoLength"),
                              "consensus.randaoLength", 1, MAX_RANDAO_LENGTH)
+    churn_limit = _bounded(number(doc.get("churnLimit", 4), "consensus.churnLimit"), "consensus.churnLimit",
+                           1, MAX_CHURN_LIMIT)
     entries = doc.get("validators")
     if not isinstance(entries, list) or not entries:
         raise GenesisError("genesis: consensus.validators must be a non-empty list")
@@ -98,4 +114,4 @@ def parse_consensus(
         if stake < max(min_stake, 1):
             raise GenesisError(f"genesis: {where}.stake {stake} is below config.ogpu.minValidatorStake ({min_stake})")
         validators.append(GenesisValidator(address, stake, hex_bytes(entry["randaoTip"], f"{where}.randaoTip", 32)))
-    return ConsensusConfig(genesis_time, slot_time, slots_per_epoch, randao_length, tuple(validators))
+    return ConsensusConfig(genesis_time, slot_time, slots_per_epoch, randao_length, tuple(validators), churn_limit)

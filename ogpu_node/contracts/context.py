@@ -142,9 +142,10 @@ def schedule_expiry(ctx: TaskContext, task_id: int, k: int) -> None:
 
 
 def schedule_draw(ctx: TaskContext, task_id: int, k: int) -> None:
-    """Draw checkpoint k's council in the next block, whose RANDAO mix the committer cannot know."""
+    """Draw checkpoint k's council at the first block of the next epoch, from its RANDAO mix, which
+    the committer cannot know (under --dev: the next block's mix)."""
     round_ = ctx.checkpoint(task_id, k).round
-    ctx.schedule(ctx.host.timestamp, DeadlineKind.DRAW_COUNCIL, subject(task_id, k, round_))
+    ctx.schedule(ctx.stake.next_boundary(ctx.host.timestamp), DeadlineKind.DRAW_COUNCIL, subject(task_id, k, round_))
 
 
 def release_council(ctx: TaskContext, task_id: int, k: int) -> None:

@@ -137,6 +137,22 @@ class StakeEntry(StoredRecord):
     roles = Uint()  # protocol.Role bits
 
 
+class ValidatorEntry(StoredRecord, prefix="validator"):
+    """An account's validator registration and lifecycle (Stake.validatorOf)."""
+
+    randao_tip = Bytes32("tip")  # H^N(secret) of its RANDAO hash chain; fixed once set
+    status = Uint()  # protocol.ValidatorStatus
+    activation_epoch = Uint("activation")  # the epoch boundary that activated it
+    exit_epoch = Uint("exit")  # the epoch boundary that took it out
+    queued = Uint()  # _IN_ACTIVATIONS | _IN_EXITS | _IN_EJECTIONS: which queues hold an entry for it
+
+
+class ValidatorEpoch(StoredRecord):
+    """Stake's epoch clock: the last epoch whose boundary applied the validator queues."""
+
+    epoch = Uint("validatorEpoch")
+
+
 class ResourcesEntry(StoredRecord):
     """What a provider registered (Stake.resourcesOf)."""
 

@@ -104,7 +104,7 @@ class Slashing(NativeContract):
         taken = self.stake.slash(host, offender, penalty, host.caller, self.config.reporter_share_bps)
         roles_now = self.stake.stakeOf(host, offender).roles
         if roles_now & Role.VALIDATOR:
-            self.stake.set_roles(host, offender, roles_now & ~int(Role.VALIDATOR))  # ejected
+            self.stake.set_roles(host, offender, roles_now & ~int(Role.VALIDATOR), ejected=True)
         self.emit(
             host, "ConsensusOffence", offender=offender, kind=kind, evidenceId=evidence, penalty=taken,
             reporter=host.caller,

@@ -1,29 +1,47 @@
-"""Stake: validator and provider stakes, locked stake, registered resources, the unbonding queue.
+"""Stake: validator and provider stakes, locked stake, registered resources, the unbonding queue, and
+the validator set's activation, exit and ejection queues.
 
 Invariant: the contract's balance = Σ staked + Σ unbonding. Active (staked) stake backs roles, bids and
 council seats; `locked` is the part of it pledged to bids and seats; unbonding stake is on its way
 out but stays slashable until withdrawn.
+
+The validator set (`validators()`) changes only at epoch boundaries: taking or clearing the validator
+role queues the account, and the system call of each epoch's first block applies the queues, at most
+`churnLimit` activations and as many exits (docs/consensus.md, "Validator set"). Under `--dev` (no
+consensus section) every block with a new timestamp is a boundary and the churn is unlimited.
 """
 
 from __future__ import annotations
 
-from ogpu_node.config import ProtocolParams
+from ogpu_node.config import ConsensusConfig, ProtocolParams
 from ogpu_node.contracts.addresses import STAKE
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.layout import ResourcesEntry, StakeEntry, StakeTotal
-from ogpu_node.contracts.storage import AddressSet
-from ogpu_node.types.protocol import ALL_ROLES, BPS, DEVICE_KINDS, MAX_ENDPOINT_BYTES, Role
-from ogpu_node.types.records import ResourcesRecord, StakeParamsRecord, StakeRecord
+from ogpu_node.contracts.layout import ResourcesEntry, StakeEntry, StakeTotal, ValidatorEntry, ValidatorEpoch
+from ogpu_node.contracts.storage import AddressQueue, AddressSet
+from ogpu_node.types.protocol import (
+    ALL_ROLES,
+    BPS,
+    DEVICE_KINDS,
+    MAX_ENDPOINT_BYTES,
+    MAX_VALIDATOR_QUEUE_POPS,
+    Role,
+    ValidatorStatus,
+)
+from ogpu_node.types.records import ResourcesRecord, StakeParamsRecord, StakeRecord, ValidatorRecord
+
+# ValidatorEntry.queued bits: the queues that hold an entry for the account (at most one each).
+_IN_ACTIVATIONS, _IN_EXITS, _IN_EJECTIONS = 1, 2, 4
 
 
 class Stake(NativeContract):
     NAME = "Stake"
     ADDRESS = STAKE
 
-    def __init__(self, params: ProtocolParams) -> None:
+    def __init__(self, params: ProtocolParams, consensus: ConsensusConfig | None = None) -> None:
         super().__init__()
         self.config = params
+        self.consensus = consensus
 
     # -- external functions --
 
@@ -48,6 +66,9 @@ class Stake(NativeContract):
         roles = entry.roles
         if roles & Role.VALIDATOR and remaining < self.config.min_validator_stake:
             raise Revert("Stake.requestUnstake: stake would fall below the validator minimum; clear the role first")
+        if remaining < self.config.min_validator_stake and self.validator(host, who).status != ValidatorStatus.NONE:
+            raise Revert("Stake.requestUnstake: a validator's stake stays until an epoch boundary takes it out "
+                         "of the validator set")
         if roles & Role.PROVIDER and remaining < self.config.min_provider_stake:
             raise Revert("Stake.requestUnstake: stake would fall below the provider minimum; clear the role first")
         entry.staked = remaining
@@ -80,6 +101,8 @@ class Stake(NativeContract):
         staked = self.entry(host, who).staked
         if roles & Role.VALIDATOR and staked < self.config.min_validator_stake:
             raise Revert("Stake.setRoles: stake below the validator minimum")
+        if roles & Role.VALIDATOR and self.validator(host, who).randao_tip == bytes(32):
+            raise Revert("Stake.setRoles: register a RANDAO tip (setRandaoTip) before taking the validator role")
         if roles & Role.PROVIDER:
             if staked < self.config.min_provider_stake:
                 raise Revert("Stake.setRoles: stake below the provider minimum")
@@ -105,6 +128,17 @@ class Stake(NativeContract):
             throughputScore=score, endpoint=endpoint,
         )
 
+    def setRandaoTip(self, host: Host, tip: bytes) -> None:
+        """Register the tip of the caller's RANDAO hash chain, once: a tip that could change would let
+        a validator choose among reveals."""
+        if tip == bytes(32):
+            raise Revert("Stake.setRandaoTip: the tip is zero")
+        validator = self.validator(host, host.caller)
+        if validator.randao_tip != bytes(32):
+            raise Revert("Stake.setRandaoTip: the RANDAO tip is already registered (it never changes)")
+        validator.randao_tip = tip
+        self.emit(host, "RandaoTipSet", account=host.caller, tip=tip)
+
     # -- views --
 
     def stakeOf(self, host: Host, who: bytes) -> StakeRecord:
@@ -116,8 +150,18 @@ class Stake(NativeContract):
     def resourcesOf(self, host: Host, who: bytes) -> ResourcesRecord:
         return ResourcesEntry(self.storage(host), who).load(ResourcesRecord)
 
+    def validatorOf(self, host: Host, who: bytes) -> ValidatorRecord:
+        return self.validator(host, who).load(ValidatorRecord)
+
     def validators(self, host: Host) -> list[bytes]:
         return list(AddressSet(self.storage(host), "validators"))
+
+    def validatorQueues(self, host: Host) -> tuple[int, int, int]:
+        """(the last epoch boundary applied, entries in the activation queue, in the exit queues);
+        entries of accounts that changed their mind since are skipped when reached."""
+        store = self.storage(host)
+        exits = len(AddressQueue(store, "exits")) + len(AddressQueue(store, "ejections"))
+        return ValidatorEpoch(store).epoch, len(AddressQueue(store, "activations")), exits
 
     def providers(self, host: Host) -> list[bytes]:
         return list(AddressSet(self.storage(host), "providers"))
@@ -186,17 +230,129 @@ class Stake(NativeContract):
         if remaining < self.config.min_provider_stake:
             kept &= ~int(Role.PROVIDER)
         if kept != roles:
-            self.set_roles(host, who, kept)
+            self.set_roles(host, who, kept, ejected=True)
         return taken
 
-    def set_roles(self, host: Host, who: bytes, roles: int) -> None:
-        store = self.storage(host)
-        self.entry(host, who).roles = roles
-        for bit, name in ((Role.VALIDATOR, "validators"), (Role.PROVIDER, "providers")):
-            members = AddressSet(store, name)
-            if roles & bit:
-                members.add(who)
-            else:
-                members.remove(who)
+    def set_roles(self, host: Host, who: bytes, roles: int, *, ejected: bool = False) -> None:
+        """Set ``who``'s roles. The provider role applies at once; the validator role queues the
+        account for activation or exit (``ejected``: a slashed validator, out at the next boundary
+        whatever the churn)."""
+        entry = self.entry(host, who)
+        old = entry.roles
+        entry.roles = roles
+        providers = AddressSet(self.storage(host), "providers")
+        if roles & Role.PROVIDER:
+            providers.add(who)
+        else:
+            providers.remove(who)
         self.emit(host, "RolesChanged", account=who, roles=roles)
+        if roles & Role.VALIDATOR and not old & Role.VALIDATOR:
+            self._join(host, who)
+        elif old & Role.VALIDATOR and not roles & Role.VALIDATOR:
+            self._leave(host, who, ejected)
+
+    # -- the validator set --
+
+    def validator(self, host: Host, who: bytes) -> ValidatorEntry:
+        return ValidatorEntry(self.storage(host), who)
+
+    def _enqueue(self, host: Host, who: bytes, queue: str, bit: int) -> None:
+        validator = self.validator(host, who)
+        if not validator.queued & bit:  # an account sits in each queue once
+            validator.queued |= bit
+            AddressQueue(self.storage(host), queue).push(who)
+
+    def _join(self, host: Host, who: bytes) -> None:
+        validator = self.validator(host, who)
+        status = validator.status
+        if status == ValidatorStatus.EXITING:  # still in the set: the exit is called off
+            validator.status = ValidatorStatus.ACTIVE
+        elif status == ValidatorStatus.NONE:
+            validator.status = ValidatorStatus.PENDING
+            self._enqueue(host, who, "activations", _IN_ACTIVATIONS)
+        if validator.status != status:
+            self.emit(host, "ValidatorQueued", account=who, status=validator.status)
+
+    def _leave(self, host: Host, who: bytes, ejected: bool) -> None:
+        validator = self.validator(host, who)
+        status = validator.status
+        if status == ValidatorStatus.PENDING:  # never active: its queue entry is skipped
+            validator.status = ValidatorStatus.NONE
+        elif status in (ValidatorStatus.ACTIVE, ValidatorStatus.EXITING):
+            validator.status = ValidatorStatus.EXITING
+            if ejected:
+                self._enqueue(host, who, "ejections", _IN_EJECTIONS)
+            else:
+                self._enqueue(host, who, "exits", _IN_EXITS)
+        if validator.status != status:
+            self.emit(host, "ValidatorQueued", account=who, status=validator.status)
+
+    def epoch_at(self, timestamp: int) -> int:
+        """The epoch of a block at ``timestamp``; under --dev, the timestamp itself."""
+        return timestamp if self.consensus is None else self.consensus.epoch_at(timestamp)
+
+    def next_boundary(self, timestamp: int) -> int:
+        """The earliest timestamp of a block after the next epoch boundary (under --dev: the next
+        block's)."""
+        if self.consensus is None:
+            return timestamp
+        return self.consensus.epoch_start(self.consensus.epoch_at(timestamp) + 1)
+
+    def process_epoch(self, host: Host) -> None:
+        """The start-of-block step: at the first block of an epoch, apply the ejection queue, then up
+        to `churnLimit` exits and activations, in queue order."""
+        epoch = self.epoch_at(host.timestamp)
+        marker = ValidatorEpoch(self.storage(host))
+        if epoch <= marker.epoch:
+            return
+        marker.epoch = epoch
+        churn = MAX_VALIDATOR_QUEUE_POPS if self.consensus is None else self.consensus.churn_limit
+        self._drain(host, epoch, "ejections", _IN_EJECTIONS, MAX_VALIDATOR_QUEUE_POPS)
+        self._drain(host, epoch, "exits", _IN_EXITS, churn)
+        self._drain(host, epoch, "activations", _IN_ACTIVATIONS, churn)
+
+    def _drain(self, host: Host, epoch: int, name: str, bit: int, limit: int) -> None:
+        store = self.storage(host)
+        queue, members = AddressQueue(store, name), AddressSet(store, "validators")
+        activating = bit == _IN_ACTIVATIONS
+        changed = popped = 0
+        while changed < limit and popped < MAX_VALIDATOR_QUEUE_POPS and len(queue):
+            who = queue.peek()
+            validator = self.validator(host, who)
+            wanted = ValidatorStatus.PENDING if activating else ValidatorStatus.EXITING
+            if validator.status == wanted and not activating and len(members) == 1 and self.consensus is not None:
+                break  # the last validator stays until another is active: a chain needs a proposer
+            queue.pop()
+            popped += 1
+            validator.queued &= ~bit
+            if validator.status != wanted:  # changed its mind since it was queued
+                continue
+            changed += 1
+            if activating:
+                validator.status = ValidatorStatus.ACTIVE
+                validator.activation_epoch = epoch
+                members.add(who)
+                self.emit(host, "ValidatorActivated", account=who, epoch=epoch)
+            else:
+                validator.status = ValidatorStatus.NONE
+                validator.exit_epoch = epoch
+                members.remove(who)
+                self.emit(host, "ValidatorExited", account=who, epoch=epoch)
+
+    def active_validators(self, host: Host) -> list[tuple[bytes, int, bytes]]:
+        """(address, staked, RANDAO tip) of each validator in the set: what consensus weighs."""
+        return [(who, self.entry(host, who).staked, self.validator(host, who).randao_tip)
+                for who in AddressSet(self.storage(host), "validators")]
+
+    def add_genesis_validator(self, host: Host, who: bytes, stake: int, tip: bytes) -> None:
+        """A validator of the genesis's consensus section: staked and active from epoch 0. The caller
+        credits Stake's balance with ``stake``."""
+        entry = self.entry(host, who)
+        entry.staked += stake
+        entry.roles |= Role.VALIDATOR
+        StakeTotal(self.storage(host)).total += stake
+        validator = self.validator(host, who)
+        validator.randao_tip = tip
+        validator.status = ValidatorStatus.ACTIVE
+        AddressSet(self.storage(host), "validators").add(who)
 

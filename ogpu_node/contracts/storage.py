@@ -239,3 +239,33 @@ class StoredRecord:
         """Write every field of the dataclass `record` into the field of the same name, in its order."""
         for f in dataclasses.fields(record):
             setattr(self, f.name, getattr(record, f.name))
+
+
+class AddressQueue:
+    """A first-in, first-out queue of addresses in storage (head, tail, item by position)."""
+
+    def __init__(self, storage: Storage, name: str) -> None:
+        self.storage = storage
+        self.name = name
+
+    def __len__(self) -> int:
+        return self.storage.get(self.name, "tail") - self.storage.get(self.name, "head")
+
+    def push(self, address: bytes) -> None:
+        tail = self.storage.get(self.name, "tail") + 1
+        self.storage.set(self.name, "tail", value=tail)
+        self.storage.set_address(self.name, "item", tail, value=address)
+
+    def peek(self) -> bytes:
+        if not len(self):
+            raise IndexError(f"{self.name}: queue is empty")
+        return self.storage.get_address(self.name, "item", self.storage.get(self.name, "head") + 1)
+
+    def pop(self) -> bytes:
+        head = self.storage.get(self.name, "head") + 1
+        if head > self.storage.get(self.name, "tail"):
+            raise IndexError(f"{self.name}: queue is empty")
+        self.storage.set(self.name, "head", value=head)
+        address = self.storage.get_address(self.name, "item", head)
+        self.storage.set(self.name, "item", head, value=0)  # the refund of a cleared slot
+        return address

@@ -19,7 +19,7 @@ from eth.vm.forks.london.storage import SSTORE_CLEARS_SCHEDULE_EIP_3529
 from eth.vm.forks.prague.computation import PragueComputation
 from eth.vm.forks.prague.state import PragueState
 
-from ogpu_node.config import ProtocolParams
+from ogpu_node.config import ConsensusConfig, ProtocolParams
 from ogpu_node.contracts.abi import encode_error
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.bid import Bid
@@ -192,18 +192,32 @@ class SystemHost(_Balances):
 
 class OgpuState(PragueState):
     task_contract: Task | None = None
+    stake_contract: Stake | None = None
     deadline_limit: int = 0
 
 
 def run_block_start(state: Any) -> list[SystemLog]:
-    """Run the due time-triggered protocol steps. A step that reverts is dropped with its changes; so is
-    one that fails unexpectedly (a defect), logged with its task: a bad step must not halt the chain.
-    MemoryError and RecursionError propagate (see FATAL)."""
+    """At an epoch's first block apply the validator queues; then run the due time-triggered protocol
+    steps. A step that reverts is dropped with its changes; so is one that fails unexpectedly (a
+    defect), logged with its task: a bad step must not halt the chain. MemoryError and RecursionError
+    propagate (see FATAL)."""
     task = state.task_contract
     logs: list[SystemLog] = []
     if task is None:
         return logs
     host = SystemHost(state, logs)
+    if state.stake_contract is not None:
+        snapshot = state.snapshot()
+        try:
+            state.stake_contract.process_epoch(host)
+        except FATAL:
+            raise
+        except Exception:
+            state.revert(snapshot)
+            del logs[:]
+            log.exception("block %d: the validator queues failed; tried again next block", host.block_number)
+        else:
+            state.commit(snapshot)
     for deadline in task.queue(host).pop_due(host.timestamp, state.deadline_limit):
         snapshot = state.snapshot()
         mark = len(logs)
@@ -229,16 +243,18 @@ def _kind_name(kind: int) -> str:
         return str(kind)
 
 
-def native_contracts(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> dict[bytes, NativeContract]:
-    stake = Stake(params)
+def native_contracts(params: ProtocolParams, chain_id: int, genesis_hash: bytes,
+                     consensus: ConsensusConfig | None = None) -> dict[bytes, NativeContract]:
+    stake = Stake(params, consensus)
     bid = Bid(params, stake)
     slashing = Slashing(params, stake, chain_id, genesis_hash)
     contracts: list[NativeContract] = [stake, Task(params, bid, stake, slashing), bid, slashing]
     return {c.ADDRESS: c for c in contracts}
 
 
-def make_state_class(params: ProtocolParams, chain_id: int, genesis_hash: bytes) -> type[OgpuState]:
-    contracts = native_contracts(params, chain_id, genesis_hash)
+def make_state_class(params: ProtocolParams, chain_id: int, genesis_hash: bytes,
+                     consensus: ConsensusConfig | None = None) -> type[OgpuState]:
+    contracts = native_contracts(params, chain_id, genesis_hash, consensus)
     precompiles = dict(PragueComputation.get_precompiles())
     for address, contract in contracts.items():
         precompiles[address] = native_precompile(contract)
@@ -248,5 +264,6 @@ def make_state_class(params: ProtocolParams, chain_id: int, genesis_hash: bytes)
         __name__="OgpuState",
         computation_class=computation_class,
         task_contract=task,
+        stake_contract=next(c for c in contracts.values() if isinstance(c, Stake)),
         deadline_limit=params.max_deadlines_per_block,
     )

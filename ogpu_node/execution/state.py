@@ -19,9 +19,12 @@ from eth_utils import ValidationError as EthUtilsValidationError
 
 from ogpu_node.config import GenesisConfig
 from ogpu_node.contracts.addresses import ALL as NATIVE_CONTRACTS
+from ogpu_node.contracts.addresses import STAKE
+from ogpu_node.contracts.stake import Stake
+from ogpu_node.crypto import keccak
 from ogpu_node.execution.codec import check_gas, recover_sender
 from ogpu_node.execution.errors import InvalidBlock, InvalidTransaction
-from ogpu_node.execution.native import SystemLog, make_state_class
+from ogpu_node.execution.native import SYSTEM_ADDRESS, SystemLog, make_state_class
 from ogpu_node.execution.trie import BLANK_ROOT, ordered_trie_root
 from ogpu_node.execution.vm import OgpuVM
 
@@ -54,6 +57,47 @@ class ExecutedBlock:
         return self.block.header
 
 
+def genesis_mix(genesis: GenesisConfig) -> bytes:
+    """The genesis block's mix_hash: the file's, and on a proof-of-stake chain also a hash of the
+    consensus parameters, so the genesis hash covers all of the consensus section (its validators are
+    in the genesis state)."""
+    if genesis.consensus is None:
+        return genesis.mix_hash
+    return keccak(genesis.mix_hash + rlp.encode(genesis.consensus.encode()))
+
+
+class _GenesisHost:
+    """Storage access for writing native contracts' genesis records (no transaction, no logs)."""
+
+    caller, value, is_static, block_number, timestamp, mix_hash = SYSTEM_ADDRESS, 0, False, 0, 0, bytes(32)
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def sload(self, address: bytes, slot: int) -> int:
+        return self._state.get_storage(address, slot)
+
+    def sstore(self, address: bytes, slot: int, value: int) -> None:
+        self._state.set_storage(address, slot, value)
+
+    def log(self, address: bytes, topics: list[bytes], data: bytes) -> None:
+        pass
+
+    def charge(self, gas: int) -> None:
+        pass
+
+
+def _write_genesis_validators(state: Any, genesis: GenesisConfig) -> None:
+    """The consensus section's validators, staked and active in Stake, their stake minted into
+    Stake's balance (its invariant: balance = Σ staked + Σ unbonding)."""
+    assert genesis.consensus is not None
+    stake = Stake(genesis.protocol, genesis.consensus)
+    host = _GenesisHost(state)
+    for validator in genesis.consensus.validators:
+        stake.add_genesis_validator(host, validator.address, validator.stake, validator.randao_tip)
+        state.set_balance(STAKE, state.get_balance(STAKE) + validator.stake)
+
+
 class Execution:
     """Runs blocks against the state in `store` (an LMDBStore) with py-evm's VM."""
 
@@ -66,7 +110,7 @@ class Execution:
         # Computed in memory first: the native contracts' signing roots need the genesis hash.
         self.genesis_block = self._genesis(AtomicDB())
         # The native contracts take their parameters from genesis, so each chain has its own VM class.
-        state_class = make_state_class(genesis.protocol, genesis.chain_id, self.genesis_block.hash)
+        state_class = make_state_class(genesis.protocol, genesis.chain_id, self.genesis_block.hash, genesis.consensus)
         self.vm_class: type[OgpuVM] = OgpuVM.configure(__name__="OgpuVM", _state_class=state_class)
 
     # -- headers (py-evm's own key layout, so its VM finds ancestors for BLOCKHASH) --
@@ -123,6 +167,8 @@ class Execution:
                 state.set_code(address, account.code)
             for slot, value in account.storage.items():
                 state.set_storage(address, slot, value)
+        if genesis.consensus is not None:
+            _write_genesis_validators(state, genesis)
         state.persist()
         header = OgpuVM.create_genesis_header(
             state_root=state.state_root,
@@ -130,7 +176,7 @@ class Execution:
             timestamp=genesis.timestamp,
             extra_data=genesis.extra_data,
             coinbase=genesis.coinbase,
-            mix_hash=genesis.mix_hash,
+            mix_hash=genesis_mix(genesis),
             base_fee_per_gas=genesis.base_fee,
             difficulty=0,
             nonce=b"\x00" * 8,

@@ -135,6 +135,20 @@ class Role(IntFlag):
 ALL_ROLES = Role.VALIDATOR | Role.PROVIDER
 
 
+class ValidatorStatus(IntEnum):
+    """Where an account stands in Stake's validator lifecycle (docs/consensus.md, "Validator set")."""
+
+    NONE = 0
+    PENDING = 1  # in the activation queue
+    ACTIVE = 2
+    EXITING = 3  # in the exit queue: still validates until an epoch boundary takes it out
+
+
+# Queue entries one epoch boundary looks at, per queue: bounds the system call's work, whatever the
+# churn limit and however many entries were left stale by accounts that changed their mind.
+MAX_VALIDATOR_QUEUE_POPS = 256
+
+
 class Equivalence(IntEnum):
     """Terms.equivalence on chain: exact (members commit first) or anything else (the executor reveals first)."""
 

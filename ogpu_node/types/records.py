@@ -147,6 +147,16 @@ class StakeRecord:
 
 
 @dataclass(frozen=True)
+class ValidatorRecord:
+    """Stake.validatorOf: an account's RANDAO tip and place in the validator lifecycle."""
+
+    randao_tip: bytes
+    status: int  # protocol.ValidatorStatus
+    activation_epoch: int
+    exit_epoch: int
+
+
+@dataclass(frozen=True)
 class ResourcesRecord:
     """Stake.resourcesOf: what a provider registered."""
 
@@ -189,6 +199,7 @@ VIEW_RECORDS: dict[tuple[str, str], type] = {
     ("Task", "getStream"): StreamRecord,
     ("Stake", "stakeOf"): StakeRecord,
     ("Stake", "resourcesOf"): ResourcesRecord,
+    ("Stake", "validatorOf"): ValidatorRecord,
     ("Stake", "params"): StakeParamsRecord,
     ("Slashing", "params"): SlashingParamsRecord,
     ("Bid", "bidsOf"): BidsRecord,

@@ -161,13 +161,14 @@ def stake_and_slashing(chain: Chain, a: list[Any]) -> LogRecorder:
     validator, provider, staker, reporter = a[3], a[1], a[0], a[5]
     block = h.block(
         h.tx(validator, STAKE_ABI, "stake", value=VALIDATOR_STAKE),
+        h.tx(validator, STAKE_ABI, "setRandaoTip", b"\x07" * 32),
         h.tx(validator, STAKE_ABI, "setRoles", Role.VALIDATOR),
         h.tx(provider, STAKE_ABI, "stake", value=200 * OGPU),
         h.tx(provider, STAKE_ABI, "registerResources", 1, 16_000, 42, ENDPOINT),
         h.tx(provider, STAKE_ABI, "setRoles", Role.PROVIDER),
         h.tx(staker, STAKE_ABI, "stake", value=50 * OGPU),
     )
-    assert [r.reason for r in block.txs] == [None] * 6
+    assert [r.reason for r in block.txs] == [None] * 7
     h.ok(staker, STAKE_ABI, "requestUnstake", 20 * OGPU)
     release = h.view(STAKE_ABI, "stakeOf", staker.address)["releaseTime"]
     h.ok(staker, STAKE_ABI, "withdraw", at=release)
@@ -177,6 +178,7 @@ def stake_and_slashing(chain: Chain, a: list[Any]) -> LogRecorder:
         return SignedProposal(message, validator.sign_hash(message.signing_root(chain.chain_id, chain.genesis_hash))).encode()
 
     h.ok(reporter, SLASHING_ABI, "reportDoubleProposal", proposal(b"\x01" * 32), proposal(b"\x02" * 32))
+    h.block()  # the next epoch boundary (every block under --dev) ejects the slashed validator
     return recorder
 
 

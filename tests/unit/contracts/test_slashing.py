@@ -8,7 +8,7 @@ from harness import SLASHING_ABI, STAKE_ABI, Harness
 
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.contracts.addresses import STAKE
-from ogpu_node.types.protocol import BPS, Offence, Role
+from ogpu_node.types.protocol import BPS, Offence, Role, ValidatorStatus
 from ogpu_node.types.signing import Attestation, BlockProposal, SignedAttestation, SignedProposal
 
 ETHER = 10**18
@@ -27,6 +27,7 @@ def harness(chain, dev_accounts):
     h = SlashingHarness(chain)
     validator = dev_accounts[3]
     assert h.send(validator, STAKE_ABI, "stake", value=STAKED).receipt.state_root == b"\x01"
+    assert h.send(validator, STAKE_ABI, "setRandaoTip", b"\x07" * 32).receipt.state_root == b"\x01"
     assert h.send(validator, STAKE_ABI, "setRoles", Role.VALIDATOR).receipt.state_root == b"\x01"
     return h
 
@@ -65,8 +66,10 @@ def test_double_proposal_slashes_pays_reporter_burns_rest_and_ejects(harness, ch
     assert harness.balance(STAKE) == stake_balance - penalty
     fee = receipt.gas_used * chain.head.base_fee_per_gas  # one tx in the block, tip 0
     assert harness.balance(reporter.address) == reporter_balance + reward - fee
-    validators = harness.view(STAKE_ABI, "validators")
-    assert validators == []
+    assert harness.view(STAKE_ABI, "validators") == [validator.address]  # ejected at the next boundary:
+    assert harness.view(STAKE_ABI, "validatorOf", validator.address)["status"] == ValidatorStatus.EXITING
+    harness.block()  # the next block under --dev
+    assert harness.view(STAKE_ABI, "validators") == []
     evidence = keccak(b"double-proposal" + validator.address + (7).to_bytes(32, "big"))
     assert harness.view(SLASHING_ABI, "isPunished", evidence) is True
     topics = [list(log.topics) for log in receipt.logs if log.address == SLASHING_ABI.address]

@@ -26,9 +26,11 @@ from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.contracts.storage import slot_of
 from ogpu_node.execution.errors import ExecutionReverted
+from ogpu_node.types.protocol import ValidatorStatus
 
 OGPU = 10**18
 MIN_VALIDATOR = 1_000 * OGPU  # ogpu_node/config/networks/dev.json config.ogpu
+RANDAO_TIP = b"\x07" * 32
 MIN_PROVIDER = 100 * OGPU
 UNBONDING_DELAY = 3_600
 COINBASE = b"\xc0" * 20  # not a test account: tips never land on a balance the tests check
@@ -253,8 +255,9 @@ def test_request_unstake_moves_free_stake_to_unbonding_and_a_new_request_restart
         ("UnstakeRequested", {"account": a.address, "amount": 200 * OGPU, "releaseTime": t1 + UNBONDING_DELAY})
     ]
     # reads staked, locked, roles (cold); staked, total rewritten; unbonding, release 0 -> nonzero.
-    execution = BASE + 3 * COLD + RESET + (COLD + RESET) + 2 * (COLD + SET) + log_gas(2, 64)
-    assert first.gas_used == tx_gas(calldata("requestUnstake", 200 * OGPU), execution) == 83_313
+    # Below the validator minimum afterwards, so its validator status is read too (a fourth cold read).
+    execution = BASE + 4 * COLD + RESET + (COLD + RESET) + 2 * (COLD + SET) + log_gas(2, 64)
+    assert first.gas_used == tx_gas(calldata("requestUnstake", 200 * OGPU), execution) == 85_413
     assert h.view("stakeOf", a.address) == (300 * OGPU, 0, 200 * OGPU, t1 + UNBONDING_DELAY, 0)
     assert h.view("freeStake", a.address) == 300 * OGPU
     assert h.view("totalStaked") == 300 * OGPU
@@ -284,6 +287,7 @@ def test_request_unstake_rejections(h, dev_accounts):
     assert h.fail(a, calldata("requestUnstake", 2**256 - 1))[0] == "Stake.requestUnstake: amount exceeds free stake"
 
     h.send(a, "registerResources", 1, 24_576, 10, "https://a.example")
+    h.send(a, "setRandaoTip", RANDAO_TIP)
     h.send(a, "setRoles", 1)  # validator
     assert h.fail(a, calldata("requestUnstake", 200 * OGPU + 1))[0] == (
         "Stake.requestUnstake: stake would fall below the validator minimum; clear the role first"
@@ -291,7 +295,11 @@ def test_request_unstake_rejections(h, dev_accounts):
     h.send(a, "requestUnstake", 200 * OGPU)  # exactly the minimum left
     assert h.view("stakeOf", a.address)[:3] == (MIN_VALIDATOR, 0, 200 * OGPU)
 
-    h.send(a, "setRoles", 2)  # provider only
+    h.send(a, "setRoles", 2)  # provider only: out of the validator set at the next epoch boundary
+    assert h.fail(a, calldata("requestUnstake", 900 * OGPU + 1))[0] == (
+        "Stake.requestUnstake: a validator's stake stays until an epoch boundary takes it out of the validator set"
+    )
+    assert h.view("validatorOf", a.address)[1] == ValidatorStatus.NONE  # the failed tx's block was the boundary
     assert h.fail(a, calldata("requestUnstake", 900 * OGPU + 1))[0] == (
         "Stake.requestUnstake: stake would fall below the provider minimum; clear the role first"
     )
@@ -357,38 +365,51 @@ def test_set_roles_rejections(h, dev_accounts):
     assert h.view("providers") == []
 
 
-def test_set_roles_maintains_the_validator_and_provider_sets(h, dev_accounts):
-    """Rule: setRoles(roles) stores the bits, adds the caller to or removes it from validators() and
-    providers() (removal moves the last member into the hole) and emits RolesChanged(account, roles)."""
+def test_set_roles_keeps_the_provider_set_and_queues_validators_for_the_next_epoch_boundary(h, dev_accounts):
+    """Rule: setRoles(roles) stores the bits and emits RolesChanged(account, roles). The provider role
+    adds the caller to or removes it from providers() at once; the validator role queues it
+    (ValidatorQueued(account, status)) and validators() changes only at the next epoch boundary, the
+    next block under --dev (removal moves the last member into the hole). An exit called off before
+    the boundary keeps the validator; a role set again changes nothing."""
     a, b, c = dev_accounts[1], dev_accounts[2], dev_accounts[3]
     for who in (a, b, c):
         h.send(who, "stake", value=MIN_VALIDATOR)
+        h.send(who, "setRandaoTip", RANDAO_TIP)
     h.send(a, "registerResources", 1, 81_920, 5, "https://x")
     both = h.send(a, "setRoles", 3)
-    assert both.events == [("RolesChanged", {"account": a.address, "roles": 3})]
-    # staked and memory read; roles 0 -> 3; per set: index and count read, count, item, index written.
-    per_set = COLD + COLD + SET + (COLD + SET) + SET
-    execution = BASE + 2 * COLD + (COLD + SET) + 2 * per_set + log_gas(2, 32)
-    assert both.gas_used == tx_gas(calldata("setRoles", 3), execution) == 183_485
-    h.send(b, "setRoles", 1)
+    assert both.events == [("RolesChanged", {"account": a.address, "roles": 3}),
+                           ("ValidatorQueued", {"account": a.address, "status": ValidatorStatus.PENDING})]
+    assert (h.view("validators"), h.view("providers")) == ([], [a.address])
+    assert h.view("validatorOf", a.address) == (RANDAO_TIP, ValidatorStatus.PENDING, 0, 0)
+    activated = h.send(b, "setRoles", 1)  # this block's start is the boundary that activates a
+    assert h.view("validators") == [a.address]
+    assert h.view("validatorOf", a.address) == (RANDAO_TIP, ValidatorStatus.ACTIVE, activated.header.timestamp, 0)
     h.send(c, "setRoles", 1)
+    h.block([])
     assert h.view("validators") == [a.address, b.address, c.address]
-    assert h.view("providers") == [a.address]
     assert h.view("stakeOf", a.address)[4] == 3
 
-    dropped = h.send(a, "setRoles", 2)  # a leaves the validators: c moves into its place
-    assert dropped.events == [("RolesChanged", {"account": a.address, "roles": 2})]
+    dropped = h.send(a, "setRoles", 2)  # a leaves: still validating until the boundary
+    assert dropped.events == [("RolesChanged", {"account": a.address, "roles": 2}),
+                              ("ValidatorQueued", {"account": a.address, "status": ValidatorStatus.EXITING})]
+    assert h.view("validators") == [a.address, b.address, c.address]
+    h.block([])  # the boundary: c moves into a's place
     assert h.view("validators") == [c.address, b.address]
-    assert h.view("providers") == [a.address]
+    assert h.view("validatorOf", a.address)[1:] == (ValidatorStatus.NONE, activated.header.timestamp,
+                                                     h.chain.head.timestamp)
     h.send(a, "setRoles", 0)
     assert h.view("providers") == []
-    assert h.view("stakeOf", a.address)[4] == 0
     h.send(a, "setRoles", 1)
+    h.block([])
     assert h.view("validators") == [c.address, b.address, a.address]
     # Setting the same roles again changes nothing but still reports them.
     again = h.send(a, "setRoles", 1)
     assert again.events == [("RolesChanged", {"account": a.address, "roles": 1})]
+    # An exit called off before its boundary: b never leaves, and its stale queue entry is skipped.
+    h.block([h.tx(b, calldata("setRoles", 0)), h.tx(b, calldata("setRoles", 1))])
+    h.block([])
     assert h.view("validators") == [c.address, b.address, a.address]
+    assert h.view("validatorQueues")[1:] == (0, 0)
 
 
 # -- registerResources --
@@ -542,6 +563,7 @@ def test_views_and_params(h, dev_accounts):
     assert (h.view("validators"), h.view("providers"), h.view("totalStaked")) == ([], [], 0)
     h.send(a, "stake", value=MIN_VALIDATOR + 5)
     h.send(a, "registerResources", 2, 65_536, 77, "grpc://node-1:9000")
+    h.send(a, "setRandaoTip", RANDAO_TIP)
     h.send(a, "setRoles", 3)
     request = h.send(a, "requestUnstake", 5)
     assert h.view("stakeOf", a.address) == (MIN_VALIDATOR, 0, 5, request.header.timestamp + UNBONDING_DELAY, 3)
@@ -635,6 +657,7 @@ def staked(h, dev_accounts) -> tuple[StakeDriver, StateHost, Stake]:
         h.send(who, "stake", value=amount)
     for who in (v, w):
         h.send(who, "registerResources", 1, 40_960, 3, "https://gpu")
+        h.send(who, "setRandaoTip", RANDAO_TIP)
         h.send(who, "setRoles", 3)
     h.send(v, "requestUnstake", 300 * OGPU)
     state = h.chain.execution.state_at(h.chain.head)
@@ -718,11 +741,12 @@ def test_slash_takes_staked_then_unbonding_rewards_burns_clamps_locked_and_drops
         ("StakeSlashed", {"account": v, "amount": 1_400 * OGPU, "burned": 1_260 * OGPU, "rewarded": 140 * OGPU,
                           "beneficiary": reporter}),
         ("RolesChanged", {"account": v, "roles": 0}),
+        ("ValidatorQueued", {"account": v, "status": ValidatorStatus.EXITING}),  # ejected at the next boundary
     ]
     assert _record(host, stake, v) == (0, 0, 100 * OGPU, 0)  # locked clamped to 0
     assert host.balance(reporter) == 140 * OGPU
     assert host.balance(STAKE) == stake_balance - 1_400 * OGPU
-    assert stake.validators(host) == [w]
+    assert stake.validators(host) == [v, w]
     assert stake.providers(host) == [w]
     _check_invariant(host, stake, everyone)
 
@@ -734,9 +758,10 @@ def test_slash_takes_staked_then_unbonding_rewards_burns_clamps_locked_and_drops
         ("StakeSlashed", {"account": w, "amount": 200 * OGPU, "burned": 150 * OGPU, "rewarded": 50 * OGPU,
                           "beneficiary": reporter}),
         ("RolesChanged", {"account": w, "roles": 2}),
+        ("ValidatorQueued", {"account": w, "status": ValidatorStatus.EXITING}),
     ]
     assert _record(host, stake, w) == (900 * OGPU, 600 * OGPU, 0, 2)  # locked within staked: kept
-    assert stake.validators(host) == []
+    assert stake.validators(host) == [v, w]
     assert stake.providers(host) == [w]
     assert host.balance(reporter) == 190 * OGPU
 
@@ -760,6 +785,12 @@ def test_slash_takes_staked_then_unbonding_rewards_burns_clamps_locked_and_drops
     assert host.balance(reporter) == 290 * OGPU
     assert stake.totalStaked(host) == 1_300 * OGPU
     _check_invariant(host, stake, everyone)
+
+    # The next epoch boundary ejects both, churn or not.
+    host.timestamp += 1
+    host.run(stake.process_epoch)
+    assert stake.validators(host) == []
+    assert [stake.validatorOf(host, who).status for who in (v, w)] == [ValidatorStatus.NONE] * 2
 
     burned = 1_260 * OGPU + 150 * OGPU + 100 * OGPU
     assert sum(host.balance(a) for a in (*everyone, reporter, STAKE)) == supply_before - burned

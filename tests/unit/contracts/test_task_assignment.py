@@ -294,6 +294,7 @@ def _stake_without_provider_role(h: Harness, account: Any) -> None:
 def _validator_only(h: Harness, account: Any) -> None:
     block = h.block(
         h.tx(account, STAKE_ABI, "stake", value=2_000 * OGPU),
+        h.tx(account, STAKE_ABI, "setRandaoTip", b"\x07" * 32),
         h.tx(account, STAKE_ABI, "setRoles", Role.VALIDATOR),
     )
     assert all(r.ok for r in block.txs)

@@ -1,15 +1,13 @@
-"""A proof-of-stake node's consensus: the genesis section as consensus parameters, each block's
-consensus record beside it in the chain's store, and the ConsensusCore rebuilt from those records
-on start (docs/consensus.md, "Running a validator").
-
-For now every epoch's validator set is the genesis validators; reading Stake with activation and
-exit queues comes with a later slice.
+"""A proof-of-stake node's consensus: the genesis section as consensus parameters, each epoch's
+validator set read from Stake, each block's consensus record beside it in the chain's store, and the
+ConsensusCore rebuilt from those records on start (docs/consensus.md, "Running a validator").
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import rlp
@@ -30,6 +28,8 @@ from ogpu_node.consensus import (
     apply_block,
     genesis_state,
 )
+from ogpu_node.contracts.stake import Stake
+from ogpu_node.execution.native import SystemHost
 from ogpu_node.execution.state import BlockAttributes, ExecutedBlock
 
 log = logging.getLogger("ogpu.consensus")
@@ -41,14 +41,21 @@ def consensus_params(config: ConsensusConfig) -> ConsensusParams:
     return ConsensusParams(config.genesis_time, config.slot_time, config.slots_per_epoch, config.randao_length)
 
 
-def genesis_validators(config: ConsensusConfig) -> ValidatorSet:
-    return ValidatorSet.of([Validator(v.address, v.stake, v.randao_tip) for v in config.validators])
-
-
 def chain_rules(chain: Chain, config: ConsensusConfig) -> Rules:
-    """The consensus rules of ``chain``: its parameters, signing domain and each epoch's validators."""
-    validators = genesis_validators(config)
-    return Rules(consensus_params(config), chain.chain_id, chain.genesis_hash, lambda root, epoch: validators)
+    """The consensus rules of ``chain``: its parameters, its signing domain, and each epoch's validator
+    set, read from Stake in the state of the last block before the epoch (Stake changes its set only
+    at epoch boundaries, so that is the set its first block's system call left)."""
+    stake = Stake(chain.genesis.protocol, config)
+
+    @lru_cache(maxsize=1024)
+    def validators_at(root: bytes) -> ValidatorSet:
+        header = chain.header_by_hash(root)
+        if header is None:
+            raise ChainError(f"no stored block 0x{root.hex()} to read its validator set from")
+        host = SystemHost(chain.execution.state_at(header), [])  # reads only
+        return ValidatorSet.of([Validator(address, staked, tip) for address, staked, tip in stake.active_validators(host)])
+
+    return Rules(consensus_params(config), chain.chain_id, chain.genesis_hash, lambda root, epoch: validators_at(root))
 
 
 def block_input(header: Any, body: ConsensusBody, signature: bytes) -> BlockInput:
@@ -63,9 +70,8 @@ class ProofOfStake:
     def __init__(self, chain: Chain, config: ConsensusConfig, key: ValidatorKey | None = None) -> None:
         self.chain = chain
         self.params = consensus_params(config)
-        validators = genesis_validators(config)
-        if key is not None and key.randao.tip != validators.by_address.get(key.address, Validator(b"", 0, b"")).randao_tip:
-            raise ChainError(_not_a_validator(key, validators))
+        if key is not None:
+            _check_key(chain, config, key)
         self.rules = chain_rules(chain, config)
         genesis = chain.header_by_number(0)
         self.core = ConsensusCore(self.rules, genesis_state(self.rules, genesis.hash, genesis.mix_hash), key)
@@ -127,9 +133,15 @@ class ProofOfStake:
         return build
 
 
-def _not_a_validator(key: ValidatorKey, validators: ValidatorSet) -> str:
-    listed = validators.by_address.get(key.address)
-    if listed is None:
-        return f"0x{key.address.hex()} is not a validator of this genesis"
-    return (f"the RANDAO tip of 0x{key.address.hex()} (0x{key.randao.tip.hex()}) is not the genesis's "
-            f"(0x{listed.randao_tip.hex()}): run `ogpu-node validator randao-tip` with the genesis's randaoLength")
+def _check_key(chain: Chain, config: ConsensusConfig, key: ValidatorKey) -> None:
+    """Refuse a key whose RANDAO chain is not the one Stake registered for it (its reveals would be
+    refused); a key not registered yet validates once an epoch boundary activates it."""
+    host = SystemHost(chain.execution.state_at(chain.head), [])
+    registered = Stake(chain.genesis.protocol, config).validatorOf(host, key.address)
+    if registered.randao_tip == bytes(32):
+        log.warning("0x%s is not a registered validator: it gets duties once Stake activates it "
+                    "(setRandaoTip with `ogpu-node validator randao-tip`, then setRoles)", key.address.hex())
+    elif registered.randao_tip != key.randao.tip:
+        raise ChainError(f"the RANDAO tip of 0x{key.address.hex()} (0x{key.randao.tip.hex()}) is not the one "
+                         f"Stake registered (0x{registered.randao_tip.hex()}): run `ogpu-node validator randao-tip` "
+                         "with the genesis's randaoLength")

@@ -7,6 +7,7 @@ interface IStake:
     def stake(): payable
     def requestUnstake(amount: uint256): nonpayable
     def setRoles(roles: uint8): nonpayable
+    def setRandaoTip(tip: bytes32): nonpayable
     def stakeOf(account: address) -> (uint256, uint256, uint256, uint64, uint8): view
     def totalStaked() -> uint256: view
 
@@ -29,6 +30,11 @@ def stake():
 @external
 def set_roles(roles: uint8):
     extcall IStake(STAKE).setRoles(roles)
+
+
+@external
+def set_randao_tip(tip: bytes32):
+    extcall IStake(STAKE).setRandaoTip(tip)
 
 
 @external

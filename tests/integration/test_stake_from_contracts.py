@@ -100,9 +100,12 @@ def test_contract_stakes_through_the_interface_and_reads_its_stake_by_staticcall
     assert response["error"]["message"] == "execution reverted"
     assert w3.provider.make_request("eth_call", [request, "latest"])["result"] == "0x"
 
+    call_user(w3, key, user, "set_randao_tip", b"\x07" * 32)
     roles = call_user(w3, key, user, "set_roles", Role.VALIDATOR.value)
     (changed,) = stake.events.RolesChanged().process_receipt(roles)
     assert dict(changed["args"]) == {"account": user.address, "roles": Role.VALIDATOR}
+    assert stake.functions.validators().call() == []  # queued: the next block is its epoch boundary
+    send(w3, key, gas=21_000, to=key.address)
     assert stake.functions.validators().call() == [user.address]
     assert tuple(user.functions.my_stake().call()) == (MIN_VALIDATOR, 0, 0, 0, Role.VALIDATOR)
 
@@ -288,7 +291,9 @@ def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, de
     ogpu = json.loads((DEV_GENESIS).read_text())["config"]["ogpu"]
     penalty_bps, share_bps = ogpu["consensusPenaltyBps"], ogpu["reporterShareBps"]
     send(w3, validator, to=STAKE, value=2 * MIN_VALIDATOR, data=stake_call(stake, "stake"))
+    send(w3, validator, to=STAKE, data=stake_call(stake, "setRandaoTip", b"\x07" * 32))
     send(w3, validator, to=STAKE, data=stake_call(stake, "setRoles", Role.VALIDATOR.value))
+    send(w3, validator, gas=21_000, to=validator.address)  # the next block is the epoch boundary under --dev
     assert stake.functions.validators().call() == [v]
 
     genesis_hash = bytes(w3.eth.get_block(0)["hash"])
@@ -315,6 +320,8 @@ def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, de
     (ejected,) = stake.events.RolesChanged().process_receipt(receipt, errors=DISCARD)
     assert (ejected["address"], dict(ejected["args"])) == (STAKE, {"account": v, "roles": 0})
     assert stake_record(stake, v) == (2 * MIN_VALIDATOR - taken, 0, 0, 0, 0)
+    assert stake.functions.validators().call() == [v]  # ejected at the next epoch boundary
+    send(w3, validator, gas=21_000, to=validator.address)
     assert stake.functions.validators().call() == []
     assert stake.functions.totalStaked().call() == 2 * MIN_VALIDATOR - taken
     assert w3.eth.get_balance(STAKE) == stake_before - taken

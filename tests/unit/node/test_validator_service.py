@@ -90,12 +90,12 @@ async def test_a_restarted_node_replays_the_stored_bodies_to_the_same_finality(c
     assert replayed.finalized.epoch == 3
 
 
-def test_a_key_whose_randao_tip_is_not_the_genesis_one_is_refused(tmp_path):
+def test_a_key_whose_randao_tip_is_not_the_registered_one_is_refused(tmp_path):
     store = LMDBStore(tmp_path / "chaindata", durable=False)
     try:
         chain = Chain(store, _genesis(tip=b"\x01" * 32))
         key = load_validator_key(tmp_path, KEYPAIR, RANDAO_LENGTH)
-        with pytest.raises(ChainError, match="RANDAO tip .* is not the genesis's"):
+        with pytest.raises(ChainError, match="RANDAO tip .* is not the one Stake registered"):
             ProofOfStake(chain, chain.genesis.consensus, key)
     finally:
         store.close()

@@ -105,7 +105,7 @@ class Node:
             refuse_writes=self._refuse_writes,
             checkpoint_root=self._checkpoint_root,
         )
-        self.filters = FilterApi(self.chain)
+        self.filters = FilterApi(self.chain, self._checkpoint_root)
         ogpu = {} if self.pos is None else OgpuConsensusApi(self.pos.core).methods()
         self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods(), **ogpu})
         self.http_port: int | None = None

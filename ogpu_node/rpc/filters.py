@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +111,9 @@ class _Subscription:
 
 
 class FilterApi:
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, chain: Chain, checkpoint_root: Callable[[str], bytes | None] = lambda tag: None) -> None:
         self.chain = chain
+        self.checkpoint_root = checkpoint_root  # as EthApi's: "safe"/"finalized" under PoS, None in --dev
         self._filters: dict[str, _Filter] = {}  # least recently polled first
         self._filter_values = 0  # sum of their `values`
         # The latest pending-transaction hashes, shared by every pending filter (each keeps a position
@@ -144,6 +146,10 @@ class FilterApi:
         kind, *rest = p.block_id(value)
         head = self.chain.head.block_number
         if kind == "tag":
+            root = self.checkpoint_root(rest[0]) if rest[0] in ("safe", "finalized") else None
+            header = None if root is None else self.chain.header_by_hash(root)
+            if header is not None:
+                return header.block_number
             return 0 if rest[0] == "earliest" else head
         if kind == "number":
             return rest[0]

@@ -70,3 +70,24 @@ def test_long_or_lists_still_match(chain, block_with_logs):
     for form in ({"blockHash": "0x" + block_with_logs.hash.hex()}, {"fromBlock": "0x0"}):
         assert len(api.eth_getLogs(None, {**criteria, **form})) == LOGS_PER_TX
         assert api.eth_getLogs(None, {"address": decoys, **form}) == []
+
+
+def test_safe_and_finalized_name_the_checkpoint_blocks_in_log_ranges(chain, dev_accounts):
+    """Rule: under proof of stake, fromBlock/toBlock "safe" and "finalized" are the justified and
+    finalized checkpoints' blocks (as eth_getBlockByNumber answers them), not the head; under --dev
+    (no checkpoints) both name the head, as geth's dev mode."""
+    headers = []
+    for nonce in range(3):  # blocks 1, 2, 3, each with LOGS_PER_TX logs
+        tx = sign_tx(dev_accounts[0], nonce, data=EMIT, gas=200_000).decoded
+        attrs = BlockAttributes(timestamp=chain.head.timestamp + 12, coinbase=b"\x00" * 20, mix_hash=b"\x07" * 32)
+        headers.append(chain.build_block(attrs, [tx]).header)
+    checkpoints = {"finalized": headers[0].hash, "safe": headers[1].hash}
+    pos = FilterApi(chain, checkpoints.get)
+
+    def blocks(api: FilterApi, criteria: dict) -> list[int]:
+        return sorted({int(entry["blockNumber"], 16) for entry in api.eth_getLogs(None, criteria)})
+
+    assert blocks(pos, {"fromBlock": "0x0", "toBlock": "finalized"}) == [1]
+    assert blocks(pos, {"fromBlock": "finalized", "toBlock": "safe"}) == [1, 2]
+    assert blocks(pos, {"fromBlock": "safe"}) == [2, 3]
+    assert blocks(FilterApi(chain), {"fromBlock": "finalized"}) == [3]

@@ -2,8 +2,11 @@
 network with seeded delays, drops and reordering, validators that go offline and come back, and
 partitions that heal. No sockets, no wall clock; one seed reproduces a run exactly.
 
-Blocks here carry no transactions (their root is a hash of their header fields); the core checks
-them exactly as it checks a real block's header and consensus body.
+By default blocks carry no transactions (their root is a hash of their header fields); the core
+checks them exactly as it checks a real block's header and consensus body. With ``ledger=`` (a
+`sim_chain.ChainLedger`) every node also keeps a real `Chain`: proposals become real blocks of the
+nodes' users' transactions, blocks are executed on import, transactions are gossiped like the rest,
+and each node's canonical chain follows its core's head.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import rlp
 
@@ -30,6 +34,9 @@ from ogpu_node.consensus import (
 )
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.types.signing import SignedAttestation
+
+if TYPE_CHECKING:
+    from tests.unit.consensus.sim_chain import ChainLedger
 
 GENESIS_ROOT = keccak(b"sim genesis")
 GENESIS_MIX = keccak(b"sim genesis mix")
@@ -69,12 +76,16 @@ class Run:
 
 class Simulation:
     def __init__(self, seed: int, keys: list[ValidatorKey], rules: Rules, max_delay: float,
-                 drop: Callable[[int], float] = lambda slot: 0.0) -> None:
+                 drop: Callable[[int], float] = lambda slot: 0.0, ledger: ChainLedger | None = None) -> None:
         self.rng = random.Random(seed)
         self.rules = rules
         self.params = rules.params
-        anchor = genesis_state(rules, GENESIS_ROOT, GENESIS_MIX)
-        self.nodes = [ConsensusCore(rules, anchor, key) for key in keys]
+        self.ledger = ledger
+        if ledger is None:
+            anchor = genesis_state(rules, GENESIS_ROOT, GENESIS_MIX)
+            self.nodes = [ConsensusCore(rules, anchor, key) for key in keys]
+        else:  # each node's core from its own chain's genesis and rules
+            self.nodes = [ledger.core(i, key) for i, key in enumerate(keys)]
         self.max_delay = max_delay
         self.drop = drop  # the share of messages lost at a slot
         self.offline: Callable[[int, int], bool] = lambda node, slot: False
@@ -99,11 +110,16 @@ class Simulation:
             self._missed[receiver].append(message)
             return
         node = self.nodes[receiver]
+        if not isinstance(message, BlockInput | SignedAttestation):  # a transaction (with a ledger only)
+            assert self.ledger is not None
+            self.ledger.receive_tx(receiver, message)
+            return
         try:
             if isinstance(message, BlockInput):
+                if self.ledger is not None:  # executed first: a block the chain refuses fails the run
+                    self.ledger.receive_block(receiver, message.root)
                 node.on_block(message)
             else:
-                assert isinstance(message, SignedAttestation)
                 node.on_attestation(message)
         except UnknownParent:
             # Kept by the core; ask a peer for the missing block by its hash, as a node's sync does.
@@ -114,6 +130,8 @@ class Simulation:
                                              self._seq, receiver, self.run.blocks[missing]))
         except InvalidConsensus as exc:
             raise AssertionError(f"node {receiver} refused an honest message: {exc}") from exc
+        if self.ledger is not None:
+            self.ledger.follow(receiver, node)
         self._note(receiver)
 
     def _note(self, index: int) -> None:
@@ -156,19 +174,30 @@ class Simulation:
                     self._come_back(i, slot)
                 was_offline[i] = away
             self._run_until(start, slot)
+            if self.ledger is not None:
+                for i in range(len(self.nodes)):
+                    if not self.offline(i, slot):
+                        for tx in self.ledger.submit(i, slot):
+                            self._send(i, tx, start, slot)
             for i, node in enumerate(self.nodes):
                 if self.offline(i, slot):
                     continue
                 proposal = node.propose(slot)
                 if proposal is None:
                     continue
-                extra = proposal.body.root
-                root = block_root(proposal.parent_root, proposal.timestamp, proposal.coinbase, proposal.mix_hash, extra)
-                block = BlockInput(root, proposal.parent_root, proposal.timestamp, proposal.coinbase,
-                                   proposal.mix_hash, extra, proposal.body, node.sign_proposal(slot, root))
+                if self.ledger is None:
+                    extra = proposal.body.root
+                    root = block_root(proposal.parent_root, proposal.timestamp, proposal.coinbase,
+                                      proposal.mix_hash, extra)
+                    block = BlockInput(root, proposal.parent_root, proposal.timestamp, proposal.coinbase,
+                                       proposal.mix_hash, extra, proposal.body, node.sign_proposal(slot, root))
+                else:
+                    block = self.ledger.build(i, node, proposal)
                 node.on_block(block)
+                if self.ledger is not None:
+                    self.ledger.follow(i, node)
                 self._note(i)
-                self.run.blocks[root] = block
+                self.run.blocks[block.root] = block
                 self._send(i, block, start, slot)
             self._run_until(start + params.slot_time / 3, slot)
             for i, node in enumerate(self.nodes):

@@ -5,7 +5,8 @@ target; nothing is asserted, so the exit status is 0 unless a benchmark itself f
 Sizes come from the environment (see each module's docstring): BENCH_BLOCKS, BENCH_TXS_PER_BLOCK,
 BENCH_SENDERS, BENCH_REPEAT for block import; BENCH_RPC_TXS, BENCH_RPC_SENDERS,
 BENCH_RPC_REPEAT for RPC throughput; BENCH_TRAIN_STEPS, BENCH_TRAIN_CHECKPOINTS, BENCH_TRAIN_HIDDEN
-for training (executor and council).
+for training (executor and council); BENCH_CONSENSUS_VALIDATORS, BENCH_CONSENSUS_EPOCHS for the
+consensus simulation.
 `--only NAME` (repeatable) runs a subset.
 """
 
@@ -18,13 +19,14 @@ import time
 import traceback
 from collections.abc import Callable
 
-from benchmarks import Result, block_import, rpc_throughput, task_lifecycle, training
+from benchmarks import Result, block_import, consensus, rpc_throughput, task_lifecycle, training
 
 BENCHMARKS: dict[str, Callable[[list[str]], Result | list[Result]]] = {
     "block_import": block_import.main,
     "rpc_throughput": rpc_throughput.main,
     "task_lifecycle": task_lifecycle.main,
     "training": training.main,
+    "consensus": consensus.main,
 }
 
 

@@ -165,11 +165,12 @@ class Chain:
         self._refresh_head()
         return executed
 
-    def import_block(self, block: Any, *, as_head: bool = False) -> ExecutedBlock:
+    def import_block(self, block: Any, *, as_head: bool = False, settlement: tuple[tuple[bytes, int], ...] = ()) -> ExecutedBlock:
         """Execute a block built elsewhere on its parent's state (any known block) and store it.
 
         The head stays where it is unless `as_head`: then the block becomes the head in the same write
         transaction, as `set_head` would make it (use `set_head` to learn what a switch changed).
+        `settlement`: under proof of stake, what consensus derived for the block's system call.
         InvalidBlock (an unknown parent, a block that does not reproduce its header), FinalizedRevert,
         or StoreFull on a full disk, leave the store and the head unchanged."""
         header = block.header
@@ -177,7 +178,7 @@ class Chain:
         if parent is None:
             raise InvalidBlock(f"block {header.block_number}: unknown parent 0x{header.parent_hash.hex()}")
         with self.store.write_session():
-            executed = self.execution.import_block(parent, block)
+            executed = self.execution.import_block(parent, block, settlement)
             head = self._stored_head()
             if as_head and parent.hash == head.hash:
                 self._extend(executed)

@@ -35,6 +35,9 @@ class ConsensusConfig:
     randao_length: int
     validators: tuple[GenesisValidator, ...]
     churn_limit: int = 4  # validators activated, and validators exited, per epoch boundary at most
+    base_reward_ppb: int = 25  # a validator's base reward per epoch, parts per billion of its stake
+    block_reward: int = 10**17  # wei minted to each block's proposer
+    inactivity_quotient: int = 4096  # Q of the inactivity leak
 
     def epoch_at(self, timestamp: int) -> int:
         """The epoch of a block with ``timestamp`` (0 before genesis)."""
@@ -46,10 +49,12 @@ class ConsensusConfig:
 
     def encode(self) -> list[int]:
         """The parameters the genesis block commits to (the validators are in its state)."""
-        return [self.genesis_time, self.slot_time, self.slots_per_epoch, self.randao_length, self.churn_limit]
+        return [self.genesis_time, self.slot_time, self.slots_per_epoch, self.randao_length, self.churn_limit,
+                self.base_reward_ppb, self.block_reward, self.inactivity_quotient]
 
 
-_FIELDS = {"genesisTime", "slotTime", "slotsPerEpoch", "randaoLength", "churnLimit", "validators"}
+_FIELDS = {"genesisTime", "slotTime", "slotsPerEpoch", "randaoLength", "churnLimit", "baseRewardPpb", "blockReward",
+           "inactivityQuotient", "validators"}
 _VALIDATOR_FIELDS = {"address", "stake", "randaoTip"}
 
 
@@ -89,6 +94,12 @@ def parse_consensus(
                              "consensus.randaoLength", 1, MAX_RANDAO_LENGTH)
     churn_limit = _bounded(number(doc.get("churnLimit", 4), "consensus.churnLimit"), "consensus.churnLimit",
                            1, MAX_CHURN_LIMIT)
+    base_reward_ppb = _bounded(number(doc.get("baseRewardPpb", 25), "consensus.baseRewardPpb"),
+                               "consensus.baseRewardPpb", 0, 10**6)
+    block_reward = _bounded(number(doc.get("blockReward", 10**17), "consensus.blockReward"), "consensus.blockReward",
+                            0, 10**24)
+    inactivity_quotient = _bounded(number(doc.get("inactivityQuotient", 4096), "consensus.inactivityQuotient"),
+                                   "consensus.inactivityQuotient", 16, 1 << 32)
     entries = doc.get("validators")
     if not isinstance(entries, list) or not entries:
         raise GenesisError("genesis: consensus.validators must be a non-empty list")
@@ -114,4 +125,5 @@ def parse_consensus(
         if stake < max(min_stake, 1):
             raise GenesisError(f"genesis: {where}.stake {stake} is below config.ogpu.minValidatorStake ({min_stake})")
         validators.append(GenesisValidator(address, stake, hex_bytes(entry["randaoTip"], f"{where}.randaoTip", 32)))
-    return ConsensusConfig(genesis_time, slot_time, slots_per_epoch, randao_length, tuple(validators), churn_limit)
+    return ConsensusConfig(genesis_time, slot_time, slots_per_epoch, randao_length, tuple(validators), churn_limit,
+                           base_reward_ppb, block_reward, inactivity_quotient)

@@ -92,7 +92,10 @@ class GenesisConfig:
 
     @property
     def total_supply(self) -> int:
-        return sum(acct.balance for acct in self.alloc.values())
+        """Every coin the genesis state holds: the alloc's balances and the genesis validators' stake
+        (minted into Stake's balance)."""
+        staked = sum(v.stake for v in self.consensus.validators) if self.consensus is not None else 0
+        return sum(acct.balance for acct in self.alloc.values()) + staked
 
 
 def _int(value: Any, name: str) -> int:

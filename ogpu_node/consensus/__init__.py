@@ -4,6 +4,7 @@
 - `randao`: reveals from a validator's hash chain, the mix;
 - `validators`: validator sets, proposer and attestation-slot duties;
 - `state`: a branch's consensus state, block validity, Casper FFG;
+- `rewards`: the rewards and penalties an epoch settles, the inactivity leak;
 - `forkchoice`: the block tree and LMD-GHOST;
 - `core`: one node's consensus: inputs in, head, finality and duties out.
 """
@@ -19,6 +20,7 @@ from ogpu_node.consensus.state import (
     ConsensusBody,
     InvalidConsensus,
     Rules,
+    Settlement,
     apply_block,
     genesis_state,
 )
@@ -31,6 +33,6 @@ from ogpu_node.consensus.validators import (
 
 __all__ = [
     "BlockInput", "BranchState", "Checkpoint", "ConsensusBody", "ConsensusCore", "ConsensusParams", "ForkChoice",
-    "HashChain", "InvalidConsensus", "Proposal", "Rules", "UnknownParent", "Validator", "ValidatorKey",
+    "HashChain", "InvalidConsensus", "Proposal", "Rules", "Settlement", "UnknownParent", "Validator", "ValidatorKey",
     "ValidatorSet", "apply_block", "compute_attestation_slots", "compute_proposer", "genesis_state",
 ]

@@ -20,6 +20,7 @@ from ogpu_node.consensus.state import (
     ConsensusBody,
     InvalidConsensus,
     Rules,
+    Settlement,
     advance_to_epoch,
     include_attestation,
     proposer_of,
@@ -44,7 +45,7 @@ class ValidatorKey:
 @dataclass(frozen=True)
 class Proposal:
     """The header fields and body of a block to build on ``parent_root``; its extra_data is
-    ``body.root``."""
+    ``body.root``, and its execution applies ``settlement`` to Stake (the epochs its boundary settles)."""
 
     parent_root: bytes
     slot: int
@@ -52,6 +53,7 @@ class Proposal:
     coinbase: bytes
     mix_hash: bytes
     body: ConsensusBody
+    settlement: Settlement = ()
 
 
 class ConsensusCore:
@@ -168,18 +170,18 @@ class ConsensusCore:
             return None
         reveal = self.key.randao.reveal(epoch)
         self._pool = {k: v for k, v in self._pool.items() if k[1] + 1 >= epoch}  # older: never includable
-        current, previous = set(state.current_attesters), set(state.previous_attesters)
+        current, previous = dict(state.current_attesters), dict(state.previous_attesters)
         chosen: list[SignedAttestation] = []
         for signed in sorted(self._pool.values(), key=lambda s: (s.message.slot, s.signature)):
             try:
-                include_attestation(self.rules, state, slot, signed, (current, previous))
+                include_attestation(self.rules, state, slot, signed, (current, previous), self.key.address)
             except InvalidConsensus:  # not includable here: outside its window, another branch, a duplicate
                 continue
             chosen.append(signed)
             if len(chosen) == MAX_ATTESTATIONS:
                 break
         return Proposal(parent.root, slot, params.timestamp(slot), self.key.address, next_mix(state.mix, reveal),
-                        ConsensusBody(slot, reveal, tuple(chosen)))
+                        ConsensusBody(slot, reveal, tuple(chosen)), state.settlement)
 
     def sign_proposal(self, slot: int, block_root: bytes) -> bytes:
         assert self.key is not None

@@ -11,10 +11,13 @@ class ConsensusParams:
     slot_time: int = 2
     slots_per_epoch: int = 8
     randao_length: int = 1 << 20  # epochs each validator's RANDAO hash chain lasts
+    base_reward_ppb: int = 25  # base reward per epoch, parts per billion of stake
+    block_reward: int = 10**17  # wei per proposed block
+    inactivity_quotient: int = 4096  # Q of the inactivity leak
 
     def __post_init__(self) -> None:
-        if self.slot_time <= 0 or self.slots_per_epoch <= 0 or self.randao_length <= 0:
-            raise ValueError("slot_time, slots_per_epoch and randao_length must be positive")
+        if self.slot_time <= 0 or self.slots_per_epoch <= 0 or self.randao_length <= 0 or self.inactivity_quotient <= 0:
+            raise ValueError("slot_time, slots_per_epoch, randao_length and inactivity_quotient must be positive")
 
     def epoch_of(self, slot: int) -> int:
         return slot // self.slots_per_epoch

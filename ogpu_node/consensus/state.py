@@ -17,6 +17,7 @@ import rlp
 
 from ogpu_node.consensus.params import ConsensusParams
 from ogpu_node.consensus.randao import next_mix, reveal_matches
+from ogpu_node.consensus.rewards import settle_epoch
 from ogpu_node.consensus.validators import ValidatorSet, compute_attestation_slots, compute_proposer
 from ogpu_node.crypto import keccak
 from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
@@ -124,6 +125,21 @@ def _frozen(mapping: dict) -> Mapping:
     return MappingProxyType(mapping)
 
 
+_EMPTY: Mapping = _frozen({})
+
+
+@dataclass(frozen=True)
+class Vote:
+    """An included attestation's credit: the proposer that included it, and whether its head vote was
+    timely (the branch's block at its slot, included in the next slot)."""
+
+    includer: bytes
+    head: bool
+
+
+Settlement = tuple[tuple[bytes, int], ...]  # (address, signed wei), by address
+
+
 @dataclass(frozen=True)
 class BranchState:
     root: bytes
@@ -136,9 +152,16 @@ class BranchState:
     finalized: Checkpoint
     justification_bits: tuple[bool, bool, bool, bool]  # [0] = the epoch before current, ...
     # Validators whose attestation to the target of current.epoch / previous.epoch is included.
-    current_attesters: frozenset[bytes] = frozenset()
-    previous_attesters: frozenset[bytes] = frozenset()
-    reveals: Mapping[bytes, tuple[int, bytes]] = field(default_factory=lambda: _frozen({}))
+    current_attesters: Mapping[bytes, Vote] = field(default_factory=lambda: _EMPTY)
+    previous_attesters: Mapping[bytes, Vote] = field(default_factory=lambda: _EMPTY)
+    reveals: Mapping[bytes, tuple[int, bytes]] = field(default_factory=lambda: _EMPTY)
+    # Blocks each validator proposed in current.epoch / previous.epoch.
+    current_proposals: Mapping[bytes, int] = field(default_factory=lambda: _EMPTY)
+    previous_proposals: Mapping[bytes, int] = field(default_factory=lambda: _EMPTY)
+    # (slot, root) of the branch's blocks in the last two epochs, oldest first: for head votes.
+    recent_roots: tuple[tuple[int, bytes], ...] = ()
+    # What the block of this state applies to Stake: the epochs its boundary crossing settled.
+    settlement: Settlement = ()
 
     @property
     def epoch(self) -> int:
@@ -155,7 +178,7 @@ def genesis_state(rules: Rules, genesis_root: bytes, genesis_mix: bytes) -> Bran
 
 # -- epoch processing --
 
-def _attesting_stake(duties: EpochDuties, attesters: frozenset[bytes]) -> int:
+def _attesting_stake(duties: EpochDuties, attesters: Mapping[bytes, Vote]) -> int:
     return sum(duties.validators.stake_of(a) for a in attesters)
 
 
@@ -191,18 +214,24 @@ def _justify_and_finalize(state: BranchState) -> BranchState:
 
 def advance_to_epoch(rules: Rules, state: BranchState, epoch: int, block_root: bytes, block_slot: int) -> BranchState:
     """Cross every epoch boundary between ``state`` and ``epoch`` (the epoch of a block at
-    ``block_slot`` whose root is ``block_root``): justify, finalize, rotate duties. Skipped epochs'
-    checkpoint roots are the last block before them."""
+    ``block_slot`` whose root is ``block_root``): justify, finalize, settle the epoch whose inclusion
+    window closed, rotate duties. Skipped epochs' checkpoint roots are the last block before them. The
+    result's `settlement` is what this crossing settled (empty when no boundary is crossed)."""
     params = rules.params
+    deltas: dict[bytes, int] = {}
     while state.epoch < epoch:
         state = _justify_and_finalize(state)
+        if state.previous.epoch > 0:  # epoch 0 is not settled, as phase0 skips the genesis epoch
+            settle_epoch(rules.params, state, deltas)
         nxt = state.epoch + 1
         starts_here = block_slot == params.start_slot(nxt) and nxt == epoch
         duties = EpochDuties(nxt, state.mix, rules.validator_set(state.root, nxt),
                              block_root if starts_here else state.root)
         state = replace(state, previous=state.current, current=duties,
-                        previous_attesters=state.current_attesters, current_attesters=frozenset())
-    return state
+                        previous_attesters=state.current_attesters, current_attesters=_EMPTY,
+                        previous_proposals=state.current_proposals, current_proposals=_EMPTY)
+    settlement = tuple(sorted((a, d) for a, d in deltas.items() if d))
+    return state if settlement == state.settlement == () else replace(state, settlement=settlement)
 
 
 # -- attestations --
@@ -238,16 +267,25 @@ def check_attestation(rules: Rules, state: BranchState, signed: SignedAttestatio
     return signer, duties
 
 
+def root_at(state: BranchState, slot: int) -> bytes | None:
+    """The branch's latest block at or before ``slot``, within its last two epochs."""
+    for block_slot, root in reversed(state.recent_roots):
+        if block_slot <= slot:
+            return root
+    return None
+
+
 def include_attestation(rules: Rules, state: BranchState, block_slot: int, signed: SignedAttestation,
-                        included: tuple[set[bytes], set[bytes]]) -> None:
-    """Check ``signed`` for a block at ``block_slot`` on ``state`` (its inclusion window, then
-    `check_attestation` against the (current, previous) epoch's attesters ``included`` so far) and add
-    its attester there; InvalidConsensus naming the rule otherwise."""
+                        included: tuple[dict[bytes, Vote], dict[bytes, Vote]], includer: bytes) -> None:
+    """Check ``signed`` for a block at ``block_slot`` by ``includer`` on ``state`` (its inclusion
+    window, then `check_attestation` against the (current, previous) epoch's attesters ``included`` so
+    far) and credit its attester there; InvalidConsensus naming the rule otherwise."""
     a = signed.message
     if not a.slot < block_slot <= a.slot + rules.params.slots_per_epoch:
         raise InvalidConsensus(f"attestation of slot {a.slot} is outside its inclusion window at slot {block_slot}")
-    signer, duties = check_attestation(rules, state, signed, included)
-    (included[0] if duties is state.current else included[1]).add(signer)
+    signer, duties = check_attestation(rules, state, signed, (included[0].keys(), included[1].keys()))
+    timely_head = block_slot == a.slot + 1 and root_at(state, a.slot) == a.head
+    (included[0] if duties is state.current else included[1])[signer] = Vote(includer, timely_head)
 
 
 # -- blocks --
@@ -289,10 +327,15 @@ def apply_block(rules: Rules, parent: BranchState, block: BlockInput) -> BranchS
     mix = next_mix(state.mix, body.randao_reveal)
     if block.mix_hash != mix:
         raise InvalidConsensus("header mix_hash is not H(parent mix ‖ reveal)")
-    current, previous = set(state.current_attesters), set(state.previous_attesters)
+    current, previous = dict(state.current_attesters), dict(state.previous_attesters)
     for signed in body.attestations:
-        include_attestation(rules, state, body.slot, signed, (current, previous))
+        include_attestation(rules, state, body.slot, signed, (current, previous), proposer)
     reveals = dict(state.reveals)
     reveals[proposer] = (epoch, body.randao_reveal)
+    proposals = dict(state.current_proposals)
+    proposals[proposer] = proposals.get(proposer, 0) + 1
+    horizon = body.slot - 2 * params.slots_per_epoch
+    recent = tuple(r for r in state.recent_roots if r[0] >= horizon) + ((body.slot, block.root),)
     return replace(state, root=block.root, slot=body.slot, mix=mix, reveals=_frozen(reveals),
-                   current_attesters=frozenset(current), previous_attesters=frozenset(previous))
+                   current_attesters=_frozen(current), previous_attesters=_frozen(previous),
+                   current_proposals=_frozen(proposals), recent_roots=recent)

@@ -39,3 +39,9 @@ class Host(Protocol):
     def log(self, address: bytes, topics: list[bytes], data: bytes) -> None: ...
 
     def charge(self, gas: int) -> None: ...
+
+
+class SystemCallHost(Host, Protocol):
+    """The start-of-block system call's host: it alone may create coins (consensus rewards)."""
+
+    def mint(self, recipient: bytes, amount: int) -> None: ...

@@ -180,6 +180,12 @@ class SystemHost(_Balances):
     def charge(self, gas: int) -> None:
         pass
 
+    def mint(self, recipient: bytes, amount: int) -> None:
+        """Create ``amount`` for ``recipient``: only the system call may (consensus rewards)."""
+        if amount < 0:
+            raise Revert("negative mint")
+        self._state.delta_balance(recipient, amount)
+
     def sload(self, address: bytes, slot: int) -> int:
         return self._state.get_storage(address, slot)
 
@@ -196,11 +202,11 @@ class OgpuState(PragueState):
     deadline_limit: int = 0
 
 
-def run_block_start(state: Any) -> list[SystemLog]:
-    """At an epoch's first block apply the validator queues; then run the due time-triggered protocol
-    steps. A step that reverts is dropped with its changes; so is one that fails unexpectedly (a
-    defect), logged with its task: a bad step must not halt the chain. MemoryError and RecursionError
-    propagate (see FATAL)."""
+def run_block_start(state: Any, settlement: tuple[tuple[bytes, int], ...] = ()) -> list[SystemLog]:
+    """At an epoch's first block apply the consensus settlement (rewards and penalties) and the
+    validator queues; then run the due time-triggered protocol steps. A step that reverts is dropped
+    with its changes; so is one that fails unexpectedly (a defect), logged with its task: a bad step
+    must not halt the chain. MemoryError and RecursionError propagate (see FATAL)."""
     task = state.task_contract
     logs: list[SystemLog] = []
     if task is None:
@@ -209,13 +215,15 @@ def run_block_start(state: Any) -> list[SystemLog]:
     if state.stake_contract is not None:
         snapshot = state.snapshot()
         try:
+            if settlement:
+                state.stake_contract.apply_settlement(host, settlement)
             state.stake_contract.process_epoch(host)
         except FATAL:
             raise
         except Exception:
             state.revert(snapshot)
             del logs[:]
-            log.exception("block %d: the validator queues failed; tried again next block", host.block_number)
+            log.exception("block %d: the epoch's settlement or validator queues failed", host.block_number)
         else:
             state.commit(snapshot)
     for deadline in task.queue(host).pop_due(host.timestamp, state.deadline_limit):

@@ -40,6 +40,9 @@ class BlockAttributes:
     mix_hash: bytes
     extra_data: bytes = b""
     gas_limit: int | None = None  # None: keep the parent's
+    # Proof of stake: the rewards and penalties (address, signed wei) the start-of-block system call
+    # applies to Stake, derived by every node from the parent's consensus state (not in the header).
+    settlement: tuple[tuple[bytes, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ class Execution:
         """
         header = self.child_header(parent, attrs)
         vm = self._vm(header)
+        vm.settlement = attrs.settlement
         vm.block_preprocessing(vm.get_block())
         included: list[SignedTransactionAPI] = []
         receipts: list[ReceiptAPI] = []
@@ -272,8 +276,10 @@ class Execution:
         vm.state.commit(snapshot)
         return receipt
 
-    def import_block(self, parent: BlockHeaderAPI, block: BlockAPI) -> ExecutedBlock:
-        """Re-execute a block received from outside and check that it reproduces its header."""
+    def import_block(self, parent: BlockHeaderAPI, block: BlockAPI,
+                     settlement: tuple[tuple[bytes, int], ...] = ()) -> ExecutedBlock:
+        """Re-execute a block received from outside (with the settlement consensus derived for it) and
+        check that it reproduces its header."""
         header = block.header
         if header.parent_hash != parent.hash:
             raise InvalidBlock("block's parent hash is not the given parent")
@@ -291,6 +297,7 @@ class Execution:
             mix_hash=header.mix_hash,
             extra_data=header.extra_data,
             gas_limit=header.gas_limit,
+            settlement=settlement,
         )
         result = self.execute(parent, attrs, block.transactions, building=False)
         if result.header != header:

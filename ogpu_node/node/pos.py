@@ -38,7 +38,8 @@ _RECORD = b"ogpu:pos:"  # + block hash -> rlp([consensus body, proposal signatur
 
 
 def consensus_params(config: ConsensusConfig) -> ConsensusParams:
-    return ConsensusParams(config.genesis_time, config.slot_time, config.slots_per_epoch, config.randao_length)
+    return ConsensusParams(config.genesis_time, config.slot_time, config.slots_per_epoch, config.randao_length,
+                           config.base_reward_ppb, config.block_reward, config.inactivity_quotient)
 
 
 def chain_rules(chain: Chain, config: ConsensusConfig) -> Rules:
@@ -121,7 +122,9 @@ class ProofOfStake:
                     chain.head = before
                     header = executed.header
                     block = block_input(header, proposal.body, core.sign_proposal(proposal.slot, header.hash))
-                    apply_block(rules, parent, block)  # never commit a block consensus would refuse
+                    child = apply_block(rules, parent, block)  # never commit a block consensus would refuse
+                    if child.settlement != attrs.settlement:
+                        raise ChainError("the block's settlement is not the one its consensus state derives")
                     store[_RECORD + header.hash] = rlp.encode([proposal.body.encode(), block.signature])
             except BaseException:
                 chain.head = before

@@ -71,7 +71,7 @@ class ValidatorService:
                         slot, proposal.parent_root.hex())
             return None
         attrs = BlockAttributes(proposal.timestamp, proposal.coinbase, proposal.mix_hash,
-                                extra_data=proposal.body.root)
+                                extra_data=proposal.body.root, settlement=proposal.settlement)
         built: list[BlockInput] = []
         try:
             stored = await self.seal(attrs, pos.builder(proposal, built))

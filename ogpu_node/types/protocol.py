@@ -144,6 +144,15 @@ class ValidatorStatus(IntEnum):
     EXITING = 3  # in the exit queue: still validates until an epoch boundary takes it out
 
 
+# Rewards and penalties (docs/consensus.md, "Rewards and penalties"): Altair's weights, in 64ths of a
+# validator's base reward per epoch.
+SOURCE_WEIGHT = 14
+TARGET_WEIGHT = 26
+HEAD_WEIGHT = 14
+PROPOSER_WEIGHT = 8
+WEIGHT_DENOMINATOR = 64
+INACTIVITY_GRACE_EPOCHS = 4  # epochs without finality before the inactivity leak starts
+
 # Queue entries one epoch boundary looks at, per queue: bounds the system call's work, whatever the
 # churn limit and however many entries were left stale by accounts that changed their mind.
 MAX_VALIDATOR_QUEUE_POPS = 256

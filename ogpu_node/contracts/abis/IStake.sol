@@ -16,6 +16,7 @@ interface IStake {
     event ValidatorQueued(address indexed account, uint8 status);
     event ValidatorActivated(address indexed account, uint64 epoch);
     event ValidatorExited(address indexed account, uint64 epoch);
+    event EpochSettled(uint64 indexed epoch, uint256 minted, uint256 burned);
 
     function stake() external payable;
     function requestUnstake(uint256 amount) external;

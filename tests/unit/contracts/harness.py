@@ -325,14 +325,17 @@ class Harness:
 
     # -- blocks --
 
-    def block(self, *txs: Any, at: int | None = None, dt: int = 1, mix_hash: bytes | None = None) -> BlockResult:
-        """Seal `txs` (all must be includable) at timestamp `at`, or `dt` seconds after the head."""
+    def block(self, *txs: Any, at: int | None = None, dt: int = 1, mix_hash: bytes | None = None,
+              settlement: tuple[tuple[bytes, int], ...] = ()) -> BlockResult:
+        """Seal `txs` (all must be includable) at timestamp `at`, or `dt` seconds after the head, with
+        the consensus `settlement` its system call applies to Stake."""
         head = self.chain.head
         number = head.block_number + 1
         attrs = BlockAttributes(
             timestamp=head.timestamp + dt if at is None else at,
             coinbase=self.coinbase,
             mix_hash=self.mix_for(number) if mix_hash is None else mix_hash,
+            settlement=settlement,
         )
         self._unsealed.clear()
         executed = self.chain.build_block(attrs, list(txs))

@@ -179,6 +179,7 @@ def stake_and_slashing(chain: Chain, a: list[Any]) -> LogRecorder:
 
     h.ok(reporter, SLASHING_ABI, "reportDoubleProposal", proposal(b"\x01" * 32), proposal(b"\x02" * 32))
     h.block()  # the next epoch boundary (every block under --dev) ejects the slashed validator
+    h.block(settlement=((provider.address, OGPU), (staker.address, -OGPU)))  # a consensus settlement
     return recorder
 
 

@@ -13,8 +13,10 @@ import trio
 from ogpu_node.chain import Chain, ChainError
 from ogpu_node.config import parse_genesis
 from ogpu_node.consensus import ConsensusBody
+from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
+from ogpu_node.execution.native import SystemHost
 from ogpu_node.node.pos import ProofOfStake
 from ogpu_node.node.validator import ValidatorService
 from ogpu_node.node.validator_key import load_validator_key, randao_chain, randao_secret
@@ -158,7 +160,11 @@ async def test_ogpu_methods_answer_from_the_core_and_refuse_bad_params(chain, tm
                         "finalized": {"epoch": "0x3", "root": "0x" + chain.header_by_number(12).hash.hex()},
                         "head": "0x" + chain.head.hash.hex(), "slot": "0x14"}
     tip = randao_chain(KEYPAIR.private_key, RANDAO_LENGTH).tip
-    assert await call("ogpu_validators") == [{"address": "0x" + KEYPAIR.address.hex(), "stake": hex(10**21),
+    # Epoch 5's stake: Stake's at the last block before it, grown by the settled epochs' rewards.
+    host = SystemHost(chain.execution.state_at(chain.header_by_number(19)), [])
+    staked = Stake(chain.genesis.protocol, chain.genesis.consensus).stakeOf(host, KEYPAIR.address).staked
+    assert staked > 10**21
+    assert await call("ogpu_validators") == [{"address": "0x" + KEYPAIR.address.hex(), "stake": hex(staked),
                                               "randaoTip": "0x" + tip.hex()}]
     duties = await call("ogpu_duties", "0x" + KEYPAIR.address.hex())
     assert duties == {"epoch": "0x5", "proposerSlots": ["0x14", "0x15", "0x16", "0x17"], "attestationSlot": "0x14"}

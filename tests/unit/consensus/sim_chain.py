@@ -24,7 +24,7 @@ from eth_abi import encode
 
 from ogpu_node.chain import Chain, HeadChange, system_tx_hash
 from ogpu_node.config import GenesisConfig, parse_genesis
-from ogpu_node.consensus import BlockInput, ConsensusCore, Proposal, ValidatorKey, genesis_state
+from ogpu_node.consensus import BlockInput, ConsensusCore, Proposal, ValidatorKey, apply_block, genesis_state
 from ogpu_node.contracts.abi import load_abi
 from ogpu_node.contracts.addresses import BID, STAKE, TASK
 from ogpu_node.crypto import Keypair, keccak
@@ -150,6 +150,9 @@ class ChainLedger:
         self.nodes = [Node(self.open_chain(f"node{i}")) for i in range(len(keys))]
         self.rules = chain_rules(self.nodes[0].chain, self.genesis.consensus)
         self.raw: dict[bytes, bytes] = {}  # block hash -> RLP, what the network carries
+        # Block hash -> the rewards and penalties its system call applies: what every node derives from
+        # the block's parent consensus state (apply_block), the same on every node.
+        self.settlements: dict[bytes, tuple[tuple[bytes, int], ...]] = {}
         self.sent: list[TransactionMessage] = []
         self.reorgs: list[tuple[int, HeadChange]] = []  # (node, a head switch that abandoned blocks)
 
@@ -187,11 +190,15 @@ class ChainLedger:
         chain = self.nodes[index].chain
         if chain.head.hash != proposal.parent_root:
             chain.set_head(proposal.parent_root)
-        attrs = BlockAttributes(proposal.timestamp, proposal.coinbase, proposal.mix_hash, extra_data=proposal.body.root)
+        attrs = BlockAttributes(proposal.timestamp, proposal.coinbase, proposal.mix_hash, extra_data=proposal.body.root,
+                                settlement=proposal.settlement)
         executed = chain.build_block(attrs, self._pending(index))
         header = executed.header
         self.raw[header.hash] = encode_block(executed.block)
-        return block_input(header, proposal.body, core.sign_proposal(proposal.slot, header.hash))
+        block = block_input(header, proposal.body, core.sign_proposal(proposal.slot, header.hash))
+        assert apply_block(core.rules, core.state(proposal.parent_root), block).settlement == proposal.settlement
+        self.settlements[header.hash] = proposal.settlement
+        return block
 
     def _pending(self, index: int) -> list[Any]:
         """The pool's transactions not yet on the head's branch, each sender's in nonce order."""
@@ -217,7 +224,7 @@ class ChainLedger:
         if not node.chain.has_block(parent):
             node.waiting.setdefault(parent, []).append(root)
             return
-        node.chain.import_block(block)
+        node.chain.import_block(block, settlement=self.settlements[root])
         for child in node.waiting.pop(root, []):
             self.receive_block(index, child)
 
@@ -296,7 +303,7 @@ class ChainLedger:
         """A fresh chain that imports only ``head``'s branch: the chain as if no other branch was made."""
         chain = self.open_chain(name)
         for root in self.branch(head):
-            chain.import_block(decode_block(self.raw[root]), as_head=True)
+            chain.import_block(decode_block(self.raw[root]), as_head=True, settlement=self.settlements[root])
         return chain
 
     def snapshot(self, chain: Chain, *, views: bool = True) -> dict[str, Any]:

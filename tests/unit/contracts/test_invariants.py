@@ -40,6 +40,7 @@ class World:
         self.chain = Chain(LMDBStore(path), GENESIS)
         self.nonces: Counter[bytes] = Counter()
         self.burnt = 0
+        self.minted = 0
         self.accepted: Counter[tuple[int, int]] = Counter()
         self.paid: Counter[int] = Counter()
         self.tasks = 0
@@ -62,10 +63,11 @@ class World:
         out = call(self.chain.execution, self.chain.head, CallRequest(to=ADDRESS[contract], data=self.data(contract, fn, *args)))
         return decode(list(f.outputs), out)
 
-    def block(self, txs=(), dt: int = 1) -> None:
+    def block(self, txs=(), dt: int = 1, settlement: tuple[tuple[bytes, int], ...] = ()) -> None:
         head = self.chain.head
         executed = self.chain.build_block(
-            BlockAttributes(timestamp=head.timestamp + dt, coinbase=b"\x00" * 20, mix_hash=keccak(head.mix_hash)), list(txs)
+            BlockAttributes(timestamp=head.timestamp + dt, coinbase=b"\x00" * 20, mix_hash=keccak(head.mix_hash),
+                            settlement=settlement), list(txs)
         )
         # A nonce the block did not use (a skipped tx) must be reused.
         for tx, _ in executed.excluded:
@@ -87,6 +89,9 @@ class World:
                 self.burnt += named["burned"]
             elif event.name == "FundsBurned":
                 self.burnt += named["amount"]
+            elif event.name == "EpochSettled":  # consensus rewards minted, penalties burned
+                self.minted += named["minted"]
+                self.burnt += named["burned"]
             elif event.name == "ReceiptSettled":
                 self.paid[int.from_bytes(topics[1], "big")] += named["amount"]
             elif event.name == "CheckpointAccepted":
@@ -114,7 +119,7 @@ class World:
         assert all(count == 1 for count in self.accepted.values())
         supply = sum(self.balance(a.address) for a in ACCOUNTS) + sum(self.balance(a) for a in ADDRESS.values())
         supply += self.balance(b"\x00" * 20)
-        assert supply == GENESIS.total_supply - self.burnt
+        assert supply == GENESIS.total_supply + self.minted - self.burnt
 
 
 # -- operations: each is one block; many revert, which must not break an invariant either --
@@ -125,7 +130,16 @@ def op_stake(w: World, who: int, units: int) -> None:
 
 def op_provider(w: World, who: int, _: int) -> None:
     a = ACCOUNTS[who]
-    w.block([w.tx(a, "Stake", "registerResources", 0, 8_000, 10, ""), w.tx(a, "Stake", "setRoles", Role.PROVIDER | (who % 2))])
+    w.block([w.tx(a, "Stake", "registerResources", 0, 8_000, 10, ""), w.tx(a, "Stake", "setRandaoTip", keccak(a.address)),
+             w.tx(a, "Stake", "setRoles", Role.PROVIDER | (who % 2))])
+
+
+def op_settle(w: World, who: int, units: int) -> None:
+    """A consensus settlement: a reward to one account, a penalty to the next (never cutting locked
+    stake, whatever its size)."""
+    penalized = ACCOUNTS[(who + 1) % len(ACCOUNTS)].address
+    w.block(settlement=tuple(sorted({ACCOUNTS[who].address: units * ETHER // 3 + 1,
+                                     penalized: -(units * 60 * ETHER)}.items())))
 
 
 def op_unstake(w: World, who: int, units: int) -> None:
@@ -279,7 +293,7 @@ def op_wait(w: World, _: int, units: int) -> None:
 # Weighted by repetition toward the steps that move a task forward, so random traffic reaches
 # councils, payments, rejections and settlements rather than stopping at bidding.
 OPERATIONS = [
-    op_stake, op_provider, op_unstake, op_withdraw, op_report,
+    op_stake, op_provider, op_unstake, op_withdraw, op_report, op_settle,
     op_submit, op_submit, op_bid, op_bid, op_bid, op_bid,
     op_commit, op_commit, op_commit, op_council, op_council, op_council, op_council, op_council,
     op_client, op_client, op_wait, op_wait,

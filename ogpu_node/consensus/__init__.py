@@ -6,12 +6,14 @@
 - `state`: a branch's consensus state, block validity, Casper FFG;
 - `rewards`: the rewards and penalties an epoch settles, the inactivity leak;
 - `forkchoice`: the block tree and LMD-GHOST;
-- `core`: one node's consensus: inputs in, head, finality and duties out.
+- `core`: one node's consensus: inputs in, head, finality and duties out;
+- `protection`: slashing protection, the record every signature of the core is checked against.
 """
 
 from ogpu_node.consensus.core import ConsensusCore, Proposal, ValidatorKey
 from ogpu_node.consensus.forkchoice import ForkChoice, UnknownParent
 from ogpu_node.consensus.params import ConsensusParams
+from ogpu_node.consensus.protection import MemoryGuard, SigningGuard, SigningHistory, SigningRefused
 from ogpu_node.consensus.randao import HashChain
 from ogpu_node.consensus.state import (
     BlockInput,
@@ -32,6 +34,7 @@ from ogpu_node.consensus.validators import (
 )
 
 __all__ = [
+    "MemoryGuard", "SigningGuard", "SigningHistory", "SigningRefused",
     "BlockInput", "BranchState", "Checkpoint", "ConsensusBody", "ConsensusCore", "ConsensusParams", "ForkChoice",
     "HashChain", "InvalidConsensus", "Proposal", "Rules", "Settlement", "UnknownParent", "Validator", "ValidatorKey",
     "ValidatorSet", "apply_block", "compute_attestation_slots", "compute_proposer", "genesis_state",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ogpu_node.consensus.forkchoice import ForkChoice, UnknownParent
+from ogpu_node.consensus.protection import MemoryGuard, SigningGuard, SigningRefused
 from ogpu_node.consensus.randao import HashChain, next_mix
 from ogpu_node.consensus.state import (
     MAX_ATTESTATIONS,
@@ -57,9 +58,12 @@ class Proposal:
 
 
 class ConsensusCore:
-    def __init__(self, rules: Rules, anchor: BranchState, key: ValidatorKey | None = None) -> None:
+    def __init__(self, rules: Rules, anchor: BranchState, key: ValidatorKey | None = None,
+                 guard: SigningGuard | None = None) -> None:
         self.rules = rules
         self.key = key
+        # Consulted before every signature (slashing protection); a node passes its record on disk.
+        self.guard: SigningGuard = guard if guard is not None else MemoryGuard()
         self.fork_choice = ForkChoice(rules, anchor)
         self._orphans: dict[bytes, BlockInput] = {}  # by root, in arrival order
         self._pool: dict[tuple[bytes, int], SignedAttestation] = {}  # (validator, target epoch)
@@ -184,12 +188,16 @@ class ConsensusCore:
                         ConsensusBody(slot, reveal, tuple(chosen)), state.settlement)
 
     def sign_proposal(self, slot: int, block_root: bytes) -> bytes:
+        """The proposal signature of ``block_root`` at ``slot``; SigningRefused, and no signature, when the
+        guard refuses it (another block of this slot was signed, or the slot is below its record)."""
         assert self.key is not None
         message = BlockProposal(slot, block_root).signing_root(self.rules.chain_id, self.rules.genesis_hash)
+        self.guard.check_and_record_proposal(slot, message)
         return self.key.keypair.sign_hash(message)
 
     def attest(self, slot: int) -> SignedAttestation | None:
-        """This node's attestation if ``slot`` is its attestation slot, voting for its head."""
+        """This node's attestation if ``slot`` is its attestation slot, voting for its head; None also
+        when the guard refuses to sign it (a double or surround vote with one signed before)."""
         if self.key is None:
             return None
         head = self.head()
@@ -199,7 +207,12 @@ class ConsensusCore:
         source = state.current_justified
         attestation = Attestation(slot, head, source.epoch, source.root, state.current.epoch,
                                   state.current.target_root)
-        signature = self.key.keypair.sign_hash(attestation.signing_root(self.rules.chain_id, self.rules.genesis_hash))
+        message = attestation.signing_root(self.rules.chain_id, self.rules.genesis_hash)
+        try:
+            self.guard.check_and_record_attestation(source.epoch, attestation.target_epoch, message)
+        except SigningRefused:
+            return None
+        signature = self.key.keypair.sign_hash(message)
         signed = SignedAttestation(attestation, signature)
         self.on_attestation(signed)
         return signed

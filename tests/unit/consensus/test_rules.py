@@ -21,7 +21,7 @@ from ogpu_node.consensus import (
 )
 from ogpu_node.consensus.randao import hash_times
 from ogpu_node.crypto import keccak
-from ogpu_node.types.signing import Attestation, SignedAttestation
+from ogpu_node.types.signing import Attestation, BlockProposal, SignedAttestation
 from tests.unit.consensus.sim import (
     GENESIS_MIX,
     GENESIS_ROOT,
@@ -48,7 +48,10 @@ def build(node: ConsensusCore, slot: int, **changes) -> BlockInput:
     fields.update(changes)
     root = block_root(fields["parent_root"], fields["timestamp"], fields["coinbase"], fields["mix_hash"],
                       fields["extra_data"])
-    return BlockInput(root, body=body, signature=node.sign_proposal(body.slot, root), **fields)
+    # Signed with the key itself: these tests sign conflicting blocks of one slot, which the core's
+    # slashing protection (node.sign_proposal) refuses.
+    message = BlockProposal(body.slot, root).signing_root(node.rules.chain_id, node.rules.genesis_hash)
+    return BlockInput(root, body=body, signature=node.key.keypair.sign_hash(message), **fields)
 
 
 def refused(node: ConsensusCore, block: BlockInput, words: str) -> None:

@@ -209,6 +209,7 @@ def run(
     """Run a node."""
     from ogpu_node.blobs import UploadLimits
     from ogpu_node.node import Node, NodeConfig
+    from ogpu_node.node.slashing_protection import SlashingProtectionError
     from ogpu_node.rpc.access import HttpAccess
     from ogpu_node.rpc.calls import CallLimits
 
@@ -268,7 +269,7 @@ def run(
         trio.run(main)
     except BaseException as exc:  # trio wraps failures of its tasks in exception groups
         cause = _first_cause(exc)
-        if isinstance(cause, (ChainError, DatabaseLocked)):
+        if isinstance(cause, (ChainError, DatabaseLocked, SlashingProtectionError)):
             raise click.ClickException(str(cause)) from None
         if isinstance(cause, OSError):
             raise click.ClickException(f"cannot start: {cause.strerror or cause}") from None

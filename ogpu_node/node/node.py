@@ -28,6 +28,7 @@ from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore, StoreFull
 from ogpu_node.execution.state import BlockAttributes
 from ogpu_node.node.pos import ProofOfStake
+from ogpu_node.node.slashing_protection import SlashingProtection
 from ogpu_node.node.validator import ValidatorService
 from ogpu_node.rpc.access import HttpAccess
 from ogpu_node.rpc.blobs_http import BlobRoutes
@@ -81,13 +82,19 @@ class Node:
         self.config = config
         self.blobs = BlobStore(config.datadir / "blobs", config.blob_max_bytes, config.blob_min_free)
         self.store = LMDBStore(config.datadir / "chaindata", durable=config.durable)
+        self.protection: SlashingProtection | None = None  # the validator key's slashing-protection record
         try:
             self.chain = Chain(self.store, config.genesis)
+            if config.validator is not None and config.genesis.consensus is not None:
+                self.protection = SlashingProtection.open(config.datadir, config.validator.address,
+                                                          self.chain.genesis_hash)
             # A proof-of-stake genesis: blocks come from the validator service (node/validator.py).
             self.pos = None if config.genesis.consensus is None else \
-                ProofOfStake(self.chain, config.genesis.consensus, config.validator)
+                ProofOfStake(self.chain, config.genesis.consensus, config.validator, self.protection)
             self.blob_ledger = BlobLedger(config.datadir / "blobs" / "ledger")
         except BaseException:
+            if self.protection is not None:
+                self.protection.close()
             self.store.close()
             raise
         self.blob_gate = UploadGate(
@@ -316,6 +323,8 @@ class Node:
         finally:
             self.blob_ledger.close()
             self.store.close()
+            if self.protection is not None:
+                self.protection.close()
 
 
 def _never_includable(tx: Any, reason: str) -> bool:

@@ -22,6 +22,7 @@ from ogpu_node.consensus import (
     InvalidConsensus,
     Proposal,
     Rules,
+    SigningGuard,
     Validator,
     ValidatorKey,
     ValidatorSet,
@@ -68,14 +69,17 @@ class ProofOfStake:
     """The consensus core over one Chain: what the validator service, the RPC and the (future) network
     share. Its state changes on the trio thread only; block building reads immutable states."""
 
-    def __init__(self, chain: Chain, config: ConsensusConfig, key: ValidatorKey | None = None) -> None:
+    def __init__(self, chain: Chain, config: ConsensusConfig, key: ValidatorKey | None = None,
+                 guard: SigningGuard | None = None) -> None:
+        """``guard``: the key's slashing protection, consulted before every signature (a node passes its
+        record on disk, node/slashing_protection.py; None keeps one in memory)."""
         self.chain = chain
         self.params = consensus_params(config)
         if key is not None:
             _check_key(chain, config, key)
         self.rules = chain_rules(chain, config)
         genesis = chain.header_by_number(0)
-        self.core = ConsensusCore(self.rules, genesis_state(self.rules, genesis.hash, genesis.mix_hash), key)
+        self.core = ConsensusCore(self.rules, genesis_state(self.rules, genesis.hash, genesis.mix_hash), key, guard)
         self._replay()
 
     @property

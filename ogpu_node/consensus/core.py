@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ogpu_node.consensus.forkchoice import ForkChoice, UnknownParent
 from ogpu_node.consensus.protection import MemoryGuard, SigningGuard, SigningRefused
 from ogpu_node.consensus.randao import HashChain, next_mix
+from ogpu_node.consensus.slashings import Evidence, SlashingDetector, signed_proposal
 from ogpu_node.consensus.state import (
     MAX_ATTESTATIONS,
     BlockInput,
@@ -23,6 +24,7 @@ from ogpu_node.consensus.state import (
     Rules,
     Settlement,
     advance_to_epoch,
+    attestation_signer,
     include_attestation,
     proposer_of,
 )
@@ -68,6 +70,8 @@ class ConsensusCore:
         self._orphans: dict[bytes, BlockInput] = {}  # by root, in arrival order
         self._pool: dict[tuple[bytes, int], SignedAttestation] = {}  # (validator, target epoch)
         self._pending: list[SignedAttestation] = []  # heads not known yet
+        self.detector = SlashingDetector()
+        self._evidence: list[Evidence] = []  # found, not yet taken by the node to report
 
     # -- views --
 
@@ -117,6 +121,7 @@ class ConsensusCore:
         an invalid one raises InvalidConsensus and changes nothing."""
         try:
             self.fork_choice.on_block(block)
+            self._observe_block(block)
         except UnknownParent:
             self._orphans.pop(block.root, None)
             self._orphans[block.root] = block
@@ -134,6 +139,7 @@ class ConsensusCore:
                         self.fork_choice.on_block(orphan)
                     except InvalidConsensus:
                         continue
+                    self._observe_block(orphan)
                     imported.append(root)
                     progress = True
         self._retry_pending()
@@ -141,7 +147,9 @@ class ConsensusCore:
 
     def on_attestation(self, signed: SignedAttestation) -> None:
         """Count an attestation for fork choice and keep it for inclusion; InvalidConsensus if invalid.
-        One whose head block is unknown is kept until the block comes."""
+        One whose head block is unknown is kept until the block comes. Any validator's signed
+        attestation, valid here or not, is checked for slashable offences."""
+        self._observe_attestation(signed)
         try:
             signer = self.fork_choice.on_attestation(signed)
         except UnknownParent:
@@ -149,6 +157,31 @@ class ConsensusCore:
                 self._pending.append(signed)
             return
         self._pool.setdefault((signer, signed.message.target_epoch), signed)
+
+    # -- slashing detection --
+
+    def _observe_block(self, block: BlockInput) -> None:
+        """A block imported (its proposer signature and attestations checked): its proposal and votes."""
+        self._found(self.detector.on_proposal(block.coinbase, signed_proposal(block.body.slot, block.root, block.signature)))
+        for signed in block.body.attestations:
+            signer = attestation_signer(self.rules, signed)
+            if signer is not None:
+                self._found(self.detector.on_attestation(signer, signed))
+
+    def _observe_attestation(self, signed: SignedAttestation) -> None:
+        signer = attestation_signer(self.rules, signed)
+        head = self.fork_choice.states[self.head()]
+        if signer is not None and (signer in head.current.validators or signer in head.previous.validators):
+            self._found(self.detector.on_attestation(signer, signed))
+
+    def _found(self, evidence: Evidence | None) -> None:
+        if evidence is not None and len(self._evidence) < MAX_PENDING_ATTESTATIONS:
+            self._evidence.append(evidence)
+
+    def take_evidence(self) -> list[Evidence]:
+        """Offences found since the last call, for the node to report (Slashing verifies them)."""
+        found, self._evidence = self._evidence, []
+        return found
 
     def _retry_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -207,12 +240,11 @@ class ConsensusCore:
         source = state.current_justified
         attestation = Attestation(slot, head, source.epoch, source.root, state.current.epoch,
                                   state.current.target_root)
-        message = attestation.signing_root(self.rules.chain_id, self.rules.genesis_hash)
+        signing_root = attestation.signing_root(self.rules.chain_id, self.rules.genesis_hash)
         try:
-            self.guard.check_and_record_attestation(source.epoch, attestation.target_epoch, message)
+            self.guard.check_and_record_attestation(source.epoch, state.current.epoch, signing_root)
         except SigningRefused:
             return None
-        signature = self.key.keypair.sign_hash(message)
-        signed = SignedAttestation(attestation, signature)
+        signed = SignedAttestation(attestation, self.key.keypair.sign_hash(signing_root))
         self.on_attestation(signed)
         return signed

@@ -23,6 +23,7 @@ class Host(Protocol):
     block_number: int
     timestamp: int
     mix_hash: bytes
+    coinbase: bytes  # the block's proposer
 
     def sload(self, address: bytes, slot: int) -> int: ...
 

@@ -3,7 +3,8 @@
 Anyone submits two signed messages; the contract recovers the signer of both over the signing roots of
 `ogpu_node.types.signing`, checks that together they are an offence, takes
 `consensus_penalty_bps` of the offender's stake (active, then unbonding), pays `reporter_share_bps` of
-it to the reporter, burns the rest and ejects the offender from the validator set. Each offence has an
+it to the reporter and the block's proposer (half each), burns the rest and ejects the offender from
+the validator set at the next epoch boundary. Each offence has an
 evidence id, recorded when punished, so the same offence is never punished twice.
 """
 
@@ -101,7 +102,12 @@ class Slashing(NativeContract):
             raise Revert("Slashing: offender has no stake")
         entry.punished = True
         penalty = (stake.staked + stake.unbonding) * self.config.consensus_penalty_bps // BPS
-        taken = self.stake.slash(host, offender, penalty, host.caller, self.config.reporter_share_bps)
+        # The reward comes here first, then half goes to the reporter and half to the proposer that
+        # included the report: both did work the chain needs.
+        taken = self.stake.slash(host, offender, penalty, SLASHING, self.config.reporter_share_bps)
+        reward = taken * self.config.reporter_share_bps // BPS
+        host.transfer(SLASHING, host.coinbase, reward // 2)
+        host.transfer(SLASHING, host.caller, reward - reward // 2)
         roles_now = self.stake.stakeOf(host, offender).roles
         if roles_now & Role.VALIDATOR:
             self.stake.set_roles(host, offender, roles_now & ~int(Role.VALIDATOR), ejected=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from eth.abc import BlockHeaderAPI, ComputationAPI, StateAPI
 from eth.vm.spoof import SpoofTransaction
 from eth_abi import decode as abi_decode
+from eth_keys import keys
 from eth_utils import ValidationError, to_checksum_address
 
 from ogpu_node.execution.codec import floor_data_gas
@@ -308,3 +310,14 @@ def estimate_gas(
         else:
             high = mid
     return high
+
+
+def signed_call(private_key: bytes, chain_id: int, nonce: int, to: bytes, data: bytes, *, gas: int,
+                max_fee_per_gas: int, max_priority_fee_per_gas: int) -> Any:
+    """An EIP-1559 transaction calling ``to`` with ``data``, signed with ``private_key``: what a node
+    sends on its own behalf (a validator's slashing report)."""
+    unsigned = OgpuVM.get_transaction_builder().new_unsigned_dynamic_fee_transaction(
+        chain_id=chain_id, nonce=nonce, max_priority_fee_per_gas=max_priority_fee_per_gas,
+        max_fee_per_gas=max_fee_per_gas, gas=gas, to=to, value=0, data=data, access_list=[],
+    )
+    return unsigned.as_signed_transaction(keys.PrivateKey(private_key))

@@ -48,6 +48,11 @@ class _Balances:
 
     _state: Any
 
+    @property
+    def coinbase(self) -> bytes:
+        """The block's proposer (under proof of stake; the dev signer under --dev)."""
+        return self._state.coinbase
+
     def balance(self, address: bytes) -> int:
         return self._state.get_balance(address)
 

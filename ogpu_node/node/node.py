@@ -137,6 +137,14 @@ class Node:
         except trio.WouldBlock:
             pass
 
+    def _submit_own(self, sign: Any) -> bytes:
+        """Pool a transaction the node's validator signs (a slashing report) at the pool's next nonce
+        for it, and announce it as any arriving transaction."""
+        assert self.pos is not None and self.pos.key is not None
+        tx_hash = self.pool.add(sign(self.pool.next_nonce(self.pos.key.address)))
+        self._on_transaction(tx_hash)
+        return tx_hash
+
     async def _announce_pending(self) -> None:
         async for tx_hash in self._pending_in:
             await self.filters.publish_pending([tx_hash])
@@ -310,7 +318,7 @@ class Node:
                 await nursery.start(self.filters.run)
                 if self.pos is not None:
                     if config.validator is not None:
-                        await nursery.start(ValidatorService(self.pos, self.seal_block).run)
+                        await nursery.start(ValidatorService(self.pos, self.seal_block, submit=self._submit_own).run)
                 elif config.block_time > 0:
                     nursery.start_soon(self._produce_on_interval)
                 else:

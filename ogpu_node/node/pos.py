@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 import rlp
+from eth_abi import encode
 
 from ogpu_node.chain import Chain, ChainError
 from ogpu_node.config import ConsensusConfig
@@ -29,12 +30,18 @@ from ogpu_node.consensus import (
     apply_block,
     genesis_state,
 )
+from ogpu_node.consensus.slashings import Evidence
+from ogpu_node.contracts.abi import load_abi
+from ogpu_node.contracts.addresses import SLASHING
 from ogpu_node.contracts.stake import Stake
+from ogpu_node.execution.calls import signed_call
 from ogpu_node.execution.native import SystemHost
 from ogpu_node.execution.state import BlockAttributes, ExecutedBlock
 
 log = logging.getLogger("ogpu.consensus")
 
+_SLASHING_ABI = load_abi("Slashing")
+REPORT_TIP = 10**9  # wei per gas: a slashing report pays a proposer to include it
 _RECORD = b"ogpu:pos:"  # + block hash -> rlp([consensus body, proposal signature])
 
 
@@ -105,6 +112,16 @@ class ProofOfStake:
             finalized = self.core.finalized
             log.info("consensus replayed blocks=%d head=0x%s finalized_epoch=%d",
                      head, self.core.head().hex(), finalized.epoch)
+
+    def report_transaction(self, evidence: Evidence, nonce: int, gas: int) -> Any:
+        """The Slashing report of ``evidence``, signed by this validator with ``nonce``; fees from the
+        head's base fee (twice it, as a wallet would, so a rising fee does not strand it)."""
+        assert self.key is not None
+        function = _SLASHING_ABI.function(evidence.function)
+        data = function.selector + encode(list(function.inputs), [evidence.first, evidence.second])
+        base_fee = self.chain.head.base_fee_per_gas
+        return signed_call(self.key.keypair.private_key, self.chain.chain_id, nonce, SLASHING, data, gas=gas,
+                           max_fee_per_gas=2 * base_fee + REPORT_TIP, max_priority_fee_per_gas=REPORT_TIP)
 
     def builder(self, proposal: Proposal, built: list[BlockInput]) -> Callable[[BlockAttributes, Sequence[Any]], ExecutedBlock]:
         """A block builder for Node.seal_block (it runs in a worker thread): builds the proposal's block,

@@ -21,14 +21,21 @@ log = logging.getLogger("ogpu.validator")
 
 # Node.seal_block(attrs, build): builds, commits and publishes one block; None on a full disk.
 Sealer = Callable[..., Awaitable[Any]]
+# Adds a transaction this node signs to its pool and announces it: called with a function that signs
+# it for a nonce (the pool's next for the validator); returns its hash, raises on a refusal.
+Submitter = Callable[[Callable[[int], Any]], bytes]
+
+REPORT_GAS = 400_000  # a Slashing report: two signature recoveries, the slash, the ejection, logs
 
 
 class ValidatorService:
-    def __init__(self, pos: ProofOfStake, seal: Sealer, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, pos: ProofOfStake, seal: Sealer, wall_clock: Callable[[], float] = time.time,
+                 submit: Submitter | None = None) -> None:
         if pos.key is None:
             raise ValueError("a validator service needs a validator key")
         self.pos = pos
         self.seal = seal
+        self.submit = submit  # None: offences found are logged, not reported
         self.wall_clock = wall_clock  # unix time; tests pass one driven by trio's mock clock
         self._finalized = pos.core.finalized
 
@@ -56,6 +63,7 @@ class ValidatorService:
             await self.propose(slot)
             await self._sleep_until(start + params.slot_time / 3)
             self.attest(slot)
+            self.report_offences()
             # A slot that went by while this one's block was built is skipped, not made up.
             slot = max(slot + 1, params.slot_at(self.wall_clock()) + 1)
 
@@ -90,6 +98,20 @@ class ValidatorService:
         signed = self.pos.core.attest(slot)  # kept in the core's pool for the next block
         if signed is not None:
             log.debug("attested slot=%d head=0x%s", slot, signed.message.head.hex())
+
+    def report_offences(self) -> list[bytes]:
+        """Send a Slashing report, signed with the validator's key, for each offence the core found
+        (the next block, its own or another's, includes it); the hashes of the reports sent."""
+        sent = []
+        for evidence in self.pos.core.take_evidence():
+            log.warning("offence %s by 0x%s", evidence.kind.name.lower(), evidence.offender.hex())
+            if self.submit is None:
+                continue
+            try:
+                sent.append(self.submit(lambda nonce, e=evidence: self.pos.report_transaction(e, nonce, REPORT_GAS)))
+            except Exception as exc:  # no balance for gas, a full pool: the evidence stays valid for others
+                log.warning("offence by 0x%s not reported: %s", evidence.offender.hex(), exc)
+        return sent
 
     def _note_finality(self) -> None:
         finalized = self.pos.core.finalized

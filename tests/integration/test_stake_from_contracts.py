@@ -315,7 +315,7 @@ def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, de
     (slashed,) = stake.events.StakeSlashed().process_receipt(receipt, errors=DISCARD)
     assert slashed["address"] == STAKE
     assert dict(slashed["args"]) == {
-        "account": v, "amount": taken, "burned": taken - rewarded, "rewarded": rewarded, "beneficiary": r,
+        "account": v, "amount": taken, "burned": taken - rewarded, "rewarded": rewarded, "beneficiary": SLASHING,
     }
     (ejected,) = stake.events.RolesChanged().process_receipt(receipt, errors=DISCARD)
     assert (ejected["address"], dict(ejected["args"])) == (STAKE, {"account": v, "roles": 0})
@@ -325,7 +325,9 @@ def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, de
     assert stake.functions.validators().call() == []
     assert stake.functions.totalStaked().call() == 2 * MIN_VALIDATOR - taken
     assert w3.eth.get_balance(STAKE) == stake_before - taken
-    assert w3.eth.get_balance(r) == reporter_before + rewarded - receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    # Slashing passes the reward on: half to the reporter, half to the block's proposer.
+    assert w3.eth.get_balance(r) == (reporter_before + rewarded - rewarded // 2
+                                     - receipt["gasUsed"] * receipt["effectiveGasPrice"])
 
 
 def test_reverting_stake_calls_raise_contract_logic_error_with_the_reason(w3, stake, dev_accounts):

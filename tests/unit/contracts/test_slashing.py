@@ -57,7 +57,9 @@ def test_double_proposal_slashes_pays_reporter_burns_rest_and_ejects(harness, ch
     validator, reporter = dev_accounts[3], dev_accounts[5]
     first = proposal(chain, validator, 7, b"\x01" * 32)
     second = proposal(chain, validator, 7, b"\x02" * 32)
+    proposer = harness.coinbase
     stake_balance, reporter_balance = harness.balance(STAKE), harness.balance(reporter.address)
+    proposer_balance = harness.balance(proposer)
     receipt = report(harness, reporter, "reportDoubleProposal", first, second)
     assert receipt.state_root == b"\x01"
     penalty = STAKED * 1_000 // BPS
@@ -65,7 +67,10 @@ def test_double_proposal_slashes_pays_reporter_burns_rest_and_ejects(harness, ch
     assert harness.stake_of(validator.address) == (STAKED - penalty, 0, 0, 0, 0)  # validator role gone
     assert harness.balance(STAKE) == stake_balance - penalty
     fee = receipt.gas_used * chain.head.base_fee_per_gas  # one tx in the block, tip 0
-    assert harness.balance(reporter.address) == reporter_balance + reward - fee
+    # The reward is shared: half to the reporter, half to the proposer that included the report.
+    assert harness.balance(reporter.address) == reporter_balance + reward - reward // 2 - fee
+    assert harness.balance(proposer) == proposer_balance + reward // 2
+    assert harness.balance(SLASHING_ABI.address) == 0
     assert harness.view(STAKE_ABI, "validators") == [validator.address]  # ejected at the next boundary:
     assert harness.view(STAKE_ABI, "validatorOf", validator.address)["status"] == ValidatorStatus.EXITING
     harness.block()  # the next block under --dev

@@ -184,6 +184,15 @@ class EvidenceEntry(StoredRecord):
     punished = Flag()  # the offence with this evidence id was punished
 
 
+class SlashedWindow(StoredRecord):
+    """The exposure of offenders punished in the current and the previous SLASHING_WINDOW: what the
+    correlation penalty weighs (docs/consensus.md, "Slashing")."""
+
+    window = Uint("slashedWindow")  # timestamp // SLASHING_WINDOW of `current`
+    current = Uint("slashedCurrent")
+    previous = Uint("slashedPrevious")
+
+
 # -- the deadline queue (scheduler.py) --
 
 

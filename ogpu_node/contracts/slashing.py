@@ -2,7 +2,8 @@
 
 Anyone submits two signed messages; the contract recovers the signer of both over the signing roots of
 `ogpu_node.types.signing`, checks that together they are an offence, takes
-`consensus_penalty_bps` of the offender's stake (active, then unbonding), pays `reporter_share_bps` of
+`consensus_penalty_bps` of the offender's stake (active, then unbonding), or more when others were
+slashed within the same window (the correlation penalty, docs/consensus.md "Slashing"), pays `reporter_share_bps` of
 it to the reporter and the block's proposer (half each), burns the rest and ejects the offender from
 the validator set at the next epoch boundary. Each offence has an
 evidence id, recorded when punished, so the same offence is never punished twice.
@@ -17,10 +18,17 @@ from ogpu_node.config import ProtocolParams
 from ogpu_node.contracts.addresses import SLASHING
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.layout import EvidenceEntry
+from ogpu_node.contracts.layout import EvidenceEntry, SlashedWindow
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
-from ogpu_node.types.protocol import BPS, ECRECOVER_GAS, Offence, Role
+from ogpu_node.types.protocol import (
+    BPS,
+    ECRECOVER_GAS,
+    PROPORTIONAL_SLASHING_MULTIPLIER,
+    SLASHING_WINDOW,
+    Offence,
+    Role,
+)
 from ogpu_node.types.records import SlashingParamsRecord
 from ogpu_node.types.signing import SignedAttestation, SignedProposal
 
@@ -101,7 +109,7 @@ class Slashing(NativeContract):
         if stake.staked + stake.unbonding == 0:
             raise Revert("Slashing: offender has no stake")
         entry.punished = True
-        penalty = (stake.staked + stake.unbonding) * self.config.consensus_penalty_bps // BPS
+        penalty = self._correlated_penalty(host, stake.staked + stake.unbonding)
         # The reward comes here first, then half goes to the reporter and half to the proposer that
         # included the report: both did work the chain needs.
         taken = self.stake.slash(host, offender, penalty, SLASHING, self.config.reporter_share_bps)
@@ -116,6 +124,21 @@ class Slashing(NativeContract):
             reporter=host.caller,
         )
         return taken
+
+    def _correlated_penalty(self, host: Host, exposure: int) -> int:
+        """exposure × max(consensusPenaltyBps, min(1, 3 × slashed together / total stake)): a lone
+        offender loses its share; a third of the stake equivocating together loses everything."""
+        window = SlashedWindow(self.storage(host))
+        now = host.timestamp // SLASHING_WINDOW
+        if window.window != now:
+            window.previous = window.current if window.window + 1 == now else 0
+            window.current = 0
+            window.window = now
+        window.current += exposure
+        together = window.current + window.previous
+        total = max(self.stake.totalStaked(host), exposure)
+        correlated = exposure * min(PROPORTIONAL_SLASHING_MULTIPLIER * together, total) // total
+        return max(exposure * self.config.consensus_penalty_bps // BPS, correlated)
 
     def penalize(self, host: Host, offender: bytes, task_id: int, kind: int, amount: int, beneficiary: bytes) -> int:
         """A computation penalty decided by Task (rejected checkpoint, missed deadline, missed reveal)."""

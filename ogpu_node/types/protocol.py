@@ -153,6 +153,11 @@ PROPOSER_WEIGHT = 8
 WEIGHT_DENOMINATOR = 64
 INACTIVITY_GRACE_EPOCHS = 4  # epochs without finality before the inactivity leak starts
 
+# Slashing's correlation penalty (docs/consensus.md, "Slashing"): offenders punished within this many
+# seconds of each other weigh together, and a third of the stake slashed together loses all of it.
+SLASHING_WINDOW = 7 * 24 * 3600
+PROPORTIONAL_SLASHING_MULTIPLIER = 3
+
 # Queue entries one epoch boundary looks at, per queue: bounds the system call's work, whatever the
 # churn limit and however many entries were left stale by accounts that changed their mind.
 MAX_VALIDATOR_QUEUE_POPS = 256

@@ -307,9 +307,12 @@ def test_web3_decodes_stake_slashed_from_a_slashing_report_receipt(w3, stake, de
         slashing.encode_abi("reportDoubleProposal", args=[signed_proposal(b"\x01" * 32), signed_proposal(b"\x02" * 32)])[2:]
     )
     reporter_before, stake_before = w3.eth.get_balance(r), w3.eth.get_balance(STAKE)
+    total = stake.functions.totalStaked().call()
     receipt = send(w3, reporter, to=SLASHING, data=data)
     assert receipt["status"] == 1
-    taken = 2 * MIN_VALIDATOR * penalty_bps // BPS
+    # The larger of the lone share and the correlation penalty (3 × its stake against the total).
+    exposure = 2 * MIN_VALIDATOR
+    taken = max(exposure * penalty_bps // BPS, exposure * min(3 * exposure, total) // total)
     rewarded = taken * share_bps // BPS
     # The receipt also holds RolesChanged and Slashing's ConsensusOffence: each decoder skips the others.
     (slashed,) = stake.events.StakeSlashed().process_receipt(receipt, errors=DISCARD)

@@ -8,7 +8,7 @@ from harness import SLASHING_ABI, STAKE_ABI, Harness
 
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.contracts.addresses import STAKE
-from ogpu_node.types.protocol import BPS, Offence, Role, ValidatorStatus
+from ogpu_node.types.protocol import BPS, SLASHING_WINDOW, Offence, Role, ValidatorStatus
 from ogpu_node.types.signing import Attestation, BlockProposal, SignedAttestation, SignedProposal
 
 ETHER = 10**18
@@ -22,10 +22,15 @@ class SlashingHarness(Harness):
         return tuple(self.view(STAKE_ABI, "stakeOf", who).values())
 
 
+BYSTANDERS = (0, 1, 2, 4, 6, 8, 9)  # dev accounts that stake only to make the validator a small share
+BYSTANDER_STAKE = 9_000 * ETHER  # 63,000 beside 2,000: 3 × 2,000 / 65,000 < 10 %, so a lone offence costs 10 %
+
+
 @pytest.fixture
 def harness(chain, dev_accounts):
     h = SlashingHarness(chain)
     validator = dev_accounts[3]
+    h.block(*(h.tx(dev_accounts[i], STAKE_ABI, "stake", value=BYSTANDER_STAKE) for i in BYSTANDERS))
     assert h.send(validator, STAKE_ABI, "stake", value=STAKED).receipt.state_root == b"\x01"
     assert h.send(validator, STAKE_ABI, "setRandaoTip", b"\x07" * 32).receipt.state_root == b"\x01"
     assert h.send(validator, STAKE_ABI, "setRoles", Role.VALIDATOR).receipt.state_root == b"\x01"
@@ -136,16 +141,53 @@ def test_double_vote_and_surround_vote_are_slashable(harness, chain, dev_account
     assert revert_reason(harness, reporter, "reportDoubleVote", outer, inner) == (
         "Slashing: attestations have different target epochs"
     )
+    total = harness.view(STAKE_ABI, "totalStaked")
     assert report(harness, reporter, "reportSurroundVote", outer, inner).state_root == b"\x01"
-    assert harness.stake_of(validator.address)[0] == after_first - after_first // 10
+    # The second offence in the window weighs with the first: 3 × (2,000 + 1,800) / 64,800 > 10 %.
+    correlated = after_first * 3 * (STAKED + after_first) // total
+    assert correlated > after_first // 10
+    assert harness.stake_of(validator.address)[0] == after_first - correlated
+
+
+def test_a_third_of_the_stake_slashed_together_loses_everything_and_a_new_window_starts_afresh(chain, dev_accounts):
+    """Rule: penalty = exposure × max(consensusPenaltyBps, min(1, 3 × slashed in the window / total
+    stake)); offenders punished in the current and previous SLASHING_WINDOW weigh together."""
+    h = SlashingHarness(chain)
+    offenders, reporter = [dev_accounts[i] for i in (1, 2, 3)], dev_accounts[5]
+    h.block(*(h.tx(a, STAKE_ABI, "stake", value=STAKED) for a in offenders))
+    h.block(*(h.tx(dev_accounts[i], STAKE_ABI, "stake", value=7 * STAKED // 2) for i in (6, 8)))  # total: 10 × 2,000
+    first = proposal(chain, offenders[0], 1, b"\x01" * 32), proposal(chain, offenders[0], 1, b"\x02" * 32)
+    report(h, reporter, "reportDoubleProposal", *first)
+    assert h.stake_of(offenders[0].address)[0] == STAKED - STAKED * 3 * STAKED // (10 * STAKED)  # 30 %
+    total = h.view(STAKE_ABI, "totalStaked")
+    second = proposal(chain, offenders[1], 1, b"\x01" * 32), proposal(chain, offenders[1], 1, b"\x02" * 32)
+    report(h, reporter, "reportDoubleProposal", *second)
+    assert h.stake_of(offenders[1].address)[0] == STAKED - STAKED * 3 * (2 * STAKED) // total  # 3 × 4,000 / 19,400
+    total = h.view(STAKE_ABI, "totalStaked")
+    third = proposal(chain, offenders[2], 1, b"\x01" * 32), proposal(chain, offenders[2], 1, b"\x02" * 32)
+    report(h, reporter, "reportDoubleProposal", *third)
+    left = STAKED - STAKED * min(3 * 3 * STAKED, total) // total  # 3 × 6,000 against the ~18,160 left
+    assert h.stake_of(offenders[2].address)[0] == left < STAKED // 100
+    # One more in the window and 3 × S passes the total: all of its stake goes.
+    h.block(h.tx(dev_accounts[7], STAKE_ABI, "stake", value=STAKED))
+    fourth = proposal(chain, dev_accounts[7], 1, b"\x01" * 32), proposal(chain, dev_accounts[7], 1, b"\x02" * 32)
+    report(h, reporter, "reportDoubleProposal", *fourth)
+    assert h.stake_of(dev_accounts[7].address)[0] == 0
+    # Two windows later nothing weighs any more: a lone offence costs its share again.
+    later = dev_accounts[9]
+    h.block(h.tx(later, STAKE_ABI, "stake", value=STAKED), dt=2 * SLASHING_WINDOW)
+    total = h.view(STAKE_ABI, "totalStaked")
+    fifth = proposal(chain, later, 1, b"\x01" * 32), proposal(chain, later, 1, b"\x02" * 32)
+    report(h, reporter, "reportDoubleProposal", *fifth)
+    assert h.stake_of(later.address)[0] == STAKED - max(STAKED // 10, STAKED * 3 * STAKED // total)
 
 
 def test_stake_contract_balance_matches_stakes_after_slashing(harness, chain, dev_accounts):
     validator, reporter = dev_accounts[3], dev_accounts[5]
     report(harness, reporter, "reportDoubleProposal", proposal(chain, validator, 1, b"\x01" * 32),
            proposal(chain, validator, 1, b"\x02" * 32))
-    staked, _, unbonding, _, _ = harness.stake_of(validator.address)
-    assert harness.balance(STAKE) == staked + unbonding
+    records = [harness.stake_of(dev_accounts[i].address) for i in (3, *BYSTANDERS)]
+    assert harness.balance(STAKE) == sum(staked + unbonding for staked, _, unbonding, _, _ in records)
 
 
 def test_interface_file_is_generated_for_slashing():

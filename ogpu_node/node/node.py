@@ -113,7 +113,7 @@ class Node:
             checkpoint_root=self._checkpoint_root,
         )
         self.filters = FilterApi(self.chain, self._checkpoint_root)
-        ogpu = {} if self.pos is None else OgpuConsensusApi(self.pos.core).methods()
+        ogpu = {} if self.pos is None else OgpuConsensusApi(self.pos.core, filters=self.filters).methods()
         self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods(), **ogpu})
         self.http_port: int | None = None
         self.ws_port: int | None = None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from ogpu_node.db import LMDBStore
 from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.codec import decode_block, decode_transaction, encode_block
 from ogpu_node.execution.errors import ExecutionReverted
-from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.execution.state import BlockAttributes, ExecutedBlock
 from ogpu_node.node.pos import block_input, chain_rules
 from ogpu_node.types.protocol import BPS, Role, TaskKind
 from tests.txfactory import sign_tx
@@ -106,8 +106,9 @@ class User:
 
 
 def make_genesis(keys: Sequence[ValidatorKey], stakes: Sequence[int], users: Sequence[User],
-                 slots_per_epoch: int) -> GenesisConfig:
-    """A proof-of-stake genesis: the validators (stake in wei) and every user funded."""
+                 slots_per_epoch: int, consensus: Mapping[str, int] | None = None) -> GenesisConfig:
+    """A proof-of-stake genesis: the validators (stake in wei) and every user funded. ``consensus``:
+    further fields of its consensus section (e.g. ``inactivityQuotient``, ``baseRewardPpb``)."""
     funded = [k.address for k in keys] + [u.address for u in users]
     return parse_genesis({
         "config": {"chainId": CHAIN_ID},
@@ -118,6 +119,7 @@ def make_genesis(keys: Sequence[ValidatorKey], stakes: Sequence[int], users: Seq
             "randaoLength": keys[0].randao.length,
             "validators": [{"address": "0x" + k.address.hex(), "stake": hex(s), "randaoTip": "0x" + k.randao.tip.hex()}
                            for k, s in zip(keys, stakes, strict=True)],
+            **(consensus or {}),
         },
     })
 
@@ -134,7 +136,8 @@ class ChainLedger:
 
     def __init__(self, keys: Sequence[ValidatorKey], stakes: Sequence[int], seed: int, *,
                  slots_per_epoch: int = 8, traffic: Traffic | None = None, bid_share: float = 0.3,
-                 providers: int = 4, directory: Path | None = None) -> None:
+                 providers: int = 4, directory: Path | None = None, consensus: Mapping[str, int] | None = None) -> None:
+        """``consensus``: further fields of the genesis's consensus section (`make_genesis`)."""
         self.rng = random.Random(seed ^ 0x5EED)
         self.clients = [User(Keypair.from_private_key(keccak(b"sim client %d" % i))) for i in range(len(keys))]
         self.providers = [User(Keypair.from_private_key(keccak(b"sim provider %d" % i))) for i in range(len(keys))]
@@ -143,7 +146,11 @@ class ChainLedger:
         self.traffic = traffic or random_traffic(seed, send_share=0.3, task_share=0.3)
         self.bid_share = bid_share
         self.provider_nodes = min(providers, len(keys)) if bid_share else 0
-        self.genesis = make_genesis(keys, stakes, self.clients + self.providers[:self.provider_nodes], slots_per_epoch)
+        self.genesis = make_genesis(keys, stakes, self.clients + self.providers[:self.provider_nodes], slots_per_epoch,
+                                    consensus)
+        # Called as on_block(node, executed) after each block a node builds or imports: for checks that
+        # must hold on every block, side branches included.
+        self.on_block: Callable[[int, ExecutedBlock], None] | None = None
         self._owned = directory is None
         self.directory = Path(tempfile.mkdtemp(prefix="ogpu-sim-")) if directory is None else directory
         self._stores: list[LMDBStore] = []
@@ -193,6 +200,8 @@ class ChainLedger:
         attrs = BlockAttributes(proposal.timestamp, proposal.coinbase, proposal.mix_hash, extra_data=proposal.body.root,
                                 settlement=proposal.settlement)
         executed = chain.build_block(attrs, self._pending(index))
+        if self.on_block is not None:
+            self.on_block(index, executed)
         header = executed.header
         self.raw[header.hash] = encode_block(executed.block)
         block = block_input(header, proposal.body, core.sign_proposal(proposal.slot, header.hash))
@@ -224,7 +233,9 @@ class ChainLedger:
         if not node.chain.has_block(parent):
             node.waiting.setdefault(parent, []).append(root)
             return
-        node.chain.import_block(block, settlement=self.settlements[root])
+        executed = node.chain.import_block(block, settlement=self.settlements[root])
+        if self.on_block is not None:
+            self.on_block(index, executed)
         for child in node.waiting.pop(root, []):
             self.receive_block(index, child)
 

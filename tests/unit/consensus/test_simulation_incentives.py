@@ -223,10 +223,9 @@ def test_the_inactivity_leak_shrinks_an_absent_third_until_finality_resumes(case
     present two thirds comes by F + G + n + 3 (the k-th leak epoch F + G + k is settled by the first
     block of F + G + k + 2, after that epoch's set was read, so the set of F + G + k + 3 shows it), with
     the absent still in it (the leak restored the majority, not an ejection); finality resumes two
-    epochs after that set at the earliest, and by F + G + n + 5. (docs/consensus.md says F + G + n + 4:
-    it counts two epochs from a leak epoch to the set, not three; its loose exp bound on n hides that
-    unless the stakes need all n leak epochs, as with Q = 64 and f = 16/46: finality resumes at F + 12.)
-    Afterwards an absent validator whose stake fell under minValidatorStake is out of the set, and only
+    epochs after that set at the earliest, and by F + G + n + 5, the bound docs/consensus.md derives (its
+    loose exp bound on n makes it tight only when the stakes need all n leak epochs, as with Q = 64 and
+    f = 16/46: finality resumes at F + 12). Afterwards an absent validator whose stake fell under minValidatorStake is out of the set, and only
     then.
 
     Eight slots per epoch: with four validators every vote is then included within its epoch, so each

@@ -50,6 +50,12 @@ def consensus_params(config: ConsensusConfig) -> ConsensusParams:
                            config.base_reward_ppb, config.block_reward, config.inactivity_quotient)
 
 
+def slashing_report_data(evidence: Evidence) -> bytes:
+    """The calldata of the Slashing report of ``evidence`` (to the SLASHING address)."""
+    function = _SLASHING_ABI.function(evidence.function)
+    return function.selector + encode(list(function.inputs), [evidence.first, evidence.second])
+
+
 def chain_rules(chain: Chain, config: ConsensusConfig) -> Rules:
     """The consensus rules of ``chain``: its parameters, its signing domain, and each epoch's validator
     set, read from Stake in the state of the last block before the epoch (Stake changes its set only
@@ -117,8 +123,7 @@ class ProofOfStake:
         """The Slashing report of ``evidence``, signed by this validator with ``nonce``; fees from the
         head's base fee (twice it, as a wallet would, so a rising fee does not strand it)."""
         assert self.key is not None
-        function = _SLASHING_ABI.function(evidence.function)
-        data = function.selector + encode(list(function.inputs), [evidence.first, evidence.second])
+        data = slashing_report_data(evidence)
         base_fee = self.chain.head.base_fee_per_gas
         return signed_call(self.key.keypair.private_key, self.chain.chain_id, nonce, SLASHING, data, gas=gas,
                            max_fee_per_gas=2 * base_fee + REPORT_TIP, max_priority_fee_per_gas=REPORT_TIP)

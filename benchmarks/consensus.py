@@ -76,7 +76,7 @@ def run(validators: int, epochs: int) -> list[Result]:
         fresh = ledger.open_chain("baseline")
         start, cpu = time.perf_counter(), time.process_time()
         for root in blocks:
-            fresh.import_block(decode_block(ledger.raw[root]), as_head=True)
+            fresh.import_block(decode_block(ledger.raw[root]), as_head=True, settlement=ledger.settlements[root])
         bare_wall, bare_cpu = time.perf_counter() - start, time.process_time() - cpu
         assert fresh.head.hash == head, "the blocks imported without consensus end elsewhere"
         measured, target, pending = finality_latencies(sim, ledger, head)

@@ -154,7 +154,8 @@ class Stake(ValidatorSetSteps, NativeContract):
         return list(AddressSet(self.storage(host), "validators"))
 
     def validatorQueues(self, host: Host) -> tuple[int, int, int]:
-        """(the last epoch boundary applied, entries in the activation queue, in the exit queues);
+        """(the last epoch boundary applied, 0 under --dev where every block is one; entries in the
+        activation queue, in the exit queues);
         entries of accounts that changed their mind since are skipped when reached."""
         store = self.storage(host)
         exits = len(AddressQueue(store, "exits")) + len(AddressQueue(store, "ejections"))

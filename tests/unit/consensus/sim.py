@@ -7,13 +7,19 @@ checks them exactly as it checks a real block's header and consensus body. With 
 `sim_chain.ChainLedger`) every node also keeps a real `Chain`: proposals become real blocks of the
 nodes' users' transactions, blocks are executed on import, transactions are gossiped like the rest,
 and each node's canonical chain follows its core's head.
+
+Byzantine behaviour is opt-in per node and slot (`fork_block`, `byzantine_attest`): a node then signs
+with its key directly, past its core's slashing protection; a peer's core may refuse what it forged
+(a surround vote is valid on no branch) without failing the run. `reports` lets the nodes send what
+their validator service sends after attesting (slashing reports). `play` may be called again to go
+on from the slot an earlier call stopped at.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -95,10 +101,22 @@ class Simulation:
         self.run = Run(finalized=[[] for _ in keys])
         self._missed: list[list[object]] = [[] for _ in keys]  # what a node got while it was away
         self._slot = 0
+        self._played = 0  # the last slot played: a later play() goes on from there
+        self._was_offline = [False] * len(keys)
+        # Byzantine behaviour, None meaning honest (both need the node's key, which a test holds):
+        # (node, slot) -> the peers that get a second block the node makes at its proposer slot, with
+        # other transactions and signed past its guard (the other peers get its first): a double proposal.
+        self.fork_block: Callable[[int, int], Collection[int] | None] = lambda node, slot: None
+        # (node, slot) -> the attestations the node sends at the slot's attestation time instead of its
+        # duty's, signed by the test (a double vote: its duty's and another; a surround vote).
+        self.byzantine_attest: Callable[[int, int], list[SignedAttestation] | None] = lambda node, slot: None
+        self._forged: set[object] = set()  # what byzantine nodes sent: a peer may refuse it
+        # (node, slot) -> what the node sends after attesting: its validator's slashing reports.
+        self.reports: Callable[[int, int], list[object]] = lambda node, slot: []
 
-    def _send(self, sender: int, message: object, now: float, slot: int) -> None:
+    def _send(self, sender: int, message: object, now: float, slot: int, to: Collection[int] | None = None) -> None:
         for receiver in range(len(self.nodes)):
-            if receiver == sender or not self.linked(sender, receiver, slot):
+            if receiver == sender or not self.linked(sender, receiver, slot) or (to is not None and receiver not in to):
                 continue
             if self.rng.random() < self.drop(slot):
                 continue
@@ -129,7 +147,8 @@ class Simulation:
                 heapq.heappush(self._queue, (self.params.timestamp(slot) + self.rng.random() * self.max_delay,
                                              self._seq, receiver, self.run.blocks[missing]))
         except InvalidConsensus as exc:
-            raise AssertionError(f"node {receiver} refused an honest message: {exc}") from exc
+            if message not in self._forged:
+                raise AssertionError(f"node {receiver} refused an honest message: {exc}") from exc
         if self.ledger is not None:
             self.ledger.follow(receiver, node)
         self._note(receiver)
@@ -163,9 +182,11 @@ class Simulation:
             self._deliver(receiver, message, slot)
 
     def play(self, slots: int) -> Run:
+        """Play up to slot ``slots``, from slot 1 or from where an earlier call stopped."""
         params = self.params
-        was_offline = [False] * len(self.nodes)
-        for slot in range(1, slots + 1):
+        was_offline = self._was_offline
+        first, self._played = self._played + 1, max(self._played, slots)
+        for slot in range(first, slots + 1):
             self._slot = slot
             start = params.timestamp(slot)
             for i in range(len(self.nodes)):
@@ -193,18 +214,40 @@ class Simulation:
                                        proposal.mix_hash, extra, proposal.body, node.sign_proposal(slot, root))
                 else:
                     block = self.ledger.build(i, node, proposal)
+                fork_to = self.fork_block(i, slot)
+                if fork_to is not None:
+                    if self.ledger is None:
+                        raise ValueError("a double proposal needs a ledger: its blocks differ in their transactions")
+                    second = self.ledger.build_conflicting(i, node, proposal)
+                    node.on_block(second)
+                    self.run.blocks[second.root] = second
+                    self._forged.update((block, second))
+                    self._send(i, second, start, slot, to=fork_to)
                 node.on_block(block)
                 if self.ledger is not None:
                     self.ledger.follow(i, node)
                 self._note(i)
                 self.run.blocks[block.root] = block
-                self._send(i, block, start, slot)
-            self._run_until(start + params.slot_time / 3, slot)
+                self._send(i, block, start, slot,
+                           to=None if fork_to is None else set(range(len(self.nodes))) - set(fork_to))
+            attesting = start + params.slot_time / 3
+            self._run_until(attesting, slot)
             for i, node in enumerate(self.nodes):
+                if self.offline(i, slot):
+                    continue
+                forged = self.byzantine_attest(i, slot)
+                if forged is not None:
+                    self._forged.update(forged)
+                    for attestation in forged:
+                        self._send(i, attestation, attesting, slot)
+                    continue
+                attestation = node.attest(slot)
+                if attestation is not None:
+                    self._send(i, attestation, attesting, slot)
+            for i in range(len(self.nodes)):
                 if not self.offline(i, slot):
-                    attestation = node.attest(slot)
-                    if attestation is not None:
-                        self._send(i, attestation, start + params.slot_time / 3, slot)
+                    for message in self.reports(i, slot):
+                        self._send(i, message, attesting, slot)
         self._run_until(params.timestamp(slots + 1), slots + 1)
         self.run.heads = [node.head() for node in self.nodes]
         return self.run

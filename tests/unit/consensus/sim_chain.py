@@ -8,6 +8,10 @@ and after every message the node's canonical chain follows its consensus core's 
 Every node has a local client who sends transactions through it, gossiped like the rest (transfers
 to other clients, `submitTask`), and the first few nodes a provider (staked and registered in slot 1,
 then bidding on the newest task its node's head shows).
+
+Each node's consensus is a `ProofOfStake` over its chain, as a validator node's is, so a node can
+report the offences its core found as the validator service does (`report_offences`), and a
+byzantine one can sign a second block for its slot (`build_conflicting`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from eth_abi import encode
 
 from ogpu_node.chain import Chain, HeadChange, system_tx_hash
 from ogpu_node.config import GenesisConfig, parse_genesis
-from ogpu_node.consensus import BlockInput, ConsensusCore, Proposal, ValidatorKey, apply_block, genesis_state
+from ogpu_node.consensus import BlockInput, ConsensusCore, Proposal, ValidatorKey, apply_block
 from ogpu_node.contracts.abi import load_abi
 from ogpu_node.contracts.addresses import BID, STAKE, TASK
 from ogpu_node.crypto import Keypair, keccak
@@ -33,8 +37,10 @@ from ogpu_node.execution.calls import CallRequest, call
 from ogpu_node.execution.codec import decode_block, decode_transaction, encode_block
 from ogpu_node.execution.errors import ExecutionReverted
 from ogpu_node.execution.state import BlockAttributes, ExecutedBlock
-from ogpu_node.node.pos import block_input, chain_rules
+from ogpu_node.node.pos import ProofOfStake, block_input, chain_rules
+from ogpu_node.node.validator import ValidatorService
 from ogpu_node.types.protocol import BPS, Role, TaskKind
+from ogpu_node.types.signing import BlockProposal
 from tests.txfactory import sign_tx
 
 OGPU = 10**18
@@ -129,6 +135,12 @@ class Node:
     chain: Chain
     pool: dict[tuple[bytes, int], TransactionMessage] = field(default_factory=dict)  # by (sender, nonce)
     waiting: dict[bytes, list[bytes]] = field(default_factory=dict)  # parent hash -> blocks waiting for it
+    pos: ProofOfStake | None = None  # its consensus, once `ChainLedger.core` made it
+    service: ValidatorService | None = None  # what reports its core's offences, once asked to
+
+
+async def _no_seal(attrs: BlockAttributes, build: Callable[..., ExecutedBlock]) -> None:
+    raise AssertionError("a simulated node's blocks are built by ChainLedger.build, not by its validator service")
 
 
 class ChainLedger:
@@ -185,12 +197,11 @@ class ChainLedger:
     # -- consensus side --
 
     def core(self, index: int, key: ValidatorKey) -> ConsensusCore:
-        """Node ``index``'s consensus core, anchored at its own chain's genesis block, with the rules
-        its chain gives (`chain_rules`), as a validator node makes them."""
-        chain = self.nodes[index].chain
-        rules = chain_rules(chain, self.genesis.consensus)
-        genesis = chain.header_by_number(0)
-        return ConsensusCore(rules, genesis_state(rules, genesis.hash, genesis.mix_hash), key)
+        """Node ``index``'s consensus core: its `ProofOfStake` over its own chain (anchored at the
+        chain's genesis block, with the rules the chain gives), as a validator node makes it."""
+        node = self.nodes[index]
+        node.pos = ProofOfStake(node.chain, self.genesis.consensus, key)
+        return node.pos.core
 
     def build(self, index: int, core: ConsensusCore, proposal: Proposal) -> BlockInput:
         """The proposal as a real block of node ``index``'s pool, built on the proposal's parent."""
@@ -208,6 +219,27 @@ class ChainLedger:
         assert apply_block(core.rules, core.state(proposal.parent_root), block).settlement == proposal.settlement
         self.settlements[header.hash] = proposal.settlement
         return block
+
+    def build_conflicting(self, index: int, core: ConsensusCore, proposal: Proposal) -> BlockInput:
+        """A second block for the proposal's slot, other than `build`'s: the pool's transactions and a
+        zero transfer of the validator to itself (so it differs whatever the pool holds), signed with the
+        validator's key directly, past its core's slashing protection: a double proposal."""
+        assert core.key is not None
+        chain = self.nodes[index].chain
+        chain.set_head(proposal.parent_root)
+        address = core.key.address
+        marker = sign_tx(core.key.keypair, self.next_nonce(index, address), to=address, tip=GWEI, max_fee=10 * GWEI,
+                         chain_id=CHAIN_ID)
+        attrs = BlockAttributes(proposal.timestamp, proposal.coinbase, proposal.mix_hash, extra_data=proposal.body.root,
+                                settlement=proposal.settlement)
+        executed = chain.build_block(attrs, [*self._pending(index), marker.decoded])
+        if self.on_block is not None:
+            self.on_block(index, executed)
+        header = executed.header
+        self.raw[header.hash] = encode_block(executed.block)
+        signing_root = BlockProposal(proposal.slot, header.hash).signing_root(core.rules.chain_id, core.rules.genesis_hash)
+        self.settlements[header.hash] = proposal.settlement
+        return block_input(header, proposal.body, core.key.keypair.sign_hash(signing_root))
 
     def _pending(self, index: int) -> list[Any]:
         """The pool's transactions not yet on the head's branch, each sender's in nonce order."""
@@ -241,6 +273,38 @@ class ChainLedger:
 
     def receive_tx(self, index: int, message: TransactionMessage) -> None:
         self.nodes[index].pool.setdefault((message.sender, message.nonce), message)
+
+    def next_nonce(self, index: int, sender: bytes) -> int:
+        """``sender``'s next nonce on node ``index``: its head's, counting the pool's pending ones (as
+        the transaction pool's `next_nonce`)."""
+        node = self.nodes[index]
+        nonce = node.chain.account(node.chain.head, sender)[0]
+        while (sender, nonce) in node.pool:
+            nonce += 1
+        return nonce
+
+    def report_offences(self, index: int) -> list[TransactionMessage]:
+        """What node ``index``'s validator service sends for the offences its core found: a Slashing
+        report each (`ValidatorService.report_offences`), signed by its validator at its next nonce into
+        its own pool, as `Node._submit_own` does; the caller gossips them."""
+        node = self.nodes[index]
+        assert node.pos is not None
+        if node.service is None:
+            node.service = ValidatorService(node.pos, _no_seal, submit=lambda sign: self._submit_own(index, sign))
+        sent = len(self.sent)
+        node.service.report_offences()
+        return self.sent[sent:]
+
+    def _submit_own(self, index: int, sign: Callable[[int], Any]) -> bytes:
+        pos = self.nodes[index].pos
+        assert pos is not None and pos.key is not None
+        address = pos.key.address
+        nonce = self.next_nonce(index, address)
+        raw = sign(nonce).encode()
+        message = TransactionMessage(raw, decode_transaction(raw), address, nonce, False)
+        self.receive_tx(index, message)
+        self.sent.append(message)
+        return message.tx.hash
 
     def follow(self, index: int, core: ConsensusCore) -> None:
         """Make the node's canonical chain its core's fork-choice head, and never revert what its core

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import rlp
-import trio
 from harness import STAKE_ABI
+from validator_harness import in_process_validator, run_for
 
 from ogpu_node.chain import Chain
 from ogpu_node.config import parse_genesis
@@ -21,9 +21,7 @@ from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.native import SystemHost
-from ogpu_node.node.pos import ProofOfStake
-from ogpu_node.node.validator import ValidatorService
-from ogpu_node.node.validator_key import load_validator_key, randao_chain
+from ogpu_node.node.validator_key import randao_chain
 from ogpu_node.types.protocol import HEAD_WEIGHT, SOURCE_WEIGHT, TARGET_WEIGHT, WEIGHT_DENOMINATOR
 
 pytestmark = pytest.mark.timeout(120)
@@ -62,17 +60,9 @@ def _staked(chain: Chain, header, who: bytes) -> int:
 
 
 async def test_settlements_pay_the_honest_charge_the_absent_and_account_for_the_supply(chain, tmp_path, autojump_clock):
-    pos = ProofOfStake(chain, chain.genesis.consensus, load_validator_key(tmp_path, HONEST, RANDAO_LENGTH))
-
-    async def seal(attrs, build):
-        executed = build(attrs, [])
-        return chain.block_by_hash(executed.header.hash)
-
-    service = ValidatorService(pos, seal, wall_clock=lambda: GENESIS_TIME + trio.current_time())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        await trio.sleep(8 * SLOTS_PER_EPOCH + 0.5)  # into epoch 8: epochs 1 to 6 settled
-        nursery.cancel_scope.cancel()
+    service = in_process_validator(chain, HONEST, tmp_path, RANDAO_LENGTH)
+    pos = service.pos
+    await run_for(service, 8 * SLOTS_PER_EPOCH + 0.5)  # into epoch 8: epochs 1 to 6 settled
     assert pos.core.finalized.epoch >= 5  # the absent fifth of the stake does not stop finality
 
     settled = []  # (block, EpochSettled args) in chain order

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import pytest
 import trio
+from validator_harness import hear_double_vote, in_process_validator
 
 from ogpu_node.chain import Chain
 from ogpu_node.config import parse_genesis
-from ogpu_node.consensus import HashChain, InvalidConsensus
+from ogpu_node.consensus import HashChain
 from ogpu_node.contracts.addresses import SLASHING
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.native import SystemHost
-from ogpu_node.node.pos import ProofOfStake
-from ogpu_node.node.validator import ValidatorService
-from ogpu_node.node.validator_key import load_validator_key, randao_chain
+from ogpu_node.node.validator_key import randao_chain
 from ogpu_node.types.protocol import ValidatorStatus
-from ogpu_node.types.signing import Attestation, SignedAttestation
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,32 +53,12 @@ def _stake_view(chain: Chain, header):
 
 
 async def test_a_double_vote_seen_by_a_validator_is_reported_included_slashed_and_ejected(chain, tmp_path, autojump_clock):
-    pos = ProofOfStake(chain, chain.genesis.consensus, load_validator_key(tmp_path, HONEST, RANDAO_LENGTH))
-    pool: list = []
-
-    async def seal(attrs, build):  # Node.seal_block with the test's pool
-        executed = build(attrs, list(pool))
-        assert not executed.excluded, executed.excluded
-        pool.clear()
-        return chain.block_by_hash(executed.header.hash)
-
-    def submit(sign) -> bytes:  # Node._submit_own: the pool's next nonce for the validator
-        tx = sign(chain.account(chain.head, HONEST.address)[0] + len(pool))
-        pool.append(tx)
-        return tx.hash
-
-    service = ValidatorService(pos, seal, wall_clock=lambda: GENESIS_TIME + trio.current_time(), submit=submit)
+    service = in_process_validator(chain, HONEST, tmp_path, RANDAO_LENGTH)
+    pos = service.pos
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         await trio.sleep(2 * SLOTS_PER_EPOCH + 0.1)  # into epoch 2
-        # The offender signs two different votes for epoch 2's target; the honest node hears both.
-        for head in (chain.head.hash, chain.head.parent_hash):
-            a = Attestation(2 * SLOTS_PER_EPOCH, head, 0, chain.header_by_number(0).hash, 2, chain.head.hash)
-            signed = SignedAttestation(a, OFFENDER.sign_hash(a.signing_root(chain.chain_id, chain.genesis_hash)))
-            try:
-                pos.core.on_attestation(signed)
-            except InvalidConsensus:
-                pass
+        hear_double_vote(pos.core, chain, OFFENDER, 2, SLOTS_PER_EPOCH)
         reported_at = chain.head.block_number
         await trio.sleep(3 * SLOTS_PER_EPOCH)  # the report, a block with it, an epoch boundary
         nursery.cancel_scope.cancel()

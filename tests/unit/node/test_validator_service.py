@@ -9,6 +9,7 @@ import json
 import pytest
 import rlp
 import trio
+from validator_harness import in_process_validator
 
 from ogpu_node.chain import Chain, ChainError
 from ogpu_node.config import parse_genesis
@@ -49,14 +50,7 @@ def chain(tmp_path):
 
 
 def _service(chain: Chain, datadir) -> ValidatorService:
-    key = load_validator_key(datadir, KEYPAIR, RANDAO_LENGTH)
-    pos = ProofOfStake(chain, chain.genesis.consensus, key)
-
-    async def seal(attrs, build):  # Node.seal_block without the pool and subscribers
-        executed = build(attrs, [])
-        return chain.block_by_hash(executed.header.hash)
-
-    return ValidatorService(pos, seal, wall_clock=lambda: GENESIS_TIME + trio.current_time())
+    return in_process_validator(chain, KEYPAIR, datadir, RANDAO_LENGTH)
 
 
 async def test_one_validator_proposes_every_slot_and_finalizes(chain, tmp_path, autojump_clock):

@@ -6,9 +6,9 @@ Chain on LMDB, the real validator service and consensus core, trio's mock clock 
 from __future__ import annotations
 
 import pytest
-import trio
 from harness import STAKE_ABI
 from txfactory import sign_tx
+from validator_harness import in_process_validator, run_for
 
 from ogpu_node.chain import Chain
 from ogpu_node.config import parse_genesis
@@ -18,9 +18,7 @@ from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.native import SystemHost
-from ogpu_node.node.pos import ProofOfStake
-from ogpu_node.node.validator import ValidatorService
-from ogpu_node.node.validator_key import load_validator_key, randao_chain
+from ogpu_node.node.validator_key import randao_chain
 from ogpu_node.types.protocol import ValidatorStatus
 
 pytestmark = pytest.mark.timeout(120)
@@ -73,30 +71,11 @@ def _last_block_before(chain: Chain, epoch: int):
     return chain.header_by_number(number)
 
 
-async def _run(service: ValidatorService, pending: list, seconds: float) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        await trio.sleep(seconds)
-        nursery.cancel_scope.cancel()
-
-
-def _service(chain: Chain, datadir, pending: list) -> ValidatorService:
-    pos = ProofOfStake(chain, chain.genesis.consensus, load_validator_key(datadir, VALIDATOR, RANDAO_LENGTH))
-
-    async def seal(attrs, build):  # Node.seal_block, with the test's transactions as the pool
-        executed = build(attrs, list(pending))
-        pending.clear()
-        assert not executed.excluded, executed.excluded
-        return chain.block_by_hash(executed.header.hash)
-
-    return ValidatorService(pos, seal, wall_clock=lambda: GENESIS_TIME + trio.current_time())
-
-
 async def test_joiners_are_activated_one_per_epoch_boundary_and_get_duties_the_epoch_after(chain, tmp_path, autojump_clock):
     pending = [tx for j in JOINERS
                for tx in _txs(j, 0, ("stake", JOIN), ("setRandaoTip", 0, _tip(j)), ("setRoles", 0, 1))]
-    service = _service(chain, tmp_path, pending)
-    await _run(service, pending, 6 * SLOTS_PER_EPOCH + 0.5)  # into epoch 6
+    service = in_process_validator(chain, VALIDATOR, tmp_path, RANDAO_LENGTH, pending)
+    await run_for(service, 6 * SLOTS_PER_EPOCH + 0.5)  # into epoch 6
     rules = service.pos.rules
 
     def set_of(epoch: int) -> set[bytes]:
@@ -129,14 +108,14 @@ async def test_joiners_are_activated_one_per_epoch_boundary_and_get_duties_the_e
 async def test_an_exit_leaves_the_set_at_the_boundary_after_it_and_the_last_validator_stays(chain, tmp_path, autojump_clock):
     a = JOINERS[0]
     pending = _txs(a, 0, ("stake", JOIN), ("setRandaoTip", 0, _tip(a)), ("setRoles", 0, 1))
-    service = _service(chain, tmp_path, pending)
-    await _run(service, pending, 2 * SLOTS_PER_EPOCH + 0.5)  # a active from epoch 2's set
+    service = in_process_validator(chain, VALIDATOR, tmp_path, RANDAO_LENGTH, pending)
+    await run_for(service, 2 * SLOTS_PER_EPOCH + 0.5)  # a active from epoch 2's set
     rules = service.pos.rules
     assert a.address in rules.validator_set(_last_block_before(chain, 2).hash, 2)
     # Both leave in epoch 2: the boundary of epoch 3 takes a out (churn 1, first in the queue); the
     # genesis validator, queued second, would leave the chain without a validator and stays.
     pending += _txs(a, 3, ("setRoles", 0, 0)) + _txs(VALIDATOR, 0, ("setRoles", 0, 0))
-    await _run(service, pending, 3 * SLOTS_PER_EPOCH)  # into epoch 5
+    await run_for(service, 3 * SLOTS_PER_EPOCH)  # into epoch 5
     assert [set(rules.validator_set(_last_block_before(chain, e).hash, e).by_address) for e in (3, 4, 5)] == [
         {VALIDATOR.address, a.address}, {VALIDATOR.address}, {VALIDATOR.address}]
     assert _validator_of(chain, chain.head, a.address).status == ValidatorStatus.NONE

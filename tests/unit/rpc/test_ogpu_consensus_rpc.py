@@ -11,22 +11,21 @@ import json
 import pytest
 import trio
 from harness import SLASHING_ABI, STAKE_ABI, decode_logs, topic_bytes
+from validator_harness import hear_double_vote, in_process_validator, run_for
 
 from ogpu_node.chain import Chain
 from ogpu_node.config import parse_genesis
-from ogpu_node.consensus import HashChain, InvalidConsensus
+from ogpu_node.consensus import HashChain
 from ogpu_node.contracts.addresses import SLASHING, STAKE
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.native import SystemHost
-from ogpu_node.node.pos import ProofOfStake
 from ogpu_node.node.validator import ValidatorService
-from ogpu_node.node.validator_key import load_validator_key, randao_chain
+from ogpu_node.node.validator_key import randao_chain
 from ogpu_node.rpc.filters import FilterApi
 from ogpu_node.rpc.jsonrpc import JsonRpcProcessor
 from ogpu_node.rpc.ogpu import MAX_SETTLEMENTS, OgpuConsensusApi
-from ogpu_node.types.signing import Attestation, SignedAttestation
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -69,28 +68,7 @@ def chains(tmp_path):
 
 def _service(chain: Chain, datadir, pool: list | None = None) -> ValidatorService:
     """HONEST's validator service, sealing blocks of ``pool`` (its slashing reports) as Node does."""
-    pool = [] if pool is None else pool
-    pos = ProofOfStake(chain, chain.genesis.consensus, load_validator_key(datadir, HONEST, RANDAO_LENGTH))
-
-    async def seal(attrs, build):
-        executed = build(attrs, list(pool))
-        assert not executed.excluded, executed.excluded
-        pool.clear()
-        return chain.block_by_hash(executed.header.hash)
-
-    def submit(sign) -> bytes:  # Node._submit_own: the pool's next nonce for the validator
-        tx = sign(chain.account(chain.head, HONEST.address)[0] + len(pool))
-        pool.append(tx)
-        return tx.hash
-
-    return ValidatorService(pos, seal, wall_clock=lambda: GENESIS_TIME + trio.current_time(), submit=submit)
-
-
-async def _run(service: ValidatorService, seconds: float) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        await trio.sleep(seconds)
-        nursery.cancel_scope.cancel()
+    return in_process_validator(chain, HONEST, datadir, RANDAO_LENGTH, pool)
 
 
 def _caller(service: ValidatorService, chain: Chain, now: float):
@@ -147,7 +125,7 @@ def _validator_entry(chain: Chain, header, epoch_stake: int, who: bytes, settlem
 async def test_validators_show_stake_status_and_settlements_back_to_the_finalized_block(chains, tmp_path, autojump_clock):
     chain = chains(3_000 * OGPU, 1_200 * OGPU)  # the honest one holds 5/7: finality goes on
     service = _service(chain, tmp_path)
-    await _run(service, 8 * SLOTS_PER_EPOCH + 0.5)  # into epoch 8
+    await run_for(service, 8 * SLOTS_PER_EPOCH + 0.5)  # into epoch 8
     core = service.pos.core
     assert core.finalized.epoch >= 5
     call = _caller(service, chain, GENESIS_TIME + 8 * SLOTS_PER_EPOCH + 0.5)
@@ -178,7 +156,7 @@ async def test_validators_list_the_latest_eight_settlements_newest_first_without
         chains, tmp_path, autojump_clock):
     chain = chains(3_000 * OGPU, 3_000 * OGPU)  # half the stake offline: nothing is justified
     service = _service(chain, tmp_path)
-    await _run(service, 13 * SLOTS_PER_EPOCH + 0.5)  # into epoch 13: epochs 1 to 11 settled
+    await run_for(service, 13 * SLOTS_PER_EPOCH + 0.5)  # into epoch 13: epochs 1 to 11 settled
     core = service.pos.core
     assert core.finalized.epoch == 0
     assert len(_settled_blocks(chain, 0)) > MAX_SETTLEMENTS
@@ -201,14 +179,7 @@ async def test_slashings_list_the_offence_reported_on_chain_and_refuse_bad_range
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         await trio.sleep(2 * SLOTS_PER_EPOCH + 0.1)  # into epoch 2
-        # OTHER signs two different votes for epoch 2's target; the honest node hears both.
-        for head in (chain.head.hash, chain.head.parent_hash):
-            a = Attestation(2 * SLOTS_PER_EPOCH, head, 0, chain.header_by_number(0).hash, 2, chain.head.hash)
-            signed = SignedAttestation(a, OTHER.sign_hash(a.signing_root(chain.chain_id, chain.genesis_hash)))
-            try:
-                core.on_attestation(signed)
-            except InvalidConsensus:
-                pass
+        hear_double_vote(core, chain, OTHER, 2, SLOTS_PER_EPOCH)
         await trio.sleep(2 * SLOTS_PER_EPOCH)  # the report and a block with it
         nursery.cancel_scope.cancel()
     call = _caller(service, chain, GENESIS_TIME + trio.current_time())

@@ -140,7 +140,8 @@ class FilterApi:
         # Unguessable ids: one client cannot poll or cancel another's filter.
         return "0x" + os.urandom(16).hex()
 
-    def _block_number(self, value: Any, default: int) -> int:
+    def block_number(self, value: Any, default: int) -> int:
+        """The block number a fromBlock/toBlock parameter names (``default`` when absent)."""
         if value is None:
             return default
         kind, *rest = p.block_id(value)
@@ -155,7 +156,9 @@ class FilterApi:
             return rest[0]
         raise InvalidParams("invalid block: a block hash is not allowed here, use blockHash")
 
-    def _range_logs(self, criteria: LogFilter, first: int, last: int) -> list[dict[str, Any]]:
+    def range_logs(self, criteria: LogFilter, first: int, last: int) -> list[dict[str, Any]]:
+        """The canonical logs of blocks ``first``..``last`` matching ``criteria``, within the range and
+        result caps."""
         last = min(last, self.chain.head.block_number)
         if last - first > MAX_LOG_RANGE:
             raise RpcError(-32005, f"block range too large (limit {MAX_LOG_RANGE})")
@@ -182,11 +185,11 @@ class FilterApi:
             _extend_capped(out, log_filter, block)  # one block can hold more logs than the cap
             return p.to_json(out)
         head = self.chain.head.block_number
-        first = self._block_number(criteria.get("fromBlock"), head)
-        last = self._block_number(criteria.get("toBlock"), head)
+        first = self.block_number(criteria.get("fromBlock"), head)
+        last = self.block_number(criteria.get("toBlock"), head)
         if first > last:
             raise InvalidParams("invalid block range: fromBlock is after toBlock")
-        return p.to_json(self._range_logs(log_filter, first, last))
+        return p.to_json(self.range_logs(log_filter, first, last))
 
     # -- polling filters --
 
@@ -216,10 +219,10 @@ class FilterApi:
     def eth_newFilter(self, ctx: Any, criteria: Any) -> str:
         criteria = p.obj(criteria, "filter")
         head = self.chain.head.block_number
-        first = self._block_number(criteria.get("fromBlock"), head)
+        first = self.block_number(criteria.get("fromBlock"), head)
         to_block = criteria.get("toBlock")
         flt = _Filter("logs", _log_filter(criteria), from_block=first, next_block=head + 1)
-        flt.to_block = None if to_block in (None, "latest", "pending") else self._block_number(to_block, head)
+        flt.to_block = None if to_block in (None, "latest", "pending") else self.block_number(to_block, head)
         return self._install(flt)
 
     def eth_newBlockFilter(self, ctx: Any) -> str:
@@ -256,7 +259,7 @@ class FilterApi:
         while flt.removed:  # at most MAX_REMOVED_BLOCKS blocks: not capped like a range
             block = self.chain.block_by_hash(flt.removed.popleft())
             removed.extend(flt.criteria.logs_of(block, removed=True))
-        return p.to_json(removed + self._range_logs(flt.criteria, max(first, flt.from_block), last))
+        return p.to_json(removed + self.range_logs(flt.criteria, max(first, flt.from_block), last))
 
     def on_reorg(self, change: HeadChange) -> None:
         """After a head switch, as geth: a block filter's next poll returns the adopted blocks' hashes;
@@ -277,7 +280,7 @@ class FilterApi:
             raise RpcError(SERVER_ERROR, "filter not found")
         head = self.chain.head.block_number
         last = head if flt.to_block is None else min(head, flt.to_block)
-        return p.to_json(self._range_logs(flt.criteria, flt.from_block, last))
+        return p.to_json(self.range_logs(flt.criteria, flt.from_block, last))
 
     def eth_uninstallFilter(self, ctx: Any, filter_id: Any) -> bool:
         return self._remove(filter_id) if isinstance(filter_id, str) else False

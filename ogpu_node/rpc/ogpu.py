@@ -159,8 +159,8 @@ class OgpuConsensusApi:
         it), in chain order; a range over 10,000 blocks is -32005."""
         assert self.filters is not None  # registered only with them
         filters = self.filters
-        last = filters._block_number(to_block, filters.chain.head.block_number)
-        first = filters._block_number(from_block, max(0, last - (MAX_SLASHING_RANGE - 1)))
+        last = filters.block_number(to_block, filters.chain.head.block_number)
+        first = filters.block_number(from_block, max(0, last - (MAX_SLASHING_RANGE - 1)))
         if first > last:
             raise InvalidParams("invalid block range: fromBlock is after toBlock")
         # Checked as asked, not as capped at the head: a query refused today is refused tomorrow too.
@@ -168,7 +168,7 @@ class OgpuConsensusApi:
             raise RpcError(-32005, f"block range too large (limit {MAX_SLASHING_RANGE} blocks)")
         offences = LogFilter(frozenset((SLASHING,)), (frozenset((_OFFENCE.topic,)),))
         out = []
-        for entry in filters._range_logs(offences, first, last):
+        for entry in filters.range_logs(offences, first, last):
             args = _event_args(_OFFENCE, entry["topics"], entry["data"])
             out.append({
                 "offender": args["offender"], "kind": _offence_kind(args["kind"]),

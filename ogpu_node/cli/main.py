@@ -281,7 +281,8 @@ def run(
 
 def _proof_of_stake_genesis(datadir: Path, genesis_file: Path | None, block_time: float) -> GenesisConfig:
     """The genesis of a node run without --dev: --genesis, or the datadir's copy that `init` wrote; it
-    must have a consensus section, and match the datadir's copy (the genesis hash does not cover it)."""
+    must have a consensus section, and match the datadir's copy (said plainly here, before the chain's
+    genesis hash, which covers the section, refuses it less clearly)."""
     copy = datadir / _GENESIS_COPY
     if genesis_file is None and not copy.is_file():
         raise click.ClickException(f"no genesis: give --genesis, run `ogpu-node init --datadir {datadir} GENESIS` "

@@ -96,11 +96,11 @@ class ValidatorSetSteps:
         store = self.storage(host)
         queue, members = AddressQueue(store, name), AddressSet(store, "validators")
         activating = bit == _IN_ACTIVATIONS
+        wanted = ValidatorStatus.PENDING if activating else ValidatorStatus.EXITING
         changed = popped = 0
         while changed < limit and popped < MAX_VALIDATOR_QUEUE_POPS and len(queue):
             who = queue.peek()
             validator = self.validator(host, who)
-            wanted = ValidatorStatus.PENDING if activating else ValidatorStatus.EXITING
             if validator.status == wanted and not activating and len(members) == 1 and self.consensus is not None:
                 break  # the last validator stays until another is active: a chain needs a proposer
             queue.pop()

@@ -24,7 +24,7 @@ from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import keccak
 from ogpu_node.execution.codec import check_gas, recover_sender
 from ogpu_node.execution.errors import InvalidBlock, InvalidTransaction
-from ogpu_node.execution.native import SYSTEM_ADDRESS, SystemLog, make_state_class
+from ogpu_node.execution.native import SystemHost, SystemLog, make_state_class
 from ogpu_node.execution.trie import BLANK_ROOT, ordered_trie_root
 from ogpu_node.execution.vm import OgpuVM
 
@@ -69,33 +69,12 @@ def genesis_mix(genesis: GenesisConfig) -> bytes:
     return keccak(genesis.mix_hash + rlp.encode(genesis.consensus.encode()))
 
 
-class _GenesisHost:
-    """Storage access for writing native contracts' genesis records (no transaction, no logs)."""
-
-    caller, value, is_static, block_number, timestamp, mix_hash = SYSTEM_ADDRESS, 0, False, 0, 0, bytes(32)
-
-    def __init__(self, state: Any) -> None:
-        self._state = state
-
-    def sload(self, address: bytes, slot: int) -> int:
-        return self._state.get_storage(address, slot)
-
-    def sstore(self, address: bytes, slot: int, value: int) -> None:
-        self._state.set_storage(address, slot, value)
-
-    def log(self, address: bytes, topics: list[bytes], data: bytes) -> None:
-        pass
-
-    def charge(self, gas: int) -> None:
-        pass
-
-
 def _write_genesis_validators(state: Any, genesis: GenesisConfig) -> None:
     """The consensus section's validators, staked and active in Stake, their stake minted into
     Stake's balance (its invariant: balance = Σ staked + Σ unbonding)."""
     assert genesis.consensus is not None
     stake = Stake(genesis.protocol, genesis.consensus)
-    host = _GenesisHost(state)
+    host = SystemHost(state, [])
     for validator in genesis.consensus.validators:
         stake.add_genesis_validator(host, validator.address, validator.stake, validator.randao_tip)
         state.set_balance(STAKE, state.get_balance(STAKE) + validator.stake)
@@ -314,6 +293,15 @@ class Execution:
     def state_at(self, header: BlockHeaderAPI) -> StateAPI:
         """The state after `header`, in the context of a child block (as eth_call runs)."""
         return self.vm_class.build_state(self.store, header, self.chain_context)
+
+    @property
+    def stake(self) -> Stake:
+        """This chain's Stake contract; its views read through `read_host`."""
+        return self.vm_class.get_state_class().stake_contract
+
+    def read_host(self, header: BlockHeaderAPI) -> SystemHost:
+        """A host over the state after `header`, for the native contracts' views (reads only)."""
+        return SystemHost(self.state_at(header), [])
 
     def account(self, header: BlockHeaderAPI, address: bytes) -> tuple[int, int, bytes]:
         state = self.state_at(header)

@@ -33,16 +33,14 @@ from ogpu_node.consensus import (
 from ogpu_node.consensus.slashings import Evidence
 from ogpu_node.contracts.abi import load_abi
 from ogpu_node.contracts.addresses import SLASHING
-from ogpu_node.contracts.stake import Stake
 from ogpu_node.execution.calls import signed_call
-from ogpu_node.execution.native import SystemHost
 from ogpu_node.execution.state import BlockAttributes, ExecutedBlock
 
 log = logging.getLogger("ogpu.consensus")
 
 _SLASHING_ABI = load_abi("Slashing")
 REPORT_TIP = 10**9  # wei per gas: a slashing report pays a proposer to include it
-_RECORD = b"ogpu:pos:"  # + block hash -> rlp([consensus body, proposal signature])
+CONSENSUS_RECORD = b"ogpu:pos:"  # + block hash -> rlp([consensus body, proposal signature])
 
 
 def consensus_params(config: ConsensusConfig) -> ConsensusParams:
@@ -60,15 +58,15 @@ def chain_rules(chain: Chain, config: ConsensusConfig) -> Rules:
     """The consensus rules of ``chain``: its parameters, its signing domain, and each epoch's validator
     set, read from Stake in the state of the last block before the epoch (Stake changes its set only
     at epoch boundaries, so that is the set its first block's system call left)."""
-    stake = Stake(chain.genesis.protocol, config)
+    execution = chain.execution
 
     @lru_cache(maxsize=1024)
     def validators_at(root: bytes) -> ValidatorSet:
         header = chain.header_by_hash(root)
         if header is None:
             raise ChainError(f"no stored block 0x{root.hex()} to read its validator set from")
-        host = SystemHost(chain.execution.state_at(header), [])  # reads only
-        return ValidatorSet.of([Validator(address, staked, tip) for address, staked, tip in stake.active_validators(host)])
+        active = execution.stake.active_validators(execution.read_host(header))
+        return ValidatorSet.of([Validator(address, staked, tip) for address, staked, tip in active])
 
     return Rules(consensus_params(config), chain.chain_id, chain.genesis_hash, lambda root, epoch: validators_at(root))
 
@@ -105,7 +103,7 @@ class ProofOfStake:
         head = self.chain.head.block_number
         for number in range(1, head + 1):
             header = self.chain.header_by_number(number)
-            record = self.chain.store.get(_RECORD + header.hash)
+            record = self.chain.store.get(CONSENSUS_RECORD + header.hash)
             if record is None:
                 raise ChainError(f"block {number} has no consensus record: this datadir was not made by a "
                                  "proof-of-stake node of this genesis")
@@ -151,7 +149,7 @@ class ProofOfStake:
                     child = apply_block(rules, parent, block)  # never commit a block consensus would refuse
                     if child.settlement != attrs.settlement:
                         raise ChainError("the block's settlement is not the one its consensus state derives")
-                    store[_RECORD + header.hash] = rlp.encode([proposal.body.encode(), block.signature])
+                    store[CONSENSUS_RECORD + header.hash] = rlp.encode([proposal.body.encode(), block.signature])
             except BaseException:
                 chain.head = before
                 raise
@@ -165,8 +163,7 @@ class ProofOfStake:
 def _check_key(chain: Chain, config: ConsensusConfig, key: ValidatorKey) -> None:
     """Refuse a key whose RANDAO chain is not the one Stake registered for it (its reveals would be
     refused); a key not registered yet validates once an epoch boundary activates it."""
-    host = SystemHost(chain.execution.state_at(chain.head), [])
-    registered = Stake(chain.genesis.protocol, config).validatorOf(host, key.address)
+    registered = chain.execution.stake.validatorOf(chain.execution.read_host(chain.head), key.address)
     if registered.randao_tip == bytes(32):
         log.warning("0x%s is not a registered validator: it gets duties once Stake activates it "
                     "(setRandaoTip with `ogpu-node validator randao-tip`, then setRoles)", key.address.hex())

@@ -15,8 +15,6 @@ from ogpu_node.chain import LogFilter
 from ogpu_node.consensus import BranchState, Checkpoint, ConsensusCore
 from ogpu_node.contracts.abi import Event, load_abi
 from ogpu_node.contracts.addresses import SLASHING
-from ogpu_node.contracts.stake import Stake
-from ogpu_node.execution.native import SystemHost
 from ogpu_node.rpc import params as p
 from ogpu_node.rpc.filters import FilterApi
 from ogpu_node.rpc.jsonrpc import InvalidParams, RpcError
@@ -74,7 +72,6 @@ class OgpuConsensusApi:
         self.core = core
         self.wall_clock = wall_clock
         self.filters = filters
-        self._stake = None if filters is None else Stake(filters.chain.genesis.protocol, filters.chain.genesis.consensus)
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         methods = {"ogpu_validators": self.ogpu_validators, "ogpu_finality": self.ogpu_finality,
@@ -115,13 +112,13 @@ class OgpuConsensusApi:
 
     def _head_stake(self, validators: Iterable[bytes]) -> dict[bytes, dict[str, str]]:
         """Stake's `staked` and validator status of each address after the head block."""
-        if self.filters is None or self._stake is None:
+        if self.filters is None:
             return {}
         chain = self.filters.chain
         header = chain.header_by_hash(self.core.head()) or chain.head
-        host = SystemHost(chain.execution.state_at(header), [])  # reads only
-        return {address: {"status": _STATUS[ValidatorStatus(self._stake.validatorOf(host, address).status)],
-                          "staked": hex(self._stake.stakeOf(host, address).staked)}
+        stake, host = chain.execution.stake, chain.execution.read_host(header)
+        return {address: {"status": _STATUS[ValidatorStatus(stake.validatorOf(host, address).status)],
+                          "staked": hex(stake.stakeOf(host, address).staked)}
                 for address in validators}
 
     def ogpu_validators(self, ctx: Any) -> list[dict[str, Any]]:

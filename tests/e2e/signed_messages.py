@@ -16,8 +16,7 @@ from ogpu_node.config import GenesisConfig
 from ogpu_node.consensus import ConsensusBody
 from ogpu_node.crypto.signatures import recover_signer
 from ogpu_node.db import LMDBStore
-from ogpu_node.node.pos import _RECORD as CONSENSUS_RECORD
-from ogpu_node.node.pos import ProofOfStake
+from ogpu_node.node.pos import CONSENSUS_RECORD, ProofOfStake
 from ogpu_node.types.signing import BlockProposal, SignedAttestation, SignedProposal
 
 

@@ -44,7 +44,7 @@ MAX_DELAY = SLOT_TIME / 3 - 0.01  # every message arrives before the next duty t
 
 def stake_of(chain: Chain, header: Any) -> tuple[Stake, SystemHost]:
     """Stake's logic over ``header``'s state (reads only)."""
-    return Stake(chain.genesis.protocol, chain.genesis.consensus), SystemHost(chain.execution.state_at(header), [])
+    return chain.execution.stake, chain.execution.read_host(header)
 
 
 def staked(chain: Chain, header: Any, who: bytes) -> int:
@@ -132,7 +132,7 @@ class SupplyCheck:
         state = chain.execution.state_at(header)
         supply = sum(state.get_balance(a) for a in self.holders)
         assert supply == expected, f"seed {self.seed}: {where}: the accounts hold {supply} wei, the supply is {expected} ({supply - expected:+})"
-        stake, host = Stake(chain.genesis.protocol, chain.genesis.consensus), SystemHost(state, [])
+        stake, host = chain.execution.stake, SystemHost(state, [])
         records = [stake.stakeOf(host, a) for a in self.stakers]
         assert state.get_balance(STAKE) == sum(r.staked + r.unbonding for r in records), \
             f"seed {self.seed}: {where}: Stake's balance is not its accounts' staked + unbonding"

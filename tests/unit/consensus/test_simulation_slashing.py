@@ -157,7 +157,7 @@ def stakes_for(offence: Offence, rng: random.Random) -> tuple[list[int], int, st
 
 
 def stake_at(chain: Chain, header: Any) -> tuple[Stake, SystemHost]:
-    return Stake(chain.genesis.protocol, chain.genesis.consensus), SystemHost(chain.execution.state_at(header), [])
+    return chain.execution.stake, chain.execution.read_host(header)
 
 
 def fee_moves(block: Any, who: bytes) -> int:

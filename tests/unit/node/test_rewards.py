@@ -17,10 +17,10 @@ from ogpu_node.consensus import ConsensusBody, HashChain
 from ogpu_node.consensus.rewards import base_reward, proposer_share
 from ogpu_node.contracts.addresses import ALL as NATIVE_CONTRACTS
 from ogpu_node.contracts.addresses import STAKE
-from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
 from ogpu_node.execution.native import SystemHost
+from ogpu_node.node.pos import CONSENSUS_RECORD
 from ogpu_node.node.validator_key import randao_chain
 from ogpu_node.types.protocol import HEAD_WEIGHT, SOURCE_WEIGHT, TARGET_WEIGHT, WEIGHT_DENOMINATOR
 
@@ -55,8 +55,8 @@ def chain(tmp_path):
 
 
 def _staked(chain: Chain, header, who: bytes) -> int:
-    host = SystemHost(chain.execution.state_at(header), [])
-    return Stake(chain.genesis.protocol, chain.genesis.consensus).stakeOf(host, who).staked
+    host = chain.execution.read_host(header)
+    return chain.execution.stake.stakeOf(host, who).staked
 
 
 async def test_settlements_pay_the_honest_charge_the_absent_and_account_for_the_supply(chain, tmp_path, autojump_clock):
@@ -75,7 +75,7 @@ async def test_settlements_pay_the_honest_charge_the_absent_and_account_for_the_
     epochs = [args["epoch"] for _, args in settled]
     assert epochs == list(range(3, 3 + len(epochs))) and len(epochs) >= 5
 
-    bodies = [ConsensusBody.decode(rlp.decode(chain.store[b"ogpu:pos:" + chain.header_by_number(n).hash])[0])
+    bodies = [ConsensusBody.decode(rlp.decode(chain.store[CONSENSUS_RECORD + chain.header_by_number(n).hash])[0])
               for n in range(1, chain.head.block_number + 1)]
     minted = burned = 0
     for block, args in settled:
@@ -110,4 +110,4 @@ async def test_settlements_pay_the_honest_charge_the_absent_and_account_for_the_
     supply = sum(state.get_balance(a) for a in (HONEST.address, ABSENT.address, *NATIVE_CONTRACTS))
     assert supply == chain.genesis.total_supply + minted - burned
     host = SystemHost(state, [])
-    assert Stake(chain.genesis.protocol, chain.genesis.consensus).totalStaked(host) == state.get_balance(STAKE)
+    assert chain.execution.stake.totalStaked(host) == state.get_balance(STAKE)

@@ -14,10 +14,8 @@ from ogpu_node.chain import Chain
 from ogpu_node.config import parse_genesis
 from ogpu_node.consensus import HashChain
 from ogpu_node.contracts.addresses import SLASHING
-from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
-from ogpu_node.execution.native import SystemHost
 from ogpu_node.node.validator_key import randao_chain
 from ogpu_node.types.protocol import ValidatorStatus
 
@@ -49,7 +47,7 @@ def chain(tmp_path):
 
 
 def _stake_view(chain: Chain, header):
-    return SystemHost(chain.execution.state_at(header), []), Stake(chain.genesis.protocol, chain.genesis.consensus)
+    return chain.execution.read_host(header), chain.execution.stake
 
 
 async def test_a_double_vote_seen_by_a_validator_is_reported_included_slashed_and_ejected(chain, tmp_path, autojump_clock):

@@ -14,11 +14,9 @@ from validator_harness import in_process_validator
 from ogpu_node.chain import Chain, ChainError
 from ogpu_node.config import parse_genesis
 from ogpu_node.consensus import ConsensusBody
-from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
-from ogpu_node.execution.native import SystemHost
-from ogpu_node.node.pos import ProofOfStake
+from ogpu_node.node.pos import CONSENSUS_RECORD, ProofOfStake
 from ogpu_node.node.validator import ValidatorService
 from ogpu_node.node.validator_key import load_validator_key, randao_chain, randao_secret
 from ogpu_node.rpc.jsonrpc import JsonRpcProcessor
@@ -69,7 +67,7 @@ async def test_one_validator_proposes_every_slot_and_finalizes(chain, tmp_path, 
     # Each block's extra_data commits to its stored consensus body.
     for number in range(1, 25):
         header = chain.header_by_number(number)
-        body, _ = rlp.decode(chain.store[b"ogpu:pos:" + header.hash])
+        body, _ = rlp.decode(chain.store[CONSENSUS_RECORD + header.hash])
         assert ConsensusBody.decode(body).root == header.extra_data
         assert ConsensusBody.decode(body).slot == number
 
@@ -155,8 +153,8 @@ async def test_ogpu_methods_answer_from_the_core_and_refuse_bad_params(chain, tm
                         "head": "0x" + chain.head.hash.hex(), "slot": "0x14"}
     tip = randao_chain(KEYPAIR.private_key, RANDAO_LENGTH).tip
     # Epoch 5's stake: Stake's at the last block before it, grown by the settled epochs' rewards.
-    host = SystemHost(chain.execution.state_at(chain.header_by_number(19)), [])
-    staked = Stake(chain.genesis.protocol, chain.genesis.consensus).stakeOf(host, KEYPAIR.address).staked
+    host = chain.execution.read_host(chain.header_by_number(19))
+    staked = chain.execution.stake.stakeOf(host, KEYPAIR.address).staked
     assert staked > 10**21
     validators = await call("ogpu_validators")  # status, staked, settlements: tests/unit/rpc/test_ogpu_consensus_rpc.py
     assert [{k: v[k] for k in ("address", "stake", "randaoTip")} for v in validators] == [

@@ -14,10 +14,8 @@ from ogpu_node.chain import Chain
 from ogpu_node.config import parse_genesis
 from ogpu_node.consensus import HashChain
 from ogpu_node.contracts.addresses import STAKE
-from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
-from ogpu_node.execution.native import SystemHost
 from ogpu_node.node.validator_key import randao_chain
 from ogpu_node.types.protocol import ValidatorStatus
 
@@ -59,8 +57,8 @@ def _txs(keypair: Keypair, nonce: int, *calls: tuple) -> list:
 
 
 def _validator_of(chain: Chain, header, address: bytes):
-    host = SystemHost(chain.execution.state_at(header), [])
-    return Stake(chain.genesis.protocol, chain.genesis.consensus).validatorOf(host, address)
+    host = chain.execution.read_host(header)
+    return chain.execution.stake.validatorOf(host, address)
 
 
 def _last_block_before(chain: Chain, epoch: int):
@@ -96,8 +94,8 @@ async def test_joiners_are_activated_one_per_epoch_boundary_and_get_duties_the_e
         assert first < GENESIS_TIME + (epoch + 1) * SLOTS_PER_EPOCH
     # The core weighs them by their stake and gives them duties: every validator attests once in epoch 5.
     state = service.pos.core.epoch_state(5)
-    host = SystemHost(chain.execution.state_at(_last_block_before(chain, 5)), [])
-    stake = Stake(chain.genesis.protocol, chain.genesis.consensus)
+    host = chain.execution.read_host(_last_block_before(chain, 5))
+    stake = chain.execution.stake
     assert state.current.validators.total_stake == sum(stake.stakeOf(host, x).staked for x in (v, a, b, c))
     assert sorted(state.current.attestation_slot(x, rules.params) for x in (v, a, b, c)) == list(range(20, 24))
     # The joiners run no node: the slots they propose stay empty, and the genesis validator still has its own.

@@ -17,10 +17,8 @@ from ogpu_node.chain import Chain
 from ogpu_node.config import parse_genesis
 from ogpu_node.consensus import HashChain
 from ogpu_node.contracts.addresses import SLASHING, STAKE
-from ogpu_node.contracts.stake import Stake
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore
-from ogpu_node.execution.native import SystemHost
 from ogpu_node.node.validator import ValidatorService
 from ogpu_node.node.validator_key import randao_chain
 from ogpu_node.rpc.filters import FilterApi
@@ -84,7 +82,7 @@ def _caller(service: ValidatorService, chain: Chain, now: float):
 
 
 def _stake_at(chain: Chain, header):
-    return SystemHost(chain.execution.state_at(header), []), Stake(chain.genesis.protocol, chain.genesis.consensus)
+    return chain.execution.read_host(header), chain.execution.stake
 
 
 def _staked(chain: Chain, header, who: bytes) -> int:

@@ -36,6 +36,7 @@ from ogpu_node.rpc.calls import CallLimits
 from ogpu_node.rpc.eth import EthApi
 from ogpu_node.rpc.filters import FilterApi
 from ogpu_node.rpc.jsonrpc import JsonRpcProcessor
+from ogpu_node.rpc.net import NetApi, NoNetwork
 from ogpu_node.rpc.ogpu import OgpuConsensusApi
 from ogpu_node.rpc.server import HttpServer, ServerLimits, WebSocketServer
 from ogpu_node.txpool import PoolConfig, TxPool
@@ -114,7 +115,8 @@ class Node:
         )
         self.filters = FilterApi(self.chain, self._checkpoint_root)
         ogpu = {} if self.pos is None else OgpuConsensusApi(self.pos.core, filters=self.filters).methods()
-        self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods(), **ogpu})
+        net = NetApi(getattr(self, "network_view", None) or NoNetwork(self.chain), config.genesis.chain_id)
+        self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods(), **ogpu, **net.methods()})
         self.http_port: int | None = None
         self.ws_port: int | None = None
         # Hashes for newPendingTransactions subscribers; bounded, a burst beyond it is not announced.

@@ -1,4 +1,5 @@
-"""The eth_*, net_* and web3_* methods over a Chain and a TxPool (sans-IO: plain calls, JSON values)."""
+"""The eth_*, net_* and web3_* methods over a Chain and a TxPool (sans-IO: plain calls, JSON values).
+Those that report on the p2p network (net_listening, net_peerCount, eth_syncing) are in net.py."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ class EthApi:
         chain: Chain,
         pool: TxPool,
         on_transaction: Callable[[bytes], None],
-        peer_count: Callable[[], int] = lambda: 0,
         *,
         call_limits: CallLimits = CallLimits(),
         allow_unprotected_txs: bool = False,
@@ -37,7 +37,6 @@ class EthApi:
         self.chain = chain
         self.pool = pool
         self.on_transaction = on_transaction
-        self.peer_count = peer_count
         self.calls = CallRunner(call_limits)
         self.allow_unprotected_txs = allow_unprotected_txs  # geth's --rpc.allow-unprotected-txs
         self.refuse_writes = refuse_writes  # why the node takes no transactions now (a full disk), or None
@@ -123,12 +122,6 @@ class EthApi:
     def net_version(self, ctx: Any) -> str:
         return str(self.chain.chain_id)
 
-    def net_listening(self, ctx: Any) -> bool:
-        return True
-
-    def net_peerCount(self, ctx: Any) -> str:
-        return hex(self.peer_count())
-
     # -- chain --
 
     def eth_chainId(self, ctx: Any) -> str:
@@ -136,9 +129,6 @@ class EthApi:
 
     def eth_blockNumber(self, ctx: Any) -> str:
         return hex(self.chain.head.block_number)
-
-    def eth_syncing(self, ctx: Any) -> bool:
-        return False
 
     def eth_accounts(self, ctx: Any) -> list[str]:
         return []

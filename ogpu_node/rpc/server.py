@@ -1,8 +1,8 @@
 """Network transport for the JSON-RPC API: HTTP/1.1 (h11) and WebSocket (trio-websocket).
 
 This module only moves bytes between sockets and a handler; it knows nothing about JSON-RPC
-methods. The handler gets a `Session` per connection so it can push subscription notifications
-over WebSocket and drop them when the connection ends.
+methods. The handler gets a `Session` (session.py) per connection so it can push subscription
+notifications over WebSocket and drop them when the connection ends.
 
 The HTTP server also serves blobs beside the RPC (`/blobs/<hash>`, docs/rpc.md "Blobs"): those
 requests go to `blobs_http.BlobRoutes`; the h11 plumbing both use is `httpio`.
@@ -14,7 +14,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import h11
 import trio
@@ -37,6 +37,7 @@ from ogpu_node.rpc.httpio import (
     read_body,
     response,
 )
+from ogpu_node.rpc.session import HttpSession, Session, SessionClosed, WsSession
 
 log = logging.getLogger("ogpu.rpc")
 
@@ -52,16 +53,6 @@ _NOT_JSON_BODY = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,'
     b'"message":"invalid content type, only application/json is supported"}}'
 )
-
-
-class Session(Protocol):
-    """What the handler gets for each connection."""
-
-    is_websocket: bool
-
-    async def send(self, payload: bytes) -> None: ...
-
-    def on_close(self, callback: Callable[[], None]) -> None: ...
 
 
 Handler = Callable[[bytes, Session], Awaitable[bytes | None]]
@@ -80,60 +71,11 @@ class ServerLimits:
     ws_handshake_timeout_s: float = 10.0  # a WebSocket's opening (from the connection's start) and closing
 
 
-class SessionClosed(ConnectionError):
-    """Raised by a WebSocket session's `send` once the connection is gone."""
-
-
-class _BaseSession:
-    is_websocket = False
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[], None]] | None = []
-
-    def on_close(self, callback: Callable[[], None]) -> None:
-        if self._callbacks is None:  # already closed: run now so the caller still cleans up
-            callback()
-        else:
-            self._callbacks.append(callback)
-
-    def _fire_close(self) -> None:
-        callbacks, self._callbacks = self._callbacks or [], None
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # one bad callback must not leak the others' subscriptions
-                log.exception("session on_close callback failed")
-
-
-class _HttpSession(_BaseSession):
-    async def send(self, payload: bytes) -> None:
-        raise RuntimeError("cannot push messages over HTTP; use a WebSocket connection")
-
-
-class _WsSession(_BaseSession):
-    is_websocket = True
-
-    def __init__(self, ws: tws.WebSocketConnection) -> None:
-        super().__init__()
-        self._ws = ws
-        self._lock = trio.Lock()  # replies and notifications come from different tasks
-
-    async def send(self, payload: bytes) -> None:
-        try:
-            message: str | bytes = payload.decode()
-        except UnicodeDecodeError:
-            message = payload
-        try:
-            async with self._lock:
-                await self._ws.send_message(message)
-        except tws.ConnectionClosed as exc:
-            raise SessionClosed("websocket connection closed") from exc
-
-
 async def _serve_tcp(server: Any, task_status: Any) -> None:
-    """Bind `server._host:server.port` (0 = ephemeral, then read back) and serve its connections."""
+    """Bind `server._host:server.port` (0 = ephemeral, then read back, as `listen_hosts`) and serve."""
     listeners = await trio.open_tcp_listeners(server.port, host=server._host)
     server.port = listeners[0].socket.getsockname()[1]
+    server.listen_hosts = tuple(listener.socket.getsockname()[0] for listener in listeners)
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, server._connection, listeners)
         task_status.started(server.port)
@@ -169,7 +111,7 @@ class HttpServer:
         if not admission.admit():  # every slot has a request in progress
             await close_lingering(stream, BUSY)
             return
-        session = _HttpSession()
+        session = HttpSession(self.listen_hosts, stream)
         limits = self._limits
         idle = trio.CancelScope(deadline=trio.current_time() + limits.idle_timeout_s)
         clock = ReadClock(idle, limits.read_timeout_s, limits.idle_timeout_s)
@@ -189,14 +131,14 @@ class HttpServer:
             log.debug("HTTP connection dropped: %r", exc)
         finally:
             admission.release(idle)
-            session._fire_close()
+            session.fire_close()
             await trio.aclose_forcefully(stream)
 
     async def _serve(
         self,
         stream: trio.SocketStream,
         conn: h11.Connection,
-        session: _HttpSession,
+        session: HttpSession,
         idle: trio.CancelScope,
         clock: ReadClock,
     ) -> None:
@@ -327,7 +269,7 @@ class WebSocketServer:
                 nursery.cancel_scope.cancel()  # the reader task, which leaves the socket open
             else:
                 try:
-                    await self._messages(ws, evict)
+                    await self._messages(ws, evict, stream)
                 finally:
                     # Let the reader task finish the closing handshake, within a bound.
                     nursery.cancel_scope.deadline = trio.current_time() + handshake_s
@@ -336,9 +278,11 @@ class WebSocketServer:
             log.debug("websocket handshake not received within %gs: 408", handshake_s)
             await close_lingering(stream, TIMED_OUT)
 
-    async def _messages(self, ws: tws.WebSocketConnection, evict: trio.CancelScope) -> None:
+    async def _messages(
+        self, ws: tws.WebSocketConnection, evict: trio.CancelScope, stream: trio.SocketStream
+    ) -> None:
         admission = self._admission
-        session = _WsSession(ws)
+        session = WsSession(ws, self.listen_hosts, stream)
         try:
             # One message at a time, so replies keep the order of requests on this connection.
             while True:
@@ -362,4 +306,4 @@ class WebSocketServer:
                     except SessionClosed:
                         return
         finally:
-            session._fire_close()
+            session.fire_close()

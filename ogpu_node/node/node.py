@@ -27,6 +27,7 @@ from ogpu_node.consensus import ValidatorKey
 from ogpu_node.crypto import Keypair, keccak
 from ogpu_node.db import LMDBStore, StoreFull
 from ogpu_node.execution.state import BlockAttributes
+from ogpu_node.node.network import NodeNetwork, P2PConfig
 from ogpu_node.node.pos import ProofOfStake
 from ogpu_node.node.slashing_protection import SlashingProtection
 from ogpu_node.node.validator import ValidatorService
@@ -67,6 +68,7 @@ class NodeConfig:
     allow_unprotected_txs: bool = False  # --rpc.allow-unprotected-txs
     access: HttpAccess = field(default_factory=HttpAccess)  # --http.vhosts, --http.corsdomain, --ws.origins
     validator: ValidatorKey | None = None  # proof of stake: --keystore's key; None: a full node
+    p2p: P2PConfig | None = None  # proof of stake: the network (--port, --bootnodes); None: no peers
 
 
 def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
@@ -78,6 +80,7 @@ def dev_mix_hash(signer: Keypair, parent_mix: bytes, number: int) -> bytes:
 class Node:
     # The failure of the last sealing attempt while the chain database is out of disk space, else None.
     _store_full: StoreFull | None = None
+    _nursery: trio.Nursery | None = None  # the node's, while it runs
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -115,7 +118,9 @@ class Node:
         )
         self.filters = FilterApi(self.chain, self._checkpoint_root)
         ogpu = {} if self.pos is None else OgpuConsensusApi(self.pos.core, filters=self.filters).methods()
-        net = NetApi(getattr(self, "network_view", None) or NoNetwork(self.chain), config.genesis.chain_id)
+        # Proof of stake with --port: gossip, requests and sync (node/network.py).
+        self.network = None if self.pos is None or config.p2p is None else NodeNetwork(self, config.p2p)
+        net = NetApi(self.network or NoNetwork(self.chain), config.genesis.chain_id)
         self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods(), **ogpu, **net.methods()})
         self.http_port: int | None = None
         self.ws_port: int | None = None
@@ -133,6 +138,10 @@ class Node:
 
     def _on_transaction(self, tx_hash: bytes) -> None:
         self._tx_arrived.set()
+        if self.network is not None and self._nursery is not None:
+            entry = self.pool.get(tx_hash)
+            if entry is not None:  # gossiped once: a copy heard back from a peer is a duplicate it drops
+                self._nursery.start_soon(self.network.publish_transaction, entry[1].encode())
         self.filters.on_pending_transaction(tx_hash)
         try:
             self._pending_out.send_nowait(tx_hash)
@@ -318,9 +327,14 @@ class Node:
                     )
                     self.ws_port = await nursery.start(ws.run)
                 await nursery.start(self.filters.run)
+                self._nursery = nursery
+                if self.network is not None:
+                    await nursery.start(self.network.run)
                 if self.pos is not None:
                     if config.validator is not None:
-                        await nursery.start(ValidatorService(self.pos, self.seal_block, submit=self._submit_own).run)
+                        service = ValidatorService(self.pos, self.seal_block, submit=self._submit_own,
+                                                   gossip=self.network, follow=self.adopt_head)
+                        await nursery.start(service.run)
                 elif config.block_time > 0:
                     nursery.start_soon(self._produce_on_interval)
                 else:

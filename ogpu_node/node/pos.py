@@ -117,6 +117,15 @@ class ProofOfStake:
             log.info("consensus replayed blocks=%d head=0x%s finalized_epoch=%d",
                      head, self.core.head().hex(), finalized.epoch)
 
+    def import_block(self, block: Any, inp: BlockInput, settlement: Any) -> ExecutedBlock:
+        """Execute and store a block that consensus accepted (``settlement``: what its parent's consensus
+        state derives for it), with its consensus record in the same write transaction, so a crash keeps
+        both or neither and a restarted node replays it. The head stays; fork choice moves it."""
+        with self.chain.store.write_session():
+            executed = self.chain.import_block(block, settlement=settlement)
+            self.chain.store[CONSENSUS_RECORD + inp.root] = rlp.encode([inp.body.encode(), inp.signature])
+        return executed
+
     def report_transaction(self, evidence: Evidence, nonce: int, gas: int) -> Any:
         """The Slashing report of ``evidence``, signed by this validator with ``nonce``; fees from the
         head's base fee (twice it, as a wallet would, so a rising fee does not strand it)."""

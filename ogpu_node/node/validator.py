@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -16,6 +16,7 @@ from ogpu_node.chain import ChainError
 from ogpu_node.consensus import BlockInput, InvalidConsensus
 from ogpu_node.execution.state import BlockAttributes
 from ogpu_node.node.pos import ProofOfStake
+from ogpu_node.types.signing import SignedAttestation
 
 log = logging.getLogger("ogpu.validator")
 
@@ -25,18 +26,36 @@ Sealer = Callable[..., Awaitable[Any]]
 # it for a nonce (the pool's next for the validator); returns its hash, raises on a refusal.
 Submitter = Callable[[Callable[[int], Any]], bytes]
 
+
+
+class Gossip(Protocol):
+    """Where a validator's blocks and votes go: the node's network (node/network.py)."""
+
+    async def publish_block(self, block: BlockInput, stored: Any) -> None: ...
+
+    async def publish_attestation(self, signed: SignedAttestation) -> None: ...
+
+    def syncing(self) -> Any: ...
+
+
 REPORT_GAS = 400_000  # a Slashing report: two signature recoveries, the slash, the ejection, logs
 
 
 class ValidatorService:
     def __init__(self, pos: ProofOfStake, seal: Sealer, wall_clock: Callable[[], float] = time.time,
-                 submit: Submitter | None = None) -> None:
+                 submit: Submitter | None = None, gossip: Gossip | None = None,
+                 follow: Callable[[bytes], Awaitable[Any]] | None = None) -> None:
+        """``gossip``: the network its blocks and votes are published to (None: a lone validator);
+        ``follow``: makes a stored block the chain's head (Node.adopt_head), so a proposal builds on
+        the head fork choice chose even when the chain's head lags it."""
         if pos.key is None:
             raise ValueError("a validator service needs a validator key")
         self.pos = pos
         self.seal = seal
         self.submit = submit  # None: offences found are logged, not reported
         self.wall_clock = wall_clock  # unix time; tests pass one driven by trio's mock clock
+        self.gossip = gossip
+        self.follow = follow
         self._finalized = pos.core.finalized
 
     async def _sleep_until(self, unix_time: float) -> None:
@@ -62,7 +81,9 @@ class ValidatorService:
             await self._sleep_until(start)
             await self.propose(slot)
             await self._sleep_until(start + params.slot_time / 3)
-            self.attest(slot)
+            signed = self.attest(slot)
+            if signed is not None and self.gossip is not None:
+                await self.gossip.publish_attestation(signed)
             self.report_offences()
             # A slot that went by while this one's block was built is skipped, not made up.
             slot = max(slot + 1, params.slot_at(self.wall_clock()) + 1)
@@ -70,11 +91,15 @@ class ValidatorService:
     async def propose(self, slot: int) -> BlockInput | None:
         """Build, commit and import this slot's block if this validator proposes it; the block or None."""
         pos = self.pos
+        if self.gossip is not None and self.gossip.syncing():
+            return None  # a block on a head this far behind would only be orphaned
         proposal = pos.core.propose(slot)
         if proposal is None:
             return None
+        if proposal.parent_root != pos.chain.head.hash and self.follow is not None and pos.chain.has_block(proposal.parent_root):
+            await self.follow(proposal.parent_root)
         if proposal.parent_root != pos.chain.head.hash:
-            # Reorganizing the chain to the core's head comes with the network slice.
+            # fork choice chose a block this node has not stored (still importing): skip the slot
             log.warning("slot %d: fork choice's head 0x%s is not the chain's head; not proposing",
                         slot, proposal.parent_root.hex())
             return None
@@ -90,14 +115,17 @@ class ValidatorService:
             return None
         block = built[0]
         pos.core.on_block(block)
+        if self.gossip is not None:
+            await self.gossip.publish_block(block, stored)
         log.info("proposed slot=%d number=%d attestations=%d", slot, stored.number, len(proposal.body.attestations))
         self._note_finality()
         return block
 
-    def attest(self, slot: int) -> None:
+    def attest(self, slot: int) -> SignedAttestation | None:
         signed = self.pos.core.attest(slot)  # kept in the core's pool for the next block
         if signed is not None:
             log.debug("attested slot=%d head=0x%s", slot, signed.message.head.hex())
+        return signed
 
     def report_offences(self) -> list[bytes]:
         """Send a Slashing report, signed with the validator's key, for each offence the core found

@@ -43,7 +43,10 @@ PROTOCOL_STATUS = "/ogpu/1/status"
 PROTOCOL_BLOCKS_BY_RANGE = "/ogpu/1/blocks_by_range"
 PROTOCOL_BLOCKS_BY_HASH = "/ogpu/1/blocks_by_hash"
 PROTOCOL_BLOBS_BY_HASH = "/ogpu/1/blobs_by_hash"
-PROTOCOLS = (PROTOCOL_STATUS, PROTOCOL_BLOCKS_BY_RANGE, PROTOCOL_BLOCKS_BY_HASH, PROTOCOL_BLOBS_BY_HASH)
+PROTOCOL_PEERS = "/ogpu/1/peers"
+PROTOCOLS = (PROTOCOL_STATUS, PROTOCOL_BLOCKS_BY_RANGE, PROTOCOL_BLOCKS_BY_HASH, PROTOCOL_BLOBS_BY_HASH,
+             PROTOCOL_PEERS)
+MAX_PEERS_SHARED = 16  # addresses in a peers response
 
 # A gossip payload over its topic's bound is dropped unread and scores PeerOffence.OVERSIZED.
 TOPIC_MAX_BYTES = MappingProxyType({

@@ -1,0 +1,386 @@
+"""A proof-of-stake node on the network (docs/network.md): what its gossip and requests mean.
+
+Blocks, attestations and transactions from peers are checked here before the host forwards them;
+blocks then import through one path (`import_block`: consensus checks, execution replayed, the
+consensus record stored with the block, the head following fork choice), whether they came by gossip
+or by sync. Sync asks the peer with the highest head for blocks by range until this node has caught up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import rlp
+import trio
+
+from ogpu_node.chain import ChainError
+from ogpu_node.consensus import BlockInput, ConsensusBody, InvalidConsensus, apply_block
+from ogpu_node.consensus.forkchoice import UnknownParent
+from ogpu_node.execution.codec import decode_block
+from ogpu_node.execution.errors import InvalidBlock
+from ogpu_node.node.pos import CONSENSUS_RECORD, block_input
+from ogpu_node.p2p import limits
+from ogpu_node.p2p.host import BadMessage, Network, P2PConfig, Verdict
+from ogpu_node.p2p.identity import node_key
+from ogpu_node.p2p.limits import PeerOffence
+from ogpu_node.rpc.net import NodeInfo, PeerInfo, SyncProgress
+from ogpu_node.txpool import TxRejected
+from ogpu_node.types.signing import SignedAttestation
+
+if TYPE_CHECKING:
+    from ogpu_node.node.node import Node
+
+__all__ = ["NodeNetwork", "P2PConfig", "block_message"]
+
+log = logging.getLogger("ogpu.sync")
+
+MAX_ORPHANS = 64  # gossiped blocks kept while their ancestors are fetched
+_SYNC_POLL_S = 2.0  # how often peers' heads are asked for while any is ahead
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    chain_id: int
+    genesis: bytes
+    head: bytes
+    number: int
+    finalized_epoch: int
+    finalized_root: bytes
+
+
+def encode_status(status: PeerStatus) -> bytes:
+    return rlp.encode([status.chain_id, status.genesis, status.head, status.number, status.finalized_epoch,
+                       status.finalized_root])
+
+
+def decode_status(data: bytes) -> PeerStatus:
+    try:
+        chain_id, genesis, head, number, epoch, root = rlp.decode(data)
+        if len(genesis) != 32 or len(head) != 32 or len(root) != 32:
+            raise ValueError("hash of the wrong length")
+        return PeerStatus(int.from_bytes(chain_id, "big"), genesis, head, int.from_bytes(number, "big"),
+                          int.from_bytes(epoch, "big"), root)
+    except Exception as exc:
+        raise BadMessage(f"malformed status: {exc}") from None
+
+
+def block_message(raw_block: bytes, body: bytes, signature: bytes) -> bytes:
+    """A block as gossiped and served: rlp([block rlp, consensus body, proposal signature])."""
+    return rlp.encode([raw_block, body, signature])
+
+
+def decode_block_message(data: bytes) -> tuple[Any, BlockInput]:
+    """The execution block and what consensus checks of it; BadMessage for bytes that are not one."""
+    try:
+        raw, body, signature = rlp.decode(data)
+        block = decode_block(raw)
+        return block, block_input(block.header, ConsensusBody.decode(body), signature)
+    except Exception as exc:
+        raise BadMessage(f"malformed block message: {exc}") from None
+
+
+class NodeNetwork:
+    """The `Handlers` of the node's p2p host, its sync, and the network view the RPC reports."""
+
+    def __init__(self, node: Node, config: P2PConfig) -> None:
+        assert node.pos is not None
+        self.node = node
+        self.pos = node.pos
+        self.chain = node.chain
+        self.host = Network(config, node_key(node.config.datadir), self)
+        self.host.on_peer = self._on_peer_status
+        self.peer_heads: dict[str, int] = {}  # what each peer's status (or its newest gossiped block) said
+        self._orphans: dict[bytes, tuple[Any, BlockInput]] = {}
+        self._sync_wanted = trio.Event()
+        self._sync: SyncProgress | None = None
+
+    # -- Handlers: status --
+
+    def _status(self) -> PeerStatus:
+        finalized = self.pos.core.finalized
+        head = self.chain.head
+        return PeerStatus(self.chain.chain_id, self.chain.genesis_hash, head.hash, head.block_number,
+                          finalized.epoch, finalized.root)
+
+    def status(self) -> bytes:
+        return encode_status(self._status())
+
+    def accept_status(self, peer: str, data: bytes) -> bool:
+        theirs, ours = decode_status(data), self._status()
+        if theirs.chain_id != ours.chain_id or theirs.genesis != ours.genesis:
+            log.warning("peer %s is on another chain (chain id %d, genesis 0x%s): refused", peer, theirs.chain_id,
+                        theirs.genesis.hex())
+            return False
+        if theirs.finalized_epoch <= ours.finalized_epoch and self.chain.has_block(theirs.finalized_root):
+            header = self.chain.header_by_hash(theirs.finalized_root)
+            if not self.chain.is_canonical(header):
+                log.warning("peer %s finalized a block our chain does not contain: refused", peer)
+                return False
+        self.peer_heads[peer] = theirs.number
+        return True
+
+    async def _on_peer_status(self, peer: str, data: bytes) -> None:
+        if self.peer_heads.get(peer, 0) > self.chain.head.block_number:
+            self._sync_wanted.set()
+
+    # -- Handlers: gossip --
+
+    async def gossip(self, topic: str, payload: bytes, peer: str) -> Verdict:
+        if topic == limits.TOPIC_BLOCKS:
+            return await self._gossip_block(payload, peer)
+        if topic == limits.TOPIC_ATTESTATIONS:
+            return self._gossip_attestation(payload)
+        if topic == limits.TOPIC_TXS:
+            return self._gossip_tx(payload)
+        return Verdict.IGNORE  # slashing evidence: the offences a node sees in blocks and votes it reports
+
+    async def _gossip_block(self, payload: bytes, peer: str) -> Verdict:
+        block, inp = decode_block_message(payload)
+        core, params = self.pos.core, self.pos.params
+        if self.chain.has_block(inp.root) or inp.root in self._orphans:
+            return Verdict.IGNORE
+        if inp.body.slot > params.slot_at(time.time()) + 1:
+            return Verdict.IGNORE  # from the future: a clock ahead, not proof of malice
+        if inp.body.slot <= params.start_slot(core.finalized.epoch):
+            return Verdict.IGNORE
+        self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), block.header.block_number)
+        if inp.parent_root not in core.fork_choice.states or not self.chain.has_block(inp.parent_root):
+            self._keep_orphan(block, inp)
+            self._sync_wanted.set()
+            return Verdict.IGNORE
+        try:
+            apply_block(core.rules, core.state(inp.parent_root), inp)
+        except InvalidConsensus as exc:
+            log.info("invalid block 0x%s from %s: %s", inp.root.hex(), peer, exc)
+            return Verdict.REJECT
+        try:
+            await self.import_block(block, inp)
+        except (InvalidBlock, InvalidConsensus, ChainError) as exc:
+            log.warning("block 0x%s from %s does not import: %s", inp.root.hex(), peer, exc)
+            return Verdict.REJECT
+        await self._import_orphans()
+        return Verdict.ACCEPT
+
+    def _gossip_attestation(self, payload: bytes) -> Verdict:
+        try:
+            signed = SignedAttestation.decode(payload)
+        except Exception as exc:
+            raise BadMessage(f"malformed attestation: {exc}") from None
+        try:
+            self.pos.core.on_attestation(signed)
+        except InvalidConsensus:
+            return Verdict.REJECT
+        return Verdict.ACCEPT
+
+    def _gossip_tx(self, payload: bytes) -> Verdict:
+        try:
+            tx_hash = self.node.pool.add_raw(payload)
+        except TxRejected:
+            return Verdict.IGNORE  # known, stale nonce, underpriced: a race, not an offence
+        self.node._on_transaction(tx_hash)
+        return Verdict.ACCEPT
+
+    # -- Handlers: requests --
+
+    async def serve(self, protocol: str, request: bytes) -> AsyncIterator[bytes]:
+        if protocol == limits.PROTOCOL_BLOCKS_BY_RANGE:
+            try:
+                start, count = (int.from_bytes(v, "big") for v in rlp.decode(request))
+            except Exception as exc:
+                raise BadMessage(f"malformed range request: {exc}") from None
+            count = min(count, limits.MAX_BLOCKS_PER_REQUEST)
+            messages = await trio.to_thread.run_sync(self._range_messages, start, count)
+        elif protocol == limits.PROTOCOL_BLOCKS_BY_HASH:
+            try:
+                hashes = rlp.decode(request)
+                assert isinstance(hashes, list) and len(hashes) <= limits.MAX_BLOCKS_PER_REQUEST
+            except Exception as exc:
+                raise BadMessage(f"malformed hash request: {exc}") from None
+            messages = await trio.to_thread.run_sync(self._hash_messages, hashes)
+        else:
+            return
+        for message in messages:
+            yield message
+
+    def _message_of(self, block_hash: bytes) -> bytes | None:
+        stored = self.chain.block_by_hash(block_hash)
+        record = self.chain.store.get(CONSENSUS_RECORD + block_hash)
+        if stored is None or record is None:
+            return None
+        body, signature = rlp.decode(record)
+        raw_txs = stored._decoded_body[0]
+        raw = rlp.encode([stored.header, [tx if tx[0] < 0xC0 else rlp.decode(tx) for tx in raw_txs], [], []])
+        return block_message(raw, body, signature)
+
+    def _range_messages(self, start: int, count: int) -> list[bytes]:
+        messages = []
+        for number in range(max(1, start), start + count):
+            header = self.chain.header_by_number(number)
+            message = None if header is None else self._message_of(header.hash)
+            if message is None:
+                break
+            messages.append(message)
+        return messages
+
+    def _hash_messages(self, hashes: list[bytes]) -> list[bytes]:
+        return [m for m in (self._message_of(bytes(h)) for h in hashes) if m is not None]
+
+    # -- the one import path --
+
+    async def import_block(self, block: Any, inp: BlockInput) -> None:
+        """Consensus checks, then execution (in a worker thread, with the consensus record in the same
+        write transaction), then fork choice, then the head follows it. Raises, changing nothing, if
+        consensus or execution refuses it."""
+        core = self.pos.core
+        if self.chain.has_block(inp.root):
+            return
+        settlement = apply_block(core.rules, core.state(inp.parent_root), inp).settlement
+        async with self.node._head_lock:
+            await trio.to_thread.run_sync(self.pos.import_block, block, inp, settlement)
+        core.on_block(inp)
+        head = core.head()
+        if head != self.chain.head.hash:
+            await self.node.adopt_head(head)
+
+    def _keep_orphan(self, block: Any, inp: BlockInput) -> None:
+        self._orphans[inp.root] = (block, inp)
+        while len(self._orphans) > MAX_ORPHANS:
+            del self._orphans[next(iter(self._orphans))]
+
+    async def _import_orphans(self) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for root, (block, inp) in list(self._orphans.items()):
+                if self.chain.has_block(inp.parent_root) and inp.parent_root in self.pos.core.fork_choice.states:
+                    del self._orphans[root]
+                    try:
+                        await self.import_block(block, inp)
+                        progress = True
+                    except (InvalidBlock, InvalidConsensus, ChainError) as exc:
+                        log.info("kept block 0x%s does not import: %s", root.hex(), exc)
+
+    # -- publishing --
+
+    async def publish_block(self, inp: BlockInput, stored: Any) -> None:
+        message = self._message_of(inp.root)
+        if message is not None:
+            await self.host.publish(limits.TOPIC_BLOCKS, message)
+
+    async def publish_attestation(self, signed: SignedAttestation) -> None:
+        await self.host.publish(limits.TOPIC_ATTESTATIONS, signed.encode())
+
+    async def publish_transaction(self, raw: bytes) -> None:
+        await self.host.publish(limits.TOPIC_TXS, raw)
+
+    # -- sync --
+
+    async def _sync_forever(self) -> None:
+        while True:
+            with trio.move_on_after(_SYNC_POLL_S):
+                await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            await self._refresh_heads()
+            try:
+                await self._sync_once()
+            finally:
+                self._sync = None
+
+    async def _refresh_heads(self) -> None:
+        """Ask peers that said they were ahead for their status again (heads move every slot)."""
+        ours = self.chain.head.block_number
+        for peer in [p for p, n in self.peer_heads.items() if n > ours and p in self.host.peers]:
+            if not await self.host.exchange_status(peer):
+                self.peer_heads.pop(peer, None)
+
+    async def _sync_once(self) -> None:
+        start_number = self.chain.head.block_number
+        while True:
+            ours = self.chain.head.block_number
+            ahead = {p: n for p, n in self.peer_heads.items() if n > ours and p in self.host.peers}
+            if not ahead:
+                return
+            peer = max(ahead, key=ahead.__getitem__)
+            if ahead[peer] > ours + 1 or self._sync is not None:
+                self._sync = SyncProgress(start_number, ours, ahead[peer])
+            start = ours + 1
+            frames = await self._request_range(peer, start)
+            if frames and not self._extends(frames[0]):
+                # Our head is on a branch the peer does not have: sync from our finalized block instead.
+                start = self.chain.finalized_number + 1
+                frames = await self._request_range(peer, start)
+            if not frames:
+                self.peer_heads.pop(peer, None)  # it has nothing past our head after all
+                continue
+            for frame in frames:
+                block, inp = decode_block_message(frame)
+                try:
+                    await self.import_block(block, inp)
+                except UnknownParent:
+                    self.host.penalize(peer, PeerOffence.BAD_RESPONSE)
+                    break
+                except (InvalidBlock, InvalidConsensus, ChainError) as exc:
+                    log.warning("block %d from %s does not import: %s", block.header.block_number, peer, exc)
+                    self.host.penalize(peer, PeerOffence.INVALID)
+                    self.peer_heads.pop(peer, None)
+                    break
+            await self._import_orphans()
+            if self._sync is not None:
+                log.info("sync: block %d of %d", self.chain.head.block_number, ahead[peer])
+
+    async def _request_range(self, peer: str, start: int) -> list[bytes]:
+        try:
+            return await self.host.request(peer, limits.PROTOCOL_BLOCKS_BY_RANGE,
+                                           rlp.encode([start, limits.MAX_BLOCKS_PER_REQUEST]),
+                                           limits.MAX_BLOCKS_PER_REQUEST)
+        except Exception as exc:
+            log.info("blocks from %s: %r", peer, exc)
+            self.peer_heads.pop(peer, None)
+            return []
+
+    def _extends(self, frame: bytes) -> bool:
+        _, inp = decode_block_message(frame)
+        return self.chain.has_block(inp.parent_root)
+
+    # -- the view the RPC reports (rpc/net.py NetworkView) --
+
+    def listening(self) -> bool:
+        return self.host.port is not None
+
+    def peer_count(self) -> int:
+        return len(self.host.peers)
+
+    def peers(self) -> list[PeerInfo]:
+        now = time.monotonic()
+        shown = []
+        for peer, state in list(self.host.peers.items()):
+            status = decode_status(state.status) if state.status else None
+            shown.append(PeerInfo(peer_id=peer, name="", local_addr=self.host.multiaddr, remote_addr=state.remote,
+                                  direction="inbound" if state.inbound else "outbound",
+                                  head_number=self.peer_heads.get(peer, status.number if status else 0),
+                                  head_hash=status.head if status else b"",
+                                  finalized_epoch=status.finalized_epoch if status else 0,
+                                  score=self.host.book.score(peer, now)))
+        return shown
+
+    def node_info(self) -> NodeInfo:
+        head = self.chain.head
+        listening = self.host.port is not None
+        return NodeInfo(peer_id=self.host.peer_id, enr=self.host.multiaddr if listening else "",
+                        listen_addrs=(self.host.multiaddr,) if listening else (), p2p_port=self.host.port or 0,
+                        head_hash=head.hash, genesis_hash=self.chain.genesis_hash)
+
+    def syncing(self) -> SyncProgress | None:
+        return self._sync
+
+    # -- service --
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.host.run)
+            nursery.start_soon(self._sync_forever)
+            task_status.started(self)

@@ -1,0 +1,63 @@
+"""Length-prefixed frames on a libp2p stream (docs/network.md, "Request/response"): an unsigned varint
+length, then that many bytes. The length is checked against the caller's bound before any byte of the
+body is read, so a peer cannot make the node buffer more than the bound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FrameError(Exception):
+    """The bytes on the stream are not a frame within the bound (too long, a bad varint, cut short)."""
+
+
+class FrameTooLarge(FrameError):
+    pass
+
+
+def encode_frame(payload: bytes) -> bytes:
+    length = len(payload)
+    prefix = bytearray()
+    while True:
+        byte = length & 0x7F
+        length >>= 7
+        if length:
+            prefix.append(byte | 0x80)
+        else:
+            prefix.append(byte)
+            return bytes(prefix) + payload
+
+
+async def _read(stream: Any, n: int) -> bytes:
+    """Up to ``n`` bytes; b"" at the end of the stream (py-libp2p raises EOFError there)."""
+    try:
+        return await stream.read(n)
+    except EOFError:
+        return b""
+
+
+async def read_frame(stream: Any, max_bytes: int) -> bytes | None:
+    """The next frame's payload, or None when the stream ended cleanly before a frame began."""
+    length = shift = 0
+    for index in range(10):
+        byte = await _read(stream, 1)
+        if not byte:
+            if index == 0:
+                return None
+            raise FrameError("stream ended inside a frame's length")
+        length |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if length > max_bytes:
+            raise FrameTooLarge(f"frame of more than {max_bytes} bytes")
+        if not byte[0] & 0x80:
+            break
+    else:
+        raise FrameError("frame length is not a varint")
+    chunks, got = [], 0
+    while got < length:
+        chunk = await _read(stream, length - got)
+        if not chunk:
+            raise FrameError(f"stream ended after {got} of {length} bytes of a frame")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)

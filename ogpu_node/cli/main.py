@@ -18,12 +18,14 @@ from ogpu_node import CLIENT_VERSION
 from ogpu_node.chain import ChainError
 from ogpu_node.cli.account import account
 from ogpu_node.cli.common import datadir_option, resolve_datadir
+from ogpu_node.cli.devnet import devnet
 from ogpu_node.cli.provider import provider
 from ogpu_node.cli.task import task
 from ogpu_node.cli.validator import validator, validator_private_key
 from ogpu_node.config import DEV_GENESIS, GenesisConfig, GenesisError, load_genesis
 from ogpu_node.crypto import DEV_MNEMONIC, derive_dev_accounts
 from ogpu_node.db import DatabaseLocked
+from ogpu_node.p2p.limits import DEFAULT_MAXPEERS, DEFAULT_P2P_PORT
 
 _GENESIS_COPY = "genesis.json"
 
@@ -56,6 +58,7 @@ cli.add_command(account)
 cli.add_command(task)
 cli.add_command(provider)
 cli.add_command(validator)
+cli.add_command(devnet)
 
 
 class Duration(click.ParamType):
@@ -182,6 +185,13 @@ def _print_dev_banner(node, accounts) -> None:  # type: ignore[no-untyped-def]
               help="Comma-separated Host names served ('*': any); IP addresses are always served.")
 @click.option("--ws.origins", "ws_origins", default="", show_default=True,
               help="Comma-separated browser origins allowed to open a WebSocket ('*': any; default localhost).")
+@click.option("--port", "p2p_port", type=click.IntRange(0, 65535), default=DEFAULT_P2P_PORT, show_default=True,
+              help="Proof of stake: the p2p TCP port (0: any free port).")
+@click.option("--p2p.addr", "p2p_addr", default="127.0.0.1", show_default=True,
+              help="Proof of stake: the address the p2p listener binds (0.0.0.0 to take peers from other machines).")
+@click.option("--bootnodes", default="", help="Comma-separated multiaddrs (/ip4/…/tcp/…/p2p/<peer id>) to join through.")
+@click.option("--maxpeers", type=click.IntRange(0, 1000), default=DEFAULT_MAXPEERS, show_default=True,
+              help="Most peers kept connected (0: no network).")
 def run(
     datadir: Path | None,
     genesis_file: Path | None,
@@ -205,10 +215,15 @@ def run(
     http_corsdomain: str,
     http_vhosts: str,
     ws_origins: str,
+    p2p_port: int,
+    p2p_addr: str,
+    bootnodes: str,
+    maxpeers: int,
 ) -> None:
     """Run a node."""
     from ogpu_node.blobs import UploadLimits
     from ogpu_node.node import Node, NodeConfig
+    from ogpu_node.node.network import P2PConfig
     from ogpu_node.node.slashing_protection import SlashingProtectionError
     from ogpu_node.rpc.access import HttpAccess
     from ogpu_node.rpc.calls import CallLimits
@@ -250,6 +265,7 @@ def run(
             cors_domains=_csv(http_corsdomain), vhosts=_csv(http_vhosts), ws_origins=_csv(ws_origins)
         ),
         validator=validator_key,
+        p2p=None if dev or maxpeers == 0 else P2PConfig(p2p_addr, p2p_port, _csv(bootnodes), maxpeers),
     )
 
     async def main() -> None:
@@ -304,10 +320,9 @@ def _validator_key(datadir: Path, genesis: GenesisConfig, keystore: Path, passwo
     from ogpu_node.node.validator_key import load_validator_key
 
     assert genesis.consensus is not None
+    # A key outside the genesis validators may join later through Stake (setRandaoTip, setRoles): the
+    # node checks its RANDAO tip against Stake's record (ProofOfStake) and gives it duties once active.
     keypair = Keypair.from_private_key(validator_private_key(keystore, password_file, None))
-    if keypair.address not in {v.address for v in genesis.consensus.validators}:
-        raise click.ClickException(f"{to_checksum_address(keypair.address)} is not a validator of this genesis "
-                                   "(consensus.validators)")
     return load_validator_key(datadir, keypair, genesis.consensus.randao_length)
 
 

@@ -31,7 +31,7 @@ class Node:
     def __init__(self, tmp_path: Path, run: int, *args: str | Path) -> None:
         self.out_path, self.err_path = tmp_path / f"run{run}.out", tmp_path / f"run{run}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.process = subprocess.Popen([*CLI, "run", "--http.port", "0", "--no-ws", *map(str, args)],
+            self.process = subprocess.Popen([*CLI, "run", "--http.port", "0", "--no-ws", "--port", "0", *map(str, args)],
                                             stdout=out, stderr=err, env=ENV, cwd=ROOT)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -161,14 +161,18 @@ def test_validator_node_proposes_finalizes_mines_and_keeps_finalizing_after_sigk
         assert key.hex() not in text  # the key is never logged
 
 
-def test_run_refuses_a_keystore_that_is_not_a_genesis_validator(tmp_path):
+@pytest.mark.timeout(120)
+def test_run_takes_a_keystore_that_may_join_later_and_says_it_has_no_duties_yet(tmp_path, nodes):
+    """A key outside the genesis validators joins through Stake later (docs/consensus.md): the node
+    runs, validating once Stake activates it, and says so."""
     _, _, address, tip = _validator(tmp_path)
     genesis = _genesis(tmp_path / "genesis.json", address, tip, int(time.time()))
     other = tmp_path / "other-keystore"
     create_account(other, PASSWORD, kdf_iterations=LIGHT_SCRYPT_N)
-    result = cli("run", "--datadir", tmp_path / "data", "--genesis", genesis, "--keystore", other,
-                 "--password-file", tmp_path / "password", "--http.port", "0", "--no-ws")
-    assert_one_line_error(result, "is not a validator of this genesis")
+    node = nodes("--datadir", tmp_path / "data", "--genesis", genesis, "--keystore", other,
+                 "--password-file", tmp_path / "password")
+    assert node.rpc("eth_chainId") == hex(CHAIN_ID)
+    assert "is not a registered validator" in node.err_path.read_text()
 
 
 def test_run_dev_refuses_a_proof_of_stake_genesis(tmp_path):

@@ -11,7 +11,12 @@ ARGS ?=
 
 .PHONY: run test lint bench install clean
 
+# py-libp2p builds fastecdsa from source: it needs gcc and GMP's headers (Debian's libgmp-dev).
 $(STAMP): pyproject.toml
+	@test -f /usr/include/gmp.h || test -f /usr/include/$$(gcc -print-multiarch)/gmp.h || { \
+		echo "installing libgmp-dev (py-libp2p builds fastecdsa against it)"; \
+		SUDO=$$(test "$$(id -u)" -eq 0 || command -v sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q libgmp-dev; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

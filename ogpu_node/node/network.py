@@ -22,6 +22,7 @@ from ogpu_node.consensus import BlockInput, ConsensusBody, InvalidConsensus, app
 from ogpu_node.consensus.forkchoice import UnknownParent
 from ogpu_node.execution.codec import decode_block
 from ogpu_node.execution.errors import InvalidBlock
+from ogpu_node.node.blob_exchange import BlobExchange
 from ogpu_node.node.pos import CONSENSUS_RECORD, block_input
 from ogpu_node.p2p import limits
 from ogpu_node.p2p.host import BadMessage, Network, P2PConfig, Verdict
@@ -93,6 +94,7 @@ class NodeNetwork:
         self.chain = node.chain
         self.host = Network(config, node_key(node.config.datadir), self)
         self.host.on_peer = self._on_peer_status
+        self.blobs = BlobExchange(node.blobs, node.blob_ledger, self.host, node.blob_keeper.catch_up)
         self.peer_heads: dict[str, int] = {}  # what each peer's status (or its newest gossiped block) said
         self._orphans: dict[bytes, tuple[Any, BlockInput]] = {}
         self._sync_wanted = trio.Event()
@@ -201,6 +203,10 @@ class NodeNetwork:
             except Exception as exc:
                 raise BadMessage(f"malformed hash request: {exc}") from None
             messages = await trio.to_thread.run_sync(self._hash_messages, hashes)
+        elif protocol == limits.PROTOCOL_BLOBS_BY_HASH:
+            async for frame in self.blobs.serve(request):
+                yield frame
+            return
         else:
             return
         for message in messages:

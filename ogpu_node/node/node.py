@@ -317,7 +317,8 @@ class Node:
             async with trio.open_nursery() as nursery:
                 http = HttpServer(
                     self._handle, config.http_addr, config.http_port, config.limits,
-                    blobs=BlobRoutes(self.blob_gate, config.limits.max_body_bytes, config.limits.idle_timeout_s),
+                    blobs=BlobRoutes(self.blob_gate, config.limits.max_body_bytes, config.limits.idle_timeout_s,
+                                     fetch=None if self.network is None else self.network.blobs.fetch),
                     access=config.access,
                 )
                 self.http_port = await nursery.start(http.run)

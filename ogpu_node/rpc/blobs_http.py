@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h11
@@ -50,8 +51,11 @@ Headers = list[tuple[bytes, bytes]]
 class BlobRoutes:
     """Serves the requests under /blobs of one HTTP server."""
 
-    def __init__(self, gate: UploadGate, max_body_bytes: int, idle_timeout_s: float) -> None:
+    def __init__(self, gate: UploadGate, max_body_bytes: int, idle_timeout_s: float,
+                 fetch: Callable[[bytes], Awaitable[bool]] | None = None) -> None:
+        """``fetch``: gets a blob this node lacks from its peers (True once stored); None: no network."""
         self._gate = gate
+        self._fetch = fetch
         self._store = gate.store
         self._max_body = max_body_bytes  # bound on bodies other than a PUT's blob
         self._idle_s = idle_timeout_s
@@ -193,8 +197,10 @@ class BlobRoutes:
         try:
             file = await trio.to_thread.run_sync(self._store.open, blob_hash)
         except BlobNotFound as exc:
-            await send_json(stream, conn, 404, {"error": str(exc)}, cors, head=head)
-            return
+            if self._fetch is None or not await self._fetch(blob_hash):
+                await send_json(stream, conn, 404, {"error": str(exc)}, cors, head=head)
+                return
+            file = await trio.to_thread.run_sync(self._store.open, blob_hash)
         try:
             size = await trio.to_thread.run_sync(lambda: os.fstat(file.fileno()).st_size)
             headers = [

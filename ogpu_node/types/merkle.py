@@ -101,3 +101,55 @@ def merkle_root(data: bytes | Iterable[bytes]) -> bytes:
         for piece in data:
             hasher.update(piece)
     return hasher.digest()
+
+
+# -- proofs: one chunk checked against the blob hash, for blobs fetched from peers (docs/network.md) --
+
+def chunk_count(size: int) -> int:
+    """How many chunks a blob of ``size`` bytes has (the empty blob has one, empty)."""
+    return max(1, -(-size // CHUNK_SIZE))
+
+
+def tree_levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """Every level of the tree over ``leaves`` (leaf hashes), the leaves first, the root's level last."""
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        above = [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+        if len(below) % 2:
+            above.append(below[-1])  # an odd last node is promoted unchanged
+        levels.append(above)
+    return levels
+
+
+def chunk_proof(levels: list[list[bytes]], index: int) -> list[bytes]:
+    """The sibling hashes from chunk ``index``'s leaf up to the root (none where a node was promoted)."""
+    proof = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        index //= 2
+    return proof
+
+
+def verify_chunk(root: bytes, index: int, count: int, chunk: bytes, proof: list[bytes]) -> bool:
+    """Whether ``chunk`` is chunk ``index`` of the ``count``-chunk blob whose hash is ``root``: the sides
+    of the siblings follow from the index and the level sizes, as the tree's rule builds them."""
+    if not 0 <= index < count or len(chunk) > CHUNK_SIZE:
+        return False
+    node, width, used = leaf_hash(chunk), count, 0
+    while width > 1:
+        if index % 2:
+            if used == len(proof):
+                return False
+            node = node_hash(proof[used], node)
+            used += 1
+        elif index + 1 < width:
+            if used == len(proof):
+                return False
+            node = node_hash(node, proof[used])
+            used += 1
+        index //= 2
+        width = (width + 1) // 2
+    return used == len(proof) and node == root

@@ -143,7 +143,7 @@ class NodeNetwork:
     async def _gossip_block(self, payload: bytes, peer: str) -> Verdict:
         block, inp = decode_block_message(payload)
         core, params = self.pos.core, self.pos.params
-        if self.chain.has_block(inp.root) or inp.root in self._orphans:
+        if inp.root in self.pos.core.fork_choice.states or inp.root in self._orphans:
             return Verdict.IGNORE
         if inp.body.slot > params.slot_at(time.time()) + 1:
             return Verdict.IGNORE  # from the future: a clock ahead, not proof of malice
@@ -242,15 +242,19 @@ class NodeNetwork:
         write transaction), then fork choice, then the head follows it. Raises, changing nothing, if
         consensus or execution refuses it."""
         core = self.pos.core
-        if self.chain.has_block(inp.root):
+        if inp.root in core.fork_choice.states:
             return
         settlement = apply_block(core.rules, core.state(inp.parent_root), inp).settlement
-        async with self.node._head_lock:
-            await trio.to_thread.run_sync(self.pos.import_block, block, inp, settlement)
-        core.on_block(inp)
-        head = core.head()
-        if head != self.chain.head.hash:
-            await self.node.adopt_head(head)
+        # Shielded: a block the chain stored is always given to fork choice, whatever cancels the caller
+        # (a gossip validation's timeout, a shutdown), so the two never disagree about what is known.
+        with trio.CancelScope(shield=True):
+            if not self.chain.has_block(inp.root):
+                async with self.node._head_lock:
+                    await trio.to_thread.run_sync(self.pos.import_block, block, inp, settlement)
+            core.on_block(inp)
+            head = core.head()
+            if head != self.chain.head.hash:
+                await self.node.adopt_head(head)
 
     def _keep_orphan(self, block: Any, inp: BlockInput) -> None:
         self._orphans[inp.root] = (block, inp)

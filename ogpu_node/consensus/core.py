@@ -178,6 +178,13 @@ class ConsensusCore:
         if evidence is not None and len(self._evidence) < MAX_PENDING_ATTESTATIONS:
             self._evidence.append(evidence)
 
+    def on_evidence(self, evidence: Evidence) -> bool:
+        """Evidence a peer found (checked: one signer, an offence); True if this node had not found it, in
+        which case it is reported as the node's own findings are."""
+        found = self.detector.remember(evidence)
+        self._found(found)
+        return found is not None
+
     def take_evidence(self) -> list[Evidence]:
         """Offences found since the last call, for the node to report (Slashing verifies them)."""
         found, self._evidence = self._evidence, []

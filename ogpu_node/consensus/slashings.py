@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import rlp
+
 from ogpu_node.crypto import keccak
+from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
 from ogpu_node.types.protocol import Offence
 from ogpu_node.types.signing import BlockProposal, SignedAttestation, SignedProposal
 
@@ -84,6 +87,10 @@ class SlashingDetector:
             del votes[min(votes)]
         return found
 
+    def remember(self, evidence: Evidence) -> Evidence | None:
+        """Evidence found elsewhere: itself if new, None if this detector already had it."""
+        return self._new(evidence)
+
     def _new(self, evidence: Evidence) -> Evidence | None:
         if evidence.key in self._found:
             return None
@@ -93,3 +100,33 @@ class SlashingDetector:
 
 def signed_proposal(slot: int, block_root: bytes, signature: bytes) -> SignedProposal:
     return SignedProposal(BlockProposal(slot, block_root), signature)
+
+
+def encode_evidence(evidence: Evidence) -> bytes:
+    """Evidence as gossiped (docs/network.md, `/ogpu/1/slashings`): rlp([offence kind, first, second])."""
+    return rlp.encode([int(evidence.kind), evidence.first, evidence.second])
+
+
+def decode_evidence(data: bytes, chain_id: int, genesis_hash: bytes) -> Evidence:
+    """Gossiped evidence checked as the Slashing contract checks it: both messages signed by one key and
+    together an offence. ValueError for anything else (bytes that do not decode included)."""
+    try:
+        kind_bytes, first, second = rlp.decode(data)
+        kind = Offence(int.from_bytes(kind_bytes, "big"))
+        if kind == Offence.DOUBLE_PROPOSAL:
+            a, b = SignedProposal.decode(first), SignedProposal.decode(second)
+            offence = a.message.slot == b.message.slot and a.message.block_hash != b.message.block_hash
+        else:
+            a, b = SignedAttestation.decode(first), SignedAttestation.decode(second)  # type: ignore[assignment]
+            if kind == Offence.DOUBLE_VOTE:
+                offence = a.message.target_epoch == b.message.target_epoch and a.message != b.message
+            else:
+                offence = a.message.surrounds(b.message)  # type: ignore[arg-type]
+        signers = {recover_signer(m.message.signing_root(chain_id, genesis_hash), m.signature) for m in (a, b)}
+    except (InvalidSignature, rlp.DecodingError, ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(f"malformed evidence: {exc}") from None
+    except Exception as exc:  # ABI decoding of untrusted bytes raises its own kinds
+        raise ValueError(f"malformed evidence: {exc}") from None
+    if not offence or len(signers) != 1:
+        raise ValueError("the two messages are not one validator's offence")
+    return Evidence(kind, signers.pop(), bytes(first), bytes(second))

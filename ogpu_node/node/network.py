@@ -20,6 +20,7 @@ import trio
 from ogpu_node.chain import ChainError
 from ogpu_node.consensus import BlockInput, ConsensusBody, InvalidConsensus, apply_block
 from ogpu_node.consensus.forkchoice import UnknownParent
+from ogpu_node.consensus.slashings import Evidence, decode_evidence, encode_evidence
 from ogpu_node.execution.codec import decode_block
 from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.node.blob_exchange import BlobExchange
@@ -138,7 +139,7 @@ class NodeNetwork:
             return self._gossip_attestation(payload)
         if topic == limits.TOPIC_TXS:
             return self._gossip_tx(payload)
-        return Verdict.IGNORE  # slashing evidence: the offences a node sees in blocks and votes it reports
+        return self._gossip_evidence(payload)
 
     async def _gossip_block(self, payload: bytes, peer: str) -> Verdict:
         block, inp = decode_block_message(payload)
@@ -177,6 +178,16 @@ class NodeNetwork:
         except InvalidConsensus:
             return Verdict.REJECT
         return Verdict.ACCEPT
+
+    def _gossip_evidence(self, payload: bytes) -> Verdict:
+        """Slashing evidence another node found: checked as Slashing checks it (one signer, an offence);
+        a validator node then reports it as it reports its own findings."""
+        try:
+            evidence = decode_evidence(payload, self.chain.chain_id, self.chain.genesis_hash)
+        except ValueError as exc:
+            log.info("invalid slashing evidence: %s", exc)
+            return Verdict.REJECT
+        return Verdict.ACCEPT if self.pos.core.on_evidence(evidence) else Verdict.IGNORE
 
     def _gossip_tx(self, payload: bytes) -> Verdict:
         try:
@@ -283,6 +294,9 @@ class NodeNetwork:
 
     async def publish_attestation(self, signed: SignedAttestation) -> None:
         await self.host.publish(limits.TOPIC_ATTESTATIONS, signed.encode())
+
+    async def publish_evidence(self, evidence: Evidence) -> None:
+        await self.host.publish(limits.TOPIC_SLASHINGS, encode_evidence(evidence))
 
     async def publish_transaction(self, raw: bytes) -> None:
         await self.host.publish(limits.TOPIC_TXS, raw)

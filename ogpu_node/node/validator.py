@@ -14,6 +14,7 @@ import trio
 
 from ogpu_node.chain import ChainError
 from ogpu_node.consensus import BlockInput, InvalidConsensus
+from ogpu_node.consensus.slashings import Evidence
 from ogpu_node.execution.state import BlockAttributes
 from ogpu_node.node.pos import ProofOfStake
 from ogpu_node.types.signing import SignedAttestation
@@ -34,6 +35,8 @@ class Gossip(Protocol):
     async def publish_block(self, block: BlockInput, stored: Any) -> None: ...
 
     async def publish_attestation(self, signed: SignedAttestation) -> None: ...
+
+    async def publish_evidence(self, evidence: Evidence) -> None: ...
 
     def syncing(self) -> Any: ...
 
@@ -56,6 +59,7 @@ class ValidatorService:
         self.wall_clock = wall_clock  # unix time; tests pass one driven by trio's mock clock
         self.gossip = gossip
         self.follow = follow
+        self.found: list[Evidence] = []  # offences found since the last slot, for the network
         self._finalized = pos.core.finalized
 
     async def _sleep_until(self, unix_time: float) -> None:
@@ -85,6 +89,9 @@ class ValidatorService:
             if signed is not None and self.gossip is not None:
                 await self.gossip.publish_attestation(signed)
             self.report_offences()
+            found, self.found = self.found, []
+            for evidence in found if self.gossip is not None else ():
+                await self.gossip.publish_evidence(evidence)
             # A slot that went by while this one's block was built is skipped, not made up.
             slot = max(slot + 1, params.slot_at(self.wall_clock()) + 1)
 
@@ -132,6 +139,7 @@ class ValidatorService:
         (the next block, its own or another's, includes it); the hashes of the reports sent."""
         sent = []
         for evidence in self.pos.core.take_evidence():
+            self.found.append(evidence)
             log.warning("offence %s by 0x%s", evidence.kind.name.lower(), evidence.offender.hex())
             if self.submit is None:
                 continue

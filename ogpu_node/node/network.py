@@ -19,16 +19,15 @@ import trio
 
 from ogpu_node.chain import ChainError
 from ogpu_node.consensus import BlockInput, ConsensusBody, InvalidConsensus, apply_block
-from ogpu_node.consensus.forkchoice import UnknownParent
 from ogpu_node.consensus.slashings import Evidence, decode_evidence, encode_evidence
 from ogpu_node.execution.codec import decode_block
 from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.node.blob_exchange import BlobExchange
 from ogpu_node.node.pos import CONSENSUS_RECORD, block_input
+from ogpu_node.node.sync import RangeSync
 from ogpu_node.p2p import limits
 from ogpu_node.p2p.host import BadMessage, Network, P2PConfig, Verdict
 from ogpu_node.p2p.identity import node_key
-from ogpu_node.p2p.limits import PeerOffence
 from ogpu_node.rpc.net import NodeInfo, PeerInfo, SyncProgress
 from ogpu_node.txpool import TxRejected
 from ogpu_node.types.signing import SignedAttestation
@@ -38,10 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeNetwork", "P2PConfig", "block_message"]
 
-log = logging.getLogger("ogpu.sync")
+log = logging.getLogger("ogpu.network")
 
 MAX_ORPHANS = 64  # gossiped blocks kept while their ancestors are fetched
-_SYNC_POLL_S = 2.0  # how often peers' heads are asked for while any is ahead
 
 
 @dataclass(frozen=True)
@@ -98,8 +96,7 @@ class NodeNetwork:
         self.blobs = BlobExchange(node.blobs, node.blob_ledger, self.host, node.blob_keeper.catch_up)
         self.peer_heads: dict[str, int] = {}  # what each peer's status (or its newest gossiped block) said
         self._orphans: dict[bytes, tuple[Any, BlockInput]] = {}
-        self._sync_wanted = trio.Event()
-        self._sync: SyncProgress | None = None
+        self.sync = RangeSync(self, decode_block_message)
 
     # -- Handlers: status --
 
@@ -128,7 +125,7 @@ class NodeNetwork:
 
     async def _on_peer_status(self, peer: str, data: bytes) -> None:
         if self.peer_heads.get(peer, 0) > self.chain.head.block_number:
-            self._sync_wanted.set()
+            self.sync.wanted.set()
 
     # -- Handlers: gossip --
 
@@ -153,7 +150,7 @@ class NodeNetwork:
         self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), block.header.block_number)
         if inp.parent_root not in core.fork_choice.states or not self.chain.has_block(inp.parent_root):
             self._keep_orphan(block, inp)
-            self._sync_wanted.set()
+            self.sync.wanted.set()
             return Verdict.IGNORE
         try:
             apply_block(core.rules, core.state(inp.parent_root), inp)
@@ -165,7 +162,7 @@ class NodeNetwork:
         except (InvalidBlock, InvalidConsensus, ChainError) as exc:
             log.warning("block 0x%s from %s does not import: %s", inp.root.hex(), peer, exc)
             return Verdict.REJECT
-        await self._import_orphans()
+        await self.import_orphans()
         return Verdict.ACCEPT
 
     def _gossip_attestation(self, payload: bytes) -> Verdict:
@@ -272,7 +269,7 @@ class NodeNetwork:
         while len(self._orphans) > MAX_ORPHANS:
             del self._orphans[next(iter(self._orphans))]
 
-    async def _import_orphans(self) -> None:
+    async def import_orphans(self) -> None:
         progress = True
         while progress:
             progress = False
@@ -300,75 +297,6 @@ class NodeNetwork:
 
     async def publish_transaction(self, raw: bytes) -> None:
         await self.host.publish(limits.TOPIC_TXS, raw)
-
-    # -- sync --
-
-    async def _sync_forever(self) -> None:
-        while True:
-            with trio.move_on_after(_SYNC_POLL_S):
-                await self._sync_wanted.wait()
-            self._sync_wanted = trio.Event()
-            await self._refresh_heads()
-            try:
-                await self._sync_once()
-            finally:
-                self._sync = None
-
-    async def _refresh_heads(self) -> None:
-        """Ask peers that said they were ahead for their status again (heads move every slot)."""
-        ours = self.chain.head.block_number
-        for peer in [p for p, n in self.peer_heads.items() if n > ours and p in self.host.peers]:
-            if not await self.host.exchange_status(peer):
-                self.peer_heads.pop(peer, None)
-
-    async def _sync_once(self) -> None:
-        start_number = self.chain.head.block_number
-        while True:
-            ours = self.chain.head.block_number
-            ahead = {p: n for p, n in self.peer_heads.items() if n > ours and p in self.host.peers}
-            if not ahead:
-                return
-            peer = max(ahead, key=ahead.__getitem__)
-            if ahead[peer] > ours + 1 or self._sync is not None:
-                self._sync = SyncProgress(start_number, ours, ahead[peer])
-            start = ours + 1
-            frames = await self._request_range(peer, start)
-            if frames and not self._extends(frames[0]):
-                # Our head is on a branch the peer does not have: sync from our finalized block instead.
-                start = self.chain.finalized_number + 1
-                frames = await self._request_range(peer, start)
-            if not frames:
-                self.peer_heads.pop(peer, None)  # it has nothing past our head after all
-                continue
-            for frame in frames:
-                block, inp = decode_block_message(frame)
-                try:
-                    await self.import_block(block, inp)
-                except UnknownParent:
-                    self.host.penalize(peer, PeerOffence.BAD_RESPONSE)
-                    break
-                except (InvalidBlock, InvalidConsensus, ChainError) as exc:
-                    log.warning("block %d from %s does not import: %s", block.header.block_number, peer, exc)
-                    self.host.penalize(peer, PeerOffence.INVALID)
-                    self.peer_heads.pop(peer, None)
-                    break
-            await self._import_orphans()
-            if self._sync is not None:
-                log.info("sync: block %d of %d", self.chain.head.block_number, ahead[peer])
-
-    async def _request_range(self, peer: str, start: int) -> list[bytes]:
-        try:
-            return await self.host.request(peer, limits.PROTOCOL_BLOCKS_BY_RANGE,
-                                           rlp.encode([start, limits.MAX_BLOCKS_PER_REQUEST]),
-                                           limits.MAX_BLOCKS_PER_REQUEST)
-        except Exception as exc:
-            log.info("blocks from %s: %r", peer, exc)
-            self.peer_heads.pop(peer, None)
-            return []
-
-    def _extends(self, frame: bytes) -> bool:
-        _, inp = decode_block_message(frame)
-        return self.chain.has_block(inp.parent_root)
 
     # -- the view the RPC reports (rpc/net.py NetworkView) --
 
@@ -399,12 +327,12 @@ class NodeNetwork:
                         head_hash=head.hash, genesis_hash=self.chain.genesis_hash)
 
     def syncing(self) -> SyncProgress | None:
-        return self._sync
+        return self.sync.progress
 
     # -- service --
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.host.run)
-            nursery.start_soon(self._sync_forever)
+            nursery.start_soon(self.sync.run)
             task_status.started(self)

@@ -23,18 +23,20 @@ from libp2p import new_host
 from libp2p.abc import INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.pubsub import rpc_queue
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
 from libp2p.tools.anyio_service import background_trio_service
 
 from ogpu_node.crypto import keccak
 from ogpu_node.p2p import limits
+from ogpu_node.p2p.gossip import BadRpc, GuardedPubsub
 from ogpu_node.p2p.identity import peer_id
 from ogpu_node.p2p.limits import MessageKind, PeerOffence
 from ogpu_node.p2p.peers import PeerBook
@@ -49,6 +51,11 @@ pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = 4096
 
 _MAINTAIN_EVERY = 2.0  # seconds between checks of the peer count
 _MAX_REQUEST_BYTES = 4096  # a request frame: at most 64 hashes, a range, a status
+# Inbound gossipsub streams per peer: an honest peer keeps one open (a second while it replaces a dead
+# one); a peer that opens more pins a reading task each.
+_MAX_GOSSIP_STREAMS = 2
+# The stream went away under us (the peer reset it, or its connection closed): not an offence.
+_GONE = (StreamError, MuxedStreamError, MuxedConnError)
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ class Network:
         self._pubsub: Any = None
         self._dialed: dict[str, float] = {}  # multiaddr -> when last dialed (no dial storm on failures)
         self._learned: dict[str, None] = {}  # addresses peers told us of, in the order heard
+        self._gossip_streams: dict[str, int] = {}  # inbound gossipsub streams open, per peer
         self.on_peer: Callable[[str, bytes], Awaitable[None]] | None = None  # a peer's status, after the handshake
 
     # -- running --
@@ -123,12 +131,12 @@ class Network:
         gossipsub = GossipSub([PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12, heartbeat_interval=1,
                               adaptive_gossip_enabled=False, spam_protection_enabled=False,
                               eclipse_protection_enabled=False)
-        pubsub = Pubsub(host, gossipsub, strict_signing=False, msg_id_constructor=_message_id,
-                        max_inbound_rpc_size=limits.MAX_FRAME + 4096, allowed_topics=set(limits.TOPICS),
-                        cache_size=limits.SEEN_CACHE)
+        pubsub = GuardedPubsub(host, gossipsub, strict_signing=False, msg_id_constructor=_message_id,
+                               max_inbound_rpc_size=limits.MAX_FRAME + 4096, allowed_topics=set(limits.TOPICS),
+                               cache_size=limits.SEEN_CACHE, admit=self._admit, topics=limits.TOPICS)
         self._host, self._pubsub = host, pubsub
         for protocol in gossipsub.get_protocols():
-            host.set_stream_handler(protocol, self._guarded(pubsub.stream_handler))
+            host.set_stream_handler(protocol, self._guarded(self._gossip_stream(pubsub.stream_handler)))
         for protocol in limits.PROTOCOLS:
             host.set_stream_handler(protocol, self._guarded(self._serve))
         host.get_network().register_notifee(_Notifee(self))
@@ -163,33 +171,47 @@ class Network:
             return
         await self._pubsub.publish(topic, payload)
 
-    def _validator(self, topic: str) -> Callable[[ID, Any], Awaitable[bool]]:
-        bound, kind = limits.TOPIC_MAX_BYTES[topic], limits.TOPIC_KIND[topic]
+    def _admit(self, forwarder: ID, message: Any) -> bool:
+        """What a gossiped message must pass as it is read, before a task or a validator is spent on it:
+        its sender passed the status handshake, it names one topic, it is within the topic's size bound
+        and the sender's rate. Checked here rather than in the validator because py-libp2p caches a
+        validator's False by message id: a message refused for its sender's sake (over rate, before the
+        handshake) would then be refused from every honest peer too."""
+        peer = forwarder.to_base58()
+        if peer not in self.peers:
+            return False  # no status handshake yet: it has not shown it is on our chain
+        topics = list(message.topicIDs)
+        if len(topics) != 1 or topics[0] not in limits.TOPIC_KIND:
+            self.penalize(peer, PeerOffence.UNDECODABLE)
+            return False
+        if len(message.data) > limits.TOPIC_MAX_BYTES[topics[0]]:
+            self.penalize(peer, PeerOffence.OVERSIZED)
+            return False
+        if not self.book.allow(peer, limits.TOPIC_KIND[topics[0]], time.monotonic()):
+            self.penalize(peer, PeerOffence.OVER_RATE)
+            return False
+        return True
 
+    def _validator(self, topic: str) -> Callable[[ID, Any], Awaitable[bool]]:
         async def validate(forwarder: ID, message: Any) -> bool:
             peer = forwarder.to_base58()
             if peer == self.peer_id:
                 return True  # our own publish: made valid
-            payload = bytes(message.data)
-            now = time.monotonic()
-            if peer not in self.peers:
-                return False  # no status handshake yet: it has not shown it is on our chain
-            if len(payload) > bound:
-                self.penalize(peer, PeerOffence.OVERSIZED)
-                return False
-            if not self.book.allow(peer, kind, now):
-                self.penalize(peer, PeerOffence.OVER_RATE)
-                return False
             try:
-                verdict = await self.handlers.gossip(topic, payload, peer)
+                verdict = await self.handlers.gossip(topic, bytes(message.data), peer)
             except BadMessage as exc:
                 log.debug("undecodable %s from %s: %s", topic, peer, exc)
                 self.penalize(peer, PeerOffence.UNDECODABLE)
                 return False
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # the node's bug, not proof of the peer's malice: not forwarded
+                log.warning("checking %s from %s failed: %r", topic, peer, exc)
+                return False
             if verdict is Verdict.REJECT:
                 self.penalize(peer, PeerOffence.INVALID)
             elif verdict is Verdict.ACCEPT:
-                self.book.reward(peer, now)
+                self.book.reward(peer, time.monotonic())
             return verdict is Verdict.ACCEPT
 
         return validate
@@ -299,9 +321,10 @@ class Network:
         self._nursery.start_soon(self._handshake if not inbound else self._await_handshake, peer)
 
     def _disconnected(self, peer: str) -> None:
+        # The peer book keeps its score and buckets (bounded, least recently seen dropped first): a peer
+        # that reconnects does not start again from 0 with full buckets.
         self._connections.pop(peer, None)
         self.peers.pop(peer, None)
-        self.book.forget(peer)
 
     async def exchange_status(self, peer: str) -> bool:
         """Send our status to ``peer`` and take its own (the handshake, and later to learn its head);
@@ -425,9 +448,11 @@ class Network:
                 self.penalize(peer, PeerOffence.OVERSIZED)
             except trio.TooSlowError:
                 self.penalize(peer, PeerOffence.BAD_RESPONSE)
-            except (FrameError, BadMessage) as exc:
-                log.debug("bad request from %s: %s", peer, exc)
+            except (FrameError, BadMessage, BadRpc) as exc:
+                log.debug("bad stream from %s: %s", peer, exc)
                 self.penalize(peer, PeerOffence.UNDECODABLE)
+            except _GONE as exc:
+                log.debug("stream from %s went away: %r", peer, exc)
             except trio.Cancelled:
                 raise
             except Exception as exc:  # py-libp2p raises many kinds: a parse error is random bytes
@@ -438,6 +463,25 @@ class Network:
                     await _close(stream)
 
         return guarded
+
+    def _gossip_stream(self, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """Pubsub's reading of a peer's gossipsub stream, refused beyond _MAX_GOSSIP_STREAMS at once."""
+
+        async def counted(stream: Any) -> None:
+            peer = stream.muxed_conn.peer_id.to_base58()
+            if self._gossip_streams.get(peer, 0) >= _MAX_GOSSIP_STREAMS:
+                self.penalize(peer, PeerOffence.OVER_RATE)
+                await stream.reset()
+                return
+            self._gossip_streams[peer] = self._gossip_streams.get(peer, 0) + 1
+            try:
+                await handler(stream)
+            finally:
+                self._gossip_streams[peer] -= 1
+                if not self._gossip_streams[peer]:
+                    del self._gossip_streams[peer]
+
+        return counted
 
 
 class _Notifee(INotifee):

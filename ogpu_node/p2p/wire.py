@@ -4,7 +4,10 @@ body is read, so a peer cannot make the node buffer more than the bound."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
+
+import trio
 
 
 class FrameError(Exception):
@@ -36,15 +39,27 @@ async def _read(stream: Any, n: int) -> bytes:
         return b""
 
 
-async def read_frame(stream: Any, max_bytes: int) -> bytes | None:
-    """The next frame's payload, or None when the stream ended cleanly before a frame began."""
+async def read_frame(stream: Any, max_bytes: int, timeout: float | None = None) -> bytes | None:
+    """The next frame's payload, or None when the stream ended cleanly before a frame began.
+
+    ``timeout``: seconds from the frame's first byte to its last (trio.TooSlowError past it), so a peer
+    that starts a frame and never finishes it cannot hold the buffer; waiting for a frame to begin is
+    the caller's to bound."""
+    first = await _read(stream, 1)
+    if not first:
+        return None
+    with trio.fail_after(timeout) if timeout is not None else nullcontext():
+        return await _read_rest(stream, first, max_bytes)
+
+
+async def _read_rest(stream: Any, first: bytes, max_bytes: int) -> bytes:
     length = shift = 0
+    byte = first
     for index in range(10):
-        byte = await _read(stream, 1)
-        if not byte:
-            if index == 0:
-                return None
-            raise FrameError("stream ended inside a frame's length")
+        if index:
+            byte = await _read(stream, 1)
+            if not byte:
+                raise FrameError("stream ended inside a frame's length")
         length |= (byte[0] & 0x7F) << shift
         shift += 7
         if length > max_bytes:

@@ -19,6 +19,7 @@ import trio
 
 from ogpu_node.chain import ChainError
 from ogpu_node.consensus import BlockInput, ConsensusBody, InvalidConsensus, apply_block
+from ogpu_node.consensus.forkchoice import UnknownParent
 from ogpu_node.consensus.slashings import Evidence, decode_evidence, encode_evidence
 from ogpu_node.execution.codec import decode_block
 from ogpu_node.execution.errors import InvalidBlock
@@ -250,8 +251,11 @@ class NodeNetwork:
         write transaction), then fork choice, then the head follows it. Raises, changing nothing, if
         consensus or execution refuses it."""
         core = self.pos.core
-        if inp.root in core.fork_choice.states:
-            return
+        if inp.root in core.fork_choice.states or (self.chain.has_block(inp.root)
+                                                    and block.header.block_number <= self.finalized_number()):
+            return  # known: in fork choice, or final already (fork choice keeps no state below finality)
+        if inp.parent_root not in core.fork_choice.states:
+            raise UnknownParent(f"block 0x{inp.root.hex()}: unknown parent 0x{inp.parent_root.hex()}")
         settlement = apply_block(core.rules, core.state(inp.parent_root), inp).settlement
         # Shielded: a block the chain stored is always given to fork choice, whatever cancels the caller
         # (a gossip validation's timeout, a shutdown), so the two never disagree about what is known.
@@ -263,6 +267,11 @@ class NodeNetwork:
             head = core.head()
             if head != self.chain.head.hash:
                 await self.node.adopt_head(head)
+
+    def finalized_number(self) -> int:
+        """The number of the block fork choice finalized."""
+        header = self.chain.header_by_hash(self.pos.core.finalized.root)
+        return 0 if header is None else header.block_number
 
     def _keep_orphan(self, block: Any, inp: BlockInput) -> None:
         self._orphans[inp.root] = (block, inp)

@@ -71,7 +71,7 @@ class RangeSync:
             outcome = await self._download(ours + 1, target, ahead)
             if outcome == "fork":
                 # Our head is on a branch the peers do not have: fetch theirs from our finalized block.
-                outcome = await self._download(self.chain.finalized_number + 1, target, ahead)
+                outcome = await self._download(self.network.finalized_number() + 1, target, ahead)
                 if outcome == "fork":  # their chain does not contain our finalized block: never follow it
                     for peer in ahead:
                         self.network.peer_heads.pop(peer, None)

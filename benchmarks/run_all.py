@@ -6,7 +6,8 @@ Sizes come from the environment (see each module's docstring): BENCH_BLOCKS, BEN
 BENCH_SENDERS, BENCH_REPEAT for block import; BENCH_RPC_TXS, BENCH_RPC_SENDERS,
 BENCH_RPC_REPEAT for RPC throughput; BENCH_TRAIN_STEPS, BENCH_TRAIN_CHECKPOINTS, BENCH_TRAIN_HIDDEN
 for training (executor and council); BENCH_CONSENSUS_VALIDATORS, BENCH_CONSENSUS_EPOCHS for the
-consensus simulation.
+consensus simulation; BENCH_SYNC_BLOCKS, BENCH_SYNC_TXS, BENCH_GOSSIP_MESSAGES for the network (sync
+speed and gossip latency).
 `--only NAME` (repeatable) runs a subset.
 """
 
@@ -19,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from benchmarks import Result, block_import, consensus, rpc_throughput, task_lifecycle, training
+from benchmarks import Result, block_import, consensus, network, rpc_throughput, task_lifecycle, training
 
 BENCHMARKS: dict[str, Callable[[list[str]], Result | list[Result]]] = {
     "block_import": block_import.main,
@@ -27,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], Result | list[Result]]] = {
     "task_lifecycle": task_lifecycle.main,
     "training": training.main,
     "consensus": consensus.main,
+    "network": network.main,
 }
 
 

@@ -336,7 +336,10 @@ class NodeNetwork:
                         head_hash=head.hash, genesis_hash=self.chain.genesis_hash)
 
     def syncing(self) -> SyncProgress | None:
-        return self.sync.progress
+        progress = self.sync.progress
+        if progress is None:
+            return None
+        return SyncProgress(progress.starting, self.chain.head.block_number, progress.highest)
 
     # -- service --
 

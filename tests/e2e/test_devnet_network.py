@@ -3,14 +3,15 @@ finalizes with every node agreeing, each node finds all the others from the one 
 sent to one node is mined and its receipt is on all; a full node started later with the printed join
 command syncs the chain (eth_syncing reports it) and then follows it; a validator killed with SIGKILL
 leaves three that keep finalizing, and, restarted with its own command on its own datadir, it catches
-up and agrees with them again. While a node syncs, eth_syncing's currentBlock should be its head
-(xfail: a product bug, see that test).
+up and agrees with them again. A node started before its bootnode should connect to it at its next
+dial (xfail: a product bug, see that test).
 
 Slots of 1 s, 4 to an epoch (the devnet's), so a devnet finalizes within seconds of its first slot.
 Everything is awaited by polling JSON-RPC against deadlines; a failure shows each node's log tail."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,9 @@ from e2e.devnet_run import (
 )
 from txfactory import sign_tx
 
+from ogpu_node.cli.devnet_files import make_devnet
 from ogpu_node.config import load_genesis
+from ogpu_node.p2p.identity import node_key, peer_id
 
 VALIDATORS = 4
 SLOT_TIME = 1
@@ -141,16 +144,17 @@ def _watch_sync(node: Run, target: int) -> list[SyncAnswer]:
                 f"{answers[-5:]}")
 
 
-def _progress(answers: list[SyncAnswer]) -> list[SyncAnswer]:
-    """The answers that reported a sync in progress: at least one, each consistent with itself."""
+def _check_progress(answers: list[SyncAnswer]) -> None:
+    """eth_syncing reported the sync, some answers in the middle of the import, each with the node's head
+    as currentBlock (rpc/net.py: 'our head now'; it once stayed at the head the sync began at), then false."""
     progress = [a for a in answers if a.answer is not False]
     assert progress, f"eth_syncing never reported progress: {answers[:20]}"
     for a in progress:
         starting, current, highest = a.progress()
         assert starting <= current <= highest and starting < highest, a
-        assert current <= a.after, a  # never past the node's own head
+        assert a.before <= current <= a.after, a
+    assert any(a.before > a.progress()[0] for a in progress), progress  # seen after the first block imported
     assert answers[-1].answer is False
-    return progress
 
 
 @pytest.mark.timeout(240)
@@ -165,7 +169,7 @@ def test_a_full_node_joined_later_syncs_the_chain_and_follows_it(tmp_path, proce
     args = devnet.join_args
     assert args[0] == "run" and "--keystore" not in args and args[args.index("--datadir") + 1] == str(root / "node4")
     joined = processes.run(args, tmp_path / "joined.log")
-    _progress(_watch_sync(joined, head(urls[0])))
+    _check_progress(_watch_sync(joined, head(urls[0])))
 
     # The same chain: the validators' blocks and finalized block.
     wait_until("the joined node has the validators' block at their common height",
@@ -224,17 +228,34 @@ def test_three_validators_finalize_without_a_killed_fourth_which_catches_up_when
                lambda: (b := _same_block_at_common_height(urls)) and b[0] >= others_head and b, 60, root)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: eth_syncing's currentBlock stays the head a sync pass began at "
-                   "(RangeSync._sync sets SyncProgress once per pass, and a pass imports every batch up to its "
-                   "target), while rpc/net.py's SyncProgress.current is 'our head now'")
-@pytest.mark.timeout(150)
-def test_eth_syncing_current_block_is_the_head_while_blocks_import(tmp_path, processes):
-    devnet = processes.devnet(tmp_path / "devnet", "--validators", "1", "--slot-time", str(SLOT_TIME),
-                              "--base-port", "0")
-    wait_until("a chain of 24 blocks", lambda: head(devnet.urls[0]) >= 24, 90, devnet.root)
-    joined = processes.run(devnet.join_args, tmp_path / "joined.log")
-    progress = _progress(_watch_sync(joined, head(devnet.urls[0])))
-    # Seen in the middle of the import, not only before its first block:
-    assert any(a.before > a.progress()[0] for a in progress), progress
-    for a in progress:
-        assert a.before <= a.progress()[1] <= a.after, a
+@pytest.mark.xfail(strict=True, reason="product bug: once every address of a peer failed, py-libp2p's swarm refuses to "
+                   "dial it again for 60 s (its negative cache), whatever Network._candidates' redial period; so a "
+                   "node started before its bootnode listens is left alone a minute or more (devnet nodes start at "
+                   "once: seen, node 1 of a devnet alone for 80 s, on a 15-block fork of its own)")
+@pytest.mark.timeout(120)
+def test_a_node_started_before_its_bootnode_connects_at_its_next_dial(tmp_path, processes):
+    root = tmp_path / "devnet"
+    make_devnet(root, 1, 0, SLOT_TIME)  # the files only: the test runs the two nodes
+    genesis, port = str(root / "genesis.json"), free_base_port()
+    bootnode_id = peer_id(node_key(root / "node0"))
+    bootnode = f"/ip4/127.0.0.1/tcp/{port}/p2p/{bootnode_id}"
+    node = processes.run(["run", "--genesis", genesis, "--bootnodes", bootnode, "--datadir", str(root / "node1"),
+                          "--http.port", "0", "--ws.port", "0", "--port", "0"], tmp_path / "node.log")
+    failed = re.compile(rf"dial {re.escape(bootnode)} failed")
+    wait_until("the node's dial to its bootnode fails (nothing listens there yet)",
+               lambda: failed.search(node.log.read_text()), 30, root)
+
+    processes.run(["run", "--genesis", genesis, "--datadir", str(root / "node0"), "--http.port", "0", "--ws.port",
+                   "0", "--port", str(port)], tmp_path / "bootnode.log")
+    # Its banner comes after its p2p host listens: from here on a dial to it can only succeed.
+    since = node.log.stat().st_size
+    connected = re.compile(rf"peer {bootnode_id} connected")
+
+    def next_dial() -> str | None:
+        text = node.log.read_text()[since:]
+        outcomes = [(m.start(), m.group()) for pattern in (failed, connected) if (m := pattern.search(text))]
+        return min(outcomes)[1] if outcomes else None
+
+    outcome = wait_until("the node's next dial to its bootnode", next_dial, 60, root)
+    assert connected.fullmatch(outcome), outcome
+    assert _peer_ids(node.url) == [bootnode_id]

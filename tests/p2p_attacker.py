@@ -21,6 +21,7 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.network import swarm as swarm_module
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
@@ -33,6 +34,10 @@ from ogpu_node.node.network import PeerStatus, encode_status
 from ogpu_node.p2p import limits
 
 MESHSUB = str(PROTOCOL_ID_V11)
+
+# py-libp2p waits 250 ms after starting a dial before it would try a next address (happy eyeballs),
+# even when there is only one: an attacker dialing one address has no reason to.
+swarm_module._HAPPY_EYEBALLS_DELAY = 0
 
 
 def varint(n: int) -> bytes:
@@ -95,6 +100,28 @@ class Attacker:
             reply = await read_all(stream)
         await stream.close()
         return reply
+
+    async def cycle(self, address: str, count: int, per_second: float = 9.0) -> None:
+        """Dial ``address`` (a fresh connection each time: Noise, yamux) and close it, ``count`` times,
+        one connection at a time, at most ``per_second`` (py-libp2p's resource manager refuses a peer
+        more than 10 connections a second). Its close lingers in sleeps after it marks the connection
+        closed: that part finishes in the background while the next dial goes out."""
+        info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+        network = self.host.get_network()
+        self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
+        seen: set[int] = set()
+        start = trio.current_time()
+        async with trio.open_nursery() as closing:
+            for n in range(count):
+                await trio.sleep_until(start + n / per_second)
+                with trio.fail_after(15):
+                    connections = await network.dial_peer(info.peer_id)  # host.connect would reuse a closing one
+                assert not seen & {id(c) for c in connections}, "dial_peer returned a connection it had"
+                seen = {id(c) for c in connections}
+                for connection in connections:
+                    closing.start_soon(connection.close)
+                while not all(c.is_closed for c in connections):
+                    await trio.sleep(0)
 
     async def wait_disconnected(self, peer: ID, timeout: float = 15) -> bool:
         """True once no connection to ``peer`` is left (the node dropped us), False if one still is."""

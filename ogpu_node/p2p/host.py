@@ -38,6 +38,7 @@ from ogpu_node.crypto import keccak
 from ogpu_node.p2p import limits
 from ogpu_node.p2p.gossip import BadRpc, GuardedPubsub
 from ogpu_node.p2p.identity import peer_id
+from ogpu_node.p2p.inbound import release_closed_inbound
 from ogpu_node.p2p.limits import MessageKind, PeerOffence
 from ogpu_node.p2p.peers import PeerBook
 from ogpu_node.p2p.wire import FrameError, FrameTooLarge, encode_frame, read_frame
@@ -128,6 +129,7 @@ class Network:
         listen = multiaddr.Multiaddr(f"/ip4/{self.config.listen_addr}/tcp/{self.config.port}")
         host = new_host(key_pair=self.key, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_preference="YAMUX",
                         listen_addrs=[listen])
+        release_closed_inbound(host.get_network())  # else 250 inbound connections cut the node off
         gossipsub = GossipSub([PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12, heartbeat_interval=1,
                               adaptive_gossip_enabled=False, spam_protection_enabled=False,
                               eclipse_protection_enabled=False)
@@ -421,7 +423,10 @@ class Network:
                 continue
             if address not in bootnodes and target < self.peer_id:
                 continue  # of two peers that learn of each other, the lower id waits to be dialed
-            if now - self._dialed.get(address, -1e9) < 10 * _MAINTAIN_EVERY:
+            # A node with no peer retries its bootnodes every round (one that was not listening yet is
+            # reached as soon as it is); other addresses every ten rounds.
+            alone = not self._connections and address in bootnodes
+            if now - self._dialed.get(address, -1e9) < (1 if alone else 10) * _MAINTAIN_EVERY:
                 continue
             self._dialed[address] = now
             wanted.append(address)
@@ -431,10 +436,13 @@ class Network:
     async def _dial(self, address: str) -> None:
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+            # py-libp2p refuses for 60 s to dial a peer whose addresses all failed once (its negative
+            # cache); when to dial again is _candidates' decision.
+            self._host.get_network().unblock_peer(info.peer_id)
             with trio.fail_after(limits.REQUEST_TIMEOUT):
                 await self._host.connect(info)
         except Exception as exc:  # unreachable, refused, not Noise: try again later
-            log.warning("dial %s failed: %r", address, exc)
+            log.info("dial %s failed: %r", address, exc)
 
     def _guarded(self, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         """A stream handler that cannot take the host down: what it raises resets the stream and scores

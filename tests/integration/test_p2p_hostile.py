@@ -6,12 +6,16 @@ handshake and then misbehaves. After each attack the attacker is disconnected an
 offence the spec names (its reconnects are dropped before any handshake), and the node goes on sealing
 blocks and answering JSON-RPC. Also: another genesis is refused at the handshake, a plaintext dial is
 refused while a Noise dial works, a score survives a reconnect, a peer that only goes away is not
-punished. Real-process runs are in tests/e2e/test_p2p_hostile_process.py.
+punished. And against a real `ogpu-node run` process: 1,000 connect/close cycles leave its RSS where it
+was, and random bytes on a gossip and a request stream leave it up, sealing, with the attacker banned.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ from typing import Any
 import pytest
 import rlp
 import trio
+from e2e.cli_run import CLI, ENV, ROOT, cli
 from p2p_attacker import (
     MESHSUB,
     Attacker,
@@ -36,6 +41,7 @@ from p2p_attacker import (
 from ogpu_node.config import parse_genesis
 from ogpu_node.consensus import ValidatorKey
 from ogpu_node.crypto import Keypair, keccak
+from ogpu_node.crypto.keystore import LIGHT_SCRYPT_N, create_account
 from ogpu_node.node import Node, NodeConfig
 from ogpu_node.node.network import P2PConfig
 from ogpu_node.node.validator_key import randao_chain
@@ -379,3 +385,128 @@ async def test_a_peer_that_resets_its_request_or_leaves_is_not_punished(nursery,
         await wait_until("the peer gone", lambda: me not in net._connections)
         await joined(peer_host, node)
         assert not net.book.is_banned(me, time.monotonic())
+
+
+# -- against a real node process ----------------------------------------------------------------
+
+_PASSWORD = "hostile"
+_HTTP = re.compile(r"Listening on (http://127\.0\.0\.1:\d+)")
+_P2P = re.compile(r"p2p listening on (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\w+)")
+
+
+class NodeProcess:
+    """`ogpu-node run` validating a one-validator genesis, p2p and RPC on 127.0.0.1 (free ports)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        keystore = tmp_path / "keystore"
+        create_account(keystore, _PASSWORD, _VALIDATOR.private_key, kdf_iterations=LIGHT_SCRYPT_N)
+        (tmp_path / "password").write_text(_PASSWORD + "\n")
+        genesis, key = _genesis()
+        address = "0x" + _VALIDATOR.address.hex()
+        doc = {"config": {"chainId": CHAIN_ID}, "alloc": {address: {"balance": hex(10**24)}},
+               "consensus": {"genesisTime": int(time.time()) + 2, "slotTime": 1, "slotsPerEpoch": 4,
+                             "randaoLength": 256, "validators": [{"address": address, "stake": hex(1_000 * 10**18),
+                                                                  "randaoTip": "0x" + key.randao.tip.hex()}]}}
+        (tmp_path / "genesis.json").write_text(json.dumps(doc))
+        datadir = tmp_path / "data"
+        init = cli("init", "--datadir", datadir, tmp_path / "genesis.json")
+        assert init.returncode == 0, init.stderr
+        self.err_path = tmp_path / "node.err"
+        with open(tmp_path / "node.out", "wb") as out, open(self.err_path, "wb") as err:
+            self.process = subprocess.Popen(
+                [*CLI, "run", "--datadir", str(datadir), "--genesis", str(tmp_path / "genesis.json"),
+                 "--keystore", str(keystore), "--password-file", str(tmp_path / "password"),
+                 "--http.port", "0", "--no-ws", "--port", "0"], stdout=out, stderr=err, env=ENV, cwd=ROOT)
+        self.out_path = tmp_path / "node.out"
+        self.url = self._wait_for(_HTTP, self.out_path)
+        self.multiaddr = self._wait_for(_P2P, self.err_path)
+        self.chain_id = CHAIN_ID
+        self.genesis_hash = bytes.fromhex(self.rpc("eth_getBlockByNumber", "0x0", False)["hash"][2:])
+
+    def _wait_for(self, pattern: re.Pattern[str], path: Path) -> str:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            match = pattern.search(path.read_text(errors="replace"))
+            if match:
+                return match.group(1)
+            assert self.process.poll() is None, self.err_path.read_text()
+            time.sleep(0.05)
+        pytest.fail(f"the node printed no {pattern.pattern} within 90 s: {self.err_path.read_text()[-3000:]}")
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        return rpc(self.url, method, *params)
+
+    def block_number(self) -> int:
+        return int(self.rpc("eth_blockNumber"), 16)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def node_process(tmp_path):
+    started: list[NodeProcess] = []
+
+    def start() -> NodeProcess:
+        started.append(NodeProcess(tmp_path))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_a_thousand_connect_close_cycles_leave_the_node_rss_where_it_was_and_its_door_open(node_process):
+    """py-libp2p 0.8.1 kept a task and an inbound slot for every connection ever accepted: memory grew
+    with each, and after 250 the node refused every inbound connection (ogpu_node/p2p/inbound.py)."""
+    node = node_process()
+    async with attacker_host() as attacker:
+        await attacker.cycle(node.multiaddr, 100)  # warm-up: caches, allocator arenas, lazy imports
+        baseline = node.rss_kib()
+        await attacker.cycle(node.multiaddr, 1000)  # each dial must succeed, or this raises
+        after = node.rss_kib()
+    assert after - baseline < 20 * 1024, f"RSS grew by {(after - baseline) / 1024:.1f} MiB over 1,000 cycles"
+    async with attacker_host() as newcomer:  # another peer still gets in, and through the handshake
+        peer = await newcomer.connect(node.multiaddr)
+        await newcomer.handshake(peer, genesis_status(node.chain_id, node.genesis_hash))
+        assert await trio.to_thread.run_sync(node.rpc, "net_peerCount") == "0x1"
+    start = await trio.to_thread.run_sync(node.block_number)
+    await wait_until("a block after the cycles", lambda: node.block_number() > start)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_real_node_survives_random_bytes_and_bans_their_sender(node_process):
+    node = node_process()
+    status = genesis_status(node.chain_id, node.genesis_hash)
+    for attack, protocol in ((1, MESHSUB), (2, limits.PROTOCOL_BLOCKS_BY_RANGE)):
+        async with attacker_host() as attacker:
+            peer = await attacker.connect(node.multiaddr)
+            await attacker.handshake(peer, status)
+            stream = await attacker.stream(peer, protocol)
+            await stream.write(random_bytes(4096, attack))
+            await stream.close()
+            assert await attacker.wait_disconnected(peer), "the node kept the attacker's connection"
+            try:  # a reconnect is dropped before the handshake
+                await attacker.connect(node.multiaddr)
+                with trio.move_on_after(2):
+                    await attacker.handshake(peer, status)
+            except Exception:
+                pass
+            assert await attacker.wait_disconnected(peer)
+            assert f"peer {attacker.peer_id.to_base58()} banned (" in node.err_path.read_text()
+            await wait_until("the node's peer count back to 0", lambda: node.rpc("net_peerCount") == "0x0")
+    assert node.process.poll() is None, node.err_path.read_text()[-3000:]
+    start = await trio.to_thread.run_sync(node.block_number)
+    await wait_until("two blocks after the attacks", lambda: node.block_number() >= start + 2)
+    assert "Traceback" not in node.err_path.read_text()

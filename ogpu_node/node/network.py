@@ -339,7 +339,8 @@ class NodeNetwork:
         progress = self.sync.progress
         if progress is None:
             return None
-        return SyncProgress(progress.starting, self.chain.head.block_number, progress.highest)
+        head = self.chain.head.block_number
+        return SyncProgress(progress.starting, head, max(progress.highest, head))
 
     # -- service --
 

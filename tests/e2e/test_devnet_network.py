@@ -3,8 +3,8 @@ finalizes with every node agreeing, each node finds all the others from the one 
 sent to one node is mined and its receipt is on all; a full node started later with the printed join
 command syncs the chain (eth_syncing reports it) and then follows it; a validator killed with SIGKILL
 leaves three that keep finalizing, and, restarted with its own command on its own datadir, it catches
-up and agrees with them again. A node started before its bootnode should connect to it at its next
-dial (xfail: a product bug, see that test).
+up and agrees with them again. A node started before its bootnode connects to it at its next dial
+(py-libp2p would refuse to redial a failed peer for 60 s: Network._dial lifts that).
 
 Slots of 1 s, 4 to an epoch (the devnet's), so a devnet finalizes within seconds of its first slot.
 Everything is awaited by polling JSON-RPC against deadlines; a failure shows each node's log tail."""
@@ -228,10 +228,6 @@ def test_three_validators_finalize_without_a_killed_fourth_which_catches_up_when
                lambda: (b := _same_block_at_common_height(urls)) and b[0] >= others_head and b, 60, root)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: once every address of a peer failed, py-libp2p's swarm refuses to "
-                   "dial it again for 60 s (its negative cache), whatever Network._candidates' redial period; so a "
-                   "node started before its bootnode listens is left alone a minute or more (devnet nodes start at "
-                   "once: seen, node 1 of a devnet alone for 80 s, on a 15-block fork of its own)")
 @pytest.mark.timeout(120)
 def test_a_node_started_before_its_bootnode_connects_at_its_next_dial(tmp_path, processes):
     root = tmp_path / "devnet"

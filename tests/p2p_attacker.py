@@ -54,6 +54,11 @@ def frame(payload: bytes) -> bytes:
     return varint(len(payload)) + payload
 
 
+def huge_rlp_list(n: int) -> bytes:
+    """rlp of a list of ``n`` one-byte items: a few bytes each on the wire, seconds of pyrlp to decode."""
+    return rlp.codec.length_prefix(n, 0xC0) + b"\x01" * n
+
+
 def genesis_status(chain_id: int, genesis_hash: bytes) -> bytes:
     """A status as a freshly started node of that chain sends it: its head and finality at genesis."""
     return encode_status(PeerStatus(chain_id, genesis_hash, genesis_hash, 0, 0, genesis_hash))
@@ -74,6 +79,26 @@ class Attacker:
     def __init__(self, host: Any) -> None:
         self.host = host
         self.peer_id: ID = host.get_id()
+
+    @property
+    def multiaddr(self) -> str:
+        """Where a node dials this host (`/ip4/127.0.0.1/tcp/<port>/p2p/<id>`)."""
+        port = self.host.get_addrs()[0].value_for_protocol("tcp")
+        return f"/ip4/127.0.0.1/tcp/{port}/p2p/{self.peer_id.to_base58()}"
+
+    def answer(self, protocol: str, response: bytes) -> None:
+        """Answer every ``protocol`` request a node makes of this host with ``response`` (raw bytes, framed
+        or not as the test wants), after reading what it sent."""
+
+        async def handler(stream: Any) -> None:
+            try:
+                await stream.read(65536)
+                await stream.write(response)
+                await stream.close()
+            except Exception:  # the node hung up on us: what the test wanted
+                pass
+
+        self.host.set_stream_handler(protocol, handler)
 
     async def connect(self, address: str) -> ID:
         """Dial ``address`` (a /p2p/ multiaddr); returns the node's peer id. Raises what libp2p raises."""

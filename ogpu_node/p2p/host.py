@@ -51,12 +51,14 @@ rpc_queue.OutBoundQueueSize = 4096
 pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = 4096
 
 _MAINTAIN_EVERY = 2.0  # seconds between checks of the peer count
-_MAX_REQUEST_BYTES = 4096  # a request frame: at most 64 hashes, a range, a status
+# A request frame (at most 64 hashes, a range, a status), and a status or peers answer: bounded before
+# rlp decodes it, since pyrlp spends seconds of the trio thread on 4 MiB of tiny items.
+_MAX_REQUEST_BYTES = 4096
 # Inbound gossipsub streams per peer: an honest peer keeps one open (a second while it replaces a dead
 # one); a peer that opens more pins a reading task each.
 _MAX_GOSSIP_STREAMS = 2
 # The stream went away under us (the peer reset it, or its connection closed): not an offence.
-_GONE = (StreamError, MuxedStreamError, MuxedConnError)
+_GONE = (StreamError, MuxedStreamError, MuxedConnError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @dataclass(frozen=True)
@@ -220,9 +222,10 @@ class Network:
 
     # -- requests --
 
-    async def request(self, peer: str, protocol: str, payload: bytes, max_frames: int) -> list[bytes]:
+    async def request(self, peer: str, protocol: str, payload: bytes, max_frames: int,
+                      max_frame: int = limits.MAX_FRAME) -> list[bytes]:
         """Send one request frame and read the response frames until the peer closes the stream (at most
-        ``max_frames``, each bounded by MAX_FRAME). A timeout or bad framing scores the peer and raises
+        ``max_frames``, each bounded by ``max_frame``). A timeout or bad framing scores the peer and raises
         trio.TooSlowError or FrameError."""
         if self._host is None:
             raise FrameError("the network is not running")
@@ -234,7 +237,7 @@ class Network:
                 try:
                     await stream.write(encode_frame(payload))
                     while len(frames) < max_frames:
-                        frame = await read_frame(stream, limits.MAX_FRAME)
+                        frame = await read_frame(stream, max_frame)
                         if frame is None:
                             break
                         frames.append(frame)
@@ -243,6 +246,9 @@ class Network:
                         await _close(stream)
         except trio.TooSlowError:
             self.penalize(peer, PeerOffence.BAD_RESPONSE)
+            raise
+        except FrameTooLarge:
+            self.penalize(peer, PeerOffence.OVERSIZED)
             raise
         except FrameError:
             self.penalize(peer, PeerOffence.UNDECODABLE)
@@ -332,7 +338,7 @@ class Network:
         """Send our status to ``peer`` and take its own (the handshake, and later to learn its head);
         False when it did not answer or was refused."""
         try:
-            frames = await self.request(peer, limits.PROTOCOL_STATUS, self._hello(), 1)
+            frames = await self.request(peer, limits.PROTOCOL_STATUS, self._hello(), 1, _MAX_REQUEST_BYTES)
         except (trio.TooSlowError, FrameError, RequestFailed) as exc:
             log.info("status exchange with %s failed: %s", peer, exc)
             return False
@@ -397,7 +403,7 @@ class Network:
             return
         peer = random.choice(list(self.peers))
         try:
-            frames = await self.request(peer, limits.PROTOCOL_PEERS, b"\x80", 1)
+            frames = await self.request(peer, limits.PROTOCOL_PEERS, b"\x80", 1, _MAX_REQUEST_BYTES)
             addresses = rlp.decode(frames[0]) if frames else []
             if not isinstance(addresses, list) or len(addresses) > limits.MAX_PEERS_SHARED:
                 raise BadMessage("not a list of at most MAX_PEERS_SHARED addresses")

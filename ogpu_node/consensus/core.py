@@ -192,7 +192,10 @@ class ConsensusCore:
 
     def _retry_pending(self) -> None:
         pending, self._pending = self._pending, []
+        epoch = self.fork_choice.states[self.head()].epoch
         for signed in pending:
+            if signed.message.target_epoch + 1 < epoch:
+                continue  # no longer includable nor counted: its block never came
             try:
                 self.on_attestation(signed)
             except InvalidConsensus:

@@ -10,6 +10,7 @@ slasher's window).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import rlp
@@ -21,6 +22,7 @@ from ogpu_node.types.signing import BlockProposal, SignedAttestation, SignedProp
 
 TRACKED_EPOCHS = 256
 TRACKED_SLOTS = 4096
+REMEMBERED_OFFENCES = 65_536  # offences already found, so each is reported once; the oldest forgotten
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class SlashingDetector:
     def __init__(self) -> None:
         self._proposals: dict[tuple[bytes, int], SignedProposal] = {}  # (proposer, slot)
         self._votes: dict[bytes, dict[int, SignedAttestation]] = {}  # validator -> target epoch -> first seen
-        self._found: set[bytes] = set()
+        self._found: OrderedDict[bytes, None] = OrderedDict()
         self._newest_slot = 0
 
     def on_proposal(self, proposer: bytes, signed: SignedProposal) -> Evidence | None:
@@ -94,7 +96,9 @@ class SlashingDetector:
     def _new(self, evidence: Evidence) -> Evidence | None:
         if evidence.key in self._found:
             return None
-        self._found.add(evidence.key)
+        self._found[evidence.key] = None
+        if len(self._found) > REMEMBERED_OFFENCES:
+            self._found.popitem(last=False)
         return evidence
 
 

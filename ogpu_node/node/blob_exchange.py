@@ -23,13 +23,15 @@ from ogpu_node.blobs.uploads import follow_prescriptions
 from ogpu_node.p2p import limits
 from ogpu_node.p2p.host import BadMessage, Network, RequestFailed
 from ogpu_node.p2p.limits import PeerOffence
-from ogpu_node.p2p.wire import FrameError
+from ogpu_node.p2p.wire import FrameError, rlp_items_within
 from ogpu_node.types.merkle import CHUNK_SIZE, chunk_count, chunk_proof, leaf_hash, tree_levels, verify_chunk
 
 log = logging.getLogger("ogpu.blobs")
 
 CHUNKS_PER_RESPONSE = 16  # 4 MiB a response: a large blob comes in many requests, resumable, any peer
 _TREES_CACHED = 8  # blobs whose Merkle levels are kept for serving their chunks
+# Worker threads reading blobs for peers, apart from trio's default limiter (imports, sealing, RPC).
+SERVING = trio.CapacityLimiter(2)
 
 
 class BlobExchange:
@@ -78,13 +80,16 @@ class BlobExchange:
 
     async def serve(self, request: bytes) -> AsyncIterator[bytes]:
         try:
+            if not rlp_items_within(request, 3):
+                raise ValueError("too many RLP items")
             blob_hash, first = rlp.decode(request)
             first = int.from_bytes(first, "big")
-            assert len(blob_hash) == 32 and first < 1 << 32
+            if len(blob_hash) != 32 or first >= 1 << 32:
+                raise ValueError("not rlp([blob hash, first chunk index])")
         except Exception as exc:
             raise BadMessage(f"malformed blob request: {exc}") from None
         try:
-            frames = await trio.to_thread.run_sync(self._chunks, bytes(blob_hash), first)
+            frames = await trio.to_thread.run_sync(self._chunks, bytes(blob_hash), first, limiter=SERVING)
         except BlobNotFound:
             return  # not here: an empty answer, the asker tries another peer
         for frame in frames:
@@ -136,8 +141,8 @@ class BlobExchange:
                     return False  # it has not got it (or no longer)
                 header, *chunks = frames
                 size, count = self._check_header(header, size, count)
-                if not chunks:
-                    raise BadMessage("a blob answer without chunks")
+                if len(chunks) != min(CHUNKS_PER_RESPONSE, count - index):
+                    raise BadMessage(f"{len(chunks)} chunks where {min(CHUNKS_PER_RESPONSE, count - index)} were due")
                 for frame in chunks:
                     chunk = self._check_chunk(frame, blob_hash, index, size, count)
                     await trio.to_thread.run_sync(writer.write, chunk)
@@ -157,9 +162,12 @@ class BlobExchange:
             log.warning("blob 0x%s not stored: %s", blob_hash.hex(), exc)
             return False
         finally:
-            await trio.to_thread.run_sync(writer.abort)
+            with trio.CancelScope(shield=True):  # a cancelled fetch leaves no temporary file behind
+                await trio.to_thread.run_sync(writer.abort)
 
     def _check_header(self, frame: bytes, size: int | None, count: int | None) -> tuple[int, int]:
+        if not rlp_items_within(frame, 3):
+            raise BadMessage("a blob header is rlp([size, chunk count])")
         fields: Any = rlp.decode(frame)
         if not isinstance(fields, list) or len(fields) != 2:
             raise BadMessage("a blob header is rlp([size, chunk count])")
@@ -172,6 +180,8 @@ class BlobExchange:
 
     @staticmethod
     def _check_chunk(frame: bytes, blob_hash: bytes, index: int, size: int, count: int) -> bytes:
+        if not rlp_items_within(frame, 70):  # index, bytes, and a proof of at most 64 hashes
+            raise BadMessage("a blob chunk is rlp([index, bytes, proof])")
         fields: Any = rlp.decode(frame)
         if not isinstance(fields, list) or len(fields) != 3 or not isinstance(fields[2], list):
             raise BadMessage("a blob chunk is rlp([index, bytes, proof])")

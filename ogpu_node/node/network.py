@@ -21,7 +21,8 @@ from ogpu_node.chain import ChainError
 from ogpu_node.consensus import BlockInput, ConsensusBody, InvalidConsensus, apply_block
 from ogpu_node.consensus.forkchoice import UnknownParent
 from ogpu_node.consensus.slashings import Evidence, decode_evidence, encode_evidence
-from ogpu_node.execution.codec import decode_block
+from ogpu_node.consensus.state import attestation_signer
+from ogpu_node.execution.codec import decode_block, decode_transaction
 from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.node.blob_exchange import BlobExchange
 from ogpu_node.node.pos import CONSENSUS_RECORD, block_input
@@ -29,6 +30,7 @@ from ogpu_node.node.sync import RangeSync
 from ogpu_node.p2p import limits
 from ogpu_node.p2p.host import BadMessage, Network, P2PConfig, Verdict
 from ogpu_node.p2p.identity import node_key
+from ogpu_node.p2p.wire import rlp_items_within
 from ogpu_node.rpc.net import NodeInfo, PeerInfo, SyncProgress
 from ogpu_node.txpool import TxRejected
 from ogpu_node.types.signing import SignedAttestation
@@ -40,7 +42,17 @@ __all__ = ["NodeNetwork", "P2PConfig", "block_message"]
 
 log = logging.getLogger("ogpu.network")
 
+# Worker threads serving peers' requests, apart from trio's default limiter that imports, sealing and
+# RPC use: however many peers ask at once, the node's own work is not queued behind them.
+SERVING = trio.CapacityLimiter(2)
+
 MAX_ORPHANS = 64  # gossiped blocks kept while their ancestors are fetched
+ORPHANS_PER_PEER = 4  # so one peer cannot flush the others' out
+# RLP items a message may hold, counted before decoding (pyrlp's decoding is quadratic in them): a
+# block of 30M gas holds at most ~1,500 transfers of ~12 items each; a transaction's access list a few
+# thousand.
+MAX_BLOCK_ITEMS = 100_000
+MAX_TX_ITEMS = 10_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,8 @@ def encode_status(status: PeerStatus) -> bytes:
 
 
 def decode_status(data: bytes) -> PeerStatus:
+    if not rlp_items_within(data, 8):
+        raise BadMessage("a status is six items")
     try:
         chain_id, genesis, head, number, epoch, root = rlp.decode(data)
         if len(genesis) != 32 or len(head) != 32 or len(root) != 32:
@@ -76,6 +90,8 @@ def block_message(raw_block: bytes, body: bytes, signature: bytes) -> bytes:
 
 def decode_block_message(data: bytes) -> tuple[Any, BlockInput]:
     """The execution block and what consensus checks of it; BadMessage for bytes that are not one."""
+    if not rlp_items_within(data, MAX_BLOCK_ITEMS):
+        raise BadMessage(f"a block message of more than {MAX_BLOCK_ITEMS} RLP items")
     try:
         raw, body, signature = rlp.decode(data)
         block = decode_block(raw)
@@ -96,7 +112,7 @@ class NodeNetwork:
         self.host.on_peer = self._on_peer_status
         self.blobs = BlobExchange(node.blobs, node.blob_ledger, self.host, node.blob_keeper.catch_up)
         self.peer_heads: dict[str, int] = {}  # what each peer's status (or its newest gossiped block) said
-        self._orphans: dict[bytes, tuple[Any, BlockInput]] = {}
+        self._orphans: dict[bytes, tuple[Any, BlockInput, str]] = {}  # by root: block, input, who sent it
         self.sync = RangeSync(self, decode_block_message)
 
     # -- Handlers: status --
@@ -121,8 +137,15 @@ class NodeNetwork:
             if not self.chain.is_canonical(header):
                 log.warning("peer %s finalized a block our chain does not contain: refused", peer)
                 return False
+        if not self._plausible(theirs.number):
+            log.warning("peer %s claims head %d, past the current slot: refused", peer, theirs.number)
+            return False
         self.peer_heads[peer] = theirs.number
         return True
+
+    def _plausible(self, number: int) -> bool:
+        """A block's number is at most its slot, and no honest block's slot is past the current one + 1."""
+        return number <= self.pos.params.slot_at(time.time()) + 1
 
     async def _on_peer_status(self, peer: str, data: bytes) -> None:
         if self.peer_heads.get(peer, 0) > self.chain.head.block_number:
@@ -146,12 +169,14 @@ class NodeNetwork:
             return Verdict.IGNORE
         if inp.body.slot > params.slot_at(time.time()) + 1:
             return Verdict.IGNORE  # from the future: a clock ahead, not proof of malice
+        if block.header.block_number > inp.body.slot:
+            return Verdict.REJECT  # one block a slot at most: no honest block is numbered past its slot
         if inp.body.slot <= params.start_slot(core.finalized.epoch):
             return Verdict.IGNORE
-        self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), block.header.block_number)
         if inp.parent_root not in core.fork_choice.states or not self.chain.has_block(inp.parent_root):
-            self._keep_orphan(block, inp)
-            self.sync.wanted.set()
+            if self._keep_orphan(block, inp, peer):
+                self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), block.header.block_number)
+                self.sync.wanted.set()
             return Verdict.IGNORE
         try:
             apply_block(core.rules, core.state(inp.parent_root), inp)
@@ -163,6 +188,7 @@ class NodeNetwork:
         except (InvalidBlock, InvalidConsensus, ChainError) as exc:
             log.warning("block 0x%s from %s does not import: %s", inp.root.hex(), peer, exc)
             return Verdict.REJECT
+        self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), block.header.block_number)
         await self.import_orphans()
         return Verdict.ACCEPT
 
@@ -171,11 +197,21 @@ class NodeNetwork:
             signed = SignedAttestation.decode(payload)
         except Exception as exc:
             raise BadMessage(f"malformed attestation: {exc}") from None
+        core = self.pos.core
+        if not self._signed_by_a_validator(attestation_signer(core.rules, signed)):
+            return Verdict.REJECT
+        known_head = signed.message.head in core.fork_choice.states
         try:
-            self.pos.core.on_attestation(signed)
+            core.on_attestation(signed)
         except InvalidConsensus:
             return Verdict.REJECT
-        return Verdict.ACCEPT
+        # A vote for a block not known yet is kept until the block comes, but not forwarded on trust.
+        return Verdict.ACCEPT if known_head else Verdict.IGNORE
+
+    def _signed_by_a_validator(self, signer: bytes | None) -> bool:
+        """Whether ``signer`` validates in the head's current or previous epoch."""
+        head = self.pos.core.fork_choice.states[self.pos.core.head()]
+        return signer is not None and (signer in head.current.validators or signer in head.previous.validators)
 
     def _gossip_evidence(self, payload: bytes) -> Verdict:
         """Slashing evidence another node found: checked as Slashing checks it (one signer, an offence);
@@ -185,14 +221,22 @@ class NodeNetwork:
         except ValueError as exc:
             log.info("invalid slashing evidence: %s", exc)
             return Verdict.REJECT
+        if not self._signed_by_a_validator(evidence.offender):
+            return Verdict.REJECT  # a throwaway key's offence: reporting it would only spend gas
         return Verdict.ACCEPT if self.pos.core.on_evidence(evidence) else Verdict.IGNORE
 
     def _gossip_tx(self, payload: bytes) -> Verdict:
+        if not rlp_items_within(payload[1:] if payload[:1] < b"\xc0" else payload, MAX_TX_ITEMS):
+            raise BadMessage("not a transaction")
         try:
-            tx_hash = self.node.pool.add_raw(payload)
+            tx = decode_transaction(payload)
+        except Exception as exc:
+            raise BadMessage(f"not a transaction: {exc}") from None
+        try:
+            tx_hash = self.node.pool.add(tx)
         except TxRejected:
             return Verdict.IGNORE  # known, stale nonce, underpriced: a race, not an offence
-        self.node._on_transaction(tx_hash)
+        self.node._on_transaction(tx_hash, publish=False)  # the host forwards it once this returns
         return Verdict.ACCEPT
 
     # -- Handlers: requests --
@@ -200,18 +244,23 @@ class NodeNetwork:
     async def serve(self, protocol: str, request: bytes) -> AsyncIterator[bytes]:
         if protocol == limits.PROTOCOL_BLOCKS_BY_RANGE:
             try:
+                if not rlp_items_within(request, 3):
+                    raise ValueError("too many RLP items")
                 start, count = (int.from_bytes(v, "big") for v in rlp.decode(request))
             except Exception as exc:
                 raise BadMessage(f"malformed range request: {exc}") from None
             count = min(count, limits.MAX_BLOCKS_PER_REQUEST)
-            messages = await trio.to_thread.run_sync(self._range_messages, start, count)
+            messages = await trio.to_thread.run_sync(self._range_messages, start, count, limiter=SERVING)
         elif protocol == limits.PROTOCOL_BLOCKS_BY_HASH:
             try:
+                if not rlp_items_within(request, limits.MAX_BLOCKS_PER_REQUEST + 1):
+                    raise ValueError("too many RLP items")
                 hashes = rlp.decode(request)
-                assert isinstance(hashes, list) and len(hashes) <= limits.MAX_BLOCKS_PER_REQUEST
+                if not isinstance(hashes, list) or len(hashes) > limits.MAX_BLOCKS_PER_REQUEST:
+                    raise ValueError(f"not a list of at most {limits.MAX_BLOCKS_PER_REQUEST} hashes")
             except Exception as exc:
                 raise BadMessage(f"malformed hash request: {exc}") from None
-            messages = await trio.to_thread.run_sync(self._hash_messages, hashes)
+            messages = await trio.to_thread.run_sync(self._hash_messages, hashes, limiter=SERVING)
         elif protocol == limits.PROTOCOL_BLOBS_BY_HASH:
             async for frame in self.blobs.serve(request):
                 yield frame
@@ -260,10 +309,14 @@ class NodeNetwork:
         # Shielded: a block the chain stored is always given to fork choice, whatever cancels the caller
         # (a gossip validation's timeout, a shutdown), so the two never disagree about what is known.
         with trio.CancelScope(shield=True):
-            if not self.chain.has_block(inp.root):
-                async with self.node._head_lock:
+            async with self.node._head_lock:
+                if not self.chain.has_block(inp.root):  # checked again: another import may have stored it
                     await trio.to_thread.run_sync(self.pos.import_block, block, inp, settlement)
-            core.on_block(inp)
+            try:
+                core.on_block(inp)
+            except InvalidConsensus as exc:  # finality moved on while it executed: a dead branch
+                log.info("block 0x%s left out of fork choice: %s", inp.root.hex(), exc)
+                return
             head = core.head()
             if head != self.chain.head.hash:
                 await self.node.adopt_head(head)
@@ -273,16 +326,20 @@ class NodeNetwork:
         header = self.chain.header_by_hash(self.pos.core.finalized.root)
         return 0 if header is None else header.block_number
 
-    def _keep_orphan(self, block: Any, inp: BlockInput) -> None:
-        self._orphans[inp.root] = (block, inp)
+    def _keep_orphan(self, block: Any, inp: BlockInput, peer: str) -> bool:
+        """Keep a block whose parent is not known yet (at most ORPHANS_PER_PEER of each peer's)."""
+        if sum(1 for *_, p in self._orphans.values() if p == peer) >= ORPHANS_PER_PEER:
+            return False
+        self._orphans[inp.root] = (block, inp, peer)
         while len(self._orphans) > MAX_ORPHANS:
             del self._orphans[next(iter(self._orphans))]
+        return True
 
     async def import_orphans(self) -> None:
         progress = True
         while progress:
             progress = False
-            for root, (block, inp) in list(self._orphans.items()):
+            for root, (block, inp, _) in list(self._orphans.items()):
                 if self.chain.has_block(inp.parent_root) and inp.parent_root in self.pos.core.fork_choice.states:
                     del self._orphans[root]
                     try:

@@ -136,9 +136,11 @@ class Node:
     def _head_view(self) -> tuple[int, int]:
         return self.eth.next_base_fee(), self.chain.head.gas_limit
 
-    def _on_transaction(self, tx_hash: bytes) -> None:
+    def _on_transaction(self, tx_hash: bytes, publish: bool = True) -> None:
+        """A transaction the pool admitted: wake block production, tell subscribers, and gossip it
+        (``publish`` False: it came by gossip, and the host forwards it)."""
         self._tx_arrived.set()
-        if self.network is not None and self._nursery is not None:
+        if publish and self.network is not None and self._nursery is not None:
             entry = self.pool.get(tx_hash)
             if entry is not None:  # gossiped once: a copy heard back from a peer is a duplicate it drops
                 self._nursery.start_soon(self.network.publish_transaction, entry[1].encode())

@@ -8,6 +8,7 @@ node killed during sync resumes from its last committed block and downloads noth
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import trio
 
 from ogpu_node.chain import ChainError
 from ogpu_node.consensus import InvalidConsensus
+from ogpu_node.consensus.forkchoice import UnknownParent
 from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.p2p import limits
 from ogpu_node.p2p.host import BadMessage
@@ -44,9 +46,14 @@ class RangeSync:
             with trio.move_on_after(POLL_S):
                 await self.wanted.wait()
             self.wanted = trio.Event()
+            for gone in [p for p in self.network.peer_heads if p not in self.network.host.peers]:
+                del self.network.peer_heads[gone]
             try:
                 await self._refresh_heads()
                 await self._sync()
+            except Exception:  # a full disk, a bug: this round ends, the node and the next round go on
+                log.exception("sync round failed")
+                await trio.sleep(POLL_S)
             finally:
                 self.progress = None
 
@@ -56,10 +63,14 @@ class RangeSync:
         return {p: n for p, n in self.network.peer_heads.items() if n > ours and p in peers}
 
     async def _refresh_heads(self) -> None:
-        """Ask the peers that were ahead for their status again (heads move every slot)."""
-        for peer in self._ahead():
+        """Ask the peers that were ahead for their status again (heads move every slot), all at once."""
+        async def refresh(peer: str) -> None:
             if not await self.network.host.exchange_status(peer):
                 self.network.peer_heads.pop(peer, None)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self._ahead():
+                nursery.start_soon(refresh, peer)
 
     async def _sync(self) -> None:
         first = self.chain.head.block_number
@@ -85,9 +96,9 @@ class RangeSync:
         """Fetch [start, target] in batches, WINDOW ahead, spread over the peers that have them, and
         import in order. "done", "fork" (the first block does not extend a block we have), or "failed"
         (a peer answered nothing or something that does not import: the caller looks again)."""
-        batches = list(range(start, target + 1, limits.MAX_BLOCKS_PER_REQUEST))
+        batches = range(start, target + 1, limits.MAX_BLOCKS_PER_REQUEST)
         results: dict[int, tuple[str, list[bytes]]] = {}
-        arrived = {b: trio.Event() for b in batches}
+        arrived: defaultdict[int, trio.Event] = defaultdict(trio.Event)
         peers = sorted(ahead, key=ahead.__getitem__, reverse=True)
 
         async def fetch(batch: int, peer: str) -> None:
@@ -102,6 +113,7 @@ class RangeSync:
                     nursery.start_soon(fetch, batches[started], having[started % len(having)])
                     started += 1
                 await arrived[batch].wait()
+                del arrived[batch]
                 peer, frames = results.pop(batch)
                 outcome = await self._import(peer, frames, check_fork=index == 0)
                 if outcome != "done":
@@ -129,12 +141,17 @@ class RangeSync:
             self.network.host.penalize(peer, PeerOffence.UNDECODABLE)
             self.network.peer_heads.pop(peer, None)
             return "failed"
-        if check_fork and not self.chain.has_block(decoded[0][1].parent_root):
+        if check_fork and decoded[0][1].parent_root not in self.network.pos.core.fork_choice.states:
             return "fork"
         for block, inp in decoded:
             try:
                 await self.network.import_block(block, inp)
-            except (InvalidBlock, InvalidConsensus, ChainError) as exc:  # UnknownParent too: not a chain
+            except UnknownParent:  # a batch that does not link: another peer's branch, or out of order
+                log.info("blocks from %s do not link to ours at %d", peer, block.header.block_number)
+                self.network.host.penalize(peer, PeerOffence.BAD_RESPONSE)
+                self.network.peer_heads.pop(peer, None)
+                return "failed"
+            except (InvalidBlock, InvalidConsensus, ChainError) as exc:
                 log.warning("block %d from %s does not import: %s", block.header.block_number, peer, exc)
                 self.network.host.penalize(peer, PeerOffence.INVALID)
                 self.network.peer_heads.pop(peer, None)

@@ -28,7 +28,6 @@ Sealer = Callable[..., Awaitable[Any]]
 Submitter = Callable[[Callable[[int], Any]], bytes]
 
 
-
 class Gossip(Protocol):
     """Where a validator's blocks and votes go: the node's network (node/network.py)."""
 
@@ -115,7 +114,10 @@ class ValidatorService:
         built: list[BlockInput] = []
         try:
             stored = await self.seal(attrs, pos.builder(proposal, built))
-        except (InvalidConsensus, ChainError) as exc:  # a bug, not an input: nothing was committed
+        except ChainError as exc:  # an import moved the head while the block was built: nothing committed
+            log.info("slot %d: block not proposed: %s", slot, exc)
+            return None
+        except InvalidConsensus as exc:  # a bug, not an input: nothing was committed
             log.error("slot %d: block not proposed: %s", slot, exc)
             return None
         if stored is None:  # a full disk: seal_block logged it; the transactions wait

@@ -7,6 +7,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
+import rlp.codec
 import trio
 
 
@@ -76,3 +77,22 @@ async def _read_rest(stream: Any, first: bytes, max_bytes: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
+
+
+def rlp_items_within(data: bytes, max_items: int) -> bool:
+    """Whether ``data`` holds at most ``max_items`` RLP items, counted at every depth by walking their
+    length prefixes, without decoding: pyrlp's decoding is quadratic in a list's item count, so bytes
+    from a peer are counted before they are decoded. False also for bytes whose prefixes do not parse."""
+    position = items = 0
+    try:
+        while position < len(data):
+            _, kind, length, start = rlp.codec.consume_length_prefix(data, position)
+            items += 1
+            if items > max_items:
+                return False
+            if start + length > len(data):
+                return False  # an item longer than the bytes left
+            position = start if kind is list else start + length
+    except Exception:  # a prefix that does not parse: the decoder would refuse it too
+        return False
+    return True

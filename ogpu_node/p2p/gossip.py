@@ -94,3 +94,17 @@ class GuardedPubsub(Pubsub):
         if not (clean.ihave or clean.iwant or clean.graft or clean.prune or clean.idontwant):
             return None
         return clean
+
+    async def _teardown_if_connected(self, peer_id: ID) -> None:
+        """py-libp2p's teardown of a blacklisted peer (started by add_to_blacklist, which a ban calls),
+        without its race: the peer's stream can be dropped (its connection closing, _handle_dead_peer)
+        while the reset is awaited, and the KeyError of the `del` that followed killed the pubsub
+        service, and with it the node."""
+        stream = self.peers.get(peer_id)
+        if stream is not None:
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+            self.peers.pop(peer_id, None)
+        self._forget_all_subscriptions(peer_id)

@@ -29,6 +29,10 @@ from ogpu_node.p2p.wire import read_frame
 # enough for any honest peer, and bounded work and replies for a hostile one.
 _MAX_CONTROL_ENTRIES = 64
 _MAX_CONTROL_IDS = 5_000
+# Message ids a peer may ask for (IWANT) or announce (IHAVE) in one RPC, distinct: py-libp2p answers an
+# IWANT with a copy of the message per id listed, so repeated ids were a memory bomb.
+_MAX_IWANT_IDS = 64
+_MAX_IHAVE_IDS = 512
 
 
 class BadRpc(Exception):
@@ -40,12 +44,15 @@ class GuardedPubsub(Pubsub):
 
     ``admit(forwarder, message)`` decides, before a task is started for it, whether a published message
     goes on to validation (it scores the sender itself); ``topics`` are the only topics whose control
-    messages are passed to the router."""
+    messages are passed to the router; ``handshaken(peer)``: whether the peer passed the status
+    handshake (before it, its control messages are not acted on)."""
 
-    def __init__(self, *args: Any, admit: Callable[[ID, Any], bool], topics: Iterable[str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, admit: Callable[[ID, Any], bool], topics: Iterable[str],
+                 handshaken: Callable[[ID], bool] = lambda peer: True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._admit = admit
         self._topics = frozenset(topics)
+        self._handshaken = handshaken
 
     async def continuously_read_stream(self, stream: Any) -> None:
         peer_id = stream.muxed_conn.peer_id
@@ -68,10 +75,11 @@ class GuardedPubsub(Pubsub):
             for message in rpc.publish:
                 if self._is_subscribed_to_msg(message) and self._admit(peer_id, message):
                     self.manager.run_task(self.push_msg, peer_id, message)
-            if len(rpc.subscriptions) <= self.max_subscriptions_per_rpc:
+            if len(rpc.subscriptions) <= self.max_subscriptions_per_rpc:  # our topics only (allowed_topics)
                 for subscription in rpc.subscriptions:
                     self.handle_subscription(peer_id, subscription)
-            if rpc.HasField("control") and not self.is_peer_blacklisted(peer_id):
+            # Control messages (IWANT is served from the message cache) only from a peer on our chain.
+            if rpc.HasField("control") and not self.is_peer_blacklisted(peer_id) and self._handshaken(peer_id):
                 control = self._sanitized(rpc.control)
                 if control is not None:
                     rpc.control.CopyFrom(control)
@@ -81,10 +89,15 @@ class GuardedPubsub(Pubsub):
         """The control message with only our topics, at most _MAX_CONTROL_ENTRIES entries of each kind
         and _MAX_CONTROL_IDS ids in each, and PRUNEs without peers to dial; None when nothing is left."""
         clean = rpc_pb2.ControlMessage()
+        announced = 0
         for ihave in [i for i in control.ihave if i.topicID in self._topics][:_MAX_CONTROL_ENTRIES]:
-            clean.ihave.add(topicID=ihave.topicID, messageIDs=list(ihave.messageIDs)[:_MAX_CONTROL_IDS])
-        for iwant in list(control.iwant)[:_MAX_CONTROL_ENTRIES]:
-            clean.iwant.add(messageIDs=list(iwant.messageIDs)[:_MAX_CONTROL_IDS])
+            ids = list(dict.fromkeys(ihave.messageIDs))[:_MAX_IHAVE_IDS - announced]
+            if ids:
+                clean.ihave.add(topicID=ihave.topicID, messageIDs=ids)
+                announced += len(ids)
+        wanted = list(dict.fromkeys(i for entry in control.iwant[:_MAX_CONTROL_ENTRIES] for i in entry.messageIDs))
+        if wanted:
+            clean.iwant.add(messageIDs=wanted[:_MAX_IWANT_IDS])
         for graft in [g for g in control.graft if g.topicID in self._topics][:_MAX_CONTROL_ENTRIES]:
             clean.graft.add(topicID=graft.topicID)
         for prune in [p for p in control.prune if p.topicID in self._topics][:_MAX_CONTROL_ENTRIES]:

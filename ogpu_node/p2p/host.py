@@ -137,7 +137,8 @@ class Network:
                               eclipse_protection_enabled=False)
         pubsub = GuardedPubsub(host, gossipsub, strict_signing=False, msg_id_constructor=_message_id,
                                max_inbound_rpc_size=limits.MAX_FRAME + 4096, allowed_topics=set(limits.TOPICS),
-                               cache_size=limits.SEEN_CACHE, admit=self._admit, topics=limits.TOPICS)
+                               cache_size=limits.SEEN_CACHE, admit=self._admit, topics=limits.TOPICS,
+                               handshaken=lambda peer: peer.to_base58() in self.peers)
         self._host, self._pubsub = host, pubsub
         for protocol in gossipsub.get_protocols():
             host.set_stream_handler(protocol, self._guarded(self._gossip_stream(pubsub.stream_handler)))

@@ -100,6 +100,33 @@ def decode_block_message(data: bytes) -> tuple[Any, BlockInput]:
         raise BadMessage(f"malformed block message: {exc}") from None
 
 
+def decode_block_input(data: bytes) -> tuple[Any, bytes, BlockInput]:
+    """A block message's header, its block rlp and what consensus checks of it, without decoding its
+    transactions: 4 MiB of them is seconds of py-evm and pyrlp on the trio thread (rlp_items_within
+    above does not see them: the block is one string item of the message), this is microseconds. The
+    block itself is decoded (``decode_block``, in a worker thread) once consensus has accepted it."""
+    if not rlp_items_within(data, 8):
+        raise BadMessage("not a block message")
+    try:
+        raw, body, signature = rlp.decode(data)
+        _, kind, length, start = rlp.codec.consume_length_prefix(raw, 0)
+        _, header_kind, header_length, header_start = rlp.codec.consume_length_prefix(raw, start)
+        if kind is not list or header_kind is not list or start + length != len(raw):
+            raise ValueError("not a block")
+        bare = raw[start:header_start + header_length] + b"\xc0\xc0\xc0"  # no transactions, uncles, withdrawals
+        header = decode_block(rlp.codec.length_prefix(len(bare), 0xC0) + bare).header
+        return header, raw, block_input(header, ConsensusBody.decode(body), signature)
+    except Exception as exc:
+        raise BadMessage(f"malformed block message: {exc}") from None
+
+
+async def decode_block_off_thread(raw: bytes) -> Any:
+    """The whole block, decoded in a worker thread (InvalidBlock if its body does not decode)."""
+    if not rlp_items_within(raw, MAX_BLOCK_ITEMS):
+        raise InvalidBlock(f"a block of more than {MAX_BLOCK_ITEMS} RLP items")
+    return await trio.to_thread.run_sync(decode_block, raw)
+
+
 class NodeNetwork:
     """The `Handlers` of the node's p2p host, its sync, and the network view the RPC reports."""
 
@@ -112,7 +139,7 @@ class NodeNetwork:
         self.host.on_peer = self._on_peer_status
         self.blobs = BlobExchange(node.blobs, node.blob_ledger, self.host, node.blob_keeper.catch_up)
         self.peer_heads: dict[str, int] = {}  # what each peer's status (or its newest gossiped block) said
-        self._orphans: dict[bytes, tuple[Any, BlockInput, str]] = {}  # by root: block, input, who sent it
+        self._orphans: dict[bytes, tuple[bytes, BlockInput, str]] = {}  # by root: block rlp, input, who sent it
         self.sync = RangeSync(self, decode_block_message)
 
     # -- Handlers: status --
@@ -163,19 +190,19 @@ class NodeNetwork:
         return self._gossip_evidence(payload)
 
     async def _gossip_block(self, payload: bytes, peer: str) -> Verdict:
-        block, inp = decode_block_message(payload)
+        header, raw, inp = decode_block_input(payload)
         core, params = self.pos.core, self.pos.params
         if inp.root in self.pos.core.fork_choice.states or inp.root in self._orphans:
             return Verdict.IGNORE
         if inp.body.slot > params.slot_at(time.time()) + 1:
             return Verdict.IGNORE  # from the future: a clock ahead, not proof of malice
-        if block.header.block_number > inp.body.slot:
+        if header.block_number > inp.body.slot:
             return Verdict.REJECT  # one block a slot at most: no honest block is numbered past its slot
         if inp.body.slot <= params.start_slot(core.finalized.epoch):
             return Verdict.IGNORE
         if inp.parent_root not in core.fork_choice.states or not self.chain.has_block(inp.parent_root):
-            if self._keep_orphan(block, inp, peer):
-                self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), block.header.block_number)
+            if self._keep_orphan(raw, inp, peer):
+                self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), header.block_number)
                 self.sync.wanted.set()
             return Verdict.IGNORE
         try:
@@ -184,11 +211,11 @@ class NodeNetwork:
             log.info("invalid block 0x%s from %s: %s", inp.root.hex(), peer, exc)
             return Verdict.REJECT
         try:
-            await self.import_block(block, inp)
+            await self.import_block(await decode_block_off_thread(raw), inp)
         except (InvalidBlock, InvalidConsensus, ChainError) as exc:
             log.warning("block 0x%s from %s does not import: %s", inp.root.hex(), peer, exc)
             return Verdict.REJECT
-        self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), block.header.block_number)
+        self.peer_heads[peer] = max(self.peer_heads.get(peer, 0), header.block_number)
         await self.import_orphans()
         return Verdict.ACCEPT
 
@@ -326,11 +353,12 @@ class NodeNetwork:
         header = self.chain.header_by_hash(self.pos.core.finalized.root)
         return 0 if header is None else header.block_number
 
-    def _keep_orphan(self, block: Any, inp: BlockInput, peer: str) -> bool:
-        """Keep a block whose parent is not known yet (at most ORPHANS_PER_PEER of each peer's)."""
+    def _keep_orphan(self, raw: bytes, inp: BlockInput, peer: str) -> bool:
+        """Keep a block whose parent is not known yet (at most ORPHANS_PER_PEER of each peer's), as its
+        rlp: it is decoded once consensus can check it."""
         if sum(1 for *_, p in self._orphans.values() if p == peer) >= ORPHANS_PER_PEER:
             return False
-        self._orphans[inp.root] = (block, inp, peer)
+        self._orphans[inp.root] = (raw, inp, peer)
         while len(self._orphans) > MAX_ORPHANS:
             del self._orphans[next(iter(self._orphans))]
         return True
@@ -339,11 +367,12 @@ class NodeNetwork:
         progress = True
         while progress:
             progress = False
-            for root, (block, inp, _) in list(self._orphans.items()):
+            for root, (raw, inp, _) in list(self._orphans.items()):
                 if self.chain.has_block(inp.parent_root) and inp.parent_root in self.pos.core.fork_choice.states:
                     del self._orphans[root]
                     try:
-                        await self.import_block(block, inp)
+                        apply_block(self.pos.core.rules, self.pos.core.state(inp.parent_root), inp)
+                        await self.import_block(await decode_block_off_thread(raw), inp)
                         progress = True
                     except (InvalidBlock, InvalidConsensus, ChainError) as exc:
                         log.info("kept block 0x%s does not import: %s", root.hex(), exc)

@@ -34,6 +34,15 @@ _TREES_CACHED = 8  # blobs whose Merkle levels are kept for serving their chunks
 SERVING = trio.CapacityLimiter(2)
 
 
+class _Download:
+    """How far a blob's download got: its size and chunk count once a peer told them, the next chunk."""
+
+    def __init__(self) -> None:
+        self.size: int | None = None
+        self.count: int | None = None
+        self.index = 0
+
+
 class BlobExchange:
     def __init__(self, store: BlobStore, ledger: BlobLedger, host: Network,
                  catch_up: Callable[[], Any] | None = None) -> None:
@@ -115,41 +124,47 @@ class BlobExchange:
             await running.wait()
             return self.store.has(blob_hash)
         done = self._fetching[blob_hash] = trio.Event()
+        writer = await trio.to_thread.run_sync(self.store.writer, blob_hash)
         try:
             peers = list(self.host.peers)
             random.shuffle(peers)
+            download = _Download()
             for peer in peers:
-                if await self._fetch_from(peer, blob_hash):
-                    log.info("blob 0x%s fetched from %s", blob_hash.hex(), peer)
+                if await self._fetch_from(peer, blob_hash, writer, download):
+                    await trio.to_thread.run_sync(writer.commit)
+                    log.info("blob 0x%s fetched (last chunks from %s)", blob_hash.hex(), peer)
                     if self.ledger.kind(blob_hash) == PRESCRIPTION:  # its dataset and weights are next
                         await trio.to_thread.run_sync(follow_prescriptions, self.store, self.ledger, [blob_hash])
                     return True
             return False
+        except BlobError as exc:  # too large for this node, or its disk is full: no peer can help
+            log.warning("blob 0x%s not stored: %s", blob_hash.hex(), exc)
+            return False
         finally:
+            with trio.CancelScope(shield=True):  # a cancelled fetch leaves no temporary file behind
+                await trio.to_thread.run_sync(writer.abort)
             del self._fetching[blob_hash]
             done.set()
 
-    async def _fetch_from(self, peer: str, blob_hash: bytes) -> bool:
-        writer = await trio.to_thread.run_sync(self.store.writer, blob_hash)
+    async def _fetch_from(self, peer: str, blob_hash: bytes, writer: Any, download: _Download) -> bool:
+        """Go on with ``download`` from ``peer``, from the first chunk not written yet: True once every
+        chunk is written (the chunks before a bad one are kept: a bad peer wastes one chunk)."""
         try:
-            size = count = None
-            index = 0
-            while count is None or index < count:
+            while download.count is None or download.index < download.count:
+                index = download.index
                 frames = await self.host.request(peer, limits.PROTOCOL_BLOBS_BY_HASH, rlp.encode([blob_hash, index]),
                                                  CHUNKS_PER_RESPONSE + 1)
                 if not frames:
                     return False  # it has not got it (or no longer)
                 header, *chunks = frames
-                size, count = self._check_header(header, size, count)
-                if len(chunks) != min(CHUNKS_PER_RESPONSE, count - index):
-                    raise BadMessage(f"{len(chunks)} chunks where {min(CHUNKS_PER_RESPONSE, count - index)} were due")
+                download.size, download.count = self._check_header(header, download.size, download.count)
+                due = min(CHUNKS_PER_RESPONSE, download.count - index)
+                if len(chunks) != due:
+                    raise BadMessage(f"{len(chunks)} chunks where {due} were due")
                 for frame in chunks:
-                    chunk = self._check_chunk(frame, blob_hash, index, size, count)
+                    chunk = self._check_chunk(frame, blob_hash, download.index, download.size, download.count)
                     await trio.to_thread.run_sync(writer.write, chunk)
-                    index += 1
-                    if index == count:
-                        break
-            await trio.to_thread.run_sync(writer.commit)
+                    download.index += 1
             return True
         except (BadMessage, rlp.DecodingError, ValueError, TypeError) as exc:
             log.warning("blob 0x%s from %s refused: %s", blob_hash.hex(), peer, exc)
@@ -158,12 +173,6 @@ class BlobExchange:
         except (RequestFailed, FrameError, trio.TooSlowError) as exc:
             log.info("blob 0x%s from %s: %s", blob_hash.hex(), peer, exc)
             return False
-        except BlobError as exc:  # too large for this node, or its disk is full: no peer can help
-            log.warning("blob 0x%s not stored: %s", blob_hash.hex(), exc)
-            return False
-        finally:
-            with trio.CancelScope(shield=True):  # a cancelled fetch leaves no temporary file behind
-                await trio.to_thread.run_sync(writer.abort)
 
     def _check_header(self, frame: bytes, size: int | None, count: int | None) -> tuple[int, int]:
         if not rlp_items_within(frame, 3):

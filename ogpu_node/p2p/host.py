@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any
 
 import multiaddr
@@ -198,7 +199,9 @@ class Network(Peering):
                 try:
                     await stream.write(encode_frame(payload))
                     while len(frames) < max_frames:
-                        frame = await read_frame(stream, max_frame)
+                        # The first frame within REQUEST_TIMEOUT, the whole answer within RESPONSE_TIMEOUT.
+                        with trio.fail_after(limits.REQUEST_TIMEOUT) if not frames else nullcontext():
+                            frame = await read_frame(stream, max_frame)
                         if frame is None:
                             break
                         frames.append(frame)

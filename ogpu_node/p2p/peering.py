@@ -118,11 +118,13 @@ class Peering:
             log.debug("disconnect %s: %s", peer, exc)
 
     async def _connected(self, peer: str, inbound: bool, remote: str) -> None:
+        if self.book.is_banned(peer, time.monotonic()):
+            self._nursery.start_soon(self._disconnect, peer)
+            return
         if peer in self._connections:
             return  # a second connection to a peer (both dialed at once): the first one's handshake stands
         handshaking = len(self._connections) - len(self.peers)
-        if (self.book.is_banned(peer, time.monotonic()) or len(self.peers) >= self.config.maxpeers
-                or handshaking >= MAX_HANDSHAKING):
+        if len(self.peers) >= self.config.maxpeers or handshaking >= MAX_HANDSHAKING:
             self._nursery.start_soon(self._disconnect, peer)
             return
         if self._pubsub is not None and self._pubsub.is_peer_blacklisted(ID.from_base58(peer)):

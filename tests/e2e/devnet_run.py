@@ -264,7 +264,7 @@ class Processes:
                 process.wait(timeout=30)
         for devnet in self.devnets:
             for pid, command in devnet.children.items():
-                if _running(pid, command):
+                if running(pid, command):
                     os.kill(pid, signal.SIGKILL)
 
 
@@ -281,7 +281,7 @@ def _children(parent: int) -> dict[int, str]:
     return found
 
 
-def _running(pid: int, command: str) -> bool:
+def running(pid: int, command: str) -> bool:
     """The process ``pid`` is still the one that ran ``command`` and has not exited."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from e2e.cli_run import CLI, ENV, ROOT, assert_one_line_error, cli
+from e2e.devnet_run import running as _running
 from eth_utils import to_checksum_address
 from websockets.sync.client import connect
 
@@ -97,15 +98,6 @@ def devnets(tmp_path):
     for pid, command in children.items():  # the devnet's children die with it (PR_SET_PDEATHSIG); make sure
         if _running(pid, command):
             os.kill(pid, signal.SIGKILL)
-
-
-def _running(pid: int, command: str) -> bool:
-    """The process ``pid`` is still the one that ran ``command`` and has not exited."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z" and Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() == command
-    except OSError:
-        return False
 
 
 def _mode(path: Path) -> int:

@@ -5,9 +5,6 @@ on a single node (tests/e2e/test_provider_e2e.py does the same on one --dev node
 
 from __future__ import annotations
 
-import signal
-import subprocess
-
 import pytest
 import requests
 from e2e.cli_run import cli
@@ -18,9 +15,11 @@ from e2e.test_provider_e2e import (
     K,
     ProviderProcess,
     chain_views,
+    gas_paid,
     make_dataset,
     sized_prescription,
     start_provider,
+    stop_providers,
     submit,
     task_events,
     wait_for,
@@ -44,15 +43,7 @@ class _Node:
 def providers():
     started: list[ProviderProcess] = []
     yield started
-    for p in started:
-        if p.process.poll() is None:
-            p.process.send_signal(signal.SIGTERM)
-    for p in started:
-        try:
-            p.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.process.kill()
-            p.process.wait()
+    stop_providers(started)
 
 
 def test_a_batch_task_across_the_devnet_is_accepted_and_paid(tmp_path, devnets, providers):  # noqa: F811
@@ -116,15 +107,6 @@ def test_a_batch_task_across_the_devnet_is_accepted_and_paid(tmp_path, devnets, 
     for url in urls:
         view = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
         wait_for(f"{url} at block {head}", lambda v=view: v.eth.block_number >= head, 60)
-        changes = {a: view.eth.get_balance(a, head) - before[a] + _gas_paid(view, a, first_block, head) for a in before}
+        changes = {a: view.eth.get_balance(a, head) - before[a] + gas_paid(view, a, first_block, head) for a in before}
         assert changes == expected, url
 
-
-def _gas_paid(w3: Web3, address: str, first: int, last: int) -> int:
-    total = 0
-    for number in range(first, last + 1):
-        for tx in w3.eth.get_block(number, full_transactions=True)["transactions"]:
-            if tx["from"] == address:
-                receipt = w3.eth.get_transaction_receipt(tx["hash"])
-                total += receipt["gasUsed"] * receipt["effectiveGasPrice"]
-    return total

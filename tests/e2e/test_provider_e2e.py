@@ -119,9 +119,10 @@ def sized_prescription(tmp_path: Path, data: Path, **changes: dict) -> tuple[Pat
     return path, Prescription.from_json(doc)
 
 
-def gas_paid(w3: Web3, address: str, first_block: int) -> int:
+def gas_paid(w3: Web3, address: str, first_block: int, last_block: int | None = None) -> int:
+    """What ``address`` paid for gas in blocks first_block..last_block (default: the head)."""
     total = 0
-    for number in range(first_block, w3.eth.block_number + 1):
+    for number in range(first_block, (w3.eth.block_number if last_block is None else last_block) + 1):
         for tx in w3.eth.get_block(number, full_transactions=True)["transactions"]:
             if tx["from"] == address:
                 receipt = w3.eth.get_transaction_receipt(tx["hash"])
@@ -144,6 +145,11 @@ def network(node_factory, tmp_path):
         return p
 
     yield node, w3, accounts, start, started
+    stop_providers(started)
+
+
+def stop_providers(started: list[ProviderProcess]) -> None:
+    """SIGTERM every provider still running, then wait for each (killed after 30 s)."""
     for p in started:
         if p.process.poll() is None:
             p.process.send_signal(signal.SIGTERM)

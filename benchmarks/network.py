@@ -558,7 +558,7 @@ async def _start_nodes(nursery: trio.Nursery, genesis: GenesisConfig, directory:
             await network.import_block(block, inp)  # the proposer has its block before it gossips it
             side.alone.append((time.perf_counter() - start) * 1000)  # no other node busy meanwhile
             start = time.perf_counter()
-            await network.publish_block(inp, None)
+            await network.publish_block(inp)
             return start
 
         await nursery.start(node.run)

@@ -61,6 +61,12 @@ class StoredBlock:
         txs = list_length(sum(item_length(raw) for raw in self._decoded_body[0]))
         return list_length(len(rlp.encode(self.header)) + txs + 1 + 1)
 
+    def encode(self) -> bytes:
+        """The block's RLP ([header, transactions, uncles, withdrawals]) from the stored bytes, as a peer
+        receives it: a typed transaction is a byte string in it, a legacy one the list it encodes."""
+        txs = [raw if raw[0] < 0xC0 else rlp.decode(raw) for raw in self._decoded_body[0]]
+        return rlp.encode([self.header, txs, [], []])
+
     @cached_property
     def transaction_hashes(self) -> list[bytes]:
         # The encoding stored is the one hashed (RLP for legacy, type ‖ payload for typed).

@@ -168,10 +168,14 @@ class ConsensusCore:
             if signer is not None:
                 self._found(self.detector.on_attestation(signer, signed))
 
+    def is_validator(self, address: bytes | None) -> bool:
+        """Whether ``address`` validates in the head's current or previous epoch."""
+        head = self.fork_choice.states[self.head()]
+        return address is not None and (address in head.current.validators or address in head.previous.validators)
+
     def _observe_attestation(self, signed: SignedAttestation) -> None:
         signer = attestation_signer(self.rules, signed)
-        head = self.fork_choice.states[self.head()]
-        if signer is not None and (signer in head.current.validators or signer in head.previous.validators):
+        if self.is_validator(signer):
             self._found(self.detector.on_attestation(signer, signed))
 
     def _found(self, evidence: Evidence | None) -> None:

@@ -21,7 +21,7 @@ from ogpu_node.chain import ChainError
 from ogpu_node.consensus import BlockInput, ConsensusBody, InvalidConsensus, apply_block
 from ogpu_node.consensus.forkchoice import UnknownParent
 from ogpu_node.consensus.slashings import Evidence, decode_evidence, encode_evidence
-from ogpu_node.consensus.state import attestation_signer
+from ogpu_node.consensus.state import Settlement, attestation_signer
 from ogpu_node.execution.codec import decode_block, decode_transaction
 from ogpu_node.execution.errors import InvalidBlock
 from ogpu_node.node.blob_exchange import BlobExchange
@@ -206,12 +206,12 @@ class NodeNetwork:
                 self.sync.wanted.set()
             return Verdict.IGNORE
         try:
-            apply_block(core.rules, core.state(inp.parent_root), inp)
+            settlement = apply_block(core.rules, core.state(inp.parent_root), inp).settlement
         except InvalidConsensus as exc:
             log.info("invalid block 0x%s from %s: %s", inp.root.hex(), peer, exc)
             return Verdict.REJECT
         try:
-            await self.import_block(await decode_block_off_thread(raw), inp)
+            await self.import_block(await decode_block_off_thread(raw), inp, settlement)
         except (InvalidBlock, InvalidConsensus, ChainError) as exc:
             log.warning("block 0x%s from %s does not import: %s", inp.root.hex(), peer, exc)
             return Verdict.REJECT
@@ -225,7 +225,7 @@ class NodeNetwork:
         except Exception as exc:
             raise BadMessage(f"malformed attestation: {exc}") from None
         core = self.pos.core
-        if not self._signed_by_a_validator(attestation_signer(core.rules, signed)):
+        if not core.is_validator(attestation_signer(core.rules, signed)):
             return Verdict.REJECT
         known_head = signed.message.head in core.fork_choice.states
         try:
@@ -235,11 +235,6 @@ class NodeNetwork:
         # A vote for a block not known yet is kept until the block comes, but not forwarded on trust.
         return Verdict.ACCEPT if known_head else Verdict.IGNORE
 
-    def _signed_by_a_validator(self, signer: bytes | None) -> bool:
-        """Whether ``signer`` validates in the head's current or previous epoch."""
-        head = self.pos.core.fork_choice.states[self.pos.core.head()]
-        return signer is not None and (signer in head.current.validators or signer in head.previous.validators)
-
     def _gossip_evidence(self, payload: bytes) -> Verdict:
         """Slashing evidence another node found: checked as Slashing checks it (one signer, an offence);
         a validator node then reports it as it reports its own findings."""
@@ -248,7 +243,7 @@ class NodeNetwork:
         except ValueError as exc:
             log.info("invalid slashing evidence: %s", exc)
             return Verdict.REJECT
-        if not self._signed_by_a_validator(evidence.offender):
+        if not self.pos.core.is_validator(evidence.offender):
             return Verdict.REJECT  # a throwaway key's offence: reporting it would only spend gas
         return Verdict.ACCEPT if self.pos.core.on_evidence(evidence) else Verdict.IGNORE
 
@@ -303,9 +298,7 @@ class NodeNetwork:
         if stored is None or record is None:
             return None
         body, signature = rlp.decode(record)
-        raw_txs = stored._decoded_body[0]
-        raw = rlp.encode([stored.header, [tx if tx[0] < 0xC0 else rlp.decode(tx) for tx in raw_txs], [], []])
-        return block_message(raw, body, signature)
+        return block_message(stored.encode(), body, signature)
 
     def _range_messages(self, start: int, count: int) -> list[bytes]:
         messages = []
@@ -322,17 +315,19 @@ class NodeNetwork:
 
     # -- the one import path --
 
-    async def import_block(self, block: Any, inp: BlockInput) -> None:
+    async def import_block(self, block: Any, inp: BlockInput, settlement: Settlement | None = None) -> None:
         """Consensus checks, then execution (in a worker thread, with the consensus record in the same
         write transaction), then fork choice, then the head follows it. Raises, changing nothing, if
-        consensus or execution refuses it."""
+        consensus or execution refuses it. ``settlement``: what the caller's own consensus check of the
+        block on its parent derived (apply_block), so it is not checked twice."""
         core = self.pos.core
         if inp.root in core.fork_choice.states or (self.chain.has_block(inp.root)
                                                     and block.header.block_number <= self.finalized_number()):
             return  # known: in fork choice, or final already (fork choice keeps no state below finality)
         if inp.parent_root not in core.fork_choice.states:
             raise UnknownParent(f"block 0x{inp.root.hex()}: unknown parent 0x{inp.parent_root.hex()}")
-        settlement = apply_block(core.rules, core.state(inp.parent_root), inp).settlement
+        if settlement is None:
+            settlement = apply_block(core.rules, core.state(inp.parent_root), inp).settlement
         # Shielded: a block the chain stored is always given to fork choice, whatever cancels the caller
         # (a gossip validation's timeout, a shutdown), so the two never disagree about what is known.
         with trio.CancelScope(shield=True):
@@ -371,15 +366,16 @@ class NodeNetwork:
                 if self.chain.has_block(inp.parent_root) and inp.parent_root in self.pos.core.fork_choice.states:
                     del self._orphans[root]
                     try:
-                        apply_block(self.pos.core.rules, self.pos.core.state(inp.parent_root), inp)
-                        await self.import_block(await decode_block_off_thread(raw), inp)
+                        # Checked before the (costly) decoding of its transactions.
+                        settlement = apply_block(self.pos.core.rules, self.pos.core.state(inp.parent_root), inp).settlement
+                        await self.import_block(await decode_block_off_thread(raw), inp, settlement)
                         progress = True
                     except (InvalidBlock, InvalidConsensus, ChainError) as exc:
                         log.info("kept block 0x%s does not import: %s", root.hex(), exc)
 
     # -- publishing --
 
-    async def publish_block(self, inp: BlockInput, stored: Any) -> None:
+    async def publish_block(self, inp: BlockInput) -> None:
         message = self._message_of(inp.root)
         if message is not None:
             await self.host.publish(limits.TOPIC_BLOCKS, message)

@@ -31,7 +31,7 @@ Submitter = Callable[[Callable[[int], Any]], bytes]
 class Gossip(Protocol):
     """Where a validator's blocks and votes go: the node's network (node/network.py)."""
 
-    async def publish_block(self, block: BlockInput, stored: Any) -> None: ...
+    async def publish_block(self, block: BlockInput) -> None: ...
 
     async def publish_attestation(self, signed: SignedAttestation) -> None: ...
 
@@ -125,7 +125,7 @@ class ValidatorService:
         block = built[0]
         pos.core.on_block(block)
         if self.gossip is not None:
-            await self.gossip.publish_block(block, stored)
+            await self.gossip.publish_block(block)
         log.info("proposed slot=%d number=%d attestations=%d", slot, stored.number, len(proposal.body.attestations))
         self._note_finality()
         return block

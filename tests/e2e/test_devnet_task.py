@@ -10,12 +10,12 @@ import requests
 from e2e.cli_run import cli
 from e2e.test_cli_devnet import Devnet, devnets  # noqa: F401 (the fixture that stops the devnet)
 from e2e.test_provider_e2e import (
-    COUNCIL_SHARE_BPS,
     MIN_PROVIDER_STAKE,
     K,
     ProviderProcess,
     chain_views,
     gas_paid,
+    honest_payments,
     make_dataset,
     sized_prescription,
     start_provider,
@@ -27,7 +27,7 @@ from e2e.test_provider_e2e import (
 from web3 import Web3
 
 from ogpu_node.crypto import derive_dev_accounts
-from ogpu_node.types.protocol import BPS, TaskState
+from ogpu_node.types.protocol import TaskState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -90,19 +90,9 @@ def test_a_batch_task_across_the_devnet_is_accepted_and_paid(tmp_path, devnets, 
                     "0x" + accounts[5].private_key.hex())
     assert confirmed.returncode == 0, confirmed.stderr
     assert state() == "Settled"
-    members = [a for a in addresses if a != executor]
-    expected = {a: 0 for a in before}
-    price = record.price
-    for k in range(1, K + 1):
-        part = price * k // K - price * (k - 1) // K
-        share = part * COUNCIL_SHARE_BPS // BPS // 3
-        for m in members:
-            expected[m] += share
-        expected[executor] += part - 3 * share
-    expected[client] -= price
     for a in addresses:
         assert chain.stake_of(a).staked == MIN_PROVIDER_STAKE
-        expected[a] -= MIN_PROVIDER_STAKE
+    expected = honest_payments(record.price, executor, addresses, client)
     head = w3.eth.block_number
     for url in urls:
         view = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))

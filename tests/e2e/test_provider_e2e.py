@@ -267,20 +267,24 @@ def test_batch_task_trained_verified_and_paid_exactly(network, tmp_path):
     names = [e.name for e in task_events(node.http_url, task_id)]
     assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
 
-    # Exact accounting: parts of the price, council share to the three members, refund of the rest.
-    members = [a for a in run.addresses if a != executor]
-    expected = {a: 0 for a in run.before}
+    for a in run.addresses:
+        assert run.chain.stake_of(a).staked == MIN_PROVIDER_STAKE  # nobody was slashed
+    assert run.balance_changes() == honest_payments(price, executor, run.addresses, run.client)
+
+
+def honest_payments(price: int, executor: str, providers: list[str], client: str) -> dict[str, int]:
+    """Each account's balance change once an honest task of K accepted checkpoints is confirmed (gas
+    added back): the parts of the price, the council share to the three members, the client's refund of
+    the rest, and each provider's stake at the minimum (nobody slashed)."""
+    members = [a for a in providers if a != executor]
+    expected = {a: -MIN_PROVIDER_STAKE for a in providers} | {client: -price}
     for k in range(1, K + 1):
         part = price * k // K - price * (k - 1) // K
         share = part * COUNCIL_SHARE_BPS // BPS // 3
         for m in members:
             expected[m] += share
         expected[executor] += part - 3 * share
-    expected[run.client] -= price
-    for a in run.addresses:
-        assert run.chain.stake_of(a).staked == MIN_PROVIDER_STAKE  # nobody was slashed
-        expected[a] -= MIN_PROVIDER_STAKE
-    assert run.balance_changes() == expected
+    return expected
 
 
 def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network, tmp_path):

@@ -124,3 +124,121 @@ class StreamReceipt:
 
     def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
         return signing_root(DOMAIN_STREAM_RECEIPT, chain_id, genesis_hash, self.fields())
+
+
+# -- stream tasks (docs/streams.md): the client's request, a member's response, a member's verdict --
+
+DOMAIN_STREAM_REQUEST = b"ogpu/stream-request/v1"
+DOMAIN_STREAM_RESPONSE = b"ogpu/stream-response/v1"
+DOMAIN_STREAM_VERDICT = b"ogpu/stream-verdict/v1"
+DOMAIN_STREAM_LOGIN = b"ogpu/stream-login/v1"
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """A request to stream task `task_id`, signed by its client or request key. Its signing root is the
+    request id: every response and verdict names it, so none can be moved to another request."""
+
+    task_id: int
+    terms_version: int
+    block_number: int  # a recent block: its mix and the request id draw the request's council
+    seed: int  # members sample with it, so honest answers are byte-identical
+    max_tokens: int
+    prompt_hash: bytes  # keccak(prompt)
+    nonce: int  # the client's, so that two equal prompts are two requests
+
+    ABI = ("uint256", "uint32", "uint64", "uint64", "uint32", "bytes32", "uint64")
+
+    def values(self) -> list:
+        return [self.task_id, self.terms_version, self.block_number, self.seed, self.max_tokens,
+                self.prompt_hash, self.nonce]
+
+    def fields(self) -> bytes:
+        return encode(list(self.ABI), self.values())
+
+    def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
+        return signing_root(DOMAIN_STREAM_REQUEST, chain_id, genesis_hash, self.fields())
+
+    request_id = signing_root
+
+
+@dataclass(frozen=True)
+class StreamResponse:
+    """A council member's answer to a request: `response_hash` = keccak(the response's bytes)."""
+
+    task_id: int
+    request_id: bytes
+    terms_version: int
+    response_hash: bytes
+
+    ABI = ("uint256", "bytes32", "uint32", "bytes32")
+
+    def values(self) -> list:
+        return [self.task_id, self.request_id, self.terms_version, self.response_hash]
+
+    def fields(self) -> bytes:
+        return encode(list(self.ABI), self.values())
+
+    def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
+        return signing_root(DOMAIN_STREAM_RESPONSE, chain_id, genesis_hash, self.fields())
+
+
+@dataclass(frozen=True)
+class StreamVerdict:
+    """A member's check, with the task's equivalence e, of `member`'s response (`response_hash`) to a
+    request: `agrees` is whether it is equivalent to what the checker's model produces or allows."""
+
+    task_id: int
+    request_id: bytes
+    member: bytes
+    response_hash: bytes
+    agrees: bool
+
+    ABI = ("uint256", "bytes32", "address", "bytes32", "bool")
+
+    def values(self) -> list:
+        return [self.task_id, self.request_id, self.member, self.response_hash, self.agrees]
+
+    def fields(self) -> bytes:
+        return encode(list(self.ABI), self.values())
+
+    def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
+        return signing_root(DOMAIN_STREAM_VERDICT, chain_id, genesis_hash, self.fields())
+
+
+@dataclass(frozen=True)
+class StreamLogin:
+    """A provider's proof, to its node, that a WebSocket subscription for stream work is its own."""
+
+    provider: bytes
+    timestamp: int  # seconds; the node accepts it within a minute of its clock
+
+    def fields(self) -> bytes:
+        return encode(["address", "uint64"], [self.provider, self.timestamp])
+
+    def signing_root(self, chain_id: int, genesis_hash: bytes) -> bytes:
+        return signing_root(DOMAIN_STREAM_LOGIN, chain_id, genesis_hash, self.fields())
+
+
+StreamMessage = StreamRequest | StreamResponse | StreamVerdict
+
+
+@dataclass(frozen=True)
+class SignedStream:
+    """A stream message and its 65-byte signature; `encode` is abi.encode(fields…, bytes signature), the
+    form Slashing.reportStreamFault takes."""
+
+    message: StreamMessage
+    signature: bytes
+
+    def encode(self) -> bytes:
+        kind = type(self.message)
+        return encode([*kind.ABI, "bytes"], [*self.message.values(), self.signature])
+
+    @classmethod
+    def decode(cls, kind: type[StreamRequest] | type[StreamResponse] | type[StreamVerdict], data: bytes) -> SignedStream:
+        """Raises ValueError (eth_abi's DecodingError is one) on malformed bytes."""
+        *values, signature = decode([*kind.ABI, "bytes"], data)
+        if kind is StreamVerdict:
+            values[2] = bytes.fromhex(values[2][2:])  # eth_abi decodes an address as checksummed text
+        return cls(kind(*values), signature)

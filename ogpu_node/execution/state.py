@@ -21,6 +21,7 @@ from ogpu_node.config import GenesisConfig
 from ogpu_node.contracts.addresses import ALL as NATIVE_CONTRACTS
 from ogpu_node.contracts.addresses import STAKE
 from ogpu_node.contracts.stake import Stake
+from ogpu_node.contracts.task import Task
 from ogpu_node.crypto import keccak
 from ogpu_node.execution.codec import check_gas, recover_sender
 from ogpu_node.execution.errors import InvalidBlock, InvalidTransaction
@@ -298,6 +299,11 @@ class Execution:
     def stake(self) -> Stake:
         """This chain's Stake contract; its views read through `read_host`."""
         return self.vm_class.get_state_class().stake_contract
+
+    @property
+    def task(self) -> Task:
+        """This chain's Task contract; its step functions read through `read_host`."""
+        return self.vm_class.get_state_class().task_contract
 
     def read_host(self, header: BlockHeaderAPI) -> SystemHost:
         """A host over the state after `header`, for the native contracts' views (reads only)."""

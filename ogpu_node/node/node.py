@@ -40,6 +40,7 @@ from ogpu_node.rpc.jsonrpc import JsonRpcProcessor
 from ogpu_node.rpc.net import NetApi, NoNetwork
 from ogpu_node.rpc.ogpu import OgpuConsensusApi
 from ogpu_node.rpc.server import HttpServer, ServerLimits, WebSocketServer
+from ogpu_node.rpc.streams import StreamService
 from ogpu_node.txpool import PoolConfig, TxPool
 
 log = logging.getLogger("ogpu.node")
@@ -121,7 +122,9 @@ class Node:
         # Proof of stake with --port: gossip, requests and sync (node/network.py).
         self.network = None if self.pos is None or config.p2p is None else NodeNetwork(self, config.p2p)
         net = NetApi(self.network or NoNetwork(self.chain), config.genesis.chain_id)
-        self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods(), **ogpu, **net.methods()})
+        self.streams = StreamService(self.chain)  # stream requests served by providers (docs/streams.md)
+        self.rpc = JsonRpcProcessor({**self.eth.methods(), **self.filters.methods(), **ogpu, **net.methods(),
+                                     **self.streams.methods()})
         self.http_port: int | None = None
         self.ws_port: int | None = None
         # Hashes for newPendingTransactions subscribers; bounded, a burst beyond it is not announced.
@@ -330,6 +333,7 @@ class Node:
                     )
                     self.ws_port = await nursery.start(ws.run)
                 await nursery.start(self.filters.run)
+                await nursery.start(self.streams.run)
                 self._nursery = nursery
                 if self.network is not None:
                     await nursery.start(self.network.run)

@@ -107,7 +107,7 @@ class StreamService:
         try:
             existing_stream(ctx, task_id)
         except Revert as exc:
-            raise RpcError(SERVER_ERROR, f"task {task_id}: {exc.reason}") from None
+            raise RpcError(SERVER_ERROR, exc.reason) from None
         task, stream = ctx.task(task_id), stream_entry(ctx, task_id)
         version = stream.version
         terms = StreamVersion(ctx.store, task_id, version)
@@ -263,7 +263,7 @@ class StreamService:
             deadline = started + stream.max_response_ms / 1000
             await self._wait(round_, lambda: round_.ready_hash() is not None or round_.hopeless(), deadline)
             answer = round_.ready_hash()
-            if answer is None:
+            if answer is None and not round_.hopeless():  # the deadline passed: the late are skipped
                 self._skip_late(round_)
                 answer = round_.ready_hash()
             if answer is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eth_abi import decode, encode
+from eth_abi.exceptions import DecodingError
 from eth_hash.auto import keccak
 
 DOMAIN_BLOCK_PROPOSAL = b"ogpu/block-proposal/v1"
@@ -237,8 +238,11 @@ class SignedStream:
 
     @classmethod
     def decode(cls, kind: type[StreamRequest] | type[StreamResponse] | type[StreamVerdict], data: bytes) -> SignedStream:
-        """Raises ValueError (eth_abi's DecodingError is one) on malformed bytes."""
-        *values, signature = decode([*kind.ABI, "bytes"], data)
+        """Raises ValueError on malformed bytes."""
+        try:
+            *values, signature = decode([*kind.ABI, "bytes"], data)
+        except DecodingError as exc:
+            raise ValueError(f"malformed {kind.__name__}: {exc}") from None
         if kind is StreamVerdict:
             values[2] = bytes.fromhex(values[2][2:])  # eth_abi decodes an address as checksummed text
         return cls(kind(*values), signature)

@@ -86,13 +86,9 @@ class Bid(NativeContract):
         self.task.membership_changed(host, task_id)
 
     def unsubscribe(self, host: Host, task_id: int) -> None:
-        subscribers = self.subscribers(host, task_id)
-        if host.caller not in subscribers:
+        if host.caller not in self.subscribers(host, task_id):
             raise Revert("Bid: not subscribed")
-        self.stake.unlock(host, host.caller, self.config.council_seat_stake)
-        subscribers.remove(host.caller)
-        self.emit(host, "Unsubscribed", taskId=task_id, provider=host.caller)
-        self.task.membership_changed(host, task_id)
+        self.remove_subscriber(host, task_id, host.caller)
 
     def subscribersOf(self, host: Host, task_id: int) -> list[bytes]:
         return list(self.subscribers(host, task_id))
@@ -100,13 +96,21 @@ class Bid(NativeContract):
     def subscribers(self, host: Host, task_id: int) -> AddressSet:
         return AddressSet(self.storage(host), f"subscribers/{task_id}")
 
+    def remove_subscriber(self, host: Host, task_id: int, provider: bytes) -> None:
+        """`provider` leaves the stream, by its own choice or for a proved fault (Slashing): its seat's
+        stake is free again and the stream re-forms, or is interrupted below c."""
+        self._release_seat(host, task_id, provider)
+        self.task.membership_changed(host, task_id)
+
     def release_subscribers(self, host: Host, task_id: int) -> None:
         """The stream closed: every subscriber's stake is free again."""
-        subscribers = self.subscribers(host, task_id)
-        for provider in list(subscribers):
-            self.stake.unlock(host, provider, self.config.council_seat_stake)
-            subscribers.remove(provider)
-            self.emit(host, "Unsubscribed", taskId=task_id, provider=provider)
+        for provider in list(self.subscribers(host, task_id)):
+            self._release_seat(host, task_id, provider)
+
+    def _release_seat(self, host: Host, task_id: int, provider: bytes) -> None:
+        self.stake.unlock(host, provider, self.config.council_seat_stake)
+        self.subscribers(host, task_id).remove(provider)
+        self.emit(host, "Unsubscribed", taskId=task_id, provider=provider)
 
     def bidsOf(self, host: Host, task_id: int) -> BidsRecord:
         store = self.storage(host)

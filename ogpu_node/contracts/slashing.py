@@ -7,6 +7,10 @@ slashed within the same window (the correlation penalty, docs/consensus.md "Slas
 it to the reporter and the block's proposer (half each), burns the rest and ejects the offender from
 the validator set at the next epoch boundary. Each offence has an
 evidence id, recorded when punished, so the same offence is never punished twice.
+
+A stream fault (docs/streams.md, "Penalty") is proved the same way, by signatures alone: the client's
+request, a member's response to it, and ⌈2c/3⌉ current subscribers' verdicts against that response.
+The offender loses a council seat's stake, `reporter_share_bps` of it to the reporter, and its seat.
 """
 
 from __future__ import annotations
@@ -24,13 +28,22 @@ from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
 from ogpu_node.types.protocol import (
     BPS,
     ECRECOVER_GAS,
+    MAX_COUNCIL,
     PROPORTIONAL_SLASHING_MULTIPLIER,
     SLASHING_WINDOW,
     Offence,
     Role,
 )
 from ogpu_node.types.records import SlashingParamsRecord
-from ogpu_node.types.signing import SignedAttestation, SignedProposal
+from ogpu_node.types.signing import (
+    SignedAttestation,
+    SignedProposal,
+    SignedStream,
+    StreamRequest,
+    StreamResponse,
+    StreamVerdict,
+)
+from ogpu_node.types.streams import fault_quorum
 
 
 class Slashing(NativeContract):
@@ -43,6 +56,7 @@ class Slashing(NativeContract):
         self.stake = stake
         self.chain_id = chain_id
         self.genesis_hash = genesis_hash
+        self.task = None  # set by Task: a stream fault reads the stream and its subscribers
 
     def _signer(self, host: Host, root: bytes, signature: bytes, which: str) -> bytes:
         host.charge(ECRECOVER_GAS)
@@ -93,6 +107,70 @@ class Slashing(NativeContract):
         evidence = keccak(b"surround-vote" + offender + roots[0] + roots[1])
         return self._punish(host, offender, Offence.SURROUND_VOTE, evidence)
 
+    def reportStreamFault(self, host: Host, request: bytes, response: bytes, verdicts: list[bytes]) -> int:
+        """A council member's response to a stream request, proved faulty by ⌈2c/3⌉ subscribers'
+        signed verdicts (docs/streams.md, "Penalty"): the member loses a council seat's stake and,
+        if it holds one on this stream, its seat."""
+        if len(verdicts) > MAX_COUNCIL:
+            raise Revert(f"Slashing: more than {MAX_COUNCIL} verdicts")
+        req = self._stream(host, StreamRequest, request, "request")
+        task_id = req.message.task_id
+        client, council_size = self.task.stream_fault_terms(host, task_id)
+        request_id = req.message.request_id(self.chain_id, self.genesis_hash)
+        requester = self._signer(host, request_id, req.signature, "request")
+        if not self.task.signs_for_client(host, task_id, requester):
+            raise Revert("Slashing: the request is not signed by the stream's client or its request key")
+        resp = self._stream(host, StreamResponse, response, "response")
+        if resp.message.task_id != task_id or resp.message.request_id != request_id:
+            raise Revert("Slashing: the response is not to this request")
+        offender = self._signer(host, self._root(resp.message), resp.signature, "response")
+        if offender == client:
+            raise Revert("Slashing: the response is signed by the client")
+        needed = fault_quorum(council_size)
+        if len(verdicts) < needed:
+            raise Revert(f"Slashing: {len(verdicts)} verdicts against the response, {needed} needed")
+        subscribers = self.task.bid.subscribers(host, task_id)
+        signers: set[bytes] = set()
+        for raw in verdicts:
+            verdict = self._stream(host, StreamVerdict, raw, "verdict")
+            v = verdict.message
+            if (v.task_id, v.request_id, v.member, v.response_hash) != (
+                task_id, request_id, offender, resp.message.response_hash
+            ):
+                raise Revert("Slashing: a verdict is not on this response")
+            if v.agrees:
+                raise Revert("Slashing: a verdict agrees with the response")
+            signer = self._signer(host, self._root(v), verdict.signature, "verdict")
+            if signer == offender:
+                raise Revert("Slashing: a verdict is signed by the offender")
+            if signer not in subscribers:
+                raise Revert("Slashing: a verdict is not signed by a current subscriber")
+            if signer in signers:
+                raise Revert("Slashing: two verdicts from one signer")
+            signers.add(signer)
+        evidence = keccak(b"stream-fault" + task_id.to_bytes(32, "big") + request_id + offender)
+        self._record(host, evidence, offender)
+        # The seat goes first, so that its lock is released before the slash lowers the stake it backs.
+        if offender in subscribers:
+            self.task.bid.remove_subscriber(host, task_id, offender)
+        taken = self.stake.slash(
+            host, offender, self.config.council_seat_stake, host.caller, self.config.reporter_share_bps
+        )
+        self.emit(
+            host, "StreamFault", taskId=task_id, requestId=request_id, offender=offender, amount=taken,
+            reporter=host.caller,
+        )
+        return taken
+
+    def _stream(self, host: Host, kind: type, data: bytes, label: str) -> SignedStream:
+        try:
+            return SignedStream.decode(kind, data)
+        except ValueError:
+            raise Revert(f"Slashing: malformed signed stream {label}") from None
+
+    def _root(self, message: StreamResponse | StreamVerdict) -> bytes:
+        return message.signing_root(self.chain_id, self.genesis_hash)
+
     def isPunished(self, host: Host, evidence_id: bytes) -> bool:
         return EvidenceEntry(self.storage(host), evidence_id).punished
 
@@ -101,7 +179,8 @@ class Slashing(NativeContract):
 
     # -- penalties --
 
-    def _punish(self, host: Host, offender: bytes, kind: int, evidence: bytes) -> int:
+    def _record(self, host: Host, evidence: bytes, offender: bytes) -> int:
+        """Mark `evidence` punished, once, and return the offender's slashable stake (never zero)."""
         entry = EvidenceEntry(self.storage(host), evidence)
         if entry.punished:
             raise Revert("Slashing: offence already punished")
@@ -109,7 +188,10 @@ class Slashing(NativeContract):
         if stake.staked + stake.unbonding == 0:
             raise Revert("Slashing: offender has no stake")
         entry.punished = True
-        penalty = self._correlated_penalty(host, stake.staked + stake.unbonding)
+        return stake.staked + stake.unbonding
+
+    def _punish(self, host: Host, offender: bytes, kind: int, evidence: bytes) -> int:
+        penalty = self._correlated_penalty(host, self._record(host, evidence, offender))
         # The reward comes here first, then half goes to the reporter and half to the proposer that
         # included the report: both did work the chain needs.
         taken = self.stake.slash(host, offender, penalty, SLASHING, self.config.reporter_share_bps)

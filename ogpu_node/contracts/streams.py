@@ -116,7 +116,7 @@ def update_terms(ctx: TaskContext, task_id: int, price: int, method: int, weight
 
 
 def set_request_key(ctx: TaskContext, task_id: int, key: bytes) -> None:
-    """The client names a key that may sign receipts on its behalf."""
+    """The client names a key that may sign requests and receipts on its behalf."""
     client_stream(ctx, task_id, *OPEN)
     stream_entry(ctx, task_id).request_key = key
     ctx.emit("RequestKeySet", taskId=task_id, key=key)
@@ -169,8 +169,7 @@ def settle(
         signer = recover_signer(receipt.signing_root(ctx.slashing.chain_id, ctx.slashing.genesis_hash), signature)
     except InvalidSignature as exc:
         raise Revert(f"Task: bad receipt signature: {exc}") from None
-    key = stream.request_key
-    if signer != task.client and (key == b"\x00" * 20 or signer != key):
+    if not signs_for_client(ctx, task_id, signer):
         raise Revert("Task: receipt is not signed by the client or its request key")
     settled = SettledUnits(ctx.store, task_id, provider, version)
     already = settled.units
@@ -187,6 +186,13 @@ def settle(
     ctx.pay(provider, amount)
     ctx.emit("ReceiptSettled", taskId=task_id, provider=provider, termsVersion=version, units=units, amount=amount)
     return amount
+
+
+def signs_for_client(ctx: TaskContext, task_id: int, signer: bytes) -> bool:
+    """Whether `signer` is the stream's client or the request key it registered: who may sign its
+    receipts and requests."""
+    key = stream_entry(ctx, task_id).request_key
+    return signer == ctx.task(task_id).client or (key != b"\x00" * 20 and signer == key)
 
 
 # -- views --
@@ -217,6 +223,12 @@ def open_for_subscription(ctx: TaskContext, task_id: int) -> tuple[bytes, int, i
     existing_stream(ctx, task_id, *OPEN)
     stream = stream_entry(ctx, task_id)
     return ctx.task(task_id).client, stream.min_memory_mib, stream.device_mask
+
+
+def fault_terms(ctx: TaskContext, task_id: int) -> tuple[bytes, int]:
+    """(client, councilSize) of a stream task, for Slashing.reportStreamFault."""
+    existing_stream(ctx, task_id)
+    return ctx.task(task_id).client, stream_entry(ctx, task_id).council_size
 
 
 def membership_changed(ctx: TaskContext, task_id: int) -> None:

@@ -45,6 +45,7 @@ class Task(NativeContract):
         self.stake = stake
         self.slashing = slashing
         bid.task = self
+        slashing.task = self
 
     def context(self, host: Host) -> TaskContext:
         return TaskContext(host, self.storage(host), self.config, self.stake, self.bid, self.slashing, self.abi)
@@ -182,3 +183,11 @@ class Task(NativeContract):
 
     def membership_changed(self, host: Host, task_id: int) -> None:
         streams.membership_changed(self.context(host), task_id)
+
+    # -- for Slashing, within the same call --
+
+    def stream_fault_terms(self, host: Host, task_id: int) -> tuple[bytes, int]:
+        return streams.fault_terms(self.context(host), task_id)
+
+    def signs_for_client(self, host: Host, task_id: int, signer: bytes) -> bool:
+        return streams.signs_for_client(self.context(host), task_id, signer)

@@ -51,7 +51,15 @@ from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.db import LMDBStore
 from ogpu_node.types.protocol import CancelReason, Outcome, Penalty, Role, TaskState
-from ogpu_node.types.signing import BlockProposal, SignedProposal, StreamReceipt
+from ogpu_node.types.signing import (
+    BlockProposal,
+    SignedProposal,
+    SignedStream,
+    StreamReceipt,
+    StreamRequest,
+    StreamResponse,
+    StreamVerdict,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 GENESIS = DEV_GENESIS
@@ -270,7 +278,8 @@ def batch_inconclusive(chain: Chain, a: list[Any]) -> LogRecorder:
 def stream(chain: Chain, a: list[Any]) -> LogRecorder:
     """submitStream, subscribe (Active), unsubscribe (Interrupted), subscribe (Active), a reported
     consensus failure, terms version 2, a request key, a top-up, a receipt signed by the key settled at
-    version 2, retract (Closing), and the close by the system call (subscribers released, settled)."""
+    version 2, p0's response proved faulty by p1 and p2 (StreamFault), retract (Closing), and the close by
+    the system call (subscribers released, settled)."""
     h = Harness(chain)
     recorder = LogRecorder(h, "stream")
     client, (p0, p1, p2), key, outsider = a[0], a[1:4], a[7], a[9]
@@ -289,9 +298,25 @@ def stream(chain: Chain, a: list[Any]) -> LogRecorder:
     h.ok(outsider, TASK_ABI, "topUp", task, value=TOP_UP)
     root = StreamReceipt(task, p0.address, STREAM_UNITS, 2).signing_root(chain.chain_id, chain.genesis_hash)
     h.ok(p2, TASK_ABI, "settle", task, p0.address, STREAM_UNITS, 2, key.sign_hash(root))
+    h.ok(p1, BID_ABI, "subscribe", task)
+    h.ok(outsider, SLASHING_ABI, "reportStreamFault", *stream_fault(chain, task, key, p0, [p1, p2]))
     h.ok(client, TASK_ABI, "retract", task)
     h.block(at=h.view(TASK_ABI, "getStream", task)["closeDeadline"])
     return recorder
+
+
+def stream_fault(chain: Chain, task: int, key: Any, offender: Any, against: list[Any]) -> tuple[bytes, bytes, list[bytes]]:
+    """reportStreamFault's arguments: a request signed by `key`, `offender`'s response, verdicts against it."""
+
+    def signed(signer: Any, message: Any) -> bytes:
+        root = message.signing_root(chain.chain_id, chain.genesis_hash)
+        return SignedStream(message, signer.sign_hash(root)).encode()
+
+    request = StreamRequest(task, 2, chain.head.block_number, 1, 8, keccak(b"prompt"), 1)
+    request_id = request.request_id(chain.chain_id, chain.genesis_hash)
+    verdict = StreamVerdict(task, request_id, offender.address, WRONG, False)
+    return (signed(key, request), signed(offender, StreamResponse(task, request_id, 2, WRONG)),
+            [signed(member, verdict) for member in against])
 
 
 SCENARIOS = (stake_and_slashing, batch_reject_and_replace, batch_missed_and_unbid, batch_dispute,
@@ -399,7 +424,7 @@ def test_batch_values(decoded, dev_accounts):
     assert settled.args["outcome"] == Outcome.CONFIRMED
 
     slashes = of(decoded, "StakeSlashed")
-    assert len(slashes) == 3  # the rejected executor, the missed one, the double proposer
+    assert len(slashes) == 4  # the rejected executor, the missed one, the double proposer, the stream's faulty member
     for slashed in slashes:
         args = slashed.args
         assert args["burned"] + args["rewarded"] == args["amount"] > 0
@@ -452,7 +477,8 @@ def test_stream_values(decoded, dev_accounts):
     assert dict(settled_receipt.args) == {"taskId": 1, "provider": checksum(p0), "termsVersion": 2,
                                           "units": STREAM_UNITS, "amount": STREAM_UNITS * 2 * STREAM_PRICE}
     assert [(d.args["state"], d.args["subscribers"]) for d in of(decoded, "StreamStateChanged")] == [
-        (TaskState.ACTIVE, 2), (TaskState.INTERRUPTED, 1), (TaskState.ACTIVE, 2), (TaskState.INTERRUPTED, 2), (TaskState.CLOSING, 2)]
+        (TaskState.ACTIVE, 2), (TaskState.INTERRUPTED, 1), (TaskState.ACTIVE, 2), (TaskState.INTERRUPTED, 2),
+        (TaskState.ACTIVE, 3), (TaskState.CLOSING, 2)]
     assert [(d.args["version"], d.args["pricePerUnit"]) for d in of(decoded, "TermsUpdated")] == [
         (1, STREAM_PRICE), (2, 2 * STREAM_PRICE)]
     [request_key] = of(decoded, "RequestKeySet")
@@ -460,9 +486,15 @@ def test_stream_values(decoded, dev_accounts):
     [topped] = of(decoded, "ToppedUp")
     assert (topped.args["amount"], topped.args["escrow"]) == (TOP_UP, STREAM_BUDGET + TOP_UP)
     subscribed = [d.args["provider"] for d in of(decoded, "Subscribed")]
-    assert subscribed == [checksum(p0), checksum(p1), checksum(p2)]
+    assert subscribed == [checksum(p0), checksum(p1), checksum(p2), checksum(p1)]
     left = [d.args["provider"] for d in of(decoded, "Unsubscribed")]
-    assert left[0] == checksum(p1) and sorted(left[1:]) == sorted([checksum(p0), checksum(p2)])
+    assert left[:2] == [checksum(p1), checksum(p0)] and sorted(left[2:]) == sorted([checksum(p1), checksum(p2)])
+    [fault] = of(decoded, "StreamFault")
+    seat = 10 * OGPU
+    assert (fault.args["taskId"], fault.args["offender"], fault.args["amount"], fault.args["reporter"]) == (
+        1, checksum(p0), seat, checksum(dev_accounts[9]))
+    [fault_slash] = of(decoded, "StakeSlashed", "stream")
+    assert (fault_slash.args["amount"], fault_slash.args["rewarded"]) == (seat, seat // 10)
     [closed] = of(decoded, "TaskSettled", "stream")
     paid = STREAM_UNITS * 2 * STREAM_PRICE
     assert (closed.args["paid"], closed.args["refund"]) == (paid, STREAM_BUDGET + TOP_UP - paid + STREAM_BUDGET // 10)

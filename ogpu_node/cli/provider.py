@@ -22,6 +22,9 @@ from ogpu_node.types.protocol import FAULT_KINDS
 
 __all__ = ["provider"]
 
+# apps.provider.stream_ws.STREAM_FAULTS, spelled here so that the CLI starts without loading the app
+STREAM_FAULTS = ("wrong-tokens", "silent")
+
 
 @click.group("provider")
 def provider() -> None:
@@ -44,10 +47,19 @@ def provider() -> None:
               help="TESTING ONLY: train dishonestly as executor (councils reject it and the stake is slashed).")
 @click.option("--fault-magnitude", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Size of the weight perturbation of --fault perturb.")
+@click.option("--ws-url", default=None, envvar="OGPU_WS_URL",
+              help="The node's WebSocket endpoint for stream work (default: the --rpc-url host, port 8546).")
+@click.option("--streams/--no-streams", default=True, show_default=True,
+              help="Subscribe to stream tasks and serve their requests.")
+@click.option("--stream-fault", type=click.Choice(STREAM_FAULTS), default=None,
+              help="TESTING ONLY: answer stream requests dishonestly (wrong-tokens: altered bytes, signed; "
+                   "silent: never answer). A wrong answer is proved by the council and slashed; silence is counted.")
 def run(rpc_url: str, keystore: Path | None, from_address: str | None, password_file: Path | None,
         private_key: str | None, datadir: Path | None, stake_wei: int | None, memory_mib: int | None,
-        cost_per_second: int, margin: float, fault: str | None, fault_magnitude: float) -> None:
-    """Register as a provider at RPC_URL's chain, bid on batch tasks, train them and serve on councils."""
+        cost_per_second: int, margin: float, fault: str | None, fault_magnitude: float, ws_url: str | None,
+        streams: bool, stream_fault: str | None) -> None:
+    """Register as a provider at RPC_URL's chain, bid on batch tasks, train them and serve on councils;
+    subscribe to stream tasks that pay and serve their requests through the node's WebSocket."""
     key = private_key_from_options(keystore, password_file, from_address, private_key)
     asked: list[int] = []  # signals received before the app existed: it never starts
     apps: list[Any] = []  # the Provider, once built
@@ -71,6 +83,7 @@ def run(rpc_url: str, keystore: Path | None, from_address: str | None, password_
         rpc_url=rpc_url, private_key=key, datadir=resolve_datadir(datadir) / "provider", stake=stake_wei,
         memory_mib=memory_mib, cost_per_second=cost_per_second, margin=margin,
         fault=None if fault is None else Fault(fault, magnitude=fault_magnitude),
+        streams=streams, ws_url=ws_url, stream_fault=stream_fault,
     )
     apps.append(Provider(config))
     if asked:

@@ -34,6 +34,8 @@ from ogpu_node.apps.provider.executor import JobRecord, chain_now
 from ogpu_node.apps.provider.retry import persist
 from ogpu_node.apps.provider.store import ProviderFiles
 from ogpu_node.apps.provider.strategy import BidStrategy, Resources
+from ogpu_node.apps.provider.stream_ws import ws_url_from_rpc
+from ogpu_node.apps.provider.streams import StreamService
 from ogpu_node.types.prescription import InvalidPrescription
 from ogpu_node.types.protocol import DEFAULT_PROFILE, Phase, TaskKind, TaskState
 
@@ -55,6 +57,9 @@ class ProviderConfig:
     fault: Any = None  # compute.Fault: train dishonestly (tests and demonstrations only)
     poll_s: float = 0.5
     endpoint: str = ""
+    streams: bool = True  # subscribe to stream tasks and serve them (docs/streams.md)
+    ws_url: str | None = None  # the node's WebSocket (default: the rpc url's host, port 8546)
+    stream_fault: str | None = None  # stream_ws.STREAM_FAULTS: answer dishonestly (tests only)
 
 
 class Provider:
@@ -82,6 +87,9 @@ class Provider:
         self._scope: trio.CancelScope | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop_asked = False
+        self.streams = None if not config.streams else StreamService(
+            self.chain, config.private_key, config.datadir, config.ws_url or ws_url_from_rpc(config.rpc_url),
+            self.strategy, lambda profile: self._worker_cls(profile), fault=config.stream_fault)
 
     # -- the service --
 
@@ -98,6 +106,9 @@ class Provider:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._decide, receive)
+                    if self.streams is not None:  # beside batch work, in its own workers
+                        assert self.resources is not None
+                        nursery.start_soon(self.streams.run, self.resources)
                     self._spawn(("spare",), "spare worker", self._prepare_spare)
                     await self._recover()
                     log.info("watching tasks from block %d", self.last_block + 1)
@@ -143,6 +154,8 @@ class Provider:
                     last = min(head, self.last_block + LOG_WINDOW)
                     for event in await blocking(self.chain.task_events, self.last_block + 1, last):
                         await self._inbox.send(event)
+                        if self.streams is not None:
+                            await self.streams.feed(event)
                     self.last_block = last
             except ClientError as exc:
                 log.warning("node: %s", exc)

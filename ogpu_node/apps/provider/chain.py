@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from web3.logs import DISCARD
+
 from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError
+from ogpu_node.apps.client.rpc import SLASHING_ADDRESS, contract_abi
 from ogpu_node.contracts.abi import load_abi
 from ogpu_node.types.records import (
     BidsRecord,
@@ -21,6 +24,7 @@ from ogpu_node.types.records import (
     ProgressRecord,
     ResourcesRecord,
     StakeRecord,
+    StreamRecord,
     TaskRecord,
     TermsRecord,
 )
@@ -53,6 +57,7 @@ class ChainClient:
         self.task = self.client.task
         self.bid = self.client.bid
         self.views = self.client.views
+        self.slashing = self.w3.eth.contract(address=SLASHING_ADDRESS, abi=contract_abi("Slashing"))
         self._events = {event.topic: self.task.events[name] for name, event in load_abi("Task").events.items()}
 
     # -- transactions --
@@ -84,6 +89,23 @@ class ChainClient:
     def bids(self, task_id: int) -> BidsRecord:
         return self.views.bids(task_id)
 
+    def stream(self, task_id: int) -> StreamRecord:
+        return self.views.stream(task_id)
+
+    def subscribers(self, task_id: int) -> list[str]:
+        """Bid.subscribersOf, as lower-case 0x addresses."""
+        found = self.call(f"subscribersOf {task_id}", self.bid.functions.subscribersOf(task_id))
+        return [str(a).lower() for a in found]
+
+    def settled_units(self, task_id: int, version: int) -> int:
+        """Task.settledUnits of this provider under terms version ``version``."""
+        return int(self.call(f"settledUnits {task_id}", self.task.functions.settledUnits(task_id, self.address, version)))
+
+    def receipt_paid(self, receipt: Any) -> int:
+        """Wei paid by the ReceiptSettled events of a transaction receipt."""
+        events = self.task.events.ReceiptSettled().process_receipt(receipt, errors=DISCARD)
+        return sum(int(e["args"]["amount"]) for e in events)
+
     def stake_of(self, account: str | None = None) -> StakeRecord:
         """Stake.stakeOf of ``account`` (default: this provider)."""
         return self.views.stake_of(account or self.address)
@@ -103,6 +125,13 @@ class ChainClient:
 
     def head(self) -> int:
         return self.client.guard("blockNumber", lambda: self.w3.eth.block_number)
+
+    def chain_id(self) -> int:
+        return self.client.rpc.chain_id()
+
+    def genesis_hash(self) -> bytes:
+        """Block 0's hash: with the chain id, what every signed stream message binds."""
+        return bytes(self.client.guard("getBlock 0", self.w3.eth.get_block, 0)["hash"])
 
     def timestamp(self) -> int:
         return int(self.client.guard("getBlock", self.w3.eth.get_block, "latest")["timestamp"])

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from eth_hash.auto import keccak
 from web3.logs import DISCARD
 
 from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError
@@ -100,6 +101,12 @@ class ChainClient:
     def settled_units(self, task_id: int, version: int) -> int:
         """Task.settledUnits of this provider under terms version ``version``."""
         return int(self.call(f"settledUnits {task_id}", self.task.functions.settledUnits(task_id, self.address, version)))
+
+    def fault_punished(self, task_id: int, request_id: bytes, offender: bytes) -> bool:
+        """Slashing.isPunished of a stream fault's evidence id, keccak("stream-fault" ‖ taskId ‖ requestId ‖
+        offender) as reportStreamFault records it (docs/streams.md, rule 4)."""
+        evidence = keccak(b"stream-fault" + task_id.to_bytes(32, "big") + request_id + offender)
+        return bool(self.call("isPunished", self.slashing.functions.isPunished(evidence)))
 
     def receipt_paid(self, receipt: Any) -> int:
         """Wei paid by the ReceiptSettled events of a transaction receipt."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from ogpu_node.apps.client import ClientError, Reverted
+from ogpu_node.apps.client import ClientError
 from ogpu_node.apps.provider.chain import ChainClient, Event
 from ogpu_node.apps.provider.concurrency import blocking, close_shielded
 from ogpu_node.apps.provider.strategy import BidStrategy, Resources
@@ -219,7 +219,9 @@ class Held:
 
 
 class ReceiptBook:
-    """The highest receipt per (task, terms version) and the units settled of it, in `path`."""
+    """The highest receipt per (task, terms version) and the units settled of it, read from `path`.
+    Changes are in memory until `save` (or `encode`, for a caller that writes off its event loop);
+    each method that changes something says so."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -246,7 +248,6 @@ class ReceiptBook:
             return False
         settled = 0 if held is None else held.settled
         self.held[(task_id, version)] = Held(units, signature, settled)
-        self.save()
         return True
 
     def due(self, now: float, tasks: set[int] | None = None) -> list[tuple[int, int, Held]]:
@@ -254,26 +255,31 @@ class ReceiptBook:
         return [(t, v, h) for (t, v), h in sorted(self.held.items())
                 if h.units > h.settled and h.retry_at <= now and (tasks is None or t in tasks)]
 
-    def settled(self, task_id: int, version: int, units: int) -> None:
+    def settled(self, task_id: int, version: int, units: int) -> bool:
         held = self.held.get((task_id, version))
-        if held is not None and units > held.settled:
-            held.settled = units
-            self.save()
+        if held is None or units <= held.settled:
+            return False
+        held.settled = units
+        return True
 
     def hold_back(self, task_id: int, version: int, until: float) -> None:
         held = self.held.get((task_id, version))
         if held is not None:
             held.retry_at = until
 
-    def forget(self, task_id: int) -> None:
-        if any(t == task_id for t, _ in self.held):
-            self.held = {key: h for key, h in self.held.items() if key[0] != task_id}
-            self.save()
+    def forget(self, task_id: int) -> bool:
+        if not any(t == task_id for t, _ in self.held):
+            return False
+        self.held = {key: h for key, h in self.held.items() if key[0] != task_id}
+        return True
 
-    def save(self) -> None:
+    def encode(self) -> bytes:
         doc = {"receipts": [{"task": t, "version": v, "units": h.units, "signature": h.signature.hex(),
                              "settled": h.settled} for (t, v), h in sorted(self.held.items())]}
-        atomic_write(self.path, json.dumps(doc).encode())
+        return json.dumps(doc).encode()
+
+    def save(self) -> None:
+        atomic_write(self.path, self.encode())
 
 
 def receipt_signer(receipt: Receipt, provider: bytes, chain_id: int, genesis_hash: bytes) -> bytes | None:
@@ -406,12 +412,15 @@ class StreamService:
             self._spawn(task, self._stop_serving, action)
         elif isinstance(action, ForgetStream):
             self._signers.pop(action.task_id, None)
-            self._spawn(task, self._book, self.book.forget, action.task_id)
+            self._spawn(task, self._book, self.book.forget(action.task_id))
         else:
             raise TypeError(f"unknown action {action!r}")
 
-    async def _book(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await blocking(fn, *args, limiter=self._book_turns)
+    async def _book(self, changed: bool) -> bool:
+        """Write the book if it `changed`: encoded here, written in a thread, writes in order."""
+        if changed:
+            await blocking(atomic_write, self.book.path, self.book.encode(), limiter=self._book_turns)
+        return changed
 
     async def _recover(self) -> None:
         """At start: the open streams of the last RECOVER_TASKS tasks (some we may be subscribed to),
@@ -426,7 +435,7 @@ class StreamService:
                 for action in self.core.consider(task_id, resume=True):
                     self._perform(action)
             elif task_id in held and task.state != TaskState.CLOSING:
-                await self._book(self.book.forget, task_id)
+                await self._book(self.book.forget(task_id))
 
     # -- considering a stream: documents, feasibility, the model, its cost, the subscription --
 
@@ -442,6 +451,13 @@ class StreamService:
         if why is not None:
             log.info("stream %d: not subscribing: %s", task_id, why)
             await self._unload(task_id)
+            if action.resume and task_id not in self._subscribed:  # found subscribed at start: give the seat back
+                try:
+                    sitting = self.me in await blocking(self.chain.subscribers, task_id)
+                except ClientError:
+                    sitting = False
+                if sitting:
+                    await self._unsubscribe(task_id, why)
 
     async def _try_subscribe(self, task_id: int) -> str | None:
         """Subscribe to the stream if we can serve it at a profit; why not, otherwise."""
@@ -528,10 +544,15 @@ class StreamService:
             call = self.chain.slashing.functions.reportStreamFault(evidence.request, evidence.response,
                                                                    evidence.verdicts)
             await blocking(self.chain.send, what, call)
-        except Reverted as exc:  # another member reported it first, or its evidence no longer holds
-            log.info("%s: not taken: %s", what, exc.reason)
-        except ClientError as exc:
-            log.warning("%s: %s", what, exc)
+        except ClientError as exc:  # refused by its estimate, or mined after another member's report
+            try:
+                punished = await blocking(self.chain.fault_punished, *ident)
+            except ClientError:
+                punished = False
+            if punished:  # every member that signed against it got the evidence: one report is taken
+                log.info("%s: already punished (another member reported it first)", what)
+            else:
+                log.warning("%s: %s", what, exc)
         except Exception as exc:  # noqa: BLE001 — e.g. a node whose Slashing ABI has no reportStreamFault
             log.warning("%s: cannot send: %s", what, exc)
         else:
@@ -560,7 +581,7 @@ class StreamService:
                 log.warning("stream %d: a receipt for %d units is not signed by the client or its request key",
                             receipt.task_id, receipt.units)
                 return
-        if await self._book(self.book.offer, receipt.task_id, receipt.version, receipt.units, receipt.signature):
+        if await self._book(self.book.offer(receipt.task_id, receipt.version, receipt.units, receipt.signature)):
             log.debug("stream %d: receipt for %d units (terms version %d)", receipt.task_id, receipt.units,
                       receipt.version)
             if receipt.task_id in self.core.closing:
@@ -587,12 +608,12 @@ class StreamService:
                 on_chain = await blocking(self.chain.settled_units, task_id, version)
             except ClientError:
                 on_chain = 0
-            await self._book(self.book.settled, task_id, version, on_chain)
+            await self._book(self.book.settled(task_id, version, on_chain))
             if on_chain < units:
                 self.book.hold_back(task_id, version, time.monotonic() + SETTLE_RETRY_S)
                 log.warning("%s: %s", what, exc)
             return
-        await self._book(self.book.settled, task_id, version, units)
+        await self._book(self.book.settled(task_id, version, units))
         log.info("stream %d: settled %d units of terms version %d: paid %d wei", task_id, units, version,
                  self.chain.receipt_paid(receipt))
 

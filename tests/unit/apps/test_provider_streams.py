@@ -176,7 +176,8 @@ def test_the_book_keeps_the_highest_receipt_and_what_is_settled_across_restarts(
     assert not book.offer(TASK, 1, 9, b"b" * 65)  # lower: a replay pays nothing
     assert book.offer(TASK, 1, 25, b"c" * 65)
     assert book.offer(TASK, 2, 4, b"d" * 65)
-    book.settled(TASK, 1, 25)
+    assert book.settled(TASK, 1, 25) and not book.settled(TASK, 1, 20)
+    book.save()
     again = ReceiptBook(path)
     assert [(t, v, h.units, h.signature, h.settled) for t, v, h in again.due(0.0)] == [(TASK, 2, 4, b"d" * 65, 0)]
     assert again.held[(TASK, 1)].settled == 25
@@ -190,7 +191,8 @@ def test_a_receipt_the_chain_refused_waits_before_it_is_tried_again(tmp_path):
     assert book.due(99.0) == [] and len(book.due(100.0)) == 1
     book.offer(8, 1, 3, b"e" * 65)
     assert [t for t, _, _ in book.due(100.0, tasks={8})] == [8]
-    book.forget(TASK)
+    assert book.forget(TASK) and not book.forget(TASK)
+    book.save()
     assert [t for t, _, _ in ReceiptBook(tmp_path / "receipts.json").due(0.0)] == [8]
 
 

@@ -7,7 +7,8 @@ channel into the decision core (`core.ProviderCore`), and each action the core r
 task of the service's one nursery: a bid, an executor job (training in its own worker process, so
 it never waits for a block), a commit, a reveal, a council seat. Blocking JSON-RPC calls and worker
 jobs run in threads (`concurrency.blocking`); work that no longer matters is cancelled through its
-scope, and worker processes are closed when their job or the service ends.
+scope, and worker processes are closed when their job or the service ends. Stream tasks are served
+beside batch work by `streams.StreamService`, which the same event feed reaches (docs/streams.md).
 """
 
 from __future__ import annotations

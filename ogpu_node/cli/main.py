@@ -20,6 +20,7 @@ from ogpu_node.cli.account import account
 from ogpu_node.cli.common import datadir_option, resolve_datadir
 from ogpu_node.cli.devnet import devnet
 from ogpu_node.cli.provider import provider
+from ogpu_node.cli.stream import stream
 from ogpu_node.cli.task import task
 from ogpu_node.cli.validator import validator, validator_private_key
 from ogpu_node.config import DEV_GENESIS, GenesisConfig, GenesisError, load_genesis
@@ -56,6 +57,7 @@ def cli(log_level: str) -> None:
 
 cli.add_command(account)
 cli.add_command(task)
+cli.add_command(stream)
 cli.add_command(provider)
 cli.add_command(validator)
 cli.add_command(devnet)

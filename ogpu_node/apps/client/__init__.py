@@ -6,7 +6,8 @@
 - `blobs`: hash-checked blob uploads and downloads over HTTP;
 - `history`: a task's checkpoint history from its events, and its loss curve;
 - `results`: checkpoint metadata and the extraction of the final weights;
-- `app`: `Client`, which joins them for the CLI, the provider app and tests.
+- `app`: `Client`, which joins them for the CLI, the provider app and tests;
+- `streams`: stream tasks: open one, signed requests, checked answers, cumulative receipts.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ from ogpu_node.apps.client.rpc import (
     Rpc,
     contract_abi,
 )
+from ogpu_node.apps.client.streams import Answer, ReceiptLedger, StreamClient, StreamRefused
 from ogpu_node.apps.client.views import ChainViews, decode_view
 
 __all__ = [
-    "BID_ADDRESS", "SLASHING_ADDRESS", "STAKE_ADDRESS", "TASK_ADDRESS", "BadCheckpoint", "BlobClient",
+    "BID_ADDRESS", "SLASHING_ADDRESS", "STAKE_ADDRESS", "TASK_ADDRESS", "Answer", "BadCheckpoint", "BlobClient",
     "BlobNotFound", "BlobRejected", "ChainViews", "CheckpointHistory", "CheckpointStatus", "Client", "ClientError",
     "ExecutorChange", "KeyRequired", "LossPoint", "NoResult", "NodeError", "NodeTimeout", "NodeUnreachable",
-    "NotMined", "Reverted", "Rpc", "TaskHistory", "TaskNotFound", "TaskStatus", "TransactionFailed",
-    "UploadRefused", "Verdict", "WaitTimeout", "build_history", "checkpoint_metadata", "contract_abi",
+    "NotMined", "ReceiptLedger", "Reverted", "Rpc", "StreamClient", "StreamRefused", "TaskHistory", "TaskNotFound",
+    "TaskStatus", "TransactionFailed", "UploadRefused", "Verdict", "WaitTimeout", "build_history", "checkpoint_metadata", "contract_abi",
     "decode_view", "extract_weights", "file_blob_hash", "label", "mean_recent_loss",
 ]

@@ -170,7 +170,8 @@ class Client:
         """Submit batch task ``p`` with value = max payment + deposit (default: the chain's minimum);
         return (task id, deposit)."""
         if p.kind != "batch":
-            raise ClientError("prescription.kind: only batch tasks can be submitted with `task submit`")
+            raise ClientError("prescription.kind: only batch tasks can be submitted with `task submit` "
+                              "(a stream: `ogpu-node stream submit`)")
         self.check_against_chain(p)
         if deposit is None:
             deposit = self.minimum_deposit(p)

@@ -68,7 +68,7 @@ class Bid(NativeContract):
             self.task.close_bidding(host, task_id)
 
     def subscribe(self, host: Host, task_id: int) -> None:
-        client, min_memory, mask = self.task.open_for_subscription(host, task_id)
+        client, min_memory, mask, profile = self.task.open_for_subscription(host, task_id)
         provider = host.caller
         if provider == client:
             raise Revert("Bid: a client cannot subscribe to its own task")
@@ -77,6 +77,8 @@ class Bid(NativeContract):
         resources = self.stake.resourcesOf(host, provider)
         if resources.memory_mib < min_memory or (mask and not mask >> resources.device_kind & 1):
             raise Revert("Bid: provider resources do not meet the task's terms")
+        if not self.stake.honours(host, provider, profile):
+            raise Revert("Bid: provider has not registered the task's numeric profile")
         subscribers = self.subscribers(host, task_id)
         if provider in subscribers:
             raise Revert("Bid: already subscribed")

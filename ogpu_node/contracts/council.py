@@ -142,6 +142,7 @@ def sample(ctx: TaskContext, task_id: int, size: int, seed: bytes) -> list[bytes
     executor = task.executor
     min_memory = terms.min_memory_mib
     mask = terms.device_mask
+    profile = terms.numeric_profile
     seat = ctx.params.council_seat_stake
     candidates: list[tuple[bytes, int]] = []
     for provider in stake.providers(host):
@@ -151,6 +152,8 @@ def sample(ctx: TaskContext, task_id: int, size: int, seed: bytes) -> list[bytes
         if resources.memory_mib < min_memory or (mask and not mask >> resources.device_kind & 1):
             continue
         if not stake.stakeOf(host, provider).roles & Role.PROVIDER:
+            continue
+        if not stake.honours(host, provider, profile):
             continue
         free = stake.free_stake(host, provider)
         if free >= seat:

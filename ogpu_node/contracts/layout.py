@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ogpu_node.contracts.storage import Address, Bytes32, Flag, StoredRecord, Text, Uint
-from ogpu_node.types.records import TermsRecord
 
 # -- Task --
 
@@ -53,8 +52,26 @@ class ProgressEntry(StoredRecord):
     confirm_deadline = Uint("confirmDeadline")
 
 
-class TermsEntry(StoredRecord, prefix="terms", fields_of=TermsRecord):
-    """A batch task's terms (Task.getTerms), one slot per field of TermsRecord."""
+class TermsEntry(StoredRecord, prefix="terms"):
+    """A batch task's terms (Task.getTerms), one slot per field of TermsRecord, under its field name.
+    Declared field by field, as `fields_of` gives every field a Uint and numericProfile is a bytes32."""
+
+    max_payment = Uint()
+    council_size = Uint()
+    council_share_bps = Uint()
+    checkpoints = Uint()
+    segment_window = Uint()
+    bid_window = Uint()
+    first_n = Uint()
+    min_bids = Uint()
+    lateness_bps_per_second = Uint()
+    confirm_window = Uint()
+    response_method = Uint()
+    response_weight = Uint()
+    equivalence = Uint()
+    min_memory_mib = Uint()
+    device_mask = Uint()
+    numeric_profile = Bytes32()
 
 
 class CheckpointEntry(StoredRecord, prefix="ck"):
@@ -96,11 +113,23 @@ class StreamTerms:
     settle_window: int
     min_memory_mib: int
     device_mask: int
+    numeric_profile: bytes  # protocol.profile_id of the profile subscribers must have registered; zero: any
 
 
-class StreamEntry(StoredRecord, prefix="stream", fields_of=StreamTerms):
-    """A stream task's terms as submitted, its current terms version and its closing."""
+class StreamEntry(StoredRecord, prefix="stream"):
+    """A stream task's terms as submitted (StreamTerms, under their field names), its current terms
+    version and its closing."""
 
+    budget = Uint()
+    council_size = Uint()
+    price_per_unit = Uint()
+    response_method = Uint()
+    response_weight = Uint()
+    max_response_time = Uint()
+    settle_window = Uint()
+    min_memory_mib = Uint()
+    device_mask = Uint()
+    numeric_profile = Bytes32()
     version = Uint()
     request_key = Address("requestKey")
     close_deadline = Uint("closeDeadline")
@@ -160,6 +189,24 @@ class ResourcesEntry(StoredRecord):
     memory_mib = Uint("memory")
     throughput_score = Uint("score")
     endpoint = Text()
+
+
+class ProfileCount(StoredRecord, prefix="profiles"):
+    """How many numeric profiles an account registered (Stake.setProfiles): ProfileItem 1..count."""
+
+    count = Uint()
+
+
+class ProfileItem(StoredRecord, prefix="profileItem"):
+    """The i-th numeric profile an account registered (keys: account, i)."""
+
+    profile = Bytes32()
+
+
+class ProfileFlag(StoredRecord, prefix="honours"):
+    """Whether an account registered a numeric profile (keys: account, profile id): one read per check."""
+
+    registered = Flag()
 
 
 # -- Bid --

@@ -17,7 +17,15 @@ from ogpu_node.config import ConsensusConfig, ProtocolParams
 from ogpu_node.contracts.addresses import STAKE
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.host import Host, Revert
-from ogpu_node.contracts.layout import ResourcesEntry, StakeEntry, StakeTotal, ValidatorEpoch
+from ogpu_node.contracts.layout import (
+    ProfileCount,
+    ProfileFlag,
+    ProfileItem,
+    ResourcesEntry,
+    StakeEntry,
+    StakeTotal,
+    ValidatorEpoch,
+)
 from ogpu_node.contracts.storage import AddressQueue, AddressSet
 from ogpu_node.contracts.validator_set import ValidatorSetSteps
 from ogpu_node.types.protocol import (
@@ -25,6 +33,8 @@ from ogpu_node.types.protocol import (
     BPS,
     DEVICE_KINDS,
     MAX_ENDPOINT_BYTES,
+    MAX_PROFILES,
+    NO_PROFILE,
     Role,
     ValidatorStatus,
 )
@@ -136,6 +146,28 @@ class Stake(ValidatorSetSteps, NativeContract):
         validator.randao_tip = tip
         self.emit(host, "RandaoTipSet", account=host.caller, tip=tip)
 
+    def setProfiles(self, host: Host, profiles: list[bytes]) -> None:
+        """Register the numeric profiles (protocol.profile_id of each name) the caller can compute
+        under, replacing the earlier list: a task that names a profile draws only providers that
+        registered it, so honest members' results match bit for bit."""
+        if len(profiles) > MAX_PROFILES:
+            raise Revert(f"Stake.setProfiles: more than {MAX_PROFILES} profiles")
+        if NO_PROFILE in profiles:
+            raise Revert("Stake.setProfiles: a profile id is zero")
+        if len(set(profiles)) != len(profiles):
+            raise Revert("Stake.setProfiles: a profile is listed twice")
+        store, who = self.storage(host), host.caller
+        count = ProfileCount(store, who)
+        for i in range(1, count.count + 1):
+            ProfileFlag(store, who, ProfileItem(store, who, i).profile).registered = False
+        for i in range(len(profiles), count.count):  # clear the old tail (storage refunds)
+            ProfileItem(store, who, i + 1).profile = NO_PROFILE
+        for i, profile in enumerate(profiles, start=1):
+            ProfileItem(store, who, i).profile = profile
+            ProfileFlag(store, who, profile).registered = True
+        count.count = len(profiles)
+        self.emit(host, "ProfilesSet", account=who, profiles=list(profiles))
+
     # -- views --
 
     def stakeOf(self, host: Host, who: bytes) -> StakeRecord:
@@ -146,6 +178,10 @@ class Stake(ValidatorSetSteps, NativeContract):
 
     def resourcesOf(self, host: Host, who: bytes) -> ResourcesRecord:
         return ResourcesEntry(self.storage(host), who).load(ResourcesRecord)
+
+    def profilesOf(self, host: Host, who: bytes) -> list[bytes]:
+        store = self.storage(host)
+        return [ProfileItem(store, who, i).profile for i in range(1, ProfileCount(store, who).count + 1)]
 
     def validatorOf(self, host: Host, who: bytes) -> ValidatorRecord:
         return self.validator(host, who).load(ValidatorRecord)
@@ -175,6 +211,11 @@ class Stake(ValidatorSetSteps, NativeContract):
 
     def entry(self, host: Host, who: bytes) -> StakeEntry:
         return StakeEntry(self.storage(host), who)
+
+    def honours(self, host: Host, who: bytes, profile: bytes) -> bool:
+        """Whether `who` may serve a task naming `profile`: any provider if it is zero, otherwise one
+        that registered it."""
+        return profile == NO_PROFILE or ProfileFlag(self.storage(host), who, profile).registered
 
     def free_stake(self, host: Host, who: bytes) -> int:
         entry = self.entry(host, who)

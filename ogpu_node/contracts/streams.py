@@ -218,11 +218,11 @@ def settled_units(ctx: TaskContext, task_id: int, provider: bytes, version: int)
 # -- membership, for Bid, and closing, for the system call --
 
 
-def open_for_subscription(ctx: TaskContext, task_id: int) -> tuple[bytes, int, int]:
-    """(client, minMemoryMiB, deviceMask) of a stream that accepts subscribers."""
+def open_for_subscription(ctx: TaskContext, task_id: int) -> tuple[bytes, int, int, bytes]:
+    """(client, minMemoryMiB, deviceMask, numericProfile) of a stream that accepts subscribers."""
     existing_stream(ctx, task_id, *OPEN)
     stream = stream_entry(ctx, task_id)
-    return ctx.task(task_id).client, stream.min_memory_mib, stream.device_mask
+    return ctx.task(task_id).client, stream.min_memory_mib, stream.device_mask, stream.numeric_profile
 
 
 def fault_terms(ctx: TaskContext, task_id: int) -> tuple[bytes, int]:

@@ -178,7 +178,7 @@ class Task(NativeContract):
     def close_bidding(self, host: Host, task_id: int) -> None:
         submission.close_bidding(self.context(host), task_id)
 
-    def open_for_subscription(self, host: Host, task_id: int) -> tuple[bytes, int, int]:
+    def open_for_subscription(self, host: Host, task_id: int) -> tuple[bytes, int, int, bytes]:
         return streams.open_for_subscription(self.context(host), task_id)
 
     def membership_changed(self, host: Host, task_id: int) -> None:

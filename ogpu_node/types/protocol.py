@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
+from eth_hash.auto import keccak
+
 # -- limits (checked by contracts and by the prescription parser alike) ---------------------------------
 
 BPS = 10_000  # basis points in one whole
@@ -17,6 +19,7 @@ MAX_COUNCIL = 100  # members of one council
 MAX_CHECKPOINTS = 1_000  # checkpoints K of one batch task
 MAX_WINDOW = 10 * 365 * 24 * 3600  # seconds: the longest window any deadline may be set at
 MAX_ENDPOINT_BYTES = 256  # a provider's registered endpoint
+MAX_PROFILES = 16  # numeric profiles one provider registers (Stake.setProfiles)
 ECRECOVER_GAS = 3_000  # what a native contract charges per signature it recovers, as the ecrecover precompile
 
 
@@ -199,3 +202,9 @@ RESPONSE_METHODS = tuple(method.name.lower() for method in ResponseMethod)
 FAULT_KINDS = ("perturb", "skip-steps", "reorder-data", "copy-weights")  # dishonest executors, for testing only
 
 DEFAULT_PROFILE = "cpu-avx2-1t"  # the numeric profile a CPU provider trains and verifies under
+NO_PROFILE = bytes(32)  # a task's numericProfile when any provider may serve it
+
+
+def profile_id(name: str) -> bytes:
+    """A numeric profile's id on chain (Stake.setProfiles, a task's numericProfile): keccak(name, UTF-8)."""
+    return keccak(name.encode())

@@ -86,6 +86,7 @@ class TermsRecord:
     equivalence: int  # protocol.Equivalence: exact (members commit first) or allclose (executor reveals first)
     min_memory_mib: int  # council members' registered memory must reach this
     device_mask: int  # bit i allows protocol.DeviceKind i; 0 allows any
+    numeric_profile: bytes  # protocol.profile_id of the profile members must have registered; zero: any
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ interface ITask {
         uint8 equivalence;
         uint64 minMemoryMiB;
         uint8 deviceMask;
+        bytes32 numericProfile;
     }
 
     struct StreamTerms {
@@ -32,6 +33,7 @@ interface ITask {
         uint64 settleWindow;
         uint64 minMemoryMiB;
         uint8 deviceMask;
+        bytes32 numericProfile;
     }
 
     event TaskSubmitted(uint256 indexed taskId, address indexed client, bytes32 prescriptionHash, uint8 kind, uint256 maxPayment, uint256 deposit, uint64 bidDeadline);

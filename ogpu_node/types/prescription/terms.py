@@ -6,7 +6,7 @@ from __future__ import annotations
 from eth_hash.auto import keccak  # ogpu_node.crypto is a sibling layer: types may not import it
 
 from ogpu_node.types.prescription.schema import InvalidPrescription, Prescription
-from ogpu_node.types.protocol import Equivalence, ResponseMethod
+from ogpu_node.types.protocol import NO_PROFILE, Equivalence, ResponseMethod, profile_id
 from ogpu_node.types.records import TermsRecord, as_tuple
 
 
@@ -32,17 +32,24 @@ def terms_record(p: Prescription) -> TermsRecord:
         equivalence=int(Equivalence.EXACT if p.e.kind == "exact" else Equivalence.ALLCLOSE),
         min_memory_mib=i.hardware.min_memory_mib,
         device_mask=i.hardware.device_mask,
+        numeric_profile=numeric_profile(p),
     )
 
 
-def to_terms(p: Prescription) -> tuple[int, ...]:
+def numeric_profile(p: Prescription) -> bytes:
+    """The terms' numericProfile: the id of `I.numeric_profile`, or zero (any provider) if it names none."""
+    name = p.I.numeric_profile
+    return NO_PROFILE if name is None else profile_id(name)
+
+
+def to_terms(p: Prescription) -> tuple[int | bytes, ...]:
     """`terms_record(p)` as the ABI tuple Task.submitTask takes, in TermsRecord's field order."""
     return as_tuple(terms_record(p))
 
 
-def to_stream_terms(p: Prescription) -> tuple[int, ...]:
+def to_stream_terms(p: Prescription) -> tuple[int | bytes, ...]:
     """Task.submitStream's StreamTerms, in order: budget, councilSize, pricePerUnit, responseMethod,
-    responseWeight, maxResponseTime (ms), settleWindow, minMemoryMiB, deviceMask."""
+    responseWeight, maxResponseTime (ms), settleWindow, minMemoryMiB, deviceMask, numericProfile."""
     if p.kind != "stream":
         raise InvalidPrescription("prescription.kind", "Task.submitStream takes a stream task; use to_terms")
     i = p.I
@@ -51,7 +58,7 @@ def to_stream_terms(p: Prescription) -> tuple[int, ...]:
     return (
         i.max_payment, i.council_size, i.price_per_unit, int(ResponseMethod[i.response_method.upper()]),
         i.response_weight or 0, i.max_response_ms, i.settle_window_s, i.hardware.min_memory_mib,
-        i.hardware.device_mask,
+        i.hardware.device_mask, numeric_profile(p),
     )
 
 

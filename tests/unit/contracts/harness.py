@@ -67,14 +67,20 @@ def _to_python(param: dict[str, Any], value: Any) -> Any:
     return value
 
 
+def _zero(param: dict[str, Any]) -> Any:
+    """A missing struct component's value: zero bytes for a bytesN, 0 otherwise."""
+    kind = param["type"]
+    return bytes(int(kind[5:])) if kind.startswith("bytes") and kind != "bytes" else 0
+
+
 def _from_python(param: dict[str, Any], value: Any) -> Any:
-    """Accept a struct as a dict by component name (missing components are 0) or as a sequence."""
+    """Accept a struct as a dict by component name (missing components are zero) or as a sequence."""
     kind = param["type"]
     if kind.startswith("tuple") and not kind.endswith("]") and isinstance(value, dict):
         unknown = set(value) - {c["name"] for c in param["components"]}
         if unknown:
             raise KeyError(f"no component(s) {sorted(unknown)} in {param['name']}")
-        return tuple(_from_python(c, value.get(c["name"], 0)) for c in param["components"])
+        return tuple(_from_python(c, value.get(c["name"], _zero(c))) for c in param["components"])
     return value
 
 

@@ -50,7 +50,7 @@ from ogpu_node.chain import Chain
 from ogpu_node.config import DEV_GENESIS, load_genesis
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.db import LMDBStore
-from ogpu_node.types.protocol import CancelReason, Outcome, Penalty, Role, TaskState
+from ogpu_node.types.protocol import CancelReason, Outcome, Penalty, Role, TaskState, profile_id
 from ogpu_node.types.signing import (
     BlockProposal,
     SignedProposal,
@@ -92,6 +92,7 @@ STREAM_TERMS = {
 }
 STREAM_UNITS = 1_234
 TOP_UP = 3 * 10**17 + 5
+PROFILES = [profile_id("cpu-avx2-1t"), profile_id("cuda-sm90-tf32-off")]
 
 
 # -- raw logs as web3 log entries --
@@ -163,7 +164,7 @@ class LogRecorder:
 
 
 def stake_and_slashing(chain: Chain, a: list[Any]) -> LogRecorder:
-    """Stake, roles, resources, unstake, withdraw after the delay; a double proposal reported."""
+    """Stake, roles, resources, numeric profiles, unstake, withdraw after the delay; a double proposal reported."""
     h = Harness(chain)
     recorder = LogRecorder(h, "stake")
     validator, provider, staker, reporter = a[3], a[1], a[0], a[5]
@@ -174,9 +175,10 @@ def stake_and_slashing(chain: Chain, a: list[Any]) -> LogRecorder:
         h.tx(provider, STAKE_ABI, "stake", value=200 * OGPU),
         h.tx(provider, STAKE_ABI, "registerResources", 1, 16_000, 42, ENDPOINT),
         h.tx(provider, STAKE_ABI, "setRoles", Role.PROVIDER),
+        h.tx(provider, STAKE_ABI, "setProfiles", PROFILES),
         h.tx(staker, STAKE_ABI, "stake", value=50 * OGPU),
     )
-    assert [r.reason for r in block.txs] == [None] * 7
+    assert [r.reason for r in block.txs] == [None] * 8
     h.ok(staker, STAKE_ABI, "requestUnstake", 20 * OGPU)
     release = h.view(STAKE_ABI, "stakeOf", staker.address)["releaseTime"]
     h.ok(staker, STAKE_ABI, "withdraw", at=release)
@@ -456,6 +458,8 @@ def test_stake_and_slashing_values(decoded, dev_accounts):
                                     "throughputScore": 42, "endpoint": ENDPOINT}
     assert [(d.args["account"], d.args["roles"]) for d in of(decoded, "RolesChanged", "stake")][:2] == [
         (checksum(validator), Role.VALIDATOR), (checksum(provider), Role.PROVIDER)]
+    [profiles] = of(decoded, "ProfilesSet", "stake")
+    assert dict(profiles.args) == {"account": checksum(provider), "profiles": PROFILES}
     [unstake] = of(decoded, "UnstakeRequested", "stake")
     [withdrawn] = of(decoded, "Withdrawn", "stake")
     assert (unstake.args["account"], unstake.args["amount"]) == (checksum(staker), 20 * OGPU)

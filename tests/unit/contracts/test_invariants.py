@@ -152,7 +152,7 @@ def op_withdraw(w: World, who: int, _: int) -> None:
 
 def op_submit(w: World, who: int, units: int) -> None:
     price = (1 + units) * ETHER // 4
-    terms = (price, 3, 1_000, 1 + units % 3, 40, 60, 0, 1, 100, 60, 0, 0, units % 2, 0, 0)
+    terms = (price, 3, 1_000, 1 + units % 3, 40, 60, 0, 1, 100, 60, 0, 0, units % 2, 0, 0, bytes(32))
     w.block([w.tx(ACCOUNTS[who], "Task", "submitTask", keccak(bytes([units])), 0, terms, value=price * 2)])
 
 
@@ -255,7 +255,7 @@ def _stream(w: World, units: int):
 
 def op_stream_submit(w: World, who: int, units: int) -> None:
     budget = (1 + units) * ETHER // 10
-    terms = (budget, 1 + units % 3, 10**14 * (1 + units), units % 3, 5_000, 1_000, 30, 0, 0)
+    terms = (budget, 1 + units % 3, 10**14 * (1 + units), units % 3, 5_000, 1_000, 30, 0, 0, bytes(32))
     w.block([w.tx(ACCOUNTS[who], "Task", "submitStream", keccak(b"s" + bytes([units])), terms, value=budget * 2)])
 
 

@@ -3,9 +3,11 @@ misspelled field raises instead of reading 0."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
-from ogpu_node.contracts.layout import CheckpointEntry, TaskEntry, TermsEntry
+from ogpu_node.contracts.layout import CheckpointEntry, StreamEntry, StreamTerms, TaskEntry, TermsEntry
 from ogpu_node.contracts.storage import Storage, StoredRecord, Uint, slot_of
 from ogpu_node.types.records import TermsRecord
 
@@ -47,7 +49,18 @@ def test_fields_sit_at_their_storage_names_slots_one_read_each():
     assert host.reads == 3
     host.reads = 0
     assert TermsEntry(store, 7).load(TermsRecord).segment_window == 60
-    assert host.reads == len(TermsEntry.SLOTS) == 15
+    assert host.reads == len(TermsEntry.SLOTS) == 16
+
+
+def test_the_terms_records_store_every_field_of_their_abi_tuples():
+    """TermsEntry and StreamEntry declare their fields one by one (numericProfile is a bytes32): each
+    field of the ABI tuple has a slot under its own name, and the profile reads back as 32 bytes."""
+    assert [s.attribute for s in TermsEntry.SLOTS] == [f.name for f in fields(TermsRecord)]
+    assert [s.attribute for s in StreamEntry.SLOTS][: len(fields(StreamTerms))] == [f.name for f in fields(StreamTerms)]
+    store = Storage(DictHost(), ADDRESS)  # type: ignore[arg-type]
+    TermsEntry(store, 7).numeric_profile = b"\x01" * 32
+    assert TermsEntry(store, 7).load(TermsRecord).numeric_profile == b"\x01" * 32
+    assert StreamEntry(store, 7).numeric_profile == bytes(32)
 
 
 def test_a_misspelled_field_raises():

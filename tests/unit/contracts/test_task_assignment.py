@@ -211,13 +211,14 @@ def test_submit_accepts_every_term_at_its_limit(h, params, client):
     accepted = [
         terms(councilSize=1, checkpoints=1),
         terms(councilSize=100, councilShareBps=10_000, checkpoints=1_000, responseWeight=10_000),
-        terms(responseMethod=2, firstN=3, minBids=3, bidWindow=1, segmentWindow=1, confirmWindow=1),
+        terms(responseMethod=2, firstN=3, minBids=3, bidWindow=1, segmentWindow=1, confirmWindow=1,
+              numericProfile=b"\xff" * 32),
     ]
     value = MAX_PAYMENT + deposit_for(params, MAX_PAYMENT)
     block = h.block(*(h.tx(client, TASK_ABI, "submitTask", PRESCRIPTION, TaskKind.BATCH, t, value=value) for t in accepted))
     assert [(r.ok, r.reason) for r in block.txs] == [(True, None)] * 3
     assert [h.view(TASK_ABI, "getTerms", i) for i in (1, 2, 3)] == [
-        {**{name: 0 for name in h.view(TASK_ABI, "getTerms", 1)}, **t} for t in accepted
+        {**{name: 0 for name in h.view(TASK_ABI, "getTerms", 1)}, "numericProfile": bytes(32), **t} for t in accepted
     ]
 
 

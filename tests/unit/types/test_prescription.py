@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from eth_hash.auto import keccak
 
 from ogpu_node.contracts.streams import STREAM_TERMS
 from ogpu_node.contracts.task import TERMS, Terms
@@ -20,6 +21,7 @@ from ogpu_node.types.prescription import (
     to_stream_terms,
     to_terms,
 )
+from ogpu_node.types.protocol import NO_PROFILE, profile_id
 from ogpu_node.types.records import TermsRecord, as_tuple
 from tests.malformed_documents import edit
 
@@ -91,15 +93,18 @@ def test_hash_is_the_blob_hash_of_canonical_json():
 
 def test_to_terms_matches_the_contract():
     terms = to_terms(Prescription.from_json(BATCH))
-    assert len(terms) == len(TERMS) == 15
+    assert len(terms) == len(TERMS) == 16
     t = Terms(*terms)
     t.validate()
     assert (t.max_payment, t.council_size, t.council_share_bps, t.checkpoints, t.segment_window) == (1000, 3, 1000, 4, 60)
     assert (t.bid_window, t.first_n, t.min_bids, t.lateness_bps_per_second, t.confirm_window) == (120, 4, 2, 5, 3600)
     assert (t.response_method, t.response_weight, t.equivalence, t.min_memory_mib, t.device_mask) == (0, 0, 0, 1024, 0b11)
+    assert t.numeric_profile == keccak(b"cpu-avx2-1t") == profile_id("cpu-avx2-1t")
     allclose = edit(edit(BATCH, "e", {"kind": "allclose", "rtol": 1e-3, "atol": 0}), "H.first_n", delete=True)
     t2 = Terms(*to_terms(Prescription.from_json(allclose)))
     assert t2.equivalence == 1 and t2.first_n == 0
+    t3 = Terms(*to_terms(Prescription.from_json(edit(allclose, "I.numeric_profile", delete=True))))
+    assert t3.numeric_profile == NO_PROFILE  # no profile named: any provider
     with pytest.raises(InvalidPrescription, match=r"^prescription.kind: "):
         to_stream_terms(Prescription.from_json(BATCH))
 
@@ -112,6 +117,7 @@ def test_terms_record_names_each_term():
     assert (record.segment_window, record.bid_window, record.first_n, record.min_bids) == (60, 120, 4, 2)
     assert (record.lateness_bps_per_second, record.confirm_window, record.response_method) == (5, 3600, 0)
     assert (record.response_weight, record.equivalence, record.min_memory_mib, record.device_mask) == (0, 0, 1024, 0b11)
+    assert record.numeric_profile == profile_id("cpu-avx2-1t")
 
 
 def test_to_stream_terms():
@@ -121,8 +127,10 @@ def test_to_stream_terms():
     assert dict(zip(STREAM_TERMS, terms, strict=True)) == {
         "budget": 10**18, "council_size": 5, "price_per_unit": 1000, "response_method": 1,
         "response_weight": 6000, "max_response_time": 2000, "settle_window": 600, "min_memory_mib": 0,
-        "device_mask": 0b1100,
+        "device_mask": 0b1100, "numeric_profile": NO_PROFILE,
     }
+    named = to_stream_terms(Prescription.from_json(edit(STREAM, "I.numeric_profile", "cuda-sm90")))
+    assert dict(zip(STREAM_TERMS, named, strict=True))["numeric_profile"] == keccak(b"cuda-sm90")
     with pytest.raises(InvalidPrescription, match=r"^prescription.kind: "):
         to_terms(p)
 

@@ -191,7 +191,7 @@ def request(task_id: str, prompt: str, max_tokens: int, seed: int | None, timeou
     sent, answer = _run("the node refused the request", streams.request, task, data, max_tokens, seed, timeout)
     signed, delivered = _run("ogpu_streamReceipts", streams.pay, answer)
     if as_json:
-        click.echo(json.dumps({**answer.raw, "seed": hex(sent.seed), "paid": _hexes(answer.verified),
+        click.echo(json.dumps({**answer.raw, "seed": hex(sent.seed), "paid": _hexes(answer.verified) if signed else [],
                                "receipts": {"signed": signed, "delivered": delivered}}, indent=1))
         return
     click.echo(answer.text)
@@ -218,7 +218,8 @@ def status(request_id: str, as_json: bool, datadir: Path | None, rpc_url: str, k
     if key is not None:
         signed, delivered = _run("ogpu_streamReceipts", streams.pay, answer)
     if as_json:
-        click.echo(json.dumps({**answer.raw, "receipts": {"signed": signed, "delivered": delivered}}, indent=1))
+        click.echo(json.dumps({**answer.raw, "paid": _hexes(answer.verified) if signed else [],
+                               "receipts": {"signed": signed, "delivered": delivered}}, indent=1))
         return
     click.echo(f"Status:   {answer.status}" + (f" ({answer.error})" if answer.error else ""))
     click.echo(f"Method:   {answer.method}")

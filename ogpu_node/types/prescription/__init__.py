@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ogpu_node.types.prescription.parse import MAX_NESTING, MAX_PRESCRIPTION_BYTES, parse
 from ogpu_node.types.prescription.schema import (
+    DEFAULT_TEMPERATURE,
     Dataset,
     Equivalence,
     Halting,
@@ -45,7 +46,7 @@ from ogpu_node.types.prescription.terms import (
 from ogpu_node.types.protocol import BPS, DEVICE_KINDS, MAX_CHECKPOINTS, MAX_COUNCIL, MAX_WINDOW
 
 __all__ = [
-    "BPS", "DEVICE_KINDS", "MAX_CHECKPOINTS", "MAX_COUNCIL", "MAX_NESTING", "MAX_PRESCRIPTION_BYTES", "MAX_WINDOW",
+    "BPS", "DEFAULT_TEMPERATURE", "DEVICE_KINDS", "MAX_CHECKPOINTS", "MAX_COUNCIL", "MAX_NESTING", "MAX_PRESCRIPTION_BYTES", "MAX_WINDOW",
     "Dataset", "Equivalence", "Halting", "Hardware", "Instructions", "InvalidPrescription", "Model", "Payment",
     "Prescription", "canonical_json", "check_against_chain", "drawn_step", "parse", "prescription_hash",
     "segment_bounds", "terms_record", "to_stream_terms", "to_terms", "training_seed",

@@ -19,6 +19,7 @@ from ogpu_node.types.prescription.schema import (
     BATCH_I,
     COMMON_I,
     DATASET_FORMATS,
+    DEFAULT_TEMPERATURE,
     KINDS,
     OPTIMIZER_FIELDS,
     OPTIMIZERS,
@@ -254,7 +255,7 @@ def _payment(value: Any, kind: str) -> Payment:
 
 def _equivalence(value: Any, kind: str) -> Equivalence:
     p = "prescription.e"
-    params = {"allclose": ("rtol", "atol"), "possible": ("top_k", "top_p", "margin")}
+    params = {"allclose": ("rtol", "atol"), "possible": ("temperature", "top_k", "top_p", "margin")}
     if not isinstance(value, dict):
         raise InvalidPrescription(p, "must be a JSON object")
     ekind = _choice(_required(value, p, "kind"), f"{p}.kind", EQUIVALENCE_KINDS)
@@ -269,6 +270,7 @@ def _equivalence(value: Any, kind: str) -> Equivalence:
         top_k, top_p, margin = e.get("top_k"), e.get("top_p"), e.get("margin")
         return Equivalence(
             kind=ekind,
+            temperature=_number(e.get("temperature", DEFAULT_TEMPERATURE), f"{p}.temperature", 0.0, lo_open=True),
             top_k=None if top_k is None else _int(top_k, f"{p}.top_k", 1),
             top_p=None if top_p is None else _number(top_p, f"{p}.top_p", 0.0, 1.0, lo_open=True),
             margin=None if margin is None else _number(margin, f"{p}.margin", 0.0),

@@ -25,6 +25,7 @@ TOP_KEYS = ("kind", "D", "M", "I", "f", "e", "H")
 BATCH_I = ("steps", "checkpoints", "segment_window_s", "batch_size", "optimizer", "seed", "confirm_window_s")
 STREAM_I = ("response_method", "response_weight", "max_response_ms", "price_per_unit", "settle_window_s")
 COMMON_I = ("hardware", "numeric_profile", "max_payment", "council_size")
+DEFAULT_TEMPERATURE = 1.0  # e.temperature of `possible` when the document names none
 
 
 class InvalidPrescription(ValueError):
@@ -96,6 +97,7 @@ class Equivalence:
     top_k: int | None = None  # possible
     top_p: float | None = None  # possible
     margin: float | None = None  # possible (the verifier's default when absent)
+    temperature: float | None = None  # possible: > 0, DEFAULT_TEMPERATURE when the document names none
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,9 @@ def _to_json(p: Prescription) -> dict[str, Any]:
         "I": instr,
         "f": payment,
         "e": _drop_none({"kind": p.e.kind, "rtol": p.e.rtol, "atol": p.e.atol, "top_k": p.e.top_k,
-                         "top_p": p.e.top_p, "margin": p.e.margin}),
+                         "top_p": p.e.top_p, "margin": p.e.margin,
+                         # the default is left out, so naming it or not gives one prescription hash
+                         "temperature": None if p.e.temperature == DEFAULT_TEMPERATURE else p.e.temperature}),
     }
     if p.D is not None:
         doc["D"] = {"blob": _hex(p.D.blob), "format": p.D.format}

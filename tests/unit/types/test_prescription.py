@@ -13,6 +13,7 @@ from ogpu_node.contracts.task import TERMS, Terms
 from ogpu_node.types import prescription as pm
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import (
+    DEFAULT_TEMPERATURE,
     InvalidPrescription,
     Prescription,
     check_against_chain,
@@ -183,6 +184,13 @@ def test_to_stream_terms():
         (edit(STREAM, "f.lateness_bps_per_second", 1), "prescription.f.lateness_bps_per_second", "stream"),
         (edit(STREAM, "e.top_p", 1.5), "prescription.e.top_p", "at most 1.0"),
         (edit(STREAM, "e.top_p", float("nan")), "prescription.e.top_p", "finite"),
+        (edit(STREAM, "e.temperature", 0), "prescription.e.temperature", "above 0.0"),
+        (edit(STREAM, "e.temperature", -0.5), "prescription.e.temperature", "above 0.0"),
+        (edit(STREAM, "e.temperature", "hot"), "prescription.e.temperature", "finite number"),
+        (edit(STREAM, "e", {"kind": "tokens", "temperature": 0.5}), "prescription.e.temperature",
+         "not a parameter of tokens"),
+        (edit(BATCH, "e.temperature", 0.5), "prescription.e.temperature", "not a parameter of exact"),
+        (edit(BATCH, "e", {"kind": "possible", "top_k": 5}), "prescription.e.kind", "batch task"),
         ([], "prescription", "JSON object"),
         ("{not json", "prescription", "not valid JSON"),
         ('{"kind": "batch", "kind": "stream"}', "prescription", "duplicate key"),
@@ -207,6 +215,22 @@ def test_optional_fields_may_be_absent():
     assert to_stream_terms(Prescription.from_json(stream))[3:5] == (2, 0)
 
 
+def test_possible_temperature_defaults_to_one_and_the_default_is_left_out_of_the_document():
+    """`possible` samples at e.temperature (> 0, 1.0 when absent); naming 1.0 or nothing is one
+    prescription (one hash), another temperature another; other kinds have none."""
+    default = Prescription.from_json(STREAM)
+    assert default.e.temperature == DEFAULT_TEMPERATURE == 1.0
+    assert "temperature" not in default.to_json()["e"]
+    named_one = Prescription.from_json(edit(STREAM, "e.temperature", 1))
+    assert named_one == default and named_one.prescription_hash() == default.prescription_hash()
+    warm = Prescription.from_json(edit(STREAM, "e.temperature", 0.8))
+    assert warm.e.temperature == 0.8 and warm.to_json()["e"]["temperature"] == 0.8
+    assert Prescription.from_json(warm.to_json()) == warm
+    assert warm.prescription_hash() != default.prescription_hash()
+    assert Prescription.from_json(edit(STREAM, "e", {"kind": "tokens"})).e.temperature is None
+    assert Prescription.from_json(BATCH).e.temperature is None
+
+
 def test_check_against_chain():
     p = Prescription.from_json(BATCH)
     check_against_chain(p, qualifying_providers=3, escrow_wei=1000)
@@ -220,6 +244,12 @@ def test_check_against_chain():
 def test_examples_parse(name):
     p = Prescription.from_json((EXAMPLES / name).read_text())
     Terms(*to_terms(p)).validate()
+
+
+def test_the_stream_example_parses():
+    p = Prescription.from_json((EXAMPLES / "char-lm-stream.json").read_text())
+    assert (p.e.kind, p.e.temperature, p.e.top_p) == ("possible", 0.8, 0.9)
+    assert len(to_stream_terms(p)) == len(STREAM_TERMS)
 
 
 def test_frozen():

@@ -189,13 +189,20 @@ def request(task_id: str, prompt: str, max_tokens: int, seed: int | None, timeou
     key = private_key_from_options(keystore, password_file, from_address, private_key)
     streams = StreamClient(Client(rpc_url, key, timeout=timeout), resolve_datadir(datadir))
     sent, answer = _run("the node refused the request", streams.request, task, data, max_tokens, seed, timeout)
-    signed, delivered = _run("ogpu_streamReceipts", streams.pay, answer)
+    signed = delivered = 0
+    failed = None  # the answer is shown even when paying for it fails; the failure is the exit status
+    try:
+        signed, delivered = _run("ogpu_streamReceipts", streams.pay, answer)
+    except click.ClickException as exc:
+        failed = exc
     if as_json:
         click.echo(json.dumps({**answer.raw, "seed": hex(sent.seed), "paid": _hexes(answer.verified) if signed else [],
                                "receipts": {"signed": signed, "delivered": delivered}}, indent=1))
-        return
-    click.echo(answer.text)
-    _summary(answer, signed, delivered)
+    else:
+        click.echo(answer.text)
+        _summary(answer, signed, delivered)
+    if failed is not None:
+        raise failed
 
 
 @stream.command("status")

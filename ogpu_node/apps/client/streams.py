@@ -164,6 +164,15 @@ def _bytes(value: Any, what: str) -> bytes:
         raise NodeError(f"the node's answer: {what} is not 0x-hex") from None
 
 
+def _quantity(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return int(value[2:], 16)
+        except ValueError:
+            pass
+    raise NodeError(f"the node's answer: {what} is not a hex quantity")
+
+
 def check_answer(raw: Any, request_id: bytes, terms_version: int | None, chain_id: int,
                  genesis_hash: bytes) -> Answer:
     """Decode the node's answer to `request_id`; `verified` holds the agreeing members whose signature
@@ -173,7 +182,7 @@ def check_answer(raw: Any, request_id: bytes, terms_version: int | None, chain_i
         raise NodeError("the node's answer is not an object")
     if _bytes(raw.get("requestId"), "requestId") != request_id:
         raise NodeError("the node answered another request")
-    task_id = int(raw.get("taskId", "0x0"), 16) if isinstance(raw.get("taskId"), str) else 0
+    task_id = _quantity(raw.get("taskId"), "taskId")
     response = None if raw.get("response") is None else _bytes(raw["response"], "response")
     answer_hash = None if raw.get("responseHash") is None else _bytes(raw["responseHash"], "responseHash")
     if response is not None and keccak(response) != answer_hash:

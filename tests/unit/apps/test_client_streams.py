@@ -237,3 +237,14 @@ def test_stream_example_serves_the_train_examples_model(trained):
     p = validate(doc)
     assert (p.kind, p.I.council_size, p.I.response_method, p.I.response_weight) == ("stream", 3, "weighted", 6666)
     assert (p.e.kind, p.e.temperature, p.e.top_p) == ("possible", 0.8, 0.9)
+
+
+def test_rule_a_malformed_answer_is_one_clear_error():
+    rid = keccak(b"request")
+    raw = answer_json(rid, b"ok", {MEMBERS[0]: 1})
+    with pytest.raises(NodeError, match="taskId is not a hex quantity"):
+        check_answer({**raw, "taskId": "seven"}, rid, 1, CHAIN_ID, GENESIS)
+    with pytest.raises(NodeError, match="response is not 0x-hex"):
+        check_answer({**raw, "response": "0xzz"}, rid, 1, CHAIN_ID, GENESIS)
+    with pytest.raises(NodeError, match="not an object"):
+        check_answer([raw], rid, 1, CHAIN_ID, GENESIS)

@@ -1,10 +1,10 @@
-"""Computation layer: model registry, deterministic trainer, checkpoints, equivalence functions.
+"""Computation layer: model registry, deterministic trainer, checkpoints, equivalence functions, serving.
 
 The only package that imports torch. See docs/tasks.md for the model families, the checkpoint
 format, numeric profiles and the equivalence functions.
 
 Names load lazily (PEP 562): `import ogpu_node.compute` and its torch-free modules (`profile`,
-`errors`, `tensorfile`, `worker`, `serve`) do not load torch, so a worker process can set its
+`errors`, `tensorfile`, `worker`, `serve`, `generate`) do not load torch, so a worker process can set its
 numeric profile before torch reads it, and the apps pay for torch only where they train. No name
 exported here is also a submodule's name: importing that submodule would rebind the attribute.
 """
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         WorkerFailed,
     )
     from ogpu_node.compute.faults import Fault, train_faulty
+    from ogpu_node.compute.generate import Sampling, load_served_model
     from ogpu_node.compute.models import FAMILIES, build_model, config_from_hparams
     from ogpu_node.compute.optim import OptimizerSpec
     from ogpu_node.compute.prescription import spec_from_prescription
@@ -51,6 +52,7 @@ _HOME = {
     **dict.fromkeys(("ComputeError", "InvalidCheckpoint", "InvalidModelSpec", "InvalidTrainSpec",
                      "ProfileUnavailable", "UnknownProfile", "WorkerFailed"), "errors"),
     **dict.fromkeys(("Fault", "train_faulty"), "faults"),
+    **dict.fromkeys(("Sampling", "load_served_model"), "generate"),  # generate/check: the module's own names
     **dict.fromkeys(("FAMILIES", "build_model", "config_from_hparams"), "models"),
     "OptimizerSpec": "optim",
     "spec_from_prescription": "prescription",
@@ -71,6 +73,7 @@ __all__ = [  # literal, so that linters see the TYPE_CHECKING imports used; equa
     "OptimizerSpec",
     "PROFILES",
     "ProfileUnavailable",
+    "Sampling",
     "SegmentResult",
     "SegmentRun",
     "TensorDataset",
@@ -91,6 +94,7 @@ __all__ = [  # literal, so that linters see the TYPE_CHECKING imports used; equa
     "estimate",
     "initial_checkpoint",
     "load",
+    "load_served_model",
     "profile_env",
     "save",
     "spec_from_prescription",

@@ -1,4 +1,4 @@
-"""The training worker process: the side of worker.py's pipe that trains.
+"""The worker process: the side of worker.py's pipe that trains, and serves stream models.
 
 `Worker` runs `python -c BOOT <package root> <fd> <profile> <threads>` with the profile's
 environment given at exec (`profile.worker_env`), so nothing here, nor in the modules it imports
@@ -9,6 +9,9 @@ before `apply_profile`, may import torch: the bootstrap reaches this module thro
 Protocol (see worker.py): a request is a JSON header `{"op": …, "payloads": n}` + n byte payloads;
 a reply is `{"ok": true, …}` + one payload, or `{"ok": false, "error": …, "type": …}`. The first
 reply, sent unasked, says whether the profile holds.
+
+Ops: `train`, `describe`, `measure`; for streams `load_served` (a model kept under a key, at most
+SERVED_MODELS, the parent naming which to evict), `generate` and `check` (generate.py).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import OrderedDict
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from ogpu_node.compute.profile import NUMERIC_VARS, apply_profile
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from ogpu_node.compute.trainer import TrainSpec
 
 # What Worker runs with `python -c`: find this package where the parent found it, then serve.
@@ -33,6 +39,7 @@ BOOT = (
 )
 REFERENCE_MLP = {"in_dim": 256, "out_dim": 10, "hidden": [256, 256]}  # measure_throughput's model
 REFERENCE_BATCH = 64
+SERVED_MODELS = 4  # stream models a worker keeps loaded (the parent mirrors which)
 
 
 def _error(e: BaseException) -> bytes:
@@ -58,6 +65,37 @@ def _train(header: dict[str, Any], payloads: list[bytes], specs: dict[str, Train
     hashes = {str(s): h.hex() for s, h in result.state_hashes.items()}
     reply = {"losses": result.losses, "state_hashes": hashes, "cpu_s": cpu, "wall_s": wall}
     return reply, result.checkpoint
+
+
+def _load_served(header: dict[str, Any], payloads: list[bytes], served: OrderedDict[str, nn.Module]) -> None:
+    from ogpu_node.compute.generate import load_served_model
+
+    for key in header["evict"]:
+        served.pop(key, None)
+    served.pop(header["key"], None)  # a failed reload leaves no stale model under the key
+    served[header["key"]] = load_served_model(header["family"], header["hparams"], payloads[0])
+
+
+def _served_model(header: dict[str, Any], served: OrderedDict[str, nn.Module]) -> nn.Module:
+    model = served.get(header["key"])
+    if model is None:
+        raise LookupError(f"no served model {header['key']!r:.80} in this worker")
+    return model
+
+
+def _generate(header: dict[str, Any], payloads: list[bytes], served: OrderedDict[str, nn.Module]) -> bytes:
+    from ogpu_node.compute.generate import Sampling, generate
+
+    model = _served_model(header, served)
+    return generate(model, payloads[0], header["max_tokens"], header["seed"], Sampling.from_json(header["sampling"]))
+
+
+def _check(header: dict[str, Any], payloads: list[bytes], served: OrderedDict[str, nn.Module]) -> bool:
+    from ogpu_node.compute.generate import Sampling, check
+
+    model = _served_model(header, served)
+    return check(model, payloads[0], payloads[1], header["seed"], Sampling.from_json(header["sampling"]),
+                 header["kind"], header["max_tokens"])
 
 
 def _throughput(seconds: float) -> float:
@@ -114,6 +152,7 @@ def serve(profile: str | None, threads: int, conn: Connection) -> None:
     conn.send_bytes(json.dumps({"ok": True}).encode())  # ready: a reply like any other
     conn.send_bytes(b"")
     specs: dict[str, TrainSpec] = {}
+    served: OrderedDict[str, nn.Module] = OrderedDict()
     while True:
         try:
             header = json.loads(conn.recv_bytes())
@@ -127,6 +166,13 @@ def serve(profile: str | None, threads: int, conn: Connection) -> None:
                 reply, blob = _describe(), b""
             elif header["op"] == "measure":
                 reply, blob = {"flops_per_s": _throughput(header["seconds"])}, b""
+            elif header["op"] == "load_served":
+                _load_served(header, payloads, served)
+                reply, blob = {}, b""
+            elif header["op"] == "generate":
+                reply, blob = {}, _generate(header, payloads, served)
+            elif header["op"] == "check":
+                reply, blob = {"agrees": _check(header, payloads, served)}, b""
             else:
                 raise ValueError(f"unknown op {header['op']!r}")
         except Exception as e:  # reported to the parent as one line; the worker lives on

@@ -1,4 +1,4 @@
-"""A persistent training worker: one process under one numeric profile, many jobs.
+"""A persistent worker: one process under one numeric profile, many jobs (training, and serving streams).
 
 torch reads its numeric environment once, when it loads (profile.py), so a profile needs its own
 process; starting one and importing torch costs seconds, so the process is kept and fed jobs.
@@ -11,6 +11,11 @@ read it at any time. Messages over the socket are a JSON header followed by raw 
 The worker keeps the last SPEC_CACHE decoded specs, keyed by the keccak of their encoded bytes: the
 parent mirrors that cache and sends a spec (with its dataset) only when the worker lacks it, so the
 segments of one task do not resend the dataset.
+
+For streams it keeps up to SERVED_MODELS models by key (`load_served`, oldest loaded evicted) and
+generates and checks with them (`generate`, `check`: generate.py), so torch never runs in the
+caller. The parent keeps each served model's weights too: a worker that died and restarted gets
+its models reloaded before the next generation, without the caller's help.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import ogpu_node
 from ogpu_node.compute.errors import ProfileUnavailable, WorkerFailed
 from ogpu_node.compute.profile import get_profile, worker_env
-from ogpu_node.compute.serve import BOOT
+from ogpu_node.compute.serve import BOOT, SERVED_MODELS
 from ogpu_node.crypto import keccak
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from ogpu_node.compute.faults import Fault
+    from ogpu_node.compute.generate import Sampling
     from ogpu_node.compute.trainer import SegmentResult, TrainSpec
 
 SPEC_CACHE = 4  # decoded specs (datasets) a worker keeps
@@ -88,6 +94,8 @@ class Worker:
         self._conn: Connection | None = None
         self._cached: OrderedDict[str, None] = OrderedDict()  # mirrors the worker's spec cache
         self._keys: weakref.WeakKeyDictionary[TrainSpec, str] = weakref.WeakKeyDictionary()
+        self._served: OrderedDict[str, tuple[str, dict[str, Any], bytes]] = OrderedDict()  # key -> M, oldest first
+        self._loaded: set[str] = set()  # the keys of _served this process holds
 
     def __enter__(self) -> Worker:
         return self
@@ -170,7 +178,60 @@ class Worker:
             reply, _ = self._call({"op": "describe", "payloads": 0}, [], None)
         return WorkerInfo(reply["env"], reply["cpu_capability"], reply["threads"])
 
+    def load_served(self, key: str, family: str, hparams: dict[str, Any], weights: bytes,
+                    timeout: float | None = None) -> None:
+        """Load a stream's model (generate.load_served_model: a checkpoint or a weights file) under
+        `key`, replacing what the key held; past SERVED_MODELS models the oldest loaded is evicted.
+        Bad family, hparams or weights: WorkerFailed naming InvalidModelSpec / InvalidCheckpoint."""
+        if not isinstance(key, str) or not isinstance(weights, bytes | bytearray):
+            raise TypeError("load_served: key is a str and weights are bytes")
+        with self._lock:
+            self._ensure()
+            self._served.pop(key, None)
+            self._loaded.discard(key)
+            evict = [self._served.popitem(last=False)[0] for _ in range(len(self._served) + 1 - SERVED_MODELS)]
+            self._load(key, (family, hparams, bytes(weights)), evict, timeout)
+
+    def generate(self, key: str, prompt: bytes, max_tokens: int, seed: int, sampling: Sampling,
+                 timeout: float | None = None) -> bytes:
+        """generate.generate with `key`'s model: `max_tokens` bytes after `prompt`."""
+        header = {"op": "generate", "key": key, "max_tokens": max_tokens, "seed": seed,
+                  "sampling": sampling.to_json(), "payloads": 1}
+        with self._lock:
+            self._ensure_served(key, timeout)
+            _, response = self._call(header, [bytes(prompt)], timeout)
+        return response
+
+    def check(self, key: str, prompt: bytes, response: bytes, seed: int, sampling: Sampling, kind: str,
+              max_tokens: int | None = None, timeout: float | None = None) -> bool:
+        """generate.check with `key`'s model: does `response` pass equivalence `kind`?"""
+        header = {"op": "check", "key": key, "seed": seed, "sampling": sampling.to_json(), "kind": kind,
+                  "max_tokens": max_tokens, "payloads": 2}
+        with self._lock:
+            self._ensure_served(key, timeout)
+            reply, _ = self._call(header, [bytes(prompt), bytes(response)], timeout)
+        return bool(reply["agrees"])
+
     # --- under self._lock ---
+
+    def _load(self, key: str, model: tuple[str, dict[str, Any], bytes], evict: list[str],
+              timeout: float | None) -> None:
+        family, hparams, weights = model
+        self._loaded.difference_update(evict)
+        header = {"op": "load_served", "key": key, "family": family, "hparams": hparams, "evict": evict,
+                  "payloads": 1}
+        self._call(header, [weights], timeout)
+        self._served[key] = model
+        self._loaded.add(key)
+
+    def _ensure_served(self, key: str, timeout: float | None) -> None:
+        """Start the process if need be, and reload `key`'s model into a fresh one."""
+        if key not in self._served:
+            raise LookupError(f"no served model {key!r:.80}: load_served it first")
+        self._ensure()
+        if key not in self._loaded:
+            self._load(key, self._served[key], [], timeout)
+
 
     def _ensure(self) -> None:
         if self._proc is not None:
@@ -193,6 +254,7 @@ class Worker:
         _LIVE.add(proc)
         self._proc, self._conn = proc, Connection(ours.detach())
         self._cached.clear()
+        self._loaded.clear()
         try:
             self._reply(START_TIMEOUT)
         except WorkerFailed as e:
@@ -229,6 +291,7 @@ class Worker:
         proc, conn = self._proc, self._conn
         self._proc, self._conn = None, None
         self._cached.clear()
+        self._loaded.clear()
         if conn is not None:
             conn.close()  # an idle worker reads EOF and exits
         if proc is None:

@@ -194,10 +194,15 @@ def _pick(logits: torch.Tensor, sampling: Sampling, gen: torch.Generator) -> int
 
 
 def generate_iter(model: nn.Module, prompt: bytes, max_tokens: int, seed: int, sampling: Sampling) -> Iterator[int]:
-    """`generate`'s tokens (byte values) one by one, as each is decided."""
+    """`generate`'s tokens (byte values) one by one, as each is decided. Bad inputs raise here, not
+    at the first token."""
+    _check_request(model, prompt, max_tokens, seed, sampling)
+    return _tokens(model, bytes(prompt), max_tokens, seed, sampling)
+
+
+def _tokens(model: nn.Module, prompt: bytes, max_tokens: int, seed: int, sampling: Sampling) -> Iterator[int]:
     import torch
 
-    _check_request(model, prompt, max_tokens, seed, sampling)
     block = model.config.block_size
     ids = torch.empty(len(prompt) + max_tokens, dtype=torch.long)
     ids[:len(prompt)] = _ids(prompt)

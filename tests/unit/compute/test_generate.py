@@ -135,6 +135,8 @@ def test_zero_tokens_is_an_empty_response(prose):
 def test_generate_refuses_inputs_out_of_bounds(prose, prompt, max_tokens, seed, match):
     with pytest.raises(ValueError, match=match):
         generate(prose, prompt, max_tokens, seed, NUCLEUS)
+    with pytest.raises(ValueError, match=match):
+        generate_iter(prose, prompt, max_tokens, seed, NUCLEUS)  # at the call, before any token
 
 
 # -- the `tokens` check --

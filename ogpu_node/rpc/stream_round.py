@@ -52,6 +52,8 @@ class RequestRound:
     error: str | None = None
     checks_sent: bool = False
     started: float = 0.0  # trio time the request reached the node
+    streamer: bytes | None = None  # the member whose partial tokens a token subscriber follows
+    streamed: int = 0  # tokens passed on so far
 
     @property
     def size(self) -> int:

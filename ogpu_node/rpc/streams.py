@@ -81,6 +81,7 @@ class StreamService:
         self._changed: dict[bytes, trio.Event] = {}
         self._in_flight = 0
         self.missed: collections.Counter[tuple[int, bytes]] = collections.Counter()  # (task, member)
+        self._token_subs: dict[bytes, tuple[Any, str]] = {}  # request → (session, subscription id)
         self._nursery: trio.Nursery | None = None
         self._next_id = 0
 
@@ -96,6 +97,7 @@ class StreamService:
             "ogpu_streamRequest": self.ogpu_streamRequest, "ogpu_streamStatus": self.ogpu_streamStatus,
             "ogpu_streamRespond": self.ogpu_streamRespond, "ogpu_streamVerdicts": self.ogpu_streamVerdicts,
             "ogpu_streamReceipts": self.ogpu_streamReceipts, "ogpu_streamTask": self.ogpu_streamTask,
+            "ogpu_streamPartial": self.ogpu_streamPartial,
         }
 
     # -- reading the chain --
@@ -128,6 +130,8 @@ class StreamService:
     def ogpu_subscribe(self, session: Any, kind: Any, login: Any = None) -> str:
         if session is None or not getattr(session, "is_websocket", False):
             raise RpcError(-32601, "notifications not supported")
+        if kind == "streamTokens":
+            return self._subscribe_tokens(session, login)
         if kind != "streamWork":
             raise InvalidParams(f"no such subscription: {kind!r}")
         obj = p.obj(login, "login")
@@ -138,14 +142,17 @@ class StreamService:
             raise InvalidParams(f"login: timestamp is more than {LOGIN_SKEW_S} s from the node's clock")
         if self._signer(StreamLogin(provider, timestamp), signature, "login") != provider:
             raise InvalidParams("login: not signed by the provider")
-        self._next_id += 1
-        sub_id = hex(self._next_id)
+        sub_id = self._new_subscription()
         replaced = self._workers.get(provider)
         self._workers[provider] = (session, sub_id)
         if replaced is None or replaced[0] is not session:
             session.on_close(lambda: self._logout(provider, session))
         log.info("stream worker 0x%s logged in", provider.hex())
         return sub_id
+
+    def _new_subscription(self) -> str:
+        self._next_id += 1
+        return hex(self._next_id)
 
     def ogpu_unsubscribe(self, session: Any, sub_id: Any) -> bool:
         for provider, (held, held_id) in list(self._workers.items()):
@@ -169,10 +176,7 @@ class StreamService:
         held = self._workers.get(provider)
         if held is None or self._nursery is None:
             return False
-        session, sub_id = held
-        payload = json.dumps({"jsonrpc": "2.0", "method": "ogpu_subscription",
-                              "params": {"subscription": sub_id, "result": p.to_json(result)}}).encode()
-        self._nursery.start_soon(self._send, session, payload)
+        self._nursery.start_soon(self._push, *held, result)
         return True
 
     @staticmethod
@@ -248,18 +252,47 @@ class StreamService:
     async def ogpu_streamRequest(self, ctx: Any, obj: Any) -> dict[str, Any]:
         request, prompt, signature = self._parse_request(p.obj(obj, "request"))
         round_, stream = self._open_round(request, prompt, signature)
+        await self._answer(round_, stream)
+        if round_.status == FAILED:
+            raise RpcError(SERVER_ERROR, f"request 0x{round_.request_id.hex()}: {round_.error}",
+                           self.round_json(round_))
+        return self.round_json(round_)
+
+    def _subscribe_tokens(self, session: Any, obj: Any) -> str:
+        """`ogpu_subscribe("streamTokens", request)`: the request as ogpu_streamRequest takes it; its
+        tokens are pushed as the fastest member generates them (unverified), then the answer, then the
+        council's final status."""
+        request, prompt, signature = self._parse_request(p.obj(obj, "request"))
+        round_, stream = self._open_round(request, prompt, signature)
+        sub_id = self._new_subscription()
+        self._token_subs[round_.request_id] = (session, sub_id)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._answer_tokens, round_, stream, session, sub_id)
+        return sub_id
+
+    async def _answer_tokens(self, round_: RequestRound, stream: StreamAtHead, session: Any, sub_id: str) -> None:
+        try:
+            await self._answer(round_, stream)
+            await self._push(session, sub_id, {"type": "answer", **self.round_json(round_)})
+            await self._wait(round_, lambda: round_.status not in (PENDING, ANSWERED), trio.current_time() + 60)
+            await self._push(session, sub_id, {"type": "status", **self.round_json(round_)})
+        finally:
+            self._token_subs.pop(round_.request_id, None)
+
+    async def _answer(self, round_: RequestRound, stream: StreamAtHead) -> None:
+        """Ask the council and wait for what the method needs; the rest goes on in `_follow_up`."""
         started = round_.started = trio.current_time()
         self._in_flight += 1
         try:
             for member in round_.council:
                 sent = self._notify(member, {
-                    "type": "request", "taskId": request.task_id, "requestId": round_.request_id,
-                    "request": round_.signed_request, "prompt": prompt, "seed": request.seed,
-                    "maxTokens": request.max_tokens, "termsVersion": request.terms_version,
+                    "type": "request", "taskId": round_.task_id, "requestId": round_.request_id,
+                    "request": round_.signed_request, "prompt": round_.prompt, "seed": round_.seed,
+                    "maxTokens": round_.max_tokens, "termsVersion": round_.terms_version,
                 })
                 if not sent:  # not connected: it cannot answer this one
                     round_.skipped.add(member)
-                    self.missed[(request.task_id, member)] += 1
+                    self.missed[(round_.task_id, member)] += 1
             deadline = started + stream.max_response_ms / 1000
             await self._wait(round_, lambda: round_.ready_hash() is not None or round_.hopeless(), deadline)
             answer = round_.ready_hash()
@@ -276,10 +309,36 @@ class StreamService:
                 self._nursery.start_soon(self._follow_up, round_, deadline, stream.max_response_ms)
         finally:
             self._in_flight -= 1
-        if round_.status == FAILED:
-            raise RpcError(SERVER_ERROR, f"request 0x{round_.request_id.hex()}: {round_.error}",
-                           self.round_json(round_))
-        return self.round_json(round_)
+
+    def ogpu_streamPartial(self, session: Any, obj: Any) -> bool:
+        """A member's tokens so far, for the request's token subscriber: only the first member to send
+        them is followed, and only in order. Unsigned and unverified: the answer is what counts."""
+        provider = self._provider_of(session)
+        obj = p.obj(obj, "partial")
+        round_ = self._round_of(obj)
+        offset = p.quantity(obj.get("offset"), "offset")
+        tokens = p.data(obj.get("tokens"), "tokens")
+        if provider not in round_.council or offset + len(tokens) > round_.max_tokens:
+            raise InvalidParams("partial: not a member of this request's council, or beyond maxTokens")
+        held = self._token_subs.get(round_.request_id)
+        if held is None or round_.status != PENDING:
+            return False
+        if round_.streamer is None:
+            round_.streamer = provider
+        if round_.streamer != provider or offset != round_.streamed:
+            return False
+        round_.streamed += len(tokens)
+        session_out, sub_id = held
+        assert self._nursery is not None
+        self._nursery.start_soon(self._push, session_out, sub_id, {
+            "type": "tokens", "member": provider, "offset": offset, "tokens": tokens,
+            "text": tokens.decode("utf-8", "replace")})
+        return True
+
+    async def _push(self, session: Any, sub_id: str, result: dict[str, Any]) -> None:
+        payload = json.dumps({"jsonrpc": "2.0", "method": "ogpu_subscription",
+                              "params": {"subscription": sub_id, "result": p.to_json(result)}}).encode()
+        await self._send(session, payload)
 
     async def _wait(self, round_: RequestRound, done: Callable[[], bool], deadline: float) -> None:
         with trio.move_on_at(deadline):

@@ -111,15 +111,16 @@ class UploadGate:
 
 
 def prescription_blobs(store: BlobStore, blob_hash: bytes) -> list[bytes]:
-    """The dataset and initial weights a stored prescription names; none if it is absent, too large or
-    not a valid prescription (the task then fails for its providers, not here)."""
+    """The dataset and initial (or, for a stream, served) weights a stored prescription names; none if it
+    is absent, too large or not a valid prescription (the task then fails for its providers, not here)."""
     try:
         if store.size(blob_hash) > MAX_PRESCRIPTION_BYTES:
             return []
         p = parse(store.read(blob_hash))
     except (BlobError, InvalidPrescription, ValueError):
         return []
-    return [h for h in (p.D.blob, p.M.initial_weights) if h is not None]
+    dataset = p.D.blob if p.D is not None else None  # a stream has no dataset
+    return [h for h in (dataset, p.M.initial_weights) if h is not None]
 
 
 def follow_prescriptions(store: BlobStore, ledger: BlobLedger, prescriptions: list[bytes]) -> None:

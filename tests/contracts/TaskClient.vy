@@ -19,6 +19,7 @@ struct Terms:
     equivalence: uint8
     minMemoryMiB: uint64
     deviceMask: uint8
+    numericProfile: bytes32
 
 interface ITask:
     def submitTask(prescriptionHash: bytes32, kind: uint8, terms: Terms) -> uint256: payable

@@ -45,7 +45,7 @@ FREE_STAKE_REASON = "Stake.requestUnstake: amount exceeds free stake"
 ERROR_DATA = "0x" + (keccak(b"Error(string)")[:4] + encode(["string"], [FREE_STAKE_REASON])).hex()
 SUBMIT_TASK = (
     "submitTask(bytes32,uint8,(uint256,uint16,uint16,uint16,uint64,uint64,uint16,uint16,uint32,uint64,"
-    "uint8,uint16,uint8,uint64,uint8))"
+    "uint8,uint16,uint8,uint64,uint8,bytes32))"
 )
 
 
@@ -277,7 +277,7 @@ def test_system_call_log_through_cast(cast, dev_accounts):
     start-of-block system call. Every block seals at max(now, parent + 1), so one transaction after the
     submission is enough; a few are allowed."""
     client = dev_accounts[8]
-    terms = f"({OGPU},1,0,1,60,1,1,1,0,60,0,0,0,0,0)"
+    terms = f"({OGPU},1,0,1,60,1,1,1,0,60,0,0,0,0,0,0x{bytes(32).hex()})"
     submitted = cast.send(client, TASK, SUBMIT_TASK, word(keccak(b"cast prescription")), "0", terms, value="1.1ether")
     assert submitted["status"] == "0x1", submitted
     logs: list[Any] = []

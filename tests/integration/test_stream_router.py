@@ -132,7 +132,7 @@ class Worker(threading.Thread):
 
 def stream_terms(**values: int) -> tuple:
     defaults = {"budget": 10 * ETHER, "council_size": COUNCIL, "price_per_unit": 10**12, "response_method": 0,
-                "response_weight": 0, "max_response_time": 5_000, "settle_window": 600}
+                "response_weight": 0, "max_response_time": 5_000, "settle_window": 600, "numeric_profile": bytes(32)}
     return tuple(values.get(f.name, defaults.get(f.name, 0)) for f in dataclasses.fields(StreamTerms))
 
 

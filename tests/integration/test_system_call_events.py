@@ -26,6 +26,7 @@ from ogpu_node.contracts import addresses
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.types.protocol import Role, TaskState
 from ogpu_node.types.records import StakeRecord, TaskRecord, decode_record
+from tests.abiterms import struct_arg
 from tests.rpccall import rpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,12 +48,9 @@ def send_all(w3: Web3, raws: list[bytes]) -> list[Any]:
     return [w3.eth.wait_for_transaction_receipt(h, timeout=RECEIPT_TIMEOUT_S, poll_latency=0.02) for h in hashes]
 
 
-def batch_terms(task: Any, **values: int) -> tuple:
-    """The Terms struct in ABI order, from the component names (components not named are 0)."""
-    [terms_param] = [p for p in task.get_function_by_name("submitTask").abi["inputs"] if p["name"] == "terms"]
-    names = [c["name"] for c in terms_param["components"]]
-    assert set(values) <= set(names)
-    return tuple(values.get(name, 0) for name in names)
+def batch_terms(**values: int) -> tuple:
+    """The Terms struct in ABI order, from the component names (components not named are their zero)."""
+    return struct_arg("Task", "submitTask", "terms", **values)
 
 
 def test_task_assigned_by_the_system_call_reaches_logs_filters_subscriptions_and_receipts(node_factory, dev_accounts):
@@ -92,7 +90,7 @@ def test_task_assigned_by_the_system_call_reaches_logs_filters_subscriptions_and
         task_id = task.functions.taskCount().call() + 1
         max_payment = OGPU
         terms = batch_terms(
-            task, maxPayment=max_payment, councilSize=1, checkpoints=1, segmentWindow=3_600, bidWindow=2,
+            maxPayment=max_payment, councilSize=1, checkpoints=1, segmentWindow=3_600, bidWindow=2,
             minBids=1, confirmWindow=600,
         )
         submit_data = task.encode_abi("submitTask", args=[keccak(text="prescription"), 0, terms])

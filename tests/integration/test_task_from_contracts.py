@@ -45,8 +45,9 @@ DEPOSIT = MAX_PAYMENT * CLIENT_DEPOSIT_BPS // BPS
 PRESCRIPTION = keccak(text="prescription: resnet-50 fine-tune")
 BID_WINDOW = 3_600  # far past the test's end: bidding stays open
 # maxPayment, councilSize, councilShareBps, checkpoints, segmentWindow, bidWindow, firstN, minBids,
-# latenessBpsPerSecond, confirmWindow, responseMethod, responseWeight, equivalence, minMemoryMiB, deviceMask
-TERMS = (MAX_PAYMENT, 3, 1_000, 2, 600, BID_WINDOW, 0, 1, 5, 900, 0, 0, 0, 16_384, 0)
+# latenessBpsPerSecond, confirmWindow, responseMethod, responseWeight, equivalence, minMemoryMiB, deviceMask,
+# numericProfile (zero: any provider)
+TERMS = (MAX_PAYMENT, 3, 1_000, 2, 600, BID_WINDOW, 0, 1, 5, 900, 0, 0, 0, 16_384, 0, bytes(32))
 BID_ABOVE_MAXIMUM = "Bid: price above the task's maximum payment"
 
 

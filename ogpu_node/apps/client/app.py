@@ -34,7 +34,7 @@ from ogpu_node.types.prescription import (
     prescription_hash,
     to_terms,
 )
-from ogpu_node.types.protocol import DEVICE_KINDS, Outcome, Phase, Role, TaskKind, TaskState
+from ogpu_node.types.protocol import DEVICE_KINDS, Outcome, Phase, Role, TaskKind, TaskState, profile_id
 
 __all__ = ["CheckpointStatus", "Client", "TaskStatus"]
 
@@ -121,9 +121,10 @@ class Client:
     # -- providers --
 
     def register_provider(self, device: str, memory_mib: int, score: int, endpoint: str = "",
-                          stake: int | None = None, min_gas: int = 0) -> int:
+                          stake: int | None = None, min_gas: int = 0, profiles: tuple[str, ...] = ()) -> int:
         """Stake up to ``stake`` wei (default: the chain's provider minimum), register resources and
-        take the provider role, as Stake requires in that order; return the wei newly staked."""
+        take the provider role, as Stake requires in that order, and register the numeric
+        ``profiles`` (names) when they differ from those on chain; return the wei newly staked."""
         fns = self.stake.functions
         mine = self.views.stake_of(self.rpc.address())
         wanted = self.views.stake_params().min_provider_stake if stake is None else stake
@@ -134,6 +135,9 @@ class Client:
                   min_gas=min_gas)
         if not mine.roles & Role.PROVIDER:
             self.send("setRoles", fns.setRoles(int(mine.roles | Role.PROVIDER)), min_gas=min_gas)
+        wanted_profiles = [profile_id(name) for name in profiles]
+        if profiles and self.views.profiles_of(self.rpc.address()) != wanted_profiles:
+            self.send("setProfiles", fns.setProfiles(wanted_profiles), min_gas=min_gas)
         return added
 
     def qualifying_providers(self, p: Prescription) -> int:
@@ -141,6 +145,7 @@ class Client:
         the pool a council is drawn from (the executor, one of them, never sits on its own)."""
         me = self.account.address.lower() if self.account is not None else None
         mask = p.I.hardware.device_mask
+        profile = p.I.numeric_profile
         count = 0
         for provider in self.views.providers():
             if provider.lower() == me:
@@ -148,7 +153,8 @@ class Client:
             roles = self.views.stake_of(provider).roles
             resources = self.views.resources_of(provider)
             if (roles & Role.PROVIDER and resources.memory_mib >= p.I.hardware.min_memory_mib
-                    and (not mask or mask >> resources.device_kind & 1)):
+                    and (not mask or mask >> resources.device_kind & 1)
+                    and (profile is None or profile_id(profile) in self.views.profiles_of(provider))):
                 count += 1
         return count
 

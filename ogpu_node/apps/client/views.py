@@ -84,6 +84,10 @@ class ChainViews:
     def stake_of(self, account: str) -> StakeRecord:
         return self._view(StakeRecord, "stakeOf", self.rpc.stake.functions.stakeOf(account))
 
+    def profiles_of(self, account: str) -> list[bytes]:
+        """The numeric profile ids ``account`` registered (Stake.setProfiles), in its order."""
+        return [bytes(p) for p in self.rpc.call("profilesOf", self.rpc.stake.functions.profilesOf(account))]
+
     def resources_of(self, account: str) -> ResourcesRecord:
         return self._view(ResourcesRecord, "resourcesOf", self.rpc.stake.functions.resourcesOf(account))
 

@@ -139,7 +139,7 @@ class Provider:
                  res.memory_mib, res.flops_per_s / 1e9, DEFAULT_PROFILE)
         added = await blocking(self.chain.client.register_provider, res.device, res.memory_mib,
                                int(res.flops_per_s / 1e6), self.config.endpoint, self.config.stake,  # MFLOP/s
-                               min_gas=PROTOCOL_GAS)
+                               min_gas=PROTOCOL_GAS, profiles=res.profiles)
         if added:
             log.info("staked %d wei", added)
         log.info("registered as provider %s", self.chain.address)

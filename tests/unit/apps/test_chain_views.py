@@ -37,7 +37,7 @@ CONTRACTS = {to_checksum_address(addresses.TASK): "Task", to_checksum_address(ad
 ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 
 TASK = (A, 0, TaskState.RUNNING, H, 1000, 100, B, 900, b"\x22" * 32, 1_700_000_000, 1_700_000_010)
-TERMS = (1000, 3, 1000, 4, 60, 8, 3, 1, 0, 600, 0, 0, 0, 2048, 1)
+TERMS = (1000, 3, 1000, 4, 60, 8, 3, 1, 0, 600, 0, 0, 0, 2048, 1, bytes(32))
 PROGRESS = (1, 2, 300, 1_700_000_010, 0, 0, 0)
 CHECKPOINT = (Phase.REVEAL, 1, b"\x33" * 32, b"\x44" * 32, 1_700_000_100, [A, B], 40)
 STREAM = (1, 5, 0, 0, 2, A, 0)

@@ -41,6 +41,7 @@ from ogpu_node.node.pos import ProofOfStake, block_input, chain_rules
 from ogpu_node.node.validator import ValidatorService
 from ogpu_node.types.protocol import BPS, Role, TaskKind
 from ogpu_node.types.signing import BlockProposal
+from tests.abiterms import struct_arg
 from tests.txfactory import sign_tx
 
 OGPU = 10**18
@@ -62,11 +63,9 @@ def _abi_call(contract: str, function: str, *args: Any) -> bytes:
     return fn.selector + encode(list(fn.inputs), list(args))
 
 
-def _terms(**overrides: int) -> tuple[int, ...]:
-    """submitTask's terms struct in the ABI's component order (a component added later is 0)."""
-    [entry] = [e for e in load_abi("Task").raw if e.get("name") == "submitTask"]
-    values = {**TERMS, **overrides}
-    return tuple(values.get(c["name"], 0) for c in entry["inputs"][2]["components"])
+def _terms(**overrides: int) -> tuple:
+    """submitTask's terms struct in the ABI's component order (a component not named is its zero)."""
+    return struct_arg("Task", "submitTask", "terms", **{**TERMS, **overrides})
 
 
 Traffic = Callable[[int, int], str | None]  # (node, slot) -> what its client sends: "task", "transfer" or None

@@ -406,7 +406,8 @@ def test_the_provider_logs_in_answers_over_the_socket_and_reconnects():
             port = server.port
             nursery.start_soon(lambda: serve_node(f"ws://127.0.0.1:{port}", SIGNER, work,
                                                   connected=ups.append))
-            while len(logins) < 2:
+            # The provider reports itself up only once the node has answered its second login.
+            while len(logins) < 2 or len(ups) < 3:
                 await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 

@@ -64,9 +64,11 @@ class Chain:
 class Worker(threading.Thread):
     """A provider's streamWork subscription that answers with `answer` and checks with `honest`."""
 
-    def __init__(self, chain: Chain, key: Any, ws_url: str, answer: Any, delay_s: float = 0.0) -> None:
+    def __init__(self, chain: Chain, key: Any, ws_url: str, answer: Any, delay_s: float = 0.0,
+                 partials: int = 0) -> None:
         super().__init__(daemon=True)
         self.chain, self.key, self.answer, self.delay_s = chain, key, answer, delay_s
+        self.partials = partials  # send the response in this many ogpu_streamPartial pieces first
         self.address = key.address
         self.ws = connect(ws_url)
         self.faults: list[dict[str, Any]] = []
@@ -102,6 +104,12 @@ class Worker(threading.Thread):
                 time.sleep(self.delay_s)
                 prompt = bytes.fromhex(work["prompt"][2:])
                 response = self.answer(prompt, int(work["seed"], 16), int(work["maxTokens"], 16))
+                step = -(-len(response) // self.partials) if self.partials else 0
+                for offset in range(0, len(response), step or len(response) + 1):
+                    self._send("ogpu_streamPartial", {"taskId": work["taskId"], "requestId": work["requestId"],
+                                                      "offset": hex(offset),
+                                                      "tokens": "0x" + response[offset:offset + step].hex()})
+                    time.sleep(0.05)
                 version = int(work["termsVersion"], 16)
                 signed = self.chain.sign(self.key, StreamResponse(task_id, request_id, version, keccak(response)))
                 self._send("ogpu_streamRespond", {"taskId": work["taskId"], "requestId": work["requestId"],
@@ -126,7 +134,8 @@ class Worker(threading.Thread):
 
     def close(self) -> None:
         self.stopped.set()
-        self.join(timeout=5)
+        if self.is_alive():
+            self.join(timeout=5)
         self.ws.close()
 
 
@@ -156,15 +165,18 @@ def open_stream(chain: Chain, client: Any, providers: list[Any], **terms: int) -
     return task_id
 
 
-def request(chain: Chain, client: Any, task_id: int, prompt: bytes, *, nonce: int, version: int = 1,
-            block: int | None = None, seed: int = 7, max_tokens: int = 16) -> dict[str, Any]:
+def request_object(chain: Chain, client: Any, task_id: int, prompt: bytes, *, nonce: int, version: int = 1,
+                   block: int | None = None, seed: int = 7, max_tokens: int = 16) -> dict[str, Any]:
     block = chain.w3.eth.block_number if block is None else block
     message = StreamRequest(task_id, version, block, seed, max_tokens, keccak(prompt), nonce)
     signature = chain.sign(client, message)
-    return chain.rpc("ogpu_streamRequest", {
-        "taskId": hex(task_id), "termsVersion": hex(version), "blockNumber": hex(block), "seed": hex(seed),
-        "maxTokens": hex(max_tokens), "nonce": hex(nonce), "prompt": "0x" + prompt.hex(),
-        "signature": "0x" + signature.hex()})
+    return {"taskId": hex(task_id), "termsVersion": hex(version), "blockNumber": hex(block), "seed": hex(seed),
+            "maxTokens": hex(max_tokens), "nonce": hex(nonce), "prompt": "0x" + prompt.hex(),
+            "signature": "0x" + signature.hex()}
+
+
+def request(chain: Chain, client: Any, task_id: int, prompt: bytes, **fields: Any) -> dict[str, Any]:
+    return chain.rpc("ogpu_streamRequest", request_object(chain, client, task_id, prompt, **fields))
 
 
 def status_until(chain: Chain, request_id: str, wanted: set[str], timeout: float = 20) -> dict[str, Any]:
@@ -319,3 +331,42 @@ def test_a_member_that_misses_the_response_time_is_skipped_and_counted(setup) ->
         for w in workers:
             w.close()
 
+
+
+def test_tokens_stream_to_a_subscriber_then_the_answer_then_its_status(setup) -> None:
+    """`ogpu_subscribe("streamTokens", request)`: the first member's partial tokens in order, then the
+    decided answer, then the final status; a partial from outside the council is refused."""
+    chain, client, providers, ws_url = setup
+    task_id = open_stream(chain, client, providers[:3], response_method=ResponseMethod.UNANIMOUS)
+    workers = [Worker(chain, k, ws_url, honest, partials=4 if i == 0 else 0, delay_s=0 if i == 0 else 0.5)
+               for i, k in enumerate(providers[:3])]
+    outsider = Worker(chain, providers[3], ws_url, honest)  # logged in, never started: the test reads its socket
+    for w in workers:
+        w.start()
+    try:
+        with connect(ws_url) as ws:
+            ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ogpu_subscribe", "params": [
+                "streamTokens", request_object(chain, client, task_id, b"stream me", nonce=1, max_tokens=16)]}))
+            reply = json.loads(ws.recv(timeout=10))
+            sub_id = reply["result"]
+            notes: list[dict[str, Any]] = []
+            while not notes or notes[-1]["type"] != "status":
+                message = json.loads(ws.recv(timeout=20))
+                assert message["params"]["subscription"] == sub_id
+                notes.append(message["params"]["result"])
+        kinds = [n["type"] for n in notes]
+        assert kinds[-2:] == ["answer", "status"] and set(kinds[:-2]) == {"tokens"} and len(kinds) > 3
+        streamed = b"".join(bytes.fromhex(n["tokens"][2:]) for n in notes[:-2])
+        assert [int(n["offset"], 16) for n in notes[:-2]] == sorted(int(n["offset"], 16) for n in notes[:-2])
+        expected = honest(b"stream me", 7, 16)
+        assert streamed == expected and {n["member"] for n in notes[:-2]} == {"0x" + providers[0].address.hex()}
+        assert bytes.fromhex(notes[-2]["response"][2:]) == expected and notes[-1]["status"] == "validated"
+        # Partials name a request: one from a provider outside its council is an error, not a token.
+        outsider._send("ogpu_streamPartial", {"taskId": hex(task_id), "requestId": notes[-1]["requestId"],
+                                              "offset": "0x0", "tokens": "0x00"})
+        reply = json.loads(outsider.ws.recv(timeout=10))
+        assert "not a member" in reply["error"]["message"], reply
+    finally:
+        outsider.close()
+        for w in workers:
+            w.close()

@@ -7,7 +7,8 @@ BENCH_SENDERS, BENCH_REPEAT for block import; BENCH_RPC_TXS, BENCH_RPC_SENDERS,
 BENCH_RPC_REPEAT for RPC throughput; BENCH_TRAIN_STEPS, BENCH_TRAIN_CHECKPOINTS, BENCH_TRAIN_HIDDEN
 for training (executor and council); BENCH_CONSENSUS_VALIDATORS, BENCH_CONSENSUS_EPOCHS for the
 consensus simulation; BENCH_SYNC_BLOCKS, BENCH_SYNC_TXS, BENCH_GOSSIP_MESSAGES for the network (sync
-speed and gossip latency).
+speed and gossip latency); BENCH_STREAM_REQUESTS, BENCH_STREAM_TOKENS, BENCH_STREAM_CLIENTS,
+BENCH_STREAM_RPS_REQUESTS for stream serving (a council of three provider processes).
 `--only NAME` (repeatable) runs a subset.
 """
 
@@ -20,7 +21,16 @@ import time
 import traceback
 from collections.abc import Callable
 
-from benchmarks import Result, block_import, consensus, network, rpc_throughput, task_lifecycle, training
+from benchmarks import (
+    Result,
+    block_import,
+    consensus,
+    network,
+    rpc_throughput,
+    streams,
+    task_lifecycle,
+    training,
+)
 
 BENCHMARKS: dict[str, Callable[[list[str]], Result | list[Result]]] = {
     "block_import": block_import.main,
@@ -29,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], Result | list[Result]]] = {
     "training": training.main,
     "consensus": consensus.main,
     "network": network.main,
+    "streams": streams.main,
 }
 
 

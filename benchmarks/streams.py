@@ -10,8 +10,8 @@ Timed from the client's call to its checked answer (receipts are not paid: not p
 
 1. Optimistic latency: the median of N sequential requests (the node answers with the first
    response). Baseline: one plain generation of the same model, prompt, max_tokens and sampling
-   (`compute.generate.generate`, a plain torch loop: no node, RPC or council) in a fresh process under
-   the same profile (1 thread, as a provider's worker), the median of N.
+   (`compute.generate.generate`, a plain torch loop: no node, RPC or council) in a process of its own
+   under the same profile (1 thread, as a provider's worker), the median of N.
 2. Unanimous latency at c = 3 (terms updated to `unanimous`): the median of N sequential requests.
    Baseline: three such processes generating at once (one per member, as each provider has its own
    worker process), the median of their generations' times.
@@ -22,8 +22,9 @@ Where the three members share fewer than three cores (as on a small machine), th
 waits for a generation that runs beside two others: the note gives it ÷ three plain at once as well.
 Both latencies are reported as 1 ÷ latency so that ours / baseline reads "higher is better": the
 target 1/1.2 means at most 1.2 × the plain time. The requests-per-second ratio has no target.
-Each baseline is measured just before and just after ours and the mean taken: the speed of a shared
-machine drifts over minutes.
+The speed of a shared machine drifts over minutes, so the baseline's processes stay loaded (idle,
+blocked on input, while ours runs) and each latency's baseline and ours alternate in ROUNDS rounds;
+the requests-per-second baseline is measured just before and just after ours, the mean taken.
 
 Sizes: BENCH_STREAM_REQUESTS (N, default 8), BENCH_STREAM_TOKENS (max_tokens; default: 64, doubled
 until a plain generation takes at least 100 ms), BENCH_STREAM_CLIENTS (3),
@@ -43,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ HPARAMS = {"block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout
 SAMPLING = {"temperature": 0.8, "top_k": None, "top_p": 0.9, "margin": 1e-3}  # compute.generate.Sampling
 PROMPT = b"To serve a model through a council, "
 MIN_PLAIN_S = 0.1  # the issue's floor for one plain generation
+ROUNDS = 4  # the baseline and ours alternate this many times per latency figure
 FORM_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 15.0
 _WS = re.compile(r"WebSocket on\s+(ws://\S+)")
@@ -90,69 +93,87 @@ def write_weights(path: Path) -> None:
     save_arrays(path, {name: t.detach().numpy() for name, t in state.items()})
 
 
-# -- the baseline: plain generation in fresh processes under the profile ---------------------------------
+# -- the baseline: plain generation in processes of their own under the profile ----------------------------
 
-# argv: weights, hparams, sampling (JSON), prompt (hex), max_tokens, count. Loads the model, warms up,
-# prints "ready", waits for a line on stdin, then generates `count` times (seeds 0..count-1) and prints
+# argv: weights, hparams, sampling (JSON), prompt (hex), profile. Loads the model, warms up, prints
+# "ready"; then for each line "TOKENS COUNT" on stdin generates COUNT times (seeds counting on) and prints
 # {"times": [...], "start": t, "end": t} (time.monotonic: one clock for every process on the machine).
 _PLAIN = """
 import json, sys, time
 from ogpu_node.compute.profile import apply_profile
-apply_profile(sys.argv[7])
+apply_profile(sys.argv[5])
 from ogpu_node.compute.generate import Sampling, generate, load_served_model
 weights, hparams, sampling = sys.argv[1], json.loads(sys.argv[2]), Sampling.from_json(json.loads(sys.argv[3]))
-prompt, tokens, count = bytes.fromhex(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+prompt = bytes.fromhex(sys.argv[4])
 model = load_served_model("char-transformer", hparams, open(weights, "rb").read())
 generate(model, prompt, 8, 0, sampling)
 print("ready", flush=True)
-sys.stdin.readline()
-times, start = [], time.monotonic()
-for seed in range(count):
-    began = time.perf_counter()
-    out = generate(model, prompt, tokens, seed, sampling)
-    times.append(time.perf_counter() - began)
-    assert len(out) == tokens
-print(json.dumps({"times": times, "start": start, "end": time.monotonic()}), flush=True)
+seed = 0
+for line in sys.stdin:
+    tokens, count = map(int, line.split())
+    times, start = [], time.monotonic()
+    for _ in range(count):
+        began = time.perf_counter()
+        out = generate(model, prompt, tokens, seed, sampling)
+        times.append(time.perf_counter() - began)
+        assert len(out) == tokens
+        seed += 1
+    print(json.dumps({"times": times, "start": start, "end": time.monotonic()}), flush=True)
 """
 
 
-def plain_generations(weights: Path, tokens: int, count: int, processes: int) -> list[dict[str, Any]]:
-    """`processes` fresh interpreters generating `count` times each, started together once all are loaded."""
-    argv = [sys.executable, "-c", _PLAIN, str(weights), json.dumps(HPARAMS), json.dumps(SAMPLING), PROMPT.hex(),
-            str(tokens), str(count), PROFILE]
-    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                              env=worker_env(PROFILE)) for _ in range(processes)]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
+class PlainPool:
+    """COUNCIL processes holding the served model, idle (blocked on stdin) until asked to generate: the
+    baseline is measured in rounds between ours, so the drift of a shared machine falls on both."""
+
+    def __init__(self, weights: Path) -> None:
+        argv = [sys.executable, "-c", _PLAIN, str(weights), json.dumps(HPARAMS), json.dumps(SAMPLING),
+                PROMPT.hex(), PROFILE]
+        self.procs: list[subprocess.Popen[str]] = []
+        for _ in range(COUNCIL):
+            self.procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                               cwd=ROOT, env=worker_env(PROFILE)))
+        for proc in self.procs:
+            if self._line(proc) != "ready":
                 raise RuntimeError(f"a plain generation process failed (exit {proc.wait()})")
-        for proc in procs:
+
+    @staticmethod
+    def _line(proc: subprocess.Popen[str]) -> str:
+        assert proc.stdout is not None
+        return proc.stdout.readline().strip()
+
+    def run(self, tokens: int, count: int, processes: int) -> list[dict[str, Any]]:
+        """`count` generations in each of the first `processes`, all started at once."""
+        for proc in self.procs[:processes]:
             assert proc.stdin is not None
-            proc.stdin.write("go\n")
+            proc.stdin.write(f"{tokens} {count}\n")
             proc.stdin.flush()
-        results = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=600)
-            if proc.returncode != 0:
-                raise RuntimeError(f"a plain generation process exited with {proc.returncode}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        return results
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
+        lines = [self._line(proc) for proc in self.procs[:processes]]
+        if not all(lines):
+            raise RuntimeError("a plain generation process exited")
+        return [json.loads(line) for line in lines]
+
+    def one(self, tokens: int, count: int) -> list[float]:
+        """Seconds of each of `count` generations, one process generating alone."""
+        return self.run(tokens, count, 1)[0]["times"]
+
+    def three(self, tokens: int, count: int) -> tuple[list[float], float]:
+        """(seconds of each generation, rounds per second) with COUNCIL processes generating at once; a
+        round is one generation in each process, the work of one request at c = COUNCIL."""
+        runs = self.run(tokens, count, COUNCIL)
+        span = max(r["end"] for r in runs) - min(r["start"] for r in runs)
+        return [t for r in runs for t in r["times"]], count / span
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()  # end of input: the process exits
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def plain_figures(weights: Path, tokens: int, count: int) -> tuple[float, float, float]:
-    """(one generation's median seconds alone, median seconds with three at once, rounds per second of
-    three at once: a round is one generation in each process, the work of one request at c = 3)."""
-    single = plain_generations(weights, tokens, count, 1)[0]
-    three = plain_generations(weights, tokens, count, COUNCIL)
-    span = max(r["end"] for r in three) - min(r["start"] for r in three)
-    return (statistics.median(single["times"]), statistics.median(t for r in three for t in r["times"]),
-            count / span)
 
 
 # -- ours: a node, three providers, the client app ---------------------------------------------------------
@@ -244,19 +265,25 @@ def ask(streams: StreamClient, task_id: int, tokens: int, seed: int, method: str
     return elapsed, answer
 
 
-def sequential(streams: TimedStreamClient, task_id: int, tokens: int, count: int, method: str,
-               first_seed: int) -> tuple[list[float], list[float], list[int]]:
-    """(each request's seconds, each ogpu_streamRequest call's seconds, the node's ms to the response
-    that decided it), after one warm-up request."""
+def latency_rounds(streams: TimedStreamClient, plain: Callable[[int], list[float]], task_id: int, tokens: int,
+                   count: int, method: str, first_seed: int) -> dict[str, list[float]]:
+    """About `count` sequential requests, after one warm-up, in ROUNDS rounds, each after `plain(n)`
+    (the baseline's n generations' seconds): each request's seconds ("ours"), each ogpu_streamRequest
+    call's ("rpc"), the node's ms to the response that decided it ("decided"), and "plain"."""
     ask(streams, task_id, tokens, first_seed, method)
     del streams.rpc_s[:]
-    times, decided = [], []
-    for i in range(count):
-        elapsed, answer = ask(streams, task_id, tokens, first_seed + 1 + i, method)
-        times.append(elapsed)
-        ms = sorted(_number(r["ms"]) for r in answer.raw.get("responses") or [])
-        decided.append(ms[0] if method == "optimistic" else ms[-1])
-    return times, list(streams.rpc_s), decided
+    out: dict[str, list[float]] = {"ours": [], "decided": [], "plain": []}
+    per_round, seed = max(1, -(-count // ROUNDS)), first_seed + 1
+    for _ in range(ROUNDS):
+        out["plain"] += plain(per_round)
+        for _ in range(per_round):
+            elapsed, answer = ask(streams, task_id, tokens, seed, method)
+            seed += 1
+            out["ours"].append(elapsed)
+            ms = sorted(_number(r["ms"]) for r in answer.raw.get("responses") or [])
+            out["decided"].append(ms[0] if method == "optimistic" else ms[-1])
+    out["rpc"] = list(streams.rpc_s)
+    return out
 
 
 def concurrent(rpc: str, key: bytes, datadir: Path, task_id: int, tokens: int, clients: int, total: int,
@@ -298,7 +325,7 @@ def concurrent(rpc: str, key: bytes, datadir: Path, task_id: int, tokens: int, c
     return total / span, times
 
 
-def served_figures(work: Path, weights: Path, tokens: int, count: int, clients: int,
+def served_figures(work: Path, weights: Path, pool: PlainPool, tokens: int, count: int, clients: int,
                    rps_requests: int) -> dict[str, Any]:
     from ogpu_node.compute.prescription import validate  # torch: as `stream submit` loads it
 
@@ -328,13 +355,18 @@ def served_figures(work: Path, weights: Path, tokens: int, count: int, clients: 
         wait_active(streams, task_id, "optimistic", started)
         print(f"  stream {task_id} Active with {COUNCIL} members {time.monotonic() - formed:.1f} s after "
               f"submitStream", flush=True)
-        optimistic = sequential(streams, task_id, tokens, count, "optimistic", 0)
+        optimistic = latency_rounds(streams, lambda n: pool.one(tokens, n), task_id, tokens, count, "optimistic", 0)
         streams.update_terms(task_id, None, "unanimous", None)
         wait_active(streams, task_id, "unanimous", started)
-        unanimous = sequential(streams, task_id, tokens, count, "unanimous", 100_000)
+        unanimous = latency_rounds(streams, lambda n: pool.three(tokens, n)[0], task_id, tokens, count,
+                                   "unanimous", 100_000)
+        plain_rounds = max(2, rps_requests // COUNCIL)
+        before = pool.three(tokens, plain_rounds)[1]
         rps, rps_times = concurrent(rpc, client_key, work / "client", task_id, tokens, clients, rps_requests,
                                     "unanimous")
-        return {"optimistic": optimistic, "unanimous": unanimous, "rps": rps, "rps_times": rps_times}
+        after = pool.three(tokens, plain_rounds)[1]
+        return {"optimistic": optimistic, "unanimous": unanimous, "rps": rps, "rps_times": rps_times,
+                "plain_rps": (before, after)}
     finally:
         stop_all(started)
 
@@ -359,40 +391,44 @@ def main(argv: list[str]) -> list[Result]:
         work = Path(tmp)
         weights = work / "model.safetensors"
         write_weights(weights)
-        before = plain_figures(weights, tokens, count)
-        while not fixed_tokens and before[0] < MIN_PLAIN_S and tokens < MAX_RESPONSE_TOKENS:
-            tokens = min(MAX_RESPONSE_TOKENS, 2 * tokens)  # the issue's model: a plain generation of at least 100 ms
-            before = plain_figures(weights, tokens, count)
-        print(f"  plain PyTorch before ({tokens} tokens, profile {PROFILE}): one {_ms(before[0])}, three at once "
-              f"{_ms(before[1])} each, {before[2]:.2f} rounds/s", flush=True)
-        ours = served_figures(work, weights, tokens, count, clients, rps_requests)
-        after = plain_figures(weights, tokens, count)
-        print(f"  plain PyTorch after: one {_ms(after[0])}, three at once {_ms(after[1])} each, "
-              f"{after[2]:.2f} rounds/s", flush=True)
-    one, three, rounds = ((b + a) / 2 for b, a in zip(before, after, strict=True))
-    opt_s, opt_rpc, opt_ms = ours["optimistic"]
-    una_s, una_rpc, una_ms = ours["unanimous"]
-    opt, una = statistics.median(opt_s), statistics.median(una_s)
-    print(f"  optimistic: median {_ms(opt)} per request (ogpu_streamRequest alone {_ms(statistics.median(opt_rpc))}, "
-          f"the node's first response at {statistics.median(opt_ms):.0f} ms)", flush=True)
-    print(f"  unanimous:  median {_ms(una)} per request (ogpu_streamRequest alone {_ms(statistics.median(una_rpc))}, "
-          f"the node's last response at {statistics.median(una_ms):.0f} ms)", flush=True)
+        pool = PlainPool(weights)
+        try:
+            while not fixed_tokens and statistics.median(pool.one(tokens, 3)) < MIN_PLAIN_S \
+                    and tokens < MAX_RESPONSE_TOKENS:
+                tokens = min(MAX_RESPONSE_TOKENS, 2 * tokens)  # the issue's model: a plain generation of ≥ 100 ms
+            pool.three(tokens, 1)  # warm-up at this size in every process
+            ours = served_figures(work, weights, pool, tokens, count, clients, rps_requests)
+        finally:
+            pool.close()
+    opt, una = ours["optimistic"], ours["unanimous"]
+    one, three = statistics.median(opt["plain"]), statistics.median(una["plain"])
+    ours_opt, ours_una = statistics.median(opt["ours"]), statistics.median(una["ours"])
+    rounds = sum(ours["plain_rps"]) / 2
+    for name, fig, plain_what, decided in ((f"optimistic ({tokens} tokens)", opt, "one plain", "first"),
+                                           ("unanimous", una, "three plain at once", "last")):
+        print(f"  {name}: median {_ms(statistics.median(fig['ours']))} per request, ogpu_streamRequest alone "
+              f"{_ms(statistics.median(fig['rpc']))}, the node's {decided} response at "
+              f"{statistics.median(fig['decided']):.0f} ms; {plain_what} {_ms(statistics.median(fig['plain']))}",
+              flush=True)
     print(f"  {clients} clients: {ours['rps']:.2f} requests/s, median {_ms(statistics.median(ours['rps_times']))} "
-          f"per request", flush=True)
+          f"per request; three plain processes {ours['plain_rps'][0]:.2f} rounds/s before, "
+          f"{ours['plain_rps'][1]:.2f} after", flush=True)
     model = f"char-transformer {HPARAMS['n_layer']}x{HPARAMS['n_embd']}, {tokens} tokens, c = {COUNCIL}"
     return [
-        Result(name="optimistic request vs one plain generation", unit="/s (1/latency)", ours=1 / opt,
+        Result(name="optimistic request vs one plain generation", unit="/s (1/latency)", ours=1 / ours_opt,
                baseline=1 / one, baseline_name="plain PyTorch", target=1 / 1.2,
-               note=f"latency {_ms(opt)} ÷ {_ms(one)} = {opt / one:.2f} (target ≤ 1.2); median of {count}; {model}; "
-                    f"the {COUNCIL} members share this machine's {os.cpu_count()} cores, so the first response "
-                    f"comes when three generations run at once: ÷ {_ms(three)} = {opt / three:.2f}"),
-        Result(name="unanimous request vs three plain at once", unit="/s (1/latency)", ours=1 / una,
+               note=f"latency {_ms(ours_opt)} ÷ {_ms(one)} = {ours_opt / one:.2f} (target ≤ 1.2); medians of "
+                    f"{len(opt['ours'])} and {len(opt['plain'])}; {model}; the {COUNCIL} members share this "
+                    f"machine's {os.cpu_count()} cores, so the first response comes while three generations run "
+                    f"at once: ÷ {_ms(three)} = {ours_opt / three:.2f}"),
+        Result(name="unanimous request vs three plain at once", unit="/s (1/latency)", ours=1 / ours_una,
                baseline=1 / three, baseline_name="3 plain at once", target=1 / 1.2,
-               note=f"latency {_ms(una)} ÷ {_ms(three)} = {una / three:.2f} (target ≤ 1.2); median of {count}"),
+               note=f"latency {_ms(ours_una)} ÷ {_ms(three)} = {ours_una / three:.2f} (target ≤ 1.2); medians of "
+                    f"{len(una['ours'])} and {len(una['plain'])}"),
         Result(name="requests/s at c = 3 vs plain", unit="req/s", ours=ours["rps"], baseline=rounds,
                baseline_name="3 plain processes", target=None,
                note=f"{rps_requests} unanimous requests from {clients} client threads; plain: rounds of one "
-                    f"generation in each of {COUNCIL} processes"),
+                    f"generation in each of {COUNCIL} processes, just before and after"),
     ]
 
 

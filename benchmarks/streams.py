@@ -130,12 +130,16 @@ class PlainPool:
         argv = [sys.executable, "-c", _PLAIN, str(weights), json.dumps(HPARAMS), json.dumps(SAMPLING),
                 PROMPT.hex(), PROFILE]
         self.procs: list[subprocess.Popen[str]] = []
-        for _ in range(COUNCIL):
-            self.procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                               cwd=ROOT, env=worker_env(PROFILE)))
-        for proc in self.procs:
-            if self._line(proc) != "ready":
-                raise RuntimeError(f"a plain generation process failed (exit {proc.wait()})")
+        try:
+            for _ in range(COUNCIL):
+                self.procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                                   cwd=ROOT, env=worker_env(PROFILE)))
+            for proc in self.procs:
+                if self._line(proc) != "ready":
+                    raise RuntimeError(f"a plain generation process failed (exit {proc.wait()})")
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _line(proc: subprocess.Popen[str]) -> str:

@@ -355,9 +355,14 @@ class StreamService:
                 self._nursery = nursery
                 self._spawn("stream events", self._decide)
                 self._spawn("stream settlement", self._settle_loop)
-                nursery.start_soon(serve_node, self.ws_url, self.signer, self.work)
                 task_status.started()
-                self._spawn("open streams at start", self._recover)
+                # The streams we already sit on get their models loaded before we log in: once logged
+                # in, our councils' requests come to us, and one we could not answer counts as missed.
+                try:
+                    await self._recover()
+                except (ClientError, OSError) as exc:
+                    log.warning("open streams at start: %s", exc)
+                nursery.start_soon(serve_node, self.ws_url, self.signer, self.work)
         finally:
             with trio.move_on_after(SHUTDOWN_S) as scope:
                 scope.shield = True  # a stopping provider gives its seats back, within a bound
@@ -433,7 +438,10 @@ class StreamService:
                 continue
             if task.state in OPEN:
                 for action in self.core.consider(task_id, resume=True):
-                    self._perform(action)
+                    if isinstance(action, ConsiderStream):
+                        await self._consider(action)
+                    else:
+                        self._perform(action)
             elif task_id in held and task.state != TaskState.CLOSING:
                 await self._book(self.book.forget(task_id))
 

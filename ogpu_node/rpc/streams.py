@@ -54,7 +54,7 @@ MAX_IN_FLIGHT = 256  # requests waiting for their councils at once
 MAX_KEPT = 1_024  # finished rounds kept for ogpu_streamStatus, oldest forgotten first
 MAX_RECEIPTS = 64  # per ogpu_streamReceipts call
 MIN_CHECK_S = 2.0  # the check round lasts max(maxResponseTime, this)
-_STATES = {state.value: state.name.capitalize() for state in TaskState}
+_STATES = {state.value: state.label for state in TaskState}
 
 
 @dataclass(frozen=True)
@@ -470,11 +470,14 @@ class StreamService:
         return None if round_ is None else self.round_json(round_)
 
     def ogpu_streamTask(self, ctx: Any, task_id: Any) -> dict[str, Any]:
-        """A stream as this node sees it: its state and terms at the head, which subscribers are
-        connected for work here, and how many requests each member missed."""
+        """A stream as this node sees it: its state and terms at the head (and the head's number, which
+        a client's request may name), which subscribers are connected for work here, and how many
+        requests each member missed."""
         task_id = p.quantity(task_id, "taskId")
+        head = self.chain.head.block_number
         stream = self.stream_at_head(task_id)
         return p.to_json({
+            "blockNumber": head,
             "state": _STATES.get(stream.state, str(stream.state)), "termsVersion": stream.version,
             "responseMethod": ResponseMethod(stream.method).name.lower(), "councilSize": stream.council_size,
             "subscribers": stream.subscribers,

@@ -289,6 +289,9 @@ class ReceiptLedger:
             return cumulative
 
 
+OPEN_STATES = {s.label for s in (TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)}  # ogpu_streamTask names
+
+
 def _unit_key(task_id: int, terms_version: int, member: bytes) -> str:
     return f"{task_id}/{terms_version}/0x{member.hex()}"
 
@@ -395,11 +398,20 @@ class StreamClient:
         """Sign a request for the stream's current terms version at the head, send it, check the answer."""
         if self.ledger is None:
             raise ClientError("a datadir is needed to keep the receipts' cumulative units")
-        task = self.require_stream(task_id)
-        if task.state not in (TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED):
-            raise ClientError(f"stream {task_id} is {TaskState(task.state).label}: it takes no requests")
-        version = self.client.views.stream(task_id).terms_version
-        request = build_request(task_id, version, self.client.rpc.head(), prompt, max_tokens, seed)
+        # One round trip for the stream's state, terms version and the head (a request's latency counts).
+        try:
+            at_head = self.call("ogpu_streamTask", [hex(task_id)], timeout)
+        except StreamRefused:
+            self.require_stream(task_id)  # the client's own words for a task that is missing or a batch task
+            raise
+        try:
+            state, version = str(at_head["state"]), _quantity(at_head["termsVersion"], "termsVersion")
+            head = _quantity(at_head["blockNumber"], "blockNumber")
+        except (KeyError, TypeError) as exc:
+            raise NodeError(f"ogpu_streamTask: malformed answer ({exc})") from None
+        if state not in OPEN_STATES:
+            raise ClientError(f"stream {task_id} is {state}: it takes no requests")
+        request = build_request(task_id, version, head, prompt, max_tokens, seed)
         chain_id, genesis, chain = self.chain()
         request_id, signature = sign_request(self.key(), request, chain_id, genesis)
         self.ledger.record_request(chain, request_id, task_id, version)  # before the node can answer it

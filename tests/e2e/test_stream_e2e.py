@@ -11,7 +11,8 @@ by token) on the same served weights; all four providers subscribe, so each requ
 - honest members are never penalized; every answer is the served model's own greedy output.
 Then: a provider that leaves (SIGTERM unsubscribes) interrupts a stream, requests are refused until it
 comes back and the council re-forms; a provider SIGKILLed is skipped until it restarts on its datadir;
-receipts are settled exactly once (each member paid its cumulative units × price, across restarts);
+terms change live (a new price, version 2); receipts are settled exactly once (each member paid its
+cumulative units × each version's price, across restarts);
 a retracted stream refuses requests."""
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 EXAMPLE = ROOT / "examples" / "char-lm-stream.json"
 PRICE = 10**12  # wei per output token
+NEW_PRICE = 3 * 10**12  # the weighted stream's terms version 2
 TOKENS = 24
 METHODS = {"optimistic": None, "weighted": 6666, "unanimous": None}
 HONEST = (1, 2, 3)  # dev accounts; 0 is the client
@@ -276,17 +278,27 @@ def test_a_killed_member_is_skipped_then_serves_again_after_a_restart(served, ex
         raise AssertionError("the restarted member sat on none of 10 councils")
 
 
+def test_terms_change_live_and_requests_go_on_under_the_new_version(served, expected):
+    s = served
+    s.stream("update-terms", s.streams["weighted"], "--price", NEW_PRICE)
+    assert s.task("weighted")["termsVersion"] == "0x2"
+    answer = s.ask("weighted", PROMPT, 1)
+    assert bytes.fromhex(answer["response"][2:]) == expected[1] and len(answer["agreed"]) >= 2
+
+
 def test_receipts_are_settled_exactly_once_and_a_retracted_stream_refuses_requests(served):
     """Each member is paid, across its restarts, exactly its cumulative units × price: what the client's
     receipts (kept in its datadir) promise, never twice."""
     s = served
     ledger = json.loads((s.root / "client" / "client" / "streams.json").read_text())
     [entries] = ledger["chains"].values()
-    owed = {}  # (task, member) -> cumulative units the client signed
+    owed = {}  # (task, member) -> wei: the cumulative units the client signed × their terms version's price
     for key, units in entries["units"].items():
         task, version, member = key.split("/")
-        owed[(int(task), member.lower())] = owed.get((int(task), member.lower()), 0) + int(units)
-    assert owed and all(units > 0 for units in owed.values())
+        price = NEW_PRICE if (int(task), int(version)) == (s.streams["weighted"], 2) else PRICE
+        owed[(int(task), member.lower())] = owed.get((int(task), member.lower()), 0) + int(units) * price
+    assert owed and all(wei > 0 for wei in owed.values())
+    assert any(key.startswith(f"{s.streams['weighted']}/2/") for key in entries["units"])
     for method in METHODS:
         s.stream("retract", s.streams[method])
 
@@ -298,11 +310,11 @@ def test_receipts_are_settled_exactly_once_and_a_retracted_stream_refuses_reques
         return total
 
     live = {key for key in owed if key[1] in {p.address.lower() for p in s.running()}}
-    wait_for("every running member's receipts settled", lambda: all(paid().get(k) == owed[k] * PRICE for k in live),
+    wait_for("every running member's receipts settled", lambda: all(paid().get(k) == owed[k] for k in live),
              120, s.running())
     time.sleep(12)  # one more settle round of every provider: nothing more is paid
-    assert all(paid().get(k, 0) <= owed[k] * PRICE for k in owed)
-    assert {k: paid()[k] for k in live} == {k: owed[k] * PRICE for k in live}
+    assert all(paid().get(k, 0) <= owed[k] for k in owed)
+    assert {k: paid()[k] for k in live} == {k: owed[k] for k in live}
     refused = cli("stream", "request", s.streams["weighted"], "hello", "--rpc-url", s.node.http_url,
                   "--private-key", s.client_key, "--datadir", s.root / "client")
     assert refused.returncode == 1 and "Closing" in refused.stderr, refused.stderr

@@ -107,7 +107,7 @@ def executor_on_dev_node(work: Path, p: Prescription, data: Path) -> tuple[float
     url = f"http://127.0.0.1:{port}"
     provider = None
     try:
-        Client(url, accounts[2].private_key).register_provider("cpu", 1 << 20, 1)  # idle: never bids
+        Client(url, accounts[2].private_key).register_provider("cpu", 1 << 20, 1, profiles=(DEFAULT_PROFILE,))  # idle: never bids
         provider = Provider(ProviderConfig(rpc_url=url, private_key=accounts[1].private_key,
                                            datadir=work / "provider", cost_per_second=10**9))
         thread = threading.Thread(target=trio.run, args=(provider.run,), daemon=True)

@@ -14,6 +14,8 @@ import click
 from rich.console import Console, RenderableType
 
 from ogpu_node.crypto.keystore import KeystoreError, load_private_key, parse_private_key
+from ogpu_node.jsontext import JsonBoundsError, loads_bounded
+from ogpu_node.types.prescription import MAX_NESTING, MAX_PRESCRIPTION_BYTES
 
 __all__ = [
     "PLAIN_WIDTH",
@@ -190,3 +192,16 @@ def transfer_progress(description: str, total: int | None) -> Iterator[Callable[
     with Progress(*columns, console=target, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda done: progress.update(task, completed=done)
+
+
+def read_prescription(path: Path) -> dict[str, Any]:
+    """A prescription file's JSON object, bounded in size and depth before it is parsed."""
+    try:
+        doc = loads_bounded(path.read_bytes(), max_bytes=MAX_PRESCRIPTION_BYTES, max_nesting=MAX_NESTING)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    except JsonBoundsError as exc:  # bounded before parsing: a deep file would overflow the C stack
+        raise click.ClickException(f"{path} is not a prescription: {exc}") from None
+    if not isinstance(doc, dict):
+        raise click.ClickException("prescription: expected a JSON object")
+    return doc

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import tempfile
@@ -18,15 +17,13 @@ from ogpu_node.cli.common import (
     datadir_option,
     key_options,
     private_key_from_options,
+    read_prescription,
     resolve_datadir,
     rpc_url_option,
     transfer_progress,
 )
 from ogpu_node.cli.task_view import ether
-from ogpu_node.jsontext import JsonBoundsError, loads_bounded
 from ogpu_node.types.prescription import (
-    MAX_NESTING,
-    MAX_PRESCRIPTION_BYTES,
     InvalidPrescription,
     Prescription,
 )
@@ -105,7 +102,7 @@ def submit(prescription: Path, weights: str | None, deposit: int | None, rpc_url
     """Upload the served weights, then open the stream PRESCRIPTION.json describes; print its task id."""
     from ogpu_node.compute.prescription import validate  # torch: load it only for this command
 
-    doc = _read_prescription(prescription)
+    doc = read_prescription(prescription)
     p = _validate(validate, doc)  # before any network access or key prompt
     if p.kind != "stream":
         raise click.ClickException("prescription.kind: `stream submit` opens a stream; a batch task is "
@@ -139,18 +136,6 @@ def _validate(validate: Any, doc: dict[str, Any]) -> Prescription:
         return validate(doc)
     except InvalidPrescription as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _read_prescription(path: Path) -> dict[str, Any]:
-    try:
-        doc = loads_bounded(path.read_bytes(), max_bytes=MAX_PRESCRIPTION_BYTES, max_nesting=MAX_NESTING)
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
-    except JsonBoundsError as exc:  # bounded before parsing: a deep file would overflow the C stack
-        raise click.ClickException(f"{path} is not a prescription: {exc}") from None
-    if not isinstance(doc, dict):
-        raise click.ClickException("prescription: expected a JSON object")
-    return copy.deepcopy(doc)
 
 
 def _upload(client: Client, path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import click
@@ -11,13 +10,13 @@ from ogpu_node.apps.client import Client, ClientError, file_blob_hash
 from ogpu_node.cli.common import (
     key_options,
     private_key_from_options,
+    read_prescription,
     rpc_url_option,
     show,
     transfer_progress,
 )
 from ogpu_node.cli.task_view import ether, status_view, wait_display, write_loss_plot
-from ogpu_node.jsontext import JsonBoundsError, loads_bounded
-from ogpu_node.types.prescription import MAX_NESTING, MAX_PRESCRIPTION_BYTES, InvalidPrescription
+from ogpu_node.types.prescription import InvalidPrescription
 from ogpu_node.types.protocol import TaskKind
 
 __all__ = ["task"]
@@ -44,15 +43,7 @@ def submit(prescription: Path, data_file: Path, model_file: Path | None, deposit
     """Upload the data (and initial weights), then submit PRESCRIPTION.json; print the task id."""
     from ogpu_node.compute.prescription import validate  # torch: load it only for this command
 
-    try:
-        doc = loads_bounded(prescription.read_bytes(), max_bytes=MAX_PRESCRIPTION_BYTES, max_nesting=MAX_NESTING)
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {prescription}: {exc.strerror or exc}") from None
-    except JsonBoundsError as exc:  # bounded before parsing: a deep file would overflow the C stack
-        raise click.ClickException(f"{prescription} is not a prescription: {exc}") from None
-    if not isinstance(doc, dict):
-        raise click.ClickException("prescription: expected a JSON object")
-    doc = copy.deepcopy(doc)
+    doc = read_prescription(prescription)
     try:
         if not isinstance(doc.get("D"), dict):
             raise InvalidPrescription("prescription.D", "required for a batch task given --data")

@@ -22,6 +22,7 @@ from web3 import Web3
 from ogpu_node.config import DEV_GENESIS
 from ogpu_node.contracts.abi import ABI_DIR
 from ogpu_node.crypto import derive_dev_accounts
+from ogpu_node.types.protocol import DEFAULT_PROFILE
 
 DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
@@ -78,7 +79,8 @@ def register_idle_providers(url: str, count: int, memory_mib: int = 4096) -> Non
     from ogpu_node.apps.client import Client
 
     def register(index: int) -> None:
-        Client(url, derive_dev_accounts(index + 1)[index].private_key).register_provider("cpu", memory_mib, 1)
+        Client(url, derive_dev_accounts(index + 1)[index].private_key).register_provider(
+            "cpu", memory_mib, 1, profiles=(DEFAULT_PROFILE,))
 
     threads = [threading.Thread(target=register, args=(i,)) for i in range(1, count + 1)]
     for t in threads:

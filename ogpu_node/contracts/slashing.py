@@ -43,7 +43,7 @@ from ogpu_node.types.signing import (
     StreamResponse,
     StreamVerdict,
 )
-from ogpu_node.types.streams import fault_quorum
+from ogpu_node.types.streams import fault_quorum, stream_fault_id
 
 
 class Slashing(NativeContract):
@@ -148,7 +148,7 @@ class Slashing(NativeContract):
             if signer in signers:
                 raise Revert("Slashing: two verdicts from one signer")
             signers.add(signer)
-        evidence = keccak(b"stream-fault" + task_id.to_bytes(32, "big") + request_id + offender)
+        evidence = stream_fault_id(task_id, request_id, offender)
         self._record(host, evidence, offender)
         # The seat goes first, so that its lock is released before the slash lowers the stake it backs.
         if offender in subscribers:

@@ -21,6 +21,12 @@ def response_hash(response: bytes) -> bytes:
     return keccak(response)
 
 
+def stream_fault_id(task_id: int, request_id: bytes, offender: bytes) -> bytes:
+    """A stream fault's evidence id, keccak("stream-fault" ‖ taskId ‖ requestId ‖ offender): each member
+    is punished at most once per request (Slashing.reportStreamFault, docs/streams.md rule 4)."""
+    return keccak(b"stream-fault" + task_id.to_bytes(32, "big") + request_id + offender)
+
+
 def council_seed(request_id: bytes, mix: bytes) -> bytes:
     """keccak(request id ‖ mix of the block the request names): neither the client (who cannot know a
     future mix) nor a proposer (who cannot know the request id) chooses the council alone."""

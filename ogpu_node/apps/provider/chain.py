@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from eth_hash.auto import keccak
 from web3.logs import DISCARD
 
 from ogpu_node.apps.client import TASK_ADDRESS, Client, ClientError
@@ -29,6 +28,7 @@ from ogpu_node.types.records import (
     TaskRecord,
     TermsRecord,
 )
+from ogpu_node.types.streams import stream_fault_id
 
 # Whichever transaction lands last runs the protocol's next step: the bid reaching H's first N runs
 # the assignment (~185k gas more with 3 bids), the last reveal runs the tally with its payments or
@@ -103,9 +103,8 @@ class ChainClient:
         return int(self.call(f"settledUnits {task_id}", self.task.functions.settledUnits(task_id, self.address, version)))
 
     def fault_punished(self, task_id: int, request_id: bytes, offender: bytes) -> bool:
-        """Slashing.isPunished of a stream fault's evidence id, keccak("stream-fault" ‖ taskId ‖ requestId ‖
-        offender) as reportStreamFault records it (docs/streams.md, rule 4)."""
-        evidence = keccak(b"stream-fault" + task_id.to_bytes(32, "big") + request_id + offender)
+        """Slashing.isPunished of a stream fault's evidence id (types.streams.stream_fault_id)."""
+        evidence = stream_fault_id(task_id, request_id, offender)
         return bool(self.call("isPunished", self.slashing.functions.isPunished(evidence)))
 
     def receipt_paid(self, receipt: Any) -> int:

@@ -83,11 +83,24 @@ def _served_model(header: dict[str, Any], served: OrderedDict[str, nn.Module]) -
     return model
 
 
-def _generate(header: dict[str, Any], payloads: list[bytes], served: OrderedDict[str, nn.Module]) -> bytes:
-    from ogpu_node.compute.generate import Sampling, generate
+def _generate(header: dict[str, Any], payloads: list[bytes], served: OrderedDict[str, nn.Module],
+              conn: Connection) -> bytes:
+    """The whole response; with `partial_every` = n > 0, each n tokens also go out as they are decided,
+    in interim replies ({"ok", "partial": offset}, the tokens) before the final one."""
+    from ogpu_node.compute.generate import Sampling, generate_iter
 
     model = _served_model(header, served)
-    return generate(model, payloads[0], header["max_tokens"], header["seed"], Sampling.from_json(header["sampling"]))
+    every = int(header.get("partial_every") or 0)
+    out = bytearray()
+    sent = 0
+    for token in generate_iter(model, payloads[0], header["max_tokens"], header["seed"],
+                               Sampling.from_json(header["sampling"])):
+        out.append(token)
+        if every and len(out) - sent >= every and len(out) < header["max_tokens"]:
+            conn.send_bytes(json.dumps({"ok": True, "partial": sent}).encode())
+            conn.send_bytes(bytes(out[sent:]))
+            sent = len(out)
+    return bytes(out)
 
 
 def _check(header: dict[str, Any], payloads: list[bytes], served: OrderedDict[str, nn.Module]) -> bool:
@@ -170,7 +183,7 @@ def serve(profile: str | None, threads: int, conn: Connection) -> None:
                 _load_served(header, payloads, served)
                 reply, blob = {}, b""
             elif header["op"] == "generate":
-                reply, blob = {}, _generate(header, payloads, served)
+                reply, blob = {}, _generate(header, payloads, served, conn)
             elif header["op"] == "check":
                 reply, blob = {"agrees": _check(header, payloads, served)}, b""
             else:

@@ -27,9 +27,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -193,13 +194,17 @@ class Worker:
             self._load(key, (family, hparams, bytes(weights)), evict, timeout)
 
     def generate(self, key: str, prompt: bytes, max_tokens: int, seed: int, sampling: Sampling,
-                 timeout: float | None = None) -> bytes:
-        """generate.generate with `key`'s model: `max_tokens` bytes after `prompt`."""
+                 timeout: float | None = None, on_tokens: Callable[[int, bytes], None] | None = None,
+                 every: int = 8) -> bytes:
+        """generate.generate with `key`'s model: `max_tokens` bytes after `prompt`. With `on_tokens`,
+        it is called with (offset, tokens) for each `every` tokens as the worker decides them (from
+        this thread, before the whole response returns)."""
         header = {"op": "generate", "key": key, "max_tokens": max_tokens, "seed": seed,
-                  "sampling": sampling.to_json(), "payloads": 1}
+                  "sampling": sampling.to_json(), "payloads": 1,
+                  "partial_every": every if on_tokens is not None else 0}
         with self._lock:
             self._ensure_served(key, timeout)
-            _, response = self._call(header, [bytes(prompt)], timeout)
+            _, response = self._call(header, [bytes(prompt)], timeout, on_tokens)
         return response
 
     def check(self, key: str, prompt: bytes, response: bytes, seed: int, sampling: Sampling, kind: str,
@@ -263,7 +268,8 @@ class Worker:
                 raise ProfileUnavailable(str(e).removeprefix("ProfileUnavailable: ")) from None
             raise
 
-    def _call(self, header: dict[str, Any], payloads: list[bytes], timeout: float | None) -> tuple[dict, bytes]:
+    def _call(self, header: dict[str, Any], payloads: list[bytes], timeout: float | None,
+              on_partial: Callable[[int, bytes], None] | None = None) -> tuple[dict, bytes]:
         try:
             self._conn.send_bytes(json.dumps(header).encode())
             for payload in payloads:
@@ -271,7 +277,16 @@ class Worker:
         except OSError:
             code = self._discard(kill=True)
             raise WorkerFailed(f"training worker died (exit code {code})") from None
-        return self._reply(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            header, blob = self._reply(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if "partial" not in header:
+                return header, blob
+            if on_partial is not None:
+                try:
+                    on_partial(int(header["partial"]), blob)
+                except Exception:  # noqa: BLE001 — the caller's preview failed; the job and the pipe go on
+                    on_partial = None
 
     def _reply(self, timeout: float | None) -> tuple[dict, bytes]:
         try:

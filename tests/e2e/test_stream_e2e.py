@@ -11,7 +11,8 @@ by token) on the same served weights; all four providers subscribe, so each requ
 - honest members are never penalized; every answer is the served model's own greedy output.
 Then: a provider that leaves (SIGTERM unsubscribes) interrupts a stream, requests are refused until it
 comes back and the council re-forms; a provider SIGKILLed is skipped until it restarts on its datadir;
-terms change live (a new price, version 2); receipts are settled exactly once (each member paid its
+tokens stream to a WebSocket subscriber as the first member generates them; terms change live (a
+new price, version 2); receipts are settled exactly once (each member paid its
 cumulative units × each version's price, across restarts);
 a retracted stream refuses requests."""
 
@@ -276,6 +277,35 @@ def test_a_killed_member_is_skipped_then_serves_again_after_a_restart(served, ex
             break
     else:
         raise AssertionError("the restarted member sat on none of 10 councils")
+
+
+def test_tokens_stream_over_websocket_as_the_first_member_generates_them(served, expected):
+    """`ogpu_subscribe("streamTokens", request)`: the members' token previews, then the answer, then
+    its status, on one subscription."""
+    from websockets.sync.client import connect
+
+    from ogpu_node.apps.client.streams import build_request, request_json, sign_request
+
+    s = served
+    task = s.task("weighted")
+    request = build_request(s.streams["weighted"], int(task["termsVersion"], 16), int(task["blockNumber"], 16),
+                            PROMPT.encode(), TOKENS, seed=1)
+    key = derive_dev_accounts(1)[0]
+    _, signature = sign_request(key, request, s.w3.eth.chain_id, bytes(s.w3.eth.get_block(0)["hash"]))
+    notes: list[dict[str, Any]] = []
+    with connect(s.node.ws_url) as ws:
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ogpu_subscribe",
+                            "params": ["streamTokens", request_json(request, PROMPT.encode(), signature)]}))
+        subscription = json.loads(ws.recv(timeout=30))["result"]
+        while not notes or notes[-1]["type"] != "status":
+            message = json.loads(ws.recv(timeout=60))
+            assert message["params"]["subscription"] == subscription
+            notes.append(message["params"]["result"])
+    kinds = [n["type"] for n in notes]
+    assert kinds[-2:] == ["answer", "status"] and set(kinds[:-2]) == {"tokens"} and kinds[0] == "tokens", kinds
+    previewed = b"".join(bytes.fromhex(n["tokens"][2:]) for n in notes[:-2])
+    assert bytes.fromhex(notes[-2]["response"][2:]) == expected[1] and expected[1].startswith(previewed)
+    assert notes[-1]["status"] == "validated"
 
 
 def test_terms_change_live_and_requests_go_on_under_the_new_version(served, expected):

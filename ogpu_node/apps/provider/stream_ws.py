@@ -39,6 +39,8 @@ CALL_TIMEOUT_S = 30.0
 MAX_MESSAGE_BYTES = 4 << 20  # a check carries at most a council's responses of MAX_RESPONSE_TOKENS bytes
 MAX_BACKOFF_S = 30.0
 REMEMBERED = 1_024  # requests whose prompt and seed are kept for a later check
+PARTIAL_EVERY = 8  # tokens per ogpu_streamPartial preview
+PARTIALS_QUEUED = 16  # previews waiting for the socket; past that they are dropped (the answer still goes)
 STREAM_FAULTS = ("wrong-tokens", "silent")  # dishonest stream members, for tests and demonstrations only
 
 Send = Callable[[str, list[Any]], Awaitable[Any]]
@@ -235,33 +237,64 @@ class StreamWork:
             return
         began = time.monotonic()
         deadline = began + served.max_response_ms / 1000
+        offer, previews = trio.open_memory_channel[tuple[int, bytes]](PARTIALS_QUEUED)
+        trio_token = trio.lowlevel.current_trio_token()
+
+        def preview(offset: int, tokens: bytes) -> None:  # in the worker's thread: never blocks it
+            def put() -> None:
+                try:
+                    offer.send_nowait((offset, tokens))
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
+            trio_token.run_sync_soon(put)
 
         def generate() -> bytes | None:
             if time.monotonic() > deadline:  # waited for the worker past the response time: moot
                 return None
-            return served.worker.generate(served.key, prompt, request.max_tokens, request.seed, served.sampling)
+            return served.worker.generate(served.key, prompt, request.max_tokens, request.seed, served.sampling,
+                                          on_tokens=preview, every=PARTIAL_EVERY)
 
-        self.waiting += 1
-        try:
-            response = await blocking(generate, limiter=served.turns)
-        finally:
-            self.waiting -= 1
-        if response is None:
-            log.warning("stream %d: request 0x%s skipped: the worker was busy past its %d ms", task_id,
-                        request_id.hex()[:12], served.max_response_ms)
-            return
-        response = bytes(response[:request.max_tokens])
-        if self.fault == "wrong-tokens":
-            response = corrupt(response)
-        message = StreamResponse(task_id, request_id, request.terms_version, keccak(response))
-        await send("ogpu_streamRespond", [{
-            "taskId": hex(task_id), "requestId": hexdata(request_id), "termsVersion": hex(request.terms_version),
-            "response": hexdata(response), "signature": hexdata(self.signer.sign(message)),
-        }])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._previews, task_id, request_id, previews, send)
+            self.waiting += 1
+            try:
+                response = await blocking(generate, limiter=served.turns)
+            finally:
+                self.waiting -= 1
+                trio_token.run_sync_soon(offer.close)  # after the previews already scheduled
+            if response is None:
+                log.warning("stream %d: request 0x%s skipped: the worker was busy past its %d ms", task_id,
+                            request_id.hex()[:12], served.max_response_ms)
+                return
+            response = bytes(response[:request.max_tokens])
+            if self.fault == "wrong-tokens":
+                response = corrupt(response)
+            message = StreamResponse(task_id, request_id, request.terms_version, keccak(response))
+            await send("ogpu_streamRespond", [{
+                "taskId": hex(task_id), "requestId": hexdata(request_id), "termsVersion": hex(request.terms_version),
+                "response": hexdata(response), "signature": hexdata(self.signer.sign(message)),
+            }])
         self.answered += 1
         log.info("stream %d: answered request 0x%s: %d tokens in %d ms%s", task_id, request_id.hex()[:12],
                  len(response), (time.monotonic() - began) * 1000,
                  f" (fault injection: {self.fault})" if self.fault else "")
+
+    async def _previews(self, task_id: int, request_id: bytes, previews: trio.MemoryReceiveChannel[tuple[int, bytes]],
+                        send: Send) -> None:
+        """Pass the tokens decided so far to the node (ogpu_streamPartial), in order, until it says nobody
+        follows this request from us: unsigned previews for a streamTokens subscriber, never the answer."""
+        async with previews:
+            async for offset, tokens in previews:
+                if self.fault == "wrong-tokens":
+                    tokens = corrupt(tokens)
+                try:
+                    followed = await send("ogpu_streamPartial", [{
+                        "taskId": hex(task_id), "requestId": hexdata(request_id), "offset": hex(offset),
+                        "tokens": hexdata(tokens)}])
+                except (NodeRpcError, ConnectionError, tws.ConnectionClosed, trio.TooSlowError):
+                    return
+                if not followed:
+                    return
 
     def _remember(self, request_id: bytes, prompt: bytes, seed: int) -> None:
         self._recent[request_id] = (prompt, seed)

@@ -220,9 +220,12 @@ class FakeWorker:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def generate(self, key, prompt, max_tokens, seed, sampling):
+    def generate(self, key, prompt, max_tokens, seed, sampling, on_tokens=None, every=8):
         self.calls.append("generate")
-        return (keccak(prompt + seed.to_bytes(8, "big")).hex().encode() * 40)[:max_tokens]
+        out = (keccak(prompt + seed.to_bytes(8, "big")).hex().encode() * 40)[:max_tokens]
+        for offset in range(0, max_tokens - every, every) if on_tokens is not None else ():  # as Worker: not the last
+            on_tokens(offset, out[offset:offset + every])
+        return out
 
     def check(self, key, prompt, response, seed, sampling, kind):
         self.calls.append(f"check {kind}")
@@ -242,18 +245,24 @@ def request_note(prompt: bytes = b"Once upon a time", seed: int = 3, max_tokens:
 
 
 class Node:
-    """Records what the provider sends, as the node's methods would receive it."""
+    """Records what the provider sends, as the node's methods would receive it; token previews
+    (ogpu_streamPartial) apart, followed until `follow` of them were taken."""
 
-    def __init__(self) -> None:
+    def __init__(self, follow: int = 1_000) -> None:
         self.sent: list[tuple[str, list]] = []
+        self.partials: list[dict] = []
+        self.follow = follow
 
     async def send(self, method: str, params: list):
+        if method == "ogpu_streamPartial":
+            self.partials.append(params[0])
+            return len(self.partials) < self.follow
         self.sent.append((method, params))
         return True
 
 
-def answer(fault: str | None = None, note: dict | None = None) -> tuple[Node, FakeWorker]:
-    worker, node = FakeWorker(), Node()
+def answer(fault: str | None = None, note: dict | None = None, follow: int = 1_000) -> tuple[Node, FakeWorker]:
+    worker, node = FakeWorker(), Node(follow)
     work = StreamWork(SIGNER, fault=fault)
     work.served[TASK] = served(worker)
     trio.run(work.handle, note or request_note(), node.send)
@@ -279,6 +288,19 @@ def test_a_wrong_tokens_provider_signs_altered_tokens():
     obj = faulty.sent[0][1][0]
     message = StreamResponse(TASK, bytes.fromhex(obj["requestId"][2:]), 1, keccak(bad))
     assert recover_signer(message.signing_root(CHAIN_ID, GENESIS), bytes.fromhex(obj["signature"][2:])) == ME.address
+
+
+def test_tokens_are_previewed_in_order_until_nobody_follows():
+    note = request_note(max_tokens=40)
+    node, _ = answer(note=note)
+    response = bytes.fromhex(node.sent[0][1][0]["response"][2:])
+    assert [int(p["offset"], 16) for p in node.partials] == [0, 8, 16, 24]
+    assert b"".join(bytes.fromhex(p["tokens"][2:]) for p in node.partials) == response[:32]
+    assert {p["requestId"] for p in node.partials} == {note["requestId"]}
+    quiet, _ = answer(note=note, follow=1)  # the node answered false: nobody follows, so no more previews
+    assert len(quiet.partials) == 1 and quiet.sent[0][1][0]["response"] == node.sent[0][1][0]["response"]
+    faulty, _ = answer(note=note, fault="wrong-tokens")  # a wrong member previews what it will answer
+    assert b"".join(bytes.fromhex(p["tokens"][2:]) for p in faulty.partials) == corrupt(response[:32])
 
 
 def test_a_silent_provider_generates_nothing_and_answers_nothing():
@@ -396,6 +418,9 @@ def test_the_provider_logs_in_answers_over_the_socket_and_reconnects():
         await ws.send_message(json.dumps({"jsonrpc": "2.0", "method": "ogpu_subscription",
                                           "params": {"subscription": "0x1", "result": request_note()}}))
         reply = json.loads(await ws.get_message())
+        while reply["method"] == "ogpu_streamPartial":  # token previews: nobody follows them here
+            await ws.send_message(json.dumps({"jsonrpc": "2.0", "id": reply["id"], "result": False}))
+            reply = json.loads(await ws.get_message())
         responses.append(reply)
         await ws.send_message(json.dumps({"jsonrpc": "2.0", "id": reply["id"], "result": True}))
         await ws.aclose()  # the provider must come back

@@ -255,6 +255,16 @@ def test_a_worker_serves_checks_and_survives_bad_input(prose_ckpt, prose, code):
         pid = worker.pid
         answer = worker.generate("prose", PROMPT, 32, 9, NUCLEUS)
         assert len(answer) == 32 and worker.generate("prose", PROMPT, 32, 9, NUCLEUS) == answer
+        pieces: list[tuple[int, bytes]] = []  # tokens as they are decided, for a streaming caller
+        assert worker.generate("prose", PROMPT, 32, 9, NUCLEUS, on_tokens=lambda o, t: pieces.append((o, t)),
+                               every=5) == answer
+        assert [o for o, _ in pieces] == [0, 5, 10, 15, 20, 25] and b"".join(t for _, t in pieces) == answer[:30]
+
+        def broken_preview(offset: int, tokens: bytes) -> None:
+            raise RuntimeError("the caller's preview fails")
+
+        assert worker.generate("prose", PROMPT, 32, 9, NUCLEUS, on_tokens=broken_preview) == answer
+        assert worker.pid == pid
         assert check(prose, PROMPT, answer, 9, NUCLEUS, "possible")  # the worker's answer, judged here
         assert worker.check("prose", PROMPT, answer, 9, NUCLEUS, "tokens", max_tokens=32)
         assert worker.check("prose", PROMPT, answer, 9, NUCLEUS, "possible")

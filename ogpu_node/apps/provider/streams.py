@@ -199,6 +199,13 @@ class StreamCore:
         self.seen.add(task_id)
         return [ConsiderStream(task_id, resume)]
 
+    def seat_lost(self, task_id: int) -> list[StreamAction]:
+        """The chain no longer lists us among the stream's subscribers (a fault proved against us took
+        the seat): stop serving it; it is not considered again."""
+        if self.serving.pop(task_id, None) is None:
+            return []
+        return [StopServing(task_id, "our seat is gone (a fault was proved against us)", unsubscribe=False)]
+
     def subscribed(self, task_id: int, seconds_per_token: float) -> bool:
         """The service subscribed (or found itself subscribed); False if the stream ended meanwhile."""
         if task_id in self.ended or task_id in self.closing:
@@ -600,11 +607,23 @@ class StreamService:
             with trio.move_on_after(SETTLE_EVERY_S):
                 await self._settle_now.wait()
             self._settle_now = trio.Event()
+            await self._check_seats()
             for task_id, version, held in self.book.due(time.monotonic()):
                 try:
                     await self._settle(task_id, version, held)
                 except OSError as exc:  # the book could not be written: the next round tries again
                     log.error("stream %d: receipt book: %s", task_id, exc)
+
+    async def _check_seats(self) -> None:
+        """Seats can be taken from us without an event of Task's (Slashing.reportStreamFault): look."""
+        for task_id in sorted(self._subscribed):
+            try:
+                sitting = self.me in await blocking(self.chain.subscribers, task_id)
+            except ClientError:
+                continue
+            if not sitting and task_id in self._subscribed:
+                for action in self.core.seat_lost(task_id):
+                    self._perform(action)
 
     async def _settle(self, task_id: int, version: int, held: Held) -> None:
         units, what = held.units, f"stream {task_id}: settle {held.units} units of terms version {version}"

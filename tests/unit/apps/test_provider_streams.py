@@ -166,6 +166,16 @@ def test_new_terms_below_our_floor_end_the_subscription():
     assert stop.unsubscribe and stop.why.startswith("terms version 3: unprofitable")
 
 
+def test_a_seat_taken_by_a_proved_fault_ends_serving_without_an_unsubscribe():
+    c = core()
+    c.event(submitted())
+    assert c.seat_lost(TASK) == []  # not serving it: nothing to stop
+    c.subscribed(TASK, 0.001)
+    [stop] = c.seat_lost(TASK)
+    assert isinstance(stop, StopServing) and not stop.unsubscribe and "seat is gone" in stop.why
+    assert c.seat_lost(TASK) == [] and c.consider(TASK) == []  # once, and never considered again
+
+
 # -- receipts --
 
 

@@ -1,11 +1,8 @@
 """Stream tasks, the provider's side (docs/streams.md): which streams to subscribe to, serving their
 requests through the node, and being paid for it.
 
-- Decisions, sans-IO: `stream_infeasible` and `stream_unprofitable` (the price per output token
-  against our cost of one, measured by a generation in the stream's worker), `StreamCore` (Task's
-  events in, actions out: consider a new stream, settle now, stop serving, forget);
-- `ReceiptBook`: the highest receipt per (task, terms version) and what of it is settled, in the
-  datadir (`streams/receipts.json`, written whole), so a receipt is settled once, even across restarts;
+- the decisions, sans-IO, are `stream_decisions` (`StreamCore`: Task's events in, actions out);
+- the receipts held and settled are `stream_receipts.ReceiptBook`;
 - `StreamService`: the trio service the provider app starts beside its batch work. It considers
   streams (from events, and at start the open ones of the last RECOVER_TASKS tasks), loads each
   served model into a stream worker per numeric profile (never the council worker: serving goes
@@ -16,12 +13,9 @@ requests through the node, and being paid for it.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +25,30 @@ from ogpu_node.apps.client import ClientError
 from ogpu_node.apps.provider.chain import ChainClient, Event
 from ogpu_node.apps.provider.concurrency import blocking, close_shielded
 from ogpu_node.apps.provider.strategy import BidStrategy, Resources
+from ogpu_node.apps.provider.stream_decisions import (
+    OPEN,
+    ConsiderStream,
+    ForgetStream,
+    SettleNow,
+    StopServing,
+    StreamAction,
+    StreamCore,
+    StreamOffer,
+    sampling_params,
+    stream_infeasible,
+    stream_unprofitable,
+    token_cost,
+)
+from ogpu_node.apps.provider.stream_receipts import Held, ReceiptBook, receipt_signer
 from ogpu_node.apps.provider.stream_ws import FaultEvidence, Receipt, Served, Signer, StreamWork, serve_node
 from ogpu_node.compute.errors import ComputeError
 from ogpu_node.crypto import Keypair
-from ogpu_node.crypto.signatures import InvalidSignature, recover_signer
 from ogpu_node.files import atomic_write
-from ogpu_node.jsontext import loads_bounded
 from ogpu_node.types.prescription import MAX_PRESCRIPTION_BYTES, InvalidPrescription, Prescription
 from ogpu_node.types.protocol import DEFAULT_PROFILE, TaskKind, TaskState
-from ogpu_node.types.signing import StreamReceipt
 
 log = logging.getLogger("ogpu.provider")
 
-OPEN = (TaskState.FORMING, TaskState.ACTIVE, TaskState.INTERRUPTED)  # states that take subscribers
-EQUIVALENCES = ("tokens", "possible")
 RECOVER_TASKS = 1_000  # how far back a starting provider looks for open streams
 MAX_WEIGHTS_BYTES = 1 << 30
 SETTLE_EVERY_S = 10.0
@@ -52,250 +56,7 @@ SETTLE_RETRY_S = 60.0  # a receipt the chain refused is tried again after this
 SHUTDOWN_S = 30.0  # for the unsubscribes of a service that ends
 MEASURE_PROMPT = b"The measure of a model: "
 MEASURE_TOKENS = 32
-MAX_BOOK_BYTES = 16 << 20
 
-
-# -- decisions --
-
-
-@dataclass(frozen=True)
-class StreamOffer:
-    """What the decisions need of a stream prescription."""
-
-    task_id: int
-    family: str
-    devices: tuple[str, ...]
-    min_memory_mib: int
-    numeric_profile: str | None
-    equivalence: str
-    price_per_unit: int
-    max_response_ms: int
-    has_weights: bool
-
-    @classmethod
-    def of(cls, task_id: int, p: Prescription) -> StreamOffer:
-        i = p.I
-        assert i.price_per_unit is not None and i.max_response_ms is not None  # a stream prescription has them
-        return cls(task_id, p.M.family, i.hardware.devices, i.hardware.min_memory_mib, i.numeric_profile, p.e.kind,
-                   i.price_per_unit, i.max_response_ms, p.M.initial_weights is not None)
-
-
-def stream_infeasible(offer: StreamOffer, res: Resources) -> str | None:
-    """Why this provider cannot serve the stream, before loading its model; None if it can try.
-    (An unknown model family or weights that do not load are found by loading them.)"""
-    if not offer.has_weights:
-        return "the prescription names no weights to serve (M.initial_weights)"
-    if offer.equivalence not in EQUIVALENCES:
-        return f"equivalence {offer.equivalence!r} is not one a stream member can check ({', '.join(EQUIVALENCES)})"
-    if res.device not in offer.devices:
-        return f"needs a device in {', '.join(offer.devices)}, this provider has {res.device}"
-    if offer.numeric_profile is not None and offer.numeric_profile not in res.profiles:
-        return f"numeric profile {offer.numeric_profile} is not available here"
-    if offer.min_memory_mib > res.memory_mib:
-        return f"needs {offer.min_memory_mib} MiB, this provider has {res.memory_mib} MiB"
-    return None
-
-
-def token_cost(seconds_per_token: float, strategy: BidStrategy) -> int:
-    """Our price floor for one output token: its measured seconds × cost per second × (1 + margin)."""
-    return max(1, math.ceil(seconds_per_token * strategy.cost_per_second * (1.0 + strategy.margin)))
-
-
-def stream_unprofitable(price_per_unit: int, seconds_per_token: float, strategy: BidStrategy) -> str | None:
-    cost = token_cost(seconds_per_token, strategy)
-    if price_per_unit < cost:
-        return (f"unprofitable: {price_per_unit} wei per token is below our {cost} wei "
-                f"({seconds_per_token * 1000:.1f} ms per token, margin {strategy.margin:.0%})")
-    return None
-
-
-def sampling_params(p: Prescription) -> tuple[float, int | None, float | None, float | None]:
-    """(temperature, top_k, top_p, margin) members generate with: greedy under `tokens`; under
-    `possible`, the prescription's temperature (1.0 when e names none) and truncation."""
-    e = p.e
-    if e.kind == "tokens":
-        return 0.0, None, None, None
-    temperature = getattr(e, "temperature", None)
-    return (1.0 if temperature is None else float(temperature)), e.top_k, e.top_p, e.margin
-
-
-# -- the decision core --
-
-
-@dataclass(frozen=True)
-class ConsiderStream:
-    """Fetch, check, load, measure, and subscribe if it pays (`resume`: we may be subscribed already)."""
-
-    task_id: int
-    resume: bool = False
-
-
-@dataclass(frozen=True)
-class SettleNow:
-    task_id: int
-
-
-@dataclass(frozen=True)
-class StopServing:
-    """Serve the stream no more; `unsubscribe` while its subscription still holds our seat stake."""
-
-    task_id: int
-    why: str
-    unsubscribe: bool
-
-
-@dataclass(frozen=True)
-class ForgetStream:
-    """The stream is over: its receipts can no longer be settled."""
-
-    task_id: int
-
-
-StreamAction = ConsiderStream | SettleNow | StopServing | ForgetStream
-
-
-class StreamCore:
-    """Which streams to consider and when to stop, from Task's events and what the service reports."""
-
-    def __init__(self, me: str, strategy: BidStrategy) -> None:
-        self.me = "0x" + me.lower().removeprefix("0x")
-        self.strategy = strategy
-        self.seen: set[int] = set()  # considered once: a declined stream is not fetched again
-        self.serving: dict[int, float] = {}  # task → measured seconds per output token
-        self.closing: set[int] = set()
-        self.ended: set[int] = set()
-
-    def event(self, event: Event) -> list[StreamAction]:
-        a, name = event.args, event.name
-        task_id = a.get("taskId")
-        if name == "TaskSubmitted":
-            if a["kind"] != TaskKind.STREAM or str(a["client"]).lower() == self.me:
-                return []
-            return self.consider(task_id)
-        if name == "StreamStateChanged" and a["state"] == TaskState.CLOSING and task_id in self.seen:
-            self.closing.add(task_id)
-            out: list[StreamAction] = [SettleNow(task_id)]
-            if self.serving.pop(task_id, None) is not None:
-                out.append(StopServing(task_id, "the stream is closing", unsubscribe=True))
-            return out
-        if name == "TermsUpdated" and task_id in self.serving:
-            why = stream_unprofitable(a["pricePerUnit"], self.serving[task_id], self.strategy)
-            if why is not None:
-                del self.serving[task_id]
-                return [StopServing(task_id, f"terms version {a['version']}: {why}", unsubscribe=True)]
-            return []
-        if name in ("TaskSettled", "TaskCancelled") and task_id in self.seen and task_id not in self.ended:
-            self.ended.add(task_id)
-            self.closing.discard(task_id)
-            out = [ForgetStream(task_id)]
-            if self.serving.pop(task_id, None) is not None:  # its subscribers were released with it
-                out.insert(0, StopServing(task_id, "the stream has ended", unsubscribe=False))
-            return out
-        return []
-
-    def consider(self, task_id: int, resume: bool = False) -> list[StreamAction]:
-        if task_id in self.seen or task_id in self.ended:
-            return []
-        self.seen.add(task_id)
-        return [ConsiderStream(task_id, resume)]
-
-    def seat_lost(self, task_id: int) -> list[StreamAction]:
-        """The chain no longer lists us among the stream's subscribers (a fault proved against us took
-        the seat): stop serving it; it is not considered again."""
-        if self.serving.pop(task_id, None) is None:
-            return []
-        return [StopServing(task_id, "our seat is gone (a fault was proved against us)", unsubscribe=False)]
-
-    def subscribed(self, task_id: int, seconds_per_token: float) -> bool:
-        """The service subscribed (or found itself subscribed); False if the stream ended meanwhile."""
-        if task_id in self.ended or task_id in self.closing:
-            return False
-        self.serving[task_id] = seconds_per_token
-        return True
-
-
-# -- receipts --
-
-
-@dataclass
-class Held:
-    units: int  # the highest cumulative units received
-    signature: bytes
-    settled: int = 0  # what the chain has paid up to
-    retry_at: float = 0.0  # monotonic; not kept across restarts
-
-
-class ReceiptBook:
-    """The highest receipt per (task, terms version) and the units settled of it, read from `path`.
-    Changes are in memory until `save` (or `encode`, for a caller that writes off its event loop);
-    each method that changes something says so."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.held: dict[tuple[int, int], Held] = {}
-        try:
-            with open(path, "rb") as f:
-                doc = loads_bounded(f.read(MAX_BOOK_BYTES + 1), max_bytes=MAX_BOOK_BYTES)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:  # a damaged book: the chain's settledUnits still bounds payment
-            log.error("receipt book %s is unreadable (%s): starting empty", path, exc)
-            return
-        for entry in doc.get("receipts", []):
-            try:
-                key = (int(entry["task"]), int(entry["version"]))
-                self.held[key] = Held(int(entry["units"]), bytes.fromhex(entry["signature"]), int(entry["settled"]))
-            except (KeyError, ValueError, TypeError):
-                log.error("receipt book %s: skipping a malformed entry", path)
-
-    def offer(self, task_id: int, version: int, units: int, signature: bytes) -> bool:
-        """Keep the receipt if it is higher than the one held; whether it was kept."""
-        held = self.held.get((task_id, version))
-        if held is not None and units <= held.units:
-            return False
-        settled = 0 if held is None else held.settled
-        self.held[(task_id, version)] = Held(units, signature, settled)
-        return True
-
-    def due(self, now: float, tasks: set[int] | None = None) -> list[tuple[int, int, Held]]:
-        """(task, version, receipt) whose units exceed what is settled, not held back; of `tasks` if given."""
-        return [(t, v, h) for (t, v), h in sorted(self.held.items())
-                if h.units > h.settled and h.retry_at <= now and (tasks is None or t in tasks)]
-
-    def settled(self, task_id: int, version: int, units: int) -> bool:
-        held = self.held.get((task_id, version))
-        if held is None or units <= held.settled:
-            return False
-        held.settled = units
-        return True
-
-    def hold_back(self, task_id: int, version: int, until: float) -> None:
-        held = self.held.get((task_id, version))
-        if held is not None:
-            held.retry_at = until
-
-    def forget(self, task_id: int) -> bool:
-        if not any(t == task_id for t, _ in self.held):
-            return False
-        self.held = {key: h for key, h in self.held.items() if key[0] != task_id}
-        return True
-
-    def encode(self) -> bytes:
-        doc = {"receipts": [{"task": t, "version": v, "units": h.units, "signature": h.signature.hex(),
-                             "settled": h.settled} for (t, v), h in sorted(self.held.items())]}
-        return json.dumps(doc).encode()
-
-    def save(self) -> None:
-        atomic_write(self.path, self.encode())
-
-
-def receipt_signer(receipt: Receipt, provider: bytes, chain_id: int, genesis_hash: bytes) -> bytes | None:
-    """Who signed the receipt for `provider` (None if the signature does not recover)."""
-    message = StreamReceipt(receipt.task_id, provider, receipt.units, receipt.version)
-    try:
-        return recover_signer(message.signing_root(chain_id, genesis_hash), receipt.signature)
-    except InvalidSignature:
-        return None
 
 
 def measure_generation(worker: Any, key: str, sampling: Any) -> float:
@@ -650,8 +411,4 @@ def _address(value: Any) -> bytes:
     return bytes(value) if isinstance(value, bytes | bytearray) else bytes.fromhex(str(value).removeprefix("0x"))
 
 
-__all__ = [
-    "ConsiderStream", "ForgetStream", "Held", "ReceiptBook", "SettleNow", "StopServing", "StreamAction", "StreamCore",
-    "StreamOffer", "StreamService", "make_sampling", "measure_generation", "receipt_signer", "sampling_params",
-    "stream_infeasible", "stream_unprofitable", "token_cost",
-]
+__all__ = ["StreamService", "make_sampling", "measure_generation"]

@@ -13,6 +13,19 @@ from eth_hash.auto import keccak
 
 from ogpu_node.apps.provider.chain import Event
 from ogpu_node.apps.provider.strategy import BidStrategy, Resources
+from ogpu_node.apps.provider.stream_decisions import (
+    ConsiderStream,
+    ForgetStream,
+    SettleNow,
+    StopServing,
+    StreamCore,
+    StreamOffer,
+    sampling_params,
+    stream_infeasible,
+    stream_unprofitable,
+    token_cost,
+)
+from ogpu_node.apps.provider.stream_receipts import ReceiptBook, receipt_signer
 from ogpu_node.apps.provider.stream_ws import (
     STREAM_FAULTS,
     FaultEvidence,
@@ -23,20 +36,6 @@ from ogpu_node.apps.provider.stream_ws import (
     corrupt,
     serve_node,
     ws_url_from_rpc,
-)
-from ogpu_node.apps.provider.streams import (
-    ConsiderStream,
-    ForgetStream,
-    ReceiptBook,
-    SettleNow,
-    StopServing,
-    StreamCore,
-    StreamOffer,
-    receipt_signer,
-    sampling_params,
-    stream_infeasible,
-    stream_unprofitable,
-    token_cost,
 )
 from ogpu_node.cli.provider import STREAM_FAULTS as CLI_STREAM_FAULTS
 from ogpu_node.crypto import Keypair, derive_dev_accounts

@@ -217,18 +217,17 @@ def test_each_method_serves_the_models_answer_and_the_wrong_member_is_penalized(
         assert [f["offender"] for f in final["faults"]] == [wrong]
     # The evidence reaches the members that signed against it; one of them reports it on chain (under
     # unanimous too: the request failed, and its disagreement was still checked).
-    if True:
-        fault = wait_for("the StreamFault event", lambda: [e for e in s.stream_faults()
-                                                          if e.args.taskId == s.streams[method]], 90, s.running())
-        assert len(fault) == 1 and fault[0].args.offender.lower() == wrong
-        assert fault[0].args.reporter.lower() in {s.address(i) for i in HONEST}
-        wait_for("the wrong member unsubscribed", lambda: wrong not in [m.lower() for m in s.task(method)["subscribers"]],
-                 30, s.running())
-        wait_for("the wrong member to notice its seat is gone", lambda: f"stream {s.streams[method]}: serving ends: "
-                 "our seat is gone" in s.providers[WRONG].log(), 30, s.running())
-        # Three honest subscribers left, the council size: the stream serves on, every answer right.
-        again = s.ask(method, PROMPT, 1)
-        assert bytes.fromhex(again["response"][2:]) == expected[1] and wrong not in again["council"]
+    fault = wait_for("the StreamFault event", lambda: [e for e in s.stream_faults()
+                                                      if e.args.taskId == s.streams[method]], 90, s.running())
+    assert len(fault) == 1 and fault[0].args.offender.lower() == wrong
+    assert fault[0].args.reporter.lower() in {s.address(i) for i in HONEST}
+    wait_for("the wrong member unsubscribed", lambda: wrong not in [m.lower() for m in s.task(method)["subscribers"]],
+             30, s.running())
+    wait_for("the wrong member to notice its seat is gone", lambda: f"stream {s.streams[method]}: serving ends: "
+             "our seat is gone" in s.providers[WRONG].log(), 30, s.running())
+    # Three honest subscribers left, the council size: the stream serves on, every answer right.
+    again = s.ask(method, PROMPT, 1)
+    assert bytes.fromhex(again["response"][2:]) == expected[1] and wrong not in again["council"]
     # Nobody honest is ever penalized, on any stream.
     assert {e.args.offender.lower() for e in s.stream_faults()} <= {wrong}
 

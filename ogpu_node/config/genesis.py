@@ -39,6 +39,8 @@ class ProtocolParams:
     reporter_share_bps: int = 1_000  # of a slashed amount, to the reporter or harmed party; the rest burns
     consensus_penalty_bps: int = 1_000  # of an offender's stake, for a slashable consensus offence
     collateral_bps: int = 10_000  # stake an executor's bid locks, as a share of its price
+    collateral_floor_bps: int = 2_500  # the least a bid locks, as a share of the task's maxPayment
+    min_collateral: int = 10**18  # the least any bid locks
     client_deposit_bps: int = 1_000  # the client's safety deposit, as a share of the maximum payment
     max_deadlines_per_block: int = 64  # time-triggered steps the start-of-block call runs per block
     reveal_window: int = 300  # seconds to reveal after a checkpoint's commit phase closes
@@ -59,6 +61,8 @@ class ProtocolParams:
             "reporterShareBps": "reporter_share_bps",
             "consensusPenaltyBps": "consensus_penalty_bps",
             "collateralBps": "collateral_bps",
+            "collateralFloorBps": "collateral_floor_bps",
+            "minCollateral": "min_collateral",
             "clientDepositBps": "client_deposit_bps",
             "maxDeadlinesPerBlock": "max_deadlines_per_block",
             "revealWindow": "reveal_window",
@@ -70,7 +74,7 @@ class ProtocolParams:
         if unknown:
             raise GenesisError(f"genesis: config.ogpu has unknown fields: {', '.join(sorted(unknown))}")
         params = cls(**{names[k]: _int(v, f"config.ogpu.{k}") for k, v in doc.items()})
-        for name in ("reporterShareBps", "consensusPenaltyBps", "clientDepositBps"):
+        for name in ("reporterShareBps", "consensusPenaltyBps", "clientDepositBps", "collateralFloorBps"):
             if getattr(params, names[name]) > 10_000:
                 raise GenesisError(f"genesis: config.ogpu.{name} must be at most 10000 (basis points)")
         return params

@@ -1,8 +1,8 @@
 """Bid: providers' offers for batch tasks (DESIGN.md §6).
 
 One live bid per provider and task; a re-bid must lower the price and replaces the old one. A bid
-locks `collateral_bps` of its price from the provider's free stake until the task assigns (losers are
-unlocked then) or is cancelled. Bidding closes when Task applies the halting rule H.
+locks `collateral_bps` of its price, and at least the task's collateral floor, from the provider's free
+stake until the task assigns (losers are unlocked then) or is cancelled. Bidding closes when Task applies the halting rule H.
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ class Bid(NativeContract):
     def _bidders(self, host: Host, task_id: int) -> AddressSet:
         return AddressSet(self.storage(host), f"bidders/{task_id}")
 
-    def collateral_for(self, price: int) -> int:
-        return price * self.config.collateral_bps // BPS
+    def collateral_for(self, price: int, floor: int) -> int:
+        """What a bid at `price` locks on a task whose collateral floor is `floor`."""
+        return max(price * self.config.collateral_bps // BPS, floor)
+
+    def collateralFor(self, host: Host, task_id: int, price: int) -> int:
+        return self.collateral_for(price, self.task.collateral_floor(host, task_id))
 
     def placeBid(self, host: Host, task_id: int, price: int) -> None:
         task = self.task.open_for_bids(host, task_id)
@@ -54,7 +58,7 @@ class Bid(NativeContract):
             self.stake.unlock(host, provider, entry.collateral)
         else:
             bidders.add(provider)
-        collateral = self.collateral_for(price)
+        collateral = self.collateral_for(price, task.collateral_floor)
         self.stake.lock(host, provider, collateral)
         entry.price = price
         entry.collateral = collateral

@@ -1,8 +1,8 @@
 """The executor's side of a batch task's checkpoints (DESIGN.md §6, steps 1-5), as step functions.
 
 Per checkpoint k: the executor commits (by the time k is due, plus one segment window of grace); the
-next block's system call draws a council (council.py); members commit and reveal (exact: members
-commit first, then the executor reveals; allclose: the executor reveals first); the tally accepts,
+next block's system call draws a council (council.py); members commit first, then the executor
+reveals, then members reveal (and under allclose judge each other); the tally accepts,
 rejects or calls a fresh council (settlement.py pays or penalises). Verification is sequential
 (k + 1 is drawn once k is accepted) while commits may run ahead. A checkpoint not committed in time
 expires: the executor is penalised and replaced.
@@ -15,7 +15,6 @@ from ogpu_node.contracts.commitments import checkpoint_commitment
 from ogpu_node.contracts.context import TaskContext, due, schedule_draw, schedule_expiry
 from ogpu_node.contracts.host import Revert
 from ogpu_node.types.protocol import (
-    Equivalence,
     Penalty,
     Phase,
     TaskState,
@@ -51,8 +50,8 @@ def commit_checkpoint(ctx: TaskContext, task_id: int, k: int, commitment: bytes)
 
 
 def reveal_checkpoint(ctx: TaskContext, task_id: int, k: int, checkpoint_hash: bytes) -> None:
-    """The executor opens its commitment to checkpoint k: under `exact` after the members committed
-    (they get a full reveal window after it), under `allclose` before they can commit."""
+    """The executor opens its commitment to checkpoint k after the members committed (they get a full
+    reveal window after it)."""
     task = ctx.existing(task_id)
     host = ctx.host
     executor = task.executor
@@ -60,9 +59,7 @@ def reveal_checkpoint(ctx: TaskContext, task_id: int, k: int, checkpoint_hash: b
         raise Revert("Task: caller is not the executor")
     checkpoint = ctx.checkpoint(task_id, k)
     phase = checkpoint.phase
-    exact = ctx.terms(task_id).equivalence == Equivalence.EXACT
-    allowed = (Phase.REVEAL,) if exact else (Phase.COUNCIL_COMMIT,)
-    if phase not in allowed or host.timestamp >= checkpoint.phase_ends:
+    if phase != Phase.REVEAL or host.timestamp >= checkpoint.phase_ends:
         raise Revert("Task: checkpoint is not open for the executor's reveal")
     if checkpoint.revealed:
         raise Revert("Task: checkpoint already revealed")
@@ -70,9 +67,8 @@ def reveal_checkpoint(ctx: TaskContext, task_id: int, k: int, checkpoint_hash: b
         raise Revert("Task: reveal does not match the commitment")
     checkpoint.revealed = True
     checkpoint.checkpoint_hash = checkpoint_hash
-    if exact:
-        # Members can reveal only after the executor: however late it revealed, they get a full window.
-        checkpoint.phase_ends = max(checkpoint.phase_ends, host.timestamp + ctx.params.reveal_window)
+    # Members can reveal only after the executor: however late it revealed, they get a full window.
+    checkpoint.phase_ends = max(checkpoint.phase_ends, host.timestamp + ctx.params.reveal_window)
     ctx.emit("CheckpointRevealed", taskId=task_id, k=k, checkpointHash=checkpoint_hash)
     council.tally_if_complete(ctx, task_id, k)
 

@@ -15,14 +15,9 @@ def checkpoint_commitment(task_id: int, k: int, executor: bytes, checkpoint_hash
 def exact_result_commitment(
     task_id: int, k: int, member: bytes, result_hash: bytes, step_hash: bytes, salt: bytes
 ) -> bytes:
-    """An `exact` council member's commitment to its own result and the state hash at the drawn step."""
+    """A council member's commitment to its own result and the state hash at the drawn step (both
+    equivalences: it is made before the executor reveals)."""
     return keccak(
         encode(["uint256", "uint16", "address", "bytes32", "bytes32", "bytes32"], [task_id, k, member, result_hash, step_hash, salt])
     )
 
-
-def verdict_commitment(task_id: int, k: int, member: bytes, verdict: bool, result_hash: bytes, salt: bytes) -> bytes:
-    """An `allclose` council member's commitment to its verdict on the executor's revealed checkpoint."""
-    return keccak(
-        encode(["uint256", "uint16", "address", "bool", "bytes32", "bytes32"], [task_id, k, member, verdict, result_hash, salt])
-    )

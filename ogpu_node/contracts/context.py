@@ -25,7 +25,7 @@ from ogpu_node.contracts.layout import (
 )
 from ogpu_node.contracts.scheduler import DeadlineQueue
 from ogpu_node.contracts.storage import AddressSet, Storage
-from ogpu_node.types.protocol import DeadlineKind, Phase
+from ogpu_node.types.protocol import BPS, DeadlineKind, Phase
 
 if TYPE_CHECKING:
     from ogpu_node.contracts.bid import Bid
@@ -121,6 +121,26 @@ class TaskContext:
             self.emit("FundsBurned", taskId=task_id, amount=amount)
 
 
+# -- what verification is worth (docs/protocol.md, "Verification that cannot be gamed") --
+
+
+def verification_fee(ctx: TaskContext, task_id: int) -> int:
+    """S: what a whole council earns for a checkpoint paid at the maximum price; each member that
+    did the work of a rejection is paid up to S from the loser's pledge."""
+    terms = ctx.terms(task_id)
+    return terms.max_payment // terms.checkpoints * terms.council_share_bps // BPS
+
+
+def collateral_floor(ctx: TaskContext, task_id: int) -> int:
+    """The least a bid on the task locks, whatever its price: a 1-wei bid still risks this."""
+    terms, params = ctx.terms(task_id), ctx.params
+    return max(
+        terms.max_payment * params.collateral_floor_bps // BPS,
+        terms.council_size * verification_fee(ctx, task_id),
+        params.min_collateral,
+    )
+
+
 # -- scheduling shared by the checkpoint, council and settlement steps --
 
 
@@ -151,7 +171,7 @@ def schedule_draw(ctx: TaskContext, task_id: int, k: int) -> None:
 def release_council(ctx: TaskContext, task_id: int, k: int) -> None:
     """Unlock the seats of checkpoint k's current council, if one is sitting."""
     checkpoint = ctx.checkpoint(task_id, k)
-    if checkpoint.phase not in (Phase.COUNCIL_COMMIT, Phase.REVEAL):
+    if not Phase(checkpoint.phase).sitting:
         return
     for member in ctx.council(task_id, k, checkpoint.round):
         ctx.stake.unlock(ctx.host, member, ctx.params.council_seat_stake)

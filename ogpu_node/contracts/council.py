@@ -1,8 +1,11 @@
 """Councils of a batch task's checkpoints (DESIGN.md §6, steps 2-4), as step functions over a TaskContext.
 
-The next block's system call draws c providers by free stake from the RANDAO mix; members commit and
-reveal within their windows; the tally counts votes (under `exact`, only those with the majority's
-state hash at the drawn step) and accepts, rejects or calls a fresh council.
+The next block's system call draws c providers by free stake from the RANDAO mix; members commit to
+their own result and the state at the drawn step before the executor reveals, then reveal; under
+`allclose` they then judge each other's published results (docs/protocol.md, "Lazy members under
+allclose"). The tally counts votes (under `exact`, only those with the majority's state hash at the
+drawn step; under `allclose`, only members not found lazy) and accepts, rejects or calls a fresh
+council.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from eth_abi import encode
 from eth_hash.auto import keccak
 
 from ogpu_node.contracts import settlement
-from ogpu_node.contracts.commitments import exact_result_commitment, verdict_commitment
+from ogpu_node.contracts.addresses import TASK
+from ogpu_node.contracts.commitments import exact_result_commitment
 from ogpu_node.contracts.context import TaskContext, release_council, schedule_draw, subject
 from ogpu_node.contracts.host import Revert
 from ogpu_node.types.protocol import (
+    BPS,
     CancelReason,
     DeadlineKind,
     Equivalence,
@@ -39,14 +44,12 @@ def require_member(ctx: TaskContext, task_id: int, k: int) -> int:
 
 
 def commit_result(ctx: TaskContext, task_id: int, k: int, commitment: bytes) -> None:
-    """A member commits its result (exact) or verdict (allclose) within the commit window."""
+    """A member commits to its own result and state at the drawn step, before the executor reveals."""
     ctx.existing(task_id)
     round_ = require_member(ctx, task_id, k)
     checkpoint = ctx.checkpoint(task_id, k)
     if checkpoint.phase != Phase.COUNCIL_COMMIT or ctx.host.timestamp >= checkpoint.phase_ends:
         raise Revert("Task: the council's commit window is closed")
-    if ctx.terms(task_id).equivalence != Equivalence.EXACT and not checkpoint.revealed:
-        raise Revert("Task: the executor has not revealed this checkpoint yet")
     vote = ctx.vote(task_id, k, round_, ctx.host.caller)
     if vote.commitment != bytes(32):
         raise Revert("Task: result already committed")
@@ -63,7 +66,7 @@ def reveal_result(
     fetched: bool,
 ) -> None:
     """A member opens its commitment; under `exact` its verdict is whether its result matches the
-    executor's revealed checkpoint hash."""
+    executor's revealed checkpoint hash, under `allclose` its own comparison of the two."""
     ctx.existing(task_id)
     round_ = require_member(ctx, task_id, k)
     member = ctx.host.caller
@@ -78,22 +81,52 @@ def reveal_result(
         raise Revert("Task: no result committed")
     if vote.revealed:
         raise Revert("Task: result already revealed")
-    if ctx.terms(task_id).equivalence == Equivalence.EXACT:
-        expected = exact_result_commitment(task_id, k, member, result_hash, step_hash, salt)
-        verdict = result_hash == checkpoint.checkpoint_hash
-    else:
-        expected = verdict_commitment(task_id, k, member, verdict, result_hash, salt)
-    if expected != committed:
+    if exact_result_commitment(task_id, k, member, result_hash, step_hash, salt) != committed:
         raise Revert("Task: reveal does not match the commitment")
+    if ctx.terms(task_id).equivalence == Equivalence.EXACT:
+        verdict = result_hash == checkpoint.checkpoint_hash
     vote.revealed = True
     vote.verdict = verdict
+    vote.result_hash = result_hash
     vote.step_hash = step_hash
     vote.fetched = fetched
     reveals = checkpoint.reveals + 1
     checkpoint.reveals = reveals
-    ctx.emit("ResultRevealed", taskId=task_id, k=k, member=member, verdict=verdict)
+    ctx.emit(
+        "ResultRevealed", taskId=task_id, k=k, member=member, verdict=verdict, resultHash=result_hash,
+        stepHash=step_hash,
+    )
     if reveals == checkpoint.commits:
         tally_if_complete(ctx, task_id, k)
+
+
+def judge_results(ctx: TaskContext, task_id: int, k: int, verdicts: list[bool]) -> None:
+    """allclose: a member that revealed says, for each council member in council order, whether that
+    member's published result and state are allclose to its own (its own entry is ignored)."""
+    ctx.existing(task_id)
+    round_ = require_member(ctx, task_id, k)
+    member = ctx.host.caller
+    checkpoint = ctx.checkpoint(task_id, k)
+    if checkpoint.phase != Phase.JUDGE or ctx.host.timestamp >= checkpoint.phase_ends:
+        raise Revert("Task: the judging window is closed")
+    vote = ctx.vote(task_id, k, round_, member)
+    if not vote.revealed:
+        raise Revert("Task: no result revealed")
+    if vote.judged:
+        raise Revert("Task: results already judged")
+    council = list(ctx.council(task_id, k, round_))
+    if len(verdicts) != len(council):
+        raise Revert(f"Task: expected {len(council)} verdicts, one per council member")
+    for other, close in zip(council, verdicts, strict=True):
+        if other != member and not close:
+            marked = ctx.vote(task_id, k, round_, other)
+            marked.marks += 1
+    vote.judged = True
+    judgements = checkpoint.judgements + 1
+    checkpoint.judgements = judgements
+    ctx.emit("ResultsJudged", taskId=task_id, k=k, member=member, allclose=verdicts)
+    if judgements == checkpoint.reveals:
+        tally(ctx, task_id, k, round_)
 
 
 # -- time-triggered steps --
@@ -127,6 +160,7 @@ def draw_council(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
     checkpoint.step_index = step_index
     checkpoint.commits = 0
     checkpoint.reveals = 0
+    checkpoint.judgements = 0
     ctx.schedule(ends, DeadlineKind.CLOSE_COMMITS, subject(task_id, k, round_))
     ctx.emit(
         "CouncilDrawn", taskId=task_id, k=k, round=round_, members=members, commitDeadline=ends,
@@ -196,7 +230,28 @@ def close_reveals(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
     if ctx.host.timestamp < ends:  # the executor's late reveal extended the window
         ctx.schedule(ends, DeadlineKind.CLOSE_REVEALS, subject(task_id, k, round_))
         return
-    tally(ctx, task_id, k, round_)
+    reveals_done(ctx, task_id, k, round_)
+
+
+def reveals_done(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
+    """Under `allclose`, with the executor's and at least two members' results revealed, members judge
+    each other; otherwise the tally runs now."""
+    checkpoint = ctx.checkpoint(task_id, k)
+    if ctx.terms(task_id).equivalence == Equivalence.EXACT or not checkpoint.revealed or checkpoint.reveals < 2:
+        tally(ctx, task_id, k, round_)
+        return
+    ends = ctx.host.timestamp + ctx.params.reveal_window
+    checkpoint.phase = Phase.JUDGE
+    checkpoint.phase_ends = ends
+    ctx.schedule(ends, DeadlineKind.CLOSE_JUDGING, subject(task_id, k, round_))
+    ctx.emit("JudgingPhase", taskId=task_id, k=k, round=round_, judgeDeadline=ends)
+
+
+def close_judging(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
+    """Deadline: the judging window of `round_` ended."""
+    checkpoint = ctx.checkpoint(task_id, k)
+    if checkpoint.phase == Phase.JUDGE and checkpoint.round == round_:
+        tally(ctx, task_id, k, round_)
 
 
 # -- the tally --
@@ -210,43 +265,50 @@ def tally_if_complete(ctx: TaskContext, task_id: int, k: int) -> None:
     round_ = checkpoint.round
     size = len(ctx.council(task_id, k, round_))
     if checkpoint.reveals == size:
-        tally(ctx, task_id, k, round_)
+        reveals_done(ctx, task_id, k, round_)
 
 
 def tally(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
     """Count the round's votes: ≥ 2/3 of the council yes (and attesting a fetch) accepts, ≥ 2/3 no
     rejects, anything else calls a fresh council, up to `max_inconclusive_rounds`. Members who did
-    not reveal what they could have are penalised."""
+    not reveal (or, after an allclose reveal, judge) what they could have are penalised, and so are
+    members the others found lazy."""
     council = list(ctx.council(task_id, k, round_))
     size = len(council)
     checkpoint, task = ctx.checkpoint(task_id, k), ctx.task(task_id)
     votes = {member: ctx.vote(task_id, k, round_, member) for member in council}
-    revealed = [m for m in council if votes[m].revealed]
+    judging = checkpoint.phase == Phase.JUDGE
     if checkpoint.revealed:
-        absent = [m for m in council if m not in revealed]
-    elif ctx.terms(task_id).equivalence == Equivalence.EXACT:
+        absent = [m for m in council if not votes[m].revealed or (judging and not votes[m].judged)]
+    else:
         # Without the executor's reveal nobody could reveal; only a missing commit is the member's fault.
         absent = [m for m in council if votes[m].commitment == bytes(32)]
-    else:
-        absent = []  # under allclose nobody could even commit
+    counted = [m for m in council if votes[m].revealed and m not in absent]
+    lazy: list[bytes] = []
+    if judging:
+        # Marked not allclose by two thirds of the other members: it did not compute what it committed.
+        lazy = [m for m in council if votes[m].marks and 3 * votes[m].marks >= 2 * (size - 1)]
+        counted = [m for m in counted if m not in lazy]
     release_council(ctx, task_id, k)
     client = task.client
     for member in absent:
         ctx.slashing.penalize(ctx.host, member, task_id, Penalty.MISSED_VOTE, ctx.params.missed_vote_penalty, client)
+    for member in lazy:
+        punish_lazy(ctx, task_id, k, round_, member, workers=counted)
     if not checkpoint.revealed:
         checkpoint.phase = Phase.NONE
-        settlement.executor_failed(ctx, task_id, k, Penalty.MISSED_CHECKPOINT, beneficiaries=[])
+        committed = [m for m in council if votes[m].commitment != bytes(32)]
+        settlement.executor_failed(ctx, task_id, k, Penalty.MISSED_CHECKPOINT, beneficiaries=committed)
         return
-    counted = revealed
-    if ctx.terms(task_id).equivalence == Equivalence.EXACT and revealed:
+    if ctx.terms(task_id).equivalence == Equivalence.EXACT and counted:
         # A vote counts only with the majority's state hash at the drawn step: copying a
         # published checkpoint hash without computing does not pass.
-        steps = Counter(votes[m].step_hash for m in revealed)
+        steps = Counter(votes[m].step_hash for m in counted)
         (top, top_count), *rest = steps.most_common()
         if rest and rest[0][1] == top_count:
             counted = []
         else:
-            counted = [m for m in revealed if votes[m].step_hash == top]
+            counted = [m for m in counted if votes[m].step_hash == top]
     yes = [m for m in counted if votes[m].verdict]
     no = [m for m in counted if not votes[m].verdict]
     attested = [m for m in counted if votes[m].fetched]
@@ -275,3 +337,19 @@ def tally(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
         checkpoint.round = round_ + 1
         checkpoint.phase = Phase.COMMITTED
         schedule_draw(ctx, task_id, k)
+
+
+def punish_lazy(ctx: TaskContext, task_id: int, k: int, round_: int, member: bytes, workers: list[bytes]) -> None:
+    """A lazy member loses its seat stake to the members that did the work (to the client if none)."""
+    host = ctx.host
+    if not workers:
+        penalty = ctx.slashing.penalize(
+            host, member, task_id, Penalty.LAZY_MEMBER, ctx.params.council_seat_stake, ctx.task(task_id).client)
+    else:
+        penalty = ctx.slashing.penalize(
+            host, member, task_id, Penalty.LAZY_MEMBER, ctx.params.council_seat_stake, TASK, reward_bps=BPS)
+        each = penalty // len(workers)
+        for worker in workers:
+            ctx.pay(worker, each)
+        ctx.burn(task_id, penalty - each * len(workers))
+    ctx.emit("MemberFoundLazy", taskId=task_id, k=k, round=round_, member=member, penalty=penalty)

@@ -88,6 +88,7 @@ class CheckpointEntry(StoredRecord, prefix="ck"):
     commits = Uint()  # council commitments in this round
     reveals = Uint()  # council reveals in this round
     inconclusive = Uint()  # inconclusive rounds so far
+    judgements = Uint()  # allclose: members that judged in this round
 
 
 class VoteEntry(StoredRecord, prefix="vote"):
@@ -98,6 +99,9 @@ class VoteEntry(StoredRecord, prefix="vote"):
     verdict = Flag()
     step_hash = Bytes32("step")
     fetched = Flag()  # the member attests it fetched the checkpoint
+    result_hash = Bytes32("result")  # H(its own result), revealed
+    judged = Flag()  # allclose: it judged the others' results
+    marks = Uint()  # allclose: members that judged its result not allclose to theirs
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from ogpu_node.contracts.addresses import TASK
 from ogpu_node.contracts.context import (
     TaskContext,
+    collateral_floor,
     due,
     release_council,
     schedule_draw,
     schedule_expiry,
     subject,
+    verification_fee,
 )
 from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.layout import TaskEntry
@@ -60,22 +62,42 @@ def accept(ctx: TaskContext, task_id: int, k: int, yes: list[bytes]) -> None:
 # -- an executor at fault --
 
 
-def executor_failed(ctx: TaskContext, task_id: int, k: int, kind: Penalty, beneficiaries: list[bytes]) -> None:
-    """Slash the executor's collateral, void its later commitments, re-assign or cancel."""
-    task, progress = ctx.task(task_id), ctx.progress(task_id)
-    host = ctx.host
-    executor = task.executor
+def pay_out(ctx: TaskContext, task_id: int, amount: int, workers: list[bytes], harmed: bytes | None) -> None:
+    """Share out `amount` Task just took from a loser: each member of `workers` (who did the work that
+    proved the fault) up to the verification fee S first, then the reporter share of the rest to the
+    workers (to `harmed` when given, or when nobody worked); the remainder and any dust burn."""
+    count = len(workers)
+    each = min(verification_fee(ctx, task_id), amount // count) if count else 0
+    for member in workers:
+        ctx.pay(member, each)
+    rest = amount - each * count
+    reward = rest * ctx.params.reporter_share_bps // BPS
+    if harmed is not None or not count:
+        ctx.pay(ctx.task(task_id).client if harmed is None else harmed, reward)
+        paid = reward
+    else:
+        for member in workers:
+            ctx.pay(member, reward // count)
+        paid = reward // count * count
+    ctx.burn(task_id, rest - paid)
+
+
+def take_collateral(ctx: TaskContext, task_id: int, kind: Penalty) -> int:
+    """Slash the executor's whole collateral into Task, which shares it out (pay_out)."""
+    task = ctx.task(task_id)
     collateral = task.collateral
-    ctx.stake.unlock(host, executor, collateral)
-    # The reporter share goes to the majority that rejected (split below), or to the client.
-    beneficiary = TASK if beneficiaries else task.client
-    balance_before = host.balance(TASK)
-    penalty = ctx.slashing.penalize(host, executor, task_id, kind, collateral, beneficiary)
-    reward = host.balance(TASK) - balance_before
-    for member in beneficiaries:
-        ctx.pay(member, reward // len(beneficiaries))
-    if reward % max(1, len(beneficiaries)):
-        ctx.burn(task_id, reward % len(beneficiaries))  # dust: Task holds only escrows
+    task.collateral = 0
+    ctx.stake.unlock(ctx.host, task.executor, collateral)
+    return ctx.slashing.penalize(ctx.host, task.executor, task_id, kind, collateral, TASK, reward_bps=BPS)
+
+
+def executor_failed(ctx: TaskContext, task_id: int, k: int, kind: Penalty, beneficiaries: list[bytes]) -> None:
+    """Slash the executor's collateral, pay the members who did the work from it (`beneficiaries`),
+    void its later commitments, re-assign or cancel."""
+    task, progress = ctx.task(task_id), ctx.progress(task_id)
+    executor = task.executor
+    penalty = take_collateral(ctx, task_id, kind)
+    pay_out(ctx, task_id, penalty, beneficiaries, harmed=None)
     event = "CheckpointRejected" if kind == Penalty.REJECTED else "CheckpointMissed"
     ctx.emit(event, taskId=task_id, k=k, executor=executor, penalty=penalty)
     ctx.barred(task_id).add(executor)
@@ -102,7 +124,7 @@ def reassign(ctx: TaskContext, task_id: int, previous: bytes) -> None:
     for price, _, provider in ctx.bid.ranked(host, task_id):
         if provider in barred or provider in history or provider == client:
             continue
-        collateral = ctx.bid.collateral_for(price)
+        collateral = ctx.bid.collateral_for(price, collateral_floor(ctx, task_id))
         if ctx.stake.free_stake(host, provider) < collateral or not ctx.stake.stakeOf(host, provider).roles & Role.PROVIDER:
             continue
         ctx.stake.lock(host, provider, collateral)
@@ -167,20 +189,14 @@ def settle_dispute(ctx: TaskContext, task_id: int, executor_lost: bool, majority
     """A dispute's council decided: the executor loses its collateral, or the client its deposit."""
     task = ctx.task(task_id)
     if executor_lost:
-        executor = task.executor
-        collateral = task.collateral
-        ctx.stake.unlock(ctx.host, executor, collateral)
-        task.collateral = 0
-        ctx.slashing.penalize(ctx.host, executor, task_id, Penalty.REJECTED, collateral, task.client)
+        penalty = take_collateral(ctx, task_id, Penalty.REJECTED)
+        pay_out(ctx, task_id, penalty, majority, harmed=task.client)
         settle(ctx, task_id, Outcome.EXECUTOR_LOST)
         return
-    # The client's deposit pays the council that upheld the work; the rest is burned.
+    # The client's deposit pays the council that upheld the work, as a cheater's collateral would.
     deposit = task.deposit
-    fee = deposit * ctx.params.reporter_share_bps // BPS // len(majority)
-    for member in majority:
-        ctx.pay(member, fee)
-    ctx.burn(task_id, deposit - fee * len(majority))
     task.deposit = 0
+    pay_out(ctx, task_id, deposit, majority, harmed=None)
     settle(ctx, task_id, Outcome.CLIENT_LOST)
 
 

@@ -222,9 +222,12 @@ class Slashing(NativeContract):
         correlated = exposure * min(PROPORTIONAL_SLASHING_MULTIPLIER * together, total) // total
         return max(exposure * self.config.consensus_penalty_bps // BPS, correlated)
 
-    def penalize(self, host: Host, offender: bytes, task_id: int, kind: int, amount: int, beneficiary: bytes) -> int:
-        """A computation penalty decided by Task (rejected checkpoint, missed deadline, missed reveal)."""
-        taken = self.stake.slash(host, offender, amount, beneficiary, self.config.reporter_share_bps)
+    def penalize(self, host: Host, offender: bytes, task_id: int, kind: int, amount: int, beneficiary: bytes,
+                 reward_bps: int | None = None) -> int:
+        """A computation penalty decided by Task (rejected checkpoint, missed deadline, missed vote, lazy
+        member); `reward_bps` of it (default the reporter share) goes to `beneficiary`."""
+        share = self.config.reporter_share_bps if reward_bps is None else reward_bps
+        taken = self.stake.slash(host, offender, amount, beneficiary, share)
         self.emit(
             host, "ComputationPenalty", offender=offender, taskId=task_id, kind=kind, penalty=taken,
             beneficiary=beneficiary,

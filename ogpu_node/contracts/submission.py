@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from eth_hash.auto import keccak
 
 from ogpu_node.contracts import settlement
-from ogpu_node.contracts.context import TaskContext, schedule_expiry
+from ogpu_node.contracts.context import TaskContext, collateral_floor, schedule_expiry
 from ogpu_node.contracts.host import Revert
 from ogpu_node.contracts.layout import TaskEntry
 from ogpu_node.types.protocol import (
@@ -74,6 +74,7 @@ class BiddingTask:
     max_payment: int
     first_n: int
     bid_deadline: int
+    collateral_floor: int  # the least a bid locks, whatever its price
 
 
 def minimum_deposit(ctx: TaskContext, amount: int) -> int:
@@ -133,6 +134,7 @@ def open_for_bids(ctx: TaskContext, task_id: int) -> BiddingTask:
     terms = ctx.terms(task_id)
     return BiddingTask(
         client=task.client, state=state, max_payment=terms.max_payment, first_n=terms.first_n, bid_deadline=deadline,
+        collateral_floor=collateral_floor(ctx, task_id),
     )
 
 
@@ -154,7 +156,7 @@ def close_bidding(ctx: TaskContext, task_id: int) -> None:
     task.state = TaskState.RUNNING
     task.executor = executor
     task.price = price
-    task.collateral = ctx.bid.collateral_for(price)
+    task.collateral = ctx.bid.collateral_for(price, collateral_floor(ctx, task_id))
     task.seed = seed
     task.assigned_at = host.timestamp
     progress.run_start = host.timestamp

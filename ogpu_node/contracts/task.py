@@ -22,13 +22,13 @@ from ogpu_node.contracts import checkpoints, council, settlement, streams, submi
 from ogpu_node.contracts.addresses import TASK
 from ogpu_node.contracts.base import NativeContract
 from ogpu_node.contracts.bid import Bid
-from ogpu_node.contracts.context import TaskContext, split_subject
+from ogpu_node.contracts.context import TaskContext, collateral_floor, split_subject
 from ogpu_node.contracts.host import Host, Revert
 from ogpu_node.contracts.scheduler import Deadline, DeadlineQueue
 from ogpu_node.contracts.slashing import Slashing
 from ogpu_node.contracts.stake import Stake
 from ogpu_node.contracts.submission import TERMS, BiddingTask, Terms
-from ogpu_node.types.protocol import MAX_CHECKPOINTS, MAX_COUNCIL, MAX_WINDOW, DeadlineKind
+from ogpu_node.types.protocol import MAX_CHECKPOINTS, MAX_COUNCIL, MAX_WINDOW, DeadlineKind, TaskKind
 from ogpu_node.types.records import CheckpointRecord, ProgressRecord, StreamRecord, TaskRecord, TermsRecord
 
 __all__ = ["MAX_CHECKPOINTS", "MAX_COUNCIL", "MAX_WINDOW", "TERMS", "Task", "Terms"]
@@ -66,6 +66,7 @@ class Task(NativeContract):
             DeadlineKind.DRAW_COUNCIL: lambda: council.draw_council(ctx, task_id, k, tag),
             DeadlineKind.CLOSE_COMMITS: lambda: council.close_commits(ctx, task_id, k, tag),
             DeadlineKind.CLOSE_REVEALS: lambda: council.close_reveals(ctx, task_id, k, tag),
+            DeadlineKind.CLOSE_JUDGING: lambda: council.close_judging(ctx, task_id, k, tag),
             DeadlineKind.EXPIRE_CHECKPOINT: lambda: checkpoints.expire_checkpoint(ctx, task_id, k, tag),
             DeadlineKind.AUTO_CONFIRM: lambda: settlement.auto_confirm(ctx, task_id),
             DeadlineKind.CLOSE_STREAM: lambda: streams.close_stream(ctx, task_id),
@@ -94,6 +95,9 @@ class Task(NativeContract):
         salt: bytes, fetched: bool,
     ) -> None:
         council.reveal_result(self.context(host), task_id, k, verdict, result_hash, step_hash, salt, fetched)
+
+    def judgeResults(self, host: Host, task_id: int, k: int, verdicts: list[bool]) -> None:
+        council.judge_results(self.context(host), task_id, k, verdicts)
 
     def confirm(self, host: Host, task_id: int) -> None:
         settlement.confirm(self.context(host), task_id)
@@ -174,6 +178,12 @@ class Task(NativeContract):
 
     def open_for_bids(self, host: Host, task_id: int) -> BiddingTask:
         return submission.open_for_bids(self.context(host), task_id)
+
+    def collateral_floor(self, host: Host, task_id: int) -> int:
+        ctx = self.context(host)
+        if ctx.existing(task_id).kind != TaskKind.BATCH:
+            raise Revert("Bid: not a batch task")
+        return collateral_floor(ctx, task_id)
 
     def close_bidding(self, host: Host, task_id: int) -> None:
         submission.close_bidding(self.context(host), task_id)

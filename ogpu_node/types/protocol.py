@@ -56,6 +56,12 @@ class Phase(IntEnum):
     COUNCIL_COMMIT = 2  # the council is drawn and commits
     REVEAL = 3  # reveals are open
     ACCEPTED = 4
+    JUDGE = 5  # allclose: members judge each other's published results
+
+    @property
+    def sitting(self) -> bool:
+        """A council is drawn and has not been tallied: its seats are locked."""
+        return self in (Phase.COUNCIL_COMMIT, Phase.REVEAL, Phase.JUDGE)
 
     @property
     def label(self) -> str:
@@ -72,6 +78,7 @@ class DeadlineKind(IntEnum):
     EXPIRE_CHECKPOINT = 5
     AUTO_CONFIRM = 6
     CLOSE_STREAM = 7
+    CLOSE_JUDGING = 8
 
 
 class CancelReason(IntEnum):
@@ -118,6 +125,7 @@ class Penalty(IntEnum):
     REJECTED = 1
     MISSED_CHECKPOINT = 2
     MISSED_VOTE = 3
+    LAZY_MEMBER = 4  # allclose: marked not-allclose by two thirds of the other members
 
 
 class Offence(IntEnum):

@@ -11,6 +11,7 @@ interface IBid {
 
     function placeBid(uint256 taskId, uint256 price) external;
     function bidsOf(uint256 taskId) external view returns (address[] memory providers, uint256[] memory prices);
+    function collateralFor(uint256 taskId, uint256 price) external view returns (uint256 collateral);
     function subscribe(uint256 taskId) external;
     function unsubscribe(uint256 taskId) external;
     function subscribersOf(uint256 taskId) external view returns (address[] memory providers);

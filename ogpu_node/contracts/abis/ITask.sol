@@ -44,7 +44,10 @@ interface ITask {
     event ResultCommitted(uint256 indexed taskId, uint16 indexed k, address indexed member);
     event RevealPhase(uint256 indexed taskId, uint16 indexed k, uint8 round, uint64 revealDeadline);
     event CheckpointRevealed(uint256 indexed taskId, uint16 indexed k, bytes32 checkpointHash);
-    event ResultRevealed(uint256 indexed taskId, uint16 indexed k, address indexed member, bool verdict);
+    event ResultRevealed(uint256 indexed taskId, uint16 indexed k, address indexed member, bool verdict, bytes32 resultHash, bytes32 stepHash);
+    event JudgingPhase(uint256 indexed taskId, uint16 indexed k, uint8 round, uint64 judgeDeadline);
+    event ResultsJudged(uint256 indexed taskId, uint16 indexed k, address indexed member, bool[] allclose);
+    event MemberFoundLazy(uint256 indexed taskId, uint16 indexed k, address indexed member, uint8 round, uint256 penalty);
     event CheckpointAccepted(uint256 indexed taskId, uint16 indexed k, uint256 executorPaid, uint256 councilPaid, uint256 discount);
     event CheckpointRejected(uint256 indexed taskId, uint16 indexed k, address indexed executor, uint256 penalty);
     event CheckpointInconclusive(uint256 indexed taskId, uint16 indexed k, uint8 round);
@@ -69,6 +72,7 @@ interface ITask {
     function revealCheckpoint(uint256 taskId, uint16 k, bytes32 checkpointHash) external;
     function commitResult(uint256 taskId, uint16 k, bytes32 commitment) external;
     function revealResult(uint256 taskId, uint16 k, bool verdict, bytes32 resultHash, bytes32 stepHash, bytes32 salt, bool fetched) external;
+    function judgeResults(uint256 taskId, uint16 k, bool[] memory allclose) external;
     function confirm(uint256 taskId) external;
     function dispute(uint256 taskId) external;
     function getCheckpoint(uint256 taskId, uint16 k) external view returns (uint8 phase, uint8 round, bytes32 commitment, bytes32 checkpointHash, uint64 phaseEnds, address[] memory council, uint64 stepIndex);

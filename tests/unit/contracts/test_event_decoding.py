@@ -277,6 +277,25 @@ def batch_inconclusive(chain: Chain, a: list[Any]) -> LogRecorder:
     return recorder
 
 
+def batch_allclose_lazy(chain: Chain, a: list[Any]) -> LogRecorder:
+    """allclose: members commit, the executor reveals, members reveal and judge; the third member's
+    result is marked not allclose by the other two: lazy (seat stake to them); accepted 2 of 3."""
+    s = Scenario(chain, a)
+    recorder = LogRecorder(s.h, "batch: allclose lazy")
+    e = a[1]
+    client, members = batch_cast(s, a, e)
+    task = s.submit(client, minMemoryMiB=MIN_MEMORY, checkpoints=1, equivalence=1)
+    s.assign(task, [(e, PRICE_E)])
+    s.commit(task, 1, e, ckpt(1))
+    s.draw(task, 1)
+    own = {m: (keccak(b"own" + m.address), step(1)) for m in members}
+    s.commit_exact(task, 1, own)
+    s.reveal_checkpoint(task, 1, e, ckpt(1))
+    s.reveal_allclose(task, 1, {m: (True, *own[m]) for m in members})
+    s.judge(task, 1, members, lazy=(members[2],))
+    return recorder
+
+
 def stream(chain: Chain, a: list[Any]) -> LogRecorder:
     """submitStream, subscribe (Active), unsubscribe (Interrupted), subscribe (Active), a reported
     consensus failure, terms version 2, a request key, a top-up, a receipt signed by the key settled at
@@ -322,7 +341,7 @@ def stream_fault(chain: Chain, task: int, key: Any, offender: Any, against: list
 
 
 SCENARIOS = (stake_and_slashing, batch_reject_and_replace, batch_missed_and_unbid, batch_dispute,
-             batch_inconclusive, stream)
+             batch_inconclusive, batch_allclose_lazy, stream)
 
 
 @pytest.fixture(scope="module")
@@ -426,15 +445,30 @@ def test_batch_values(decoded, dev_accounts):
     assert settled.args["outcome"] == Outcome.CONFIRMED
 
     slashes = of(decoded, "StakeSlashed")
-    assert len(slashes) == 4  # the rejected executor, the missed one, the double proposer, the stream's faulty member
+    assert len(slashes) == 5  # the rejected executor, the missed one, the lazy member, the double proposer,
+    # the stream's faulty member
     for slashed in slashes:
         args = slashed.args
         assert args["burned"] + args["rewarded"] == args["amount"] > 0
     penalties = of(decoded, "ComputationPenalty")
     assert sorted((p.args["kind"], p.args["penalty"]) for p in penalties) == [
-        (Penalty.REJECTED, PRICE_E), (Penalty.MISSED_CHECKPOINT, PRICE_E)]
-    [burned_dust] = of(decoded, "FundsBurned", reject)
-    assert burned_dust.args["amount"] == PRICE_E // 10 % 3  # the reporter share's unsplittable wei
+        (Penalty.REJECTED, PRICE_E), (Penalty.MISSED_CHECKPOINT, PRICE_E), (Penalty.LAZY_MEMBER, 10 * OGPU)]
+    [burned_rest] = of(decoded, "FundsBurned", reject)
+    fee = 2 * OGPU // 2 // 10  # S: the council share of ⌊maxPayment / K⌋, to each rejecting member first
+    rest = PRICE_E - 3 * fee
+    assert burned_rest.args["amount"] == rest - rest // 10 // 3 * 3  # what the reporter share leaves
+
+    lazy = "batch: allclose lazy"
+    [judging] = of(decoded, "JudgingPhase", lazy)
+    assert (judging.args["k"], judging.args["round"]) == (1, 0)
+    judged = of(decoded, "ResultsJudged", lazy)
+    assert [(d.args["member"], list(d.args["allclose"])) for d in judged] == [
+        (checksum(members[0]), [True, True, False]), (checksum(members[1]), [True, True, False]),
+        (checksum(members[2]), [True, True, True])]
+    [found] = of(decoded, "MemberFoundLazy", lazy)
+    assert dict(found.args) == {"taskId": 1, "k": 1, "member": checksum(members[2]), "round": 0, "penalty": 10 * OGPU}
+    [accepted] = of(decoded, "CheckpointAccepted", lazy)
+    assert accepted.args["councilPaid"] == PRICE_E // 10 // 2 * 2  # the two that were counted
 
     [missed] = of(decoded, "CheckpointMissed")
     assert (missed.args["k"], missed.args["executor"], missed.args["penalty"]) == (1, checksum(e), PRICE_E)

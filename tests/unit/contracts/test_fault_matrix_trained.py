@@ -1,11 +1,12 @@
 """The fault matrix end to end in-process: real training (trainer), the council's re-run and comparison
 (verifier) and the Task contract on real blocks (contracts), for every dishonest executor of issue 5.
 
-Each case: the executor commits a checkpoint made by `compute.faults.train_faulty`; the three members
-re-run the segment honestly from the chain's seed (with the state hash at the drawn step under
-`exact`, comparing with `allclose` otherwise) and vote; the council rejects, the executor's collateral
-is slashed, the task goes to the replacement bidder, which trains honestly and is accepted and never
-slashed. The cast and the in-process chain are test_task_faults.py's.
+Each case: the executor bids 1 wei and commits a checkpoint made by `compute.faults.train_faulty`;
+the three members re-run the segment honestly from the chain's seed, commit their result and the state
+hash at the drawn step, vote (under `allclose` comparing with the revealed checkpoint, then judging
+each other) and reject; the executor loses its collateral floor, which pays the members; the task
+goes to the replacement bidder, which trains honestly and is accepted and never slashed. The cast and
+the in-process chain are test_task_faults.py's.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 import pytest
 import test_task_faults
 from eth_hash.auto import keccak
+from harness import BID_ABI, OGPU, TASK_ABI
 from safetensors.numpy import save
-from test_task_checkpoints import PROVIDER_STAKE, one
-from test_task_faults import PRICE_E, PRICE_Y, assert_never_slashed, start
+from test_task_checkpoints import DEPOSIT, MAX_PAYMENT, PROVIDER_STAKE, one
+from test_task_faults import PRICE_Y, assert_never_slashed, fee, payout, start
 
 from ogpu_node.compute import Fault, equivalence, spec_from_prescription, train_faulty, train_segment
 from ogpu_node.types.merkle import merkle_root
@@ -47,53 +49,72 @@ def dataset() -> bytes:
 
 CASES = [
     ("exact", Fault("perturb", magnitude=1e-6)),
+    ("exact", Fault("perturb", magnitude=1e-3)),
     ("exact", Fault("skip-steps")),
     ("exact", Fault("reorder-data")),
     ("exact", Fault("copy-weights")),  # other_seed: another task's assignment seed, filled in below
     ("allclose", Fault("perturb", magnitude=1e-2)),
+    ("allclose", Fault("perturb", magnitude=1.0)),
+    ("allclose", Fault("skip-steps")),
+    ("allclose", Fault("reorder-data")),
+    ("allclose", Fault("copy-weights")),
 ]
 
 
-@pytest.mark.parametrize("kind, fault", CASES, ids=[f"{k}-{f.kind}" for k, f in CASES])
-def test_council_rejects_the_fault_slashes_and_the_honest_replacement_is_paid(s, cast, kind, fault):
+def state_at(spec, start: bytes | None, steps: int, at: int) -> tuple[bytes, bytes]:
+    """A member's honest re-run: (H(result), H(state at the drawn step))."""
+    run = train_segment(spec, start, steps, hash_steps=[at])
+    return merkle_root(run.checkpoint), run.state_hashes[at]
+
+
+@pytest.mark.parametrize("kind, fault", CASES, ids=[f"{k}-{f.kind}-{f.magnitude:g}" for k, f in CASES])
+def test_a_one_wei_cheater_loses_its_collateral_floor_and_the_council_is_paid(s, cast, kind, fault):
+    """issue 15: a provider bids 1 wei, wins, and commits a dishonest checkpoint. The council re-runs
+    the segment for real and rejects it: the cheater loses at least the collateral floor, each honest
+    member ends with more than it had (its gas counted), the task goes to the honest replacement, which
+    is paid its own price and never slashed, and the client pays exactly the replacement's price."""
     p = prescription(kind)
     data = dataset()
-    task = start(s, cast, checkpoints=2, equivalence=Equivalence.EXACT if kind == "exact" else Equivalence.ALLCLOSE)
+    e, y, members = cast.executor, cast.replacement, cast.members
+    equivalence = Equivalence.EXACT if kind == "exact" else Equivalence.ALLCLOSE
+    task = start(s, cast, bids=[(e, 1), (y, PRICE_Y)], checkpoints=2, equivalence=equivalence)
+    floor = s.h.view(BID_ABI, "collateralFor", task, 1)
+    assert floor == max(MAX_PAYMENT // 4, 3 * fee(2), OGPU // 10) and s.stake(e)["locked"] == floor
     seed = training_seed(p, s.task(task)["seed"])
     spec = spec_from_prescription(p, data, seed)
     first, last = segment_bounds(p, 1)
     if fault.kind == "copy-weights":
         # Weights from an earlier task with the same prescription: another assignment seed.
-        earlier = training_seed(p, keccak(b"an earlier task's mix hash"))
-        fault = Fault("copy-weights", other_seed=earlier)
+        fault = Fault("copy-weights", other_seed=training_seed(p, keccak(b"an earlier task's mix hash")))
     cheat = train_faulty(spec, None, last - first, fault).checkpoint
     cheat_hash = merkle_root(cheat)
+    before = {m: s.h.balance(m.address) for m in members}
 
-    e, y, members = cast.executor, cast.replacement, cast.members
     s.commit(task, 1, e, cheat_hash)
     drawn = s.draw(task, 1)
     at = drawn_step(p, 1, drawn["stepIndex"])
     honest = train_segment(spec, None, last - first, hash_steps=[at])  # each member's re-run (deterministic)
-    mine, state = merkle_root(honest.checkpoint), honest.state_hashes[at]
-    assert mine != cheat_hash
-
+    own = (merkle_root(honest.checkpoint), honest.state_hashes[at])
+    assert own[0] != cheat_hash
+    s.commit_exact(task, 1, {m: own for m in members})
+    s.reveal_checkpoint(task, 1, e, cheat_hash)
     if kind == "exact":
-        votes = {m: (mine, state) for m in members}
-        s.commit_exact(task, 1, votes)
-        s.reveal_checkpoint(task, 1, e, cheat_hash)
-        block = s.reveal_exact(task, 1, votes)
+        block = s.reveal_exact(task, 1, {m: own for m in members})
     else:
-        s.reveal_checkpoint(task, 1, e, cheat_hash)
-        verdict = equivalence.allclose(honest.checkpoint, cheat, RTOL, ATOL)
+        verdict = equivalence_allclose(honest.checkpoint, cheat)
         assert verdict is False
-        allclose_votes = {m: (verdict, mine) for m in members}
-        s.commit_allclose(task, 1, allclose_votes)
-        block = s.reveal_allclose(task, 1, allclose_votes)
+        s.reveal_allclose(task, 1, {m: (verdict, *own) for m in members})
+        block = s.judge(task, 1, members)  # every honest result is allclose to every other
 
     events = block.txs[-1].events
-    assert one(events, "CheckpointRejected")["executor"] == e.address
+    assert one(events, "CheckpointRejected")["penalty"] == floor
     assert one(events, "ExecutorReplaced")["executor"] == y.address
-    assert s.stake(e)["staked"] == PROVIDER_STAKE - PRICE_E
+    assert s.stake(e)["staked"] == PROVIDER_STAKE - floor  # at least the floor, for a 1-wei bid
+    each, _, _ = payout(floor, 3, checkpoints=2)
+    assert each > fee(2)
+    for m in members:
+        assert s.received(m) == each
+        assert s.h.balance(m.address) > before[m]  # more than it had, after its gas
 
     # The replacement resumes from the start with the same seed, honestly: accepted twice, never slashed.
     state_k = None
@@ -103,24 +124,26 @@ def test_council_rejects_the_fault_slashes_and_the_honest_replacement_is_paid(s,
         digest = merkle_root(result.checkpoint)
         s.commit(task, k, y, digest)
         drawn = s.draw(task, k)
-        at = drawn_step(p, k, drawn["stepIndex"])
-        check = train_segment(spec, state_k, last - first, hash_steps=[at])
-        assert check.checkpoint == result.checkpoint
+        own = state_at(spec, state_k, last - first, drawn_step(p, k, drawn["stepIndex"]))
+        s.commit_exact(task, k, {m: own for m in members})
+        s.reveal_checkpoint(task, k, y, digest)
         if kind == "exact":
-            votes = {m: (merkle_root(check.checkpoint), check.state_hashes[at]) for m in members}
-            s.commit_exact(task, k, votes)
-            s.reveal_checkpoint(task, k, y, digest)
-            block = s.reveal_exact(task, k, votes)
+            block = s.reveal_exact(task, k, {m: own for m in members})
         else:
-            s.reveal_checkpoint(task, k, y, digest)
-            assert equivalence.allclose(check.checkpoint, result.checkpoint, RTOL, ATOL)
-            allclose_votes = {m: (True, merkle_root(check.checkpoint)) for m in members}
-            s.commit_allclose(task, k, allclose_votes)
-            block = s.reveal_allclose(task, k, allclose_votes)
+            s.reveal_allclose(task, k, {m: (True, *own) for m in members})
+            block = s.judge(task, k, members)
         assert one(block.txs[-1].events, "CheckpointAccepted")["k"] == k
         state_k = result.checkpoint
     assert_never_slashed(s, y)
     assert s.task(task)["price"] == PRICE_Y
+    s.h.ok(cast.client, TASK_ABI, "confirm", task)
+    assert s.received(cast.client) == MAX_PAYMENT + DEPOSIT - PRICE_Y  # served at the honest price
+    s.assert_no_locked_stake()
+    assert [p_["offender"] for p_ in s.penalties()] == [e.address]
+
+
+def equivalence_allclose(a: bytes, b: bytes) -> bool:
+    return equivalence.allclose(a, b, RTOL, ATOL)
 
 
 def test_a_perturbation_within_allclose_tolerance_is_accepted_and_not_slashed(s, cast):
@@ -133,10 +156,11 @@ def test_a_perturbation_within_allclose_tolerance_is_accepted_and_not_slashed(s,
     honest = train_segment(spec, None, last - first).checkpoint
     assert merkle_root(near) != merkle_root(honest) and equivalence.allclose(honest, near, RTOL, ATOL)
     s.commit(task, 1, cast.executor, merkle_root(near))
-    s.draw(task, 1)
+    drawn = s.draw(task, 1)
+    own = state_at(spec, None, last - first, drawn_step(p, 1, drawn["stepIndex"]))
+    s.commit_exact(task, 1, {m: own for m in cast.members})
     s.reveal_checkpoint(task, 1, cast.executor, merkle_root(near))
-    votes = {m: (True, merkle_root(honest)) for m in cast.members}
-    s.commit_allclose(task, 1, votes)
-    block = s.reveal_allclose(task, 1, votes)
+    s.reveal_allclose(task, 1, {m: (True, *own) for m in cast.members})
+    block = s.judge(task, 1, cast.members)
     assert one(block.txs[-1].events, "CheckpointAccepted")["k"] == 1
     assert_never_slashed(s, cast.executor)

@@ -193,7 +193,7 @@ def op_commit(w: World, _: int, units: int) -> None:
 def op_council(w: World, pattern: int, units: int) -> None:
     """The sitting council commits (and later reveals) yes, no or nothing per member, by `pattern`."""
     found = _running(w, units)
-    if not found or found[1][2] not in (2, 5):
+    if not found or found[1][2] not in (2, 5):  # task state Running or Disputed
         return
     task_id, task, progress = found
     terms = w.view("Task", "getTerms", task_id)[0]
@@ -203,26 +203,27 @@ def op_council(w: World, pattern: int, units: int) -> None:
     executor = _account(task[6])
     good = keccak(b"c%d" % k)
     choices = [(pattern >> (2 * i)) & 3 for i in range(len(members))]  # 0/1 yes, 2 no, 3 absent
-    exact = terms[12] == 0
     if phase == 2:
-        txs = [] if exact else [w.tx(executor, "Task", "revealCheckpoint", task_id, k, good)]
+        txs = []
         for member, choice in zip(members, choices, strict=True):
             if choice == 3:
                 continue
             result = good if choice < 2 else keccak(b"bad")
-            if exact:
-                commitment = exact_result_commitment(task_id, k, member.address, result, b"\x01" * 32, b"\x02" * 32)
-            else:
-                from ogpu_node.contracts.commitments import verdict_commitment
-                commitment = verdict_commitment(task_id, k, member.address, choice < 2, result, b"\x02" * 32)
+            commitment = exact_result_commitment(task_id, k, member.address, result, b"\x01" * 32, b"\x02" * 32)
             txs.append(w.tx(member, "Task", "commitResult", task_id, k, commitment))
         w.block(txs)
     elif phase == 3:
-        txs = [w.tx(executor, "Task", "revealCheckpoint", task_id, k, good)] if exact else []
+        txs = [w.tx(executor, "Task", "revealCheckpoint", task_id, k, good)]
         for member, choice in zip(members, choices, strict=True):
             if choice != 3:
                 result = good if choice < 2 else keccak(b"bad")
                 txs.append(w.tx(member, "Task", "revealResult", task_id, k, choice < 2, result, b"\x01" * 32, b"\x02" * 32, True))
+        w.block(txs)
+    elif phase == 5:  # allclose judging: a "no" member's result is not allclose to a "yes" member's
+        txs = [
+            w.tx(member, "Task", "judgeResults", task_id, k, [(c < 2) == (choice < 2) for c in choices])
+            for member, choice in zip(members, choices, strict=True) if choice != 3
+        ]
         w.block(txs)
 
 

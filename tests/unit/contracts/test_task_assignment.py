@@ -101,7 +101,16 @@ def deposit_for(params: Any, max_payment: int) -> int:
 
 
 def collateral(params: Any, price: int) -> int:
+    """A bid's collateral on the tasks below, whose floor (a quarter of MAX_PAYMENT) stays under
+    every price they bid; test_collateral_floor_* checks the floor itself."""
+    assert price * params.collateral_bps // BPS >= MAX_PAYMENT * params.collateral_floor_bps // BPS
     return price * params.collateral_bps // BPS
+
+
+def floor_of(params: Any, t: dict[str, int]) -> int:
+    """docs/protocol.md, "Verification that cannot be gamed": F = max(maxPayment share, c × S, minimum)."""
+    fee = t["maxPayment"] // t["checkpoints"] * t["councilShareBps"] // BPS
+    return max(t["maxPayment"] * params.collateral_floor_bps // BPS, t["councilSize"] * fee, params.min_collateral)
 
 
 def submit(h: Harness, params: Any, client: Any, value: int | None = None, kind: int = TaskKind.BATCH, **overrides: int):
@@ -385,21 +394,50 @@ def test_bid_needs_free_stake_for_its_collateral(h, params, client, providers, d
     lean = dev_accounts[6]
     stake = params.min_provider_stake
     h.make_providers([lean], stake)
-    first, _ = submitted(h, params, client, maxPayment=3 * stake)
-    second, _ = submitted(h, params, client, maxPayment=3 * stake)
+    first, _ = submitted(h, params, client, maxPayment=stake)
+    second, _ = submitted(h, params, client, maxPayment=stake)
     price = stake * 6 // 10
     h.block(bid(h, lean, first, price))
     free = stake - collateral(params, price)
+    assert h.view(BID_ABI, "collateralFor", second, free) == free  # above the floor: the price's share
     assert h.view(STAKE_ABI, "freeStake", lean.address) == free
     too_much = -(-(free + 1) * BPS // params.collateral_bps)  # least price whose collateral > free
-    assert collateral(params, too_much) > free >= collateral(params, too_much - 1)
+    assert price * params.collateral_bps // BPS + free == stake
+    assert too_much * params.collateral_bps // BPS > free >= (too_much - 1) * params.collateral_bps // BPS
     [refused] = h.block(bid(h, lean, second, too_much)).txs
     assert (refused.ok, refused.reason) == (False, "Stake: insufficient free stake")
-    assert locked(h, lean) == collateral(params, price)
+    assert locked(h, lean) == price * params.collateral_bps // BPS
     [accepted] = h.block(bid(h, lean, second, too_much - 1)).txs
     assert accepted.ok
     assert locked(h, lean) == collateral(params, price) + collateral(params, too_much - 1)
 
+
+
+@pytest.mark.parametrize("overrides, binding", [
+    ({"maxPayment": 40 * OGPU}, "share of maxPayment"),  # 10 oGPU floor
+    ({"maxPayment": 40 * OGPU, "councilShareBps": 10_000, "checkpoints": 1}, "council fees"),  # 3 × 40
+    ({"maxPayment": OGPU // 10}, "genesis minimum"),
+], ids=["share", "fees", "minimum"])
+def test_collateral_floor_binds_a_one_wei_bid(h, params, client, providers, overrides, binding):
+    """Rule: a bid locks max(its price's share, the task's floor); the floor is the largest of a share
+    of maxPayment, the council's fees c × S and the genesis minimum, so a 1-wei bid risks the floor."""
+    t = terms(**overrides)
+    task_id, _ = submitted(h, params, client, **overrides)
+    floor = floor_of(params, t)
+    parts = {
+        "share of maxPayment": t["maxPayment"] * params.collateral_floor_bps // BPS,
+        "council fees": t["councilSize"] * (t["maxPayment"] // t["checkpoints"] * t["councilShareBps"] // BPS),
+        "genesis minimum": params.min_collateral,
+    }
+    assert floor == parts[binding] > max(v for k, v in parts.items() if k != binding)
+    assert h.view(BID_ABI, "collateralFor", task_id, 1) == floor
+    assert h.view(BID_ABI, "collateralFor", task_id, t["maxPayment"]) == max(floor, t["maxPayment"])
+    provider = providers[0]
+    before = locked(h, provider)
+    [placed] = h.block(bid(h, provider, task_id, 1)).txs
+    assert placed.ok, placed.reason
+    assert locked(h, provider) - before == floor
+    assert h.view_reverts(BID_ABI, "collateralFor", 99, 1) == "Task: no task 99"
 
 # -- assignment on H --
 

@@ -19,7 +19,7 @@ import pytest
 from eth_hash.auto import keccak
 from harness import BID_ABI, OGPU, STAKE_ABI, TASK_ABI, Event, Harness, TxResult
 
-from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment, verdict_commitment
+from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment
 from ogpu_node.types.protocol import BPS, CancelReason, Equivalence, Outcome, Phase, TaskState
 
 # ogpu_node/config/networks/dev.json config.ogpu
@@ -190,20 +190,24 @@ class Scenario:
         assert all(r.ok for r in block.txs), [r.reason for r in block.txs]
         return block
 
-    def commit_allclose(self, task_id: int, k: int, votes: dict[Any, tuple[bool, bytes]], **options: Any) -> Any:
-        """Members' commitResult (allclose); votes: member → (verdict, own result hash)."""
+    def reveal_allclose(self, task_id: int, k: int, votes: dict[Any, tuple[bool, bytes, bytes]], **options: Any) -> Any:
+        """Members' revealResult under allclose; votes: member → (verdict on the executor's checkpoint,
+        own result hash, own state hash), committed with commit_exact."""
         block = self.h.block(*(
-            self.h.tx(m, TASK_ABI, "commitResult", task_id, k,
-                      verdict_commitment(task_id, k, m.address, v, r, salt(m)))
-            for m, (v, r) in votes.items()
+            self.h.tx(m, TASK_ABI, "revealResult", task_id, k, v, r, st, salt(m), True)
+            for m, (v, r, st) in votes.items()
         ), **options)
         assert all(r.ok for r in block.txs), [r.reason for r in block.txs]
         return block
 
-    def reveal_allclose(self, task_id: int, k: int, votes: dict[Any, tuple[bool, bytes]], **options: Any) -> Any:
+    def judge(self, task_id: int, k: int, members: list[Any], lazy: tuple[Any, ...] = (), **options: Any) -> Any:
+        """Each of `members` judges the council's results: every result allclose to its own except the
+        `lazy` members' (whose own judgements call everyone allclose, as a member that never computed)."""
+        council = self.council(task_id, k)
         block = self.h.block(*(
-            self.h.tx(m, TASK_ABI, "revealResult", task_id, k, v, r, b"\x00" * 32, salt(m), True)
-            for m, (v, r) in votes.items()
+            self.h.tx(m, TASK_ABI, "judgeResults", task_id, k,
+                      [m in lazy or other not in lazy for other in council])
+            for m in members
         ), **options)
         assert all(r.ok for r in block.txs), [r.reason for r in block.txs]
         return block
@@ -219,12 +223,15 @@ class Scenario:
         return self.reveal_exact(task_id, k, votes)
 
     def verify_allclose(self, task_id: int, k: int, executor: Any, members: list[Any], checkpoint_hash: bytes) -> Any:
+        """Draw, members commit their own results, the executor reveals, members reveal yes and judge
+        each other allclose: the block whose last judgement accepts checkpoint k."""
         drawn = self.draw(task_id, k)
         assert sorted(drawn["members"]) == sorted(m.address for m in members)
+        own = {m: (keccak(b"own result" + m.address), step(k)) for m in members}
+        self.commit_exact(task_id, k, own)
         self.reveal_checkpoint(task_id, k, executor, checkpoint_hash)
-        votes = {m: (True, keccak(b"own result" + m.address)) for m in members}
-        self.commit_allclose(task_id, k, votes)
-        return self.reveal_allclose(task_id, k, votes)
+        self.reveal_allclose(task_id, k, {m: (True, *own[m]) for m in members})
+        return self.judge(task_id, k, members)
 
     def saturate_queue(self, filler: Any, due: int) -> None:
         """Queue MAX_DEADLINES_PER_BLOCK bid-closing deadlines due at `due` (filler tasks of 1 wei), so that
@@ -355,24 +362,30 @@ def test_exact_flow_pays_parts_summing_to_the_price_and_confirm_settles(ready, c
     assert s.penalties() == []
 
 
-def test_allclose_flow_executor_reveals_first_and_confirm_settles(ready, client, executor, members):
-    """allclose: the executor reveals during the council's commit window, members commit a verdict after
-    comparing, then reveal it; all parts paid, confirm settles."""
+def test_allclose_flow_members_commit_first_reveal_judge_and_confirm_settles(ready, client, executor, members):
+    """allclose: members commit to their own result and state before the executor can reveal; the
+    executor reveals, members reveal their verdict and both hashes, then judge each other's results;
+    the last judgement tallies; all parts paid, confirm settles."""
     s = ready
     task = assigned(s, client, executor, checkpoints=2, equivalence=Equivalence.ALLCLOSE)
     for k in (1, 2):
         h = ckpt(k)
         s.commit(task, k, executor, h)
         s.draw(task, k)
+        early = s.h.send(executor, TASK_ABI, "revealCheckpoint", task, k, h)
+        assert early.reason == "Task: checkpoint is not open for the executor's reveal"
+        own = {m: (keccak(b"own result" + m.address), step(k)) for m in members}
+        committed = s.commit_exact(task, k, own)
+        assert one(committed.txs[-1].events, "RevealPhase")["revealDeadline"] == s.h.now + REVEAL_WINDOW
         revealed = s.reveal_checkpoint(task, k, executor, h)
         assert one(revealed.events, "CheckpointRevealed").args == {"taskId": task, "k": k, "checkpointHash": h}
-        assert s.checkpoint(task, k)["phase"] == Phase.COUNCIL_COMMIT
-        assert s.checkpoint(task, k)["checkpointHash"] == h
-        votes = {m: (True, keccak(b"own result" + m.address)) for m in members}
-        committed = s.commit_allclose(task, k, votes)
-        assert one(committed.txs[-1].events, "RevealPhase")["revealDeadline"] == s.h.now + REVEAL_WINDOW
-        block = s.reveal_allclose(task, k, votes)
-        assert [e["verdict"] for r in block.txs for e in named(r.events, "ResultRevealed")] == [True] * 3
+        block = s.reveal_allclose(task, k, {m: (True, *own[m]) for m in members})
+        assert [(e["member"], e["verdict"], e["resultHash"], e["stepHash"]) for r in block.txs
+                for e in named(r.events, "ResultRevealed")] == [(m.address, True, *own[m]) for m in members]
+        opened = one(block.txs[-1].events, "JudgingPhase")
+        assert (opened["round"], opened["judgeDeadline"]) == (0, s.h.now + REVEAL_WINDOW)
+        assert s.checkpoint(task, k)["phase"] == Phase.JUDGE
+        block = s.judge(task, k, members)
         each, rest = shares(part(PRICE, k, 2), 1_000, 3)
         assert one(block.txs[-1].events, "CheckpointAccepted").args == {
             "taskId": task, "k": k, "executorPaid": rest, "councilPaid": 3 * each, "discount": 0}
@@ -617,17 +630,38 @@ def test_commit_result_rejections_under_exact(ready, client, executor, members, 
     assert s.checkpoint(task, 1)["phase"] == Phase.REVEAL
 
 
-def test_commit_result_under_allclose_waits_for_the_executor_reveal(ready, client, executor, members):
+def test_judge_results_rejections_under_allclose(ready, client, executor, members, outsider):
+    """judgeResults: only in the judging window, only by a member that revealed, once, with one verdict
+    per council member; a refused call changes nothing."""
     s = ready
     task = assigned(s, client, executor, equivalence=Equivalence.ALLCLOSE)
     h = ckpt(1)
     s.commit(task, 1, executor, h)
     s.draw(task, 1)
-    c = verdict_commitment(task, 1, members[0].address, True, h, salt(members[0]))
-    assert reason(s, members[0], "commitResult", task, 1, c) == "Task: the executor has not revealed this checkpoint yet"
+    council = s.council(task, 1)
+    first, second, silent = council
+    own = {m: (keccak(b"own" + m.address), step(1)) for m in council}
+    s.commit_exact(task, 1, own)
+    closed = "Task: the judging window is closed"
+    assert reason(s, first, "judgeResults", task, 1, [True] * 3) == closed  # reveal phase
     s.reveal_checkpoint(task, 1, executor, h)
-    s.h.ok(members[0], TASK_ABI, "commitResult", task, 1, c)
-    assert reason(s, members[0], "commitResult", task, 1, c) == "Task: result already committed"
+    s.reveal_allclose(task, 1, {m: (True, *own[m]) for m in (first, second)})
+    ends = s.checkpoint(task, 1)["phaseEnds"]
+    opened = one(s.h.block(at=ends).system_events, "JudgingPhase")  # `silent` never revealed
+    assert s.checkpoint(task, 1)["phase"] == Phase.JUDGE
+    assert reason(s, outsider, "judgeResults", task, 1, [True] * 3) == "Task: caller is not on this checkpoint's council"
+    assert reason(s, silent, "judgeResults", task, 1, [True] * 3) == "Task: no result revealed"
+    assert reason(s, first, "judgeResults", task, 1, [True] * 2) == "Task: expected 3 verdicts, one per council member"
+    s.h.ok(first, TASK_ABI, "judgeResults", task, 1, [True] * 3)
+    assert reason(s, first, "judgeResults", task, 1, [True] * 3) == "Task: results already judged"
+    # at the deadline the block's system call tallies first: the round is over, its council gone
+    late = s.h.send(second, TASK_ABI, "judgeResults", task, 1, [True] * 3, at=opened["judgeDeadline"])
+    assert late.reason == "Task: caller is not on this checkpoint's council"
+    events = s.h.blocks[-1].system_events
+    # `silent` missed its reveal, `second` its judgement: each pays the missed-vote penalty; 1 of 3 counted
+    assert sorted(p["offender"] for p in named(events, "ComputationPenalty")) == sorted(
+        [silent.address, second.address])
+    assert one(events, "CheckpointInconclusive")["round"] == 0
 
 
 def test_reveal_result_rejections_under_exact(ready, client, executor, members, outsider):

@@ -33,6 +33,7 @@ from test_task_checkpoints import (
     part,
     shares,
     step,
+    terms,
 )
 
 from ogpu_node.contracts.addresses import TASK
@@ -77,8 +78,11 @@ def start(s: Scenario, cast: Cast, bids: list[tuple[Any, int]] | None = None, **
         bids = [(cast.executor, PRICE_E), (cast.members[0], PRICE_X), (cast.replacement, PRICE_Y)]
     task = s.submit(cast.client, minMemoryMiB=MIN_MEMORY, firstN=len(bids), **overrides)
     event = s.assign(task, bids)
-    assert (event["executor"], event["price"]) == (cast.executor.address, PRICE_E)
-    assert s.stake(cast.executor)["locked"] == PRICE_E  # collateralBps 10000
+    price = min(p for _, p in bids)
+    assert (event["executor"], event["price"]) == (cast.executor.address, price)
+    t = terms(minMemoryMiB=MIN_MEMORY, **overrides)
+    floor = max(MAX_PAYMENT // 4, t["councilSize"] * fee(t["checkpoints"]), OGPU // 10)  # dev genesis
+    assert s.stake(cast.executor)["locked"] == max(price, floor)  # collateralBps 10000
     return task
 
 
@@ -94,6 +98,22 @@ def assert_never_slashed(s: Scenario, account: Any) -> None:
 
 def slash_reward(amount: int) -> int:
     return amount * REPORTER_SHARE_BPS // BPS
+
+
+def fee(checkpoints: int) -> int:
+    """S, the verification fee of the tasks here: the council share of ⌊maxPayment / K⌋."""
+    return MAX_PAYMENT // checkpoints * SHARE_BPS // BPS
+
+
+def payout(taken: int, workers: int, checkpoints: int, harmed: bool = False) -> tuple[int, int, int]:
+    """docs/protocol.md, "Who is paid from a cheater's collateral": (each worker's pay, the harmed
+    party's or client's reporter share, what burns) from `taken`."""
+    each = min(fee(checkpoints), taken // workers) if workers else 0
+    rest = taken - each * workers
+    reward = slash_reward(rest)
+    if harmed or not workers:
+        return each, reward, rest - reward
+    return each + reward // workers, 0, rest - reward // workers * workers
 
 
 # -- the council rejects --
@@ -119,16 +139,17 @@ def test_council_rejects_executor_slashed_and_lowest_non_council_bidder_resumes(
     block = s.reveal_exact(task, 2, votes)
     rejected_at = s.h.now
     events = block.txs[-1].events
-    reward = slash_reward(PRICE_E)
+    each, _, burned = payout(PRICE_E, 3, checkpoints=3)
     assert one(events, "ComputationPenalty").args == {
         "offender": e.address, "taskId": task, "kind": Penalty.REJECTED, "penalty": PRICE_E, "beneficiary": TASK}
-    assert one(events, "StakeSlashed").args == {
-        "account": e.address, "amount": PRICE_E, "burned": PRICE_E - reward, "rewarded": reward, "beneficiary": TASK}
+    assert one(events, "StakeSlashed").args == {  # all of it to Task, which shares it out
+        "account": e.address, "amount": PRICE_E, "burned": 0, "rewarded": PRICE_E, "beneficiary": TASK}
     assert one(events, "CheckpointRejected").args == {"taskId": task, "k": 2, "executor": e.address, "penalty": PRICE_E}
     assert one(events, "ExecutorReplaced").args == {
         "taskId": task, "previous": e.address, "executor": y.address, "price": PRICE_Y, "resumeFrom": 1}
-    assert [s.received(m) - before for m, before in zip(members, received_before, strict=True)] == [reward // 3] * 3
-    assert reward % 3 == 1  # the wei that cannot be split is burned (Task's balance checked after the block)
+    assert [s.received(m) - before for m, before in zip(members, received_before, strict=True)] == [each] * 3
+    assert each == fee(3) + slash_reward(PRICE_E - 3 * fee(3)) // 3 > fee(3)
+    assert one(events, "FundsBurned").args == {"taskId": task, "amount": burned}
     assert s.stake(e) == {**s.stake(e), "staked": PROVIDER_STAKE - PRICE_E, "locked": 0}
     assert s.stake(y)["locked"] == PRICE_Y
     assert s.stake(cast.members[0])["locked"] == 0
@@ -180,7 +201,7 @@ def test_council_rejects_with_no_eligible_bidder_left_cancels_with_refund(s, cas
     record = s.task(task)
     assert (record["state"], record["escrow"], record["deposit"]) == (TaskState.CANCELLED, 0, 0)
     assert s.received(cast.client) == MAX_PAYMENT + DEPOSIT
-    assert [s.received(m) for m in members] == [slash_reward(PRICE_E) // 3] * 3
+    assert [s.received(m) for m in members] == [payout(PRICE_E, 3, checkpoints=2)[0]] * 3
     assert s.stake(e)["staked"] == PROVIDER_STAKE - PRICE_E
     s.assert_no_locked_stake()
 
@@ -201,11 +222,12 @@ def test_missed_checkpoint_is_slashed_and_replaced_by_the_system_call(s, cast):
     block = s.h.block(at=expiry)
     assert block.txs == []
     events = block.system_events
-    reward = slash_reward(PRICE_E)
+    _, reward, _ = payout(PRICE_E, 0, checkpoints=2)  # no council did any work: the client's share
+    assert reward == slash_reward(PRICE_E)
     assert one(events, "CheckpointMissed").args == {"taskId": task, "k": 2, "executor": e.address, "penalty": PRICE_E}
     assert one(events, "ComputationPenalty").args == {
         "offender": e.address, "taskId": task, "kind": Penalty.MISSED_CHECKPOINT, "penalty": PRICE_E,
-        "beneficiary": cast.client.address}
+        "beneficiary": TASK}
     assert one(events, "ExecutorReplaced").args == {
         "taskId": task, "previous": e.address, "executor": y.address, "price": PRICE_Y, "resumeFrom": 1}
     assert s.received(cast.client) == reward
@@ -236,7 +258,9 @@ def test_executor_that_never_reveals_is_treated_as_missed(s, cast):
     assert one(events, "CheckpointMissed").args == {"taskId": task, "k": 1, "executor": e.address, "penalty": PRICE_E}
     penalty = [p for p in named(events, "ComputationPenalty") if p["offender"] == e.address]
     assert [(p["kind"], p["penalty"], p["beneficiary"]) for p in penalty] == [
-        (Penalty.MISSED_CHECKPOINT, PRICE_E, cast.client.address)]
+        (Penalty.MISSED_CHECKPOINT, PRICE_E, TASK)]
+    # The members committed (re-ran the segment) before the executor withheld its reveal: they are paid.
+    assert [s.received(m) for m in members] == [payout(PRICE_E, 3, checkpoints=1)[0]] * 3
     assert one(events, "ExecutorReplaced")["executor"] == y.address
     assert [s.stake(m)["locked"] for m in members] == [0] * 3  # seats released
     assert s.checkpoint(task, 1)["round"] == 1
@@ -251,11 +275,7 @@ def test_members_are_not_penalized_when_the_executor_never_reveals(s, cast, equi
     task = start(s, cast, checkpoints=1, equivalence=equivalence)
     s.commit(task, 1, e, ckpt(1))
     s.draw(task, 1)
-    if equivalence == Equivalence.EXACT:
-        s.commit_exact(task, 1, {m: (ckpt(1), step(1)) for m in members})
-    else:
-        reasons = [s.h.send(m, TASK_ABI, "commitResult", task, 1, keccak(m.address)).reason for m in members]
-        assert reasons == ["Task: the executor has not revealed this checkpoint yet"] * 3
+    s.commit_exact(task, 1, {m: (ckpt(1), step(1)) for m in members})  # both equivalences commit first
     while not named(s.events, "CheckpointMissed"):
         s.h.block(at=s.checkpoint(task, 1)["phaseEnds"])
     assert [p["offender"] for p in s.penalties()] == [e.address]
@@ -263,18 +283,22 @@ def test_members_are_not_penalized_when_the_executor_never_reveals(s, cast, equi
         assert_never_slashed(s, m)
 
 
-def test_allclose_reveal_after_the_council_commit_window_is_refused(s, cast):
+def test_allclose_reveal_before_the_members_commit_is_refused(s, cast):
+    """allclose: the executor cannot reveal while the council commits (members bind their own result
+    first); a council that never commits misses its votes and the executor, unable to reveal, is not
+    penalized for it: the round is inconclusive."""
     e, members = cast.executor, cast.members
     task = start(s, cast, checkpoints=1, equivalence=Equivalence.ALLCLOSE)
     s.commit(task, 1, e, ckpt(1))
     drawn = s.draw(task, 1)
-    s.h.block(at=drawn["commitDeadline"])  # nobody could commit: the executor had not revealed
+    early = s.h.send(e, TASK_ABI, "revealCheckpoint", task, 1, ckpt(1))
+    assert early.reason == "Task: checkpoint is not open for the executor's reveal"
+    s.h.block(at=drawn["commitDeadline"])
     assert s.checkpoint(task, 1)["phase"] == Phase.REVEAL
-    late = s.h.send(e, TASK_ABI, "revealCheckpoint", task, 1, ckpt(1))
-    assert late.reason == "Task: checkpoint is not open for the executor's reveal"
+    s.reveal_checkpoint(task, 1, e, ckpt(1))
     events = s.h.block(at=s.checkpoint(task, 1)["phaseEnds"]).system_events
-    assert one(events, "CheckpointMissed")["executor"] == e.address
-    assert named(events, "CheckpointInconclusive") == []
+    assert one(events, "CheckpointInconclusive")["round"] == 0
+    assert sorted(p["offender"] for p in named(events, "ComputationPenalty")) == sorted(m.address for m in members)
     assert [s.stake(m)["locked"] for m in members] == [0] * 3
 
 
@@ -483,7 +507,7 @@ def test_minority_member_of_a_decided_checkpoint_earns_nothing(s, cast, majority
         assert s.penalties() == []
     else:
         assert one(events, "CheckpointRejected")["penalty"] == PRICE_E
-        each = slash_reward(PRICE_E) // 2
+        each = payout(PRICE_E, 2, checkpoints=1)[0]
         assert [p["offender"] for p in s.penalties()] == [e.address]
     assert [s.received(m) for m in members] == [each, each, 0]
     assert s.stake(members[2]) == {**s.stake(members[2]), "staked": PROVIDER_STAKE, "locked": 0}
@@ -543,15 +567,15 @@ def test_dispute_where_the_council_rejects_slashes_the_executor(s, cast):
     s.commit_exact(task, 1, votes)
     block = s.reveal_exact(task, 1, votes)  # the executor's reveal of checkpoint 1 stands
     events = block.txs[-1].events
-    reward = slash_reward(PRICE_E)
+    each, reward, _ = payout(PRICE_E, 3, checkpoints=1, harmed=True)
     assert one(events, "ComputationPenalty").args == {
-        "offender": e.address, "taskId": task, "kind": Penalty.REJECTED, "penalty": PRICE_E,
-        "beneficiary": cast.client.address}
+        "offender": e.address, "taskId": task, "kind": Penalty.REJECTED, "penalty": PRICE_E, "beneficiary": TASK}
     refund = MAX_PAYMENT - PRICE_E + DEPOSIT
     assert one(events, "TaskSettled").args == {
         "taskId": task, "outcome": Outcome.EXECUTOR_LOST, "refund": refund, "paid": PRICE_E}
     assert s.received(cast.client) == refund + reward
-    assert [s.received(m) for m in members] == paid_before
+    assert each == fee(1)  # the dispute council's fee; the reporter share of the rest to the client
+    assert [s.received(m) - before for m, before in zip(members, paid_before, strict=True)] == [each] * 3
     assert s.stake(e)["staked"] == PROVIDER_STAKE - PRICE_E
     record = s.task(task)
     assert (record["state"], record["escrow"], record["deposit"]) == (TaskState.SETTLED, 0, 0)
@@ -569,11 +593,12 @@ def test_dispute_where_the_council_accepts_pays_the_council_from_the_deposit_and
     votes = {m: (ckpt(1), step(1)) for m in members}
     s.commit_exact(task, 1, votes)
     block = s.reveal_exact(task, 1, votes)
-    fee = DEPOSIT * REPORTER_SHARE_BPS // BPS // 3
+    each, _, _ = payout(DEPOSIT, 3, checkpoints=1)  # the deposit pays the council as a collateral would
+    assert DEPOSIT // 3 < fee(1) and each == DEPOSIT // 3  # this deposit is below 3 × S: split whole
     refund = MAX_PAYMENT - PRICE_E
     assert one(block.txs[-1].events, "TaskSettled").args == {
         "taskId": task, "outcome": Outcome.CLIENT_LOST, "refund": refund, "paid": PRICE_E}
-    assert [s.received(m) - before for m, before in zip(members, paid_before, strict=True)] == [fee] * 3
+    assert [s.received(m) - before for m, before in zip(members, paid_before, strict=True)] == [each] * 3
     assert s.received(cast.client) == refund  # the deposit is forfeited: fee to the council, the rest burned
     assert s.received(e) == executor_before
     record = s.task(task)

@@ -219,9 +219,12 @@ class ProviderCore:
         if self.busy >= self.max_jobs:
             log.info("task %d: not bidding: busy (%d running or pending of %d)", task_id, self.busy, self.max_jobs)
             return []
+        flags = self.strategy.anomalies(item.job, self.resources)
+        for flag in flags:
+            log.warning("task %d: anomaly: %s", task_id, flag)
         price, reason = self.strategy.decide(item.job, self.resources)
-        if price is None:
-            log.info("task %d: not bidding: %s", task_id, reason)
+        if price is None or flags:
+            log.info("task %d: not bidding: %s", task_id, reason if price is None else f"{len(flags)} anomaly flag(s)")
             return []
         self.bids[task_id] = price  # holds a job slot until the auction is decided
         return [m.PlaceBid(task_id, price, reason)]

@@ -6,12 +6,16 @@ a safety factor (the window also bounds a council member's re-run, and a loaded 
 Price: the compute seconds of the whole task times the operator's cost per second, plus a margin;
 no bid above the task's max payment. The margin adapts to the recent win rate: winning more often
 than the target means the price is low (raise it), less often means it is high (lower it).
+Anomalies (docs/tasks.md "Anomaly agents"): what the task's documents showed (`Job.anomalies`) and a
+max payment below this provider's own cost estimate; a flagged task gets no bid.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+
+from ogpu_node.apps.anomalies import underpriced
 
 SAFETY_FACTOR = 4.0  # a segment must take at most 1/4 of its window
 
@@ -35,6 +39,7 @@ class Job:
     segment_flops: float  # the longest segment
     segment_window_s: int
     max_payment: int
+    anomalies: tuple[str, ...] = ()  # flags on its documents (e.g. a dataset that does not fit the model)
 
 
 def infeasible(job: Job, res: Resources) -> str | None:
@@ -68,10 +73,21 @@ class BidStrategy:
         self.step = step
         self.outcomes: deque[bool] = deque(maxlen=window)
 
+    def cost(self, job: Job, res: Resources) -> int:
+        """What running ``job`` costs this provider in wei: its compute seconds here times the cost per
+        second, before any margin."""
+        return int(job.total_flops / res.flops_per_s * self.cost_per_second)
+
     def price(self, job: Job, res: Resources) -> int:
         """The bid in wei for ``job`` (at least 1 wei)."""
         seconds = job.total_flops / res.flops_per_s
         return max(1, int(seconds * self.cost_per_second * (1.0 + self.margin)))
+
+    def anomalies(self, job: Job, res: Resources) -> list[str]:
+        """The flags that keep this provider from bidding on ``job`` whatever its price: the documents'
+        and an under-priced prescription."""
+        flag = underpriced(job.max_payment, self.cost(job, res))
+        return [*job.anomalies, *([] if flag is None else [flag])]
 
     def decide(self, job: Job, res: Resources) -> tuple[int | None, str]:
         """(price, reason): price None means do not bid, and the reason says why."""

@@ -1,4 +1,5 @@
-"""The provider's bidding decisions: feasibility, cost-plus price, margin following the win rate."""
+"""The provider's bidding decisions: feasibility, cost-plus price, margin following the win rate, and the
+anomaly flags that keep it from bidding."""
 
 from __future__ import annotations
 
@@ -40,6 +41,23 @@ def test_price_is_compute_seconds_times_cost_plus_margin():
 def test_no_bid_above_max_payment():
     price, reason = BidStrategy(cost_per_second=10**18).decide(job(max_payment=10**18), RES)
     assert price is None and reason.startswith("unprofitable")
+
+
+def test_cost_is_compute_seconds_times_cost_per_second_without_margin():
+    assert BidStrategy(cost_per_second=10**15, margin=0.5).cost(job(), RES) == 3 * 10**15
+
+
+def test_a_max_payment_below_our_cost_is_flagged_but_one_between_cost_and_price_is_not():
+    s = BidStrategy(cost_per_second=10**15, margin=0.5)  # cost 3e15 wei, price 4.5e15 wei
+    assert s.anomalies(job(max_payment=3 * 10**15 - 1), RES) == [
+        "under-priced: max payment 2999999999999999 wei is below this provider's cost estimate of 3000000000000000 wei"]
+    assert s.anomalies(job(max_payment=3 * 10**15), RES) == []
+    assert s.decide(job(max_payment=3 * 10**15), RES)[0] is None  # unprofitable at our margin, not anomalous
+
+
+def test_the_documents_flags_come_first():
+    flags = BidStrategy(cost_per_second=10**18).anomalies(job(max_payment=1, anomalies=("dataset 0x01: bad",)), RES)
+    assert flags[0] == "dataset 0x01: bad" and flags[1].startswith("under-priced: max payment 1 wei")
 
 
 def test_margin_rises_when_winning_and_falls_when_losing_within_bounds():

@@ -24,6 +24,7 @@ __all__ = ["provider"]
 
 # apps.provider.stream_ws.STREAM_FAULTS, spelled here so that the CLI starts without loading the app
 STREAM_FAULTS = ("wrong-tokens", "silent")
+COUNCIL_FAULTS = ("lazy",)  # apps.provider.council.COUNCIL_FAULTS
 
 
 @click.group("provider")
@@ -54,10 +55,13 @@ def provider() -> None:
 @click.option("--stream-fault", type=click.Choice(STREAM_FAULTS), default=None,
               help="TESTING ONLY: answer stream requests dishonestly (wrong-tokens: altered bytes, signed; "
                    "silent: never answer). A wrong answer is proved by the council and slashed; silence is counted.")
+@click.option("--council-fault", type=click.Choice(COUNCIL_FAULTS), default=None,
+              help="TESTING ONLY: sit on councils without computing (lazy: commit and judge at random; under "
+                   "allclose the other members find it out and its seat stake is slashed).")
 def run(rpc_url: str, keystore: Path | None, from_address: str | None, password_file: Path | None,
         private_key: str | None, datadir: Path | None, stake_wei: int | None, memory_mib: int | None,
         cost_per_second: int, margin: float, fault: str | None, fault_magnitude: float, ws_url: str | None,
-        streams: bool, stream_fault: str | None) -> None:
+        streams: bool, stream_fault: str | None, council_fault: str | None) -> None:
     """Register as a provider at RPC_URL's chain, bid on batch tasks, train them and serve on councils;
     subscribe to stream tasks that pay and serve their requests through the node's WebSocket."""
     key = private_key_from_options(keystore, password_file, from_address, private_key)
@@ -83,7 +87,7 @@ def run(rpc_url: str, keystore: Path | None, from_address: str | None, password_
         rpc_url=rpc_url, private_key=key, datadir=resolve_datadir(datadir) / "provider", stake=stake_wei,
         memory_mib=memory_mib, cost_per_second=cost_per_second, margin=margin,
         fault=None if fault is None else Fault(fault, magnitude=fault_magnitude),
-        streams=streams, ws_url=ws_url, stream_fault=stream_fault,
+        streams=streams, ws_url=ws_url, stream_fault=stream_fault, council_fault=council_fault,
     )
     apps.append(Provider(config))
     if asked:

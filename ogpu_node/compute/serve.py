@@ -58,13 +58,16 @@ def _train(header: dict[str, Any], payloads: list[bytes], specs: dict[str, Train
     start = payloads.pop(0) if header["has_start"] else None
     cpu, wall = time.process_time(), time.perf_counter()
     if header["fault"] is None:
-        result = train_segment(spec, start, header["steps"], header["hash_steps"])
+        result = train_segment(spec, start, header["steps"], header["hash_steps"], header.get("keep_states", False))
     else:
         result = train_faulty(spec, start, header["steps"], Fault.from_json(header["fault"]))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     hashes = {str(s): h.hex() for s, h in result.state_hashes.items()}
     reply = {"losses": result.losses, "state_hashes": hashes, "cpu_s": cpu, "wall_s": wall}
-    return reply, result.checkpoint
+    kept = sorted((result.states or {}).items())
+    # Kept states travel in the one reply payload after the checkpoint, cut by their lengths.
+    reply["states"] = [[s, len(data)] for s, data in kept]
+    return reply, b"".join([result.checkpoint, *(data for _, data in kept)])
 
 
 def _load_served(header: dict[str, Any], payloads: list[bytes], served: OrderedDict[str, nn.Module]) -> None:

@@ -85,6 +85,7 @@ class SegmentResult(NamedTuple):
     checkpoint: bytes  # canonical checkpoint after the segment
     losses: list[float]  # training loss of each step in the segment
     state_hashes: dict[int, bytes]  # step s -> H(checkpoint at step s), for each requested s
+    states: dict[int, bytes] | None = None  # step s -> the checkpoint at step s, when kept
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -192,13 +193,14 @@ def initial_checkpoint(spec: TrainSpec, weights: bytes) -> bytes:
 
 
 def train_segment(
-    spec: TrainSpec, start: bytes | None, steps: int, hash_steps: Iterable[int] = ()
+    spec: TrainSpec, start: bytes | None, steps: int, hash_steps: Iterable[int] = (), keep_states: bool = False,
 ) -> SegmentResult:
     """Train `steps` updates from `start` (None: fresh weights from the seed).
 
-    `hash_steps` are global step numbers in [start step, end step] whose state hash is wanted.
+    `hash_steps` are global step numbers in [start step, end step] whose state hash is wanted;
+    `keep_states` also returns those states (an allclose council member publishes its own).
     """
-    return run_segment(spec, start, steps, hash_steps)
+    return run_segment(spec, start, steps, hash_steps, keep_states=keep_states)
 
 
 def run_segment(
@@ -208,6 +210,7 @@ def run_segment(
     hash_steps: Iterable[int] = (),
     data_seed: int | None = None,
     updates: int | None = None,
+    keep_states: bool = False,
 ) -> SegmentResult:
     """train_segment, with the knobs faults.py turns to play a dishonest executor: `data_seed`
     draws the data order from another seed, and only the first `updates` steps update the model
@@ -222,6 +225,7 @@ def run_segment(
         if outside:
             raise InvalidTrainSpec(f"hash step {outside[0]} is outside this segment [{first}, {last}]")
         hashes: dict[int, bytes] = {}
+        states: dict[int, bytes] = {}
         losses: list[float] = []
         cursor = state.data_cursor
         order_seed = spec.seed if data_seed is None else data_seed
@@ -231,7 +235,10 @@ def run_segment(
             if step in wanted:
                 recent = recent_losses(state.recent_losses, losses)
                 now = TrainState(state.family, state.hparams, state.optimizer, state.seed, step, cursor, recent)
-                hashes[step] = checkpoint.checkpoint_hash(checkpoint.save(model, optimizer, now))
+                saved = checkpoint.save(model, optimizer, now)
+                hashes[step] = checkpoint.checkpoint_hash(saved)
+                if keep_states:
+                    states[step] = saved
             if step == last:
                 break
             if updates is not None and step - first >= updates:
@@ -251,7 +258,7 @@ def run_segment(
             cursor += spec.batch_size
         recent = recent_losses(state.recent_losses, losses)
         final = TrainState(state.family, state.hparams, state.optimizer, state.seed, last, cursor, recent)
-        return SegmentResult(checkpoint.save(model, optimizer, final), losses, hashes)
+        return SegmentResult(checkpoint.save(model, optimizer, final), losses, hashes, states if keep_states else None)
 
 
 # --- a spec as bytes, to hand to a worker process without pickle ---------------------------------

@@ -67,6 +67,7 @@ class SegmentRun(NamedTuple):
     checkpoint: bytes
     losses: list[float]
     state_hashes: dict[int, bytes]  # empty for a faulty run
+    states: dict[int, bytes]  # the checkpoints at the hash steps, when kept (keep_states)
     cpu_s: float  # process CPU time of the training itself, in the worker
     wall_s: float  # wall time of the training itself, in the worker
 
@@ -132,6 +133,7 @@ class Worker:
         hash_steps: Iterable[int] = (),
         fault: Fault | None = None,
         timeout: float | None = None,
+        keep_states: bool = False,
     ) -> SegmentRun:
         """`train_segment` (or `train_faulty` with `fault`) in the worker."""
         from ogpu_node.compute.trainer import encode_spec
@@ -156,6 +158,7 @@ class Worker:
                 "op": "train", "spec": key, "has_spec": has_spec, "evict": evict, "has_start": start is not None,
                 "steps": steps, "hash_steps": sorted(set(hash_steps)),
                 "fault": None if fault is None else fault.to_json(), "payloads": len(payloads),
+                "keep_states": keep_states,
             }
             try:
                 reply, ckpt = self._call(header, payloads, timeout)
@@ -163,7 +166,15 @@ class Worker:
                 self._cached.pop(key, None)  # the worker may not have decoded it: resend next time
                 raise
         hashes = {int(s): bytes.fromhex(h) for s, h in reply["state_hashes"].items()}
-        return SegmentRun(ckpt, reply["losses"], hashes, reply["cpu_s"], reply["wall_s"])
+        states: dict[int, bytes] = {}
+        if reply["states"]:  # cut the kept states off the payload (copying only then)
+            offset = len(ckpt) - sum(size for _, size in reply["states"])
+            body = ckpt[:offset]
+            for step, size in reply["states"]:
+                states[int(step)] = ckpt[offset:offset + size]
+                offset += size
+            ckpt = body
+        return SegmentRun(ckpt, reply["losses"], hashes, states, reply["cpu_s"], reply["wall_s"])
 
     def measure_throughput(self, seconds: float = 1.0) -> float:
         """FLOP/s of this worker training a small reference MLP for about `seconds`."""

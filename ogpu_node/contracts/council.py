@@ -120,7 +120,8 @@ def judge_results(ctx: TaskContext, task_id: int, k: int, verdicts: list[bool]) 
     for other, close in zip(council, verdicts, strict=True):
         if other != member and not close:
             marked = ctx.vote(task_id, k, round_, other)
-            marked.marks += 1
+            if marked.revealed:  # one that never revealed has nothing to judge: it missed its vote
+                marked.marks += 1
     vote.judged = True
     judgements = checkpoint.judgements + 1
     checkpoint.judgements = judgements

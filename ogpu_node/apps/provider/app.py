@@ -61,6 +61,7 @@ class ProviderConfig:
     streams: bool = True  # subscribe to stream tasks and serve them (docs/streams.md)
     ws_url: str | None = None  # the node's WebSocket (default: the rpc url's host, port 8546)
     stream_fault: str | None = None  # stream_ws.STREAM_FAULTS: answer dishonestly (tests only)
+    council_fault: str | None = None  # council.COUNCIL_FAULTS: vote without computing (tests only)
 
 
 class Provider:
@@ -304,7 +305,8 @@ class Provider:
             assert ctx is not None and self.core is not None
             core = self.core
             await CouncilSeat(self.chain, self.files, ctx, self.council_worker, self.council_turns, k, round_,
-                              action.step_index, lambda step: core.vote_on_chain((task_id, k, round_), step)).run()
+                              action.step_index, lambda step: core.vote_on_chain((task_id, k, round_), step),
+                              lazy=self.config.council_fault == "lazy").run()
         except (*DOCUMENT_ERRORS, OSError) as exc:  # no vote without documents: the protocol counts a missed vote
             log.warning("task %d: council seat on checkpoint %d round %d: %s", task_id, k, round_, exc)
         except Exception:
@@ -359,7 +361,7 @@ class Provider:
             if k > checkpoints:
                 continue
             ck = await blocking(self.chain.checkpoint, task_id, k)
-            if ck.phase in (Phase.COUNCIL_COMMIT, Phase.REVEAL) and self.me in (str(member).lower() for member in ck.council):
+            if Phase(ck.phase).sitting and self.me in (str(member).lower() for member in ck.council):
                 seats.append((task_id, k, ck.round, ck.step_index))
         if seats:  # which of our votes the chain shows already (a commit sent just before the stop)
             events = await blocking(self.chain.task_events, max(0, self.last_block - LOG_WINDOW + 1), self.last_block)

@@ -2,8 +2,7 @@
 for HTTP). `ProviderCore.receive(item) -> list[Action]` holds every rule of docs/tasks.md
 "Provider" that depends only on what has been seen: which task to consider, the job limit, when
 an auction was won or lost, when to start or stop executing, the order of commits, when to reveal
-(under `exact` once the reveal phase opens, under `allclose` once the council is drawn; once per
-checkpoint), which council seats to serve, and what an ended task lets go of. The service
+(once the reveal phase opens: the council has committed; once per checkpoint), which council seats to serve, and what an ended task lets go of. The service
 (`app.Provider`) does the I/O and reports back; nothing here blocks, sleeps or touches the network.
 """
 
@@ -21,7 +20,7 @@ from ogpu_node.types.protocol import Phase, TaskKind
 
 log = logging.getLogger("ogpu.provider")
 
-DRAWN, REVEAL_PHASE = "drawn", "reveal-phase"  # what opens checkpoint k's reveal: allclose, exact
+REVEAL_PHASE = "reveal-phase"  # what opens checkpoint k's reveal
 VERDICTS = ("CheckpointAccepted", "CheckpointRejected", "CheckpointMissed", "CheckpointInconclusive")
 ENDINGS = ("TaskCancelled", "TaskSettled")
 
@@ -39,7 +38,7 @@ class Execution:
     committed: dict[int, bytes] = field(default_factory=dict)
     training_stopped: bool = False
     failed: bool = False  # its job ended with an error (documents, worker): it holds no job slot
-    triggers: set[tuple[int, str]] = field(default_factory=set)  # (k, DRAWN | REVEAL_PHASE) seen
+    triggers: set[tuple[int, str]] = field(default_factory=set)  # (k, REVEAL_PHASE) seen
     revealing: set[int] = field(default_factory=set)  # reveals sent or in flight
 
 
@@ -49,6 +48,7 @@ class SeatVotes:
 
     committed: bool = False
     revealed: bool = False
+    judged: bool = False
 
 
 class ProviderCore:
@@ -64,7 +64,7 @@ class ProviderCore:
         self._chain: dict[str, Callable[[dict[str, Any]], list[m.Action]]] = {
             "TaskSubmitted": self._submitted, "TaskAssigned": self._assigned,
             "ExecutorReplaced": self._replaced, "CouncilDrawn": self._drawn, "RevealPhase": self._reveal_phase,
-            "ResultCommitted": self._vote_seen, "ResultRevealed": self._vote_seen,
+            "ResultCommitted": self._vote_seen, "ResultRevealed": self._vote_seen, "ResultsJudged": self._vote_seen,
             **{name: self._verdict for name in VERDICTS}, **{name: self._ended for name in ENDINGS},
         }
 
@@ -88,9 +88,9 @@ class ProviderCore:
         return self._observe(item)
 
     def vote_on_chain(self, seat: Seat, step: str) -> bool:
-        """Whether the chain's logs show our ``commit`` or ``reveal`` on ``seat``."""
+        """Whether the chain's logs show our ``commit``, ``reveal`` or ``judge`` on ``seat``."""
         votes = self.seats.get(seat)
-        return votes is not None and (votes.committed if step == "commit" else votes.revealed)
+        return votes is not None and getattr(votes, {"commit": "committed", "reveal": "revealed", "judge": "judged"}[step])
 
     @property
     def busy(self) -> int:
@@ -129,7 +129,7 @@ class ProviderCore:
 
     def _drawn(self, a: dict[str, Any]) -> list[m.Action]:
         task_id, k, round_ = a["taskId"], a["k"], a["round"]
-        out = self._trigger(task_id, k, DRAWN)
+        out: list[m.Action] = []
         if any(self._mine(member) for member in a["members"]) and task_id not in self.ended:
             seat = (task_id, k, round_)
             if seat not in self.seats:
@@ -147,8 +147,10 @@ class ProviderCore:
                 if (task_id, k) == (a["taskId"], a["k"]):
                     if a["_name"] == "ResultCommitted":
                         votes.committed = True
-                    else:
+                    elif a["_name"] == "ResultRevealed":
                         votes.revealed = True
+                    else:
+                        votes.judged = True
         return []
 
     def _verdict(self, a: dict[str, Any]) -> list[m.Action]:
@@ -237,8 +239,6 @@ class ProviderCore:
         if ex is not None and item.committed >= k:  # the council may already wait for our reveal
             if item.phase == Phase.REVEAL:
                 ex.triggers.add((k, REVEAL_PHASE))
-            elif item.phase == Phase.COUNCIL_COMMIT:
-                ex.triggers.add((k, DRAWN))
         return out
 
     # -- the executor's commits and reveals --
@@ -275,10 +275,9 @@ class ProviderCore:
     def _reveals_due(self, task_id: int, ex: Execution) -> list[m.Action]:
         if ex.exact is None:
             return []
-        opens = REVEAL_PHASE if ex.exact else DRAWN  # exact: the council has committed; allclose: it is drawn
         out: list[m.Action] = []
         for k, digest in sorted(ex.committed.items()):
-            if (k, opens) in ex.triggers and k not in ex.revealing:
+            if (k, REVEAL_PHASE) in ex.triggers and k not in ex.revealing:
                 ex.revealing.add(k)  # once per checkpoint: a fresh council re-checks the same reveal
                 out.append(m.Reveal(task_id, k, digest))
         return out
@@ -300,4 +299,4 @@ def my_votes(events: list[Event], task_id: int, k: int, me: str) -> tuple[bool, 
     return committed, revealed
 
 
-__all__ = ["DRAWN", "REVEAL_PHASE", "Execution", "ProviderCore", "SeatVotes", "my_votes"]
+__all__ = ["REVEAL_PHASE", "Execution", "ProviderCore", "SeatVotes", "my_votes"]

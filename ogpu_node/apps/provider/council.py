@@ -1,9 +1,10 @@
 """One council seat (docs/tasks.md, "Council duty"): re-run segment k from ckpt_{k-1} in the
-council worker, then commit and reveal. Under `exact` the commitment binds H(result) and the state
-hash at the drawn step, and the member waits for the executor's reveal only to attest that it could
-fetch the blob; under `allclose` it waits for the executor's reveal, compares, commits the verdict
-and reveals it when the reveal phase opens. The vote is written to the datadir before it is
-committed, so a restarted provider reveals what it committed."""
+council worker, then commit H(result) and H(state at the drawn step) before the executor reveals.
+Under `exact` the member waits for the executor's reveal to attest that it could fetch the blob and
+reveals; under `allclose` it compares its result with the executor's, publishes its own result and
+state, reveals its verdict, then judges the other members' published results (docs/protocol.md,
+"Lazy members under allclose"). The vote (and under allclose what it committed to) is written to the
+datadir before it is committed, so a restarted provider reveals what it committed."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from ogpu_node.apps.client import ClientError
-from ogpu_node.apps.provider.chain import ChainClient
+from ogpu_node.apps.provider.chain import ChainClient, Event
 from ogpu_node.apps.provider.concurrency import blocking
 from ogpu_node.apps.provider.context import TaskContext
 from ogpu_node.apps.provider.executor import account_bytes, chain_now
 from ogpu_node.apps.provider.retry import persist
 from ogpu_node.apps.provider.store import ProviderFiles, Vote
-from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment, verdict_commitment
+from ogpu_node.contracts.commitments import checkpoint_commitment, exact_result_commitment
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import drawn_step, segment_bounds
 from ogpu_node.types.protocol import Phase, TaskState
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ogpu.provider")
 POLL_S = 0.3
 WAIT_LIMIT_S = 24 * 3600
+LOOKBACK_BLOCKS = 10_000  # how far back a member reads the others' reveals (the node's log range cap)
+COUNCIL_FAULTS = ("lazy",)  # testing only: vote without computing
 
 
 class Abandoned(Exception):
@@ -47,6 +50,21 @@ def revealed_hash(task_id: int, k: int, checkpoint: CheckpointRecord, task: Task
         return None
     executor = bytes.fromhex(str(task.executor).removeprefix("0x"))
     return digest if checkpoint_commitment(task_id, k, executor, digest) == bytes(checkpoint.commitment) else None
+
+
+def revealed_results(events: list[Event], task_id: int, k: int, round_: int) -> dict[str, tuple[bytes, bytes]]:
+    """member (lower-case hex) → (H(result), H(state)) its ResultRevealed published in this round,
+    from ``events`` in chain order (the round starts at its CouncilDrawn)."""
+    out: dict[str, tuple[bytes, bytes]] = {}
+    for event in events:
+        a = event.args
+        if a.get("taskId") != task_id or a.get("k") != k:
+            continue
+        if event.name == "CouncilDrawn":
+            out = {} if a.get("round") == round_ else out
+        elif event.name == "ResultRevealed":
+            out[str(a["member"]).lower()] = (bytes(a["resultHash"]), bytes(a["stepHash"]))
+    return out
 
 
 def allclose_verdict(ctx: TaskContext, mine: bytes, theirs: bytes) -> bool:
@@ -66,10 +84,11 @@ class CouncilSeat:
 
     def __init__(self, chain: ChainClient, files: ProviderFiles, ctx: TaskContext, worker: Worker,
                  limiter: trio.CapacityLimiter, k: int, round_: int, step_index: int,
-                 on_chain: Callable[[str], bool]) -> None:
+                 on_chain: Callable[[str], bool], lazy: bool = False) -> None:
         self.chain, self.files, self.ctx, self.worker, self.limiter = chain, files, ctx, worker, limiter
         self.task_id, self.k, self.round, self.step_index = ctx.task_id, k, round_, step_index
         self.on_chain = on_chain
+        self.lazy = lazy  # testing only: commit and judge without computing (councils must catch it)
         self.outcome: str | None = None
 
     async def run(self) -> str:
@@ -87,43 +106,88 @@ class CouncilSeat:
     async def _vote(self) -> None:
         task_id, k, fns, me = self.task_id, self.k, self.chain.task.functions, account_bytes(self.chain)
         saved = await blocking(self.files.load_vote, task_id, k, self.round)
-        result: bytes | None = None
-        if saved is None:
-            result, step_hash = await self._recompute()
-            vote = Vote(merkle_root(result), step_hash, os.urandom(32))
-        else:
+        own: tuple[bytes, bytes] | None = None  # allclose: the result and state committed to
+        if saved is not None:
             vote = saved
             log.info("task %d: council resumes its vote on checkpoint %d round %d", task_id, k, self.round)
-        if self.ctx.exact:
-            await blocking(self.files.save_vote, task_id, k, self.round, vote)
-            commitment = exact_result_commitment(task_id, k, me, vote.result, vote.step, vote.salt)
-            await self._send("commit", f"commitResult {k}", fns.commitResult(task_id, k, commitment))
-            theirs = await self._wait_phase(Phase.REVEAL, need_reveal=True)
-            assert theirs is not None
-            fetched = await self._fetch(theirs) is not None
-            verdict = vote.result == theirs
+            if not self.ctx.exact and not self.lazy:
+                own = await blocking(self.files.load_committed, task_id, k, self.round)
+        elif self.lazy:
+            vote = Vote(os.urandom(32), os.urandom(32), os.urandom(32))
+            log.warning("task %d: council votes on checkpoint %d without computing (--council-fault lazy)", task_id, k)
         else:
-            theirs = await self._wait_phase(Phase.COUNCIL_COMMIT, need_reveal=True)
-            assert theirs is not None
-            published = await self._fetch(theirs)
-            fetched = published is not None
-            if result is None:  # resumed: the re-run itself was not kept
-                result, _ = await self._recompute()
-            verdict = published is not None and await blocking(allclose_verdict, self.ctx, result, published)
-            vote = Vote(vote.result, bytes(32), vote.salt)
-            await blocking(self.files.save_vote, task_id, k, self.round, vote)
-            commitment = verdict_commitment(task_id, k, me, verdict, vote.result, vote.salt)
-            await self._send("commit", f"commitResult {k}", fns.commitResult(task_id, k, commitment))
-            await self._wait_phase(Phase.REVEAL, need_reveal=False)
+            result, step_hash, state = await self._recompute(keep_state=not self.ctx.exact)
+            vote = Vote(merkle_root(result), step_hash, os.urandom(32))
+            if state is not None:
+                own = (result, state)
+                await blocking(self.files.save_committed, task_id, k, self.round, result, state)
+        await blocking(self.files.save_vote, task_id, k, self.round, vote)
+        commitment = exact_result_commitment(task_id, k, me, vote.result, vote.step, vote.salt)
+        await self._send("commit", f"commitResult {k}", fns.commitResult(task_id, k, commitment))
+        theirs = await self._wait_phase(Phase.REVEAL, need_reveal=True)
+        assert theirs is not None
+        published = await self._fetch(theirs)
+        fetched = published is not None
+        if self.ctx.exact:
+            verdict = vote.result == theirs
+        elif self.lazy:
+            verdict = True
+        else:
+            verdict = published is not None and own is not None and await blocking(
+                allclose_verdict, self.ctx, own[0], published)
+            if own is not None:
+                await self._publish(own)
         await self._send("reveal", f"revealResult {k}",
                          fns.revealResult(task_id, k, verdict, vote.result, vote.step, vote.salt, fetched))
         self.outcome = "yes" if verdict else "no"
         log.info("task %d: council voted %s on checkpoint %d round %d", task_id, self.outcome, k, self.round)
+        if not self.ctx.exact:
+            await self._judge(own)
+
+    async def _publish(self, own: tuple[bytes, bytes]) -> None:
+        """Put our result and state where the other members can fetch them (after the commit window:
+        before it, a lazy member could copy them)."""
+        for what, data in zip(("result", "state"), own, strict=True):
+            label = f"task {self.task_id}: publish council {what} {self.k}"
+            await persist(label, lambda data=data, label=label: blocking(self.chain.put_blob, label, data),
+                          now=lambda: chain_now(self.chain), deadline=self._phase_end)
+
+    async def _judge(self, own: tuple[bytes, bytes] | None) -> None:
+        """allclose: say of each other member whether its published result and state are allclose to
+        ours; a member that did not reveal has nothing to judge."""
+        task_id, k = self.task_id, self.k
+        try:
+            await self._wait_phase(Phase.JUDGE, need_reveal=False)
+        except Abandoned:
+            return  # tallied without judging: fewer than two members revealed
+        council = [str(a).lower() for a in (await blocking(self.chain.checkpoint, task_id, k)).council]
+        head = await blocking(self.chain.head)
+        events = await blocking(self.chain.task_events, max(0, head - LOOKBACK_BLOCKS), head)
+        revealed = revealed_results(events, task_id, k, self.round)
+        me = self.chain.address.lower()
+        verdicts = []
+        for member in council:
+            pair = revealed.get(member)
+            if member == me or pair is None or self.lazy or own is None:
+                verdicts.append(True)
+            else:
+                verdicts.append(await self._close_to_ours(own, pair))
+        await self._send("judge", f"judgeResults {k}", self.chain.task.functions.judgeResults(task_id, k, verdicts))
+        marked = [member for member, close in zip(council, verdicts, strict=True) if not close]
+        log.info("task %d: council judged checkpoint %d round %d: %s", task_id, k, self.round,
+                 "all allclose" if not marked else "not allclose: " + ", ".join(marked))
+
+    async def _close_to_ours(self, own: tuple[bytes, bytes], hashes: tuple[bytes, bytes]) -> bool:
+        for mine, digest in zip(own, hashes, strict=True):
+            theirs = await self._fetch(digest)
+            if theirs is None or not await blocking(allclose_verdict, self.ctx, mine, theirs):
+                return False
+        return True
 
     async def _current(self) -> tuple[CheckpointRecord, TaskRecord]:
         """This round's checkpoint record and the task; Abandoned once the round or the task is over."""
         checkpoint = await blocking(self.chain.checkpoint, self.task_id, self.k)
-        if checkpoint.round != self.round or checkpoint.phase > Phase.REVEAL:
+        if checkpoint.round != self.round or not Phase(checkpoint.phase).sitting:
             raise Abandoned(f"round {self.round} of checkpoint {self.k} is over")
         task = await blocking(self.chain.task_record, self.task_id)
         if task.state in (TaskState.CANCELLED, TaskState.SETTLED):
@@ -148,8 +212,9 @@ class CouncilSeat:
                 await trio.sleep(POLL_S)
         raise ClientError(f"timed out after {WAIT_LIMIT_S}s waiting for phase {phase.label} of checkpoint {self.k}")
 
-    async def _recompute(self) -> tuple[bytes, bytes]:
-        """Re-run segment k from the executor's revealed ckpt_{k-1}: (result, state hash at the drawn step)."""
+    async def _recompute(self, keep_state: bool) -> tuple[bytes, bytes, bytes | None]:
+        """Re-run segment k from the executor's revealed ckpt_{k-1}: (result, state hash at the drawn
+        step, that state if kept)."""
         task_id, k, p = self.task_id, self.k, self.ctx.prescription
         start = self.ctx.initial
         if k > 1:
@@ -163,10 +228,10 @@ class CouncilSeat:
         # One council worker: seats re-run one after another (on a 2-core machine a second would
         # only slow the executor's training).
         run = await blocking(self.worker.train, self.ctx.spec, start, last - first, hash_steps=[step],
-                             limiter=self.limiter)
+                             keep_states=keep_state, limiter=self.limiter)
         log.info("task %d: council re-ran checkpoint %d round %d in %.1fs (cpu %.1fs): 0x%s", task_id, k,
                  self.round, run.wall_s, run.cpu_s, merkle_root(run.checkpoint).hex())
-        return run.checkpoint, run.state_hashes[step]
+        return run.checkpoint, run.state_hashes[step], run.states.get(step)
 
     async def _send(self, step: str, what: str, call: object) -> None:
         label = f"task {self.task_id}: {what}"
@@ -178,7 +243,8 @@ class CouncilSeat:
                       deadline=self._phase_end, done=done)
 
     async def _fetch(self, digest: bytes) -> bytes | None:
-        """The executor's published checkpoint, retried until a few seconds before the phase ends."""
+        """A published checkpoint (the executor's, or a member's), retried until a few seconds before
+        the phase ends."""
         async def deadline() -> int:
             return await self._phase_end() - 5
 
@@ -187,8 +253,9 @@ class CouncilSeat:
                                  lambda: blocking(self.chain.get_blob, digest), now=lambda: chain_now(self.chain),
                                  deadline=deadline)
         except ClientError as exc:
-            log.warning("task %d: cannot fetch the executor's checkpoint %d: %s", self.task_id, self.k, exc)
+            log.warning("task %d: cannot fetch checkpoint 0x%s of round %d: %s", self.task_id, digest.hex(), self.round,
+                        exc)
             return None
 
 
-__all__ = ["Abandoned", "CouncilSeat", "allclose_verdict", "revealed_hash"]
+__all__ = ["COUNCIL_FAULTS", "Abandoned", "CouncilSeat", "allclose_verdict", "revealed_hash", "revealed_results"]

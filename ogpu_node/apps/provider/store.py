@@ -2,7 +2,9 @@
 picks up what it owes (docs/tasks.md, "Restart"):
 
 - ``tasks/<id>/ckpt-<k>.safetensors``: the checkpoints it trained as executor;
-- ``votes/<task>-<k>-<round>.json``: a council vote, written before its commitment is sent.
+- ``votes/<task>-<k>-<round>.json``: a council vote, written before its commitment is sent;
+- ``votes/<task>-<k>-<round>.result`` and ``.state``: under allclose, the result and state it
+  committed to, published after the commit window (a re-run could differ in its last bits).
 
 Every file is written whole (`files.atomic_write`); files of ended tasks are deleted.
 """
@@ -62,10 +64,22 @@ class ProviderFiles:
         except (OSError, ValueError, KeyError, TypeError):  # JsonBoundsError is a ValueError
             return None
 
+    def save_committed(self, task_id: int, k: int, round_: int, result: bytes, state: bytes) -> None:
+        path = self.vote_path(task_id, k, round_)
+        atomic_write(path.with_suffix(".result"), result)
+        atomic_write(path.with_suffix(".state"), state)
+
+    def load_committed(self, task_id: int, k: int, round_: int) -> tuple[bytes, bytes] | None:
+        path = self.vote_path(task_id, k, round_)
+        try:
+            return path.with_suffix(".result").read_bytes(), path.with_suffix(".state").read_bytes()
+        except OSError:
+            return None
+
     def forget(self, task_id: int) -> None:
         """A task that ended needs none of our files: its checkpoints live on as blobs."""
         shutil.rmtree(self.datadir / "tasks" / str(task_id), ignore_errors=True)
-        for vote in (self.datadir / "votes").glob(f"{task_id}-*.json"):
+        for vote in (self.datadir / "votes").glob(f"{task_id}-*"):
             vote.unlink(missing_ok=True)
 
 

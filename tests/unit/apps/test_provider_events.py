@@ -145,13 +145,13 @@ def test_exact_reveals_once_the_council_has_committed_once_per_checkpoint():
     assert core.receive(Committed(8, 2)) == [Reveal(8, 2, D2)]
 
 
-def test_allclose_reveals_when_the_council_is_drawn():
+def test_allclose_also_reveals_only_once_the_council_has_committed():
     core = make_core()
     executing(core, 9, exact=False)
     core.receive(CheckpointTrained(9, 1, D1))
     core.receive(Committed(9, 1))
-    assert core.receive(drawn(9, 1)) == [Reveal(9, 1, D1)]  # allclose: the executor publishes first
-    assert core.receive(reveal_phase(9, 1)) == []
+    assert core.receive(drawn(9, 1)) == []  # members bind their own results first
+    assert core.receive(reveal_phase(9, 1)) == [Reveal(9, 1, D1)]
     assert core.receive(drawn(9, 1, round_=1)) == []
 
 
@@ -160,7 +160,7 @@ def test_the_equivalence_is_known_before_reveals_are_ordered():
     assert core.receive(assigned(3)) == [StartExecutor(3)]
     core.receive(CheckpointTrained(3, 1, D1))
     core.receive(Committed(3, 1))
-    assert core.receive(drawn(3, 1)) == []  # the job has not read its prescription yet
+    assert core.receive(reveal_phase(3, 1)) == []  # the job has not read its prescription yet
     assert core.receive(ExecutorStarted(3, exact=False)) == [Reveal(3, 1, D1)]
 
 
@@ -169,9 +169,9 @@ def test_a_failed_reveal_is_tried_again_by_a_fresh_council():
     executing(core, 2, exact=False)
     core.receive(CheckpointTrained(2, 1, D1))
     core.receive(Committed(2, 1))
-    assert core.receive(drawn(2, 1)) == [Reveal(2, 1, D1)]
+    assert core.receive(reveal_phase(2, 1)) == [Reveal(2, 1, D1)]
     assert core.receive(RevealFailed(2, 1)) == []
-    assert core.receive(drawn(2, 1, round_=1)) == [Reveal(2, 1, D1)]
+    assert core.receive(reveal_phase(2, 1, round_=1)) == [Reveal(2, 1, D1)]
 
 
 def test_a_failed_commit_stops_training_but_owed_reveals_go_on():
@@ -234,8 +234,9 @@ def test_verdicts_are_logged_with_the_task(caplog):
 
 # -- restart --
 
-@pytest.mark.parametrize("exact, phase", [(True, Phase.REVEAL), (False, Phase.COUNCIL_COMMIT)])
-def test_restart_reloads_committed_checkpoints_and_reveals_what_the_council_waits_for(exact, phase, caplog):
+@pytest.mark.parametrize("exact", [True, False])
+def test_restart_reloads_committed_checkpoints_and_reveals_what_the_council_waits_for(exact, caplog):
+    phase = Phase.REVEAL
     core = make_core()
     caplog.set_level(logging.INFO, "ogpu.provider")
     assert core.receive(ExecutorOwed(3, accepted=0, committed=1, phase=phase)) == [StartExecutor(3, 0, 1, resuming=True)]
@@ -277,3 +278,21 @@ def test_a_bad_event_is_logged_and_the_loop_goes_on(caplog):
         Consider(2, D2)]
     assert "event TaskSubmitted at block 3" in caplog.text
     assert core.receive(event("FundsBurned", taskId=2, amount=1)) == []  # not ours to act on
+
+
+def test_a_member_reads_this_rounds_reveals_for_its_judgements():
+    from ogpu_node.apps.provider.council import revealed_results
+
+    def revealed(member: str, tag: bytes, k: int = 1) -> Event:
+        return event("ResultRevealed", taskId=2, k=k, member=member, verdict=True, resultHash=tag * 32,
+                     stepHash=tag[::-1] * 32)
+
+    a, b = "0x" + "aa" * 20, "0x" + "BB" * 20
+    events = [drawn(2, 1, round_=0), revealed(a, b"\x01"), drawn(2, 1, round_=1), revealed(a, b"\x02"),
+              revealed(b, b"\x03"), revealed(b, b"\x04", k=2)]
+    assert revealed_results(events, 2, 1, 1) == {a: (b"\x02" * 32, b"\x02" * 32), b.lower(): (b"\x03" * 32, b"\x03" * 32)}
+    core = make_core()
+    core.receive(SeatOwed(2, 1, 1, 42, committed=True, revealed=True))
+    assert not core.vote_on_chain((2, 1, 1), "judge")
+    core.receive(event("ResultsJudged", taskId=2, k=1, member=ME, allclose=[True, True, True]))
+    assert core.vote_on_chain((2, 1, 1), "judge")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ogpu_node.apps.client import Client, ClientError, file_blob_hash
+from ogpu_node.apps.client.history import task_anomalies
 from ogpu_node.cli.common import (
     key_options,
     private_key_from_options,
@@ -91,17 +92,18 @@ def _upload(client: Client, path: Path) -> None:
               help="Also write the loss curve as a PNG (needs matplotlib).")
 @rpc_url_option
 def status(task_id: int, plot: Path | None, rpc_url: str) -> None:
-    """Print a task's state, money, bids, progress, checkpoint verdicts and training loss."""
+    """Print a task's state, money, bids, progress, checkpoint verdicts, anomalies and training loss."""
     client = Client(rpc_url)
-    history, points = None, []
+    history, points, anomalies = None, [], []
     try:
         s = client.status(task_id)
         if s.kind == TaskKind.BATCH:
             history = client.checkpoint_history(task_id)
             points = client.loss_curve(history)
+            anomalies = task_anomalies(client.blobs, s.prescription_hash, history)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from None
-    show(status_view(s, history, points))
+    show(status_view(s, history, points, anomalies))
     if plot is not None:
         write_loss_plot(points, plot, task_id)
         click.echo(f"Loss plot: {plot}", err=True)

@@ -1,5 +1,6 @@
 """What `task status` and `task result --wait` show: a task's fields, bids, checkpoint verdicts,
-executors and payments as rich tables, and its training loss as a text chart (docs/tasks.md).
+executors and payments as rich tables, the anomaly agents' flags, and its training loss as a text
+chart (docs/tasks.md).
 
 Every field is a `Name:  value` line (key column, value column), so scripts parse the plain output
 with `^Name:\\s+(.*)$`; tables and the chart sit in the value column under their field.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,10 @@ def _table(*headers: str) -> Table:
     return table
 
 
-def status_view(s: TaskStatus, history: TaskHistory | None, points: list[LossPoint]) -> RenderableType:
-    """The whole of `task status`."""
+def status_view(s: TaskStatus, history: TaskHistory | None, points: list[LossPoint],
+                anomalies: Sequence[str] = ()) -> RenderableType:
+    """The whole of `task status`; ``anomalies`` (`task_anomalies`) as an `Anomalies` field, only when
+    there are any: their count, then one flag a line."""
     rows: list[Row] = [
         ("Task", str(s.task_id)),
         ("State", s.state),
@@ -81,6 +84,8 @@ def status_view(s: TaskStatus, history: TaskHistory | None, points: list[LossPoi
                                                f"{timestamp(c.phase_ends)}\ncouncil: {council}")))
     if history is not None:
         rows += history_rows(history)
+    if anomalies:
+        rows.append(("Anomalies", Group(str(len(anomalies)), *(Text(flag) for flag in anomalies))))
     if points:
         rows.append(("Loss", Group("mean of the recent training losses in each checkpoint", loss_chart(points))))
     return fields(rows)

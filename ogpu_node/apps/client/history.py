@@ -1,25 +1,29 @@
 """A batch task's history from its Task events: each checkpoint's verdicts and reveals, the executor
-changes, the payments and how the task ended; and the training-loss curve its checkpoints record."""
+changes, the payments and how the task ended; the training-loss curve its checkpoints record; and the
+anomaly agents' flags on its checkpoints (docs/tasks.md "Anomaly agents")."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from ogpu_node.apps.anomalies import as_losses, loss_divergence, loss_tolerance
 from ogpu_node.apps.client.blobs import BlobClient
 from ogpu_node.apps.client.errors import BadCheckpoint, ClientError
 from ogpu_node.apps.client.results import checkpoint_metadata, mean_recent_loss
 from ogpu_node.apps.client.rpc import TASK_ADDRESS, Rpc
+from ogpu_node.types.prescription import MAX_PRESCRIPTION_BYTES, InvalidPrescription, Prescription
 
 __all__ = [
     "CheckpointHistory", "ExecutorChange", "LossPoint", "TaskHistory", "Verdict", "build_history", "loss_curve",
-    "task_events",
+    "task_anomalies", "task_events",
 ]
 
-HISTORY_EVENTS = ("TaskSubmitted", "TaskAssigned", "ExecutorReplaced", "CheckpointRevealed", "CheckpointAccepted",
-                  "CheckpointRejected", "CheckpointMissed", "CheckpointInconclusive", "TaskCancelled",
-                  "TaskSettled")
+HISTORY_EVENTS = ("TaskSubmitted", "TaskAssigned", "ExecutorReplaced", "CheckpointRevealed", "ResultRevealed",
+                  "CheckpointAccepted", "CheckpointRejected", "CheckpointMissed", "CheckpointInconclusive",
+                  "TaskCancelled", "TaskSettled")
 LOG_WINDOW = 100_000  # blocks per eth_getLogs call: the node's range limit (docs/rpc.md)
+MAX_CHECKED_BYTES = 1 << 28  # a checkpoint larger than this is not downloaded for the anomaly checks
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class CheckpointHistory:
     k: int
     verdicts: tuple[Verdict, ...] = ()
     revealed: bytes | None = None  # the latest H(ckpt_k) the executor revealed
+    results: tuple[tuple[str, bytes], ...] = ()  # (member, H(its re-run)) revealed since that reveal
 
     @property
     def accepted(self) -> Verdict | None:
@@ -98,6 +103,7 @@ def build_history(task_id: int, checkpoints: int, events: list[tuple[str, dict[s
     """Fold a task's Task events, in chain order, as (name, args, block number), into its history."""
     verdicts: dict[int, list[Verdict]] = {k: [] for k in range(1, checkpoints + 1)}
     revealed: dict[int, bytes] = {}
+    results: dict[int, list[tuple[str, bytes]]] = {}
     executors: list[ExecutorChange] = []
     ended: dict[str, int] = {}
     for name, a, block in events:
@@ -108,6 +114,10 @@ def build_history(task_id: int, checkpoints: int, events: list[tuple[str, dict[s
             executors.append(ExecutorChange(block, a["executor"], a["price"], a["previous"], a["resumeFrom"]))
         elif name == "CheckpointRevealed":
             revealed[k] = bytes(a["checkpointHash"])
+            results[k] = []  # a new executor's checkpoint: earlier re-runs checked another one
+        elif name == "ResultRevealed":
+            if any(a["resultHash"]):
+                results.setdefault(k, []).append((str(a["member"]), bytes(a["resultHash"])))
         elif name == "CheckpointAccepted":
             verdicts.setdefault(k, []).append(Verdict(
                 k, "accepted", block, checkpoint_hash=revealed.get(k), executor_paid=a["executorPaid"],
@@ -125,7 +135,8 @@ def build_history(task_id: int, checkpoints: int, events: list[tuple[str, dict[s
     accepted = [v for vs in verdicts.values() for v in vs if v.kind == "accepted"]
     return TaskHistory(
         task_id=task_id,
-        checkpoints=tuple(CheckpointHistory(k, tuple(vs), revealed.get(k)) for k, vs in sorted(verdicts.items())),
+        checkpoints=tuple(CheckpointHistory(k, tuple(vs), revealed.get(k), tuple(results.get(k, ())))
+                          for k, vs in sorted(verdicts.items())),
         executors=tuple(executors), executor_paid=sum(v.executor_paid for v in accepted),
         council_paid=sum(v.council_paid for v in accepted), discounts=sum(v.discount for v in accepted), **ended,
     )
@@ -180,3 +191,68 @@ def loss_curve(blobs: BlobClient, history: TaskHistory) -> list[LossPoint]:
         points.append(LossPoint(c.k, step if isinstance(step, int) else None, mean_recent_loss(meta),
                                 c.accepted is not None))
     return points
+
+
+def task_anomalies(blobs: BlobClient, prescription_hash: bytes, history: TaskHistory) -> list[str]:
+    """The anomaly agents' flags on a task's checkpoints, each naming its checkpoint: for every
+    checkpoint with a hash (`shown_hash`), NaN/Inf in its tensors or a weight norm that grew more than
+    `compute.anomaly.NORM_GROWTH_LIMIT` times since the checkpoint before it (none before checkpoint
+    1: the client has no step-0 state), and its `recent_losses` against those of each council member's
+    re-run that is published as a blob, under the prescription's tolerance. Checkpoints are
+    downloaded whole and hash-checked (up to MAX_CHECKED_BYTES); one the node lacks, or a larger one,
+    is not checked, and neither is the next one's norm."""
+    from ogpu_node.compute.anomaly import checkpoint_anomalies
+    from ogpu_node.compute.tensorfile import TensorFileError, ogpu_metadata
+
+    try:
+        e = Prescription.from_json(blobs.fetch_blob(prescription_hash, MAX_PRESCRIPTION_BYTES)).e
+        rtol, atol = loss_tolerance(e)
+    except (ClientError, InvalidPrescription):
+        rtol = atol = None  # without its tolerance, no loss comparison
+    flags: list[str] = []
+    previous: bytes | None = None
+    for c in history.checkpoints:
+        digest = c.shown_hash
+        data = None
+        if digest is not None:
+            try:
+                data = blobs.fetch_blob(digest, MAX_CHECKED_BYTES)
+            except ClientError:
+                pass
+        if digest is None or data is None:
+            previous = None
+            continue
+        label = f"checkpoint {c.k} (0x{digest.hex()})"
+        flags += checkpoint_anomalies(previous, data, label)
+        previous = data
+        if rtol is None or atol is None:
+            continue
+        try:
+            meta = ogpu_metadata(data)
+        except TensorFileError:
+            continue  # checkpoint_anomalies flagged it
+        flag = _loss_flag(blobs, meta, c.results, rtol, atol)
+        if flag is not None:
+            flags.append(f"{label}: {flag}")
+    return flags
+
+
+def _loss_flag(blobs: BlobClient, meta: dict[str, Any], results: tuple[tuple[str, bytes], ...], rtol: float,
+               atol: float) -> str | None:
+    """The first council member's published re-run, of the same step, whose losses the executor's
+    diverge from (its header only, display only: not hash-checked)."""
+    ours, step = as_losses(meta.get("recent_losses")), meta.get("step")
+    if ours is None or not isinstance(step, int):
+        return None
+    for member, result in results:
+        try:
+            theirs_meta = checkpoint_meta(blobs, result)
+        except ClientError:
+            continue  # not published (exact members publish only its hash)
+        theirs = as_losses(theirs_meta.get("recent_losses"))
+        if theirs is None or theirs_meta.get("step") != step:
+            continue
+        flag = loss_divergence(ours, theirs, rtol, atol, end_step=step)
+        if flag is not None:
+            return f"{flag} (member {member})"
+    return None

@@ -4,18 +4,33 @@ status` showing the flags. The tensor checks themselves: tests/unit/compute/test
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 
 from ogpu_node.apps.anomalies import as_losses, loss_divergence, loss_tolerance, underpriced
+from ogpu_node.apps.client import BlobClient, TaskHistory, build_history
+from ogpu_node.apps.client.history import task_anomalies
 from ogpu_node.apps.provider.chain import Event
 from ogpu_node.apps.provider.core import ProviderCore
 from ogpu_node.apps.provider.messages import Assessed, Consider, PlaceBid
 from ogpu_node.apps.provider.strategy import BidStrategy, Job, Resources
+from ogpu_node.cli.common import plain_text
+from ogpu_node.cli.task_view import status_view
+from ogpu_node.compute import train_segment
+from ogpu_node.compute.tensorfile import META_KEY, encode_arrays, load_arrays, read_metadata
+from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import Equivalence
 from ogpu_node.types.protocol import DEFAULT_PROFILE, TaskKind
+from tests.malformed_documents import GOOD
+from tests.unit.apps.test_client_status_view import field, status
+from tests.unit.compute.compute_tasks import mlp_spec
 
 ME, CLIENT = "0x" + "1a" * 20, "0x" + "cc" * 20
 RES = Resources(device="cpu", memory_mib=4096, flops_per_s=1e9, profiles=(DEFAULT_PROFILE,))
@@ -120,3 +135,120 @@ def test_a_task_whose_documents_are_flagged_gets_no_bid_at_any_price(flag, caplo
     assert "task 3: not bidding: 1 anomaly flag(s)" in caplog.text
     assert core.bids == {}
     assert [type(a) for a in core.receive(Assessed(4, job()))] == [PlaceBid]  # the next honest task is bid on
+
+
+# -- the client: `task status` checks the checkpoints of a real training run, served by a blob endpoint --
+
+class BlobNode(BaseHTTPRequestHandler):
+    """A node's `GET /blobs/<hash>` over a dict: what the client's BlobClient downloads from."""
+
+    stored: dict[str, bytes] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.stored.get(self.path.removeprefix("/blobs/"))
+        self.send_response(404 if body is None else 200)
+        body = b"{}" if body is None else body
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(ConnectionError):  # a header read hangs up early
+            self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def node():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BlobNode)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    BlobNode.stored = {}
+
+    def put(data: bytes) -> bytes:
+        BlobNode.stored["0x" + merkle_root(data).hex()] = data
+        return merkle_root(data)
+
+    yield BlobClient(f"http://127.0.0.1:{server.server_address[1]}", 10.0), put
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[bytes, bytes]:
+    """ckpt_1 and ckpt_2 of a small MLP task, 5 steps each."""
+    spec = mlp_spec()
+    first = train_segment(spec, None, 5).checkpoint
+    return first, train_segment(spec, first, 5).checkpoint
+
+
+def with_nan(checkpoint: bytes) -> bytes:
+    arrays = {name: a.copy() for name, a in load_arrays(checkpoint).items()}
+    arrays["model/net.0.weight"][0, 0] = np.nan
+    return encode_arrays(arrays, read_metadata(checkpoint))
+
+
+def with_losses(checkpoint: bytes, change) -> bytes:
+    meta = json.loads(read_metadata(checkpoint)[META_KEY])
+    meta["recent_losses"] = [change(i, x) for i, x in enumerate(meta["recent_losses"])]
+    return encode_arrays(load_arrays(checkpoint), {META_KEY: json.dumps(meta, sort_keys=True, separators=(",", ":"))})
+
+
+def history_of(first: bytes, second: bytes, rerun: bytes) -> TaskHistory:
+    return build_history(7, 2, [
+        ("CheckpointRevealed", {"k": 1, "checkpointHash": merkle_root(first)}, 5),
+        ("CheckpointAccepted", {"k": 1, "executorPaid": 270, "councilPaid": 30, "discount": 0}, 6),
+        ("CheckpointRevealed", {"k": 2, "checkpointHash": merkle_root(second)}, 8),
+        ("ResultRevealed", {"k": 2, "member": MEMBER, "verdict": True, "resultHash": merkle_root(rerun),
+                            "stepHash": b"\x01" * 32}, 9),
+    ])
+
+
+MEMBER = "0x" + "ee" * 20
+ALLCLOSE = {**GOOD, "e": {"kind": "allclose", "rtol": 1e-3, "atol": 1e-5}}
+
+
+def test_an_honest_task_has_no_anomalies_in_its_status(node, trained):
+    blobs, put = node
+    first, second = trained
+    for blob in (first, second):
+        put(blob)
+    prescription = put(json.dumps(ALLCLOSE).encode())
+    rerun = put(with_losses(second, lambda i, x: x * (1 + 1e-4)))  # within rtol: another machine's re-run
+    history = history_of(first, second, with_losses(second, lambda i, x: x * (1 + 1e-4)))
+    assert history.checkpoints[1].results == ((MEMBER, rerun),)
+    assert task_anomalies(blobs, prescription, history) == []
+
+
+def test_a_nan_checkpoint_and_a_diverging_loss_curve_are_flagged_naming_their_checkpoints(node, trained):
+    blobs, put = node
+    first, second = with_nan(trained[0]), with_losses(trained[1], lambda i, x: x + 0.5 if i >= 7 else x)
+    put(first), put(second), put(trained[1])  # the member's re-run is the honest ckpt_2
+    prescription = put(json.dumps(ALLCLOSE).encode())
+    flags = task_anomalies(blobs, prescription, history_of(first, second, trained[1]))
+    assert flags[0] == f"checkpoint 1 (0x{merkle_root(first).hex()}): 1 NaN/Inf value(s) in model/net.0.weight"
+    assert flags[1].startswith(f"checkpoint 2 (0x{merkle_root(second).hex()}): loss curve diverges from the "
+                               "council's re-run at step 8: ")
+    assert flags[1].endswith(f"(tolerance atol 1e-05 + rtol 0.001·|re-run|) (member {MEMBER})")
+    assert len(flags) == 2
+
+
+def test_an_unpublished_rerun_or_a_missing_checkpoint_is_not_checked(node, trained):
+    blobs, put = node
+    first, second = trained
+    put(second)  # ckpt_1 and the member's re-run are not on the node
+    prescription = put(json.dumps(ALLCLOSE).encode())
+    diverging = with_losses(second, lambda i, x: x + 1)
+    assert task_anomalies(blobs, prescription, history_of(first, second, diverging)) == []
+
+
+def test_task_status_shows_the_flags_one_a_line_only_when_there_are_any():
+    flags = ["checkpoint 1 (0x01): 1 NaN/Inf value(s) in model/net.0.weight",
+             "checkpoint 2 (0x02): loss curve diverges from the council's re-run at step 9: 1.5 vs 1 (tolerance any "
+             "difference) (member 0xee)"]
+    text = plain_text(status_view(status(), None, [], flags))
+    assert field(text, "Anomalies") == "2"
+    lines = text.splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("Anomalies:")))
+    assert [line.strip() for line in lines[at + 1:at + 3]] == flags
+    assert "Anomalies" not in plain_text(status_view(status(), None, []))

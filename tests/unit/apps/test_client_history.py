@@ -67,6 +67,19 @@ def test_build_history_records_the_end():
     assert missed.checkpoints[0].verdicts[0].kind == "missed" and missed.outcome == 2
 
 
+def test_build_history_keeps_the_members_reruns_of_the_latest_reveal():
+    result = {"taskId": 7, "verdict": True, "stepHash": b"\x09" * 32}
+    h = build_history(7, 2, [
+        *events()[:6],
+        ("ResultRevealed", {**result, "k": 2, "member": A, "resultHash": b"\x31" * 32}, 19),
+        ("ResultRevealed", {**result, "k": 2, "member": B, "resultHash": bytes(32)}, 19),  # nothing revealed
+        *events()[6:9],
+        ("ResultRevealed", {**result, "k": 2, "member": B, "resultHash": b"\x32" * 32}, 25),
+    ])
+    assert h.checkpoints[0].results == ()
+    assert h.checkpoints[1].results == ((B, b"\x32" * 32),)  # re-runs of the rejected checkpoint are dropped
+
+
 def history_text(h) -> str:
     return plain_text(fields(history_rows(h)))
 

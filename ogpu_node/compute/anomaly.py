@@ -81,7 +81,7 @@ def checkpoint_anomalies(previous: bytes | None, checkpoint: bytes, label: str =
 
 def _tensors_anomaly(p: Prescription, header: dict[str, TensorInfo]) -> str | None:
     """Why the header of a `tensors` dataset does not fit D.format or the model, or None."""
-    from ogpu_node.compute.models import MLPConfig, config_from_hparams  # torch: the provider has it loaded
+    from ogpu_node.compute.models import CNNConfig, MLPConfig, config_from_hparams  # loads torch
 
     missing = [t for t in ("features", "labels") if t not in header]
     if missing:
@@ -95,7 +95,7 @@ def _tensors_anomaly(p: Prescription, header: dict[str, TensorInfo]) -> str | No
     sample = features.shape[1:]
     if isinstance(cfg, MLPConfig):  # the MLP flattens each sample
         fits, needs = math.prod(sample) == cfg.in_dim, f"{cfg.in_dim} values"
-    elif hasattr(cfg, "image_size"):
+    elif isinstance(cfg, CNNConfig):
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         fits, needs = sample == shape, f"shape {shape}"
     else:

@@ -91,6 +91,8 @@ def _tensors_anomaly(p: Prescription, header: dict[str, TensorInfo]) -> str | No
         return f"labels are {labels.dtype}, D.format tensors needs integer class ids"
     if len(labels.shape) != 1 or len(features.shape) < 2 or features.shape[0] != labels.shape[0]:
         return f"features {features.shape} and labels {labels.shape} do not pair up as (N, ...) and (N,)"
+    if labels.shape[0] == 0:
+        return "it holds no samples"
     cfg = config_from_hparams(p.M.family, p.M.hparams)
     sample = features.shape[1:]
     if isinstance(cfg, MLPConfig):  # the MLP flattens each sample

@@ -15,7 +15,7 @@ from ogpu_node.compute.anomaly import NORM_GROWTH_LIMIT, checkpoint_anomalies, d
 from ogpu_node.compute.tensorfile import encode_arrays, load_arrays, read_metadata
 from ogpu_node.types.merkle import merkle_root
 from ogpu_node.types.prescription import Prescription
-from tests.malformed_documents import GOOD, edit, good_dataset
+from tests.malformed_documents import GOOD, bad_datasets, edit, good_dataset
 from tests.unit.compute.compute_tasks import mlp_spec
 
 
@@ -137,6 +137,15 @@ def test_honest_data_are_not_flagged():
 def test_data_of_the_wrong_shape_or_format_are_flagged(data, why):
     [flag] = dataset_anomalies(prescription(data), data)
     assert flag.startswith(f"dataset 0x{merkle_root(data).hex()}: {why}")
+
+
+VALUES_ONLY = ("labels-out-of-range", "labels-negative")  # values, not format or shape: TrainSpec refuses them
+
+
+@pytest.mark.parametrize("name", sorted(bad_datasets()))
+def test_every_malformed_dataset_of_the_corpus_but_bad_label_values_is_flagged_from_its_header(name):
+    data = bad_datasets()[name]
+    assert len(dataset_anomalies(prescription(data), data)) == (0 if name in VALUES_ONLY else 1)
 
 
 def test_image_data_must_have_the_cnn_input_shape():

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from ogpu_node.types.prescription import Equivalence
 
-__all__ = ["as_losses", "loss_divergence", "loss_tolerance", "underpriced"]
+__all__ = ["as_losses", "loss_divergence", "loss_tolerance", "metadata_divergence", "rerun_anomalies", "underpriced"]
 
 
 def loss_tolerance(e: Equivalence) -> tuple[float, float]:
@@ -66,6 +67,34 @@ def loss_divergence(executor_losses: Sequence[float], rerun_losses: Sequence[flo
             bound = "any difference" if rtol == atol == 0 else f"atol {atol:g} + rtol {rtol:g}·|re-run|"
             return f"loss curve diverges from the council's re-run at {where}: {a:.6g} vs {b:.6g} (tolerance {bound})"
     return None
+
+
+def metadata_divergence(executor_meta: dict[str, Any], rerun_meta: dict[str, Any], rtol: float,
+                        atol: float) -> str | None:
+    """`loss_divergence` of two checkpoints' metadata (`recent_losses`), when both are of the same step
+    and hold lists of numbers; None otherwise (nothing comparable)."""
+    step = executor_meta.get("step")
+    ours, theirs = as_losses(executor_meta.get("recent_losses")), as_losses(rerun_meta.get("recent_losses"))
+    if ours is None or theirs is None or not isinstance(step, int) or rerun_meta.get("step") != step:
+        return None
+    return loss_divergence(ours, theirs, rtol, atol, end_step=step)
+
+
+def rerun_anomalies(previous: bytes | None, executor: bytes, rerun: bytes, e: Equivalence,
+                    label: str = "checkpoint") -> list[str]:
+    """What a council member flags on the executor's checkpoint ``executor`` once it has re-run the
+    segment itself (``rerun``, its own result checkpoint): NaN/Inf or norm growth since ``previous``
+    (ckpt_{k-1}, or the step-0 state for k = 1; None skips the norm check), and the executor's
+    `recent_losses` against its own under ``e``'s tolerance. Flags named by ``label``."""
+    from ogpu_node.compute.anomaly import checkpoint_anomalies
+    from ogpu_node.compute.tensorfile import TensorFileError, ogpu_metadata
+
+    flags = checkpoint_anomalies(previous, executor, label)
+    try:
+        flag = metadata_divergence(ogpu_metadata(executor), ogpu_metadata(rerun), *loss_tolerance(e))
+    except TensorFileError:
+        return flags  # an unreadable executor checkpoint is flagged above
+    return flags if flag is None else [*flags, f"{label}: {flag}"]
 
 
 def underpriced(max_payment: int, cost: int) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ogpu_node.apps.anomalies import as_losses, loss_divergence, loss_tolerance
+from ogpu_node.apps.anomalies import loss_tolerance, metadata_divergence
 from ogpu_node.apps.client.blobs import BlobClient
 from ogpu_node.apps.client.errors import BadCheckpoint, ClientError
 from ogpu_node.apps.client.results import checkpoint_metadata, mean_recent_loss
@@ -239,20 +239,14 @@ def task_anomalies(blobs: BlobClient, prescription_hash: bytes, history: TaskHis
 
 def _loss_flag(blobs: BlobClient, meta: dict[str, Any], results: tuple[tuple[str, bytes], ...], rtol: float,
                atol: float) -> str | None:
-    """The first council member's published re-run, of the same step, whose losses the executor's
-    diverge from (its header only, display only: not hash-checked)."""
-    ours, step = as_losses(meta.get("recent_losses")), meta.get("step")
-    if ours is None or not isinstance(step, int):
-        return None
+    """The first council member's published re-run whose losses the executor's diverge from (its header
+    only, display only: not hash-checked)."""
     for member, result in results:
         try:
-            theirs_meta = checkpoint_meta(blobs, result)
+            theirs = checkpoint_meta(blobs, result)
         except ClientError:
             continue  # not published (exact members publish only its hash)
-        theirs = as_losses(theirs_meta.get("recent_losses"))
-        if theirs is None or theirs_meta.get("step") != step:
-            continue
-        flag = loss_divergence(ours, theirs, rtol, atol, end_step=step)
+        flag = metadata_divergence(meta, theirs, rtol, atol)
         if flag is not None:
             return f"{flag} (member {member})"
     return None

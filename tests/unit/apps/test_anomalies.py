@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from ogpu_node.apps.anomalies import as_losses, loss_divergence, loss_tolerance, underpriced
+from ogpu_node.apps.anomalies import as_losses, loss_divergence, loss_tolerance, rerun_anomalies, underpriced
 from ogpu_node.apps.client import BlobClient, TaskHistory, build_history
 from ogpu_node.apps.client.history import task_anomalies
 from ogpu_node.apps.provider.chain import Event
@@ -252,3 +252,29 @@ def test_task_status_shows_the_flags_one_a_line_only_when_there_are_any():
     at = lines.index(next(line for line in lines if line.startswith("Anomalies:")))
     assert [line.strip() for line in lines[at + 1:at + 3]] == flags
     assert "Anomalies" not in plain_text(status_view(status(), None, []))
+
+
+# -- a council member: the executor's checkpoint against its own re-run --
+
+def test_a_council_member_flags_nothing_on_an_honest_checkpoint(trained):
+    first, second = trained
+    rerun = train_segment(mlp_spec(), first, 5).checkpoint  # the member's own re-run of segment 2
+    assert rerun_anomalies(first, second, rerun, Equivalence("exact"), "checkpoint 2") == []
+
+
+def test_a_council_member_flags_a_nan_checkpoint_and_a_diverging_curve(trained):
+    first, second = trained
+    executor = with_nan(with_losses(second, lambda i, x: x * 2 if i == 9 else x))
+    flags = rerun_anomalies(first, executor, second, Equivalence("allclose", rtol=1e-3, atol=1e-5), "checkpoint 2")
+    assert flags[0] == "checkpoint 2: 1 NaN/Inf value(s) in model/net.0.weight"
+    assert flags[1].startswith("checkpoint 2: loss curve diverges from the council's re-run at step 10: ")
+    assert len(flags) == 2
+
+
+def test_under_exact_a_council_member_flags_the_least_loss_difference(trained):
+    first, second = trained
+    executor = with_losses(second, lambda i, x: math.nextafter(x, math.inf) if i == 9 else x)  # one ulp, last step
+    [flag] = rerun_anomalies(first, executor, second, Equivalence("exact"))
+    assert flag.startswith("checkpoint: loss curve diverges from the council's re-run at step 10: ")
+    assert flag.endswith("(tolerance any difference)")
+    assert rerun_anomalies(first, executor, second, Equivalence("allclose", rtol=1e-6, atol=0.0)) == []

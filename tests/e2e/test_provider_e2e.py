@@ -4,11 +4,14 @@ four `ogpu-node provider run` processes and the client CLI (DESIGN.md §6, issue
 Honest run: the lowest bidder trains, the other three sit on every council, all checkpoints are
 accepted, the result equals an independent local training with the chain's seed, and every balance
 changes by exactly what the protocol prescribes once each account's gas is subtracted.
-Dishonest run: the lowest bidder perturbs its weights (`--fault perturb`); the council rejects
-checkpoint 1, its collateral is slashed with the reporter share to the rejecting members, nobody who
+Dishonest run (issue 15): the lowest bidder bids 1 wei and trains with another data order
+(`--fault reorder-data`); the council rejects checkpoint 1, the cheater loses its collateral floor,
+which pays each rejecting member its verification fee and the reporter share of the rest; nobody who
 is left never sat on the council, so the task is cancelled and the client refunded in full.
 Restart: the executor is SIGKILLed after its first commit and started again on its datadir; it
-finishes the task and nobody is slashed. Allclose: the other commit-reveal order, accepted.
+finishes the task and nobody is slashed. Allclose: members commit before the executor reveals, then
+judge each other; accepted; a member that votes without computing (`--council-fault lazy`) is found
+out by the other two and loses its seat stake at every checkpoint.
 Windows are several times a segment's time measured on this machine."""
 
 from __future__ import annotations
@@ -161,11 +164,11 @@ def stop_providers(started: list[ProviderProcess]) -> None:
             p.process.wait()
 
 
-def start_four(w3, start, cheap_extra=()) -> tuple[int, list[ProviderProcess]]:
+def start_four(w3, start, cheap_extra=(), second_extra=()) -> tuple[int, list[ProviderProcess]]:
     """Provider 1 is the cheapest (it wins the auction); all four must be registered before the submit."""
     first_block = w3.eth.block_number + 1
     providers = [start(1, "--cost-per-second", str(10**14), *cheap_extra)]
-    providers += [start(i, "--cost-per-second", str(10**15)) for i in (2, 3, 4)]
+    providers += [start(i, "--cost-per-second", str(10**15), *(second_extra if i == 2 else ())) for i in (2, 3, 4)]
     wait_for("four registered providers", lambda: all("watching tasks" in p.log() for p in providers), 180, providers)
     return first_block, providers
 
@@ -222,11 +225,12 @@ class Run:
                 for a in self.before}
 
 
-def launch(network, tmp_path: Path, cheap_extra: tuple[str, ...] = (), **changes: dict) -> Run:
+def launch(network, tmp_path: Path, cheap_extra: tuple[str, ...] = (), second_extra: tuple[str, ...] = (),
+           **changes: dict) -> Run:
     node, w3, accounts, start, _ = network
     data = make_dataset(tmp_path / "data.safetensors")
     prescription_path, p = sized_prescription(tmp_path, data, **changes)
-    first_block, providers = start_four(w3, start, cheap_extra)
+    first_block, providers = start_four(w3, start, cheap_extra, second_extra)
     client = Web3.to_checksum_address(accounts[5].address)
     before = {a: w3.eth.get_balance(a, first_block - 1) for a in [*(pr.address for pr in providers), client]}
     task_id = submit(tmp_path, node, accounts, data, prescription_path)
@@ -287,8 +291,8 @@ def honest_payments(price: int, executor: str, providers: list[str], client: str
     return expected
 
 
-def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network, tmp_path):
-    run = launch(network, tmp_path, cheap_extra=("--fault", "perturb"))
+def test_a_one_wei_cheater_loses_its_collateral_floor_and_pays_the_council(network, tmp_path):
+    run = launch(network, tmp_path, cheap_extra=("--fault", "reorder-data", "--cost-per-second", "1"))
     p, providers, addresses, client = run.p, run.providers, run.addresses, run.client
     events = run.wait_until_decided()
     names = [e.name for e in events]
@@ -304,17 +308,23 @@ def test_dishonest_executor_is_rejected_slashed_and_the_client_refunded(network,
     deposit = max_payment * int(GENESIS["clientDepositBps"]) // BPS
     assert cancelled.args["refund"] == max_payment + deposit
 
-    # The collateral (collateralBps of the price) is slashed; the reporter share goes to the three
-    # members who voted no; honest members lose nothing.
-    collateral = price * int(GENESIS["collateralBps"]) // BPS
-    reward = collateral * int(GENESIS["reporterShareBps"]) // BPS
-    assert run.chain.stake_of(cheat).staked == MIN_PROVIDER_STAKE - collateral
+    # A 1-wei bid still locks the floor (docs/protocol.md, "Verification that cannot be gamed"); it is
+    # slashed whole: each of the three members that voted no gets the fee S first, then a third of the
+    # reporter share of the rest; honest members lose nothing and end with more than they had.
+    assert price == 1
+    fee = max_payment // K * COUNCIL_SHARE_BPS // BPS
+    floor = max(max_payment * int(GENESIS["collateralFloorBps"]) // BPS, 3 * fee, int(GENESIS["minCollateral"], 16))
+    assert rejected[0].args["penalty"] == floor
+    assert run.chain.stake_of(cheat).staked == MIN_PROVIDER_STAKE - floor
+    each = fee + (floor - 3 * fee) * int(GENESIS["reporterShareBps"]) // BPS // 3
     expected = {a: -MIN_PROVIDER_STAKE for a in addresses}
     for member in addresses[1:]:
         assert run.chain.stake_of(member).staked == MIN_PROVIDER_STAKE
-        expected[member] += reward // 3
+        expected[member] += each
     expected[client] = 0
     assert run.balance_changes() == expected
+    for member in addresses[1:]:  # more than it had, its gas paid
+        assert run.w3.eth.get_balance(member) > run.before[member] - MIN_PROVIDER_STAKE
     assert "fault injection" in providers[0].log()
 
 
@@ -340,9 +350,9 @@ def test_a_killed_executor_restarts_and_finishes_the_task_unslashed(network, tmp
 
 
 def test_allclose_task_without_a_numeric_profile_is_verified_and_accepted(network, tmp_path):
-    """The other equivalence: the executor reveals first (when the council is drawn), members compare
-    with allclose, commit their verdicts, then reveal; all accepted, the result within tolerance of
-    an independent local training."""
+    """The other equivalence: members commit to their own result and state first, the executor
+    reveals, members compare with allclose, publish and reveal, then judge each other; all accepted,
+    nobody found lazy, the result within tolerance of an independent local training."""
     from ogpu_node.compute import equivalence
 
     run = launch(network, tmp_path, e={"kind": "allclose", "rtol": 1e-3, "atol": 1e-4},
@@ -352,10 +362,15 @@ def test_allclose_task_without_a_numeric_profile_is_verified_and_accepted(networ
     names = [e.name for e in events]
     assert run.state() == "AwaitingConfirmation", [(e.name, e.args) for e in events]
     assert names.count("CheckpointAccepted") == K and "CheckpointRejected" not in names
-    # allclose: the executor reveals while the council is still to commit, before any ResultCommitted
+    # allclose: every member commits before the executor reveals; judging follows the reveals
     for k in range(1, K + 1):
         order = [e.name for e in events if e.args.get("k") == k]
-        assert order.index("CheckpointRevealed") < order.index("ResultCommitted"), order
+        assert order.count("ResultCommitted") == 3 and order.count("ResultsJudged") == 3, order
+        assert max(i for i, n in enumerate(order) if n == "ResultCommitted") < order.index("CheckpointRevealed")
+        assert order.index("JudgingPhase") > max(i for i, n in enumerate(order) if n == "ResultRevealed")
+    assert "MemberFoundLazy" not in names
+    for provider in run.providers:
+        assert run.chain.stake_of(provider.address).staked == MIN_PROVIDER_STAKE
     out = tmp_path / "final.ckpt"
     result = cli("task", "result", str(run.task_id), "--out", tmp_path / "model.safetensors", "--checkpoint", out,
                  "--rpc-url", run.node.http_url)
@@ -365,3 +380,29 @@ def test_allclose_task_without_a_numeric_profile_is_verified_and_accepted(networ
     local = train_segment_in_profile("cpu-avx2-1t", spec_from_prescription(p, run.data.read_bytes(), training_seed(p, seed)),
                                      None, p.I.steps)
     assert equivalence.allclose(local.checkpoint, out.read_bytes(), 1e-3, 1e-4)
+
+
+def test_a_lazy_member_under_allclose_loses_its_seat_stake_and_honest_members_never_do(network, tmp_path):
+    """issue 15: provider 2 sits on every council without computing (`--council-fault lazy`: random
+    commitments, nothing published, every judgement "allclose"). The other two members mark its result
+    not allclose, so at each checkpoint it loses councilSeatStake to them and its vote is not counted;
+    the two honest votes (2 of 3) accept every checkpoint; honest members are never penalized."""
+    seat = int(GENESIS["councilSeatStake"], 16)
+    # staked to keep the provider role through K lost seats
+    lazy_extra = ("--council-fault", "lazy", "--stake", str(MIN_PROVIDER_STAKE + K * seat))
+    run = launch(network, tmp_path, second_extra=lazy_extra, e={"kind": "allclose", "rtol": 1e-3, "atol": 1e-4})
+    lazy = run.providers[1]
+    honest = [run.providers[0], run.providers[2], run.providers[3]]
+    events = run.wait_until_decided()
+    names = [e.name for e in events]
+    assert run.state() == "AwaitingConfirmation", [(e.name, e.args) for e in events]
+    assert names.count("CheckpointAccepted") == K
+    found = [e for e in events if e.name == "MemberFoundLazy"]
+    assert [(e.args["k"], e.args["member"], e.args["penalty"]) for e in found] == [
+        (k, lazy.address, seat) for k in range(1, K + 1)]
+    assert run.chain.stake_of(lazy.address).staked == MIN_PROVIDER_STAKE
+    for provider in honest:  # never penalized: every honest stake is whole
+        assert run.chain.stake_of(provider.address).staked == MIN_PROVIDER_STAKE
+    for e in (e for e in events if e.name == "CheckpointAccepted"):
+        assert e.args["councilPaid"] > 0
+    assert "without computing" in lazy.log()

@@ -326,6 +326,9 @@ def test_a_one_wei_cheater_loses_its_collateral_floor_and_pays_the_council(netwo
     for member in addresses[1:]:  # more than it had, its gas paid
         assert run.w3.eth.get_balance(member) > run.before[member] - MIN_PROVIDER_STAKE
     assert "fault injection" in providers[0].log()
+    # The anomaly agents warned before the verdict: another data order gives another loss curve.
+    for member in providers[1:]:
+        assert f"task {run.task_id}: anomaly: checkpoint 1: " in member.log(), member.log()[-2000:]
 
 
 def test_a_killed_executor_restarts_and_finishes_the_task_unslashed(network, tmp_path):

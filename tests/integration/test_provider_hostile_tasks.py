@@ -152,10 +152,22 @@ async def test_a_provider_skips_every_malformed_task_and_bids_on_a_good_one(tmp_
         assert provider.core is not None and provider.core.bids == {good: provider.core.bids[good]}
         nursery.cancel_scope.cancel()
 
-    # Each bad task: exactly one line, a warning naming the task and why it was skipped; no bid.
+    # Each bad task: one warning naming the task and why it was skipped — or, for a dataset the anomaly
+    # agents flag (docs/tasks.md, "Anomaly agents"), a warning per flag, then "not bidding"; no bid.
+    flagged = 0
     for name, task_id in bad.items():
         logged = lines(task_id)
-        assert len(logged) == 1, (name, [r.getMessage() for r in logged])
-        assert logged[0].levelno == logging.WARNING and "not bidding: " in logged[0].getMessage(), name
+        messages = [r.getMessage() for r in logged]
+        *flags, last = logged
+        assert "not bidding: " in last.getMessage(), (name, messages)
+        if flags:
+            flagged += 1
+            assert name.startswith("dataset"), (name, messages)
+            assert all(r.levelno == logging.WARNING and f"task {task_id}: anomaly: dataset " in r.getMessage()
+                       for r in flags), (name, messages)
+            assert last.getMessage().endswith(f"{len(flags)} anomaly flag(s)"), (name, messages)
+        else:
+            assert last.levelno == logging.WARNING, (name, messages)
+    assert flagged > 0
     assert not [r for r in caplog.records if r.name == "ogpu.provider" and r.exc_info], "an unexpected exception"
     assert len(bad) == len(set(bad.values())) > 70

@@ -28,7 +28,7 @@ from ogpu_node.apps.provider import executor
 from ogpu_node.apps.provider import messages as m
 from ogpu_node.apps.provider.chain import PROTOCOL_GAS, ChainClient, Event
 from ogpu_node.apps.provider.concurrency import Scopes, blocking, close_shielded
-from ogpu_node.apps.provider.context import DOCUMENT_ERRORS, TaskDocuments, job_of
+from ogpu_node.apps.provider.context import DOCUMENT_ERRORS, TaskDocuments, flagged_job, job_of
 from ogpu_node.apps.provider.core import ProviderCore, my_votes
 from ogpu_node.apps.provider.council import CouncilSeat
 from ogpu_node.apps.provider.executor import JobRecord, chain_now
@@ -224,6 +224,10 @@ class Provider:
             ctx = await self.documents.context(action.task_id, action.prescription_hash)
             job = await blocking(job_of, ctx)
         except DOCUMENT_ERRORS as exc:  # someone else's document: one line, and on to the next task
+            found = await blocking(self.documents.dataset_flags, action.task_id)
+            if found is not None and found[1]:  # a dataset that does not fit: the anomaly agents say why
+                await self._report(m.Assessed(action.task_id, flagged_job(*found)))
+                return
             log.warning("task %d: not bidding: %s", action.task_id, exc)
             return
         await self._report(m.Assessed(action.task_id, job))

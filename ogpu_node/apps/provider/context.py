@@ -92,6 +92,15 @@ def job_of(ctx: TaskContext) -> Job:
                segment_window_s=p.I.segment_window_s, max_payment=p.I.max_payment)
 
 
+def flagged_job(p: Prescription, flags: list[str]) -> Job:
+    """A task whose documents the anomaly agents flagged: no estimate (its data does not fit the model),
+    only the flags, so the decision core logs them and does not bid."""
+    assert p.I.segment_window_s is not None
+    return Job(devices=p.I.hardware.devices, numeric_profile=p.I.numeric_profile, memory_mib=0.0, total_flops=0.0,
+               segment_flops=0.0, segment_window_s=p.I.segment_window_s, max_payment=p.I.max_payment,
+               anomalies=tuple(flags))
+
+
 class TaskDocuments:
     """Each task's documents, fetched once (for the bid), and its final context once the chain has
     fixed the assignment seed. Only the service's trio tasks touch it."""
@@ -102,6 +111,15 @@ class TaskDocuments:
         self._documents: dict[int, Documents] = {}
         self._contexts: dict[int, TaskContext] = {}
         self._ended: set[int] = set()
+
+    def dataset_flags(self, task_id: int) -> tuple[Prescription, list[str]] | None:
+        """The anomaly agents' flags on a fetched task's dataset (docs/tasks.md, "Anomaly agents")."""
+        from ogpu_node.compute.anomaly import dataset_anomalies
+
+        docs = self._documents.get(task_id)
+        if docs is None:
+            return None
+        return docs[0], dataset_anomalies(docs[0], docs[1])
 
     async def context(self, task_id: int, prescription_hash: bytes | None = None) -> TaskContext:
         if (ctx := self._contexts.get(task_id)) is not None:

@@ -90,6 +90,8 @@ class CouncilSeat:
         self.on_chain = on_chain
         self.lazy = lazy  # testing only: commit and judge without computing (councils must catch it)
         self.outcome: str | None = None
+        self.start: bytes | None = None  # ckpt_{k-1} the re-run started from (None: fresh weights)
+        self.result: bytes | None = None  # our re-run's result, when computed in this process
 
     async def run(self) -> str:
         task_id, k = self.task_id, self.k
@@ -128,6 +130,9 @@ class CouncilSeat:
         assert theirs is not None
         published = await self._fetch(theirs)
         fetched = published is not None
+        ours = own[0] if own is not None else self.result
+        if published is not None and ours is not None:
+            await self._flag(published, ours)
         if self.ctx.exact:
             verdict = vote.result == theirs
         elif self.lazy:
@@ -143,6 +148,15 @@ class CouncilSeat:
         log.info("task %d: council voted %s on checkpoint %d round %d", task_id, self.outcome, k, self.round)
         if not self.ctx.exact:
             await self._judge(own)
+
+    async def _flag(self, published: bytes, ours: bytes) -> None:
+        """The anomaly agent (docs/tasks.md, "Anomaly agents"): warn of what the executor's checkpoint
+        shows before any verdict — NaN/Inf, norm growth, a loss curve off our re-run's."""
+        from ogpu_node.apps.anomalies import rerun_anomalies
+
+        label = f"checkpoint {self.k}"
+        for flag in await blocking(rerun_anomalies, self.start, published, ours, self.ctx.prescription.e, label):
+            log.warning("task %d: anomaly: %s", self.task_id, flag)
 
     async def _publish(self, own: tuple[bytes, bytes]) -> None:
         """Put our result and state where the other members can fetch them (after the commit window:
@@ -223,6 +237,7 @@ class CouncilSeat:
                                   lambda: blocking(self.chain.get_blob, previous),
                                   now=lambda: chain_now(self.chain), deadline=self._phase_end)
         await self._current()
+        self.start = start
         first, last = segment_bounds(p, k)
         step = drawn_step(p, k, self.step_index)
         # One council worker: seats re-run one after another (on a 2-core machine a second would
@@ -231,6 +246,7 @@ class CouncilSeat:
                              keep_states=keep_state, limiter=self.limiter)
         log.info("task %d: council re-ran checkpoint %d round %d in %.1fs (cpu %.1fs): 0x%s", task_id, k,
                  self.round, run.wall_s, run.cpu_s, merkle_root(run.checkpoint).hex())
+        self.result = run.checkpoint
         return run.checkpoint, run.state_hashes[step], run.states.get(step)
 
     async def _send(self, step: str, what: str, call: object) -> None:

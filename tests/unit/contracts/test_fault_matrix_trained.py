@@ -18,6 +18,7 @@ from eth_hash.auto import keccak
 from harness import BID_ABI, OGPU, TASK_ABI
 from safetensors.numpy import save
 from test_task_checkpoints import DEPOSIT, MAX_PAYMENT, PROVIDER_STAKE, one
+from test_task_checkpoints import salt as salt_of
 from test_task_faults import PRICE_Y, assert_never_slashed, fee, payout, start
 
 from ogpu_node.compute import Fault, equivalence, spec_from_prescription, train_faulty, train_segment
@@ -164,3 +165,50 @@ def test_a_perturbation_within_allclose_tolerance_is_accepted_and_not_slashed(s,
     block = s.judge(task, 1, cast.members)
     assert one(block.txs[-1].events, "CheckpointAccepted")["k"] == 1
     assert_never_slashed(s, cast.executor)
+
+
+def test_results_published_in_one_round_do_not_pass_in_the_next(s, cast):
+    """allclose: round 0 is inconclusive (no member attests the executor's blob); in round 1 a member
+    commits round 0's published result and state instead of computing. The step is drawn afresh, so
+    the two members that re-ran the segment hold their state at another step: they mark the copy not
+    allclose, and the copier loses its seat stake."""
+    p = prescription("allclose")
+    e, members = cast.executor, cast.members
+    task = start(s, cast, checkpoints=2, equivalence=Equivalence.ALLCLOSE)
+    spec = spec_from_prescription(p, dataset(), training_seed(p, s.task(task)["seed"]))
+    first, last = segment_bounds(p, 1)
+    executor_run = train_segment(spec, None, last - first)
+    s.commit(task, 1, e, merkle_root(executor_run.checkpoint))
+
+    def computed(round_step: int) -> tuple[bytes, bytes]:
+        run = train_segment(spec, None, last - first, hash_steps=[round_step], keep_states=True)
+        return run.checkpoint, run.states[round_step]
+
+    at0 = drawn_step(p, 1, s.draw(task, 1)["stepIndex"])
+    published = computed(at0)  # round 0's results, as every member published them
+    hashes0 = (merkle_root(published[0]), merkle_root(published[1]))
+    s.commit_exact(task, 1, {m: hashes0 for m in members})
+    s.reveal_checkpoint(task, 1, e, merkle_root(executor_run.checkpoint))
+    s.h.block(*(s.h.tx(m, TASK_ABI, "revealResult", task, 1, True, *hashes0, salt_of(m), False) for m in members))
+    judged = s.judge(task, 1, members)
+    assert one(judged.txs[-1].events, "CheckpointInconclusive")["round"] == 0
+
+    drawn = s.draw(task, 1)
+    at1 = drawn_step(p, 1, drawn["stepIndex"])
+    assert (drawn["round"], at1 != at0) == (1, True)
+    council = s.council(task, 1)
+    copier = council[0]
+    honest = computed(at1)
+    own = {m: (merkle_root(honest[0]), merkle_root(honest[1])) for m in council}
+    own[copier] = hashes0
+    s.commit_exact(task, 1, own)  # the executor's reveal of round 0 stands
+    s.reveal_allclose(task, 1, {m: (True, *own[m]) for m in council})
+    results = {m: honest for m in council} | {copier: published}
+
+    def verdict(judge, other) -> bool:  # what a member that re-ran this round says of another's results
+        return judge == copier or all(equivalence_allclose(a, b) for a, b in zip(results[judge], results[other], strict=True))
+
+    block = s.h.block(*(s.h.tx(m, TASK_ABI, "judgeResults", task, 1, [verdict(m, o) for o in council]) for m in council))
+    events = block.txs[-1].events
+    assert one(events, "MemberFoundLazy")["member"] == copier.address
+    assert one(events, "CheckpointAccepted")["k"] == 1  # the two that computed: 3·2 ≥ 2·3

@@ -607,3 +607,78 @@ def test_dispute_where_the_council_accepts_pays_the_council_from_the_deposit_and
     s.assert_no_locked_stake()
     assert s.penalties() == []
     assert_never_slashed(s, e)
+
+
+# -- lazy members under allclose --
+
+
+def allclose_round(s: Scenario, task: int, k: int, executor: Any) -> tuple[list[Any], dict[Any, tuple[bytes, bytes]]]:
+    """The executor commits, the council is drawn, every member commits its own result and state, the
+    executor reveals, every member reveals yes: the council (in its on-chain order) and what each committed."""
+    s.commit(task, k, executor, ckpt(k))
+    s.draw(task, k)
+    council = s.council(task, k)
+    own = {m: (keccak(b"result" + m.address), keccak(b"state" + m.address)) for m in council}
+    s.commit_exact(task, k, own)
+    s.reveal_checkpoint(task, k, executor, ckpt(k))
+    s.reveal_allclose(task, k, {m: (True, *own[m]) for m in council})
+    return council, own
+
+
+def test_a_lazy_member_loses_its_seat_stake_to_the_members_that_did_the_work(s, cast):
+    """allclose, c = 3: the two members that computed mark the third's published result not allclose
+    (2 ≥ ⅔ of the 2 others): it loses councilSeatStake, split between the two, and its vote is not
+    counted; the two yes votes (3·2 ≥ 2·3) accept; the honest members and the executor are whole."""
+    e, members = cast.executor, cast.members
+    task = start(s, cast, checkpoints=1, equivalence=Equivalence.ALLCLOSE)
+    council, _ = allclose_round(s, task, 1, e)
+    lazy = council[2]
+    workers = [m for m in council if m != lazy]
+    before = {m: s.received(m) for m in council}
+    block = s.judge(task, 1, council, lazy=(lazy,))
+    events = block.txs[-1].events
+    assert one(events, "MemberFoundLazy").args == {
+        "taskId": task, "k": 1, "member": lazy.address, "round": 0, "penalty": SEAT}
+    assert one(events, "ComputationPenalty").args == {
+        "offender": lazy.address, "taskId": task, "kind": Penalty.LAZY_MEMBER, "penalty": SEAT, "beneficiary": TASK}
+    each, rest = shares(PRICE_E, SHARE_BPS, 2)
+    assert one(events, "CheckpointAccepted").args == {
+        "taskId": task, "k": 1, "executorPaid": rest, "councilPaid": 2 * each, "discount": 0}
+    for m in workers:
+        assert s.received(m) - before[m] == each + SEAT // 2
+        assert_never_slashed(s, m)
+    assert s.received(lazy) == before[lazy]
+    assert s.stake(lazy)["staked"] == PROVIDER_STAKE - SEAT
+    assert_never_slashed(s, e)
+    s.h.ok(cast.client, TASK_ABI, "confirm", task)
+    s.assert_no_locked_stake()
+    assert sorted(m.address for m in council) == sorted(m.address for m in members)
+
+
+@pytest.mark.parametrize("marks", [0, 1])
+def test_fewer_than_two_thirds_of_the_others_mark_nobody_lazy(s, cast, marks):
+    """One honest member alone cannot take another's stake: with one mark (of 2 others) nobody is lazy,
+    every vote counts, nobody is penalized; with no marks the same."""
+    e = cast.executor
+    task = start(s, cast, checkpoints=1, equivalence=Equivalence.ALLCLOSE)
+    council, _ = allclose_round(s, task, 1, e)
+    target = council[2]
+    verdicts = {m: [not (marks and m == council[0] and other == target) for other in council] for m in council}
+    block = s.h.block(*(s.h.tx(m, TASK_ABI, "judgeResults", task, 1, verdicts[m]) for m in council))
+    assert all(r.ok for r in block.txs)
+    events = block.txs[-1].events
+    assert named(events, "MemberFoundLazy") == []
+    assert one(events, "CheckpointAccepted")["councilPaid"] == shares(PRICE_E, SHARE_BPS, 3)[0] * 3
+    assert s.penalties() == []
+
+
+def test_a_member_that_reveals_but_does_not_judge_misses_its_vote(s, cast):
+    e = cast.executor
+    task = start(s, cast, checkpoints=1, equivalence=Equivalence.ALLCLOSE)
+    council, _ = allclose_round(s, task, 1, e)
+    s.judge(task, 1, council[:2])
+    events = s.h.block(at=s.checkpoint(task, 1)["phaseEnds"]).system_events
+    assert one(events, "ComputationPenalty").args == {
+        "offender": council[2].address, "taskId": task, "kind": Penalty.MISSED_VOTE, "penalty": MISSED_VOTE_PENALTY,
+        "beneficiary": cast.client.address}
+    assert one(events, "CheckpointAccepted")["councilPaid"] == shares(PRICE_E, SHARE_BPS, 2)[0] * 2

@@ -58,7 +58,7 @@ def commit_result(ctx: TaskContext, task_id: int, k: int, commitment: bytes) -> 
     checkpoint.commits = count
     ctx.emit("ResultCommitted", taskId=task_id, k=k, member=ctx.host.caller)
     if count == len(ctx.council(task_id, k, round_)):
-        open_reveals(ctx, task_id, k, round_)  # all in: the window closes early
+        open_window(ctx, task_id, k, round_, Phase.REVEAL)  # all in: the window closes early
 
 
 def reveal_result(
@@ -210,16 +210,25 @@ def close_commits(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
     """Deadline: the commit window of `round_` ended."""
     checkpoint = ctx.checkpoint(task_id, k)
     if checkpoint.phase == Phase.COUNCIL_COMMIT and checkpoint.round == round_:
-        open_reveals(ctx, task_id, k, round_)
+        open_window(ctx, task_id, k, round_, Phase.REVEAL)
 
 
-def open_reveals(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
+# The windows of `revealWindow` seconds: the deadline that closes each, its event and deadline field.
+WINDOWS = {
+    Phase.REVEAL: (DeadlineKind.CLOSE_REVEALS, "RevealPhase", "revealDeadline"),
+    Phase.JUDGE: (DeadlineKind.CLOSE_JUDGING, "JudgingPhase", "judgeDeadline"),
+}
+
+
+def open_window(ctx: TaskContext, task_id: int, k: int, round_: int, phase: Phase) -> None:
+    kind, event, field = WINDOWS[phase]
     ends = ctx.host.timestamp + ctx.params.reveal_window
     checkpoint = ctx.checkpoint(task_id, k)
-    checkpoint.phase = Phase.REVEAL
+    checkpoint.phase = phase
     checkpoint.phase_ends = ends
-    ctx.schedule(ends, DeadlineKind.CLOSE_REVEALS, subject(task_id, k, round_))
-    ctx.emit("RevealPhase", taskId=task_id, k=k, round=round_, revealDeadline=ends)
+    ctx.schedule(ends, kind, subject(task_id, k, round_))
+    ctx.emit(event, taskId=task_id, k=k, round=round_, **{field: ends})
+
 
 
 def close_reveals(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
@@ -241,11 +250,7 @@ def reveals_done(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:
     if ctx.terms(task_id).equivalence == Equivalence.EXACT or not checkpoint.revealed or checkpoint.reveals < 2:
         tally(ctx, task_id, k, round_)
         return
-    ends = ctx.host.timestamp + ctx.params.reveal_window
-    checkpoint.phase = Phase.JUDGE
-    checkpoint.phase_ends = ends
-    ctx.schedule(ends, DeadlineKind.CLOSE_JUDGING, subject(task_id, k, round_))
-    ctx.emit("JudgingPhase", taskId=task_id, k=k, round=round_, judgeDeadline=ends)
+    open_window(ctx, task_id, k, round_, Phase.JUDGE)
 
 
 def close_judging(ctx: TaskContext, task_id: int, k: int, round_: int) -> None:

@@ -94,6 +94,16 @@ class Submitter:
             futures = {name: pool.submit(job) for name, job in jobs.items()}
             return {name: future.result() for name, future in futures.items()}
 
+    def submit_costly_floor(self) -> int:
+        """The good documents, on a task whose on-chain maxPayment makes its collateral floor (a quarter
+        of it) larger than the provider's whole stake: no bid can lock that."""
+        max_payment = 1_000 * 10**18
+        terms = (max_payment, *self.terms[1:])
+        blob = self.client.upload_bytes("the prescription", json.dumps(self.doc()).encode())[0]
+        call = self.client.task.functions.submitTask(blob, int(TaskKind.BATCH), terms)
+        receipt = self.client.send("submitTask", call, value=max_payment + self.client.views.minimum_deposit(max_payment))
+        return int(self.client.task.events.TaskSubmitted().process_receipt(receipt)[0]["args"]["taskId"])
+
     def _submit_missing_prescription(self) -> int:
         call = self.client.task.functions.submitTask(merkle_root(b"no such prescription"), int(TaskKind.BATCH),
                                                      self.terms)
@@ -147,6 +157,11 @@ async def test_a_provider_skips_every_malformed_task_and_bids_on_a_good_one(tmp_
             while not (all(lines(t) for t in bad.values()) and bid_logged()):
                 assert not ended.is_set(), "the provider service ended"
                 await trio.sleep(0.2)
+        provider.core.max_jobs += 1  # a slot for the next task beside the good one's pending bid
+        costly = await trio.to_thread.run_sync(submitter.submit_costly_floor)
+        with trio.fail_after(60):
+            while not lines(costly):
+                await trio.sleep(0.2)
         assert not ended.is_set()
         assert provider.chain.address in (await trio.to_thread.run_sync(client.views.bids, good)).providers
         assert provider.core is not None and provider.core.bids == {good: provider.core.bids[good]}
@@ -169,5 +184,8 @@ async def test_a_provider_skips_every_malformed_task_and_bids_on_a_good_one(tmp_
         else:
             assert last.levelno == logging.WARNING, (name, messages)
     assert flagged > 0
+    [refused] = lines(costly)
+    assert "not bidding: its collateral of 250000000000000000000 wei exceeds this provider's free stake" in (
+        refused.getMessage())
     assert not [r for r in caplog.records if r.name == "ogpu.provider" and r.exc_info], "an unexpected exception"
     assert len(bad) == len(set(bad.values())) > 70

@@ -235,6 +235,14 @@ class Provider:
     async def _bid(self, action: m.PlaceBid) -> None:
         what = f"task {action.task_id}: placeBid"
         try:
+            # A bid locks at least the task's collateral floor, whatever its price: check it fits first.
+            collateral = await blocking(self.chain.collateral_for, action.task_id, action.price)
+            stake = await blocking(self.chain.stake_of)
+            if collateral > stake.staked - stake.locked:
+                log.info("task %d: not bidding: its collateral of %d wei exceeds this provider's free stake of %d wei",
+                         action.task_id, collateral, stake.staked - stake.locked)
+                await self._report(m.BidFailed(action.task_id))
+                return
             await blocking(self.chain.send, what, self.chain.bid.functions.placeBid(action.task_id, action.price))
         except ClientError as exc:
             log.warning("%s: %s", what, exc)

@@ -112,6 +112,10 @@ class ChainClient:
         events = self.task.events.ReceiptSettled().process_receipt(receipt, errors=DISCARD)
         return sum(int(e["args"]["amount"]) for e in events)
 
+    def collateral_for(self, task_id: int, price: int) -> int:
+        """What a bid at ``price`` locks (Bid.collateralFor: at least the task's collateral floor)."""
+        return int(self.call("collateralFor", self.bid.functions.collateralFor(task_id, price)))
+
     def stake_of(self, account: str | None = None) -> StakeRecord:
         """Stake.stakeOf of ``account`` (default: this provider)."""
         return self.views.stake_of(account or self.address)

@@ -24,6 +24,7 @@ HISTORY_EVENTS = ("TaskSubmitted", "TaskAssigned", "ExecutorReplaced", "Checkpoi
                   "TaskCancelled", "TaskSettled")
 LOG_WINDOW = 100_000  # blocks per eth_getLogs call: the node's range limit (docs/rpc.md)
 MAX_CHECKED_BYTES = 1 << 28  # a checkpoint larger than this is not downloaded for the anomaly checks
+CHECKED_CHECKPOINTS = 4  # task status checks the latest checkpoints only: a status must stay quick
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,8 @@ def task_anomalies(blobs: BlobClient, prescription_hash: bytes, history: TaskHis
     1: the client has no step-0 state), and its `recent_losses` against those of each council member's
     re-run that is published as a blob, under the prescription's tolerance. Checkpoints are
     downloaded whole and hash-checked (up to MAX_CHECKED_BYTES); one the node lacks, or a larger one,
-    is not checked, and neither is the next one's norm."""
+    is not checked, and neither is the next one's norm. Only the latest CHECKED_CHECKPOINTS with a hash
+    are checked (and the one before them read for the norm), so a status of a long task stays quick."""
     from ogpu_node.compute.anomaly import checkpoint_anomalies
     from ogpu_node.compute.tensorfile import TensorFileError, ogpu_metadata
 
@@ -211,7 +213,11 @@ def task_anomalies(blobs: BlobClient, prescription_hash: bytes, history: TaskHis
         rtol = atol = None  # without its tolerance, no loss comparison
     flags: list[str] = []
     previous: bytes | None = None
+    hashed = [c.k for c in history.checkpoints if c.shown_hash is not None]
+    first = hashed[-CHECKED_CHECKPOINTS] if len(hashed) >= CHECKED_CHECKPOINTS else 1
     for c in history.checkpoints:
+        if c.k < first - 1:
+            continue
         digest = c.shown_hash
         data = None
         if digest is not None:
@@ -221,6 +227,9 @@ def task_anomalies(blobs: BlobClient, prescription_hash: bytes, history: TaskHis
                 pass
         if digest is None or data is None:
             previous = None
+            continue
+        if c.k < first:  # read only for the norm check of the first one checked
+            previous = data
             continue
         label = f"checkpoint {c.k} (0x{digest.hex()})"
         flags += checkpoint_anomalies(previous, data, label)

@@ -278,3 +278,20 @@ def test_under_exact_a_council_member_flags_the_least_loss_difference(trained):
     assert flag.startswith("checkpoint: loss curve diverges from the council's re-run at step 10: ")
     assert flag.endswith("(tolerance any difference)")
     assert rerun_anomalies(first, executor, second, Equivalence("allclose", rtol=1e-6, atol=0.0)) == []
+
+
+def test_task_status_checks_only_the_latest_checkpoints(node, trained):
+    """A long task's status stays quick: of six checkpoints only the latest CHECKED_CHECKPOINTS are
+    downloaded and checked, so a NaN in checkpoint 1 is no longer reported and one in 6 is."""
+    from ogpu_node.apps.client.history import CHECKED_CHECKPOINTS
+
+    blobs, put = node
+    first, second = trained
+    blobs_by_k = {1: with_nan(first), 2: second, 3: second, 4: second, 5: second, 6: with_nan(second)}
+    for blob in blobs_by_k.values():
+        put(blob)
+    prescription = put(json.dumps(ALLCLOSE).encode())
+    events = [("CheckpointRevealed", {"k": k, "checkpointHash": merkle_root(b)}, 2 * k) for k, b in blobs_by_k.items()]
+    flags = task_anomalies(blobs, prescription, build_history(7, 6, events))
+    assert CHECKED_CHECKPOINTS == 4
+    assert flags == [f"checkpoint 6 (0x{merkle_root(blobs_by_k[6]).hex()}): 1 NaN/Inf value(s) in model/net.0.weight"]

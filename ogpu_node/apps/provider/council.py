@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ogpu.provider")
 POLL_S = 0.3
 WAIT_LIMIT_S = 24 * 3600
-LOOKBACK_BLOCKS = 10_000  # how far back a member reads the others' reveals (the node's log range cap)
+LOOKBACK_BLOCKS = 10_000  # how far back a member reads the others' reveals (made within the reveal window just past)
 COUNCIL_FAULTS = ("lazy",)  # testing only: vote without computing
 
 
@@ -176,7 +176,7 @@ class CouncilSeat:
             return  # tallied without judging: fewer than two members revealed
         council = [str(a).lower() for a in (await blocking(self.chain.checkpoint, task_id, k)).council]
         head = await blocking(self.chain.head)
-        events = await blocking(self.chain.task_events, max(0, head - LOOKBACK_BLOCKS), head)
+        events = await blocking(self.chain.task_events, max(0, head - LOOKBACK_BLOCKS + 1), head)
         revealed = revealed_results(events, task_id, k, self.round)
         me = self.chain.address.lower()
         verdicts = []

@@ -160,7 +160,7 @@ def test_profile_worker_matches_train_segment_in_profile():
     with Worker("cpu-avx2-1t") as worker:
         run = worker.train(spec, None, 6, hash_steps=[3], timeout=120)
     once = train_segment_in_profile("cpu-avx2-1t", spec, None, 6, hash_steps=[3], timeout=120)
-    assert (run.checkpoint, run.losses, run.state_hashes) == tuple(once)
+    assert (run.checkpoint, run.losses, run.state_hashes) == (once.checkpoint, once.losses, once.state_hashes)
 
 
 def test_bad_arguments_are_refused_up_front():

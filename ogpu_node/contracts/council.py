@@ -20,6 +20,7 @@ from ogpu_node.contracts.addresses import TASK
 from ogpu_node.contracts.commitments import exact_result_commitment
 from ogpu_node.contracts.context import TaskContext, release_council, schedule_draw, subject
 from ogpu_node.contracts.host import Revert
+from ogpu_node.contracts.layout import CheckpointEntry, VoteEntry
 from ogpu_node.types.protocol import (
     BPS,
     CancelReason,
@@ -43,14 +44,23 @@ def require_member(ctx: TaskContext, task_id: int, k: int) -> int:
     return round_
 
 
-def commit_result(ctx: TaskContext, task_id: int, k: int, commitment: bytes) -> None:
-    """A member commits to its own result and state at the drawn step, before the executor reveals."""
+def member_in_window(
+    ctx: TaskContext, task_id: int, k: int, phase: Phase, closed: str
+) -> tuple[int, CheckpointEntry, VoteEntry]:
+    """The caller's seat on checkpoint k's sitting council while `phase` is open: (round, the
+    checkpoint, the caller's vote); else a revert (`closed` when the window is not open)."""
     ctx.existing(task_id)
     round_ = require_member(ctx, task_id, k)
     checkpoint = ctx.checkpoint(task_id, k)
-    if checkpoint.phase != Phase.COUNCIL_COMMIT or ctx.host.timestamp >= checkpoint.phase_ends:
-        raise Revert("Task: the council's commit window is closed")
-    vote = ctx.vote(task_id, k, round_, ctx.host.caller)
+    if checkpoint.phase != phase or ctx.host.timestamp >= checkpoint.phase_ends:
+        raise Revert(closed)
+    return round_, checkpoint, ctx.vote(task_id, k, round_, ctx.host.caller)
+
+
+def commit_result(ctx: TaskContext, task_id: int, k: int, commitment: bytes) -> None:
+    """A member commits to its own result and state at the drawn step, before the executor reveals."""
+    round_, checkpoint, vote = member_in_window(
+        ctx, task_id, k, Phase.COUNCIL_COMMIT, "Task: the council's commit window is closed")
     if vote.commitment != bytes(32):
         raise Revert("Task: result already committed")
     vote.commitment = commitment
@@ -67,15 +77,10 @@ def reveal_result(
 ) -> None:
     """A member opens its commitment; under `exact` its verdict is whether its result matches the
     executor's revealed checkpoint hash, under `allclose` its own comparison of the two."""
-    ctx.existing(task_id)
-    round_ = require_member(ctx, task_id, k)
+    _, checkpoint, vote = member_in_window(ctx, task_id, k, Phase.REVEAL, "Task: the reveal window is closed")
     member = ctx.host.caller
-    checkpoint = ctx.checkpoint(task_id, k)
-    if checkpoint.phase != Phase.REVEAL or ctx.host.timestamp >= checkpoint.phase_ends:
-        raise Revert("Task: the reveal window is closed")
     if not checkpoint.revealed:
         raise Revert("Task: the executor has not revealed this checkpoint yet")
-    vote = ctx.vote(task_id, k, round_, member)
     committed = vote.commitment
     if committed == bytes(32):
         raise Revert("Task: no result committed")
@@ -87,7 +92,6 @@ def reveal_result(
         verdict = result_hash == checkpoint.checkpoint_hash
     vote.revealed = True
     vote.verdict = verdict
-    vote.result_hash = result_hash
     vote.step_hash = step_hash
     vote.fetched = fetched
     reveals = checkpoint.reveals + 1
@@ -103,13 +107,8 @@ def reveal_result(
 def judge_results(ctx: TaskContext, task_id: int, k: int, verdicts: list[bool]) -> None:
     """allclose: a member that revealed says, for each council member in council order, whether that
     member's published result and state are allclose to its own (its own entry is ignored)."""
-    ctx.existing(task_id)
-    round_ = require_member(ctx, task_id, k)
+    round_, checkpoint, vote = member_in_window(ctx, task_id, k, Phase.JUDGE, "Task: the judging window is closed")
     member = ctx.host.caller
-    checkpoint = ctx.checkpoint(task_id, k)
-    if checkpoint.phase != Phase.JUDGE or ctx.host.timestamp >= checkpoint.phase_ends:
-        raise Revert("Task: the judging window is closed")
-    vote = ctx.vote(task_id, k, round_, member)
     if not vote.revealed:
         raise Revert("Task: no result revealed")
     if vote.judged:

@@ -99,7 +99,6 @@ class VoteEntry(StoredRecord, prefix="vote"):
     verdict = Flag()
     step_hash = Bytes32("step")
     fetched = Flag()  # the member attests it fetched the checkpoint
-    result_hash = Bytes32("result")  # H(its own result), revealed
     judged = Flag()  # allclose: it judged the others' results
     marks = Uint()  # allclose: members that judged its result not allclose to theirs
 
